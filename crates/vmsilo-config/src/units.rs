@@ -1,0 +1,263 @@
+//! Sizes and durations as users write them: `10G`, `300m`, `256k`, `2s`, `500ms`.
+//!
+//! Sizes use binary multiples (`k` = 1024, `m` = 1024², `g` = 1024³, `t` = 1024⁴), like
+//! `qemu-img` and the seed's `guestAvailableBias = "300m"`; the suffix is case-insensitive and may
+//! be followed by `iB` or `B` (`300MiB`, `300MB` and `300m` are the same). A bare number is a
+//! byte count. Durations need a unit: `us`, `ms`, `s`, `min` or `h`; a bare number is rejected
+//! because `2` could mean seconds or milliseconds depending on who reads it.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a size or a duration did not parse. The message names the offending text and says what
+/// would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// The text was empty or only whitespace.
+    #[error("empty value: expected {expected}")]
+    Empty {
+        /// What the caller wanted, e.g. "a size such as 300m".
+        expected: &'static str,
+    },
+    /// The number part is missing or not a decimal number.
+    #[error("{text:?} is not a number followed by a unit: expected {expected}")]
+    BadNumber {
+        /// The text as written.
+        text: String,
+        /// What the caller wanted.
+        expected: &'static str,
+    },
+    /// The suffix is not a known unit.
+    #[error("{text:?} has an unknown unit {unit:?}: expected {expected}")]
+    BadUnit {
+        /// The text as written.
+        text: String,
+        /// The unit part.
+        unit: String,
+        /// What the caller wanted.
+        expected: &'static str,
+    },
+    /// The value does not fit.
+    #[error("{text:?} is too large")]
+    Overflow {
+        /// The text as written.
+        text: String,
+    },
+}
+
+const SIZE_EXPECTED: &str = "a size such as 4096, 256k, 300m, 10G or 1TiB";
+const DURATION_EXPECTED: &str = "a duration such as 500ms, 2s, 5min or 1h";
+
+/// A number of bytes, parsed from and displayed as a human-friendly size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// One mebibyte.
+    pub const MIB: u64 = 1 << 20;
+
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// Prints the largest binary unit that divides the size exactly (`300m`, `10g`, `1536`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [
+            (1u64 << 40, "t"),
+            (1 << 30, "g"),
+            (1 << 20, "m"),
+            (1 << 10, "k"),
+        ];
+        for (mult, suffix) in units {
+            if self.0 != 0 && self.0.is_multiple_of(mult) {
+                return write!(f, "{}{suffix}", self.0 / mult);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+fn split_number(s: &str) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// Parses a size in bytes: `4096`, `256k`, `300m`, `10G`, `1TiB`, `2MB`.
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(UnitError::Empty {
+            expected: SIZE_EXPECTED,
+        });
+    }
+    let (num, unit) = split_number(s);
+    if num.is_empty() {
+        return Err(UnitError::BadNumber {
+            text: text.to_owned(),
+            expected: SIZE_EXPECTED,
+        });
+    }
+    let value: u64 = num.parse().map_err(|_| UnitError::Overflow {
+        text: text.to_owned(),
+    })?;
+    let unit_lc = unit.trim().to_ascii_lowercase();
+    let shift = match unit_lc.as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(UnitError::BadUnit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+                expected: SIZE_EXPECTED,
+            });
+        }
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| UnitError::Overflow {
+            text: text.to_owned(),
+        })
+}
+
+/// Parses a duration: `250us`, `500ms`, `2s`, `5min`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(UnitError::Empty {
+            expected: DURATION_EXPECTED,
+        });
+    }
+    let (num, unit) = split_number(s);
+    if num.is_empty() {
+        return Err(UnitError::BadNumber {
+            text: text.to_owned(),
+            expected: DURATION_EXPECTED,
+        });
+    }
+    let value: u64 = num.parse().map_err(|_| UnitError::Overflow {
+        text: text.to_owned(),
+    })?;
+    let overflow = || UnitError::Overflow {
+        text: text.to_owned(),
+    };
+    match unit.trim() {
+        "us" | "µs" => Ok(Duration::from_micros(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" | "sec" => Ok(Duration::from_secs(value)),
+        "min" | "m" => value
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(overflow),
+        "h" => value
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(overflow),
+        "" => Err(UnitError::BadUnit {
+            text: text.to_owned(),
+            unit: String::new(),
+            expected: DURATION_EXPECTED,
+        }),
+        other => Err(UnitError::BadUnit {
+            text: text.to_owned(),
+            unit: other.to_owned(),
+            expected: DURATION_EXPECTED,
+        }),
+    }
+}
+
+/// Formats a duration the way [`parse_duration`] reads it back (`2s`, `500ms`, `250us`).
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us.is_multiple_of(1_000_000) {
+        format!("{}s", us / 1_000_000)
+    } else if us.is_multiple_of(1000) {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}us")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_size_suffixes_are_binary_and_case_insensitive() {
+        let cases = [
+            ("4096", 4096),
+            ("256k", 256 << 10),
+            ("300m", 300 << 20),
+            ("300M", 300 << 20),
+            ("300MiB", 300 << 20),
+            ("2m", 2 << 20),
+            ("10G", 10 << 30),
+            ("1TiB", 1 << 40),
+            (" 1g ", 1 << 30),
+            ("0", 0),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn test_parse_size_rejects_garbage_with_the_text_in_the_message() {
+        for text in [
+            "",
+            "m",
+            "-1m",
+            "1.5G",
+            "10X",
+            "99999999999999999999",
+            "16777216t",
+        ] {
+            let err = parse_size(text).expect_err(text);
+            if !text.is_empty() {
+                assert!(err.to_string().contains(text.trim()), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_parse_duration_units() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("5min"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn test_parse_duration_requires_a_unit() {
+        let err = parse_duration("2").expect_err("bare number");
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+        assert!(parse_duration("2 fortnights").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn test_size_and_duration_display_round_trip() {
+        for text in ["300m", "10g", "256k", "1536", "1t"] {
+            let size: ByteSize = text.parse().expect(text);
+            assert_eq!(size.to_string(), text);
+        }
+        for text in ["2s", "500ms", "250us"] {
+            let d = parse_duration(text).expect(text);
+            assert_eq!(format_duration(d), text);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `cargo xtask bench <name>`: benchmarks. Each prints its figures beside a baseline measured
+//! in the same run and ends with one line of `key=value` figures.
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The benchmark to run, or `list`.
+    pub name: String,
+    /// Extra arguments for the benchmark.
+    #[arg(trailing_var_arg = true)]
+    pub args: Vec<String>,
+}
+
+type BenchFn = fn(&[String]) -> Result<()>;
+
+/// Every benchmark: (name, what it measures, entry point).
+const BENCHES: &[(&str, &str, BenchFn)] = &[];
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.name == "list" {
+        for (name, what, _) in BENCHES {
+            println!("{name:12} {what}");
+        }
+        return Ok(());
+    }
+    match BENCHES.iter().find(|(name, _, _)| *name == args.name) {
+        Some((_, _, f)) => f(&args.args),
+        None => {
+            let names: Vec<&str> = BENCHES.iter().map(|(n, _, _)| *n).collect();
+            bail!(
+                "no benchmark named {:?}; known: {}",
+                args.name,
+                names.join(", ")
+            )
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask <task>`: everything a developer or CI does to this repository, in Rust.
+//!
+//! - `setup`: install what a fresh Debian/Ubuntu machine lacks (idempotent).
+//! - `ci`: setup, then every check and every test tier; `.ci/run` calls exactly this.
+//! - `bench <name>`: a benchmark that prints its figures beside a baseline and ends with one
+//!   `key=value` summary line.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod ci;
+mod setup;
+mod util;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "vmsilo developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what this machine lacks: Debian packages and cargo tools (idempotent).
+    Setup,
+    /// Run setup, formatting and lint checks, then every test tier.
+    Ci(ci::CiArgs),
+    /// Run a benchmark; `cargo xtask bench list` lists them.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Ci(args) => ci::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
