@@ -1,0 +1,603 @@
+//! The forwarding decision: what happens to one frame a guest sent (sans-IO).
+//!
+//! The switch is an L3 switch with proxy ARP/NDP: every guest sees every other guest's
+//! addresses as on-link, resolves them through the switch, and the switch routes each unicast
+//! frame by destination IP (longest prefix over the ports' host addresses and advertised
+//! routes), rewriting the destination MAC to the chosen port's MAC. The TTL is not decremented:
+//! like a bridge, the switch is not a hop.
+//!
+//! Every frame is validated against the sending port's configuration first: the Ethernet
+//! source must be the port's MAC, and the IP source one of its addresses, its EUI-64
+//! link-local address, or inside a prefix it advertises as a route.
+
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use crate::config::PortConfig;
+use crate::fib::{Cidr, Fib};
+use crate::frame::{
+    self, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, L3, MAX_FRAME, Mac,
+    ND_NEIGHBOR_SOLICIT,
+};
+
+/// Identifies a port within one switch instance. Assigned by the main process.
+pub type PortId = u32;
+
+/// Why a frame was dropped. The names are the keys of the `drops` object in the stats JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not a parseable Ethernet/IP/ARP frame.
+    Malformed,
+    /// Larger than [`MAX_FRAME`] (or the guest used GSO, which is not offered).
+    Oversize,
+    /// Ethernet or ARP source MAC is not the port's MAC.
+    SpoofMac,
+    /// IP or ARP source address is not the port's.
+    SpoofIp,
+    /// No port serves the destination address.
+    NoRoute,
+    /// The route leads back to the sender.
+    Loop,
+    /// An EtherType the switch does not forward (VLAN tags, LLDP, ...).
+    Unsupported,
+    /// Link-local control traffic the switch answers or ignores itself (ARP replies,
+    /// gratuitous ARP, DAD, MLD, router solicitations, ...).
+    Control,
+    /// The ring towards the destination port was full (its child is not keeping up).
+    RingFull,
+    /// The destination port's child is not there (not started, or restarting).
+    PortDown,
+    /// The destination's egress queue was over its byte limit (fat-flow drop).
+    Overflow,
+    /// CoDel dropped it at the destination's egress.
+    Codel,
+    /// The destination guest had no usable receive buffer for it.
+    NoBuffer,
+}
+
+impl DropReason {
+    /// Every reason, in stats order.
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Malformed,
+        DropReason::Oversize,
+        DropReason::SpoofMac,
+        DropReason::SpoofIp,
+        DropReason::NoRoute,
+        DropReason::Loop,
+        DropReason::Unsupported,
+        DropReason::Control,
+        DropReason::RingFull,
+        DropReason::PortDown,
+        DropReason::Overflow,
+        DropReason::Codel,
+        DropReason::NoBuffer,
+    ];
+
+    /// The stats key.
+    pub fn key(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Oversize => "oversize",
+            DropReason::SpoofMac => "spoof_mac",
+            DropReason::SpoofIp => "spoof_ip",
+            DropReason::NoRoute => "no_route",
+            DropReason::Loop => "loop",
+            DropReason::Unsupported => "unsupported",
+            DropReason::Control => "control",
+            DropReason::RingFull => "ring_full",
+            DropReason::PortDown => "port_down",
+            DropReason::Overflow => "overflow",
+            DropReason::Codel => "codel",
+            DropReason::NoBuffer => "no_buffer",
+        }
+    }
+
+    /// Index into [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send to this port; the frame's destination MAC has been rewritten.
+    Unicast(PortId),
+    /// Send to every port with `receiveBroadcast`, except the sender.
+    Broadcast,
+    /// Deliver the reply built in the reply buffer back to the sender (proxy ARP/NDP).
+    Reply,
+    /// Drop it.
+    Drop(DropReason),
+}
+
+#[derive(Debug, Clone)]
+struct Port {
+    id: PortId,
+    mac: Mac,
+    /// Host addresses (as configured, plus the EUI-64 link-local).
+    hosts: Vec<IpAddr>,
+    routes: Vec<Cidr>,
+    receive_broadcast: bool,
+}
+
+impl Port {
+    fn owns_source(&self, ip: IpAddr) -> bool {
+        self.hosts.contains(&ip) || self.routes.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// The forwarding table of one switch: every port's addresses and routes.
+#[derive(Debug, Clone, Default)]
+pub struct Switch {
+    ports: Vec<Port>,
+    fib: Fib<PortId>,
+}
+
+impl Switch {
+    /// An empty switch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a port.
+    pub fn upsert(&mut self, id: PortId, cfg: &PortConfig) {
+        self.remove(id);
+        let mut hosts: Vec<IpAddr> = cfg.addresses.iter().map(|c| c.addr).collect();
+        hosts.push(IpAddr::V6(frame::link_local_from_mac(cfg.mac)));
+        for h in &hosts {
+            self.fib.insert(Cidr::host(*h), id);
+        }
+        for r in &cfg.routes {
+            self.fib.insert(*r, id);
+        }
+        let pos = self
+            .ports
+            .iter()
+            .position(|p| p.id > id)
+            .unwrap_or(self.ports.len());
+        self.ports.insert(
+            pos,
+            Port {
+                id,
+                mac: cfg.mac,
+                hosts,
+                routes: cfg.routes.clone(),
+                receive_broadcast: cfg.receive_broadcast,
+            },
+        );
+    }
+
+    /// Removes a port.
+    pub fn remove(&mut self, id: PortId) {
+        self.ports.retain(|p| p.id != id);
+        self.fib.remove_where(|v| *v == id);
+    }
+
+    fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.iter().find(|p| p.id == id)
+    }
+
+    /// The MAC of a port.
+    pub fn mac_of(&self, id: PortId) -> Option<Mac> {
+        self.port(id).map(|p| p.mac)
+    }
+
+    /// Ports that receive a broadcast sent by `src`.
+    pub fn broadcast_targets(&self, src: PortId) -> impl Iterator<Item = PortId> + '_ {
+        self.ports
+            .iter()
+            .filter(move |p| p.receive_broadcast && p.id != src)
+            .map(|p| p.id)
+    }
+
+    /// Decides what to do with `frame`, sent by port `src`. May rewrite the destination MAC of
+    /// `frame`; a proxy reply is written into `reply`.
+    pub fn decide(&self, src: PortId, frame: &mut [u8], reply: &mut Vec<u8>) -> Decision {
+        match self.decide_inner(src, frame, reply) {
+            Ok(d) => d,
+            Err(r) => Decision::Drop(r),
+        }
+    }
+
+    fn decide_inner(
+        &self,
+        src: PortId,
+        frame: &mut [u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Decision, DropReason> {
+        if frame.len() > MAX_FRAME {
+            return Err(DropReason::Oversize);
+        }
+        let port = self.port(src).ok_or(DropReason::PortDown)?;
+        let eth = frame::parse_eth(frame).map_err(|_| DropReason::Malformed)?;
+        if eth.src != port.mac {
+            return Err(DropReason::SpoofMac);
+        }
+        if !matches!(
+            eth.ethertype,
+            ETHERTYPE_ARP | ETHERTYPE_IPV4 | ETHERTYPE_IPV6
+        ) {
+            return Err(DropReason::Unsupported);
+        }
+        let (_, l3) = frame::parse(frame).map_err(|_| DropReason::Malformed)?;
+        let group = eth.dst[0] & 1 != 0;
+        match l3 {
+            L3::Arp(arp) => {
+                if arp.sha != port.mac {
+                    return Err(DropReason::SpoofMac);
+                }
+                if arp.op != 1 || arp.spa.is_unspecified() || arp.spa == arp.tpa {
+                    // Replies, probes and gratuitous ARP: the switch knows all addresses.
+                    return Err(DropReason::Control);
+                }
+                if !port.owns_source(IpAddr::V4(arp.spa)) {
+                    return Err(DropReason::SpoofIp);
+                }
+                let target = self.route(src, IpAddr::V4(arp.tpa))?;
+                let mac = self.mac_of(target).ok_or(DropReason::NoRoute)?;
+                frame::build_arp_reply(reply, mac, arp.tpa, port.mac, arp.spa);
+                Ok(Decision::Reply)
+            }
+            L3::Ipv4(ip) => {
+                if !port.owns_source(IpAddr::V4(ip.src)) {
+                    return Err(DropReason::SpoofIp);
+                }
+                if group || ip.dst.is_broadcast() || ip.dst.is_multicast() {
+                    return Ok(Decision::Broadcast);
+                }
+                self.unicast(src, IpAddr::V4(ip.dst), frame)
+            }
+            L3::Ipv6(ip) => {
+                if ip.src.is_unspecified() {
+                    // Duplicate address detection and MLD before an address is assigned.
+                    return Err(DropReason::Control);
+                }
+                if !port.owns_source(IpAddr::V6(ip.src)) {
+                    return Err(DropReason::SpoofIp);
+                }
+                if let Some(icmp) = ip.icmp {
+                    match icmp.kind {
+                        ND_NEIGHBOR_SOLICIT => {
+                            let target = icmp.target.ok_or(DropReason::Malformed)?;
+                            if ip.hop_limit != 255 || icmp.code != 0 {
+                                return Err(DropReason::Malformed);
+                            }
+                            let to = self.route(src, IpAddr::V6(target))?;
+                            let mac = self.mac_of(to).ok_or(DropReason::NoRoute)?;
+                            frame::build_neighbor_advert(reply, mac, target, port.mac, ip.src);
+                            return Ok(Decision::Reply);
+                        }
+                        // MLD (130-132, 143), router solicitation/advertisement (133, 134),
+                        // neighbour advertisement (136), redirect (137).
+                        130..=137 | 143 => return Err(DropReason::Control),
+                        _ => {}
+                    }
+                }
+                if group || ip.dst.is_multicast() {
+                    return Ok(Decision::Broadcast);
+                }
+                self.unicast(src, IpAddr::V6(ip.dst), frame)
+            }
+            L3::Other(_) => Err(DropReason::Unsupported),
+        }
+    }
+
+    fn route(&self, src: PortId, dst: IpAddr) -> Result<PortId, DropReason> {
+        match self.fib.lookup(dst) {
+            None => Err(DropReason::NoRoute),
+            Some(p) if p == src => Err(DropReason::Loop),
+            Some(p) => Ok(p),
+        }
+    }
+
+    fn unicast(&self, src: PortId, dst: IpAddr, frame: &mut [u8]) -> Result<Decision, DropReason> {
+        let to = self.route(src, dst)?;
+        let mac = self.mac_of(to).ok_or(DropReason::NoRoute)?;
+        frame[..6].copy_from_slice(&mac);
+        Ok(Decision::Unicast(to))
+    }
+}
+
+/// A flow hash over the fields that identify a transport flow (addresses, protocol, ports).
+/// `perturb` is a per-instance random value so guests cannot aim collisions.
+pub fn flow_hash(frame: &[u8], perturb: u64) -> u32 {
+    let mut h = Hasher(perturb ^ 0x9e37_79b9_7f4a_7c15);
+    match frame::parse(frame) {
+        Ok((_, L3::Ipv4(ip))) => {
+            h.add(u64::from(u32::from(ip.src)));
+            h.add(u64::from(u32::from(ip.dst)));
+            h.add(u64::from(ip.proto));
+            h.add(u64::from(ip.ports.src) << 16 | u64::from(ip.ports.dst));
+        }
+        Ok((_, L3::Ipv6(ip))) => {
+            let s = u128::from(ip.src);
+            let d = u128::from(ip.dst);
+            h.add(s as u64);
+            h.add((s >> 64) as u64);
+            h.add(d as u64);
+            h.add((d >> 64) as u64);
+            h.add(u64::from(ip.next_header));
+            h.add(u64::from(ip.ports.src) << 16 | u64::from(ip.ports.dst));
+        }
+        _ => {
+            if let Some(b) = frame.get(..ETH_HLEN) {
+                for c in b.chunks(8) {
+                    let mut w = [0u8; 8];
+                    w[..c.len()].copy_from_slice(c);
+                    h.add(u64::from_le_bytes(w));
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
+struct Hasher(u64);
+
+impl Hasher {
+    fn add(&mut self, v: u64) {
+        self.0 =
+            (self.0 ^ v).wrapping_mul(0x0100_0000_01b3_u64.wrapping_add(0xff51_afd7_ed55_8ccd));
+        self.0 ^= self.0 >> 29;
+    }
+    fn finish(&self) -> u32 {
+        let x = self.0.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        (x >> 32) as u32 ^ x as u32
+    }
+}
+
+/// Returns the IPv6 solicited-node address for `a` (used in tests and by the fuzz target).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::frame::tests::{arp_request, neighbor_solicit, udp4, udp6};
+    use crate::frame::{BROADCAST_MAC, ETHERTYPE_ARP};
+
+    const A: Mac = [0x52, 0x54, 0, 0, 0, 1];
+    const B: Mac = [0x52, 0x54, 0, 0, 0, 2];
+    const C: Mac = [0x52, 0x54, 0, 0, 0, 3];
+
+    fn cfg(name: &str, mac: Mac, addrs: &[&str], routes: &[&str], bcast: bool) -> PortConfig {
+        PortConfig {
+            name: name.into(),
+            mac,
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            receive_broadcast: bcast,
+            routes: routes.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    fn switch() -> Switch {
+        let mut s = Switch::new();
+        s.upsert(1, &cfg("a", A, &["10.0.0.1/24", "fd00::1/64"], &[], false));
+        s.upsert(2, &cfg("b", B, &["10.0.0.2/24", "fd00::2/64"], &[], true));
+        s.upsert(
+            3,
+            &cfg(
+                "c",
+                C,
+                &["10.0.0.3/24"],
+                &["0.0.0.0/0", "192.168.1.0/24"],
+                true,
+            ),
+        );
+        s
+    }
+
+    fn v4(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn test_decide_unicast_routes_by_ip_and_rewrites_dst_mac() {
+        let s = switch();
+        let mut f = udp4(A, [0x02, 0, 0, 0, 0, 9], v4("10.0.0.1"), v4("10.0.0.2"), 0);
+        let mut r = Vec::new();
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Unicast(2));
+        assert_eq!(&f[..6], &B);
+    }
+
+    #[test]
+    fn test_decide_prefers_host_address_over_default_route() {
+        let s = switch();
+        let mut r = Vec::new();
+        let mut f = udp4(A, B, v4("10.0.0.1"), v4("10.0.0.2"), 0);
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Unicast(2));
+        let mut f = udp4(A, C, v4("10.0.0.1"), v4("8.8.8.8"), 0);
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Unicast(3));
+        let mut f = udp4(A, C, v4("10.0.0.1"), v4("192.168.1.7"), 0);
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Unicast(3));
+    }
+
+    #[test]
+    fn test_decide_router_port_may_source_routed_addresses() {
+        let s = switch();
+        let mut r = Vec::new();
+        let mut f = udp4(C, A, v4("8.8.8.8"), v4("10.0.0.1"), 0);
+        assert_eq!(s.decide(3, &mut f, &mut r), Decision::Unicast(1));
+    }
+
+    #[test]
+    fn test_decide_spoofed_source_mac_is_dropped() {
+        let s = switch();
+        let mut f = udp4(B, B, v4("10.0.0.1"), v4("10.0.0.2"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::SpoofMac)
+        );
+    }
+
+    #[test]
+    fn test_decide_spoofed_source_ip_is_dropped() {
+        let s = switch();
+        let mut f = udp4(A, B, v4("10.0.0.2"), v4("10.0.0.3"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::SpoofIp)
+        );
+        let mut f = udp6(A, B, v6("fd00::99"), v6("fd00::2"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::SpoofIp)
+        );
+    }
+
+    #[test]
+    fn test_decide_no_route_and_loop() {
+        let s = switch();
+        let mut f = udp6(A, B, v6("fd00::1"), v6("fd00::77"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::NoRoute)
+        );
+        let mut f = udp4(A, A, v4("10.0.0.1"), v4("10.0.0.1"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::Loop)
+        );
+    }
+
+    #[test]
+    fn test_decide_arp_request_gets_proxy_reply_with_target_port_mac() {
+        let s = switch();
+        let mut f = arp_request(A, v4("10.0.0.1"), v4("10.0.0.2"));
+        let mut r = Vec::new();
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Reply);
+        let (eth, l3) = frame::parse(&r).unwrap();
+        assert_eq!(eth.dst, A);
+        assert_eq!(eth.src, B);
+        assert_eq!(eth.ethertype, ETHERTYPE_ARP);
+        let L3::Arp(arp) = l3 else { panic!() };
+        assert_eq!(arp.op, 2);
+        assert_eq!(arp.sha, B);
+        assert_eq!(arp.spa, v4("10.0.0.2"));
+        assert_eq!(arp.tha, A);
+        assert_eq!(arp.tpa, v4("10.0.0.1"));
+    }
+
+    #[test]
+    fn test_decide_arp_for_routed_address_answers_with_router_mac() {
+        let s = switch();
+        let mut f = arp_request(A, v4("10.0.0.1"), v4("192.168.1.1"));
+        let mut r = Vec::new();
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Reply);
+        assert_eq!(&r[6..12], &C);
+    }
+
+    #[test]
+    fn test_decide_arp_spoofed_sender_is_dropped_and_gratuitous_ignored() {
+        let s = switch();
+        let mut f = arp_request(A, v4("10.0.0.2"), v4("10.0.0.3"));
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::SpoofIp)
+        );
+        let mut f = arp_request(A, v4("10.0.0.1"), v4("10.0.0.1"));
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::Control)
+        );
+    }
+
+    #[test]
+    fn test_decide_neighbor_solicit_gets_proxy_advert() {
+        let s = switch();
+        let mut f = neighbor_solicit(A, v6("fd00::1"), v6("fd00::2"));
+        let mut r = Vec::new();
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Reply);
+        let (eth, l3) = frame::parse(&r).unwrap();
+        assert_eq!(eth.src, B);
+        let L3::Ipv6(ip) = l3 else { panic!() };
+        assert_eq!(ip.src, v6("fd00::2"));
+        assert_eq!(ip.dst, v6("fd00::1"));
+        assert_eq!(ip.icmp.unwrap().target, Some(v6("fd00::2")));
+    }
+
+    #[test]
+    fn test_decide_neighbor_solicit_for_link_local_of_peer() {
+        let s = switch();
+        let ll_a = frame::link_local_from_mac(A);
+        let ll_b = frame::link_local_from_mac(B);
+        let mut f = neighbor_solicit(A, ll_a, ll_b);
+        let mut r = Vec::new();
+        assert_eq!(s.decide(1, &mut f, &mut r), Decision::Reply);
+        assert_eq!(&r[6..12], &B);
+    }
+
+    #[test]
+    fn test_decide_dad_is_control() {
+        let s = switch();
+        let mut f = neighbor_solicit(A, Ipv6Addr::UNSPECIFIED, v6("fd00::1"));
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::Control)
+        );
+    }
+
+    #[test]
+    fn test_decide_broadcast_and_targets_exclude_sender() {
+        let s = switch();
+        let mut f = udp4(A, BROADCAST_MAC, v4("10.0.0.1"), v4("255.255.255.255"), 0);
+        assert_eq!(s.decide(1, &mut f, &mut Vec::new()), Decision::Broadcast);
+        assert_eq!(s.broadcast_targets(1).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(s.broadcast_targets(2).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn test_decide_unsupported_ethertype_and_oversize() {
+        let s = switch();
+        let mut f = udp4(A, B, v4("10.0.0.1"), v4("10.0.0.2"), 0);
+        f[12] = 0x81;
+        f[13] = 0x00;
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::Unsupported)
+        );
+        let mut big = vec![0u8; MAX_FRAME + 1];
+        assert_eq!(
+            s.decide(1, &mut big, &mut Vec::new()),
+            Decision::Drop(DropReason::Oversize)
+        );
+    }
+
+    #[test]
+    fn test_decide_after_remove_peer_has_no_route() {
+        let mut s = switch();
+        s.remove(2);
+        let mut f = udp6(A, B, v6("fd00::1"), v6("fd00::2"), 0);
+        assert_eq!(
+            s.decide(1, &mut f, &mut Vec::new()),
+            Decision::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn test_flow_hash_separates_ports_and_is_stable() {
+        let f1 = udp4(A, B, v4("10.0.0.1"), v4("10.0.0.2"), 0);
+        let mut f2 = f1.clone();
+        f2[36] ^= 1; // destination port
+        assert_eq!(flow_hash(&f1, 7), flow_hash(&f1, 7));
+        assert_ne!(flow_hash(&f1, 7), flow_hash(&f2, 7));
+        assert_ne!(flow_hash(&f1, 7), flow_hash(&f1, 8));
+    }
+
+    #[test]
+    fn test_solicited_node() {
+        assert_eq!(solicited_node(v6("fd00::1:2:3")), v6("ff02::1:ff02:3"));
+    }
+}

@@ -1,0 +1,29 @@
+//! vm-switch: a vhost-user-net L3 switch between VMs.
+//!
+//! One main process watches a configuration directory of port files (`<vm>.port`) and forks
+//! one sandboxed child per VM port. Each child is a vhost-user-net backend (rust-vmm
+//! `vhost-user-backend`) serving `<vm>.sock` to the VM's frontend (crosvm or QEMU). Children
+//! exchange frames through lock-free single-producer/single-consumer rings in `memfd` shared
+//! memory, set up by the main process over a `SOCK_SEQPACKET` control channel.
+//!
+//! Queueing happens where the queue forms: at each destination's egress, an FQ-CoDel
+//! scheduler with per-source fairness measures sojourn from the ingress timestamp to the
+//! moment a frame is written into the guest's RX ring, and a DQL byte limit keeps the guest's
+//! RX ring itself short.
+//!
+//! Layout: sans-IO cores ([`frame`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
+//! the shared-memory ring ([`ring`]), the backend ([`backend`]), the process model
+//! ([`control`], [`child`], [`supervisor`]), the sandbox ([`sandbox`], [`seccomp`]), and
+//! statistics ([`stats`]). All `unsafe` code lives in [`sys`].
+//!
+//! Trust: everything from a guest, a frontend, a peer child (through a ring) or a port file is
+//! hostile and validated; the main process trusts only itself.
+
+pub mod config;
+pub mod dql;
+pub mod fib;
+pub mod forward;
+pub mod frame;
+pub mod ring;
+pub mod sched;
+pub mod sys;

@@ -1,0 +1,297 @@
+//! Every `unsafe` operation of vm-switch: shared memory (memfd + mmap, atomics and copies on
+//! memory another process writes), `fork`, the process title, and the SIGSYS handler.
+//!
+//! Each block carries a `// SAFETY:` comment. Callers get safe wrappers that check bounds and
+//! alignment before touching memory.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+/// A `MAP_SHARED` mapping of a memfd that another process maps too.
+///
+/// The peer may write anything at any time, so the mapping is never exposed as a Rust
+/// reference to plain data: reads and writes are byte copies through raw pointers, and the
+/// few control words are accessed as atomics.
+#[derive(Debug)]
+pub struct SharedMem {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain shared memory; every access goes through atomics or raw byte
+// copies (no references to non-atomic data), so using it from several threads is as safe as
+// sharing it with the other process, which the design already assumes.
+unsafe impl Send for SharedMem {}
+// SAFETY: see `Send`; `&SharedMem` only allows atomic accesses and raw copies.
+unsafe impl Sync for SharedMem {}
+
+impl SharedMem {
+    /// Creates a sealed memfd of `len` bytes (size can no longer change) and maps it.
+    pub fn create(name: &str, len: usize) -> std::io::Result<Self> {
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+        nix::unistd::ftruncate(&fd, len as i64)?;
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )?;
+        Self::map(fd, len)
+    }
+
+    /// Maps `len` bytes of a memfd received from elsewhere. Fails unless the file is sealed
+    /// against shrinking and at least `len` bytes long, so the mapping cannot fault later.
+    pub fn map(fd: OwnedFd, len: usize) -> std::io::Result<Self> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)?;
+        if seals & SealFlag::F_SEAL_SHRINK.bits() == 0 {
+            return Err(bad("shared memory file is not sealed against shrinking"));
+        }
+        let st = nix::sys::stat::fstat(&fd)?;
+        if (st.st_size as u64) < len as u64 {
+            return Err(bad("shared memory file is smaller than announced"));
+        }
+        let length = NonZeroUsize::new(len).ok_or_else(|| bad("empty shared memory"))?;
+        // SAFETY: a fresh mapping chosen by the kernel (no address hint), of a file we checked
+        // is at least `len` bytes and cannot shrink; nothing else refers to this range.
+        let ptr = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                0,
+            )?
+        };
+        Ok(SharedMem {
+            ptr: ptr.cast(),
+            len,
+            fd,
+        })
+    }
+
+    /// The memfd (to pass to another process).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Mapped length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: `map` refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, offset: usize, len: usize, align: usize) -> bool {
+        offset.checked_add(len).is_some_and(|end| end <= self.len) && offset.is_multiple_of(align)
+    }
+
+    /// The 32-bit atomic at `offset` (4-byte aligned, in bounds), or `None`.
+    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        if !self.check(offset, 4, 4) {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (checked; the mapping is page aligned); the memory
+        // stays mapped for the lifetime of `&self`; AtomicU32 has the size and alignment of
+        // u32 and atomics are the right type for memory another process writes concurrently.
+        Some(unsafe { &*(self.ptr.as_ptr().add(offset) as *const AtomicU32) })
+    }
+
+    /// The 64-bit atomic at `offset` (8-byte aligned, in bounds), or `None`.
+    pub fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
+        if !self.check(offset, 8, 8) {
+            return None;
+        }
+        // SAFETY: as in `atomic_u32`, with 8-byte size and alignment.
+        Some(unsafe { &*(self.ptr.as_ptr().add(offset) as *const AtomicU64) })
+    }
+
+    /// Copies `out.len()` bytes at `offset` out of the mapping. Returns false when out of
+    /// bounds. The bytes are a snapshot: the peer may change the source afterwards, never the
+    /// copy.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if !self.check(offset, out.len(), 1) {
+            return false;
+        }
+        // SAFETY: source range checked in bounds of the live mapping; the destination is a
+        // distinct local buffer. A concurrent write by the peer can only produce arbitrary
+        // bytes in the copy, which callers treat as untrusted.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+        }
+        true
+    }
+
+    /// Copies `data` into the mapping at `offset`. Returns false when out of bounds.
+    pub fn write(&self, offset: usize, data: &[u8]) -> bool {
+        if !self.check(offset, data.len(), 1) {
+            return false;
+        }
+        // SAFETY: destination range checked in bounds of the live, writable mapping; source is
+        // a distinct local buffer; no Rust reference to the destination exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
+        }
+        true
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping created in `map`, and no reference into
+        // it outlives `self` (accessors borrow `self`).
+        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Result of [`fork`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// Forks the process.
+///
+/// Must only be called while the process has a single thread (the main process of vm-switch
+/// never starts threads; children start theirs after forking).
+pub fn fork() -> std::io::Result<Forked> {
+    // SAFETY: vm-switch's main process is single-threaded (documented invariant of
+    // `supervisor`), so the child cannot inherit locks held by other threads.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Sets the process title shown by `ps` (the argv area) and the thread name (`comm`,
+/// truncated to 15 bytes). Best effort: does nothing when /proc is unavailable.
+pub fn set_process_title(title: &str) {
+    let comm: String = title.chars().take(15).collect();
+    let _ = nix::sys::prctl::set_name(&std::ffi::CString::new(comm).unwrap_or_default());
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // arg_start and arg_end are fields 48 and 49 of stat(5); `rest` starts at field 3.
+    let (Some(start), Some(end)) = (
+        fields.get(45).and_then(|s| s.parse::<usize>().ok()),
+        fields.get(46).and_then(|s| s.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    if end <= start + 1 || end - start > 1 << 20 {
+        return;
+    }
+    let area = end - start;
+    let bytes = title.as_bytes();
+    let n = bytes.len().min(area - 1);
+    // SAFETY: [arg_start, arg_end) is this process's own argv string area, mapped and
+    // writable on the initial stack for the whole life of the process; Rust's std copied
+    // argv into its own allocations at startup (std::env::args), so nothing in this process
+    // holds references into it. Writing bytes there is how setproctitle works.
+    unsafe {
+        let p = start as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n);
+        std::ptr::write_bytes(p.add(n), 0, area - n);
+    }
+}
+
+/// Installs a SIGSYS handler that writes the number of the offending system call to stderr
+/// (for `--seccomp-mode trap`) and exits the process with status 159 (128 + SIGSYS).
+pub fn install_sigsys_handler() -> std::io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::SigAction(sigsys_handler),
+        SaFlags::SA_SIGINFO,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions (write, _exit) and touches
+    // no Rust state.
+    unsafe { sigaction(Signal::SIGSYS, &action) }?;
+    Ok(())
+}
+
+extern "C" fn sigsys_handler(
+    _sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
+    let mut msg = *b"vm-switch: seccomp: blocked system call 00000\n";
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers. For SIGSYS the
+    // si_syscall field sits right after si_code/si_errno, the pointer si_call_addr, in the
+    // union (offset 16 + 8 on x86_64).
+    let nr = unsafe {
+        let base = info as *const u8;
+        std::ptr::read_unaligned(base.add(24) as *const i32)
+    };
+    let mut n = nr.unsigned_abs();
+    for i in (0..5).rev() {
+        msg[40 + i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is a local array.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(159);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn test_shared_mem_two_mappings_see_each_other() {
+        let a = SharedMem::create("t", 4096).unwrap();
+        let fd = a.fd().try_clone().unwrap();
+        let b = SharedMem::map(fd, 4096).unwrap();
+        a.atomic_u32(64).unwrap().store(7, Ordering::Release);
+        assert_eq!(b.atomic_u32(64).unwrap().load(Ordering::Acquire), 7);
+        assert!(a.write(100, b"hello"));
+        let mut out = [0u8; 5];
+        assert!(b.read(100, &mut out));
+        assert_eq!(&out, b"hello");
+    }
+
+    #[test]
+    fn test_shared_mem_rejects_out_of_bounds_and_misaligned() {
+        let a = SharedMem::create("t", 4096).unwrap();
+        assert!(a.atomic_u32(4094).is_none());
+        assert!(a.atomic_u32(2).is_none());
+        assert!(a.atomic_u64(4).is_none());
+        assert!(!a.write(4095, b"ab"));
+        assert!(!a.read(usize::MAX, &mut [0u8; 2]));
+    }
+
+    #[test]
+    fn test_shared_mem_map_refuses_unsealed_or_short_files() {
+        let fd = memfd_create("u", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        assert!(SharedMem::map(fd, 4096).is_err());
+        let a = SharedMem::create("t", 4096).unwrap();
+        assert!(SharedMem::map(a.fd().try_clone().unwrap(), 8192).is_err());
+    }
+}
