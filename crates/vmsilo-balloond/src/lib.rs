@@ -1,0 +1,23 @@
+//! vmsilo-balloond: balances free memory between the host and every running VM by moving
+//! virtio-balloons, with ChromeOS's BalanceAvailable policy, and backs off from balloons that
+//! stall.
+//!
+//! Layout:
+//! - [`policy`], [`stall`], [`balancer`]: the sans-IO policy core (BalanceAvailable, stall
+//!   detection, the per-tick engine with its explained decisions). The daemon and the simulator
+//!   run exactly this code.
+//! - [`host`]: `/proc/meminfo` and PSI readings.
+//! - [`stats`]: the guest statistics every VMM client produces.
+//!
+//! Threading model and trust: see `docs/vmsilo-balloond.md`. Everything a guest reports is
+//! treated as hostile: no value it sends can panic or overflow the daemon.
+
+#![forbid(unsafe_code)]
+
+pub mod balancer;
+pub mod fake;
+pub mod host;
+pub mod policy;
+pub mod stall;
+pub mod stats;
+pub mod vmm;
