@@ -148,9 +148,9 @@ pub struct AttachedIo {
     /// Copied to the command's stdin by a helper thread; `None` closes its stdin at once.
     pub stdin: Option<Box<dyn Read + Send>>,
     /// Receives the command's stdout (the terminal in tty mode).
-    pub stdout: Box<dyn Write>,
+    pub stdout: Box<dyn Write + Send>,
     /// Receives the command's stderr.
-    pub stderr: Box<dyn Write>,
+    pub stderr: Box<dyn Write + Send>,
     /// Signals and window-size changes to forward, read by a helper thread until the sender is
     /// dropped.
     pub controls: Option<Receiver<Control>>,

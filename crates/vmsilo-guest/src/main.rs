@@ -1,0 +1,336 @@
+//! `vmsilo-guest`: the guest agent. See `docs/guest-agent.md`.
+//!
+//! Exit status: 0 done (or powering off), 1 runtime failure, 2 usage error.
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmsilo_guest::exec::ExecConfig;
+use vmsilo_guest::idle::{IdleWatchdog, ScanConfig, scan_busy};
+use vmsilo_guest::power::{PowerOff, power_off};
+use vmsilo_guest::transport::{
+    self, Activation, PeerPolicy, SocketStream, UnixSocketListener, VsockListener,
+};
+use vmsilo_guest::{Agent, AgentConfig, Outcome, SessionMode, cmdline, log};
+use vmsilo_proto::{AGENT_PORT, HOST_CID};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmsilo-guest",
+    version,
+    about = "vmsilo guest agent: runs commands sent by the host over vsock, powers an idle guest off",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve commands (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Power off once no agent process is busy and no vmsilo-run-* user unit runs (for
+    /// guests where systemd starts one agent per connection).
+    IdleWatchdog(WatchdogArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PowerOffArg {
+    /// systemctl poweroff under systemd, the reboot system call otherwise.
+    Auto,
+    /// sync, then reboot(RB_POWER_OFF).
+    Syscall,
+    /// systemctl poweroff.
+    Systemctl,
+    /// Only exit the agent.
+    Exit,
+}
+
+impl From<PowerOffArg> for PowerOff {
+    fn from(a: PowerOffArg) -> Self {
+        match a {
+            PowerOffArg::Auto => Self::Auto,
+            PowerOffArg::Syscall => Self::Syscall,
+            PowerOffArg::Systemctl => Self::Systemctl,
+            PowerOffArg::Exit => Self::Exit,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SessionArg {
+    /// Commands are children of the agent.
+    Plain,
+    /// Detached commands become transient services of the user's systemd instance.
+    Systemd,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// vsock port to listen on.
+    #[arg(long, default_value_t = AGENT_PORT)]
+    port: u32,
+    /// Listen on this Unix socket instead of vsock (development and tests).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Require a socket from systemd (LISTEN_FDS): a listening socket (Accept=no) or one
+    /// accepted connection (Accept=yes). Without this flag such a socket is still used when
+    /// present.
+    #[arg(long)]
+    listen_fd: bool,
+    /// Accept vsock connections from this CID only.
+    #[arg(long, value_name = "CID", default_value_t = HOST_CID)]
+    host_cid: u32,
+    /// Accept vsock connections from any CID (debugging only).
+    #[arg(long)]
+    any_cid: bool,
+    /// Power off after this long with no command running: seconds ("5") or a duration ("2min");
+    /// "off" disables. Default: vmsilo.autoshutdown=<seconds> on the kernel command line.
+    #[arg(long, value_name = "DURATION")]
+    idle_shutdown: Option<String>,
+    /// How to power off.
+    #[arg(long, value_enum, default_value = "auto")]
+    poweroff: PowerOffArg,
+    /// Run commands as this guest user unless the request names one (default: the agent's
+    /// own user).
+    #[arg(long)]
+    user: Option<String>,
+    /// Where detached commands run.
+    #[arg(long, value_enum, default_value = "plain")]
+    session: SessionArg,
+    /// Keep a busy-marker file in this directory (for `vmsilo-guest idle-watchdog`).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Kernel command line to read vmsilo.* settings from.
+    #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+struct WatchdogArgs {
+    /// Power off after this long with nothing running (default: vmsilo.autoshutdown= on the
+    /// kernel command line; without either the watchdog exits at once).
+    #[arg(long, value_name = "DURATION")]
+    idle_shutdown: Option<String>,
+    /// The agents' busy-marker directory.
+    #[arg(long, value_name = "DIR", default_value = "/run/vmsilo-guest")]
+    state_dir: PathBuf,
+    /// Where cgroup v2 is mounted (to find running vmsilo-run-* units); "none" to skip.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    cgroup_root: String,
+    /// How often to look.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    interval: String,
+    /// How to power off.
+    #[arg(long, value_enum, default_value = "auto")]
+    poweroff: PowerOffArg,
+    /// Kernel command line to read vmsilo.* settings from.
+    #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+}
+
+/// A failure with the exit status it maps to.
+struct Failure(u8, String);
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(2, msg.into())
+}
+
+fn runtime(msg: impl Into<String>) -> Failure {
+    Failure(1, msg.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Some(Cmd::Serve(args)) => serve(&args),
+        None => serve(&cli.serve),
+        Some(Cmd::IdleWatchdog(args)) => watchdog(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            log(&msg);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// `5` (seconds), `5s`, `2min`; `off` and `0` disable.
+fn parse_idle(text: &str, what: &str) -> Result<Option<Duration>, Failure> {
+    let t = text.trim();
+    if t == "off" || t == "0" {
+        return Ok(None);
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Some(Duration::from_secs(secs)));
+    }
+    vmsilo_config::units::parse_duration(t)
+        .map(Some)
+        .map_err(|e| usage(format!("{what} {text:?}: {e}")))
+}
+
+/// The idle time from the flag, else from the kernel command line.
+fn idle_setting(flag: Option<&str>, cmdline_path: &Path) -> Result<Option<Duration>, Failure> {
+    if let Some(text) = flag {
+        return parse_idle(text, "--idle-shutdown");
+    }
+    let text = match std::fs::read_to_string(cmdline_path) {
+        Ok(t) => t,
+        Err(e) => {
+            log(&format!(
+                "cannot read {}: {e}; idle shutdown stays off",
+                cmdline_path.display()
+            ));
+            return Ok(None);
+        }
+    };
+    let settings = cmdline::parse(&text);
+    for w in &settings.warnings {
+        log(w);
+    }
+    Ok(settings.autoshutdown)
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    let idle = idle_setting(args.idle_shutdown.as_deref(), &args.cmdline)?;
+    let policy = if args.any_cid {
+        PeerPolicy::Any
+    } else {
+        PeerPolicy::Cid(args.host_cid)
+    };
+    let mut cfg = AgentConfig::new(ExecConfig::from_process(args.user.clone()));
+    cfg.session = match args.session {
+        SessionArg::Plain => SessionMode::Plain,
+        SessionArg::Systemd => SessionMode::Systemd,
+    };
+    cfg.state_dir = args.state_dir.clone();
+
+    let activation = transport::from_systemd(
+        std::env::var("LISTEN_PID").ok().as_deref(),
+        std::env::var("LISTEN_FDS").ok().as_deref(),
+    )
+    .map_err(|e| runtime(format!("failed to take the socket passed by systemd: {e}")))?;
+    if args.listen_fd && activation.is_none() {
+        return Err(usage(
+            "--listen-fd: no socket was passed (LISTEN_PID/LISTEN_FDS are not set for this process); run under systemd socket activation or drop the flag",
+        ));
+    }
+    if args.unix.is_some() && activation.is_some() {
+        return Err(usage(
+            "--unix cannot be used when systemd passes a socket (LISTEN_FDS)",
+        ));
+    }
+
+    let mut agent;
+    match activation {
+        Some(Activation::Connection(fd)) => {
+            // One connection per process: idle state lives in the separate idle-watchdog
+            // process, fed by --state-dir markers.
+            if args.idle_shutdown.is_some() {
+                log(
+                    "--idle-shutdown has no effect with Accept=yes sockets; run `vmsilo-guest idle-watchdog` beside the socket unit",
+                );
+            }
+            match transport::check_peer(fd.as_fd(), policy) {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => return Err(runtime(msg)),
+                Err(e) => return Err(runtime(format!("failed to check the peer: {e}"))),
+            }
+            agent = Agent::new(cfg);
+            agent
+                .add_connection(Box::new(SocketStream::new(fd)))
+                .map_err(|e| runtime(format!("failed to set up the connection: {e}")))?;
+        }
+        Some(Activation::Listening(fd)) => {
+            cfg.idle_shutdown = idle;
+            log_idle(idle);
+            let listener = VsockListener::from_fd(fd, policy)
+                .map_err(|e| runtime(format!("failed to use the socket passed by systemd: {e}")))?;
+            agent = Agent::new(cfg);
+            agent.set_listener(Box::new(listener));
+            log("serving the socket passed by systemd");
+        }
+        None => {
+            cfg.idle_shutdown = idle;
+            log_idle(idle);
+            agent = Agent::new(cfg);
+            if let Some(path) = &args.unix {
+                let _ = std::fs::remove_file(path);
+                let l = UnixListener::bind(path)
+                    .and_then(|l| UnixSocketListener::new(l, path.display().to_string()))
+                    .map_err(|e| runtime(format!("failed to listen on {}: {e}", path.display())))?;
+                agent.set_listener(Box::new(l));
+                log(&format!("listening on unix socket {}", path.display()));
+            } else {
+                let l =
+                    VsockListener::bind(args.port, policy).map_err(|e| runtime(e.to_string()))?;
+                agent.set_listener(Box::new(l));
+                log(&format!("listening on vsock port {}", args.port));
+            }
+        }
+    }
+    match agent.run().map_err(|e| runtime(e.to_string()))? {
+        Outcome::Finished => Ok(()),
+        Outcome::Idle => {
+            log(&format!(
+                "no command has run for {}s: powering off",
+                idle.map_or(0.0, |d| d.as_secs_f64())
+            ));
+            power_off(args.poweroff.into())
+                .map_err(|e| runtime(format!("failed to power off: {e}")))
+        }
+    }
+}
+
+fn log_idle(idle: Option<Duration>) {
+    if let Some(after) = idle {
+        log(&format!(
+            "idle shutdown after {}s without a running command",
+            after.as_secs_f64()
+        ));
+    }
+}
+
+fn watchdog(args: &WatchdogArgs) -> Result<(), Failure> {
+    let Some(after) = idle_setting(args.idle_shutdown.as_deref(), &args.cmdline)? else {
+        log(
+            "idle watchdog: no idle time configured (vmsilo.autoshutdown= or --idle-shutdown); exiting",
+        );
+        return Ok(());
+    };
+    let interval = parse_idle(&args.interval, "--interval")?
+        .ok_or_else(|| usage("--interval must be positive"))?;
+    let cfg = ScanConfig {
+        state_dir: args.state_dir.clone(),
+        cgroup_root: (args.cgroup_root != "none").then(|| PathBuf::from(&args.cgroup_root)),
+    };
+    log(&format!(
+        "idle watchdog: powering off after {}s without a busy agent in {} or a vmsilo-run-* unit",
+        after.as_secs_f64(),
+        cfg.state_dir.display()
+    ));
+    let mut w = IdleWatchdog::new(after, Instant::now());
+    loop {
+        let now = Instant::now();
+        w.update(scan_busy(&cfg), now);
+        if w.expired(now) {
+            log(&format!(
+                "no command has run for {}s: powering off",
+                after.as_secs_f64()
+            ));
+            return power_off(args.poweroff.into())
+                .map_err(|e| runtime(format!("failed to power off: {e}")));
+        }
+        std::thread::sleep(interval);
+    }
+}

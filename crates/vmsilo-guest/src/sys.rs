@@ -1,0 +1,134 @@
+//! Every `unsafe` block of the agent: system calls that neither std nor nix wrap safely.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// `pidfd_open(2)`: a file descriptor that becomes readable when the process exits. Always
+/// close-on-exec. Needs Linux 5.3.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and a flags word and passes no memory; it returns a new
+    // file descriptor or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of a descriptor inherited through socket activation (`LISTEN_FDS`).
+///
+/// The caller must have checked `LISTEN_PID` and `LISTEN_FDS` so that `fd` is an open
+/// descriptor passed to this process and owned by nothing else; it must call this at most
+/// once per descriptor.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // Check that the descriptor is open before claiming it.
+    // SAFETY: F_GETFD on any integer is harmless: it returns -1/EBADF for a closed one.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open, was passed to this process by its service manager and,
+    // per this function's contract, is claimed only here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets a pseudo-terminal's window size (`TIOCSWINSZ`), which also sends `SIGWINCH` to its
+/// foreground process group.
+pub fn set_window_size(pty: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer, which points to a
+    // live local value for the duration of the call.
+    let ret = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the child does between `fork` and `exec`, after std has set up its stdio.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// Make the pseudo-terminal on stdin the controlling terminal (after `setsid`).
+    pub controlling_tty: bool,
+    /// Switch to this identity: (uid, gid, supplementary groups).
+    pub identity: Option<(u32, u32, Vec<u32>)>,
+}
+
+/// Installs the child setup: always `setsid` (the command gets its own session and process
+/// group, so signals can be sent to the whole group and it is detached from the agent's
+/// console); then `TIOCSCTTY`; then the identity switch.
+pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    let ChildSetup {
+        controlling_tty,
+        identity,
+    } = setup;
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe system calls below: no allocation, no locks.
+        // SAFETY: setsid takes no arguments.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if controlling_tty {
+            // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal); fd 0 is the pty
+            // slave std installed as stdin.
+            if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some((uid, gid, groups)) = &identity {
+            // SAFETY: the pointer and length describe the `groups` vector, which lives (in the
+            // child's copy of memory) for the duration of the call.
+            if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: setgid/setuid take plain integers; gid first, while we may still.
+            if unsafe { libc::setgid(*gid) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            if unsafe { libc::setuid(*uid) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (setsid, ioctl, setgroups,
+    // setgid, setuid) on data moved into the closure before the fork; it allocates nothing and
+    // takes no locks, so it is sound to run in the forked child of a multi-threaded process.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn pidfd_becomes_readable_when_the_child_exits() {
+        let mut child = Command::new("true").spawn().unwrap();
+        let fd = pidfd_open(child.id()).unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).unwrap();
+        assert_eq!(n, 1);
+        assert!(child.wait().unwrap().success());
+    }
+
+    #[test]
+    fn adopting_a_closed_descriptor_fails() {
+        assert!(adopt_inherited_fd(1_000_000).is_err());
+    }
+}
