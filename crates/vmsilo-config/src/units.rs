@@ -69,6 +69,14 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+impl serde::Serialize for ByteSize {
+    /// Serialized the way it is written in a configuration (`"300m"`), so that a serialized
+    /// configuration reads back to the same value.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for ByteSize {
     /// Prints the largest binary unit that divides the size exactly (`300m`, `10g`, `1536`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,168 @@
+//! Runtime paths: where sockets, the console and overlays of a VM live.
+//!
+//! All of them hang off three directories, which tests and the runtime can relocate
+//! ([`Dirs`]); the defaults are `/run/vmsilo`, `/run/vm-switch` and `/var/lib/vmsilo`.
+//! `docs/runtime-paths.md` has the full table.
+
+use serde::{Deserialize, Serialize};
+
+/// The directories every runtime path is derived from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dirs {
+    /// Sockets and the console of each VM (`/run/vmsilo`).
+    pub run_dir: String,
+    /// vm-switch networks, one subdirectory each (`/run/vm-switch`).
+    pub vm_switch_dir: String,
+    /// Persistent state: overlay images (`/var/lib/vmsilo`).
+    pub state_dir: String,
+}
+
+/// Default run directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/vmsilo";
+/// Default vm-switch directory.
+pub const DEFAULT_VM_SWITCH_DIR: &str = "/run/vm-switch";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmsilo";
+
+/// Longest path a unix socket can have (`sun_path` is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Dirs {
+            run_dir: DEFAULT_RUN_DIR.into(),
+            vm_switch_dir: DEFAULT_VM_SWITCH_DIR.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+        }
+    }
+}
+
+fn join(dir: &str, file: &str) -> String {
+    let dir = dir.trim_end_matches('/');
+    format!("{dir}/{file}")
+}
+
+impl Dirs {
+    /// Dirs with the given run directory and the default others.
+    pub fn with_run_dir(run_dir: impl Into<String>) -> Self {
+        Dirs {
+            run_dir: run_dir.into(),
+            ..Dirs::default()
+        }
+    }
+
+    /// `<run>/<vm>-command.socket`: the socket-activated command entry (`vm-run`).
+    pub fn command_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-command.socket"))
+    }
+    /// `<run>/<vm>-console`: symlink to the console PTY (`vm-shell`).
+    pub fn console(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-console"))
+    }
+    /// `<run>/<vm>-console.socket`: the VMM's serial console stream, relayed to the PTY.
+    pub fn console_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-console.socket"))
+    }
+    /// `<run>/<vm>-control.socket`: crosvm's control socket.
+    pub fn control_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-control.socket"))
+    }
+    /// `<run>/<vm>-qmp.socket`: QEMU's QMP socket.
+    pub fn qmp_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-qmp.socket"))
+    }
+    /// `<run>/<vm>-vsock.socket`: the hybrid-vsock socket of vhost-device-vsock (QEMU):
+    /// connect and send `CONNECT <port>\n`.
+    pub fn vsock_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-vsock.socket"))
+    }
+    /// `<run>/<vm>-vhost-vsock.socket`: vhost-device-vsock's vhost-user socket (QEMU).
+    pub fn vhost_vsock_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-vhost-vsock.socket"))
+    }
+    /// `<run>/<vm>-sound.socket`: vhost-device-sound's vhost-user socket.
+    pub fn sound_socket(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-sound.socket"))
+    }
+    /// `<run>/<vm>-fs-<tag>.socket`: virtiofsd's vhost-user socket for one shared directory
+    /// (QEMU).
+    pub fn fs_socket(&self, vm: &str, tag: &str) -> String {
+        join(&self.run_dir, &format!("{vm}-fs-{tag}.socket"))
+    }
+    /// `<vm-switch>/<net>`: one vm-switch instance's directory.
+    pub fn vm_switch_net_dir(&self, net: &str) -> String {
+        join(&self.vm_switch_dir, net)
+    }
+    /// `<vm-switch>/<net>/<vm>.sock`: the vhost-user-net socket vm-switch serves for a VM.
+    pub fn vm_switch_socket(&self, net: &str, vm: &str) -> String {
+        join(&self.vm_switch_net_dir(net), &format!("{vm}.sock"))
+    }
+    /// `<vm-switch>/<net>/<vm>.port`: the port description the runtime writes for vm-switch.
+    pub fn vm_switch_port_file(&self, net: &str, vm: &str) -> String {
+        join(&self.vm_switch_net_dir(net), &format!("{vm}.port"))
+    }
+    /// `<state>/overlays/<vm>.qcow2`: the ephemeral qcow2 overlay, recreated at each start.
+    pub fn overlay_image(&self, vm: &str) -> String {
+        join(&self.state_dir, &format!("overlays/{vm}.qcow2"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_default_paths() {
+        let d = Dirs::default();
+        assert_eq!(
+            d.command_socket("banking"),
+            "/run/vmsilo/banking-command.socket"
+        );
+        assert_eq!(d.console("banking"), "/run/vmsilo/banking-console");
+        assert_eq!(
+            d.console_socket("banking"),
+            "/run/vmsilo/banking-console.socket"
+        );
+        assert_eq!(
+            d.control_socket("banking"),
+            "/run/vmsilo/banking-control.socket"
+        );
+        assert_eq!(d.qmp_socket("banking"), "/run/vmsilo/banking-qmp.socket");
+        assert_eq!(
+            d.vsock_socket("banking"),
+            "/run/vmsilo/banking-vsock.socket"
+        );
+        assert_eq!(
+            d.vhost_vsock_socket("banking"),
+            "/run/vmsilo/banking-vhost-vsock.socket"
+        );
+        assert_eq!(
+            d.sound_socket("banking"),
+            "/run/vmsilo/banking-sound.socket"
+        );
+        assert_eq!(
+            d.fs_socket("banking", "home"),
+            "/run/vmsilo/banking-fs-home.socket"
+        );
+        assert_eq!(
+            d.vm_switch_socket("lan", "banking"),
+            "/run/vm-switch/lan/banking.sock"
+        );
+        assert_eq!(
+            d.vm_switch_port_file("lan", "banking"),
+            "/run/vm-switch/lan/banking.port"
+        );
+        assert_eq!(
+            d.overlay_image("banking"),
+            "/var/lib/vmsilo/overlays/banking.qcow2"
+        );
+    }
+
+    #[test]
+    fn test_relocated_run_dir_tolerates_trailing_slash() {
+        let d = Dirs::with_run_dir("/tmp/t/");
+        assert_eq!(d.command_socket("a"), "/tmp/t/a-command.socket");
+        assert_eq!(d.vm_switch_socket("n", "a"), "/run/vm-switch/n/a.sock");
+    }
+}

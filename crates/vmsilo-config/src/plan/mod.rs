@@ -1,0 +1,517 @@
+//! Launch plans: a validated configuration in, everything needed to start one VM out.
+//!
+//! A [`LaunchPlan`] holds the VMM's argv, the vhost-user backends to start first, every runtime
+//! path, the derived network values and the kernel parameters. It is plain data: the runtime
+//! (`vmsilo vm-service`) executes it, `vmsilo plan` prints it, and `vmsilo plan --json` emits it
+//! for other tools. The JSON schema is documented in `docs/runtime-paths.md`.
+//!
+//! Building a plan does no I/O: the host user's uid/gid and the directories come in through
+//! [`PlanOptions`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::derive::{self, IfaceInfo};
+use crate::model::{InterfaceType, OverlayType, Vm, Vmm};
+use crate::paths::{Dirs, MAX_SOCKET_PATH};
+use crate::validate::ValidConfig;
+
+mod crosvm;
+mod render;
+
+pub use render::{render_text, shell_quote};
+
+/// Version of the plan's JSON form; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Queue size announced for vm-switch ports. crosvm's default (32768) exceeds what rust-vmm
+/// backends accept (crosvm.md §4.2 point 6).
+pub const VM_SWITCH_QUEUE_SIZE: u32 = 256;
+
+/// The default GPU options (`gpu = true`).
+pub const DEFAULT_GPU_OPTIONS: &str = "context-types=cross-domain:virgl2";
+
+/// Inputs of a plan that are not in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Where runtime files live.
+    pub dirs: Dirs,
+    /// The configured user's uid (shared-home mapping, sound backend).
+    pub uid: u32,
+    /// The configured user's primary gid.
+    pub gid: u32,
+    /// The user's Wayland socket for `--wayland-sock` (default `/run/user/<uid>/wayland-0`).
+    pub wayland_socket: Option<String>,
+}
+
+impl PlanOptions {
+    /// Default directories for the user `uid`/`gid`.
+    pub fn new(uid: u32, gid: u32) -> Self {
+        PlanOptions {
+            dirs: Dirs::default(),
+            uid,
+            gid,
+            wayland_socket: None,
+        }
+    }
+
+    /// The user's runtime directory, `/run/user/<uid>`.
+    pub fn user_runtime_dir(&self) -> String {
+        format!("/run/user/{}", self.uid)
+    }
+
+    /// The Wayland socket the GPU's cross-domain context connects to.
+    pub fn wayland_socket(&self) -> String {
+        self.wayland_socket
+            .clone()
+            .unwrap_or_else(|| format!("{}/wayland-0", self.user_runtime_dir()))
+    }
+}
+
+/// Why a plan could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// No VM has that name.
+    #[error("no VM called {name:?}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
+    UnknownVm {
+        /// The name asked for.
+        name: String,
+        /// The closest existing name.
+        suggestion: Option<String>,
+    },
+    /// A derived socket path does not fit in `sun_path`.
+    #[error(
+        "VM {vm:?}: socket path {path:?} is {} bytes; unix sockets allow {MAX_SOCKET_PATH}: use a shorter run directory or VM name",
+        path.len()
+    )]
+    SocketPathTooLong {
+        /// The VM.
+        vm: String,
+        /// The path.
+        path: String,
+    },
+    /// The VM's VMM cannot be planned here.
+    #[error("VM {vm:?}: {message}")]
+    Unsupported {
+        /// The VM.
+        vm: String,
+        /// What is missing.
+        message: String,
+    },
+}
+
+/// Who listens on the console socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsoleListener {
+    /// The runtime listens before starting the VMM, which connects (crosvm `unix-stream`).
+    Runtime,
+    /// The VMM listens; the runtime connects after starting it (QEMU `server=on`).
+    Vmm,
+}
+
+/// Every runtime path of a VM. Absent entries do not apply to this VMM or configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanPaths {
+    /// `<run>/<vm>-command.socket`.
+    pub command_socket: String,
+    /// `<run>/<vm>-console`, symlink to the console PTY the runtime creates.
+    pub console: String,
+    /// `<run>/<vm>-console.socket`, the VMM's serial stream.
+    pub console_socket: String,
+    /// Who listens on `consoleSocket`.
+    pub console_listener: ConsoleListener,
+    /// crosvm control socket.
+    pub control_socket: Option<String>,
+    /// QEMU QMP socket.
+    pub qmp_socket: Option<String>,
+    /// Hybrid-vsock socket (QEMU): `CONNECT <port>\n`.
+    pub vsock_socket: Option<String>,
+    /// vhost-device-vsock's vhost-user socket (QEMU).
+    pub vhost_vsock_socket: Option<String>,
+    /// vhost-device-sound's socket.
+    pub sound_socket: Option<String>,
+    /// virtiofsd sockets by tag (QEMU).
+    pub fs_sockets: BTreeMap<String, String>,
+    /// vm-switch ports of this VM.
+    pub vm_switch: Vec<VmSwitchPort>,
+    /// The qcow2 overlay image, recreated at each start.
+    pub overlay: Option<String>,
+}
+
+/// One vm-switch port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSwitchPort {
+    /// Network name.
+    pub network: String,
+    /// The network's directory, `<vm-switch>/<net>`.
+    pub dir: String,
+    /// The vhost-user socket vm-switch serves, `<dir>/<vm>.sock`.
+    pub socket: String,
+    /// The port file the runtime writes, `<dir>/<vm>.port`.
+    pub port_file: String,
+}
+
+/// A process the runtime starts before the VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// `vhost-device-sound`, `virtiofsd` or `vhost-device-vsock`.
+    pub kind: String,
+    /// The command line (argv[0] is the program name, looked up in `PATH`).
+    pub argv: Vec<String>,
+    /// The vhost-user socket it listens on; the VMM connects once it exists.
+    pub socket: String,
+    /// Whether it runs as root or as the configured user.
+    pub run_as: RunAs,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// The identity a backend runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunAs {
+    /// root (like the VMM service).
+    Root,
+    /// The configured `user` (needs their PipeWire session).
+    User,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRoute {
+    /// Destination prefix.
+    pub dest: String,
+    /// Gateway.
+    pub via: String,
+}
+
+/// TAP details of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanTap {
+    /// Host TAP name.
+    pub name: String,
+    /// Host-side address with prefix.
+    pub host_address: Option<String>,
+    /// Bridge the TAP joins.
+    pub bridge: Option<String>,
+}
+
+/// vm-switch details of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanVmSwitch {
+    /// Network name.
+    pub network: String,
+    /// vhost-user socket.
+    pub socket: String,
+    /// Port file the runtime writes.
+    pub port_file: String,
+    /// Whether this port receives broadcasts.
+    pub receive_broadcast: bool,
+    /// Prefixes this VM routes for its peers.
+    pub routes: Vec<String>,
+}
+
+/// An interface with everything derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanInterface {
+    /// Guest-visible name.
+    pub name: String,
+    /// Position in name order.
+    pub index: usize,
+    /// `tap` or `vm-switch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// MAC address.
+    pub mac: String,
+    /// TAP details, for TAP interfaces.
+    pub tap: Option<PlanTap>,
+    /// vm-switch details, for vm-switch interfaces.
+    pub vm_switch: Option<PlanVmSwitch>,
+    /// DHCP in the guest.
+    pub dhcp: bool,
+    /// Static addresses (IPv4 then IPv6) with prefix.
+    pub addresses: Vec<String>,
+    /// Static routes (IPv4 then IPv6).
+    pub routes: Vec<PlanRoute>,
+}
+
+/// Idle shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanAutoShutdown {
+    /// Whether it is on.
+    pub enable: bool,
+    /// Idle seconds.
+    pub after_seconds: u64,
+}
+
+/// The root overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanOverlay {
+    /// `qcow2` or `tmpfs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Size as configured (`10g`).
+    pub size: String,
+    /// Size in bytes (for `qemu-img create`).
+    pub size_bytes: u64,
+    /// The qcow2 image (absent for tmpfs).
+    pub path: Option<String>,
+    /// The guest device of the qcow2 image.
+    pub guest_device: Option<String>,
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchPlan {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The VM's name.
+    pub vm: String,
+    /// The VMM.
+    pub vmm: Vmm,
+    /// The VMM's full argv; argv[0] is `crosvm` or `qemu-system-x86_64`.
+    pub argv: Vec<String>,
+    /// Backends to start, in order, before the VMM.
+    pub backends: Vec<Backend>,
+    /// Runtime paths.
+    pub paths: PlanPaths,
+    /// The guest's vsock CID.
+    pub vsock_cid: u32,
+    /// The kernel parameters vmsilo passes (the VMM may add `root=` and `console=`).
+    pub kernel_params: Vec<String>,
+    /// Interfaces in name order.
+    pub interfaces: Vec<PlanInterface>,
+    /// Idle shutdown.
+    pub auto_shutdown: PlanAutoShutdown,
+    /// The root overlay.
+    pub overlay: PlanOverlay,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Window colour, `#rrggbb`.
+    pub color: String,
+    /// Start at boot.
+    pub auto_start: bool,
+    /// VMs to start first.
+    pub depends_on: Vec<String>,
+    /// argv split into option groups, for display only.
+    #[serde(skip)]
+    pub argv_groups: Vec<Vec<String>>,
+}
+
+/// The whole kernel command line the guest sees for this VM (vmsilo's parameters plus what the
+/// VMM adds), for the 2048-byte limit.
+pub fn kernel_cmdline(vm: &Vm) -> Vec<String> {
+    let mut p = vec![
+        "root=/dev/vda".to_owned(),
+        if vm.root_disk_readonly { "ro" } else { "rw" }.to_owned(),
+        "console=ttyS0".to_owned(),
+    ];
+    if vm.vmm == Vmm::Qemu {
+        p.push("panic=-1".to_owned());
+    }
+    p.extend(derive::kernel_params(vm));
+    p
+}
+
+/// The VM called `name`, or [`PlanError::UnknownVm`] with the closest name as a suggestion.
+pub fn find_vm<'c>(cfg: &'c ValidConfig, name: &str) -> Result<&'c Vm, PlanError> {
+    cfg.vm(name).ok_or_else(|| {
+        let names: Vec<&str> = cfg.nixos_vms.iter().map(|v| v.name.as_str()).collect();
+        PlanError::UnknownVm {
+            name: name.to_owned(),
+            suggestion: crate::diag::did_you_mean(name, &names).map(str::to_owned),
+        }
+    })
+}
+
+/// Builds the plan for VM `name`.
+pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<LaunchPlan, PlanError> {
+    let vm = find_vm(cfg, name)?;
+    let cid = cfg.cid(name).ok_or_else(|| PlanError::UnknownVm {
+        name: name.to_owned(),
+        suggestion: None,
+    })?;
+    let mut plan = common(vm, cid, opts);
+    match vm.vmm {
+        Vmm::Crosvm => crosvm::fill(cfg, vm, opts, &mut plan),
+        Vmm::Qemu => {
+            return Err(PlanError::Unsupported {
+                vm: vm.name.clone(),
+                message: "QEMU plans are not available in this build".into(),
+            });
+        }
+    }
+    plan.argv = plan.argv_groups.iter().flatten().cloned().collect();
+    check_socket_paths(&plan)?;
+    Ok(plan)
+}
+
+fn interface_plan(vm: &Vm, i: &IfaceInfo<'_>, dirs: &Dirs) -> PlanInterface {
+    let iface = i.iface;
+    PlanInterface {
+        name: i.name.to_owned(),
+        index: i.index,
+        kind: iface.kind.as_str().to_owned(),
+        mac: i.mac.to_string(),
+        tap: i.tap_name.as_ref().map(|t| PlanTap {
+            name: t.clone(),
+            host_address: iface.tap.host_address.map(|a| a.to_string()),
+            bridge: iface.tap.bridge.clone(),
+        }),
+        vm_switch: match (&iface.kind, &iface.vm_network.name) {
+            (InterfaceType::VmSwitch, Some(net)) => Some(PlanVmSwitch {
+                network: net.clone(),
+                socket: dirs.vm_switch_socket(net, &vm.name),
+                port_file: dirs.vm_switch_port_file(net, &vm.name),
+                receive_broadcast: iface.vm_network.receive_broadcast,
+                routes: iface
+                    .vm_network
+                    .routes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            }),
+            _ => None,
+        },
+        dhcp: iface.dhcp,
+        addresses: iface
+            .addresses
+            .iter()
+            .chain(&iface.v6_addresses)
+            .map(ToString::to_string)
+            .collect(),
+        routes: iface
+            .routes
+            .iter()
+            .chain(&iface.v6_routes)
+            .map(|(d, r)| PlanRoute {
+                dest: d.to_string(),
+                via: r.via.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// The VMM-independent part of a plan.
+fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
+    let d = &opts.dirs;
+    let interfaces: Vec<PlanInterface> = derive::interfaces(vm)
+        .iter()
+        .map(|i| interface_plan(vm, i, d))
+        .collect();
+    let vm_switch = interfaces
+        .iter()
+        .filter_map(|i| i.vm_switch.as_ref())
+        .map(|s| VmSwitchPort {
+            network: s.network.clone(),
+            dir: d.vm_switch_net_dir(&s.network),
+            socket: s.socket.clone(),
+            port_file: s.port_file.clone(),
+        })
+        .collect();
+    let qcow2 = vm.root_overlay.kind == OverlayType::Qcow2;
+    LaunchPlan {
+        schema_version: SCHEMA_VERSION,
+        vm: vm.name.clone(),
+        vmm: vm.vmm,
+        argv: Vec::new(),
+        backends: Vec::new(),
+        paths: PlanPaths {
+            command_socket: d.command_socket(&vm.name),
+            console: d.console(&vm.name),
+            console_socket: d.console_socket(&vm.name),
+            console_listener: ConsoleListener::Runtime,
+            control_socket: None,
+            qmp_socket: None,
+            vsock_socket: None,
+            vhost_vsock_socket: None,
+            sound_socket: vm.sound.enabled.then(|| d.sound_socket(&vm.name)),
+            fs_sockets: BTreeMap::new(),
+            vm_switch,
+            overlay: qcow2.then(|| d.overlay_image(&vm.name)),
+        },
+        vsock_cid: cid,
+        kernel_params: derive::kernel_params(vm),
+        interfaces,
+        auto_shutdown: PlanAutoShutdown {
+            enable: vm.auto_shutdown.enable,
+            after_seconds: vm.auto_shutdown.after,
+        },
+        overlay: PlanOverlay {
+            kind: vm.root_overlay.kind.as_str().to_owned(),
+            size: vm.root_overlay.size.to_string(),
+            size_bytes: vm.root_overlay.size.bytes(),
+            path: qcow2.then(|| d.overlay_image(&vm.name)),
+            guest_device: qcow2.then(|| derive::OVERLAY_DEVICE.to_owned()),
+        },
+        memory_mib: vm.memory,
+        cpus: vm.cpus,
+        color: vm.color.hex(),
+        auto_start: vm.auto_start,
+        depends_on: vm.depends_on.clone(),
+        argv_groups: Vec::new(),
+    }
+}
+
+/// The vhost-device-sound backend of a VM with sound.
+fn sound_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
+    if !vm.sound.enabled {
+        return None;
+    }
+    let socket = opts.dirs.sound_socket(&vm.name);
+    let mut env = BTreeMap::new();
+    env.insert("XDG_RUNTIME_DIR".to_owned(), opts.user_runtime_dir());
+    Some(Backend {
+        kind: "vhost-device-sound".into(),
+        argv: vec![
+            "vhost-device-sound".into(),
+            "--socket".into(),
+            socket.clone(),
+            "--backend".into(),
+            vm.sound.backend.as_str().into(),
+        ],
+        socket,
+        run_as: RunAs::User,
+        env,
+    })
+}
+
+fn check_socket_paths(plan: &LaunchPlan) -> Result<(), PlanError> {
+    let p = &plan.paths;
+    let sockets = [
+        Some(&p.command_socket),
+        Some(&p.console_socket),
+        p.control_socket.as_ref(),
+        p.qmp_socket.as_ref(),
+        p.vsock_socket.as_ref(),
+        p.vhost_vsock_socket.as_ref(),
+        p.sound_socket.as_ref(),
+    ];
+    let all = sockets
+        .into_iter()
+        .flatten()
+        .chain(p.fs_sockets.values())
+        .chain(p.vm_switch.iter().map(|s| &s.socket));
+    for s in all {
+        if s.len() > MAX_SOCKET_PATH {
+            return Err(PlanError::SocketPathTooLong {
+                vm: plan.vm.clone(),
+                path: s.clone(),
+            });
+        }
+    }
+    Ok(())
+}
