@@ -1,0 +1,122 @@
+//! Errors of the vmsilo tool and their exit codes (docs/exit-codes.md).
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vmsilo_config::{ConfigError, PlanError};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// A runtime failure (I/O, a process that would not start, ...).
+pub const EXIT_FAILURE: u8 = 1;
+/// A usage or configuration error: fix the command line or the configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No configuration file exists at the default locations.
+    #[error("no configuration file: tried {tried}; pass --config PATH or set VMSILO_CONFIG")]
+    NoConfig {
+        /// The paths looked at.
+        tried: String,
+    },
+    /// The configuration file does not exist.
+    #[error("{}: no such configuration file", path.display())]
+    ConfigMissing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The configuration file could not be read.
+    #[error("cannot read {}", path.display())]
+    ReadConfig {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is malformed or invalid.
+    #[error("{}: {error}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The problems.
+        error: ConfigError,
+    },
+    /// The plan cannot be built.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The configured user does not exist here.
+    #[error(
+        "user {user:?} (the configuration's `user`) is not in /etc/passwd: create it, or pass --uid and --gid"
+    )]
+    UnknownUser {
+        /// The user name.
+        user: String,
+    },
+    /// /etc/passwd could not be read.
+    #[error("cannot read /etc/passwd to resolve user {user:?}; pass --uid and --gid")]
+    ReadPasswd {
+        /// The user name.
+        user: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing the output failed.
+    #[error("cannot write the output")]
+    Output(#[source] io::Error),
+}
+
+impl CliError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            CliError::NoConfig { .. }
+            | CliError::ConfigMissing { .. }
+            | CliError::Config { .. }
+            | CliError::Plan(_)
+            | CliError::UnknownUser { .. } => EXIT_USAGE,
+            CliError::ReadConfig { .. } | CliError::ReadPasswd { .. } | CliError::Output(_) => {
+                EXIT_FAILURE
+            }
+        })
+    }
+
+    /// The lines printed on stderr, each to be prefixed with `vmsilo: `.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            CliError::Config {
+                path,
+                error: ConfigError::Invalid(diags),
+            } => {
+                let mut out: Vec<String> = diags.iter().map(ToString::to_string).collect();
+                let n = diags.len();
+                out.push(format!(
+                    "{}: {n} problem{} found",
+                    path.display(),
+                    if n == 1 { "" } else { "s" }
+                ));
+                out
+            }
+            other => {
+                let mut line = other.to_string();
+                let mut src = std::error::Error::source(other);
+                while let Some(s) = src {
+                    line.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                vec![line]
+            }
+        }
+    }
+
+    /// Prints the error on stderr.
+    pub fn report(&self) {
+        for line in self.lines() {
+            eprintln!("vmsilo: {line}");
+        }
+    }
+}
