@@ -679,9 +679,9 @@ fn explain(out: &PolicyOutcome, actual: u64) -> (Reason, String) {
     let heads = format!(
         "guest headroom {} (available {} - critical {} - bias {}), host headroom {}",
         mib(out.guest_above),
-        mib(out.guest_available),
+        mibu(u64::try_from(out.guest_available).unwrap_or(0)),
         mibu(out.guest_critical),
-        mib(out.bias),
+        mibu(u64::try_from(out.bias).unwrap_or(0)),
         mib(out.host_above)
     );
     match out.trigger {

@@ -15,9 +15,14 @@
 #![forbid(unsafe_code)]
 
 pub mod balancer;
+pub mod cli;
+pub mod daemon;
+pub mod discovery;
 pub mod fake;
 pub mod host;
+pub mod logger;
 pub mod policy;
 pub mod stall;
 pub mod stats;
+pub mod status;
 pub mod vmm;

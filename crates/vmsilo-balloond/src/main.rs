@@ -1,6 +1,103 @@
-//! vmsilo-balloond (work in progress: only the library exists in this commit).
+//! `vmsilo-balloond`: the memory balancer daemon, `--once` for a single tick, `--status` to
+//! query a running daemon. Exit status: 0 ok, 1 runtime failure, 2 usage error.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("vmsilo-balloond: the daemon is not implemented yet in this build");
-    std::process::ExitCode::FAILURE
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use vmsilo_balloond::cli::{Cli, Mode};
+use vmsilo_balloond::daemon::{Daemon, render_report};
+use vmsilo_balloond::logger;
+use vmsilo_balloond::status::{self, StatusDoc};
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn fail(err: &dyn std::error::Error) -> ExitCode {
+    eprintln!("vmsilo-balloond: {}", chain(err));
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let json = cli.json;
+    let level = cli.log_level;
+    let mode = match cli.into_mode() {
+        Ok(m) => m,
+        Err(msg) => {
+            eprintln!("vmsilo-balloond: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    logger::init(level);
+    match mode {
+        Mode::Status { socket } => {
+            let text = match status::fetch(&socket, Duration::from_secs(2)) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!(
+                        "vmsilo-balloond: cannot read the status from {}: {e} (is vmsilo-balloond running?)",
+                        socket.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            if json {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            match serde_json::from_str::<StatusDoc>(&text) {
+                Ok(doc) => {
+                    print!("{}", status::render(&doc));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "vmsilo-balloond: {} sent a status document this version cannot read: {e}",
+                        socket.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Mode::Once(cfg) => {
+            let report = match Daemon::new(cfg, false).and_then(|mut d| d.run_once()) {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => return fail(&e),
+                }
+            } else {
+                print!("{}", render_report(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Mode::Daemon(cfg) => match Daemon::new(cfg, true).and_then(|mut d| d.run()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
 }

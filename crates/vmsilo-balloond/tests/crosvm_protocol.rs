@@ -7,11 +7,27 @@ use std::time::Duration;
 use vmsilo_balloond::fake::{Behavior, FakeCrosvm, FakeGuest};
 use vmsilo_balloond::vmm::{CrosvmClient, VmmClient, VmmError};
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A scratch directory, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("balloond-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 const TIMEOUT: Duration = Duration::from_millis(300);
