@@ -19,11 +19,21 @@
 //! Trust: everything from a guest, a frontend, a peer child (through a ring) or a port file is
 //! hostile and validated; the main process trusts only itself.
 
+pub mod backend;
+pub mod child;
 pub mod config;
+pub mod control;
 pub mod dql;
 pub mod fib;
 pub mod forward;
 pub mod frame;
+pub mod logger;
 pub mod ring;
+pub mod sandbox;
 pub mod sched;
+pub mod seccomp;
+pub mod stats;
+pub mod supervisor;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -308,12 +308,18 @@ impl Consumer {
             .atomic_u32(OFF_CONS)
             .map(|a| a.load(Ordering::Acquire))
             .ok_or(RingError::Corrupt)?;
-        Ok(Consumer {
+        let mut c = Consumer {
             mem,
             spec,
             cons,
             event,
-        })
+        };
+        // A new consumer is idle: ask to be woken for the first frame. If frames are
+        // already there, its eventfd is signalled so the owner drains them.
+        if !c.arm() {
+            c.event.signal();
+        }
+        Ok(c)
     }
 
     /// The eventfd the producer signals.
@@ -457,16 +463,19 @@ mod tests {
     #[test]
     fn test_ring_wakeup_only_when_consumer_sleeps() {
         let (mut p, mut c, ev) = pair(SPEC);
+        // A new consumer sleeps: the first frame wakes it.
         p.push(SlotMeta::default(), b"a").unwrap();
         p.notify();
-        assert!(
-            !readable(&ev),
-            "consumer was not sleeping: no syscall expected"
-        );
+        assert!(readable(&ev), "idle consumer must be woken");
+        // Busy consumer (it has not re-armed): no system call for the next frame.
         let mut buf = Vec::new();
         c.pop(&mut buf).unwrap();
-        assert!(c.arm(), "empty ring: may sleep");
         p.push(SlotMeta::default(), b"b").unwrap();
+        p.notify();
+        assert!(!readable(&ev), "busy consumer: no wakeup expected");
+        c.pop(&mut buf).unwrap();
+        assert!(c.arm(), "empty ring: may sleep");
+        p.push(SlotMeta::default(), b"c").unwrap();
         p.notify();
         assert!(readable(&ev), "sleeping consumer must be woken");
     }

@@ -159,6 +159,58 @@ impl Drop for SharedMem {
     }
 }
 
+/// Takes ownership of file descriptors the kernel just installed in this process (received
+/// with `SCM_RIGHTS`).
+pub fn adopt_fds(raw: &[std::os::fd::RawFd]) -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    raw.iter()
+        .filter(|fd| **fd >= 0)
+        // SAFETY: the kernel created these descriptors for this process in the recvmsg call
+        // that returned them; nothing else owns them yet, so each gets exactly one owner.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .collect()
+}
+
+/// Closes every file descriptor of this process except `keep` (and 0, 1, 2). Used right after
+/// `fork` in a port child, which must not hold other ports' sockets and memory.
+///
+/// Descriptors owned by Rust objects inherited from the parent are closed behind their
+/// backs, so the caller must never drop those objects (the child never returns into the
+/// parent's code; it exits).
+pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: see the function documentation: the objects owning these fds in the
+            // parent's copy of memory are never used or dropped in this process. The fd of
+            // the directory iterator itself is already closed (iterator dropped), so closing
+            // it again only yields EBADF.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout_ms` passed. Returns whether it is readable.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack; poll(2) only reads `fd` as a number (an invalid
+    // fd yields POLLNVAL, not undefined behaviour).
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Result of [`fork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {

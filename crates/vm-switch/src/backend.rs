@@ -1,0 +1,1206 @@
+//! The vhost-user-net backend of one port: moves frames between the guest's virtqueues, the
+//! forwarding decision, the rings to and from the other ports, and the egress scheduler.
+//!
+//! Threading: vhost-user-backend runs one worker thread (both queues in one mask) that calls
+//! [`NetBackend::handle_event`] for virtqueue kicks and for the fds registered here: the
+//! control channel, the DQL re-check timer and the eventfd of every incoming ring. All port
+//! state sits behind one mutex taken by that worker and, briefly, by the vhost-user request
+//! thread (features, memory). Lock order: port state, then a vring.
+//!
+//! Ingress (TX kick): pop TX chains, copy header and frame out of guest memory, stamp the
+//! ingress time, decide (validate, route, proxy-answer) and push into the destination's ring
+//! (or this port's own egress for proxy replies). TX completes immediately; nothing blocks.
+//!
+//! Egress (ring event, RX kick, timer): drain every incoming ring into FQ-CoDel, then deliver
+//! while the guest has RX buffers and the DQL limit allows. CoDel's sojourn is measured at the
+//! moment of delivery against the ingress timestamp.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use crate::config::PortConfig;
+use crate::control::{self, Role, ToChild, ToMain};
+use crate::dql::Dql;
+use crate::forward::{Decision, DropReason, PortId, Switch, flow_hash};
+use crate::frame::{self, MAX_FRAME};
+use crate::ring::{
+    Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta,
+};
+use crate::sched::{DropCause, FqCodel, Packet, Params};
+use crate::stats::{Counter, PortStats};
+
+/// Virtqueue index of RX (switch → guest).
+pub const RX_QUEUE: u16 = 0;
+/// Virtqueue index of TX (guest → switch).
+pub const TX_QUEUE: u16 = 1;
+const NUM_QUEUES: usize = 2;
+/// Event id of the control channel.
+pub const EV_CONTROL: u16 = 3;
+/// Event id of the DQL re-check timer.
+pub const EV_TIMER: u16 = 4;
+/// Event id of the first incoming ring; ring slot `n` uses `EV_RING_BASE + n`.
+pub const EV_RING_BASE: u16 = 5;
+/// Largest virtqueue size accepted (QEMU allows up to 1024; crosvm must be given
+/// `max-queue-size=256` or up to this).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Frames handled per TX batch before rings are flushed.
+const TX_BATCH: usize = 64;
+
+/// The worker's epoll handler type.
+pub type Handler = VringEpollHandler<Arc<NetBackend>>;
+
+/// Virtio feature bits offered to the frontend.
+pub const OFFERED_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_MAC)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_F_VERSION_1);
+
+/// Port parameters shared by all ports of a switch.
+#[derive(Debug, Clone, Copy)]
+pub struct PortParams {
+    /// Egress scheduler parameters.
+    pub sched: Params,
+    /// Smallest DQL limit on the guest RX ring, bytes.
+    pub dql_min: u64,
+    /// Largest DQL limit, bytes.
+    pub dql_max: u64,
+    /// First re-check delay while DQL-limited, ns (doubles while the guest makes no progress).
+    pub recheck_ns: u64,
+}
+
+impl Default for PortParams {
+    fn default() -> Self {
+        PortParams {
+            sched: Params::default(),
+            dql_min: 2 * 1514,
+            dql_max: 512 * 1024,
+            recheck_ns: 250_000,
+        }
+    }
+}
+
+/// A frame waiting at the egress.
+#[derive(Debug)]
+pub struct Frame {
+    data: Vec<u8>,
+    meta: SlotMeta,
+}
+
+impl Packet for Frame {
+    fn size(&self) -> u32 {
+        self.data.len() as u32
+    }
+    fn mem_size(&self) -> u32 {
+        // Payload allocation plus bookkeeping, like skb->truesize.
+        self.data.capacity() as u32 + 64
+    }
+    fn enqueued_at(&self) -> u64 {
+        self.meta.ts_ns
+    }
+    fn mark_ce(&mut self) -> bool {
+        frame::set_ce(&mut self.data)
+    }
+}
+
+/// CLOCK_MONOTONIC in ns (the clock all children share for ingress timestamps).
+pub fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Allows a burst of log lines, then one per second, so a guest cannot flood the log.
+#[derive(Debug)]
+struct RateLimit {
+    window: Instant,
+    count: u32,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        RateLimit {
+            window: Instant::now(),
+            count: 0,
+        }
+    }
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed().as_secs() >= 1 {
+            self.window = Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= 5
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    slot: u16,
+    tx: Option<Producer>,
+    rx: Option<Consumer>,
+}
+
+/// State of the guest's RX ring for DQL accounting.
+#[derive(Debug, Default)]
+struct RxTrack {
+    /// (used index after the frame, cumulative bytes after the frame).
+    delivered: VecDeque<(u16, u64)>,
+    /// Used index up to which the guest is known to have consumed.
+    consumed_idx: u16,
+    cum_delivered: u64,
+    cum_completed: u64,
+    /// Current re-check delay.
+    backoff_ns: u64,
+}
+
+/// Negotiated per-connection settings.
+#[derive(Debug, Clone, Copy, Default)]
+struct Negotiated {
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    guest_csum: bool,
+    event_idx: bool,
+}
+
+struct Port {
+    id: PortId,
+    cfg: PortConfig,
+    params: PortParams,
+    switch: Switch,
+    peers: BTreeMap<PortId, Peer>,
+    slots: Vec<Option<PortId>>,
+    egress: FqCodel<Frame>,
+    dql: Dql,
+    pending: Option<Frame>,
+    rx: RxTrack,
+    neg: Negotiated,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    stats: Arc<PortStats>,
+    control: Option<OwnedFd>,
+    handler: Option<Arc<Handler>>,
+    timer: TimerFd,
+    timer_armed: bool,
+    perturb: u64,
+    reply: Vec<u8>,
+    buf: Vec<u8>,
+    log_limit: RateLimit,
+    exit_requested: bool,
+    buffers_requested: bool,
+}
+
+/// The vhost-user-net backend of one port.
+pub struct NetBackend {
+    port: Mutex<Port>,
+}
+
+impl std::fmt::Debug for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetBackend").finish_non_exhaustive()
+    }
+}
+
+fn ev_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl NetBackend {
+    /// A backend for port `id` with configuration `cfg`. `control` is the child's end of the
+    /// control channel (None in tests that wire peers by hand).
+    pub fn new(
+        id: PortId,
+        cfg: PortConfig,
+        params: PortParams,
+        stats: Arc<PortStats>,
+        control: Option<OwnedFd>,
+    ) -> io::Result<Arc<Self>> {
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        let mut switch = Switch::new();
+        switch.upsert(id, &cfg);
+        let mut perturb = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut perturb));
+        let port = Port {
+            id,
+            cfg,
+            params,
+            switch,
+            peers: BTreeMap::new(),
+            slots: Vec::new(),
+            egress: FqCodel::new(params.sched),
+            dql: Dql::new(params.dql_min, params.dql_max, 1_000_000_000),
+            pending: None,
+            rx: RxTrack {
+                backoff_ns: params.recheck_ns,
+                ..RxTrack::default()
+            },
+            neg: Negotiated {
+                hdr_len: 10,
+                ..Negotiated::default()
+            },
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            stats,
+            control,
+            handler: None,
+            timer,
+            timer_armed: false,
+            perturb: u64::from_ne_bytes(perturb) ^ u64::from(id).wrapping_mul(0x9e37_79b9),
+            reply: Vec::with_capacity(128),
+            buf: Vec::with_capacity(MAX_FRAME + 64),
+            log_limit: RateLimit::new(),
+            exit_requested: false,
+            buffers_requested: false,
+        };
+        port.stats.set(Counter::DqlLimit, port.dql.limit());
+        Ok(Arc::new(NetBackend {
+            port: Mutex::new(port),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Port> {
+        // A panic while holding the lock is a bug; keep serving rather than poisoning forever.
+        self.port.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the control channel, the timer and every incoming ring with a new daemon's
+    /// worker, and asks the main process for rings the first time.
+    pub fn attach(&self, handler: Arc<Handler>) -> io::Result<()> {
+        let mut p = self.lock();
+        if let Some(c) = &p.control {
+            handler.register_listener(c.as_raw_fd(), EventSet::IN, u64::from(EV_CONTROL))?;
+        }
+        handler.register_listener(
+            p.timer.as_fd().as_raw_fd(),
+            EventSet::IN,
+            u64::from(EV_TIMER),
+        )?;
+        for peer in p.peers.values() {
+            if let Some(rx) = &peer.rx {
+                handler.register_listener(
+                    rx.event().fd().as_raw_fd(),
+                    EventSet::IN,
+                    u64::from(EV_RING_BASE + peer.slot),
+                )?;
+            }
+        }
+        p.handler = Some(handler);
+        if !p.buffers_requested
+            && let Some(c) = &p.control
+        {
+            control::send(c.as_fd(), &ToMain::GetBuffer { peer: None }, &[], false)
+                .map_err(ev_err)?;
+            p.buffers_requested = true;
+        }
+        Ok(())
+    }
+
+    /// Marks a frontend connected (after accept).
+    pub fn connected(&self) {
+        let p = self.lock();
+        p.stats.add(Counter::Connects, 1);
+        p.stats.set(Counter::Connected, 1);
+    }
+
+    /// Forgets the daemon's worker and all per-connection state after the frontend went away;
+    /// queued frames for the guest are dropped.
+    pub fn detach(&self) {
+        let mut p = self.lock();
+        p.handler = None;
+        p.reset_connection();
+        p.stats.set(Counter::Connected, 0);
+    }
+
+    /// Whether the main process asked the child to exit (control channel closed).
+    pub fn exit_requested(&self) -> bool {
+        self.lock().exit_requested
+    }
+
+    /// Applies a control message (used by the worker, and by tests wiring ports by hand).
+    pub fn apply(&self, msg: ToChild, fds: Vec<OwnedFd>) {
+        self.lock().apply(msg, fds);
+    }
+}
+
+impl Port {
+    fn reset_connection(&mut self) {
+        let stats = self.stats.clone();
+        self.egress
+            .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
+        if self.pending.take().is_some() {
+            stats.count_drop(DropReason::PortDown, 1);
+        }
+        self.reset_rx();
+        self.stats.set(Counter::Backlog, 0);
+        self.timer_armed = false;
+        let _ = self.timer.unset();
+    }
+
+    fn reset_rx(&mut self) {
+        self.dql.reset();
+        self.rx = RxTrack {
+            backoff_ns: self.params.recheck_ns,
+            ..RxTrack::default()
+        };
+    }
+
+    fn apply(&mut self, msg: ToChild, fds: Vec<OwnedFd>) {
+        match msg {
+            ToChild::Peer { id, config } => {
+                if id == self.id {
+                    self.cfg = config.clone();
+                }
+                self.switch.upsert(id, &config);
+                if id != self.id && !self.peers.contains_key(&id) {
+                    let slot = match self.slots.iter().position(Option::is_none) {
+                        Some(s) => s,
+                        None => {
+                            self.slots.push(None);
+                            self.slots.len() - 1
+                        }
+                    };
+                    self.slots[slot] = Some(id);
+                    self.peers.insert(
+                        id,
+                        Peer {
+                            slot: slot as u16,
+                            tx: None,
+                            rx: None,
+                        },
+                    );
+                }
+                debug!(
+                    "port {}: peer {} ({}) known",
+                    self.cfg.name, id, config.name
+                );
+            }
+            ToChild::PeerGone { id } => self.remove_peer(id),
+            ToChild::BufferReady { peer, role, spec } => self.add_ring(peer, role, spec, fds),
+        }
+    }
+
+    fn update_linked(&self) {
+        let n = self
+            .peers
+            .values()
+            .filter(|p| p.tx.is_some() && p.rx.is_some())
+            .count();
+        self.stats.set(Counter::LinkedPeers, n as u64);
+    }
+
+    fn remove_peer(&mut self, id: PortId) {
+        self.switch.remove(id);
+        if let Some(peer) = self.peers.remove(&id) {
+            if let Some(rx) = &peer.rx {
+                self.unregister(rx, peer.slot);
+            }
+            if let Some(s) = self.slots.get_mut(peer.slot as usize) {
+                *s = None;
+            }
+            let stats = self.stats.clone();
+            self.egress
+                .remove_source(u32::from(peer.slot) + 1, &mut |_, _| {
+                    stats.count_drop(DropReason::PortDown, 1)
+                });
+        }
+        self.update_linked();
+    }
+
+    fn unregister(&self, rx: &Consumer, slot: u16) {
+        if let Some(h) = &self.handler {
+            let _ = h.unregister_listener(
+                rx.event().fd().as_raw_fd(),
+                EventSet::IN,
+                u64::from(EV_RING_BASE + slot),
+            );
+        }
+    }
+
+    fn add_ring(&mut self, peer: PortId, role: Role, spec: RingSpec, fds: Vec<OwnedFd>) {
+        let Some(p) = self.peers.get(&peer) else {
+            warn!(
+                "port {}: ring for unknown peer {peer} ignored",
+                self.cfg.name
+            );
+            return;
+        };
+        let slot = p.slot;
+        let mut fds = fds.into_iter();
+        let (Some(mem), Some(ev)) = (fds.next(), fds.next()) else {
+            warn!("port {}: ring message without fds ignored", self.cfg.name);
+            return;
+        };
+        match role {
+            Role::Tx => match Producer::new(mem, spec, Event::from_fd(ev)) {
+                Ok(tx) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.tx = Some(tx);
+                    }
+                }
+                Err(e) => warn!("port {}: ring to peer {peer}: {e}", self.cfg.name),
+            },
+            Role::Rx => match Consumer::new(mem, spec, Event::from_fd(ev)) {
+                Ok(rx) => {
+                    if let Some(h) = &self.handler
+                        && let Err(e) = h.register_listener(
+                            rx.event().fd().as_raw_fd(),
+                            EventSet::IN,
+                            u64::from(EV_RING_BASE + slot),
+                        )
+                    {
+                        warn!(
+                            "port {}: could not watch ring from {peer}: {e}",
+                            self.cfg.name
+                        );
+                    }
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        if let Some(old) = p.rx.take()
+                            && let Some(h) = &self.handler
+                        {
+                            {
+                                let _ = h.unregister_listener(
+                                    old.event().fd().as_raw_fd(),
+                                    EventSet::IN,
+                                    u64::from(EV_RING_BASE + slot),
+                                );
+                                let _ = h.register_listener(
+                                    rx.event().fd().as_raw_fd(),
+                                    EventSet::IN,
+                                    u64::from(EV_RING_BASE + slot),
+                                );
+                            }
+                        }
+                        p.rx = Some(rx);
+                    }
+                }
+                Err(e) => warn!("port {}: ring from peer {peer}: {e}", self.cfg.name),
+            },
+        }
+        self.update_linked();
+    }
+
+    fn handle_control(&mut self) {
+        let Some(c) = self
+            .control
+            .as_ref()
+            .map(|c| c.as_fd().try_clone_to_owned())
+        else {
+            return;
+        };
+        let Ok(c) = c else { return };
+        loop {
+            match control::recv::<ToChild>(c.as_fd(), true) {
+                Ok(Some((msg, fds))) => self.apply(msg, fds),
+                Ok(None) => {
+                    info!(
+                        "port {}: main process closed the control channel; exiting",
+                        self.cfg.name
+                    );
+                    self.exit_requested = true;
+                    if let Some(h) = &self.handler {
+                        let _ = h.unregister_listener(
+                            c.as_raw_fd(),
+                            EventSet::IN,
+                            u64::from(EV_CONTROL),
+                        );
+                    }
+                    // The main process is gone or wants us gone: nothing else can set up rings.
+                    std::process::exit(0);
+                }
+                Err(control::ControlError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    return;
+                }
+                Err(e) => {
+                    warn!("port {}: control channel: {e}", self.cfg.name);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn ready(vring: &VringRwLock) -> bool {
+        let s = vring.get_ref();
+        s.get_queue().ready() && s.is_enabled()
+    }
+
+    /// Guest → switch.
+    fn process_tx(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let Some(vring) = vrings.get(usize::from(TX_QUEUE)) else {
+            return Ok(());
+        };
+        if !Self::ready(vring) {
+            return Ok(());
+        }
+        let mem = self.mem.memory();
+        let hdr_len = self.neg.hdr_len;
+        let mut used_any = false;
+        let mut local_replies = false;
+        loop {
+            let mut n = 0;
+            {
+                let mut state = vring.get_mut();
+                let q = state.get_queue_mut();
+                q.disable_notification(&*mem).map_err(ev_err)?;
+            }
+            loop {
+                let chain = {
+                    let mut state = vring.get_mut();
+                    state.get_queue_mut().pop_descriptor_chain(&*mem)
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let ts = now_ns();
+                let mut hdr = [0u8; 12];
+                let mut verdict: Result<(), DropReason> = Ok(());
+                self.buf.clear();
+                match chain.reader(&*mem) {
+                    Ok(mut r) => {
+                        let total = r.available_bytes();
+                        if total < hdr_len {
+                            verdict = Err(DropReason::Malformed);
+                        } else if total - hdr_len > MAX_FRAME {
+                            verdict = Err(DropReason::Oversize);
+                        } else if r.read_exact(&mut hdr[..hdr_len]).is_err() {
+                            verdict = Err(DropReason::Malformed);
+                        } else {
+                            self.buf.resize(total - hdr_len, 0);
+                            if r.read_exact(&mut self.buf).is_err() {
+                                verdict = Err(DropReason::Malformed);
+                            }
+                        }
+                        self.stats.add(Counter::FromGuestFrames, 1);
+                        self.stats.add(
+                            Counter::FromGuestBytes,
+                            total.saturating_sub(hdr_len) as u64,
+                        );
+                    }
+                    Err(_) => verdict = Err(DropReason::Malformed),
+                }
+                {
+                    let mut state = vring.get_mut();
+                    state
+                        .get_queue_mut()
+                        .add_used(&*mem, head, 0)
+                        .map_err(ev_err)?;
+                }
+                used_any = true;
+                match verdict {
+                    Ok(()) => {
+                        if self.forward(&hdr, ts) {
+                            local_replies = true;
+                        }
+                    }
+                    Err(r) => self.stats.count_drop(r, 1),
+                }
+                n += 1;
+                if n % TX_BATCH == 0 {
+                    self.flush_rings();
+                }
+            }
+            let more = {
+                let mut state = vring.get_mut();
+                state
+                    .get_queue_mut()
+                    .enable_notification(&*mem)
+                    .map_err(ev_err)?
+            };
+            if !more {
+                break;
+            }
+        }
+        self.flush_rings();
+        if used_any {
+            let mut state = vring.get_mut();
+            if state
+                .get_queue_mut()
+                .needs_notification(&*mem)
+                .map_err(ev_err)?
+            {
+                state.signal_used_queue()?;
+            }
+        }
+        if local_replies {
+            self.deliver(vrings)?;
+        }
+        Ok(())
+    }
+
+    fn flush_rings(&mut self) {
+        for p in self.peers.values_mut() {
+            if let Some(tx) = &mut p.tx {
+                tx.notify();
+            }
+        }
+    }
+
+    /// Forwards the frame in `self.buf`. Returns true when a reply was queued locally.
+    fn forward(&mut self, hdr: &[u8; 12], ts: u64) -> bool {
+        let flags = u32::from(hdr[0]);
+        let gso = u32::from(hdr[1]);
+        if gso != VIRTIO_NET_HDR_GSO_NONE {
+            self.stats.count_drop(DropReason::Oversize, 1);
+            return false;
+        }
+        let mut meta = SlotMeta {
+            ts_ns: ts,
+            ..SlotMeta::default()
+        };
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            meta.flags |= FLAG_NEEDS_CSUM;
+            meta.csum_start = u16::from_le_bytes([hdr[6], hdr[7]]);
+            meta.csum_offset = u16::from_le_bytes([hdr[8], hdr[9]]);
+        }
+        let decision = self.switch.decide(self.id, &mut self.buf, &mut self.reply);
+        match decision {
+            Decision::Unicast(to) => {
+                self.push_to(to, meta);
+                false
+            }
+            Decision::Broadcast => {
+                let targets: Vec<PortId> = self.switch.broadcast_targets(self.id).collect();
+                for to in targets {
+                    self.push_to(to, meta);
+                }
+                false
+            }
+            Decision::Reply => {
+                self.stats.add(Counter::ProxyReplies, 1);
+                let data = self.reply.clone();
+                let hash = flow_hash(&data, self.perturb);
+                let stats = self.stats.clone();
+                self.egress.enqueue(
+                    0,
+                    hash,
+                    Frame {
+                        data,
+                        meta: SlotMeta {
+                            ts_ns: ts,
+                            ..SlotMeta::default()
+                        },
+                    },
+                    &mut |_, c| stats.count_drop(cause_reason(c), 1),
+                );
+                true
+            }
+            Decision::Drop(r) => {
+                self.stats.count_drop(r, 1);
+                if matches!(r, DropReason::SpoofMac | DropReason::SpoofIp) && self.log_limit.allow()
+                {
+                    warn!(
+                        "port {}: dropped a frame with a spoofed source ({})",
+                        self.cfg.name,
+                        r.key()
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    fn push_to(&mut self, to: PortId, meta: SlotMeta) {
+        let Some(peer) = self.peers.get_mut(&to) else {
+            self.stats.count_drop(DropReason::PortDown, 1);
+            return;
+        };
+        let Some(tx) = &mut peer.tx else {
+            self.stats.count_drop(DropReason::PortDown, 1);
+            return;
+        };
+        match tx.push(meta, &self.buf) {
+            Ok(()) => {}
+            Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
+            Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
+            Err(PushError::Corrupt) => {
+                self.stats.count_drop(DropReason::PortDown, 1);
+                warn!(
+                    "port {}: ring to peer {to} is corrupt; dropping it",
+                    self.cfg.name
+                );
+                peer.tx = None;
+                let n = self
+                    .peers
+                    .values()
+                    .filter(|p| p.tx.is_some() && p.rx.is_some())
+                    .count();
+                self.stats.set(Counter::LinkedPeers, n as u64);
+                if let Some(c) = &self.control {
+                    let _ = control::send(
+                        c.as_fd(),
+                        &ToMain::PutBuffer {
+                            peer: to,
+                            role: Role::Tx,
+                        },
+                        &[],
+                        true,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Moves everything from the incoming rings into the egress scheduler.
+    fn drain_rings(&mut self, connected: bool) {
+        let now = now_ns();
+        let stats = self.stats.clone();
+        let mut corrupt = Vec::new();
+        for (&id, peer) in self.peers.iter_mut() {
+            let Some(rx) = &mut peer.rx else { continue };
+            rx.event().drain();
+            let source = u32::from(peer.slot) + 1;
+            loop {
+                let mut data = Vec::new();
+                match rx.pop(&mut data) {
+                    Ok(Some(Popped::Frame(mut meta))) => {
+                        if !connected {
+                            stats.count_drop(DropReason::PortDown, 1);
+                            continue;
+                        }
+                        // A peer cannot make its frames look younger than now.
+                        meta.ts_ns = meta.ts_ns.min(now);
+                        data.shrink_to_fit();
+                        let hash = flow_hash(&data, self.perturb);
+                        self.egress
+                            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
+                                stats.count_drop(cause_reason(c), 1)
+                            });
+                    }
+                    Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
+                    Ok(None) => {
+                        if rx.arm() {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        corrupt.push(id);
+                        break;
+                    }
+                }
+            }
+        }
+        for id in corrupt {
+            warn!(
+                "port {}: ring from peer {id} is corrupt; dropping it",
+                self.cfg.name
+            );
+            if let Some(peer) = self.peers.get_mut(&id)
+                && let Some(rx) = peer.rx.take()
+            {
+                let slot = peer.slot;
+                self.unregister(&rx, slot);
+            }
+            if let Some(c) = &self.control {
+                let _ = control::send(
+                    c.as_fd(),
+                    &ToMain::PutBuffer {
+                        peer: id,
+                        role: Role::Rx,
+                    },
+                    &[],
+                    true,
+                );
+            }
+        }
+        self.stats
+            .set(Counter::Backlog, self.egress.backlog_bytes());
+        self.update_linked();
+    }
+
+    /// Updates DQL from what the guest has consumed of the RX ring.
+    fn update_completions(&mut self, vring: &VringRwLock) {
+        let mem = self.mem.memory();
+        let state = vring.get_ref();
+        let q = state.get_queue();
+        let next_used = q.next_used();
+        let window = next_used.wrapping_sub(self.rx.consumed_idx);
+        let in_window = |idx: u16, consumed: u16| {
+            idx.wrapping_sub(consumed) <= next_used.wrapping_sub(consumed)
+        };
+        let mut consumed = self.rx.consumed_idx;
+        if window == 0 {
+            return;
+        }
+        // The driver's used_event (EVENT_IDX) is its last_used_idx when it re-enabled
+        // interrupts, i.e. how far it has consumed.
+        if self.neg.event_idx {
+            let addr = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()));
+            if let Some(addr) = addr
+                && let Ok(raw) = mem.load::<u16>(GuestAddress(addr), Ordering::Acquire)
+            {
+                let ue = u16::from_le(raw);
+                if in_window(ue, consumed) && ue.wrapping_sub(consumed) > 0 {
+                    consumed = ue;
+                }
+            }
+        }
+        // Buffers the guest re-posted were consumed first: a lower bound.
+        if let Ok(avail) = q.avail_idx(&*mem, Ordering::Acquire) {
+            let posted = avail.0.wrapping_sub(q.next_avail());
+            if posted <= q.size() {
+                let lb = next_used.wrapping_add(posted).wrapping_sub(q.size());
+                if in_window(lb, consumed) && lb.wrapping_sub(consumed) > 0 {
+                    consumed = lb;
+                }
+            }
+        }
+        drop(state);
+        if consumed == self.rx.consumed_idx {
+            return;
+        }
+        let mut done = self.rx.cum_completed;
+        while let Some(&(idx, cum)) = self.rx.delivered.front() {
+            // Entry fully consumed when its end index is within (old consumed, consumed].
+            let d = idx.wrapping_sub(self.rx.consumed_idx);
+            if d == 0 || d > consumed.wrapping_sub(self.rx.consumed_idx) {
+                break;
+            }
+            done = cum;
+            self.rx.delivered.pop_front();
+        }
+        self.rx.consumed_idx = consumed;
+        if done > self.rx.cum_completed {
+            self.dql.completed(done - self.rx.cum_completed, now_ns());
+            self.rx.cum_completed = done;
+            self.rx.backoff_ns = self.params.recheck_ns;
+            self.stats.set(Counter::DqlLimit, self.dql.limit());
+        }
+    }
+
+    fn arm_timer(&mut self) {
+        if self.timer_armed {
+            return;
+        }
+        let ns = self.rx.backoff_ns;
+        let ts = TimeSpec::new((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64);
+        if self
+            .timer
+            .set(Expiration::OneShot(ts), TimerSetTimeFlags::empty())
+            .is_ok()
+        {
+            self.timer_armed = true;
+        }
+        // Back off while the guest makes no progress (stalled guest: bounded CPU).
+        self.rx.backoff_ns = (self.rx.backoff_ns * 2).min(100_000_000);
+    }
+
+    /// Switch → guest: delivers from the egress scheduler into the RX ring.
+    fn deliver(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let Some(vring) = vrings.get(usize::from(RX_QUEUE)) else {
+            return Ok(());
+        };
+        if !Self::ready(vring) {
+            return Ok(());
+        }
+        self.update_completions(vring);
+        let mem = self.mem.memory();
+        let mut delivered_any = false;
+        let stats = self.stats.clone();
+        loop {
+            if self.pending.is_none() && self.egress.is_empty() {
+                break;
+            }
+            if self.dql.avail() <= 0 {
+                self.arm_timer();
+                break;
+            }
+            let now = now_ns();
+            let frame = match self.pending.take() {
+                Some(f) => f,
+                None => match self
+                    .egress
+                    .dequeue(now, &mut |_, c| stats.count_drop(cause_reason(c), 1))
+                {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            match self.write_frame(vring, &mem, frame)? {
+                WriteResult::Written(bytes, used_end) => {
+                    delivered_any = true;
+                    self.dql.queued(bytes);
+                    self.rx.cum_delivered += bytes;
+                    self.rx
+                        .delivered
+                        .push_back((used_end, self.rx.cum_delivered));
+                    stats.add(Counter::ToGuestFrames, 1);
+                    stats.add(Counter::ToGuestBytes, bytes);
+                }
+                WriteResult::NoBuffers(frame) => {
+                    self.pending = Some(frame);
+                    let more = {
+                        let mut state = vring.get_mut();
+                        state
+                            .get_queue_mut()
+                            .enable_notification(&*mem)
+                            .map_err(ev_err)?
+                    };
+                    if !more {
+                        break;
+                    }
+                }
+                WriteResult::Dropped(reason) => stats.count_drop(reason, 1),
+            }
+        }
+        if delivered_any {
+            let mut state = vring.get_mut();
+            if state
+                .get_queue_mut()
+                .needs_notification(&*mem)
+                .map_err(ev_err)?
+            {
+                state.signal_used_queue()?;
+            }
+        }
+        let s = self.egress.stats();
+        stats.set(Counter::CodelMarks, s.codel_marks);
+        stats.max(Counter::MaxSojournNs, s.max_sojourn_ns);
+        stats.set(Counter::Backlog, self.egress.backlog_bytes());
+        Ok(())
+    }
+
+    fn write_frame(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        mut frame: Frame,
+    ) -> io::Result<WriteResult> {
+        let mut hdr = [0u8; 12];
+        if frame.meta.flags & FLAG_NEEDS_CSUM != 0 {
+            if self.neg.guest_csum {
+                hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+                hdr[6..8].copy_from_slice(&frame.meta.csum_start.to_le_bytes());
+                hdr[8..10].copy_from_slice(&frame.meta.csum_offset.to_le_bytes());
+                let end =
+                    usize::from(frame.meta.csum_start) + usize::from(frame.meta.csum_offset) + 2;
+                if end > frame.data.len() {
+                    return Ok(WriteResult::Dropped(DropReason::Malformed));
+                }
+            } else if !frame::finish_partial_csum(
+                &mut frame.data,
+                usize::from(frame.meta.csum_start),
+                usize::from(frame.meta.csum_offset),
+            ) {
+                return Ok(WriteResult::Dropped(DropReason::Malformed));
+            }
+        }
+        let hdr_len = self.neg.hdr_len;
+        let total = hdr_len + frame.data.len();
+        let mut state = vring.get_mut();
+        let q = state.get_queue_mut();
+        let mut writers = Vec::new();
+        let mut cap = 0usize;
+        while cap < total {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match chain.writer(mem) {
+                Ok(w) => {
+                    cap += w.available_bytes();
+                    writers.push((head, Some(w)));
+                }
+                Err(_) => writers.push((head, None)),
+            }
+            if !self.neg.mrg_rxbuf {
+                break;
+            }
+        }
+        if cap < total {
+            if !self.neg.mrg_rxbuf && !writers.is_empty() {
+                // One buffer per frame and this one is too small: the guest set up its ring
+                // in a way we cannot use for this frame. Return the buffer empty.
+                for (head, _) in &writers {
+                    q.add_used(mem, *head, 0).map_err(ev_err)?;
+                }
+                return Ok(WriteResult::Dropped(DropReason::NoBuffer));
+            }
+            for _ in 0..writers.len() {
+                q.go_to_previous_position();
+            }
+            return Ok(WriteResult::NoBuffers(frame));
+        }
+        if writers.len() > usize::from(u16::MAX) {
+            return Ok(WriteResult::Dropped(DropReason::NoBuffer));
+        }
+        hdr[10..12].copy_from_slice(&(writers.len() as u16).to_le_bytes());
+        let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &frame.data];
+        for (head, w) in writers.iter_mut() {
+            let mut written = 0usize;
+            if let Some(w) = w {
+                for part in parts.iter_mut() {
+                    while !part.is_empty() {
+                        match w.write(part) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                written += n;
+                                *part = &part[n..];
+                            }
+                        }
+                    }
+                    if !part.is_empty() {
+                        break;
+                    }
+                }
+            }
+            q.add_used(mem, *head, written as u32).map_err(ev_err)?;
+        }
+        let used_end = q.next_used();
+        Ok(WriteResult::Written(frame.data.len() as u64, used_end))
+    }
+}
+
+enum WriteResult {
+    Written(u64, u16),
+    NoBuffers(Frame),
+    Dropped(DropReason),
+}
+
+fn cause_reason(c: DropCause) -> DropReason {
+    match c {
+        DropCause::Codel => DropReason::Codel,
+        DropCause::Overflow => DropReason::Overflow,
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        let mut p = self.lock();
+        let version_1 = features & (1 << VIRTIO_F_VERSION_1) != 0;
+        let mrg = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        p.neg.mrg_rxbuf = mrg;
+        p.neg.hdr_len = if version_1 || mrg { 12 } else { 10 };
+        p.neg.guest_csum = features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
+        p.reset_rx();
+        info!(
+            "port {}: features negotiated: {features:#x} (header {} bytes, mergeable {mrg})",
+            p.cfg.name, p.neg.hdr_len
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.lock().neg.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_net_config: mac[6], status le16, max_virtqueue_pairs le16, mtu le16.
+        let p = self.lock();
+        let mut cfg = [0u8; 12];
+        cfg[..6].copy_from_slice(&p.cfg.mac);
+        cfg[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
+        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        let mut out = vec![0u8; size as usize];
+        for (i, b) in out.iter_mut().enumerate() {
+            if let Some(v) = (offset as usize).checked_add(i).and_then(|j| cfg.get(j)) {
+                *b = *v;
+            }
+        }
+        out
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.lock().mem = mem;
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![0b11]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(RX_QUEUE) {
+            let mut p = self.lock();
+            p.reset_rx();
+            if p.pending.take().is_some() {
+                p.stats.count_drop(DropReason::PortDown, 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        self.lock().reset_connection();
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let mut p = self.lock();
+        let connected = vrings.get(usize::from(RX_QUEUE)).is_some_and(Port::ready);
+        match device_event {
+            RX_QUEUE => p.deliver(vrings)?,
+            TX_QUEUE => p.process_tx(vrings)?,
+            EV_CONTROL => p.handle_control(),
+            EV_TIMER => {
+                let mut b = [0u8; 8];
+                let _ = nix::unistd::read(p.timer.as_fd(), &mut b);
+                p.timer_armed = false;
+                p.deliver(vrings)?;
+            }
+            ev if ev >= EV_RING_BASE => {
+                p.drain_rings(connected);
+                p.deliver(vrings)?;
+            }
+            other => debug!("port {}: unexpected event {other}", p.cfg.name),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! A port child: sandbox, seccomp, then serve vhost-user connections forever.
+//!
+//! The listening socket is created by the main process (the sandboxed child cannot bind in
+//! the config directory). Each frontend connection gets a fresh `VhostUserDaemon` (fresh
+//! vrings and worker thread) around the same [`NetBackend`], so a frontend disconnect resets
+//! the port's guest-facing state and the child waits for the next connection; the rings to
+//! other ports and their traffic are unaffected.
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{error, info, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::backend::{NetBackend, PortParams};
+use crate::config::PortConfig;
+use crate::forward::PortId;
+use crate::seccomp::{self, SeccompMode};
+use crate::stats::{Counter, PortStats};
+use crate::sys;
+
+/// Everything a child needs, prepared by the main process before `fork`.
+#[derive(Debug)]
+pub struct ChildSetup {
+    /// Port id.
+    pub id: PortId,
+    /// Port configuration.
+    pub cfg: PortConfig,
+    /// Port parameters.
+    pub params: PortParams,
+    /// Bound, listening vhost-user socket.
+    pub listener: OwnedFd,
+    /// Child end of the control channel.
+    pub control: OwnedFd,
+    /// Stats page memfd.
+    pub stats: OwnedFd,
+    /// Enter the namespace sandbox.
+    pub sandbox: bool,
+    /// Seccomp mode.
+    pub seccomp: SeccompMode,
+    /// Process title.
+    pub title: String,
+    /// Directory to mount the sandbox root on (the config dir).
+    pub scratch: PathBuf,
+}
+
+/// Runs the child; never returns.
+pub fn child_main(setup: ChildSetup) -> ! {
+    let code = match run(setup) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(setup: ChildSetup) -> Result<(), String> {
+    // Signals blocked for the main process's signalfd must work normally here.
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    sys::close_fds_except(&[
+        setup.listener.as_raw_fd(),
+        setup.control.as_raw_fd(),
+        setup.stats.as_raw_fd(),
+    ]);
+    sys::set_process_title(&setup.title);
+    let name = setup.cfg.name.clone();
+    let stats = Arc::new(
+        PortStats::from_fd(setup.stats).map_err(|e| format!("port {name}: stats page: {e}"))?,
+    );
+    let backend = NetBackend::new(
+        setup.id,
+        setup.cfg,
+        setup.params,
+        stats.clone(),
+        Some(setup.control),
+    )
+    .map_err(|e| format!("port {name}: {e}"))?;
+    if setup.sandbox {
+        crate::sandbox::enter(&setup.scratch).map_err(|e| format!("port {name}: {e}"))?;
+    }
+    if setup.seccomp == SeccompMode::Trap {
+        sys::install_sigsys_handler().map_err(|e| format!("port {name}: SIGSYS handler: {e}"))?;
+    }
+    seccomp::apply_child(setup.seccomp).map_err(|e| format!("port {name}: {e}"))?;
+    serve(&name, backend, UnixListener::from(setup.listener), &stats)
+}
+
+/// Serves vhost-user connections on `listener` for `backend` until the process is told to
+/// exit. Usable in-process (tests) as well as in a child.
+pub fn serve(
+    name: &str,
+    backend: Arc<NetBackend>,
+    listener: UnixListener,
+    stats: &PortStats,
+) -> Result<(), String> {
+    let mut listener = Listener::from(listener);
+    loop {
+        let mut daemon = VhostUserDaemon::new(
+            format!("vm-switch-{name}"),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(|e| format!("port {name}: could not create the vhost-user daemon: {e}"))?;
+        let handlers = daemon.get_epoll_handlers();
+        let Some(handler) = handlers.first() else {
+            return Err(format!("port {name}: vhost-user daemon has no worker"));
+        };
+        backend
+            .attach(handler.clone())
+            .map_err(|e| format!("port {name}: could not register events: {e}"))?;
+        if let Err(e) = daemon.start(&mut listener) {
+            warn!("port {name}: accepting a frontend failed: {e}");
+            backend.detach();
+            drop(handlers);
+            drop(daemon);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        backend.connected();
+        info!("port {name}: frontend connected");
+        match daemon.wait() {
+            Ok(()) => info!("port {name}: frontend disconnected"),
+            Err(e) => warn!("port {name}: frontend connection ended: {e}"),
+        }
+        backend.detach();
+        stats.set(Counter::Connected, 0);
+        drop(handlers);
+        drop(daemon);
+        if backend.exit_requested() {
+            return Ok(());
+        }
+    }
+}

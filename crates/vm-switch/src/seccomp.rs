@@ -1,0 +1,290 @@
+//! Seccomp allow-lists: one for the main process, a tighter one for port children.
+//!
+//! The main process's filter is installed before its event loop; children inherit it and add
+//! their own after the sandbox is set up and before the vhost-user daemon starts any thread,
+//! so both apply to a child (the kernel takes the strictest verdict). The child's list has no
+//! `fork` (`clone` only with `CLONE_THREAD`; `clone3` answers `ENOSYS` so the C library falls
+//! back to `clone`), no socket creation, no `open`, no `execve`, no `PROT_EXEC` mappings.
+//!
+//! Modes (`--seccomp-mode`): `kill` (default) kills the process on a call outside the list,
+//! `trap` raises SIGSYS (a handler prints the call number and exits 159), `log` allows and
+//! logs through the kernel audit log, `disabled` installs nothing.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// What happens on a system call outside the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompMode {
+    /// Kill the process.
+    Kill,
+    /// Send SIGSYS (logged, then exit 159).
+    Trap,
+    /// Allow, but log to the kernel audit log.
+    Log,
+    /// No filter.
+    Disabled,
+}
+
+/// Seccomp setup errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// Building the filter failed (a bug).
+    #[error("could not build the seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("could not install the seccomp filter")]
+    Install(#[source] seccompiler::Error),
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn allow(rules: &mut Rules, nrs: &[libc::c_long]) {
+    for nr in nrs {
+        rules.insert(*nr, vec![]);
+    }
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+        .expect("static seccomp condition is valid")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conds).expect("static seccomp rule is valid")
+}
+
+/// System calls every vm-switch process needs once running (threads, memory, epoll, logging).
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_accept4,
+    libc::SYS_munmap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_mremap,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+    libc::SYS_futex,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sigaltstack,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_getrandom,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_lseek,
+];
+
+/// Additional calls of the main process: the config directory, sockets, memfds, forking and
+/// the children's sandbox setup (which runs under this filter, before the child's own).
+const MAIN_ONLY: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_getdents64,
+    libc::SYS_unlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_mkdir,
+    libc::SYS_fchmodat,
+    libc::SYS_chdir,
+    libc::SYS_fchdir,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_signalfd4,
+    libc::SYS_timerfd_create,
+    libc::SYS_wait4,
+    libc::SYS_kill,
+    libc::SYS_getuid,
+    libc::SYS_getgid,
+    libc::SYS_geteuid,
+    libc::SYS_getegid,
+    libc::SYS_getppid,
+    libc::SYS_unshare,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_seccomp,
+    libc::SYS_prctl,
+    libc::SYS_close_range,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_tid_address,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_readlinkat,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+];
+
+fn arch() -> TargetArch {
+    std::env::consts::ARCH
+        .try_into()
+        .unwrap_or(TargetArch::x86_64)
+}
+
+fn mismatch(mode: SeccompMode) -> SeccompAction {
+    match mode {
+        SeccompMode::Kill | SeccompMode::Disabled => SeccompAction::KillProcess,
+        SeccompMode::Trap => SeccompAction::Trap,
+        SeccompMode::Log => SeccompAction::Log,
+    }
+}
+
+fn compile(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let f = SeccompFilter::new(rules, mismatch, matched, arch()).map_err(SeccompError::Build)?;
+    f.try_into().map_err(SeccompError::Build)
+}
+
+/// The main process's filter.
+pub fn main_filter(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let mut rules = Rules::new();
+    allow(&mut rules, COMMON);
+    allow(&mut rules, MAIN_ONLY);
+    // std's set_nonblocking on sockets uses ioctl(FIONBIO); nothing else.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![rule(vec![cond(1, SeccompCmpOp::Eq, libc::FIONBIO)])],
+    );
+    compile(rules, mismatch(mode), SeccompAction::Allow)
+}
+
+/// The port children's filter (applied on top of the main one).
+pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError> {
+    let mut rules = Rules::new();
+    allow(&mut rules, COMMON);
+    // Threads only: clone must carry CLONE_THREAD.
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)])],
+    );
+    rules.insert(libc::SYS_clone3, vec![]);
+    // Memory for thread stacks and guest RAM, never executable.
+    let exec = libc::PROT_EXEC as u64;
+    rules.insert(
+        libc::SYS_mmap,
+        vec![rule(vec![cond(2, SeccompCmpOp::MaskedEq(exec), 0)])],
+    );
+    rules.insert(
+        libc::SYS_mprotect,
+        vec![rule(vec![cond(2, SeccompCmpOp::MaskedEq(exec), 0)])],
+    );
+    // Thread names only.
+    rules.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpOp::Eq,
+            libc::PR_SET_NAME as u64,
+        )])],
+    );
+    let main = compile(rules, mismatch(mode), SeccompAction::Allow)?;
+    // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so glibc uses
+    // clone, whose flags the filter above checks. Installed first: installing a filter needs
+    // prctl and seccomp(2), which the main child filter no longer allows.
+    let mut c3 = Rules::new();
+    c3.insert(libc::SYS_clone3, vec![]);
+    let clone3 = compile(
+        c3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    Ok(vec![clone3, main])
+}
+
+/// Installs the main process's filter for the calling (only) thread.
+pub fn apply_main(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::Disabled {
+        return Ok(());
+    }
+    let prog = main_filter(mode)?;
+    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+}
+
+/// Installs the child filters for the calling thread (threads created later inherit them).
+pub fn apply_child(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::Disabled {
+        return Ok(());
+    }
+    for prog in child_filters(mode)? {
+        seccompiler::apply_filter(&prog).map_err(SeccompError::Install)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_filters_compile_in_every_mode() {
+        for mode in [SeccompMode::Kill, SeccompMode::Trap, SeccompMode::Log] {
+            assert!(!main_filter(mode).unwrap().is_empty());
+            assert_eq!(child_filters(mode).unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn test_child_list_has_no_socket_open_or_exec() {
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_fork,
+        ] {
+            assert!(
+                !COMMON.contains(&nr),
+                "{nr} must not be in the child allow-list"
+            );
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! A minimal virtio-net *driver* with a real vhost-user frontend, for tests and benchmarks
+//! (feature `testing`): it connects to a vhost-user socket with rust-vmm's `Frontend`, shares
+//! memfd-backed "guest memory", lays out split virtqueues in it, and sends and receives
+//! Ethernet frames the way a guest's virtio-net driver does (single-descriptor buffers,
+//! kicks through eventfds, interrupts through call eventfds, EVENT_IDX if negotiated).
+
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Buffer bytes per descriptor.
+pub const BUF: u64 = 2048;
+const MEM: u64 = 8 << 20;
+
+/// Driver options.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestOptions {
+    /// Queue size.
+    pub queue_size: u16,
+    /// Negotiate EVENT_IDX.
+    pub event_idx: bool,
+    /// Negotiate MRG_RXBUF.
+    pub mrg_rxbuf: bool,
+}
+
+impl Default for GuestOptions {
+    fn default() -> Self {
+        GuestOptions {
+            queue_size: 256,
+            event_idx: true,
+            mrg_rxbuf: true,
+        }
+    }
+}
+
+struct Vq {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    bufs: u64,
+    next_avail: u16,
+    last_used: u16,
+    free: Vec<u16>,
+    kick: EventFd,
+    call: EventFd,
+}
+
+impl Vq {
+    fn new(base: u64, size: u16) -> Self {
+        let n = u64::from(size);
+        let desc = base;
+        let avail = desc + 16 * n;
+        let used = (avail + 6 + 2 * n).div_ceil(4096) * 4096;
+        let bufs = (used + 6 + 8 * n).div_ceil(4096) * 4096;
+        Vq {
+            size,
+            desc,
+            avail,
+            used,
+            bufs,
+            next_avail: 0,
+            last_used: 0,
+            free: (0..size).rev().collect(),
+            kick: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            call: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.bufs + u64::from(self.size) * BUF
+    }
+}
+
+/// One test guest: a vhost-user frontend plus a virtio-net driver.
+pub struct TestGuest {
+    frontend: Frontend,
+    mem: GuestMemoryMmap,
+    host_base: u64,
+    rx: Vq,
+    tx: Vq,
+    hdr_len: usize,
+    event_idx: bool,
+    mrg: bool,
+    /// Negotiated virtio features.
+    pub features: u64,
+    _file: File,
+}
+
+impl std::fmt::Debug for TestGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestGuest")
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn e<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |err| format!("{what}: {err}")
+}
+
+impl TestGuest {
+    /// Connects to `socket` (retrying for up to 10 s while it does not exist yet) and brings
+    /// the device up like a guest driver would.
+    pub fn connect(socket: &Path, opts: GuestOptions) -> Res<Self> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut frontend = loop {
+            match Frontend::connect(socket, 2) {
+                Ok(f) => break f,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => return Err(format!("connect {}: {err}", socket.display())),
+            }
+        };
+        let memfd =
+            nix::sys::memfd::memfd_create("test-guest", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(e("memfd"))?;
+        let file = File::from(memfd);
+        file.set_len(MEM).map_err(e("ftruncate"))?;
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+            GuestAddress(0),
+            MEM as usize,
+            Some(FileOffset::new(file.try_clone().map_err(e("dup"))?, 0)),
+        )])
+        .map_err(e("guest memory"))?;
+        let host_base = mem
+            .get_host_address(GuestAddress(0))
+            .map_err(e("host address"))? as u64;
+
+        let offered = frontend.get_features().map_err(e("GET_FEATURES"))?;
+        let mut want = offered;
+        if !opts.event_idx {
+            want &= !(1 << VIRTIO_RING_F_EVENT_IDX);
+        }
+        if !opts.mrg_rxbuf {
+            want &= !(1 << VIRTIO_NET_F_MRG_RXBUF);
+        }
+        let proto = frontend
+            .get_protocol_features()
+            .map_err(e("GET_PROTOCOL_FEATURES"))?;
+        frontend
+            .set_protocol_features(
+                proto
+                    & (VhostUserProtocolFeatures::MQ
+                        | VhostUserProtocolFeatures::CONFIG
+                        | VhostUserProtocolFeatures::REPLY_ACK),
+            )
+            .map_err(e("SET_PROTOCOL_FEATURES"))?;
+        frontend.set_owner().map_err(e("SET_OWNER"))?;
+        frontend.set_features(want).map_err(e("SET_FEATURES"))?;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: MEM,
+            userspace_addr: host_base,
+            mmap_offset: 0,
+            mmap_handle: file.as_raw_fd(),
+        };
+        frontend
+            .set_mem_table(&[region])
+            .map_err(e("SET_MEM_TABLE"))?;
+        let rx = Vq::new(0, opts.queue_size);
+        let tx = Vq::new(rx.end(), opts.queue_size);
+        for (i, q) in [(0usize, &rx), (1, &tx)] {
+            frontend
+                .set_vring_num(i, q.size)
+                .map_err(e("SET_VRING_NUM"))?;
+            frontend.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
+            let cfg = VringConfigData {
+                queue_max_size: q.size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: host_base + q.desc,
+                used_ring_addr: host_base + q.used,
+                avail_ring_addr: host_base + q.avail,
+                log_addr: None,
+            };
+            frontend
+                .set_vring_addr(i, &cfg)
+                .map_err(e("SET_VRING_ADDR"))?;
+            frontend
+                .set_vring_call(i, &q.call)
+                .map_err(e("SET_VRING_CALL"))?;
+            frontend
+                .set_vring_kick(i, &q.kick)
+                .map_err(e("SET_VRING_KICK"))?;
+        }
+        let mrg = want & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let version_1 = want & (1 << 32) != 0;
+        let mut g = TestGuest {
+            frontend,
+            mem,
+            host_base,
+            rx,
+            tx,
+            hdr_len: if version_1 || mrg { 12 } else { 10 },
+            event_idx: want & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
+            mrg,
+            features: want,
+            _file: file,
+        };
+        // Post every RX buffer, then enable the rings.
+        let n = g.rx.size;
+        for _ in 0..n {
+            g.post_rx();
+        }
+        g.publish_rx();
+        if want & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            g.frontend
+                .set_vring_enable(0, true)
+                .map_err(e("SET_VRING_ENABLE"))?;
+            g.frontend
+                .set_vring_enable(1, true)
+                .map_err(e("SET_VRING_ENABLE"))?;
+        }
+        g.rx.kick.write(1).map_err(e("kick"))?;
+        Ok(g)
+    }
+
+    /// Reads `size` bytes of device config space at `offset` (what crosvm does for the MAC).
+    pub fn config(&mut self, offset: u32, size: u32) -> Res<Vec<u8>> {
+        let buf = vec![0u8; size as usize];
+        let (_, data) = self
+            .frontend
+            .get_config(offset, size, VhostUserConfigFlags::WRITABLE, &buf)
+            .map_err(e("GET_CONFIG"))?;
+        Ok(data)
+    }
+
+    fn w16(&self, addr: u64, v: u16) {
+        let _ = self
+            .mem
+            .store(v.to_le(), GuestAddress(addr), Ordering::Release);
+    }
+
+    fn r16(&self, addr: u64) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(addr), Ordering::Acquire)
+                .unwrap_or(0),
+        )
+    }
+
+    fn write_desc(&self, q_desc: u64, id: u16, addr: u64, len: u32, flags: u16) {
+        let base = q_desc + 16 * u64::from(id);
+        let _ = self.mem.write_obj(addr.to_le(), GuestAddress(base));
+        let _ = self.mem.write_obj(len.to_le(), GuestAddress(base + 8));
+        let _ = self.mem.write_obj(flags.to_le(), GuestAddress(base + 12));
+        let _ = self.mem.write_obj(0u16, GuestAddress(base + 14));
+    }
+
+    fn post_rx(&mut self) {
+        let Some(id) = self.rx.free.pop() else { return };
+        let addr = self.rx.bufs + u64::from(id) * BUF;
+        self.write_desc(self.rx.desc, id, addr, BUF as u32, 2 /* WRITE */);
+        let slot = u64::from(self.rx.next_avail % self.rx.size);
+        self.w16(self.rx.avail + 4 + 2 * slot, id);
+        self.rx.next_avail = self.rx.next_avail.wrapping_add(1);
+    }
+
+    fn publish_rx(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.w16(self.rx.avail + 2, self.rx.next_avail);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    fn reclaim_tx(&mut self) {
+        let used_idx = self.r16(self.tx.used + 2);
+        while self.tx.last_used != used_idx {
+            let slot = u64::from(self.tx.last_used % self.tx.size);
+            let id = self.r16(self.tx.used + 4 + 8 * slot);
+            if id < self.tx.size {
+                self.tx.free.push(id);
+            }
+            self.tx.last_used = self.tx.last_used.wrapping_add(1);
+        }
+    }
+
+    /// Queues one frame on TX without kicking. Returns false when the TX ring is full.
+    pub fn queue_frame(&mut self, frame: &[u8]) -> bool {
+        self.reclaim_tx();
+        let Some(id) = self.tx.free.pop() else {
+            return false;
+        };
+        let addr = self.tx.bufs + u64::from(id) * BUF;
+        let hdr = [0u8; 12];
+        let _ = self
+            .mem
+            .write_slice(&hdr[..self.hdr_len], GuestAddress(addr));
+        let len = frame.len().min(BUF as usize - self.hdr_len);
+        let _ = self
+            .mem
+            .write_slice(&frame[..len], GuestAddress(addr + self.hdr_len as u64));
+        self.write_desc(self.tx.desc, id, addr, (self.hdr_len + len) as u32, 0);
+        let slot = u64::from(self.tx.next_avail % self.tx.size);
+        self.w16(self.tx.avail + 4 + 2 * slot, id);
+        self.tx.next_avail = self.tx.next_avail.wrapping_add(1);
+        true
+    }
+
+    /// Publishes queued TX frames and kicks.
+    pub fn kick_tx(&mut self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.w16(self.tx.avail + 2, self.tx.next_avail);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let _ = self.tx.kick.write(1);
+    }
+
+    /// Sends one frame (waits for TX space for up to 1 s).
+    pub fn send(&mut self, frame: &[u8]) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.queue_frame(frame) {
+            if Instant::now() > deadline {
+                return Err("TX ring stays full".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.kick_tx();
+        Ok(())
+    }
+
+    /// Takes every frame currently in the RX used ring (no waiting), re-posting buffers.
+    pub fn poll_frames(&mut self, out: &mut Vec<Vec<u8>>) -> usize {
+        let mut n = 0;
+        loop {
+            let used_idx = self.r16(self.rx.used + 2);
+            if self.rx.last_used == used_idx {
+                break;
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            let mut frame = Vec::new();
+            let mut remaining = 1u16;
+            let mut first = true;
+            while remaining > 0 && self.rx.last_used != used_idx {
+                let slot = u64::from(self.rx.last_used % self.rx.size);
+                let id = self.r16(self.rx.used + 4 + 8 * slot);
+                let len: u32 = self
+                    .mem
+                    .read_obj::<u32>(GuestAddress(self.rx.used + 4 + 8 * slot + 4))
+                    .map(u32::from_le)
+                    .unwrap_or(0);
+                self.rx.last_used = self.rx.last_used.wrapping_add(1);
+                if id >= self.rx.size {
+                    break;
+                }
+                let addr = self.rx.bufs + u64::from(id) * BUF;
+                let len = (len as usize).min(BUF as usize);
+                let mut data = vec![0u8; len];
+                let _ = self.mem.read_slice(&mut data, GuestAddress(addr));
+                if first {
+                    if self.mrg && data.len() >= 12 {
+                        remaining = u16::from_le_bytes([data[10], data[11]]).max(1);
+                    }
+                    frame.extend_from_slice(data.get(self.hdr_len..).unwrap_or(&[]));
+                    first = false;
+                } else {
+                    frame.extend_from_slice(&data);
+                }
+                remaining -= 1;
+                self.rx.free.push(id);
+            }
+            out.push(frame);
+            n += 1;
+        }
+        if n > 0 {
+            while !self.rx.free.is_empty() {
+                self.post_rx();
+            }
+            self.publish_rx();
+            if self.event_idx {
+                // Interrupt me at the next used entry.
+                let ue = self.rx.avail + 4 + 2 * u64::from(self.rx.size);
+                self.w16(ue, self.rx.last_used);
+            }
+            let _ = self.rx.kick.write(1);
+        } else if self.event_idx {
+            let ue = self.rx.avail + 4 + 2 * u64::from(self.rx.size);
+            self.w16(ue, self.rx.last_used);
+        }
+        n
+    }
+
+    /// Waits up to `timeout` for at least one frame; returns what arrived.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            if self.poll_frames(&mut out) > 0 {
+                return out;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            let ms = left.as_millis().min(50) as i32;
+            crate::sys::wait_readable(self.rx.call.as_raw_fd(), ms);
+            let _ = self.rx.call.read();
+        }
+    }
+
+    /// Waits for a frame matching `pred` (others are discarded).
+    pub fn recv_matching(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            for f in self.recv_timeout(left) {
+                if pred(&f) {
+                    return Some(f);
+                }
+            }
+        }
+    }
+
+    /// The host address of guest memory (for debugging).
+    pub fn host_base(&self) -> u64 {
+        self.host_base
+    }
+}

@@ -1,0 +1,392 @@
+//! Component tests: the real `vm-switch` binary (main process, forked sandboxed children,
+//! seccomp in `kill` mode, shared-memory rings) driven by in-process vhost-user frontends with
+//! memfd guest memory.
+
+mod common;
+
+use common::*;
+use vm_switch::frame::{self, L3};
+use vm_switch::testing::GuestOptions;
+
+fn two_ports(test: &str) -> SwitchProc {
+    let s = SwitchProc::start(test, &[]);
+    s.add_port("a", MAC_A, &["10.0.0.1/24"], &["fd00::a/64"], false, &[]);
+    s.add_port("b", MAC_B, &["10.0.0.2/24"], &["fd00::b/64"], true, &[]);
+    s
+}
+
+#[test]
+fn test_ipv4_unicast_is_routed_to_the_destination_port() {
+    let s = two_ports("unicast4");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    // The sender uses some other destination MAC: the switch routes by IP.
+    a.send(&udp4(
+        MAC_A,
+        [2, 0, 0, 0, 0, 9],
+        v4("10.0.0.1"),
+        v4("10.0.0.2"),
+        7,
+    ))
+    .unwrap();
+    let f = b
+        .recv_matching(5 * SECOND, |f| tag_of(f) == Some(7))
+        .unwrap_or_else(|| panic!("b got nothing; stats {}\nlog:\n{}", s.stats(), s.log()));
+    assert_eq!(&f[0..6], &MAC_B, "destination MAC rewritten to the port's");
+    assert_eq!(&f[6..12], &MAC_A);
+    let stats = s.wait_stats("b", "delivery counted", |p| {
+        p["to_guest_frames"].as_u64() >= Some(1)
+    });
+    assert_eq!(stats["connected"], true);
+}
+
+#[test]
+fn test_ipv6_unicast_both_directions() {
+    let s = two_ports("unicast6");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    a.send(&udp6(MAC_A, MAC_B, v6("fd00::a"), v6("fd00::b"), 1))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
+            .is_some()
+    );
+    b.send(&udp6(MAC_B, MAC_A, v6("fd00::b"), v6("fd00::a"), 2))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
+            .is_some()
+    );
+}
+
+#[test]
+fn test_proxy_arp_answers_with_the_peer_mac() {
+    let s = two_ports("arp");
+    let mut a = s.guest("a");
+    let _b = s.guest("b");
+    s.wait_stats("b", "b connected", |p| p["connected"] == true);
+    a.send(&arp_request(MAC_A, v4("10.0.0.1"), v4("10.0.0.2")))
+        .unwrap();
+    let reply = a
+        .recv_matching(5 * SECOND, |f| f.get(12..14) == Some(&[0x08, 0x06]))
+        .expect("ARP reply");
+    let (eth, l3) = frame::parse(&reply).unwrap();
+    assert_eq!(eth.dst, MAC_A);
+    let L3::Arp(arp) = l3 else { panic!("not ARP") };
+    assert_eq!(arp.op, 2);
+    assert_eq!(arp.sha, MAC_B);
+    assert_eq!(arp.spa, v4("10.0.0.2"));
+    s.wait_stats("a", "proxy reply counted", |p| {
+        p["proxy_replies"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
+fn test_proxy_ndp_answers_neighbor_solicitation() {
+    let s = two_ports("ndp");
+    let mut a = s.guest("a");
+    a.send(&neighbor_solicit(MAC_A, v6("fd00::a"), v6("fd00::b")))
+        .unwrap();
+    let na = a
+        .recv_matching(5 * SECOND, |f| {
+            f.len() > 54 && f[12..14] == [0x86, 0xdd] && f[54] == 136
+        })
+        .expect("neighbour advertisement");
+    let (_, l3) = frame::parse(&na).unwrap();
+    let L3::Ipv6(ip) = l3 else { panic!() };
+    assert_eq!(ip.src, v6("fd00::b"));
+    assert_eq!(ip.icmp.unwrap().target, Some(v6("fd00::b")));
+    assert_eq!(&na[6..12], &MAC_B);
+}
+
+#[test]
+fn test_broadcast_reaches_only_receive_broadcast_ports() {
+    let s = two_ports("bcast");
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    let mut c = s.guest("c");
+    s.wait_mesh(&["a", "b", "c"]);
+    a.send(&udp4(
+        MAC_A,
+        frame::BROADCAST_MAC,
+        v4("10.0.0.1"),
+        v4("10.0.0.255"),
+        100,
+    ))
+    .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(100))
+            .is_some(),
+        "b wants broadcast"
+    );
+    // A unicast marker sent after the broadcast: c must see the marker and never the broadcast.
+    a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), 101))
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&Some(101)) {
+        let got = c.recv_timeout(5 * SECOND);
+        assert!(!got.is_empty(), "marker never arrived");
+        seen.extend(got.iter().map(|f| tag_of(f)));
+    }
+    assert!(
+        !seen.contains(&Some(100)),
+        "c must not receive broadcast: {seen:?}"
+    );
+}
+
+#[test]
+fn test_advertised_route_wins_for_its_prefix_and_router_may_source_it() {
+    let s = two_ports("routes");
+    s.add_port(
+        "r",
+        MAC_C,
+        &["10.0.0.254/24"],
+        &[],
+        false,
+        &["192.168.1.0/24"],
+    );
+    let mut a = s.guest("a");
+    let mut r = s.guest("r");
+    s.wait_mesh(&["a", "b", "r"]);
+    a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("192.168.1.7"), 5))
+        .unwrap();
+    assert!(
+        r.recv_matching(5 * SECOND, |f| tag_of(f) == Some(5))
+            .is_some()
+    );
+    r.send(&udp4(MAC_C, MAC_A, v4("192.168.1.7"), v4("10.0.0.1"), 6))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(6))
+            .is_some()
+    );
+}
+
+#[test]
+fn test_spoofed_frames_are_dropped_and_counted() {
+    let s = two_ports("spoof");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.99"), v4("10.0.0.2"), 1))
+        .unwrap();
+    a.send(&udp4(MAC_C, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 2))
+        .unwrap();
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
+        .unwrap();
+    let mut tags = Vec::new();
+    while !tags.contains(&Some(3)) {
+        let got = b.recv_timeout(5 * SECOND);
+        assert!(!got.is_empty(), "legitimate frame never arrived");
+        tags.extend(got.iter().map(|f| tag_of(f)));
+    }
+    assert_eq!(tags, vec![Some(3)], "spoofed frames must not be delivered");
+    let st = s.wait_stats("a", "spoofs counted", |p| {
+        p["drops"]["spoof_ip"].as_u64() >= Some(1) && p["drops"]["spoof_mac"].as_u64() >= Some(1)
+    });
+    assert_eq!(st["from_guest_frames"].as_u64(), Some(3));
+}
+
+#[test]
+fn test_device_config_reports_the_port_mac() {
+    let s = two_ports("config");
+    let mut a = s.guest("a");
+    assert_eq!(a.config(0, 6).unwrap(), MAC_A.to_vec());
+    // Byte-wise reads, as a guest driver does through crosvm.
+    assert_eq!(a.config(5, 1).unwrap(), vec![MAC_A[5]]);
+}
+
+#[test]
+fn test_legacy_layout_without_event_idx_or_mergeable_buffers() {
+    let s = two_ports("legacy");
+    let opts = GuestOptions {
+        event_idx: false,
+        mrg_rxbuf: false,
+        ..GuestOptions::default()
+    };
+    let mut a = s.guest_with("a", opts);
+    let mut b = s.guest_with("b", opts);
+    s.wait_mesh(&["a", "b"]);
+    for i in 0..50 {
+        a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), i))
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let f = b.recv_timeout(5 * SECOND);
+        assert!(
+            !f.is_empty(),
+            "only {} of 50 frames; stats {}\nlog:\n{}",
+            got.len(),
+            s.stats(),
+            s.log()
+        );
+        got.extend(f.iter().filter_map(|f| tag_of(f)));
+    }
+    assert_eq!(got, (0..50).collect::<Vec<_>>(), "in order, nothing lost");
+}
+
+#[test]
+fn test_frontend_reconnect_resets_the_port_and_traffic_resumes() {
+    let s = two_ports("reconnect");
+    let mut b = s.guest("b");
+    {
+        let mut a = s.guest("a");
+        s.wait_mesh(&["a", "b"]);
+        a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1))
+            .unwrap();
+        assert!(
+            b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
+                .is_some()
+        );
+    }
+    s.wait_stats("a", "disconnect seen", |p| p["connected"] == false);
+    let mut a = s.guest("a");
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 2))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
+            .is_some()
+    );
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 3))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
+            .is_some()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["connects"].as_u64(), Some(2));
+}
+
+#[test]
+fn test_killed_child_leaves_other_ports_working_and_restarts() {
+    let s = two_ports("kill");
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    let c = s.guest("c");
+    s.wait_mesh(&["a", "b", "c"]);
+    let pid = s.wait_stats("c", "c connected", |p| p["connected"] == true)["pid"]
+        .as_u64()
+        .unwrap();
+    // Traffic to c is flowing when its child dies.
+    for i in 0..20 {
+        a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), i))
+            .unwrap();
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(c);
+    for i in 0..20 {
+        a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), i))
+            .unwrap();
+    }
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1000))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1000))
+            .is_some(),
+        "a->b broken"
+    );
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1001))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1001))
+            .is_some(),
+        "b->a broken"
+    );
+    // The main process restarts c's child; a new frontend can use it.
+    let new = s.wait_stats("c", "c restarted", |p| {
+        p["pid"].as_u64().is_some_and(|p| p != 0 && p != pid)
+    });
+    assert_ne!(new["pid"].as_u64(), Some(pid));
+    let mut c = s.guest("c");
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), 2000))
+            .unwrap();
+        if c.recv_matching(SECOND / 5, |f| tag_of(f) == Some(2000))
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted c never got traffic; log:\n{}",
+            s.log()
+        );
+    }
+}
+
+#[test]
+fn test_removing_a_port_file_stops_only_that_port() {
+    let s = two_ports("remove");
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b", "c"]);
+    std::fs::remove_file(s.dir.join("c.port")).unwrap();
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while s.sock("c").exists() {
+        assert!(std::time::Instant::now() < deadline, "c.sock not removed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        s.stats()["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["vm"] != "c")
+    );
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 9))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(9))
+            .is_some()
+    );
+    // c's address has no route any more.
+    a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), 10))
+        .unwrap();
+    s.wait_stats("a", "no_route counted", |p| {
+        p["drops"]["no_route"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
+fn test_worker_process_titles_name_switch_and_vm() {
+    let s = two_ports("titles");
+    let pid = s.wait_stats("a", "a started", |p| p["pid"].as_u64() > Some(0))["pid"]
+        .as_u64()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let text = String::from_utf8_lossy(&cmdline)
+        .trim_end_matches('\0')
+        .to_string();
+    let name = s.dir.file_name().unwrap().to_str().unwrap().to_string();
+    assert_eq!(text, format!("vm-switch({name}): a"));
+}
+
+#[test]
+fn test_bad_port_file_is_reported_and_ignored() {
+    let s = SwitchProc::start("badport", &[]);
+    std::fs::write(s.dir.join("x.port"), "name = \"x\"\nmac = \"nope\"\n").unwrap();
+    s.add_port("a", MAC_A, &["10.0.0.1/24"], &[], false, &[]);
+    s.wait_for(&s.sock("a"));
+    assert!(!s.sock("x").exists());
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    while !s.log().contains("x.port") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "error not logged:\n{}",
+            s.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(s.log().contains("mac"), "{}", s.log());
+}
