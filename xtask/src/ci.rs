@@ -39,6 +39,8 @@ fn run_ci(args: &CiArgs) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::nixos::parse_all()?;
+    crate::nixos::fixture(&crate::nixos::FixtureArgs { check: true })?;
     section("ci: tier 1+2 - unit and component tests");
     sh(nextest().args(["--workspace"]))?;
     if !args.no_e2e {

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ci;
+mod nixos;
 mod setup;
 mod util;
 
@@ -31,6 +32,9 @@ enum Task {
     Ci(ci::CiArgs),
     /// Run a benchmark; `cargo xtask bench list` lists them.
     Bench(bench::BenchArgs),
+    /// Evaluate the NixOS module for the seed's example and write (or `--check`) the JSON
+    /// fixture `nix/tests/seed-example.json`; needs a nixpkgs tree (`NIXPKGS=PATH`).
+    NixosFixture(nixos::FixtureArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Ci(args) => ci::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::NixosFixture(args) => nixos::fixture(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

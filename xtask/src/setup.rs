@@ -33,6 +33,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),
+    (
+        "nix-bin",
+        "nix-instantiate checks the NixOS module and flake",
+    ),
 ];
 
 /// Cargo-installed tools: (binary, crate, version).

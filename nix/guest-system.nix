@@ -1,0 +1,43 @@
+# Builds one VM's guest: a NixOS system from nix/guest.nix, the VM's guestPrograms and its
+# guestConfig, plus the read-only ext4 root image holding its closure. Returns the paths the
+# host configuration needs (all computed without building anything).
+{ pkgs, lib, vm, vmsilo, user }:
+
+let
+  system = import (pkgs.path + "/nixos/lib/eval-config.nix") {
+    system = pkgs.stdenv.hostPlatform.system;
+    modules = [
+      ./guest.nix
+      {
+        vmsilo.guest = {
+          inherit vmsilo;
+          vmName = vm.name;
+          inherit (vm) waylandProxy color network;
+          overlay = vm.rootOverlay.type;
+          sharedHome = vm.sharedHome != false;
+          autoShutdown = vm.autoShutdown;
+          sound = vm.sound != false;
+          gpu = vm.gpu != false;
+          sharedDirectories = map (d: d.tag) vm.sharedDirectories;
+        };
+        environment.systemPackages = vm.guestPrograms;
+        # The guest follows the host's nixpkgs configuration (overlays, allowUnfree).
+        nixpkgs.pkgs = pkgs;
+      }
+    ] ++ lib.toList vm.guestConfig;
+  };
+  inherit (system) config;
+
+  rootImage = pkgs.callPackage (pkgs.path + "/nixos/lib/make-ext4-fs.nix") {
+    storePaths = [ config.system.build.toplevel ];
+    volumeLabel = "vmsilo-root";
+  };
+in
+{
+  inherit system;
+  kernel = "${config.system.build.kernel}/${config.system.boot.loader.kernelFile}";
+  initramfs = "${config.system.build.initialRamdisk}/${config.system.boot.loader.initrdFile}";
+  rootDisk = "${rootImage}";
+  # Stage 1 needs to know where stage 2 is; the rest are the guest's own parameters.
+  kernelParams = [ "init=${config.system.build.toplevel}/init" ] ++ config.boot.kernelParams;
+}

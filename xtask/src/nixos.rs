@@ -1,0 +1,151 @@
+//! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixture the
+//! module produces for the seed's example (`cargo xtask nixos-fixture [--check]`).
+//!
+//! Evaluating the module needs a nixpkgs tree, which CI machines do not have (no network but the
+//! package registries). Where one exists (`NIXPKGS=PATH`, or `/opt/nixpkgs-24.05`), the fixture
+//! is regenerated or compared; elsewhere the committed fixture is what the test suite checks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util::{section, sh, workspace_root};
+
+const FIXTURE: &str = "nix/tests/seed-example.json";
+
+#[derive(Debug, Args)]
+pub struct FixtureArgs {
+    /// Compare with the committed fixture instead of rewriting it.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Every `.nix` file of the repository (outside `target/`).
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            nix_files(&path, out)?;
+        } else if name.ends_with(".nix") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `nix-instantiate --parse` on every `.nix` file: syntax and unbound variables.
+pub fn parse_all() -> Result<()> {
+    section("ci: nix-instantiate --parse on every .nix file");
+    let mut files = Vec::new();
+    nix_files(&workspace_root(), &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        bail!("no .nix files found under {}", workspace_root().display());
+    }
+    for file in &files {
+        sh(Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(file)
+            .stdout(std::process::Stdio::null()))?;
+    }
+    eprintln!("{} .nix files parse", files.len());
+    Ok(())
+}
+
+/// The nixpkgs tree to evaluate against, if this machine has one.
+pub fn nixpkgs_tree() -> Option<PathBuf> {
+    let candidates = std::env::var_os("NIXPKGS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/opt/nixpkgs-24.05")]);
+    candidates
+        .into_iter()
+        .find(|p| p.join("nixos/lib/eval-config.nix").is_file())
+}
+
+/// Evaluates the module for the seed's example and returns the pretty-printed JSON.
+fn evaluate(nixpkgs: &Path) -> Result<String> {
+    let root = workspace_root();
+    let out = Command::new("nix-instantiate")
+        .current_dir(&root)
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg("nix/tests/eval-json.nix")
+        .args(["--arg", "nixpkgs"])
+        .arg(nixpkgs)
+        .output()
+        .context("run nix-instantiate")?;
+    if !out.status.success() {
+        bail!(
+            "evaluating nix/module.nix with examples/nixos-configuration.nix failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The expression returns the JSON text as a (JSON-quoted) string.
+    let text: String =
+        serde_json::from_slice(&out.stdout).context("nix output is a JSON string")?;
+    let value: serde_json::Value = serde_json::from_str(&text).context("module JSON")?;
+    Ok(serde_json::to_string_pretty(&value)? + "\n")
+}
+
+/// `cargo xtask nixos-fixture [--check]`.
+pub fn fixture(args: &FixtureArgs) -> Result<()> {
+    let Some(nixpkgs) = nixpkgs_tree() else {
+        if args.check {
+            eprintln!(
+                "skipped: no nixpkgs tree (set NIXPKGS=PATH); the committed {FIXTURE} is checked by the tests"
+            );
+            return Ok(());
+        }
+        bail!("no nixpkgs tree: set NIXPKGS=PATH to a nixpkgs checkout (24.05 or later)");
+    };
+    section(&format!(
+        "nixos: evaluate nix/module.nix against {}",
+        nixpkgs.display()
+    ));
+    let json = evaluate(&nixpkgs)?;
+    let path = workspace_root().join(FIXTURE);
+    if args.check {
+        let old = std::fs::read_to_string(&path).with_context(|| format!("read {FIXTURE}"))?;
+        // Store hashes change with every source change (the guest closure contains the vmsilo
+        // package); what must not drift is everything else.
+        if normalize_store_hashes(&old) != normalize_store_hashes(&json) {
+            bail!(
+                "{FIXTURE} is out of date: run `cargo xtask nixos-fixture` and commit the result"
+            );
+        }
+        eprintln!("{FIXTURE} matches the module's evaluation");
+    } else {
+        std::fs::write(&path, json).with_context(|| format!("write {FIXTURE}"))?;
+        eprintln!("wrote {FIXTURE}");
+    }
+    Ok(())
+}
+
+/// Replaces the 32-character hash of every `/nix/store/<hash>-` path by `HASH`.
+fn normalize_store_hashes(text: &str) -> String {
+    const PREFIX: &str = "/nix/store/";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(PREFIX) {
+        out.push_str(&rest[..pos + PREFIX.len()]);
+        rest = &rest[pos + PREFIX.len()..];
+        let hash_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if hash_len == 32 && rest.as_bytes().get(32) == Some(&b'-') {
+            out.push_str("HASH");
+            rest = &rest[32..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
