@@ -4,7 +4,7 @@
 //! 1. hermetic unit tests and component tests with in-process peers (`cargo nextest run`);
 //! 2. end-to-end tests that boot QEMU guests (`#[ignore]`d tests, run here with
 //!    `--run-ignored only`; they are `#[ignore]`d only so that a plain `cargo test` on a machine
-//!    without QEMU stays green).
+//!    without QEMU stays green). The guest images are built first (`cargo xtask guest-image`).
 
 use std::process::Command;
 
@@ -44,7 +44,10 @@ fn run_ci(args: &CiArgs) -> Result<()> {
     section("ci: tier 1+2 - unit and component tests");
     sh(nextest().args(["--workspace"]))?;
     if !args.no_e2e {
+        crate::guest_image::prebuild()?;
         section("ci: tier 3 - end-to-end tests with QEMU guests");
+        // .config/nextest.toml puts every `e2e*` test binary into a test group that boots at
+        // most two QEMU guests at a time, with a generous per-test timeout.
         sh(nextest().args(["--workspace", "--run-ignored", "only"]))?;
     }
     section("ci: all checks passed");

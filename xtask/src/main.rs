@@ -2,6 +2,7 @@
 //!
 //! - `setup`: install what a fresh Debian/Ubuntu machine lacks (idempotent).
 //! - `ci`: setup, then every check and every test tier; `.ci/run` calls exactly this.
+//! - `guest-image`: build the e2e test guest image; prints its directory last.
 //! - `bench <name>`: a benchmark that prints its figures beside a baseline and ends with one
 //!   `key=value` summary line.
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ci;
+mod guest_image;
 mod nixos;
 mod setup;
 mod util;
@@ -32,6 +34,8 @@ enum Task {
     Ci(ci::CiArgs),
     /// Run a benchmark; `cargo xtask bench list` lists them.
     Bench(bench::BenchArgs),
+    /// Build the e2e test guest image (cached); prints its directory as the last line.
+    GuestImage(guest_image::GuestImageArgs),
     /// Evaluate the NixOS module for the seed's example and write (or `--check`) the JSON
     /// fixture `nix/tests/seed-example.json`; needs a nixpkgs tree (`NIXPKGS=PATH`).
     NixosFixture(nixos::FixtureArgs),
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Ci(args) => ci::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::GuestImage(args) => guest_image::run(&args),
         Task::NixosFixture(args) => nixos::fixture(&args),
     };
     match result {

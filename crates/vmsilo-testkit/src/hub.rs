@@ -3,9 +3,15 @@
 //! as a reference peer.
 //!
 //! Built on rust-vmm's `vhost-user-backend`. Features: `VIRTIO_F_VERSION_1` and
-//! `VHOST_USER_F_PROTOCOL_FEATURES` (REPLY_ACK, CONFIGURE_MEM_SLOTS); no offloads, no
-//! mergeable RX buffers, no EVENT_IDX. Each port has a bounded queue of frames waiting for RX
-//! buffers (tail drop beyond [`PENDING_LIMIT`]) and an eventfd that wakes the port's worker.
+//! `VHOST_USER_F_PROTOCOL_FEATURES` (no protocol feature flags); no offloads, no mergeable RX
+//! buffers, no EVENT_IDX. Each port has a bounded queue of frames waiting for RX buffers (tail
+//! drop beyond [`PENDING_LIMIT`]) and an eventfd that wakes the port's worker.
+//!
+//! QEMU 7.2's virtio-net sends `SET_VRING_ENABLE` before `SET_FEATURES`, which
+//! `vhost-user-backend` rejects (it drops the connection); each connection therefore passes
+//! through a small relay that delays those messages until after `SET_FEATURES` (see
+//! `vu_relay.rs`). Any
+//! vhost-user-net backend built on `vhost-user-backend` needs the same with QEMU 7.2.
 //! Each port serves one frontend at a time and accepts a new one after a disconnect.
 //!
 //! ```no_run
@@ -21,13 +27,12 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -35,8 +40,12 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::vu_relay::Relay;
 use crate::{Error, Result, io_err};
 
 /// Frames queued per port while its guest has no RX buffers; more are dropped.
@@ -239,10 +248,16 @@ impl VhostUserBackend for HubPort {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        VhostUserProtocolFeatures::empty()
     }
 
     fn set_event_idx(&self, _enabled: bool) {}
+
+    /// Without an exit event the worker thread never leaves its epoll loop, and dropping the
+    /// daemon (which joins the workers) hangs.
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {
         *self.mem.lock().unwrap_or_else(PoisonError::into_inner) = Some(mem);
@@ -303,6 +318,7 @@ impl std::fmt::Debug for VhostNetHub {
 
 impl VhostNetHub {
     /// Starts a hub with `ports` sockets `dir/hub-<i>.sock`, listening when this returns.
+    /// `dir` also holds one internal socket per port (`hub-<i>.backend`).
     pub fn start(dir: &Path, ports: usize) -> Result<Self> {
         if ports < 2 {
             return Err(Error::Usage("a hub needs at least 2 ports".into()));
@@ -323,17 +339,26 @@ impl VhostNetHub {
         let mut handles = Vec::new();
         for index in 0..ports {
             let socket = dir.join(format!("hub-{index}.sock"));
-            let listener = Listener::new(&socket, true)
-                .map_err(|e| Error::Backend(format!("listening on {}: {e}", socket.display())))?;
-            let connection = Arc::new(Mutex::new(None));
-            let thread = {
-                let shared = Arc::clone(&shared);
-                let connection = Arc::clone(&connection);
-                std::thread::Builder::new()
-                    .name(format!("hub-port{index}"))
-                    .spawn(move || serve_port(index, listener, &shared, &connection))
-                    .map_err(io_err("starting a hub thread"))?
+            let inner_path = dir.join(format!("hub-{index}.backend"));
+            let bind = |p: &Path| {
+                let _ = std::fs::remove_file(p);
+                UnixListener::bind(p).map_err(io_err(format!("listening on {}", p.display())))
             };
+            let public = bind(&socket)?;
+            let inner = bind(&inner_path)?;
+            let connection = Arc::new(Mutex::new(None));
+            let port = Port {
+                index,
+                public,
+                inner,
+                inner_path,
+                shared: Arc::clone(&shared),
+                connection: Arc::clone(&connection),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("hub-port{index}"))
+                .spawn(move || port.serve())
+                .map_err(io_err("starting a hub thread"))?;
             handles.push(PortHandle {
                 socket,
                 thread: Some(thread),
@@ -365,52 +390,90 @@ impl VhostNetHub {
     }
 }
 
-fn serve_port(
+/// One port's serving thread: accepts a frontend, connects a fresh daemon through the relay,
+/// serves until either side goes, repeats.
+struct Port {
     index: usize,
-    mut listener: Listener,
-    shared: &Arc<Shared>,
-    connection: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
-) {
-    while !shared.stop.load(Ordering::Acquire) {
+    public: UnixListener,
+    inner: UnixListener,
+    inner_path: PathBuf,
+    shared: Arc<Shared>,
+    connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+}
+
+impl Port {
+    fn serve(self) {
+        let index = self.index;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let frontend = match self.public.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    eprintln!("vmsilo-testkit hub port {index}: accept: {e}");
+                    return;
+                }
+            };
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.serve_one(frontend) {
+                eprintln!("vmsilo-testkit hub port {index}: {e}");
+            }
+        }
+    }
+
+    fn serve_one(&self, frontend: UnixStream) -> std::result::Result<(), String> {
+        let index = self.index;
         let backend = Arc::new(HubPort {
             index,
-            shared: Arc::clone(shared),
+            shared: Arc::clone(&self.shared),
             mem: Mutex::new(None),
             acked: AtomicU64::new(0),
         });
-        let mut daemon = match VhostUserDaemon::new(
+        let mut daemon = VhostUserDaemon::new(
             format!("hub-port{index}"),
             backend,
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("hub port {index}: creating the vhost-user daemon: {e}");
-                return;
-            }
-        };
+        )
+        .map_err(|e| format!("creating the vhost-user daemon: {e}"))?;
         for handler in daemon.get_epoll_handlers().iter().take(1) {
-            if let Err(e) = handler.register_listener(
-                shared.ports[index].wake.as_raw_fd(),
-                EventSet::IN,
-                u64::from(PENDING_EVENT),
-            ) {
-                log::error!("hub port {index}: registering the wake eventfd: {e}");
-                return;
-            }
+            handler
+                .register_listener(
+                    self.shared.ports[index].wake.as_raw_fd(),
+                    EventSet::IN,
+                    u64::from(PENDING_EVENT),
+                )
+                .map_err(|e| format!("registering the wake eventfd: {e}"))?;
         }
-        if let Err(e) = daemon.start(&mut listener) {
-            log::error!("hub port {index}: accepting a frontend: {e}");
-            return;
-        }
-        *connection.lock().unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
-        if shared.stop.load(Ordering::Acquire) {
+        // The daemon connects to our inner listener; the relay joins the two connections.
+        let inner = self.inner_path.to_string_lossy().into_owned();
+        daemon
+            .start_client(&inner)
+            .map_err(|e| format!("connecting the daemon to {inner}: {e}"))?;
+        let (to_daemon, _) = self
+            .inner
+            .accept()
+            .map_err(|e| format!("accepting the daemon on {inner}: {e}"))?;
+        let relay = Relay::start(frontend, to_daemon).map_err(|e| format!("relay: {e}"))?;
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
+        if self.shared.stop.load(Ordering::Acquire) {
             daemon.request_shutdown();
         }
-        if let Err(e) = daemon.wait() {
-            log::debug!("hub port {index}: frontend gone: {e}");
+        let result = daemon.wait();
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        relay.stop();
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(format!("frontend connection ended: {e}")),
         }
-        *connection.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
@@ -432,6 +495,7 @@ impl Drop for VhostNetHub {
                 let _ = t.join();
             }
             let _ = std::fs::remove_file(&port.socket);
+            let _ = std::fs::remove_file(port.socket.with_extension("backend"));
         }
     }
 }
