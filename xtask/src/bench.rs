@@ -16,7 +16,11 @@ pub struct BenchArgs {
 type BenchFn = fn(&[String]) -> Result<()>;
 
 /// Every benchmark: (name, what it measures, entry point).
-const BENCHES: &[(&str, &str, BenchFn)] = &[];
+const BENCHES: &[(&str, &str, BenchFn)] = &[(
+    "balloond",
+    "memory balancer: policy simulator vs baselines, daemon RSS and CPU per tick",
+    crate::bench_balloond::run,
+)];
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.name == "list" {

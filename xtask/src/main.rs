@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_balloond;
 mod ci;
 mod guest_image;
 mod nixos;

@@ -67,6 +67,9 @@ pub struct BalancerParams {
     pub max_stats_backoff_ms: Millis,
     /// Re-send an unchanged, not yet reached target after this long.
     pub resend_after_ms: Millis,
+    /// Do not let the learning rule lower the guest critical level for this long after a stall
+    /// or a spontaneous shrink (0: always learn, as ChromeOS does).
+    pub no_learning_after_stall_ms: Millis,
 }
 
 impl Default for BalancerParams {
@@ -83,6 +86,7 @@ impl Default for BalancerParams {
             failure_backoff_after: 3,
             max_stats_backoff_ms: 60_000,
             resend_after_ms: 30_000,
+            no_learning_after_stall_ms: 30_000,
         }
     }
 }
@@ -107,6 +111,7 @@ impl BalancerParams {
             failure_backoff_after: u32::MAX,
             max_stats_backoff_ms: 0,
             resend_after_ms: 0,
+            no_learning_after_stall_ms: 0,
         }
     }
 }
@@ -536,6 +541,10 @@ fn decide(
             return d;
         }
     };
+    let tainted = p.no_learning_after_stall_ms > 0
+        && e.stall
+            .last_stall_at
+            .is_some_and(|at| now.saturating_sub(at) < p.no_learning_after_stall_ms);
     let out = balance_available(
         &mut e.policy,
         &p.policy,
@@ -546,6 +555,7 @@ fn decide(
             ram_size: s.ram_size,
             host_available,
             host_critical: host_crit,
+            learn: !tainted,
         },
     );
     d.policy = Some(out);

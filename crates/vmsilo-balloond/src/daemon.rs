@@ -207,7 +207,12 @@ pub struct Daemon {
     host_error: Option<String>,
     host_limiter: RateLimiter,
     last_report: Option<TickReport>,
+    last_rescan: Option<Instant>,
 }
+
+/// How often the directory is rescanned without an inotify event (a symlinked socket can be
+/// replaced without an event in the watched directory).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -283,6 +288,7 @@ impl Daemon {
             host_error: None,
             host_limiter: RateLimiter::default(),
             last_report: None,
+            last_rescan: None,
         })
     }
 
@@ -292,6 +298,7 @@ impl Daemon {
 
     /// Rescans the runtime directory and applies the changes.
     fn rescan(&mut self) -> Result<(), DaemonError> {
+        self.last_rescan = Some(Instant::now());
         let fresh = match discovery::scan(&self.cfg.run_dir) {
             Ok(f) => f,
             Err(e) => {
@@ -446,8 +453,9 @@ impl Daemon {
     }
 
     fn start_tick(&mut self) -> Result<(), DaemonError> {
-        self.rescan()?;
-        self.watcher.ensure();
+        if !self.watcher.ensure() || self.last_rescan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+            self.rescan()?;
+        }
         let now = self.now_ms();
         let host = match read_host_sample(&self.cfg.host_meminfo, self.cfg.host_psi.as_deref()) {
             Ok(h) => {

@@ -22,6 +22,7 @@ pub mod fake;
 pub mod host;
 pub mod logger;
 pub mod policy;
+pub mod sim;
 pub mod stall;
 pub mod stats;
 pub mod status;

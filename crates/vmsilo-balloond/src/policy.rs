@@ -129,6 +129,10 @@ pub struct PolicyInput {
     pub host_available: i64,
     /// The host's critical level.
     pub host_critical: i64,
+    /// Whether this sample may teach the learning rule. `false` right after the balloon
+    /// stalled or shrank by itself: a guest that "survived" a low level only because
+    /// deflate-on-OOM handed it the balloon's pages did not show that it copes at that level.
+    pub learn: bool,
 }
 
 /// Which clamp bound, if any, limited the move.
@@ -229,6 +233,7 @@ pub fn balance_available(
     let critical = to_i64(state.guest_critical);
     let mut learned = false;
     if let Some((prev_avail, prev_full)) = state.prev
+        && input.learn
         && g_avail < critical
         && full_percent < FULLNESS_GATE_PERCENT
         && prev_avail < critical
@@ -276,8 +281,8 @@ pub fn balance_available(
         }
     };
 
-    // 9. Remember this sample for the learning rule.
-    state.prev = Some((g_avail, full_percent));
+    // 9. Remember this sample for the learning rule (not a tainted one).
+    state.prev = input.learn.then_some((g_avail, full_percent));
 
     // 10. Deadband on the unclamped move (faithful: ChromeOS tests `raw`, returns the clamp).
     let trigger = if guest_above < NEAR_CRITICAL {
@@ -337,6 +342,7 @@ mod tests {
             host_available: host_avail_mib * MIB,
             // 5 % of 32 GiB, in bytes (1638.4 MiB).
             host_critical: (32 * G as i64) * 5 / 100,
+            learn: true,
         }
     }
 
@@ -536,6 +542,22 @@ mod tests {
     }
 
     #[test]
+    fn test_tainted_samples_neither_learn_nor_count_as_previous() {
+        let p = params(0);
+        let mut s = PolicyState::new(&p);
+        let mut i = input(0, 20, 3000);
+        i.learn = false;
+        balance_available(&mut s, &p, &i);
+        assert_eq!(s.prev, None);
+        let out = balance_available(&mut s, &p, &i);
+        assert!(!out.learned);
+        // The first clean sample after the taint is a first sample again.
+        let out = balance_available(&mut s, &p, &input(0, 150, 3000));
+        assert!(!out.learned);
+        assert_eq!(s.guest_critical, INITIAL_GUEST_CRITICAL);
+    }
+
+    #[test]
     fn test_learning_is_gated_by_balloon_fullness() {
         let p = params(0);
         let mut s = PolicyState::new(&p);
@@ -576,6 +598,7 @@ mod tests {
                             ram_size: Some(t),
                             host_available: h,
                             host_critical: h / 3,
+                            learn: true,
                         };
                         let out = balance_available(&mut s, &p, &i);
                         let out2 = balance_available(&mut s, &p, &i);
@@ -608,6 +631,7 @@ mod tests {
                 ram_size: None,
                 host_available: i64::try_from(next() % (32 * G)).unwrap() - 2 * G as i64,
                 host_critical: 1638 * MIB,
+                learn: true,
             };
             let before = s.clone();
             let out = balance_available(&mut s, &p, &i);

@@ -1,13 +1,19 @@
 //! Balloon stall detection with ChromeOS `mm::Balloon` semantics, sampled at poll ticks.
 //!
-//! After an inflating target is sent, progress is checked every 5 s: if more than 4 s passed
-//! since the reference point and the balloon grew by less than 15 MiB/s while still more than
-//! 1 MiB short of its target, the balloon is stalled (the guest driver is "out of puff"). The
+//! After an inflating target is sent, progress is checked from 5 s on: if the balloon grew by
+//! less than 15 MiB/s over the last 4 s or more while still more than 1 MiB short of its target,
+//! the balloon is stalled (the guest driver is "out of puff"). ChromeOS checks every 5 s against
+//! a reference point that only moves at those checks, so a fast start (the guest's free memory)
+//! followed by a stall (only anon left) passes the first check and is caught 5 s later; here
+//! the check runs at every poll tick over a sliding window of at least 4 s, which catches it at
+//! the first tick 5 s after the inflation started. The
 //! reaction is to deflate by 128 MiB from where the balloon is and to block inflation for 10 s,
 //! doubling the block on consecutive stalls up to a cap. A balloon that shrinks by itself (the
 //! guest's deflate-on-OOM notifier handing pages back) counts as a stall too.
 //!
 //! Time is a caller-supplied millisecond counter, so the simulator and tests are deterministic.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,13 +85,11 @@ pub enum StallEvent {
 pub struct StallTracker {
     /// The last target sent to the VMM.
     pub target_sent: Option<u64>,
-    /// Balloon size at the reference point.
-    pub ref_size: u64,
-    /// Time of the reference point.
-    pub ref_time: Millis,
+    /// Balloon sizes seen since the inflation started (time, bytes), oldest first.
+    pub history: VecDeque<(Millis, u64)>,
     /// Whether an inflation is being watched.
     pub checking: bool,
-    /// When the next progress check is due.
+    /// Progress is checked from this time on.
     pub next_check_at: Millis,
     /// Inflation is blocked until this time.
     pub blocked_until: Millis,
@@ -129,37 +133,48 @@ impl StallTracker {
                 };
             }
         }
-        if !self.checking || now < self.next_check_at {
+        if !self.checking {
+            return StallEvent::None;
+        }
+        self.history.push_back((now, actual));
+        // Keep what the window needs: the newest sample at least `threshold` old, and later ones.
+        let horizon = now.saturating_sub(p.threshold_ms);
+        while self.history.len() > 2 && self.history.get(1).is_some_and(|&(t, _)| t <= horizon) {
+            self.history.pop_front();
+        }
+        if now < self.next_check_at {
             return StallEvent::None;
         }
         let target = self.target_sent.unwrap_or(0);
         if actual.saturating_add(p.reached_window) >= target {
             self.checking = false;
             self.consecutive = 0;
+            self.history.clear();
             return StallEvent::Reached;
         }
-        let elapsed = now.saturating_sub(self.ref_time);
-        let grown = i128::from(actual) - i128::from(self.ref_size);
-        let rate = if elapsed == 0 {
-            0
-        } else {
-            i64::try_from(grown * 1000 / i128::from(elapsed) / i128::from(MIB)).unwrap_or(0)
+        let Some(&(ref_time, ref_size)) = self.history.front() else {
+            return StallEvent::None;
         };
-        if elapsed > p.threshold_ms && rate < p.rate_mib_s {
+        let elapsed = now.saturating_sub(ref_time);
+        if elapsed < p.threshold_ms {
+            return StallEvent::None;
+        }
+        let grown = i128::from(actual) - i128::from(ref_size);
+        let rate =
+            i64::try_from(grown * 1000 / i128::from(elapsed.max(1)) / i128::from(MIB)).unwrap_or(0);
+        if rate < p.rate_mib_s {
             let backoff_target = self.stall(p, now, actual);
             return StallEvent::Stalled {
                 rate_mib_s: rate,
                 backoff_target,
             };
         }
-        self.ref_size = actual;
-        self.ref_time = now;
-        self.next_check_at = now.saturating_add(p.interval_ms);
         StallEvent::None
     }
 
     fn stall(&mut self, p: &StallParams, now: Millis, actual: u64) -> u64 {
         self.checking = false;
+        self.history.clear();
         self.consecutive = self.consecutive.saturating_add(1);
         self.total = self.total.saturating_add(1);
         self.last_stall_at = Some(now);
@@ -178,15 +193,16 @@ impl StallTracker {
         if target <= actual {
             // A deflation (or no change): nothing to watch.
             self.checking = false;
+            self.history.clear();
             return;
         }
         let reached_previous =
             previous.is_none_or(|prev| actual.saturating_add(p.reached_window) >= prev);
         if !self.checking || reached_previous {
-            self.ref_size = actual;
-            self.ref_time = now;
-        }
-        if !self.checking {
+            // A new inflation: a new reference point (ChromeOS: when the balloon had reached
+            // the previous target; inflations stacked on a running one keep the old one).
+            self.history.clear();
+            self.history.push_back((now, actual));
             self.checking = true;
             self.next_check_at = now.saturating_add(p.interval_ms);
         }
@@ -234,24 +250,40 @@ mod tests {
     }
 
     #[test]
-    fn test_progress_resets_the_reference_and_keeps_checking() {
+    fn test_fast_start_then_stuck_is_caught_at_the_first_check() {
         let p = StallParams::default();
         let mut t = StallTracker::default();
         t.observe(&p, 0, 0);
         t.on_send(&p, 0, 0, 4096 * M);
-        // 100 MiB/s for the first window: fine, new reference.
-        assert_eq!(t.observe(&p, 6000, 600 * M), StallEvent::None);
-        assert_eq!(t.ref_size, 600 * M);
-        assert_eq!(t.next_check_at, 11_000);
-        // Then it stops: stall at the next check.
-        assert_eq!(t.observe(&p, 8000, 601 * M), StallEvent::None);
+        // 600 MiB of free memory goes at once, then nothing: ChromeOS's whole-window rate
+        // (100 MiB/s) would pass; the sliding window sees the last 4 s.
+        assert_eq!(t.observe(&p, 2000, 600 * M), StallEvent::None);
+        assert_eq!(t.observe(&p, 4000, 601 * M), StallEvent::None);
         assert!(matches!(
-            t.observe(&p, 12_000, 602 * M),
+            t.observe(&p, 6000, 602 * M),
             StallEvent::Stalled {
                 backoff_target,
                 ..
             } if backoff_target == 474 * M
         ));
+    }
+
+    #[test]
+    fn test_steady_progress_keeps_checking_every_tick() {
+        let p = StallParams::default();
+        let mut t = StallTracker::default();
+        t.observe(&p, 0, 0);
+        t.on_send(&p, 0, 0, 4096 * M);
+        for i in 1..=10u64 {
+            // 40 MiB/s.
+            assert_eq!(
+                t.observe(&p, i * 2000, i * 80 * M),
+                StallEvent::None,
+                "tick {i}"
+            );
+        }
+        assert!(t.checking);
+        assert!(t.history.len() <= 4, "{:?}", t.history);
     }
 
     #[test]

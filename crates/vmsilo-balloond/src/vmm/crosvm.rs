@@ -1,5 +1,8 @@
-//! crosvm's control socket: AF_UNIX SOCK_SEQPACKET, one connection per request, one JSON value
-//! per datagram (no length prefix, no newline), serde's externally tagged enums.
+//! crosvm's control socket: AF_UNIX SOCK_SEQPACKET, one JSON value per datagram (no length
+//! prefix, no newline), serde's externally tagged enums. crosvm serves any number of requests
+//! on one connection, so the client keeps its connection and only reconnects after an error
+//! (a timed-out request's late reply must never be read as the next request's answer, so a
+//! timeout always closes the connection).
 //!
 //! Requests: `{"BalloonCommand":"Stats"}` and
 //! `{"BalloonCommand":{"Adjust":{"num_bytes":N,"wait_for_success":false}}}`.
@@ -23,8 +26,8 @@ use serde_json::Value;
 use super::{VmmClient, VmmError, excerpt};
 use crate::stats::{BalloonSample, GuestStats};
 
-/// Largest reply accepted (a stats reply is about 400 bytes).
-pub const MAX_REPLY: usize = 64 * 1024;
+/// Largest reply accepted (a stats reply is about 450 bytes).
+pub const MAX_REPLY: usize = 8 * 1024;
 
 /// The exact bytes of a stats request.
 pub const STATS_REQUEST: &[u8] = br#"{"BalloonCommand":"Stats"}"#;
@@ -127,10 +130,11 @@ pub(crate) fn connect_unix(
 }
 
 /// A crosvm control-socket client.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CrosvmClient {
     path: PathBuf,
     timeout: Duration,
+    conn: Option<OwnedFd>,
 }
 
 impl CrosvmClient {
@@ -139,6 +143,7 @@ impl CrosvmClient {
         Self {
             path: path.to_owned(),
             timeout,
+            conn: None,
         }
     }
 
@@ -162,9 +167,27 @@ impl CrosvmClient {
         connect_unix(&self.path, SockType::SeqPacket, self.timeout)
     }
 
-    /// Sends one request on a fresh connection and returns the decoded reply.
-    pub fn request(&self, what: &'static str, msg: &[u8]) -> Result<Reply, VmmError> {
+    /// Sends one request and returns the decoded reply. Uses the kept connection when there is
+    /// one (retrying once on a fresh connection if crosvm had closed it), and drops the
+    /// connection after any error.
+    pub fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Reply, VmmError> {
+        if let Some(fd) = self.conn.take() {
+            match self.exchange(&fd, what, msg) {
+                Ok(r) => {
+                    self.conn = Some(fd);
+                    return Ok(r);
+                }
+                Err(VmmError::Closed { .. } | VmmError::Io { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let fd = self.connect()?;
+        let r = self.exchange(&fd, what, msg)?;
+        self.conn = Some(fd);
+        Ok(r)
+    }
+
+    fn exchange(&self, fd: &OwnedFd, what: &'static str, msg: &[u8]) -> Result<Reply, VmmError> {
         let sent = nix::sys::socket::send(fd.as_raw_fd(), msg, MsgFlags::MSG_NOSIGNAL)
             .map_err(|e| self.io(what, e))?;
         if sent != msg.len() {
@@ -174,7 +197,7 @@ impl CrosvmClient {
                 detail: format!("short send ({sent} of {} bytes)", msg.len()),
             });
         }
-        let mut buf = vec![0u8; MAX_REPLY];
+        let mut buf = [0u8; MAX_REPLY];
         // MSG_TRUNC makes recv return the datagram's real length even if it did not fit.
         let full = loop {
             match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
