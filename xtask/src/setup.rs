@@ -22,6 +22,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("socat", "test peers inside and outside guests"),
     ("iperf3", "bulk traffic between test guests"),
     ("fping", "sparse-flow latency probes between test guests"),
+    ("irtt", "UDP round-trip latency probes between test guests"),
     (
         "iproute2",
         "network namespaces, taps and bridges for network tests",

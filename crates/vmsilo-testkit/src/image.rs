@@ -27,7 +27,8 @@
 //! `initrd.img` and `manifest.txt`), where `<hash>` is the SHA-1 of the kernel and of the
 //! uncompressed initramfs, i.e. of every input. A build that finds its directory reuses it; two
 //! processes building the same image at once each write a temporary directory and rename it
-//! into place, so readers only ever see complete images.
+//! into place, so readers only ever see complete images. Building a new image deletes images
+//! unused for [`PRUNE_AFTER_DAYS`] days.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,6 +36,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::time::{Duration, SystemTime};
 
 use sha1::{Digest, Sha1};
 
@@ -387,8 +389,13 @@ impl ImageSpec {
             has_agent: self.agent.is_some(),
         };
         if image.initrd.is_file() && image.kernel.is_file() {
+            // Mark it as used, for pruning.
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.set_modified(SystemTime::now());
+            }
             return Ok(image);
         }
+        prune(&root, Duration::from_secs(PRUNE_AFTER_DAYS * 24 * 3600));
         std::fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tmp = root.join(format!(
@@ -669,6 +676,27 @@ impl Tree {
     }
 }
 
+/// Images not used for this many days are deleted when a new image is built.
+pub const PRUNE_AFTER_DAYS: u64 = 14;
+
+/// Removes image directories (and abandoned temporary directories) under `root` whose
+/// modification time is older than `age`.
+fn prune(root: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for e in entries.filter_map(|e| e.ok()) {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age));
+        if old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// `<target>/vmsilo-guest-images`.
 pub fn images_dir() -> PathBuf {
     target_dir().join("vmsilo-guest-images")
@@ -831,6 +859,24 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
         for bad in ["usr/bin/x", "/", "/a/../b", "/a//b", "/a/./b"] {
             assert!(guest_rel(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn old_images_are_pruned_and_recent_ones_kept() {
+        let d = crate::ScratchDir::new("prune").unwrap();
+        let (old, new) = (d.path().join("old"), d.path().join("new"));
+        for dir in [&old, &new] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("initrd.img"), b"x").unwrap();
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        prune(d.path(), Duration::from_secs(PRUNE_AFTER_DAYS * 24 * 3600));
+        assert!(!old.exists());
+        assert!(new.join("initrd.img").exists());
     }
 
     #[test]

@@ -26,7 +26,8 @@ fn two_guests_on_a_vhost_user_net_hub_ping_each_other() {
     let dir = ScratchDir::new("hub").unwrap();
     // Declared before the guests, so it outlives them.
     let hub = VhostNetHub::start(dir.path(), 2).unwrap();
-    let image = ImageSpec::new().build().unwrap();
+    // iperf3 and its libraries come from the host, for a bulk transfer over the hub.
+    let image = ImageSpec::new().program("iperf3").build().unwrap();
     let guest = |name: &str, port: usize, n: u8| {
         let mac = format!("52:54:00:12:34:0{n}");
         QemuBuilder::new(&image)
@@ -70,6 +71,22 @@ fn two_guests_on_a_vhost_user_net_hub_ping_each_other() {
     assert!(v6.stdout.contains("2 packets received"), "{}", v6.stdout);
     // Every echo and reply crossed the hub (plus ARP and neighbour discovery).
     assert!(hub.forwarded() >= 10, "{hub:?}");
+
+    // Full-size frames in bulk, both ways (TCP data one way, ACKs the other).
+    b.run_ok("iperf3 -s -D -1 >/dev/null 2>&1", T).unwrap();
+    let bulk = a
+        .run(
+            "sleep 1; iperf3 -c 10.0.0.2 -t 2 -J",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(bulk.success(), "{}", bulk.stdout);
+    let report: serde_json::Value = serde_json::from_str(&bulk.stdout)
+        .unwrap_or_else(|e| panic!("iperf3 -J output is not JSON ({e}):\n{}", bulk.stdout));
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    // At least 1 MiB arrived (no speed assertion: that is TCG's business).
+    assert!(received >= 1 << 20, "{}", bulk.stdout);
+    assert!(hub.forwarded() > 700, "{hub:?}");
 
     a.shutdown(T).unwrap();
     b.shutdown(T).unwrap();
