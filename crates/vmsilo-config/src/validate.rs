@@ -1098,6 +1098,8 @@ impl Checker<'_> {
     }
 
     fn check_qemu(&mut self, i: usize, vm: &Vm) {
-        let _ = (i, vm);
+        for (path, message, value) in crate::plan::qemu::unsupported(vm) {
+            self.vm(i, vm, &path, value, message);
+        }
     }
 }

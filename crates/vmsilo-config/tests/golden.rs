@@ -82,4 +82,10 @@ golden_tests!(
     crosvm_log_and_extra_args,
     crosvm_writable_root_kernel_params,
     crosvm_relocated_run_dir,
+    qemu_seed_banking,
+    qemu_tcg_offline_tmpfs,
+    qemu_vm_switch,
+    qemu_shared_dirs,
+    qemu_disks,
+    qemu_vhost_user_manual,
 );

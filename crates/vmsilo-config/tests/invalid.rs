@@ -39,6 +39,13 @@ fn v2(a: &str, b: &str) -> String {
     )
 }
 
+/// A QEMU VM "a" (GPU and sound off) followed by `extra`.
+fn q(extra: &str) -> String {
+    v(&format!(
+        "vmm = \"qemu\"\ngpu = false\nsound = false\n{extra}"
+    ))
+}
+
 fn case(
     name: &'static str,
     text: String,
@@ -181,6 +188,18 @@ fn cases() -> Vec<Case> {
         case("vhost-user type", v("vhostUser = [{ type = \"snd\", socket = \"/s\" }]"), "nixosVms[0].vhostUser[0].type", "\"snd\" is not a crosvm vhost-user device type", Some("\"snd\"")),
         case("vhost-user socket missing", v("vhostUser = [{ type = \"net\" }]"), "nixosVms[0].vhostUser[0].socket", "is required", None),
         case("desktop entry exec missing", v("guestDesktopEntries = [{ name = \"Firefox\" }]"), "nixosVms[0].guestDesktopEntries[0].exec", "is required", None),
+        // --- QEMU VMs: what QEMU cannot honour is an error, never dropped
+        case("qemu with gpu", v("vmm = \"qemu\"\nsound = false"), "nixosVms[0].gpu", "QEMU VMs have no GPU or Wayland forwarding (cross-domain/virgl is crosvm's): set gpu = false", None),
+        case("qemu with sound", v("vmm = \"qemu\"\ngpu = false"), "nixosVms[0].sound", "QEMU 7.2 has no vhost-user sound device: set sound = false", None),
+        case("qemu with pci", q("pciDevices = [{ path = \"01:00.0\" }]").replace("user = \"alice\"", "user = \"alice\"\nisolatedPciDevices = [\"01:00.0\"]"), "nixosVms[0].pciDevices", "PCI passthrough is only planned for crosvm VMs", None),
+        case("qemu with crosvm args", q("crosvm.extraRunArgs = [\"--no-usb\"]"), "nixosVms[0].crosvm.extraRunArgs", "only applies to crosvm VMs: this VM uses QEMU (use qemu.extraArgs)", None),
+        case("qemu disk option", q("additionalDisks = [{ path = \"/d\", id = \"data\" }]"), "nixosVms[0].additionalDisks[0].id", "QEMU VMs do not support the disk option \"id\"", Some("data")),
+        case("qemu shared dir p9", q("sharedDirectories = [{ path = \"/s\", tag = \"s\", type = \"p9\" }]"), "nixosVms[0].sharedDirectories[0].type", "QEMU VMs share directories over virtio-fs only", Some("p9")),
+        case("qemu shared dir dax", q("sharedDirectories = [{ path = \"/s\", tag = \"s\", dax = true }]"), "nixosVms[0].sharedDirectories[0].dax", "virtiofsd (QEMU VMs) has no equivalent of \"dax\"", Some("true")),
+        case("qemu shared dir acl", q("sharedDirectories = [{ path = \"/s\", tag = \"s\", posix_acl = true }]"), "nixosVms[0].sharedDirectories[0].posix_acl", "virtiofsd cannot combine POSIX ACLs", Some("true")),
+        case("qemu uidmap overlap", q("sharedDirectories = [{ path = \"/s\", tag = \"s\", uidmap = \"0 0 10,5 100 1\" }]"), "nixosVms[0].sharedDirectories[0].uidmap", "guest ranges overlap", Some("0 0 10,5 100 1")),
+        case("qemu vhost-user fs", q("vhostUser = [{ type = \"fs\", socket = \"/s\" }]"), "nixosVms[0].vhostUser[0].type", "use sharedDirectories (vmsilo starts virtiofsd itself)", Some("\"fs\"")),
+        case("qemu vhost-user option", q("vhostUser = [{ type = \"net\", socket = \"/s\", max-queue-size = 256 }]"), "nixosVms[0].vhostUser[0].max-queue-size", "is a crosvm --vhost-user option; QEMU VMs take none", Some("256")),
         // --- JSON as the NixOS module writes it
         json_case("json nested typo", r#"{"user":"alice","nixosVms":[{"name":"banking","kernel":"/k","initramfs":"/i","rootDisk":"/r","autoShutdown":{"enable":true,"afterr":5}}]}"#, "nixosVms[0].autoShutdown.afterr", "did you mean \"after\"?", Some("5")),
         json_case("json float memory", r#"{"user":"alice","nixosVms":[{"name":"banking","memory":1024.5,"kernel":"/k","initramfs":"/i","rootDisk":"/r"}]}"#, "nixosVms[0].memory", "1024.5 is not a whole number", Some("1024.5")),

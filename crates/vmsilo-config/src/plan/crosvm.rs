@@ -9,7 +9,7 @@
 use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
 use crate::model::{OptValue, Options, OverlayType, Vm};
 use crate::plan::{
-    DEFAULT_GPU_OPTIONS, LaunchPlan, PlanOptions, VM_SWITCH_QUEUE_SIZE, sound_backend,
+    DEFAULT_GPU_OPTIONS, LaunchPlan, PlanOptions, VM_SWITCH_QUEUE_SIZE, push_extra, sound_backend,
 };
 use crate::validate::ValidConfig;
 
@@ -83,9 +83,10 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
     g.push(vec!["--log-level".into(), level]);
     // Distinguishes stop (0), guest reboot (32), crash (33) and panic (34) in the exit status.
     g.push(group(&["--extended-status"]));
-    for a in cfg.crosvm.extra_args.iter().chain(&vm.crosvm.extra_args) {
-        g.push(vec![a.clone()]);
-    }
+    push_extra(
+        &mut g,
+        cfg.crosvm.extra_args.iter().chain(&vm.crosvm.extra_args),
+    );
     g.push(group(&["run"]));
 
     g.push(vec!["--name".into(), vm.name.clone()]);
@@ -208,14 +209,13 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
         ),
     ]);
 
-    for a in cfg
-        .crosvm
-        .extra_run_args
-        .iter()
-        .chain(&vm.crosvm.extra_run_args)
-    {
-        g.push(vec![a.clone()]);
-    }
+    push_extra(
+        &mut g,
+        cfg.crosvm
+            .extra_run_args
+            .iter()
+            .chain(&vm.crosvm.extra_run_args),
+    );
     if let Some(kernel) = &vm.kernel {
         g.push(vec![kernel.clone()]);
     }

@@ -18,8 +18,10 @@ use crate::paths::{Dirs, MAX_SOCKET_PATH};
 use crate::validate::ValidConfig;
 
 mod crosvm;
+pub(crate) mod qemu;
 mod render;
 
+pub use qemu::QEMU;
 pub use render::{render_text, shell_quote};
 
 /// Version of the plan's JSON form; bumped on incompatible changes.
@@ -90,14 +92,6 @@ pub enum PlanError {
         vm: String,
         /// The path.
         path: String,
-    },
-    /// The VM's VMM cannot be planned here.
-    #[error("VM {vm:?}: {message}")]
-    Unsupported {
-        /// The VM.
-        vm: String,
-        /// What is missing.
-        message: String,
     },
 }
 
@@ -288,7 +282,8 @@ pub struct LaunchPlan {
     pub paths: PlanPaths,
     /// The guest's vsock CID.
     pub vsock_cid: u32,
-    /// The kernel parameters vmsilo passes (the VMM may add `root=` and `console=`).
+    /// The kernel parameters: for crosvm vmsilo's own and the VM's (crosvm adds `root=` and
+    /// `console=`); for QEMU the whole `-append` line.
     pub kernel_params: Vec<String>,
     /// Interfaces in name order.
     pub interfaces: Vec<PlanInterface>,
@@ -347,12 +342,7 @@ pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<Launch
     let mut plan = common(vm, cid, opts);
     match vm.vmm {
         Vmm::Crosvm => crosvm::fill(cfg, vm, opts, &mut plan),
-        Vmm::Qemu => {
-            return Err(PlanError::Unsupported {
-                vm: vm.name.clone(),
-                message: "QEMU plans are not available in this build".into(),
-            });
-        }
+        Vmm::Qemu => qemu::fill(cfg, vm, opts, &mut plan),
     }
     plan.argv = plan.argv_groups.iter().flatten().cloned().collect();
     check_socket_paths(&plan)?;
@@ -463,6 +453,21 @@ fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
         auto_start: vm.auto_start,
         depends_on: vm.depends_on.clone(),
         argv_groups: Vec::new(),
+    }
+}
+
+/// Appends user-supplied extra arguments to the display groups: a flag starts a group, and the
+/// values after it join it (`-rtc base=utc` on one line).
+fn push_extra<'a>(groups: &mut Vec<Vec<String>>, args: impl IntoIterator<Item = &'a String>) {
+    let mut open = false;
+    for a in args {
+        match groups.last_mut() {
+            Some(last) if open && !a.starts_with('-') => last.push(a.clone()),
+            _ => {
+                open = a.starts_with('-');
+                groups.push(vec![a.clone()]);
+            }
+        }
     }
 }
 
