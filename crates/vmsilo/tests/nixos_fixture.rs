@@ -49,7 +49,9 @@ fn test_nixos_module_json_carries_the_guest_build() {
             .filter_map(|p| p.as_str())
             .collect();
         assert!(
-            params.iter().any(|p| p.starts_with("init=/nix/store/") && p.ends_with("/init")),
+            params
+                .iter()
+                .any(|p| p.starts_with("init=/nix/store/") && p.ends_with("/init")),
             "{name}: no init= for stage 2 in {params:?}"
         );
     }
