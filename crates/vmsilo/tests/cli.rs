@@ -131,6 +131,9 @@ fn test_plan_json_is_structured_and_honours_run_dir() {
     );
     assert_eq!(v["interfaces"][0]["tap"]["name"], "shopping-0");
     assert_eq!(v["backends"][0]["kind"], "vhost-device-sound");
+    assert_eq!(v["user"]["name"], "david");
+    assert_eq!(v["user"]["uid"], 1000);
+    assert_eq!(v["user"]["gid"], 100);
 }
 
 #[test]

@@ -264,6 +264,17 @@ pub struct PlanOverlay {
     pub guest_device: Option<String>,
 }
 
+/// The configured user, resolved by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanUser {
+    /// User name (`user`).
+    pub name: String,
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+}
+
 /// Everything needed to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -301,6 +312,8 @@ pub struct LaunchPlan {
     pub auto_start: bool,
     /// VMs to start first.
     pub depends_on: Vec<String>,
+    /// The configured user (backends with `runAs = "user"` run as them).
+    pub user: PlanUser,
     /// argv split into option groups, for display only.
     #[serde(skip)]
     pub argv_groups: Vec<Vec<String>>,
@@ -340,6 +353,7 @@ pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<Launch
         suggestion: None,
     })?;
     let mut plan = common(vm, cid, opts);
+    plan.user.name = cfg.user.clone();
     match vm.vmm {
         Vmm::Crosvm => crosvm::fill(cfg, vm, opts, &mut plan),
         Vmm::Qemu => qemu::fill(cfg, vm, opts, &mut plan),
@@ -452,6 +466,11 @@ fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
         color: vm.color.hex(),
         auto_start: vm.auto_start,
         depends_on: vm.depends_on.clone(),
+        user: PlanUser {
+            name: String::new(),
+            uid: opts.uid,
+            gid: opts.gid,
+        },
         argv_groups: Vec::new(),
     }
 }

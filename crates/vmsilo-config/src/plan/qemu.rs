@@ -270,15 +270,23 @@ pub(crate) fn translate_args(flag: &str, ranges: &[IdRange]) -> Vec<String> {
     out
 }
 
-fn virtiofsd_backend(
-    vm: &Vm,
-    opts: &PlanOptions,
-    dir: &str,
-    tag: &str,
-    options: &Options,
-    uids: &[IdRange],
-    gids: &[IdRange],
-) -> Backend {
+/// One directory a virtiofsd serves.
+struct Share {
+    dir: String,
+    tag: String,
+    options: Options,
+    uids: Vec<IdRange>,
+    gids: Vec<IdRange>,
+}
+
+fn virtiofsd_backend(vm: &Vm, opts: &PlanOptions, share: &Share) -> Backend {
+    let Share {
+        dir,
+        tag,
+        options,
+        uids,
+        gids,
+    } = share;
     let socket = opts.dirs.fs_socket(&vm.name, tag);
     let mut argv = vec![
         "virtiofsd".to_owned(),
@@ -472,7 +480,7 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
     }
 
     // Shared directories through virtiofsd; the tag is set on the device.
-    let mut shares: Vec<(String, String, Options, Vec<IdRange>, Vec<IdRange>)> = Vec::new();
+    let mut shares: Vec<Share> = Vec::new();
     if let Some(home) = derive::shared_home_dir(vm) {
         let one = |host| {
             vec![IdRange {
@@ -481,13 +489,13 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
                 count: 1,
             }]
         };
-        shares.push((
-            home,
-            HOME_TAG.to_owned(),
-            Options::new(),
-            one(opts.uid),
-            one(opts.gid),
-        ));
+        shares.push(Share {
+            dir: home,
+            tag: HOME_TAG.to_owned(),
+            options: Options::new(),
+            uids: one(opts.uid),
+            gids: one(opts.gid),
+        });
     }
     for SharedDir { path, tag, options } in &vm.shared_directories {
         // crosvm's default map is "0 <euid> 1" with crosvm running as root: guest root only.
@@ -503,16 +511,17 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
                     }]
                 })
         };
-        shares.push((
-            path.clone(),
-            tag.clone(),
-            options.clone(),
-            map("uidmap"),
-            map("gidmap"),
-        ));
+        shares.push(Share {
+            dir: path.clone(),
+            tag: tag.clone(),
+            options: options.clone(),
+            uids: map("uidmap"),
+            gids: map("gidmap"),
+        });
     }
-    for (n, (dir, tag, options, uids, gids)) in shares.iter().enumerate() {
-        let b = virtiofsd_backend(vm, opts, dir, tag, options, uids, gids);
+    for (n, share) in shares.iter().enumerate() {
+        let tag = &share.tag;
+        let b = virtiofsd_backend(vm, opts, share);
         g.push(vec![
             "-chardev".into(),
             format!("socket,id=fs{n},path={}", b.socket),
