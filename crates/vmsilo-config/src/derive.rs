@@ -31,7 +31,7 @@ fn sha1(text: &str) -> [u8; 20] {
 }
 
 /// The MAC of interface `ifname` of VM `vm` when none is configured: the first six bytes of
-/// SHA1("<vm>-<ifname>") with the locally-administered bit set and the multicast bit cleared.
+/// `SHA1("<vm>-<ifname>")` with the locally-administered bit set and the multicast bit cleared.
 pub fn derived_mac(vm: &str, ifname: &str) -> MacAddr {
     let h = sha1(&format!("{vm}-{ifname}"));
     let mut mac = [h[0], h[1], h[2], h[3], h[4], h[5]];

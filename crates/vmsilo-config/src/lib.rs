@@ -8,10 +8,10 @@
 //! The pipeline, and the entry points other crates use:
 //!
 //! 1. [`load_str`] (text → [`ValidConfig`]): [`model::parse_str`] reads TOML or JSON into a
-//!    [`Config`] (types, formats, unknown keys with "did you mean"), then [`validate::validate`]
+//!    [`Config`] (types, formats, unknown keys with "did you mean"), then [`validate()`]
 //!    checks every cross-field rule. Both report *all* problems as [`Diagnostic`]s with field
 //!    paths.
-//! 2. [`derive`]: MACs, TAP names, vsock CIDs, the shared home, the `vmsilo.*` kernel parameters.
+//! 2. [`mod@derive`]: MACs, TAP names, vsock CIDs, the shared home, the `vmsilo.*` kernel parameters.
 //! 3. [`paths::Dirs`]: every runtime path (`/run/vmsilo/<vm>-command.socket`, ...).
 //! 4. [`plan::build`] (valid config + VM name + [`plan::PlanOptions`] → [`plan::LaunchPlan`]):
 //!    the VMM argv, the backends to start first, and everything the runtime needs.

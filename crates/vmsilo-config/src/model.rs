@@ -3,7 +3,7 @@
 //! The names are the NixOS module's (`programs.vmsilo.*`), in camelCase, identical in TOML and
 //! JSON; `docs/configuration.md` lists them all. Reading checks types, formats (addresses,
 //! sizes, colours, PCI addresses) and unknown keys; the cross-field rules live in
-//! [`crate::validate`].
+//! [`mod@crate::validate`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -486,7 +486,7 @@ pub struct Vm {
     pub initramfs: Option<String>,
     /// Whether the root disk is read-only (true).
     pub root_disk_readonly: bool,
-    /// The shared home directory (true = /shared/<vm>).
+    /// The shared home directory (true = `/shared/<vm>`).
     pub shared_home: SharedHome,
     /// Extra kernel parameters ([]).
     pub kernel_params: Vec<String>,
@@ -534,7 +534,7 @@ pub struct Interface {
     /// "tap" or "vm-switch" (default "vm-switch").
     #[serde(rename = "type")]
     pub kind: InterfaceType,
-    /// Fixed MAC (null: derived from SHA1("<vm>-<interface>")).
+    /// Fixed MAC (null: derived from `SHA1("<vm>-<interface>")`).
     pub mac_address: Option<MacAddr>,
     /// TAP options.
     pub tap: Tap,
@@ -1603,7 +1603,7 @@ pub fn parse_tree(text: &str, format: Format) -> Result<Value, ConfigError> {
 }
 
 /// Reads a configuration tree: types, formats and unknown keys. Does not run the cross-field
-/// validation (see [`crate::validate`]).
+/// validation (see [`mod@crate::validate`]).
 pub fn from_tree(tree: &Value) -> Result<Config, Diagnostics> {
     match read_tree(tree) {
         (Some(cfg), diags) if diags.is_empty() => Ok(cfg),

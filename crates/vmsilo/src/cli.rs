@@ -61,7 +61,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub gid: Option<u32>,
 
-    /// The user's Wayland socket (default: /run/user/<uid>/wayland-0).
+    /// The user's Wayland socket (default: `/run/user/<uid>/wayland-0`).
     #[arg(long, value_name = "PATH")]
     pub wayland_socket: Option<String>,
 }

@@ -155,7 +155,7 @@ pub struct VmSwitchPort {
 pub struct Backend {
     /// `vhost-device-sound`, `virtiofsd` or `vhost-device-vsock`.
     pub kind: String,
-    /// The command line (argv[0] is the program name, looked up in `PATH`).
+    /// The command line (`argv[0]` is the program name, looked up in `PATH`).
     pub argv: Vec<String>,
     /// The vhost-user socket it listens on; the VMM connects once it exists.
     pub socket: String,
@@ -285,7 +285,7 @@ pub struct LaunchPlan {
     pub vm: String,
     /// The VMM.
     pub vmm: Vmm,
-    /// The VMM's full argv; argv[0] is `crosvm` or `qemu-system-x86_64`.
+    /// The VMM's full argv; `argv[0]` is `crosvm` or `qemu-system-x86_64`.
     pub argv: Vec<String>,
     /// Backends to start, in order, before the VMM.
     pub backends: Vec<Backend>,

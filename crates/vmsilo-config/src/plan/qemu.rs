@@ -16,7 +16,7 @@ use crate::plan::{
 };
 use crate::validate::ValidConfig;
 
-/// argv[0].
+/// `argv[0]`.
 pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Queue size of vhost-user-fs devices.
