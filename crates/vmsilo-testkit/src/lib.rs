@@ -14,7 +14,8 @@
 //! - [`qemu`]: [`QemuBuilder`] starts `qemu-system-x86_64 -accel tcg` with shared guest memory,
 //!   the serial console on a unix socket, a QMP socket, and any of vhost-user-net,
 //!   vhost-user-vsock (through a `vhost-device-vsock` process it starts), virtio-balloon,
-//!   tap networking and vhost-user-fs. [`Guest`] waits for the readiness line, runs shell
+//!   tap networking (optionally inside a network namespace) and virtiofs (through a
+//!   `virtiofsd` it starts, or one the test runs). [`Guest`] waits for the readiness line, runs shell
 //!   commands over the serial console, connects to guest vsock ports, and kills QEMU and its
 //!   backends when dropped (also when the test panics).
 //! - [`qmp`]: a small QMP client with balloon helpers.

@@ -4,8 +4,9 @@
 //! Every guest gets its own [`ScratchDir`] holding its sockets and logs:
 //! `<name>-console.socket` (serial), `<name>-qmp.socket`, and with [`QemuBuilder::vsock`]
 //! `<name>-vhost-vsock.socket` (vhost-user, between QEMU and `vhost-device-vsock`) and
-//! `<name>-vsock.socket` (the hybrid-vsock socket tests use), plus `console.log`,
-//! `qemu.stderr` and backend logs.
+//! `<name>-vsock.socket` (the hybrid-vsock socket tests use), with
+//! [`QemuBuilder::virtiofs`] `<name>-fs-<tag>.socket`, plus `console.log`, `qemu.stderr`,
+//! `qemu.cmdline` and backend logs.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -64,6 +65,8 @@ pub struct QemuBuilder {
     vsock_cid: Option<u32>,
     balloon: Option<BalloonOptions>,
     fs: Vec<(PathBuf, String)>,
+    virtiofs: Vec<(PathBuf, String)>,
+    netns: Option<String>,
     ready_timeout: Duration,
     qemu_args: Vec<String>,
 }
@@ -81,6 +84,8 @@ impl QemuBuilder {
             vsock_cid: None,
             balloon: None,
             fs: Vec::new(),
+            virtiofs: Vec::new(),
+            netns: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             qemu_args: Vec::new(),
         }
@@ -149,10 +154,25 @@ impl QemuBuilder {
         self
     }
 
-    /// A vhost-user-fs device with mount tag `tag`, backed by the virtiofsd listening on
-    /// `socket`. The guest mounts it with `mount -t virtiofs <tag> <dir>`.
+    /// A vhost-user-fs device with mount tag `tag`, backed by a virtiofsd the test started,
+    /// listening on `socket` (see [`virtiofs`](Self::virtiofs) for one the harness starts). The guest mounts it with `mount -t virtiofs <tag> <dir>`.
     pub fn vhost_user_fs(mut self, socket: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
         self.fs.push((socket.into(), tag.into()));
+        self
+    }
+
+    /// Shares host directory `dir` with mount tag `tag` through a `virtiofsd` the harness
+    /// starts (and kills) on `<name>-fs-<tag>.socket`; `cargo xtask setup` installs virtiofsd.
+    /// The guest mounts it with `mount -t virtiofs <tag> <dir>`.
+    pub fn virtiofs(mut self, dir: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        self.virtiofs.push((dir.into(), tag.into()));
+        self
+    }
+
+    /// Runs QEMU in network namespace `name` (`ip netns exec`), e.g. so that
+    /// [`tap`](Self::tap) devices live in a namespace the test created. Needs root.
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
         self
     }
 
@@ -291,7 +311,18 @@ impl QemuBuilder {
             guest
                 .scratch
                 .socket_path(&format!("{name}-vsock.socket_4294967295"))?;
-            let backend = start_vsock_backend(&guest.scratch, cid, &vhost_sock, &uds)?;
+            let mut cmd = Command::new(vhost_device_vsock()?);
+            cmd.arg("--vm").arg(format!(
+                "guest-cid={cid},socket={},uds-path={}",
+                path_arg(&vhost_sock),
+                path_arg(&uds)
+            ));
+            let backend = start_backend(
+                &guest.scratch,
+                &mut cmd,
+                "vhost-device-vsock.log",
+                &vhost_sock,
+            )?;
             guest.backends.push(backend);
             guest.vsock_socket = Some(uds);
             args.extend([
@@ -311,7 +342,37 @@ impl QemuBuilder {
             }
             args.extend(["-device".into(), dev]);
         }
-        for (i, (socket, tag)) in self.fs.iter().enumerate() {
+        let mut fs = self.fs.clone();
+        for (dir, tag) in &self.virtiofs {
+            if tag.is_empty()
+                || tag.len() > 36
+                || !tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(Error::Usage(format!(
+                    "virtiofs tag {tag:?}: use 1 to 36 characters of A-Z, a-z, 0-9, - and _"
+                )));
+            }
+            let socket = guest
+                .scratch
+                .socket_path(&format!("{name}-fs-{tag}.socket"))?;
+            let mut cmd = Command::new(find_tool("virtiofsd")?);
+            cmd.arg("--socket-path")
+                .arg(&socket)
+                .arg("--shared-dir")
+                .arg(dir)
+                .args(["--sandbox", "none", "--log-level", "warn"]);
+            let backend = start_backend(
+                &guest.scratch,
+                &mut cmd,
+                &format!("virtiofsd-{tag}.log"),
+                &socket,
+            )?;
+            guest.backends.push(backend);
+            fs.push((socket, tag.clone()));
+        }
+        for (i, (socket, tag)) in fs.iter().enumerate() {
             args.extend([
                 "-chardev".into(),
                 format!("socket,id=fs{i},path={}", path_arg(socket)),
@@ -325,22 +386,32 @@ impl QemuBuilder {
             Ok(q) if !q.is_empty() => find_tool(&q)?,
             _ => find_tool("qemu-system-x86_64")?,
         };
+        // `ip netns exec` execs QEMU in place: the pid stays QEMU's.
+        let (program, args) = match &self.netns {
+            Some(ns) => {
+                let mut a = vec!["netns".into(), "exec".into(), ns.clone()];
+                a.push(path_arg(&qemu));
+                a.extend(args);
+                (find_tool("ip")?, a)
+            }
+            None => (qemu, args),
+        };
         let stderr = File::create(&guest.qemu_stderr)
             .map_err(io_err(format!("creating {}", guest.qemu_stderr.display())))?;
         // QEMU stays in the test's process group, so whoever kills the test's group (nextest
         // on timeout, Ctrl-C) kills QEMU too; Drop kills it otherwise.
-        let child = Command::new(&qemu)
+        let child = Command::new(&program)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(io_err(format!("starting {}", qemu.display())))?;
+            .map_err(io_err(format!("starting {}", program.display())))?;
         guest.pid = child.id();
         *guest.child.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
         std::fs::write(
             guest.scratch.path().join("qemu.cmdline"),
-            format!("{} {}\n", qemu.display(), args.join(" ")),
+            format!("{} {}\n", program.display(), args.join(" ")),
         )
         .map_err(io_err("writing qemu.cmdline"))?;
 
@@ -368,31 +439,27 @@ fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn start_vsock_backend(
+/// Starts a backend process (output to `<scratch>/<log>`) and waits until it has created
+/// `socket`.
+fn start_backend(
     scratch: &ScratchDir,
-    cid: u32,
-    vhost_sock: &Path,
-    uds: &Path,
+    cmd: &mut Command,
+    log: &str,
+    socket: &Path,
 ) -> Result<Child> {
-    let bin = vhost_device_vsock()?;
-    let log_path = scratch.path().join("vhost-device-vsock.log");
-    let log =
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let log_path = scratch.path().join(log);
+    let log_file =
         File::create(&log_path).map_err(io_err(format!("creating {}", log_path.display())))?;
-    let mut child = Command::new(&bin)
-        .arg("--vm")
-        .arg(format!(
-            "guest-cid={cid},socket={},uds-path={}",
-            path_arg(vhost_sock),
-            path_arg(uds)
-        ))
+    let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io_err("cloning a log file"))?)
-        .stderr(log)
+        .stdout(log_file.try_clone().map_err(io_err("cloning a log file"))?)
+        .stderr(log_file)
         .spawn()
-        .map_err(io_err(format!("starting {}", bin.display())))?;
+        .map_err(io_err(format!("starting {program}")))?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if vhost_sock.exists() {
+        if socket.exists() {
             return Ok(child);
         }
         let exited = child.try_wait().ok().flatten();
@@ -401,9 +468,8 @@ fn start_vsock_backend(
             let _ = child.wait();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(Error::Backend(format!(
-                "{} did not create {} ({}):\n{}",
-                bin.display(),
-                vhost_sock.display(),
+                "{program} did not create {} ({}):\n{}",
+                socket.display(),
                 exited.map_or_else(|| "timed out".to_owned(), |s| s.to_string()),
                 tail_lines(&log, 30)
             )));
