@@ -16,11 +16,18 @@ pub struct BenchArgs {
 type BenchFn = fn(&[String]) -> Result<()>;
 
 /// Every benchmark: (name, what it measures, entry point).
-const BENCHES: &[(&str, &str, BenchFn)] = &[(
-    "balloond",
-    "memory balancer: policy simulator vs baselines, daemon RSS and CPU per tick",
-    crate::bench_balloond::run,
-)];
+const BENCHES: &[(&str, &str, BenchFn)] = &[
+    (
+        "balloond",
+        "memory balancer: policy simulator vs baselines, daemon RSS and CPU per tick",
+        crate::bench_balloond::run,
+    ),
+    (
+        "guest-agent",
+        "idle memory of the guest agent",
+        crate::bench_guest_agent::run,
+    ),
+];
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.name == "list" {

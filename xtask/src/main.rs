@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_balloond;
+mod bench_guest_agent;
 mod ci;
 mod guest_image;
 mod nixos;

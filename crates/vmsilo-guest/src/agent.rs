@@ -269,6 +269,7 @@ pub struct Agent {
     idle: Option<IdleWatchdog>,
     marker: Option<BusyMarker>,
     scratch: Vec<u8>,
+    was_busy: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -293,6 +294,7 @@ impl Agent {
             conns: Vec::new(),
             orphans: Vec::new(),
             scratch: Vec::new(),
+            was_busy: false,
         }
     }
 
@@ -337,6 +339,13 @@ impl Agent {
             let now = Instant::now();
             self.housekeeping(now);
             let busy = self.busy();
+            if self.was_busy && !busy {
+                // Idle again: give back the read buffer and whatever the allocator kept, so
+                // the resident size of an idle agent stays small.
+                self.scratch = Vec::new();
+                crate::sys::release_free_memory();
+            }
+            self.was_busy = busy;
             if let Some(marker) = &mut self.marker
                 && let Err(e) = marker.set(busy)
             {
@@ -751,6 +760,11 @@ fn on_message(conn: &mut Conn, msg: Message, cfg: &AgentConfig) -> Option<Tracke
     }
 }
 
+/// A refusal's message without the `vmsilo-guest: ` the log line already starts with.
+fn strip_prefix(message: &str) -> &str {
+    message.strip_prefix("vmsilo-guest: ").unwrap_or(message)
+}
+
 fn to_nix(sig: Signal) -> NixSignal {
     match sig {
         Signal::Hup => NixSignal::SIGHUP,
@@ -793,7 +807,10 @@ fn start(conn: &mut Conn, req: &Request, cfg: &AgentConfig) -> Option<Tracked> {
     let prepared = match exec::prepare(req, &exec_cfg) {
         Ok(p) => p,
         Err(err) => {
-            log(&format!("refused {name}: {}", err.message));
+            log(&format!(
+                "refused to run {name}: {}",
+                strip_prefix(&err.message)
+            ));
             return conn.refuse(err);
         }
     };
@@ -834,7 +851,10 @@ fn start(conn: &mut Conn, req: &Request, cfg: &AgentConfig) -> Option<Tracked> {
     } = match exec::spawn(&prepared) {
         Ok(s) => s,
         Err(err) => {
-            log(&format!("failed to start {name}: {}", err.message));
+            log(&format!(
+                "failed to start {name}: {}",
+                strip_prefix(&err.message)
+            ));
             return conn.refuse(err);
         }
     };

@@ -5,6 +5,7 @@
 //! agent over Unix sockets in-process.
 
 pub mod agent;
+pub mod cli;
 pub mod cmdline;
 pub mod exec;
 pub mod idle;

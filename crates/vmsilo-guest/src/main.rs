@@ -6,137 +6,18 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmsilo_guest::cli::{self, Command, ServeArgs, WatchdogArgs};
 use vmsilo_guest::exec::ExecConfig;
 use vmsilo_guest::idle::{IdleWatchdog, ScanConfig, scan_busy};
-use vmsilo_guest::power::{PowerOff, power_off};
+use vmsilo_guest::power::power_off;
 use vmsilo_guest::transport::{
     self, Activation, PeerPolicy, SocketStream, UnixSocketListener, VsockListener,
 };
-use vmsilo_guest::{Agent, AgentConfig, Outcome, SessionMode, cmdline, log};
-use vmsilo_proto::{AGENT_PORT, HOST_CID};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "vmsilo-guest",
-    version,
-    about = "vmsilo guest agent: runs commands sent by the host over vsock, powers an idle guest off",
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Serve commands (the default when no subcommand is given).
-    Serve(ServeArgs),
-    /// Power off once no agent process is busy and no vmsilo-run-* user unit runs (for
-    /// guests where systemd starts one agent per connection).
-    IdleWatchdog(WatchdogArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum PowerOffArg {
-    /// systemctl poweroff under systemd, the reboot system call otherwise.
-    Auto,
-    /// sync, then reboot(RB_POWER_OFF).
-    Syscall,
-    /// systemctl poweroff.
-    Systemctl,
-    /// Only exit the agent.
-    Exit,
-}
-
-impl From<PowerOffArg> for PowerOff {
-    fn from(a: PowerOffArg) -> Self {
-        match a {
-            PowerOffArg::Auto => Self::Auto,
-            PowerOffArg::Syscall => Self::Syscall,
-            PowerOffArg::Systemctl => Self::Systemctl,
-            PowerOffArg::Exit => Self::Exit,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum SessionArg {
-    /// Commands are children of the agent.
-    Plain,
-    /// Detached commands become transient services of the user's systemd instance.
-    Systemd,
-}
-
-#[derive(Debug, Clone, Args)]
-struct ServeArgs {
-    /// vsock port to listen on.
-    #[arg(long, default_value_t = AGENT_PORT)]
-    port: u32,
-    /// Listen on this Unix socket instead of vsock (development and tests).
-    #[arg(long, value_name = "PATH")]
-    unix: Option<PathBuf>,
-    /// Require a socket from systemd (LISTEN_FDS): a listening socket (Accept=no) or one
-    /// accepted connection (Accept=yes). Without this flag such a socket is still used when
-    /// present.
-    #[arg(long)]
-    listen_fd: bool,
-    /// Accept vsock connections from this CID only.
-    #[arg(long, value_name = "CID", default_value_t = HOST_CID)]
-    host_cid: u32,
-    /// Accept vsock connections from any CID (debugging only).
-    #[arg(long)]
-    any_cid: bool,
-    /// Power off after this long with no command running: seconds ("5") or a duration ("2min");
-    /// "off" disables. Default: vmsilo.autoshutdown=<seconds> on the kernel command line.
-    #[arg(long, value_name = "DURATION")]
-    idle_shutdown: Option<String>,
-    /// How to power off.
-    #[arg(long, value_enum, default_value = "auto")]
-    poweroff: PowerOffArg,
-    /// Run commands as this guest user unless the request names one (default: the agent's
-    /// own user).
-    #[arg(long)]
-    user: Option<String>,
-    /// Where detached commands run.
-    #[arg(long, value_enum, default_value = "plain")]
-    session: SessionArg,
-    /// Keep a busy-marker file in this directory (for `vmsilo-guest idle-watchdog`).
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Kernel command line to read vmsilo.* settings from.
-    #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
-    cmdline: PathBuf,
-}
-
-#[derive(Debug, Clone, Args)]
-struct WatchdogArgs {
-    /// Power off after this long with nothing running (default: vmsilo.autoshutdown= on the
-    /// kernel command line; without either the watchdog exits at once).
-    #[arg(long, value_name = "DURATION")]
-    idle_shutdown: Option<String>,
-    /// The agents' busy-marker directory.
-    #[arg(long, value_name = "DIR", default_value = "/run/vmsilo-guest")]
-    state_dir: PathBuf,
-    /// Where cgroup v2 is mounted (to find running vmsilo-run-* units); "none" to skip.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
-    cgroup_root: String,
-    /// How often to look.
-    #[arg(long, value_name = "DURATION", default_value = "1s")]
-    interval: String,
-    /// How to power off.
-    #[arg(long, value_enum, default_value = "auto")]
-    poweroff: PowerOffArg,
-    /// Kernel command line to read vmsilo.* settings from.
-    #[arg(long, value_name = "PATH", default_value = "/proc/cmdline")]
-    cmdline: PathBuf,
-}
+use vmsilo_guest::{Agent, AgentConfig, Outcome, cmdline, log};
 
 /// A failure with the exit status it maps to.
 struct Failure(u8, String);
@@ -150,11 +31,14 @@ fn runtime(msg: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.cmd {
-        Some(Cmd::Serve(args)) => serve(&args),
-        None => serve(&cli.serve),
-        Some(Cmd::IdleWatchdog(args)) => watchdog(&args),
+    let result = match cli::parse(std::env::args().skip(1)) {
+        Ok(Command::Serve(args)) => serve(&args),
+        Ok(Command::IdleWatchdog(args)) => watchdog(&args),
+        Ok(Command::Print(text)) => {
+            print!("{text}");
+            Ok(())
+        }
+        Err(cli::UsageError(msg)) => Err(usage(format!("{msg}; see vmsilo-guest --help"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,10 +93,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         PeerPolicy::Cid(args.host_cid)
     };
     let mut cfg = AgentConfig::new(ExecConfig::from_process(args.user.clone()));
-    cfg.session = match args.session {
-        SessionArg::Plain => SessionMode::Plain,
-        SessionArg::Systemd => SessionMode::Systemd,
-    };
+    cfg.session = args.session;
     cfg.state_dir = args.state_dir.clone();
 
     let activation = transport::from_systemd(
@@ -286,8 +167,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
                 "no command has run for {}s: powering off",
                 idle.map_or(0.0, |d| d.as_secs_f64())
             ));
-            power_off(args.poweroff.into())
-                .map_err(|e| runtime(format!("failed to power off: {e}")))
+            power_off(args.poweroff).map_err(|e| runtime(format!("failed to power off: {e}")))
         }
     }
 }
@@ -312,7 +192,7 @@ fn watchdog(args: &WatchdogArgs) -> Result<(), Failure> {
         .ok_or_else(|| usage("--interval must be positive"))?;
     let cfg = ScanConfig {
         state_dir: args.state_dir.clone(),
-        cgroup_root: (args.cgroup_root != "none").then(|| PathBuf::from(&args.cgroup_root)),
+        cgroup_root: args.cgroup_root.clone(),
     };
     log(&format!(
         "idle watchdog: powering off after {}s without a busy agent in {} or a vmsilo-run-* unit",
@@ -328,7 +208,7 @@ fn watchdog(args: &WatchdogArgs) -> Result<(), Failure> {
                 "no command has run for {}s: powering off",
                 after.as_secs_f64()
             ));
-            return power_off(args.poweroff.into())
+            return power_off(args.poweroff)
                 .map_err(|e| runtime(format!("failed to power off: {e}")));
         }
         std::thread::sleep(interval);

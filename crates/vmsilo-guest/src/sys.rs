@@ -36,6 +36,17 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Returns memory that `free` kept in the heap to the kernel (glibc `malloc_trim`), so that an
+/// idle agent's resident size falls back after serving large transfers. No-op elsewhere.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers from
+    // us and is safe to call at any time outside a signal handler.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Sets a pseudo-terminal's window size (`TIOCSWINSZ`), which also sends `SIGWINCH` to its
 /// foreground process group.
 pub fn set_window_size(pty: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {

@@ -193,16 +193,34 @@ fn signals_are_forwarded_and_reported_as_128_plus_n() {
 
 #[test]
 fn signals_reach_the_whole_process_group() {
-    // The shell waits for a child; SIGINT to the group ends both, as Ctrl-C would.
-    let (tx, rx) = mpsc::channel();
-    tx.send(Control::Signal(Signal::Int)).unwrap();
-    let r = attached(
-        Request::attached(["sh", "-c", "sleep 60; echo not reached"]),
-        None,
-        Some(rx),
-    );
-    assert_eq!(r.result.unwrap().code(), 130);
-    assert_eq!(r.stdout.text(), "");
+    // The outer shell waits for an inner process that announces itself once it runs; SIGINT
+    // to the group then ends both, as Ctrl-C in a terminal would. (Signalling before the
+    // inner process exists would only test the shell's own deferred-signal handling.)
+    let (host, agent) = one_shot(config());
+    let out = Buf::default();
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (ctl_tx, ctl_rx) = mpsc::channel();
+    let req = Request::attached([
+        "sh",
+        "-c",
+        "sh -c 'echo ready; exec sleep 60'; echo not reached",
+    ]);
+    let io = AttachedIo {
+        stdin: None,
+        stdout: Box::new(Tap(out.clone(), seen_tx)),
+        stderr: Box::new(io::sink()),
+        controls: Some(ctl_rx),
+    };
+    let reader = host.try_clone().unwrap();
+    let client = thread::spawn(move || run_attached(reader, host, &req, io));
+    while !out.text().contains("ready") {
+        seen_rx.recv().unwrap();
+    }
+    ctl_tx.send(Control::Signal(Signal::Int)).unwrap();
+    let status = client.join().unwrap().unwrap().status;
+    assert_eq!(status.code(), 130, "{status:?}");
+    assert_eq!(out.text(), "ready\n");
+    assert_eq!(agent.join().unwrap(), Outcome::Finished);
 }
 
 /// A `Write` that reports each chunk on a channel, to react to output while the command runs.

@@ -212,9 +212,13 @@ fn socket_activation_with_a_listening_socket() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (status, out) = run(wait_for_socket(&sock), &["echo", "one"]);
+    // Both connections are open before the first command ends, so the agent is never idle
+    // between them however slow the machine is.
+    let first = wait_for_socket(&sock);
+    let second = UnixStream::connect(&sock).unwrap();
+    let (status, out) = run(first, &["echo", "one"]);
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "one\n"));
-    let (status, _) = run(UnixStream::connect(&sock).unwrap(), &["false"]);
+    let (status, _) = run(second, &["false"]);
     assert_eq!(status, ExitStatus::Exited(1));
     // One long-lived process served both, then went idle.
     let output = finish(activator);

@@ -306,7 +306,11 @@ where
                     source,
                 })?;
         }
-        None => send(&writer, &Message::StdinEof)?,
+        // A command that already ended may have closed the connection: what it reports
+        // (read below) decides the outcome, not this write.
+        None => {
+            let _ = send(&writer, &Message::StdinEof);
+        }
     }
     if let Some(rx) = controls {
         let w = Arc::clone(&writer);
