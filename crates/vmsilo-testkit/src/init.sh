@@ -148,4 +148,5 @@ fi
 export PS1=
 while :; do
 	setsid cttyhack sh
+	sleep 1 # never spin if the shell cannot start
 done
