@@ -70,6 +70,10 @@ pub struct BalancerParams {
     /// Do not let the learning rule lower the guest critical level for this long after a stall
     /// or a spontaneous shrink (0: always learn, as ChromeOS does).
     pub no_learning_after_stall_ms: Millis,
+    /// After a move, wait for guest statistics taken at least this long after it before
+    /// deciding again (QEMU's statistics are polled and may predate the move; deciding on them
+    /// counts the move twice and oscillates). 0 disables the wait.
+    pub stats_settle_ms: Millis,
 }
 
 impl Default for BalancerParams {
@@ -87,6 +91,7 @@ impl Default for BalancerParams {
             max_stats_backoff_ms: 60_000,
             resend_after_ms: 30_000,
             no_learning_after_stall_ms: 30_000,
+            stats_settle_ms: 500,
         }
     }
 }
@@ -112,6 +117,7 @@ impl BalancerParams {
             max_stats_backoff_ms: 0,
             resend_after_ms: 0,
             no_learning_after_stall_ms: 0,
+            stats_settle_ms: 0,
         }
     }
 }
@@ -159,6 +165,8 @@ pub enum Reason {
     GuestFloor,
     /// The guest did not report the statistics the policy needs.
     StatsMissing,
+    /// The guest's statistics predate the last move: wait for fresh ones.
+    StatsStale,
     /// The stats request failed.
     StatsFailed,
     /// The previous request is still outstanding.
@@ -183,6 +191,7 @@ impl Reason {
             Self::GuestProtected => "guest-protected",
             Self::GuestFloor => "guest-floor",
             Self::StatsMissing => "stats-missing",
+            Self::StatsStale => "stats-stale",
             Self::StatsFailed => "stats-failed",
             Self::Unresponsive => "unresponsive",
         }
@@ -244,6 +253,8 @@ pub struct VmEntry {
     pub last_sample: Option<(Millis, BalloonSample)>,
     /// Last target sent and when.
     pub last_sent: Option<(u64, Millis)>,
+    /// When the last `Adjust` was decided.
+    pub last_move_at: Option<Millis>,
     /// Last decision.
     pub last_decision: Option<Decision>,
     /// Counters.
@@ -324,6 +335,7 @@ impl Balancer {
                 stall: StallTracker::default(),
                 last_sample: None,
                 last_sent: None,
+                last_move_at: None,
                 last_decision: None,
                 counters: Counters::default(),
                 next_stats_at: 0,
@@ -545,6 +557,25 @@ fn decide(
         && e.stall
             .last_stall_at
             .is_some_and(|at| now.saturating_sub(at) < p.no_learning_after_stall_ms);
+    if p.stats_settle_ms > 0
+        && let Some(moved) = e.last_move_at
+        && now.saturating_sub(s.stats_age_ms) < moved.saturating_add(p.stats_settle_ms)
+    {
+        d.reason = Reason::StatsStale;
+        d.detail = format!(
+            "waiting for guest statistics newer than the last move ({} ms ago; these are {} ms old)",
+            now.saturating_sub(moved),
+            s.stats_age_ms
+        );
+        if let StallEvent::Stalled { backoff_target, .. }
+        | StallEvent::Shrank { backoff_target, .. } = stall_event
+        {
+            apply_stall(p, e, &mut d, now, actual, backoff_target, stall_event);
+            finish(p, e, &mut d, now, actual);
+        }
+        e.last_decision = Some(d.clone());
+        return d;
+    }
     let out = balance_available(
         &mut e.policy,
         &p.policy,
@@ -677,6 +708,7 @@ fn finish(p: &BalancerParams, e: &mut VmEntry, d: &mut Decision, now: Millis, ac
             e.stall.on_send(sp, now, actual, target);
         }
         e.last_sent = Some((target, now));
+        e.last_move_at = Some(now);
         e.counters.adjusts += 1;
         e.counters.bytes_moved = e
             .counters
@@ -760,6 +792,7 @@ mod tests {
             },
             balloon_actual: actual,
             ram_size: None,
+            stats_age_ms: 0,
         }
     }
 
@@ -992,6 +1025,29 @@ mod tests {
         b.adjust_failed("a");
         let r3 = b.tick(4000, &h, &one("a", VmInput::Sample(s)));
         assert!(r3.decisions[0].send);
+    }
+
+    #[test]
+    fn test_stats_older_than_the_last_move_are_not_acted_on() {
+        let mut b = Balancer::new(BalancerParams {
+            stall: None,
+            ..BalancerParams::default()
+        });
+        b.add_vm("a");
+        let h = host(32 * G, 1000 * M);
+        let mut s = sample(0, 900 * M, 0, 8 * G);
+        let r1 = b.tick(0, &h, &one("a", VmInput::Sample(s)));
+        assert!(r1.decisions[0].send);
+        // QEMU still returns the statistics it polled before the move.
+        s.balloon_actual = r1.decisions[0].target.unwrap();
+        s.stats_age_ms = 1500;
+        let r2 = b.tick(1000, &h, &one("a", VmInput::Sample(s)));
+        assert_eq!(r2.decisions[0].reason, Reason::StatsStale);
+        assert!(!r2.decisions[0].send);
+        // Fresh statistics: decide again.
+        s.stats_age_ms = 300;
+        let r3 = b.tick(2000, &h, &one("a", VmInput::Sample(s)));
+        assert_ne!(r3.decisions[0].reason, Reason::StatsStale);
     }
 
     #[test]

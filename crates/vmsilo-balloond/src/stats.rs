@@ -49,4 +49,9 @@ pub struct BalloonSample {
     pub balloon_actual: u64,
     /// The VM's RAM size when the VMM tells it (QEMU does; crosvm's control socket does not).
     pub ram_size: Option<u64>,
+    /// How old the statistics are (ms). crosvm collects them on request (0); QEMU returns what
+    /// it last polled from the guest (`last-update`, whole seconds, so this may overstate the
+    /// age by up to a second). The balloon size is always current.
+    #[serde(default)]
+    pub stats_age_ms: u64,
 }

@@ -258,6 +258,7 @@ impl VmmClient for CrosvmClient {
                 stats,
                 balloon_actual,
                 ram_size: None,
+                stats_age_ms: 0,
             }),
             other => Err(self.refused("the balloon stats request", other)),
         }

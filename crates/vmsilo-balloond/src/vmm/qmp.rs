@@ -59,6 +59,22 @@ pub fn parse_guest_stats(v: &Value) -> GuestStats {
     }
 }
 
+/// Age of QEMU's `guest-stats` (from `last-update`, host wall-clock seconds) at `now`; 0 when
+/// unknown or in the future.
+pub fn stats_age_ms(v: &Value, now: std::time::SystemTime) -> u64 {
+    let Some(last) = v
+        .get("last-update")
+        .and_then(Value::as_u64)
+        .filter(|&l| l > 0)
+    else {
+        return 0;
+    };
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    now_ms.saturating_sub(last.saturating_mul(1000))
+}
+
 /// The QMP `balloon` argument for a balloon of `balloon` bytes in a guest of `ram` bytes (QEMU
 /// rejects 0, so at least one page is left).
 pub fn balloon_value(ram: u64, balloon: u64) -> u64 {
@@ -316,6 +332,7 @@ impl VmmClient for QmpClient {
             stats: parse_guest_stats(&stats),
             balloon_actual: ram.saturating_sub(guest_size),
             ram_size: Some(ram),
+            stats_age_ms: stats_age_ms(&stats, std::time::SystemTime::now()),
         })
     }
 
@@ -364,6 +381,16 @@ mod tests {
             serde_json::from_str(r#"{"stats": {"stat-free-memory": -1}, "last-update": 5}"#)
                 .unwrap();
         assert_eq!(parse_guest_stats(&negative).free_memory, None);
+    }
+
+    #[test]
+    fn test_stats_age_from_last_update() {
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(secs);
+        let v: Value = serde_json::from_str(r#"{"stats": {}, "last-update": 1000}"#).unwrap();
+        assert_eq!(stats_age_ms(&v, at(1_000_700)), 700);
+        assert_eq!(stats_age_ms(&v, at(999_000)), 0);
+        let never: Value = serde_json::from_str(r#"{"stats": {}, "last-update": 0}"#).unwrap();
+        assert_eq!(stats_age_ms(&never, at(5_000_000)), 0);
     }
 
     #[test]
