@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -21,6 +20,9 @@ use vmsilo_proto::client::{
 use vmsilo_proto::frame::encode_frame;
 use vmsilo_proto::message::kind;
 use vmsilo_proto::{ErrorCode, ExitStatus, Message, PROTOCOL_VERSION, Request, Signal, WindowSize};
+
+mod common;
+use common::{Buf, captured};
 
 fn config() -> AgentConfig {
     let mut exec = ExecConfig::from_process(None);
@@ -39,28 +41,6 @@ fn one_shot(cfg: AgentConfig) -> (UnixStream, thread::JoinHandle<Outcome>) {
     (host, handle)
 }
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
-
 struct Run {
     result: Result<ExitStatus, ClientError>,
     stdout: Buf,
@@ -77,10 +57,8 @@ fn attached(
     let (host, agent) = one_shot(config());
     let (stdout, stderr) = (Buf::default(), Buf::default());
     let io = AttachedIo {
-        stdin: stdin.map(|d| Box::new(io::Cursor::new(d)) as Box<dyn Read + Send>),
-        stdout: Box::new(stdout.clone()),
-        stderr: Box::new(stderr.clone()),
         controls,
+        ..captured(stdin, &stdout, &stderr)
     };
     let reader = host.try_clone().unwrap();
     let result = run_attached(reader, host, &req, io).map(|a| a.status);
@@ -191,38 +169,6 @@ fn signals_are_forwarded_and_reported_as_128_plus_n() {
     assert_eq!(status.code(), 143);
 }
 
-#[test]
-fn signals_reach_the_whole_process_group() {
-    // The outer shell waits for an inner process that announces itself once it runs; SIGINT
-    // to the group then ends both, as Ctrl-C in a terminal would. (Signalling before the
-    // inner process exists would only test the shell's own deferred-signal handling.)
-    let (host, agent) = one_shot(config());
-    let out = Buf::default();
-    let (seen_tx, seen_rx) = mpsc::channel();
-    let (ctl_tx, ctl_rx) = mpsc::channel();
-    let req = Request::attached([
-        "sh",
-        "-c",
-        "sh -c 'echo ready; exec sleep 60'; echo not reached",
-    ]);
-    let io = AttachedIo {
-        stdin: None,
-        stdout: Box::new(Tap(out.clone(), seen_tx)),
-        stderr: Box::new(io::sink()),
-        controls: Some(ctl_rx),
-    };
-    let reader = host.try_clone().unwrap();
-    let client = thread::spawn(move || run_attached(reader, host, &req, io));
-    while !out.text().contains("ready") {
-        seen_rx.recv().unwrap();
-    }
-    ctl_tx.send(Control::Signal(Signal::Int)).unwrap();
-    let status = client.join().unwrap().unwrap().status;
-    assert_eq!(status.code(), 130, "{status:?}");
-    assert_eq!(out.text(), "ready\n");
-    assert_eq!(agent.join().unwrap(), Outcome::Finished);
-}
-
 /// A `Write` that reports each chunk on a channel, to react to output while the command runs.
 struct Tap(Buf, mpsc::Sender<()>);
 
@@ -237,15 +183,13 @@ impl Write for Tap {
     }
 }
 
-#[test]
-fn tty_mode_gives_a_terminal_that_follows_resizes() {
+/// Runs `req` against a fresh agent, sends `control` once the command printed "ready", and
+/// returns its status and output.
+fn control_when_ready(req: Request, control: Control) -> (ExitStatus, String) {
     let (host, agent) = one_shot(config());
     let out = Buf::default();
     let (seen_tx, seen_rx) = mpsc::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel();
-    let script =
-        "tty; stty size; trap 'stty size; exit 7' WINCH; echo ready; while :; do sleep 0.05; done";
-    let req = Request::attached(["sh", "-c", script]).tty(WindowSize { rows: 24, cols: 80 });
     let io = AttachedIo {
         stdin: None,
         stdout: Box::new(Tap(out.clone(), seen_tx)),
@@ -257,19 +201,41 @@ fn tty_mode_gives_a_terminal_that_follows_resizes() {
     while !out.text().contains("ready") {
         seen_rx.recv().unwrap();
     }
-    ctl_tx
-        .send(Control::Resize(WindowSize {
-            rows: 50,
-            cols: 132,
-        }))
-        .unwrap();
+    ctl_tx.send(control).unwrap();
     let status = client.join().unwrap().unwrap().status;
+    assert_eq!(agent.join().unwrap(), Outcome::Finished);
+    (status, out.text())
+}
+
+#[test]
+fn signals_reach_the_whole_process_group() {
+    // The outer shell waits for an inner process that announces itself once it runs; SIGINT
+    // to the group then ends both, as Ctrl-C in a terminal would. (Signalling before the
+    // inner process exists would only test the shell's own deferred-signal handling.)
+    let req = Request::attached([
+        "sh",
+        "-c",
+        "sh -c 'echo ready; exec sleep 60'; echo not reached",
+    ]);
+    let (status, out) = control_when_ready(req, Control::Signal(Signal::Int));
+    assert_eq!(status.code(), 130, "{status:?}");
+    assert_eq!(out, "ready\n");
+}
+
+#[test]
+fn tty_mode_gives_a_terminal_that_follows_resizes() {
+    let script =
+        "tty; stty size; trap 'stty size; exit 7' WINCH; echo ready; while :; do sleep 0.05; done";
+    let req = Request::attached(["sh", "-c", script]).tty(WindowSize { rows: 24, cols: 80 });
+    let resize = Control::Resize(WindowSize {
+        rows: 50,
+        cols: 132,
+    });
+    let (status, text) = control_when_ready(req, resize);
     assert_eq!(status, ExitStatus::Exited(7));
-    let text = out.text();
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert!(text.contains("24 80"), "{text:?}");
     assert!(text.contains("50 132"), "{text:?}");
-    assert_eq!(agent.join().unwrap(), Outcome::Finished);
 }
 
 #[test]

@@ -11,8 +11,11 @@ use std::thread;
 use std::time::Duration;
 
 use vmsilo_guest::idle::{live_markers, process_start_time};
-use vmsilo_proto::client::{AttachedIo, run_attached};
+use vmsilo_proto::client::run_attached;
 use vmsilo_proto::{ExitStatus, Request};
+
+mod common;
+use common::{Buf, captured};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmsilo-guest");
 
@@ -45,35 +48,11 @@ fn wait_for_socket(path: &Path) -> UnixStream {
 
 /// Runs an attached command; returns (status, stdout).
 fn run(stream: UnixStream, argv: &[&str]) -> (ExitStatus, String) {
-    let out = SharedBuf::default();
-    let io = AttachedIo {
-        stdin: None,
-        stdout: Box::new(out.clone()),
-        stderr: Box::new(io::sink()),
-        controls: None,
-    };
+    let out = Buf::default();
+    let io = captured(None, &out, &Buf::default());
     let reader = stream.try_clone().unwrap();
     let done = run_attached(reader, stream, &Request::attached(argv), io).unwrap();
     (done.status, out.text())
-}
-
-#[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl io::Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl SharedBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 fn finish(child: Child) -> Output {

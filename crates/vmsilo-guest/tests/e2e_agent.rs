@@ -2,12 +2,11 @@
 //! host through vhost-device-vsock's hybrid-vsock socket, driven by the real `vmsilo-proto`
 //! client. Two boots: one for commands, one for the idle shutdown.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmsilo_proto::client::{AttachedIo, ClientError, MessageReader, run_attached, run_detached};
+use vmsilo_proto::client::{ClientError, MessageReader, run_attached, run_detached};
 use vmsilo_proto::{
     AGENT_PORT, ErrorCode, ExitStatus, Message, PROTOCOL_VERSION, Request, WindowSize,
 };
@@ -15,24 +14,8 @@ use vmsilo_testkit::{Guest, ImageSpec, QemuBuilder, agent_binary};
 
 const T: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+mod common;
+use common::{Buf, captured};
 
 struct Done {
     result: Result<ExitStatus, ClientError>,
@@ -44,15 +27,10 @@ fn connect(guest: &Guest) -> UnixStream {
     guest.vsock_connect_timeout(AGENT_PORT, T).unwrap()
 }
 
-fn attached(guest: &Guest, req: Request, stdin: Option<&'static [u8]>) -> Done {
+fn attached(guest: &Guest, req: Request, stdin: Option<&[u8]>) -> Done {
     let s = connect(guest);
     let (out, err) = (Buf::default(), Buf::default());
-    let io = AttachedIo {
-        stdin: stdin.map(|d| Box::new(d) as Box<dyn Read + Send>),
-        stdout: Box::new(out.clone()),
-        stderr: Box::new(err.clone()),
-        controls: None,
-    };
+    let io = captured(stdin.map(<[u8]>::to_vec), &out, &err);
     let reader = s.try_clone().unwrap();
     let result = run_attached(reader, s, &req, io).map(|a| a.status);
     Done {
@@ -210,12 +188,7 @@ fn idle_guest_powers_off_after_its_last_command_and_not_during_it() {
         .vsock_connect_timeout(AGENT_PORT, Duration::from_secs(120))
         .unwrap();
     let out = Buf::default();
-    let io = AttachedIo {
-        stdin: None,
-        stdout: Box::new(out.clone()),
-        stderr: Box::new(io::sink()),
-        controls: None,
-    };
+    let io = captured(None, &out, &Buf::default());
     let reader = s.try_clone().unwrap();
     // Longer than the idle time: had the guest powered off meanwhile, the connection would
     // have broken and this would be an error.
