@@ -17,7 +17,7 @@ use vmsilo_guest::power::power_off;
 use vmsilo_guest::transport::{
     self, Activation, PeerPolicy, SocketStream, UnixSocketListener, VsockListener,
 };
-use vmsilo_guest::{Agent, AgentConfig, Outcome, cmdline, log};
+use vmsilo_guest::{Agent, AgentConfig, Outcome, SessionMode, cmdline, log};
 
 /// A failure with the exit status it maps to.
 struct Failure(u8, String);
@@ -94,6 +94,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     };
     let mut cfg = AgentConfig::new(ExecConfig::from_process(args.user.clone()));
     cfg.session = args.session;
+    if args.session == SessionMode::Systemd && args.user.is_none() {
+        log("--session systemd without --user: requests that name no user run as plain children");
+    }
     cfg.state_dir = args.state_dir.clone();
 
     let activation = transport::from_systemd(
