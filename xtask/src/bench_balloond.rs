@@ -225,6 +225,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let rows = sim::run_all();
     print!("{}", sim::render(&rows));
+    print!("{}", sim::render_totals(&rows));
     let s = sim::summarize(&rows);
     println!(
         "simulated {} runs in {:.1} s",

@@ -27,11 +27,11 @@ fn percent(text: &str) -> Result<u32, String> {
     let v: u32 = text
         .trim()
         .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of percent (1 to 50)"))?;
-    if (1..=50).contains(&v) {
+        .map_err(|_| format!("{text:?} is not a whole number of percent (0 to 100)"))?;
+    if v <= 100 {
         Ok(v)
     } else {
-        Err(format!("{v} is out of range: expected 1 to 50 percent"))
+        Err(format!("{v} is out of range: expected 0 to 100 percent"))
     }
 }
 
@@ -76,7 +76,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
     pub poll_interval: Duration,
 
-    /// Host critical level, in percent of MemTotal (1 to 50).
+    /// Host critical level, in percent of MemTotal (0 to 100, as the configuration allows).
     #[arg(long, value_name = "PERCENT", default_value = "5", value_parser = percent)]
     pub critical_host_percent: u32,
 
@@ -310,7 +310,7 @@ mod tests {
             (&["--poll-interval", "2"][..], "unknown unit"),
             (&["--poll-interval", "fast"][..], "fast"),
             (&["--guest-available-bias", "300x"][..], "300x"),
-            (&["--critical-host-percent", "0"][..], "out of range"),
+            (&["--critical-host-percent", "101"][..], "out of range"),
             (&["--critical-host-percent", "5.2"][..], "5.2"),
             (&["--log-level", "loud"][..], "loud"),
             (&["--multi-vm", "parallel"][..], "parallel"),

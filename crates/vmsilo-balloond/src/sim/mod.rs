@@ -518,6 +518,66 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"))
 }
 
+/// Scenario 16 ("competing anchors"): every policy's totals over the runs of scenarios 1–15
+/// it took part in, and its [`cost`].
+pub fn render_totals(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "-- 16: competing anchors, totals over the runs each policy took part in (cost: see docs)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<17} {:>4} {:>9} {:>10} {:>6} {:>7} {:>6} {:>8} {:>5} {:>6} {:>7}",
+        "policy",
+        "runs",
+        "oom/hOOM",
+        "deficit",
+        "<crit",
+        "lowS",
+        "adj",
+        "movedGiB",
+        "osc",
+        "missed",
+        "cost"
+    );
+    let mut policies: Vec<&str> = Vec::new();
+    for r in rows {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    for p in policies {
+        let mine: Vec<&Metrics> = rows
+            .iter()
+            .filter(|r| r.policy == p)
+            .map(|r| &r.m)
+            .collect();
+        let sum = |f: &dyn Fn(&Metrics) -> f64| mine.iter().map(|m| f(m)).sum::<f64>();
+        let _ = writeln!(
+            out,
+            "{:<17} {:>4} {:>9} {:>10.0} {:>6.0} {:>7.0} {:>6.0} {:>8.1} {:>5.0} {:>6.0} {:>7.1}",
+            p,
+            mine.len(),
+            format!(
+                "{:.0}/{:.0}",
+                sum(&|m| m.guest_oom as f64),
+                sum(&|m| m.host_oom as f64)
+            ),
+            sum(&|m| m.host_deficit),
+            sum(&|m| m.below_crit_ticks as f64),
+            sum(&|m| m.guest_low_s),
+            sum(&|m| m.adjusts as f64),
+            sum(&|m| m.moved) / 1024.0,
+            sum(&|m| f64::from(u8::from(m.oscillating))),
+            sum(&|m| m.missed_stalls as f64),
+            sum(&cost),
+        );
+    }
+    out
+}
+
 /// Renders the table.
 pub fn render(rows: &[Row]) -> String {
     use std::fmt::Write;
