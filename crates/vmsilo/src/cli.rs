@@ -1,8 +1,15 @@
-//! Command-line definitions (clap derive).
+//! Command-line definitions (clap derive), and the multi-call entry points.
+//!
+//! One binary serves several names: `vmsilo <subcommand>`, and `vm-start`, `vm-stop`,
+//! `vm-start-debug`, `vm-shell`, `vmsilo-generator` (symlinks to `vmsilo`) which are the
+//! subcommands `start`, `stop`, `start-debug`, `shell`, `generator` under their own name.
+//! [`parse_from`] picks the entry point from `argv[0]`; [`multi_call_command`] gives the clap
+//! definition of each name (for help, completion scripts and man pages).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// vmsilo: run untrusted programs in small VMs.
 #[derive(Debug, Parser)]
@@ -25,22 +32,40 @@ pub enum Command {
     Check(CheckArgs),
     /// Print how a VM is launched: the backends to start and the VMM command line.
     Plan(PlanArgs),
+    /// Write the systemd units and the polkit rule the configuration turns into.
+    Units(UnitsArgs),
+    /// Show the VMs: state, uptime, memory, PID, command socket.
+    Status(StatusArgs),
+    /// Start a VM through systemd (also `vm-start <vm>`).
+    Start(VmArg),
+    /// Stop a VM through systemd: the guest gets an ACPI power button (also `vm-stop <vm>`).
+    Stop(VmArg),
+    /// Run a VM in the foreground with its console and the VMM's output on this terminal, without
+    /// systemd (also `vm-start-debug <vm>`).
+    StartDebug(RunArgs),
+    /// Attach to a running VM's serial console, or ssh to it (also `vm-shell <vm>`).
+    Shell(ShellArgs),
+    /// Run a VM: the process `vmsilo-<vm>-vm.service` runs (as root).
+    VmService(RunArgs),
+    /// systemd generator: write the units into NORMAL (also `vmsilo-generator`).
+    #[command(hide = true)]
+    Generator(GeneratorArgs),
+    /// Write shell completion scripts for vmsilo and the vm-* commands.
+    Completions(CompletionsArgs),
+    /// Write man pages for vmsilo, its subcommands and the vm-* commands.
+    Man(ManArgs),
+    /// Print the configured VM names, one per line (used by shell completion).
+    #[command(hide = true)]
+    ListVms,
 }
 
 /// `vmsilo check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
 
-/// `vmsilo plan`.
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// The VM.
-    pub vm: String,
-
-    /// Print the plan as JSON (argv, backends, runtime paths, derived values).
-    #[arg(long)]
-    pub json: bool,
-
+/// The three runtime directories, shared by every command that touches a running VM.
+#[derive(Debug, Clone, Args)]
+pub struct DirArgs {
     /// Directory of sockets and consoles.
     #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
     pub run_dir: String,
@@ -52,7 +77,11 @@ pub struct PlanArgs {
     /// Directory of persistent state (overlay images).
     #[arg(long, value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_STATE_DIR)]
     pub state_dir: String,
+}
 
+/// The configured user's ids, when /etc/passwd should not be asked.
+#[derive(Debug, Clone, Args)]
+pub struct UserArgs {
     /// The configured user's uid (default: looked up in /etc/passwd).
     #[arg(long)]
     pub uid: Option<u32>,
@@ -64,4 +93,332 @@ pub struct PlanArgs {
     /// The user's Wayland socket (default: `/run/user/<uid>/wayland-0`).
     #[arg(long, value_name = "PATH")]
     pub wayland_socket: Option<String>,
+}
+
+/// `vmsilo plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The VM.
+    pub vm: String,
+
+    /// Print the plan as JSON (argv, backends, runtime paths, derived values).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub dirs: DirArgs,
+
+    #[command(flatten)]
+    pub user: UserArgs,
+}
+
+/// `vmsilo units`.
+#[derive(Debug, Args)]
+pub struct UnitsArgs {
+    /// Output directory: units go to DIR/systemd/, the polkit rule to DIR/polkit/50-vmsilo.rules.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    #[command(flatten)]
+    pub bins: BinArgs,
+}
+
+/// Where the units' programs are. Default: this executable, and `vm-switch` /
+/// `vmsilo-balloond` in the same directory.
+#[derive(Debug, Clone, Args)]
+pub struct BinArgs {
+    /// The vmsilo executable named in ExecStart= lines.
+    #[arg(long, env = "VMSILO_BIN", value_name = "PATH")]
+    pub vmsilo_bin: Option<PathBuf>,
+
+    /// The vm-switch executable.
+    #[arg(long, env = "VMSILO_VM_SWITCH_BIN", value_name = "PATH")]
+    pub vm_switch_bin: Option<PathBuf>,
+
+    /// The vmsilo-balloond executable.
+    #[arg(long, env = "VMSILO_BALLOOND_BIN", value_name = "PATH")]
+    pub balloond_bin: Option<PathBuf>,
+}
+
+/// `vmsilo-generator NORMAL [EARLY LATE]` (systemd.generator(7)).
+#[derive(Debug, Args)]
+pub struct GeneratorArgs {
+    /// Directory for units of normal priority (the only one written).
+    pub normal: PathBuf,
+    /// Directory for units that override /etc (unused).
+    pub early: Option<PathBuf>,
+    /// Directory for units of low priority (unused).
+    pub late: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub bins: BinArgs,
+}
+
+/// A VM name.
+#[derive(Debug, Args)]
+pub struct VmArg {
+    /// The VM.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+}
+
+/// `vmsilo vm-service` and `vm-start-debug`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The VM.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    #[command(flatten)]
+    pub dirs: DirArgs,
+
+    #[command(flatten)]
+    pub user: UserArgs,
+
+    /// Copied into a shared home the first time it is used (when the home does not exist or
+    /// is empty).
+    #[arg(long, value_name = "DIR", default_value = crate::runtime::DEFAULT_HOME_TEMPLATE)]
+    pub home_template: PathBuf,
+
+    /// Root of the sysfs tree used to check PCI devices' IOMMU groups.
+    #[arg(
+        long,
+        env = "VMSILO_SYSFS_ROOT",
+        value_name = "DIR",
+        default_value = "/sys"
+    )]
+    pub sysfs_root: PathBuf,
+
+    /// How long the guest gets to power off after the ACPI power button before the VMM is
+    /// stopped hard.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+
+    /// How long to wait for each backend's, vm-switch's and the VMM's sockets to appear.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub socket_timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    vmsilo_config::units::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// `vmsilo status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this VM.
+    #[arg(value_name = "VM")]
+    pub vm: Option<String>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Directory of sockets and consoles.
+    #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
+    pub run_dir: String,
+
+    /// vmsilo-balloond's status socket (default: `<run-dir>/balloond.status`).
+    #[arg(long, value_name = "PATH")]
+    pub balloond_status: Option<PathBuf>,
+}
+
+/// `vm-shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The VM.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    /// ssh to the VM's first static address as the guest user (`user`) instead of attaching to
+    /// the console.
+    #[arg(long)]
+    pub ssh: bool,
+
+    /// With --ssh: log in as root.
+    #[arg(long, requires = "ssh")]
+    pub root: bool,
+
+    /// Directory of sockets and consoles.
+    #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
+    pub run_dir: String,
+
+    /// With --ssh: extra arguments for ssh (after `--`).
+    #[arg(last = true, value_name = "SSH-ARGS")]
+    pub ssh_args: Vec<String>,
+}
+
+/// A shell for completion scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// `vmsilo completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: Shell,
+
+    /// Output directory (one file per command).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// `vmsilo man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Output directory (section 1 pages).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// The multi-call names and the subcommand each stands for. `vm-run` is reserved for the
+/// command path (not part of this build yet).
+pub const MULTI_CALL: &[(&str, &str)] = &[
+    ("vm-start", "start"),
+    ("vm-stop", "stop"),
+    ("vm-start-debug", "start-debug"),
+    ("vm-shell", "shell"),
+    ("vmsilo-generator", "generator"),
+];
+
+/// The clap definition of a multi-call name (`vm-start`, ...): the subcommand with the global
+/// options, under its own name.
+pub fn multi_call_command(name: &str) -> Option<clap::Command> {
+    let (_, sub) = MULTI_CALL.iter().find(|(n, _)| *n == name)?;
+    let root = Cli::command();
+    let mut cmd = root.find_subcommand(sub)?.clone();
+    // Global options are copied by hand: building the root to propagate them would also fix
+    // the usage line to "vmsilo <sub>".
+    for global in root.get_arguments().filter(|a| a.is_global_set()) {
+        cmd = cmd.arg(global.clone());
+    }
+    Some(
+        cmd.name(name.to_owned())
+            .bin_name(name.to_owned())
+            .display_name(name.to_owned())
+            .version(env!("CARGO_PKG_VERSION"))
+            .hide(false),
+    )
+}
+
+/// What `argv[0]` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// `vmsilo ...`.
+    Vmsilo,
+    /// One of [`MULTI_CALL`].
+    MultiCall(&'static str),
+    /// `vm-run`.
+    VmRun,
+}
+
+/// The entry point named by `argv[0]` (its file name).
+pub fn entry(argv0: &std::ffi::OsStr) -> Entry {
+    let name = Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("vmsilo");
+    if name == "vm-run" {
+        return Entry::VmRun;
+    }
+    match MULTI_CALL.iter().find(|(n, _)| *n == name) {
+        Some((n, _)) => Entry::MultiCall(n),
+        None => Entry::Vmsilo,
+    }
+}
+
+/// Parses a command line for the entry point `argv[0]` names.
+pub fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let argv0 = args.first().cloned().unwrap_or_else(|| "vmsilo".into());
+    let Entry::MultiCall(name) = entry(&argv0) else {
+        return Cli::try_parse_from(args);
+    };
+    let cmd = multi_call_command(name).expect("every MULTI_CALL name is a subcommand");
+    let m = cmd.try_get_matches_from(args)?;
+    let config = m.get_one::<PathBuf>("config").cloned();
+    let command = match name {
+        "vm-start" => Command::Start(VmArg::from_arg_matches(&m)?),
+        "vm-stop" => Command::Stop(VmArg::from_arg_matches(&m)?),
+        "vm-start-debug" => Command::StartDebug(RunArgs::from_arg_matches(&m)?),
+        "vm-shell" => Command::Shell(ShellArgs::from_arg_matches(&m)?),
+        _ => Command::Generator(GeneratorArgs::from_arg_matches(&m)?),
+    };
+    Ok(Cli { config, command })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        for (name, _) in MULTI_CALL {
+            multi_call_command(name).expect(name).debug_assert();
+        }
+    }
+
+    #[test]
+    fn test_entry_from_argv0_uses_the_file_name() {
+        assert_eq!(
+            entry("/nix/store/x/bin/vm-start".as_ref()),
+            Entry::MultiCall("vm-start")
+        );
+        assert_eq!(
+            entry("vmsilo-generator".as_ref()),
+            Entry::MultiCall("vmsilo-generator")
+        );
+        assert_eq!(entry("./vm-run".as_ref()), Entry::VmRun);
+        assert_eq!(entry("/usr/bin/vmsilo".as_ref()), Entry::Vmsilo);
+        assert_eq!(entry("something-else".as_ref()), Entry::Vmsilo);
+    }
+
+    #[test]
+    fn test_multi_call_parses_as_the_subcommand_with_global_config() {
+        let cli = parse_from(
+            ["vm-start", "--config", "/x.toml", "banking"]
+                .map(OsString::from)
+                .to_vec(),
+        )
+        .expect("parses");
+        assert_eq!(cli.config.as_deref(), Some(Path::new("/x.toml")));
+        assert!(matches!(cli.command, Command::Start(VmArg { ref vm }) if vm == "banking"));
+
+        let cli = parse_from(
+            ["vm-shell", "--ssh", "--root", "b"]
+                .map(OsString::from)
+                .to_vec(),
+        )
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Shell(ShellArgs {
+                ssh: true,
+                root: true,
+                ..
+            })
+        ));
+
+        let cli = parse_from(
+            ["vmsilo-generator", "a", "b", "c"]
+                .map(OsString::from)
+                .to_vec(),
+        )
+        .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Generator(GeneratorArgs { ref normal, .. }) if normal == Path::new("a"))
+        );
+        let err = parse_from(["vm-shell", "--root", "b"].map(OsString::from).to_vec())
+            .expect_err("--root needs --ssh");
+        assert!(err.to_string().contains("--ssh"), "{err}");
+        let err = parse_from(["vm-stop"].map(OsString::from).to_vec()).expect_err("needs a VM");
+        assert!(err.to_string().contains("vm-stop"), "{err}");
+    }
 }

@@ -68,6 +68,29 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("cannot write the output")]
     Output(#[source] io::Error),
+    /// A file or directory operation failed.
+    #[error("cannot {what} {}", path.display())]
+    Io {
+        /// What was being done ("create", "write", ...).
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A usage error with its explanation (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A runtime failure with its explanation (exit 1).
+    #[error("{0}")]
+    Failure(String),
+    /// Running a VM failed.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// A command ran but asks for this exit status (vm-service's documented codes).
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 impl CliError {
@@ -78,10 +101,15 @@ impl CliError {
             | CliError::ConfigMissing { .. }
             | CliError::Config { .. }
             | CliError::Plan(_)
-            | CliError::UnknownUser { .. } => EXIT_USAGE,
-            CliError::ReadConfig { .. } | CliError::ReadPasswd { .. } | CliError::Output(_) => {
-                EXIT_FAILURE
-            }
+            | CliError::UnknownUser { .. }
+            | CliError::Usage(_) => EXIT_USAGE,
+            CliError::ReadConfig { .. }
+            | CliError::ReadPasswd { .. }
+            | CliError::Output(_)
+            | CliError::Io { .. }
+            | CliError::Failure(_) => EXIT_FAILURE,
+            CliError::Runtime(e) => e.exit_code(),
+            CliError::Exit(code) => *code,
         })
     }
 
@@ -113,8 +141,12 @@ impl CliError {
         }
     }
 
-    /// Prints the error on stderr.
+    /// Prints the error on stderr (nothing for [`CliError::Exit`], whose command has already
+    /// said why).
     pub fn report(&self) {
+        if matches!(self, CliError::Exit(_)) {
+            return;
+        }
         for line in self.lines() {
             eprintln!("vmsilo: {line}");
         }

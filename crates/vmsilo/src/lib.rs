@@ -1,14 +1,20 @@
-//! The vmsilo host tool: configuration checks and launch plans (`vmsilo check`, `vmsilo plan`).
+//! The vmsilo host tool and runtime, one multi-call binary: `vmsilo` (`check`, `plan`, `units`,
+//! `status`, `vm-service`, ...), `vm-start`, `vm-stop`, `vm-start-debug`, `vm-shell`,
+//! `vmsilo-generator`.
 //!
-//! Each subcommand is a module of [`commands`]; [`cli`] holds the argument definitions,
-//! [`config_file`] finds and reads the configuration, [`users`] resolves the configured user,
-//! [`error`] maps failures to the documented exit codes. The configuration logic itself is in
-//! the sans-IO `vmsilo-config` crate; this crate is the I/O edge around it.
+//! Each subcommand is a module of [`commands`]; [`cli`] holds the argument definitions and the
+//! multi-call entry points, [`config_file`] finds and reads the configuration, [`users`]
+//! resolves the configured user, [`units`] renders the systemd units, [`runtime`] runs a VM
+//! from its launch plan, [`error`] maps failures to the documented exit codes. The
+//! configuration logic itself is in the sans-IO `vmsilo-config` crate; this crate is the I/O
+//! edge around it.
 //!
-//! Threading: single-threaded. Trust: the configuration file and `/etc/passwd` are read as
-//! untrusted text (malformed content is an error, never a panic).
+//! Threading: single-threaded; the runtime is one poll loop (signals through a signalfd, the
+//! console relay). Trust: the configuration file and `/etc/passwd` are read as untrusted text
+//! (malformed content is an error, never a panic); console bytes from the guest are relayed,
+//! never interpreted; replies from QMP and crosvm are bounded and parsed without panicking.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -16,6 +22,11 @@ pub mod cli;
 pub mod commands;
 pub mod config_file;
 pub mod error;
+pub mod runtime;
+#[allow(unsafe_code)]
+mod sys;
+pub mod term;
+pub mod units;
 pub mod users;
 
 pub use error::CliError;
@@ -27,6 +38,26 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         Err(e) => {
             e.report();
             e.exit_code()
+        }
+    }
+}
+
+/// The whole program: picks the entry point from `argv[0]`, parses, runs.
+pub fn main_with_args(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let argv0 = args.first().cloned().unwrap_or_default();
+    if cli::entry(&argv0) == cli::Entry::VmRun {
+        eprintln!("vm-run: not available in this build yet (the command path is not implemented)");
+        return ExitCode::from(error::EXIT_FAILURE);
+    }
+    match cli::parse_from(args) {
+        Ok(cli) => run(cli),
+        Err(e) => {
+            let _ = e.print();
+            ExitCode::from(if e.use_stderr() {
+                error::EXIT_USAGE
+            } else {
+                error::EXIT_OK
+            })
         }
     }
 }

@@ -1,15 +1,79 @@
 //! One module per subcommand.
 
+use std::path::Path;
+
+use vmsilo_config::plan::PlanOptions;
+use vmsilo_config::{Dirs, ValidConfig};
+
 use crate::CliError;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DirArgs, UserArgs};
+use crate::users::{self, UserIds};
 
 pub mod check;
+pub mod completions;
+pub mod generator;
 pub mod plan;
+pub mod shell;
+pub mod status;
+pub mod systemctl;
+pub mod units;
+pub mod vm_service;
 
 /// Runs the subcommand.
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let config = cli.config.as_deref();
     match cli.command {
-        Command::Check(args) => check::run(cli.config.as_deref(), &args),
-        Command::Plan(args) => plan::run(cli.config.as_deref(), &args),
+        Command::Check(args) => check::run(config, &args),
+        Command::Plan(args) => plan::run(config, &args),
+        Command::Units(args) => units::run(config, &args),
+        Command::Generator(args) => generator::run(config, &args),
+        Command::Status(args) => status::run(config, &args),
+        Command::Start(args) => systemctl::run(config, systemctl::Verb::Start, &args.vm),
+        Command::Stop(args) => systemctl::run(config, systemctl::Verb::Stop, &args.vm),
+        Command::StartDebug(args) => vm_service::run(config, &args, true),
+        Command::VmService(args) => vm_service::run(config, &args, false),
+        Command::Shell(args) => shell::run(config, &args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man(args) => completions::man(&args),
+        Command::ListVms => completions::list_vms(config),
     }
+}
+
+/// The configured user's ids: from the command line, else `/etc/passwd`.
+pub fn user_ids(cfg: &ValidConfig, args: &UserArgs) -> Result<UserIds, CliError> {
+    if let (Some(uid), Some(gid)) = (args.uid, args.gid) {
+        return Ok(UserIds { uid, gid });
+    }
+    let found = users::lookup_file(Path::new("/etc/passwd"), &cfg.user).map_err(|source| {
+        CliError::ReadPasswd {
+            user: cfg.user.clone(),
+            source,
+        }
+    })?;
+    let ids = found.ok_or_else(|| CliError::UnknownUser {
+        user: cfg.user.clone(),
+    })?;
+    Ok(UserIds {
+        uid: args.uid.unwrap_or(ids.uid),
+        gid: args.gid.unwrap_or(ids.gid),
+    })
+}
+
+/// Plan options from the command line's directories and user.
+pub fn plan_options(
+    cfg: &ValidConfig,
+    dirs: &DirArgs,
+    user: &UserArgs,
+) -> Result<PlanOptions, CliError> {
+    let ids = user_ids(cfg, user)?;
+    Ok(PlanOptions {
+        dirs: Dirs {
+            run_dir: dirs.run_dir.clone(),
+            vm_switch_dir: dirs.vm_switch_dir.clone(),
+            state_dir: dirs.state_dir.clone(),
+        },
+        uid: ids.uid,
+        gid: ids.gid,
+        wayland_socket: user.wayland_socket.clone(),
+    })
 }

@@ -1,0 +1,172 @@
+//! Checks made before anything is created: the guest's files exist, the programs exist, and
+//! every passed-through PCI device's IOMMU group is fully owned by vfio-pci.
+
+use std::path::{Path, PathBuf};
+
+use vmsilo_config::Vm;
+use vmsilo_config::pci::PciAddress;
+
+/// The files a VM boots from and uses: (configuration field, path).
+pub fn guest_files(vm: &Vm) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(k) = &vm.kernel {
+        out.push(("kernel".to_owned(), k.clone()));
+    }
+    if let Some(i) = &vm.initramfs {
+        out.push(("initramfs".to_owned(), i.clone()));
+    }
+    if let Some(r) = &vm.root_disk {
+        out.push(("rootDisk".to_owned(), r.path.clone()));
+    }
+    for (n, d) in vm.additional_disks.iter().enumerate() {
+        out.push((format!("additionalDisks[{n}]"), d.path.clone()));
+    }
+    for (n, d) in vm.shared_directories.iter().enumerate() {
+        out.push((format!("sharedDirectories[{n}]"), d.path.clone()));
+    }
+    out
+}
+
+/// The first missing guest file, as a message.
+pub fn check_guest_files(vm: &Vm) -> Result<(), String> {
+    for (field, path) in guest_files(vm) {
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(format!(
+                "{field} {path} cannot be used: {e}: build or install the guest image, or fix \
+                 `{field}` in the configuration"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Finds a program as `execvp` would: a name with `/` as is, else in `$PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// The Debian package or crate that provides a program, for messages.
+pub fn provider(program: &str) -> &'static str {
+    match program {
+        "qemu-system-x86_64" => "install QEMU (Debian: qemu-system-x86)",
+        "qemu-img" => "install qemu-img (Debian: qemu-utils)",
+        "crosvm" => "install crosvm",
+        "virtiofsd" => "install virtiofsd (cargo install virtiofsd)",
+        "vhost-device-vsock" => "install vhost-device-vsock (cargo install vhost-device-vsock)",
+        "vhost-device-sound" => "install vhost-device-sound (cargo install vhost-device-sound)",
+        _ => "install it or fix PATH",
+    }
+}
+
+/// Drivers a device in a passed-through IOMMU group may have: vfio-pci owns it, pci-stub
+/// parks it, or (for PCI bridges only) the kernel's port driver. A device without a driver is
+/// fine too; the kernel's own viability rule is the same.
+fn viable(driver: Option<&str>, class: u32) -> bool {
+    match driver {
+        None | Some("vfio-pci") | Some("pci-stub") => true,
+        Some("pcieport") => class >> 8 == 0x0604,
+        Some(_) => false,
+    }
+}
+
+fn read_class(dev: &Path) -> u32 {
+    std::fs::read_to_string(dev.join("class"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
+
+fn driver_of(dev: &Path) -> Option<String> {
+    std::fs::read_link(dev.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// Checks one device's IOMMU group under the sysfs root `sys` (`/sys`).
+pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
+    let dev = sys.join("bus/pci/devices").join(addr.to_string());
+    if std::fs::symlink_metadata(&dev).is_err() {
+        return Err(format!(
+            "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
+             `isolatedPciDevices`",
+            dev.display()
+        ));
+    }
+    let group_link = dev.join("iommu_group");
+    let Ok(group) = std::fs::read_link(&group_link) else {
+        return Err(format!(
+            "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU \
+             (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the \
+             firmware)",
+            group_link.display()
+        ));
+    };
+    let group_name = group
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let members_dir = sys
+        .join("kernel/iommu_groups")
+        .join(&group_name)
+        .join("devices");
+    let mut members: Vec<String> = std::fs::read_dir(&members_dir)
+        .map_err(|e| {
+            format!(
+                "PCI device {addr}: cannot list its IOMMU group {group_name} ({}): {e}",
+                members_dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    members.sort();
+    let mut described = Vec::new();
+    let mut bad = false;
+    for m in &members {
+        let mdev = sys.join("bus/pci/devices").join(m);
+        let driver = driver_of(&mdev);
+        if !viable(driver.as_deref(), read_class(&mdev)) {
+            bad = true;
+        }
+        described.push(format!(
+            "{m} ({})",
+            driver.as_deref().unwrap_or("no driver")
+        ));
+    }
+    if bad {
+        return Err(format!(
+            "PCI device {addr}: IOMMU group {group_name} is not fully bound to vfio-pci; its \
+             devices: {}. Every device of the group must be passed through together: add them \
+             all to `isolatedPciDevices` (vfio-pci claims them at boot) and reboot, or unbind \
+             them from their drivers",
+            described.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_bridges_may_keep_pcieport_but_other_drivers_may_not() {
+        assert!(viable(Some("vfio-pci"), 0x020000));
+        assert!(viable(None, 0x020000));
+        assert!(viable(Some("pcieport"), 0x060400));
+        assert!(!viable(Some("pcieport"), 0x020000));
+        assert!(!viable(Some("e1000e"), 0x020000));
+    }
+}

@@ -1,0 +1,168 @@
+//! The processes the runtime starts (backends, the VMM): spawning, waiting for their sockets,
+//! stopping them.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::signals::Signals;
+
+/// A started process.
+#[derive(Debug)]
+pub struct Proc {
+    /// What it is, for messages (`virtiofsd`, `QEMU`).
+    pub name: String,
+    /// The child.
+    pub child: Child,
+    /// Its exit status once reaped.
+    pub status: Option<ExitStatus>,
+}
+
+/// Who a process runs as.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity {
+    /// The runtime's own (root).
+    Inherit,
+    /// Another user (supplementary groups are dropped).
+    User {
+        /// uid.
+        uid: u32,
+        /// gid.
+        gid: u32,
+    },
+}
+
+/// Starts `argv` in its own process group with stdin from /dev/null and the runtime's
+/// stdout/stderr (the journal under systemd); it gets SIGTERM if the runtime dies.
+pub fn spawn(
+    name: &str,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    who: Identity,
+) -> Result<Proc, String> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| format!("{name}: empty command line"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .process_group(0);
+    if let Identity::User { uid, gid } = who {
+        cmd.uid(uid).gid(gid);
+    }
+    crate::sys::term_on_parent_death(&mut cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        status: None,
+    })
+}
+
+/// Describes an exit status for messages.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("status {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("signal {}", sig.as_str()),
+            Err(_) => format!("signal {s}"),
+        },
+        _ => "an unknown status".to_owned(),
+    }
+}
+
+impl Proc {
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reaps the process if it has exited; returns its status.
+    pub fn poll(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && let Ok(Some(s)) = self.child.try_wait()
+        {
+            self.status = Some(s);
+        }
+        self.status
+    }
+
+    /// Sends a signal (ignored once reaped).
+    pub fn signal(&mut self, sig: Signal) {
+        if self.poll().is_none()
+            && let Ok(pid) = i32::try_from(self.child.id())
+        {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL; reaps it.
+    pub fn stop(&mut self, grace: Duration) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(s) = self.poll() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal(Signal::SIGKILL);
+        match self.child.wait() {
+            Ok(s) => {
+                self.status = Some(s);
+                s
+            }
+            Err(_) => ExitStatus::from_raw(libc_sigkill_status()),
+        }
+    }
+}
+
+fn libc_sigkill_status() -> i32 {
+    Signal::SIGKILL as i32
+}
+
+/// Why waiting for a socket failed.
+#[derive(Debug)]
+pub enum WaitError {
+    /// The process exited first.
+    Exited(ExitStatus),
+    /// It did not appear in time.
+    Timeout,
+    /// A stop signal arrived.
+    Interrupted,
+}
+
+/// Waits until `path` exists, while `proc` (if any) keeps running.
+pub fn wait_for_path(
+    path: &Path,
+    mut proc: Option<&mut Proc>,
+    timeout: Duration,
+    signals: &Signals,
+) -> Result<(), WaitError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(p) = proc.as_deref_mut()
+            && let Some(s) = p.poll()
+        {
+            return Err(WaitError::Exited(s));
+        }
+        if signals.stop_requested() {
+            return Err(WaitError::Interrupted);
+        }
+        if Instant::now() >= deadline {
+            return Err(WaitError::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
