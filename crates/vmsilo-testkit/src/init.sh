@@ -5,7 +5,8 @@
 # /etc/vmsilo/modules (in modules.dep order), applies the vmsilo.* kernel parameters, starts the
 # guest agent when the image has one, sources /etc/vmsilo/init.d/*.sh, prints VMSILO-READY (or
 # VMSILO-INIT-FAILED after a setup error) and then keeps an interactive shell on the console
-# for the test harness. The harness powers the guest off with `poweroff -f`.
+# for the test harness. The harness powers the guest off with `poweroff -f`; the ACPI power
+# button does the same when the image has the modules `button` and `evdev`.
 #
 # Kernel parameters (all optional, repeatable where it makes sense):
 #   vmsilo.ifname=<name>,<mac>              rename the interface with that MAC to <name>
@@ -125,6 +126,16 @@ case " $cmdline " in
 	fi
 	;;
 esac
+
+# The ACPI power button (QMP system_powerdown, crosvm "Powerbtn") powers the guest off, as on
+# a real system: busybox acpid runs /etc/acpi/PWRF/00000080. Needs the modules `button` and
+# `evdev` in the image (ImageSpec::module); without them the button does nothing.
+if [ -d /sys/module/button ] && ls /dev/input/event* >/dev/null 2>&1; then
+	mkdir -p /etc/acpi/PWRF
+	printf '#!/bin/sh\nsync\npoweroff -f\n' >/etc/acpi/PWRF/00000080
+	chmod 755 /etc/acpi/PWRF/00000080
+	acpid -l /run/acpid.log || fail "acpid did not start"
+fi
 
 for f in /etc/vmsilo/init.d/*.sh; do
 	[ -f "$f" ] || continue
