@@ -1013,14 +1013,15 @@ impl Runtime {
             remove_file_quiet(&f);
         }
         for b in &self.o.plan.backends {
-            // vhost-device-vsock leaves `<socket>_<port>` listeners; remove what the
-            // backends may have left.
+            // What the backends may have left: their socket, and virtiofsd's lock file
+            // `<socket>.pid`.
             let s = Path::new(&b.socket);
             if s.symlink_metadata()
                 .is_ok_and(|m| m.file_type().is_socket())
             {
                 remove_file_quiet(s);
             }
+            remove_file_quiet(&PathBuf::from(format!("{}.pid", b.socket)));
         }
     }
 }

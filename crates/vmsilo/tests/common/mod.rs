@@ -1,0 +1,257 @@
+//! Helpers shared by the vmsilo integration tests: the binary under its multi-call names, a
+//! terminal (PTY) a test can type into and read, and waiting for files and processes.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, poll};
+
+/// The vmsilo binary.
+pub fn vmsilo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmsilo"))
+}
+
+/// A symlink `dir/<name>` to the vmsilo binary (a multi-call entry point).
+pub fn multi_call(dir: &Path, name: &str) -> PathBuf {
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(vmsilo_bin(), &link).expect("symlink");
+    link
+}
+
+/// `vmsilo` with a clean environment for vmsilo's variables.
+pub fn vmsilo() -> Command {
+    command(&vmsilo_bin())
+}
+
+/// A command for `program` without the vmsilo environment variables of the caller.
+pub fn command(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    for v in [
+        "VMSILO_CONFIG",
+        "VMSILO_RUN_DIR",
+        "VMSILO_SYSFS_ROOT",
+        "VMSILO_BIN",
+        "VMSILO_VM_SWITCH_BIN",
+        "VMSILO_BALLOOND_BIN",
+        "NOTIFY_SOCKET",
+        "VMSILO_SYSTEMCTL",
+        "VMSILO_SYSTEMD_DIR",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// A fresh directory under /tmp (short: socket paths), removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = PathBuf::from(format!(
+            "/tmp/vmsilo-t-{}-{}-{label}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn str(&self) -> &str {
+        self.0.to_str().expect("utf-8")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("VMSILO_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Files in a directory, sorted (empty if it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Kills the child when dropped.
+pub struct Guard(pub Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Guard {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+
+    /// Waits for the exit status, at most `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child().try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A pseudo-terminal whose slave is handed to a child; the test reads and types on the master.
+pub struct Term {
+    pub master: File,
+    pub slave: File,
+    pub seen: String,
+}
+
+impl Term {
+    pub fn new() -> Term {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let flags =
+            OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL).expect("getfl"));
+        fcntl(
+            pty.master.as_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
+        )
+        .expect("setfl");
+        Term {
+            master: File::from(pty.master),
+            slave: File::from(pty.slave),
+            seen: String::new(),
+        }
+    }
+
+    /// Stdio for a child attached to the slave.
+    pub fn stdio(&self) -> Stdio {
+        Stdio::from(self.slave.try_clone().expect("clone slave"))
+    }
+
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("type");
+    }
+
+    /// Reads what is available (waits up to `wait`).
+    pub fn pump(&mut self, wait: Duration) -> bool {
+        let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let _ = poll(&mut fds, ms);
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            match self.master.read(&mut buf) {
+                Ok(0) => return any,
+                Ok(n) => {
+                    any = true;
+                    self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return any,
+                Err(_) => return any,
+            }
+        }
+    }
+
+    /// Reads until `pattern` appears after byte `from`; returns the position after it.
+    pub fn wait_for(&mut self, from: usize, pattern: &str, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.seen.get(from..).and_then(|s| s.find(pattern)) {
+                return from + i + pattern.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {pattern:?} on the terminal; it shows:\n{}",
+                self.tail()
+            );
+            self.pump(Duration::from_millis(200));
+        }
+    }
+
+    pub fn tail(&self) -> String {
+        let start = self.seen.len().saturating_sub(3000);
+        let mut i = start;
+        while !self.seen.is_char_boundary(i) {
+            i += 1;
+        }
+        self.seen[i..].to_owned()
+    }
+
+    /// Runs a shell command in the guest console shell and returns its output (markers keep
+    /// the echoed command line apart from the output).
+    pub fn run(&mut self, n: u32, cmd: &str, timeout: Duration) -> String {
+        let start = self.seen.len();
+        self.type_bytes(format!("echo __B''EGIN{n}__; {cmd}; echo __E''ND{n}__\r").as_bytes());
+        let begin = self.wait_for(start, &format!("__BEGIN{n}__"), timeout);
+        let end = self.wait_for(begin, &format!("__END{n}__"), timeout);
+        self.seen[begin..end - format!("__END{n}__").len()]
+            .replace('\r', "")
+            .trim()
+            .to_owned()
+    }
+
+    /// Types `cmd` every few seconds until `expect` shows (the guest may still be booting).
+    pub fn run_until(&mut self, cmd: &str, expect: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let start = self.seen.len();
+        loop {
+            self.type_bytes(format!("{cmd}\r").as_bytes());
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                if self.seen[start..].contains(expect) {
+                    return;
+                }
+                self.pump(Duration::from_millis(200));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guest never answered {cmd:?} with {expect:?}; the terminal shows:\n{}",
+                self.tail()
+            );
+        }
+    }
+}
+
+/// Waits until `path` exists.
+pub fn wait_path(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
