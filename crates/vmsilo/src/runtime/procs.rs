@@ -56,7 +56,7 @@ pub fn spawn(
     if let Identity::User { uid, gid } = who {
         cmd.uid(uid).gid(gid);
     }
-    crate::sys::term_on_parent_death(&mut cmd);
+    crate::sys::prepare_child(&mut cmd);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;

@@ -1,0 +1,570 @@
+//! The runtime's failures, `vmsilo status`, and `vm-start`/`vm-stop`, from the real binary
+//! without booting a guest:
+//!
+//! - each way `vmsilo vm-service` can fail to start says what failed, on what, and what to do,
+//!   exits 1, and leaves the run directory as it found it: a missing kernel, a PCI device whose
+//!   IOMMU group is not fully bound to vfio-pci (a fake sysfs tree), a socket still in use, a
+//!   non-socket where a socket goes, an unwritable run directory, a VM already running, a VMM
+//!   that exits at once (a stand-in QEMU; the real vhost-device-vsock and qemu-img run);
+//! - `vmsilo status` for running, stopped and failed VMs, as a table (with colours on a
+//!   terminal) and as JSON, with the balloon size from vmsilo-balloond's status socket;
+//! - `vm-start`/`vm-stop` without systemd, for an unknown VM, a missing unit, and the
+//!   systemctl command line.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Scratch, Term, entries, multi_call, vmsilo};
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A directory with executable scripts standing in for programs.
+fn fake_bin(dir: &Path, programs: &[(&str, &str)]) -> PathBuf {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for (name, script) in programs {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    bin
+}
+
+struct Vm {
+    dir: Scratch,
+    cfg: PathBuf,
+}
+
+impl Vm {
+    /// A QEMU VM (or crosvm with `crosvm = true`) whose files exist.
+    fn new(label: &str, extra_global: &str, extra_vm: &str) -> Vm {
+        let dir = Scratch::new(label);
+        let d = dir.str().to_owned();
+        for f in ["vmlinuz", "initrd", "root.img"] {
+            std::fs::write(format!("{d}/{f}"), "x").expect("file");
+        }
+        let cfg = dir.path().join("vmsilo.toml");
+        let vmm = if extra_vm.contains("vmm =") {
+            ""
+        } else {
+            "vmm = \"qemu\""
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+enable = true
+user = "root"
+qemu.accel = "tcg"
+{extra_global}
+[[nixosVms]]
+name = "t"
+memory = 256
+cpus = 1
+gpu = false
+sound = false
+sharedHome = false
+{vmm}
+kernel = "{d}/vmlinuz"
+initramfs = "{d}/initrd"
+rootDisk = "{d}/root.img"
+{extra_vm}
+"#
+            ),
+        )
+        .expect("config");
+        std::fs::create_dir_all(dir.path().join("run")).expect("run");
+        Vm { dir, cfg }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn service(&self, path: &str) -> Command {
+        let d = self.dir.str();
+        let mut c = vmsilo();
+        c.args([
+            "--config",
+            self.cfg.to_str().expect("utf-8"),
+            "vm-service",
+            "t",
+        ])
+        .args(["--run-dir", &format!("{d}/run")])
+        .args(["--vm-switch-dir", &format!("{d}/vs")])
+        .args(["--state-dir", &format!("{d}/state")])
+        .args(["--uid", "0", "--gid", "0", "--socket-timeout", "5s"])
+        .env("PATH", path);
+        c
+    }
+
+    /// Runs vm-service; asserts exit 1, a message containing every `expect`, and a run
+    /// directory left as `before`.
+    fn fails(&self, path: &str, expect: &[&str], before: &[String]) -> String {
+        let o = self.service(path).output().expect("vm-service");
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        for e in expect {
+            assert!(err.contains(e), "{e:?} not in:\n{err}");
+        }
+        assert_eq!(entries(&self.run_dir()), before, "run dir after: {err}");
+        assert!(!self.dir.path().join("state/overlays/t.qcow2").exists());
+        err
+    }
+}
+
+fn system_path() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    format!(
+        "{}:{home}/.cargo/bin",
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn test_missing_kernel_is_named_and_nothing_is_created() {
+    let vm = Vm::new("kernel", "", "");
+    std::fs::remove_file(vm.dir.path().join("vmlinuz")).expect("rm");
+    std::fs::remove_dir(vm.run_dir()).expect("rmdir");
+    let err = vm.fails(
+        &system_path(),
+        &[
+            "VM \"t\": kernel",
+            "vmlinuz cannot be used: No such file or directory",
+            "fix `kernel` in the configuration",
+        ],
+        &[],
+    );
+    assert!(!vm.run_dir().exists(), "{err}");
+}
+
+/// A fake sysfs with PCI devices in IOMMU group 7: (address, driver, class).
+fn fake_sysfs(root: &Path, members: &[(&str, Option<&str>, &str)], with_group: bool) {
+    for (addr, driver, class) in members {
+        let dev = root.join("sys/devices/pci0000:00").join(addr);
+        std::fs::create_dir_all(&dev).expect("mkdir");
+        std::fs::write(dev.join("class"), format!("{class}\n")).expect("class");
+        let link = root.join("sys/bus/pci/devices").join(addr);
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&dev, &link).expect("link");
+        if let Some(d) = driver {
+            let drv = root.join("sys/bus/pci/drivers").join(d);
+            std::fs::create_dir_all(&drv).expect("mkdir");
+            std::os::unix::fs::symlink(&drv, dev.join("driver")).expect("driver link");
+        }
+        if with_group {
+            let group = root.join("sys/kernel/iommu_groups/7/devices");
+            std::fs::create_dir_all(&group).expect("mkdir");
+            std::os::unix::fs::symlink(&dev, group.join(addr)).expect("member");
+            std::os::unix::fs::symlink(
+                root.join("sys/kernel/iommu_groups/7"),
+                dev.join("iommu_group"),
+            )
+            .expect("group link");
+        }
+    }
+}
+
+fn pci_vm(label: &str) -> Vm {
+    Vm::new(
+        label,
+        "isolatedPciDevices = [\"01:00.0\"]",
+        "vmm = \"crosvm\"\npciDevices = [{ path = \"01:00.0\" }]",
+    )
+}
+
+#[test]
+fn test_iommu_group_not_fully_bound_names_the_device_and_its_members() {
+    let vm = pci_vm("iommu");
+    let sys = vm.dir.path().join("fake");
+    fake_sysfs(
+        &sys,
+        &[
+            ("0000:01:00.0", Some("vfio-pci"), "0x030000"),
+            ("0000:01:00.1", Some("snd_hda_intel"), "0x040300"),
+            ("0000:00:01.0", Some("pcieport"), "0x060400"),
+        ],
+        true,
+    );
+    let sysfs = sys.join("sys");
+    let mut c = vm.service(&system_path());
+    c.arg("--sysfs-root").arg(&sysfs);
+    let o = c.output().expect("vm-service");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for e in [
+        "PCI device 0000:01:00.0: IOMMU group 7 is not fully bound to vfio-pci",
+        "0000:00:01.0 (pcieport), 0000:01:00.0 (vfio-pci), 0000:01:00.1 (snd_hda_intel)",
+        "isolatedPciDevices",
+    ] {
+        assert!(err.contains(e), "{e:?} not in:\n{err}");
+    }
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new());
+
+    // Bound: the check passes and the start stops at the next step (no crosvm here).
+    std::fs::remove_file(sys.join("sys/devices/pci0000:00/0000:01:00.1/driver")).expect("unbind");
+    let mut c = vm.service("/nonexistent");
+    c.arg("--sysfs-root").arg(&sysfs);
+    let (_, err) = text(&c.output().expect("vm-service"));
+    assert!(err.contains("crosvm is not installed"), "{err}");
+}
+
+#[test]
+fn test_pci_device_without_iommu_group_asks_for_the_iommu() {
+    let vm = pci_vm("noiommu");
+    let sys = vm.dir.path().join("fake");
+    fake_sysfs(
+        &sys,
+        &[("0000:01:00.0", Some("vfio-pci"), "0x030000")],
+        false,
+    );
+    let mut c = vm.service(&system_path());
+    c.arg("--sysfs-root").arg(sys.join("sys"));
+    let (_, err) = text(&c.output().expect("vm-service"));
+    assert!(
+        err.contains("PCI device 0000:01:00.0 has no IOMMU group"),
+        "{err}"
+    );
+    assert!(err.contains("intel_iommu=on"), "{err}");
+}
+
+#[test]
+fn test_socket_in_use_stops_the_start_and_stays() {
+    let vm = Vm::new("inuse", "", "");
+    let qmp = vm.run_dir().join("t-qmp.socket");
+    let _listener = UnixListener::bind(&qmp).expect("listen");
+    vm.fails(
+        &system_path(),
+        &[&format!(
+            "socket {} is in use by a running process",
+            qmp.display()
+        )],
+        &["t-qmp.socket".to_owned()],
+    );
+}
+
+#[test]
+fn test_non_socket_in_a_socket_path_is_not_removed() {
+    let vm = Vm::new("notsock", "", "");
+    let path = vm.run_dir().join("t-console.socket");
+    std::fs::write(&path, "precious").expect("file");
+    vm.fails(
+        &system_path(),
+        &["exists and is not a socket: refusing to remove it"],
+        &["t-console.socket".to_owned()],
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+}
+
+#[test]
+fn test_unwritable_run_dir_is_reported() {
+    let vm = Vm::new("rodir", "", "");
+    // Programs that are never run: the start fails before.
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[
+            ("qemu-system-x86_64", "exit 1"),
+            ("vhost-device-vsock", "exit 1"),
+            ("qemu-img", "exit 1"),
+        ],
+    );
+    let path = bin.to_str().expect("utf-8");
+    let mut c = vm.service(path);
+    if nix::unistd::geteuid().is_root() {
+        // root writes anywhere: run as nobody, for whom the root-owned run dir is read-only.
+        use std::os::unix::process::CommandExt;
+        c.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(vm.run_dir(), std::fs::Permissions::from_mode(0o555))
+            .expect("chmod");
+    }
+    let o = c.output().expect("vm-service");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the run directory {} is not writable",
+            vm.run_dir().display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new());
+}
+
+#[test]
+fn test_vm_already_running_is_refused() {
+    let vm = Vm::new("twice", "", "");
+    let lock = std::fs::File::create(vm.run_dir().join("t.lock")).expect("lock file");
+    let _held =
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).expect("flock");
+    vm.fails(
+        &system_path(),
+        &["VM \"t\": is already running", "vm-stop t"],
+        &["t.lock".to_owned()],
+    );
+}
+
+#[test]
+fn test_vmm_that_exits_at_once_is_reported_and_everything_is_undone() {
+    let vm = Vm::new("vmmfail", "", "");
+    // A stale socket from an earlier crash is removed first; the real qemu-img and
+    // vhost-device-vsock run; the stand-in QEMU fails.
+    drop(UnixListener::bind(vm.run_dir().join("t-qmp.socket")).expect("stale"));
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[(
+            "qemu-system-x86_64",
+            "echo 'qemu-system-x86_64: -accel tcg: boom' >&2; exit 1",
+        )],
+    );
+    let path = format!("{}:{}", bin.display(), system_path());
+    let err = vm.fails(
+        &path,
+        &[
+            "removed stale socket",
+            "qemu-system-x86_64: -accel tcg: boom",
+            "VM \"t\": QEMU exited with status 1 before the VM was up",
+        ],
+        &[],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// vmsilo status
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/vmsilo.toml")
+}
+
+fn write_state(run: &Path, vm: &str, pid: u32, started_ago: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let state = serde_json::json!({
+        "version": 1, "vm": vm, "state": "running", "pid": pid, "vmmPid": 4242,
+        "vmm": "crosvm", "startedAt": now - started_ago, "debug": false,
+        "console": format!("{}/{vm}-console", run.display()),
+    });
+    std::fs::write(run.join(format!("{vm}.state")), state.to_string()).expect("state");
+}
+
+/// A stand-in for vmsilo-balloond's status socket: serves one document per connection.
+fn balloond_status(path: &Path, doc: &'static str) -> std::thread::JoinHandle<()> {
+    let l = UnixListener::bind(path).expect("bind");
+    std::thread::spawn(move || {
+        for s in l.incoming().take(2) {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(doc.as_bytes());
+        }
+    })
+}
+
+const BALLOOND_DOC: &str = r#"{"version":1,"daemon":{"pid":1},"host":null,"vms":[{"name":"banking","vmm":"crosvm","socket":"/run/vmsilo/banking-control.socket","generation":1,"state":"ok","balloon_actual":536870912,"ram_size":4294967296}]}
+"#;
+
+#[test]
+fn test_status_shows_running_stopped_and_failed_vms() {
+    let dir = Scratch::new("status");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).expect("run");
+    write_state(&run, "banking", std::process::id(), 3725);
+    let _cmd_socket = UnixListener::bind(run.join("banking-command.socket")).expect("socket");
+    let mut dead = Command::new("true").spawn().expect("true");
+    let dead_pid = dead.id();
+    dead.wait().expect("wait");
+    write_state(&run, "personal", dead_pid, 10);
+    let server = balloond_status(&run.join("balloond.status"), BALLOOND_DOC);
+
+    let status = |json: bool| {
+        let mut c = vmsilo();
+        c.args(["--config", example().to_str().expect("utf-8"), "status"])
+            .arg("--run-dir")
+            .arg(&run)
+            .env("VMSILO_SYSTEMD_DIR", "/nonexistent");
+        if json {
+            c.arg("--json");
+        }
+        c.output().expect("status")
+    };
+    let o = status(false);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let cols = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        cols(lines[0]),
+        [
+            "VM", "STATE", "UPTIME", "MEMORY", "BALLOON", "PID", "COMMAND", "SOCKET"
+        ]
+    );
+    let sock = run.join("banking-command.socket").display().to_string();
+    assert_eq!(
+        cols(lines[1]),
+        [
+            "banking", "running", "1h02m", "4096", "MiB", "512", "MiB", "4242", &sock
+        ]
+    );
+    assert_eq!(
+        cols(lines[2]),
+        ["shopping", "stopped", "-", "2048", "MiB", "-", "-", "-"]
+    );
+    assert_eq!(
+        cols(lines[3]),
+        ["personal", "failed", "-", "4096", "MiB", "-", "-", "-"]
+    );
+    assert!(
+        !out.contains('\x1b'),
+        "no colours when stdout is not a terminal"
+    );
+
+    let o = status(true);
+    let (out, _) = text(&o);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vms"][0]["state"], "running");
+    assert_eq!(v["vms"][0]["pid"], std::process::id());
+    assert_eq!(v["vms"][0]["balloonBytes"], 536870912u64);
+    assert_eq!(v["vms"][0]["color"], "#2ecc71");
+    assert_eq!(v["vms"][1]["state"], "stopped");
+    assert_eq!(v["vms"][2]["state"], "failed");
+    server.join().expect("server");
+}
+
+#[test]
+fn test_status_on_a_terminal_colours_vm_names() {
+    let dir = Scratch::new("colour");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).expect("run");
+    let mut term = Term::new();
+    let mut child = vmsilo()
+        .args([
+            "--config",
+            example().to_str().expect("utf-8"),
+            "status",
+            "banking",
+        ])
+        .arg("--run-dir")
+        .arg(&run)
+        .env("VMSILO_SYSTEMD_DIR", "/nonexistent")
+        .env_remove("NO_COLOR")
+        .stdout(term.stdio())
+        .spawn()
+        .expect("status");
+    let code = child.wait().expect("wait");
+    assert!(code.success());
+    term.pump(Duration::from_millis(500));
+    assert!(
+        term.seen.contains("\x1b[38;2;46;204;113mbanking\x1b[0m"),
+        "{:?}",
+        term.seen
+    );
+    assert!(term.seen.contains("stopped"), "{:?}", term.seen);
+}
+
+// ---------------------------------------------------------------------------------------------
+// vm-start / vm-stop
+
+fn start_stop(dir: &Scratch, name: &str, vm: &str, envs: &[(&str, &str)]) -> Output {
+    let program = multi_call(dir.path(), name);
+    let mut c = common::command(&program);
+    c.args(["--config", example().to_str().expect("utf-8"), vm]);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run")
+}
+
+#[test]
+fn test_vm_start_without_systemd_says_so_and_suggests_vm_start_debug() {
+    let dir = Scratch::new("nosystemd");
+    for name in ["vm-start", "vm-stop"] {
+        let o = start_stop(
+            &dir,
+            name,
+            "banking",
+            &[("VMSILO_SYSTEMD_DIR", "/nonexistent")],
+        );
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("systemd is not running on this machine"),
+            "{err}"
+        );
+        assert!(err.contains("vm-start-debug banking"), "{err}");
+    }
+    let o = start_stop(
+        &dir,
+        "vm-start",
+        "bankign",
+        &[("VMSILO_SYSTEMD_DIR", "/nonexistent")],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean \"banking\""), "{err}");
+}
+
+#[test]
+fn test_vm_start_and_stop_run_systemctl_and_explain_a_missing_unit() {
+    let dir = Scratch::new("systemctl");
+    let log = dir.path().join("systemctl.log");
+    let bin = fake_bin(
+        dir.path(),
+        &[
+            ("systemctl-ok", &format!("echo \"$@\" >>{}", log.display())),
+            (
+                // What systemd 252's systemctl prints for a unit it does not know.
+                "systemctl-missing",
+                "echo \"Failed to $1 $2: Unit $2 not found.\" >&2; exit 5",
+            ),
+        ],
+    );
+    let systemd_dir = dir.path().to_str().expect("utf-8");
+    let ok = bin.join("systemctl-ok");
+    for name in ["vm-start", "vm-stop"] {
+        let o = start_stop(
+            &dir,
+            name,
+            "shopping",
+            &[
+                ("VMSILO_SYSTEMD_DIR", systemd_dir),
+                ("VMSILO_SYSTEMCTL", ok.to_str().expect("utf-8")),
+            ],
+        );
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "start vmsilo-shopping-vm.service\nstop vmsilo-shopping-vm.service\n"
+    );
+    let missing = bin.join("systemctl-missing");
+    let o = start_stop(
+        &dir,
+        "vm-start",
+        "shopping",
+        &[
+            ("VMSILO_SYSTEMD_DIR", systemd_dir),
+            ("VMSILO_SYSTEMCTL", missing.to_str().expect("utf-8")),
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("systemd has no unit vmsilo-shopping-vm.service"),
+        "{err}"
+    );
+    assert!(err.contains("vmsilo units --out DIR"), "{err}");
+}
