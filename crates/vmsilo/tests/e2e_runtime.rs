@@ -324,3 +324,54 @@ fn test_e2e_shared_home_under_qemu_and_virtiofsd() {
     assert!(home.join("from-guest").exists(), "the shared home persists");
     assert_eq!(entries(Path::new(&run)), Vec::<String>::new(), "run dir");
 }
+
+#[test]
+#[ignore = "e2e: boots QEMU guests"]
+fn test_e2e_vm_start_debug_runs_on_the_terminal_and_ctrl_bracket_powers_off() {
+    let image = image();
+    let dir = Scratch::new("debug");
+    let cfg = config(&dir, &image, "sharedHome = false");
+    let d = dir.str().to_owned();
+    let mut term = Term::new();
+    let program = multi_call(dir.path(), "vm-start-debug");
+    let mut debug = Guard(Some(
+        common::command(&program)
+            .args(["--config", cfg.to_str().expect("utf-8"), "e2e"])
+            .args(["--run-dir", &format!("{d}/run")])
+            .args(["--state-dir", &format!("{d}/state")])
+            .args(["--uid", "0", "--gid", "0"])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    std::env::var("PATH").unwrap_or_default(),
+                    home_cargo_bin()
+                ),
+            )
+            .stdin(term.stdio())
+            .stdout(term.stdio())
+            .stderr(term.stdio())
+            .spawn()
+            .expect("vm-start-debug"),
+    ));
+    term.wait_for(0, "CTRL+] powers it off", Duration::from_secs(60));
+    // The guest's boot messages are on the terminal.
+    term.wait_for(0, "VMSILO-READY", BOOT);
+    term.run_until("echo VM$((6*7))OK", "VM42OK", BOOT);
+    let st = status_json(&cfg, &format!("{d}/run"));
+    assert_eq!(st["vms"][0]["state"], "running", "{st}");
+    assert_eq!(st["vms"][0]["debug"], true, "{st}");
+    term.type_bytes(&[0x1d]);
+    let status = debug.wait_timeout(Duration::from_secs(90));
+    term.pump(Duration::from_millis(200));
+    assert_eq!(status.code(), Some(0), "{}", term.tail());
+    assert!(
+        term.seen.contains("power button pressed"),
+        "{}",
+        term.tail()
+    );
+    assert_eq!(
+        entries(Path::new(&format!("{d}/run"))),
+        Vec::<String>::new()
+    );
+}
