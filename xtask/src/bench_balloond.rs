@@ -195,6 +195,7 @@ fn core_tick_us(params: BalancerParams) -> f64 {
                 balloon_actual: (i as u64) << 24,
                 ram_size: None,
                 stats_age_ms: 0,
+                stats_stamp: None,
             }),
         );
     }

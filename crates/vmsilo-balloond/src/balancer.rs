@@ -70,10 +70,15 @@ pub struct BalancerParams {
     /// Do not let the learning rule lower the guest critical level for this long after a stall
     /// or a spontaneous shrink (0: always learn, as ChromeOS does).
     pub no_learning_after_stall_ms: Millis,
-    /// After a move, wait for guest statistics taken at least this long after it before
-    /// deciding again (QEMU's statistics are polled and may predate the move; deciding on them
-    /// counts the move twice and oscillates). 0 disables the wait.
+    /// After a move, wait for guest statistics taken after it before deciding again: QEMU's
+    /// statistics are polled and may predate the move, and deciding on them counts the move
+    /// twice and oscillates. Statistics with a stamp (QEMU) must have a newer stamp than at the
+    /// move; statistics collected on request (crosvm) must be this long after it. 0 disables
+    /// the wait.
     pub stats_settle_ms: Millis,
+    /// Give up waiting for newer statistics after this long (a guest whose statistics never
+    /// change is decided on what it last reported).
+    pub stats_stale_max_ms: Millis,
 }
 
 impl Default for BalancerParams {
@@ -92,6 +97,7 @@ impl Default for BalancerParams {
             resend_after_ms: 30_000,
             no_learning_after_stall_ms: 30_000,
             stats_settle_ms: 500,
+            stats_stale_max_ms: 60_000,
         }
     }
 }
@@ -118,11 +124,15 @@ impl BalancerParams {
             resend_after_ms: 0,
             no_learning_after_stall_ms: 0,
             stats_settle_ms: 0,
+            stats_stale_max_ms: 0,
         }
     }
 }
 
 /// What the caller got from one VM this tick.
+// One per VM per tick, built and consumed at once: boxing the sample would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum VmInput {
     /// Fresh stats.
@@ -253,8 +263,8 @@ pub struct VmEntry {
     pub last_sample: Option<(Millis, BalloonSample)>,
     /// Last target sent and when.
     pub last_sent: Option<(u64, Millis)>,
-    /// When the last `Adjust` was decided.
-    pub last_move_at: Option<Millis>,
+    /// When the last `Adjust` was decided, and the statistics' stamp then.
+    pub last_move: Option<(Millis, Option<u64>)>,
     /// Last decision.
     pub last_decision: Option<Decision>,
     /// Counters.
@@ -335,7 +345,7 @@ impl Balancer {
                 stall: StallTracker::default(),
                 last_sample: None,
                 last_sent: None,
-                last_move_at: None,
+                last_move: None,
                 last_decision: None,
                 counters: Counters::default(),
                 next_stats_at: 0,
@@ -557,14 +567,22 @@ fn decide(
         && e.stall
             .last_stall_at
             .is_some_and(|at| now.saturating_sub(at) < p.no_learning_after_stall_ms);
-    if p.stats_settle_ms > 0
-        && let Some(moved) = e.last_move_at
-        && now.saturating_sub(s.stats_age_ms) < moved.saturating_add(p.stats_settle_ms)
-    {
+    let stale = match e.last_move {
+        Some((moved, stamp_then)) if p.stats_settle_ms > 0 => {
+            let waited = now.saturating_sub(moved);
+            let old = match (stamp_then, s.stats_stamp) {
+                (Some(then), Some(stamp)) => stamp <= then,
+                _ => now.saturating_sub(s.stats_age_ms) < moved.saturating_add(p.stats_settle_ms),
+            };
+            old && waited < p.stats_stale_max_ms
+        }
+        _ => false,
+    };
+    if stale {
         d.reason = Reason::StatsStale;
         d.detail = format!(
             "waiting for guest statistics newer than the last move ({} ms ago; these are {} ms old)",
-            now.saturating_sub(moved),
+            e.last_move.map_or(0, |(m, _)| now.saturating_sub(m)),
             s.stats_age_ms
         );
         if let StallEvent::Stalled { backoff_target, .. }
@@ -708,7 +726,7 @@ fn finish(p: &BalancerParams, e: &mut VmEntry, d: &mut Decision, now: Millis, ac
             e.stall.on_send(sp, now, actual, target);
         }
         e.last_sent = Some((target, now));
-        e.last_move_at = Some(now);
+        e.last_move = Some((now, e.last_sample.and_then(|(_, s)| s.stats_stamp)));
         e.counters.adjusts += 1;
         e.counters.bytes_moved = e
             .counters
@@ -793,6 +811,7 @@ mod tests {
             balloon_actual: actual,
             ram_size: None,
             stats_age_ms: 0,
+            stats_stamp: None,
         }
     }
 
@@ -1036,18 +1055,45 @@ mod tests {
         b.add_vm("a");
         let h = host(32 * G, 1000 * M);
         let mut s = sample(0, 900 * M, 0, 8 * G);
+        s.stats_stamp = Some(100);
         let r1 = b.tick(0, &h, &one("a", VmInput::Sample(s)));
         assert!(r1.decisions[0].send);
-        // QEMU still returns the statistics it polled before the move.
+        // QEMU still returns the statistics it polled before the move (same stamp).
         s.balloon_actual = r1.decisions[0].target.unwrap();
-        s.stats_age_ms = 1500;
         let r2 = b.tick(1000, &h, &one("a", VmInput::Sample(s)));
         assert_eq!(r2.decisions[0].reason, Reason::StatsStale);
         assert!(!r2.decisions[0].send);
-        // Fresh statistics: decide again.
-        s.stats_age_ms = 300;
+        // New statistics: decide again.
+        s.stats_stamp = Some(101);
         let r3 = b.tick(2000, &h, &one("a", VmInput::Sample(s)));
         assert_ne!(r3.decisions[0].reason, Reason::StatsStale);
+        // Without stamps (crosvm), statistics collected 500 ms after the move are fresh.
+        let mut c = Balancer::new(BalancerParams {
+            stall: None,
+            ..BalancerParams::default()
+        });
+        c.add_vm("c");
+        let mut s = sample(0, 900 * M, 0, 8 * G);
+        assert!(c.tick(0, &h, &one("c", VmInput::Sample(s))).decisions[0].send);
+        s.stats_age_ms = 800;
+        let r = c.tick(1000, &h, &one("c", VmInput::Sample(s)));
+        assert_eq!(r.decisions[0].reason, Reason::StatsStale);
+        s.stats_age_ms = 0;
+        let r = c.tick(2000, &h, &one("c", VmInput::Sample(s)));
+        assert_ne!(r.decisions[0].reason, Reason::StatsStale);
+        // Statistics that never change are used after the maximum wait.
+        let mut b2 = Balancer::new(BalancerParams {
+            stall: None,
+            ..BalancerParams::default()
+        });
+        b2.add_vm("d");
+        let mut s = sample(0, 900 * M, 0, 8 * G);
+        s.stats_stamp = Some(7);
+        assert!(b2.tick(0, &h, &one("d", VmInput::Sample(s))).decisions[0].send);
+        let r = b2.tick(30_000, &h, &one("d", VmInput::Sample(s)));
+        assert_eq!(r.decisions[0].reason, Reason::StatsStale);
+        let r = b2.tick(61_000, &h, &one("d", VmInput::Sample(s)));
+        assert_ne!(r.decisions[0].reason, Reason::StatsStale);
     }
 
     #[test]

@@ -298,6 +298,11 @@ impl Daemon {
 
     /// Rescans the runtime directory and applies the changes.
     fn rescan(&mut self) -> Result<(), DaemonError> {
+        self.rescan_after(&std::collections::BTreeSet::new())
+    }
+
+    /// Rescans; `gone` are file names inotify saw deleted since the last scan.
+    fn rescan_after(&mut self, gone: &BTreeSet<String>) -> Result<(), DaemonError> {
         self.last_rescan = Some(Instant::now());
         let fresh = match discovery::scan(&self.cfg.run_dir) {
             Ok(f) => f,
@@ -308,7 +313,7 @@ impl Daemon {
                 return Ok(());
             }
         };
-        for change in discovery::diff(&self.found, &fresh) {
+        for change in discovery::diff(&self.found, &fresh, gone) {
             match change {
                 Change::Added(name, f) => {
                     info!(
@@ -686,8 +691,8 @@ impl Daemon {
             };
             (ready(0), ready(2), ready(1))
         };
-        if inotify_ready && self.watcher.drain() {
-            self.rescan()?;
+        if inotify_ready && let Some(gone) = self.watcher.drain() {
+            self.rescan_after(&gone)?;
         }
         if wake_ready {
             self.handle_done();

@@ -5,7 +5,7 @@
 //! every tick (a symlinked socket can be replaced without an event in this directory). A socket
 //! whose identity (device, inode) changed is a restarted VM and gets fresh state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -93,13 +93,22 @@ pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Found>> {
     Ok(out)
 }
 
-/// The changes that turn `old` into `new`, in name order.
-pub fn diff(old: &BTreeMap<String, Found>, new: &BTreeMap<String, Found>) -> Vec<Change> {
+/// The changes that turn `old` into `new`, in name order. A VM whose socket file is in `gone`
+/// (deleted or moved away since the last scan) and is present again is a restart even if the
+/// new socket has the same identity.
+pub fn diff(
+    old: &BTreeMap<String, Found>,
+    new: &BTreeMap<String, Found>,
+    gone: &BTreeSet<String>,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     for (name, f) in new {
+        let file = f.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         match old.get(name) {
             None => changes.push(Change::Added(name.clone(), f.clone())),
-            Some(o) if o != f => changes.push(Change::Replaced(name.clone(), f.clone())),
+            Some(o) if o != f || gone.contains(file) => {
+                changes.push(Change::Replaced(name.clone(), f.clone()));
+            }
             Some(_) => {}
         }
     }
@@ -154,28 +163,38 @@ impl Watcher {
         self.inotify.as_fd()
     }
 
-    /// Reads all pending events; returns whether any arrived (then rescan).
-    pub fn drain(&mut self) -> bool {
+    /// Reads all pending events. Returns `None` when there were none, otherwise the names of
+    /// the files deleted or moved away (then rescan: a socket deleted and re-created at once
+    /// may get the same inode number, and is still a restarted VM).
+    pub fn drain(&mut self) -> Option<BTreeSet<String>> {
         let mut any = false;
+        let mut gone = BTreeSet::new();
         loop {
             match self.inotify.read_events() {
-                Ok(events) if events.is_empty() => return any,
+                Ok(events) if events.is_empty() => break,
                 Ok(events) => {
                     any = true;
-                    if events.iter().any(|e| {
-                        e.mask.intersects(
+                    for e in &events {
+                        if e.mask.intersects(
                             AddWatchFlags::IN_IGNORED
                                 | AddWatchFlags::IN_DELETE_SELF
                                 | AddWatchFlags::IN_MOVE_SELF,
-                        )
-                    }) {
-                        self.ok = false;
+                        ) {
+                            self.ok = false;
+                        }
+                        if e.mask
+                            .intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM)
+                            && let Some(name) = e.name.as_ref().and_then(|n| n.to_str())
+                        {
+                            gone.insert(name.to_owned());
+                        }
                     }
                 }
                 Err(Errno::EINTR) => {}
-                Err(_) => return any,
+                Err(_) => break,
             }
         }
+        any.then_some(gone)
     }
 
     /// Re-arms the watch if the directory was removed and has come back. Returns whether the
@@ -242,12 +261,25 @@ mod tests {
             ("d".to_owned(), found(VmmKind::Qemu, 4)),
         ]);
         assert_eq!(
-            diff(&old, &new),
+            diff(&old, &new, &BTreeSet::new()),
             [
                 Change::Replaced("b".into(), found(VmmKind::Crosvm, 9)),
                 Change::Added("d".into(), found(VmmKind::Qemu, 4)),
                 Change::Removed("c".into()),
             ]
         );
+    }
+
+    #[test]
+    fn test_deleted_and_recreated_with_the_same_inode_is_a_restart() {
+        let mut f = found(VmmKind::Qemu, 5);
+        f.path = PathBuf::from("/run/vmsilo/a-qmp.socket");
+        let old = BTreeMap::from([("a".to_owned(), f.clone())]);
+        let gone = BTreeSet::from(["a-qmp.socket".to_owned()]);
+        assert_eq!(
+            diff(&old, &old.clone(), &gone),
+            [Change::Replaced("a".into(), f)]
+        );
+        assert!(diff(&old, &old.clone(), &BTreeSet::new()).is_empty());
     }
 }

@@ -320,7 +320,13 @@ fn qmp_stats(g: &FakeGuest) -> Value {
             "stat-available-memory": v(s.available_memory), "stat-disk-caches": v(s.disk_caches),
             "stat-htlb-pgalloc": v(s.hugetlb_allocations), "stat-htlb-pgfail": v(s.hugetlb_failures)
         },
-        "last-update": if reported { 1_795_886_548u64 } else { 0 }
+        "last-update": if reported {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        } else {
+            0
+        }
     })
 }
 

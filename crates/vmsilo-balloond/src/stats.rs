@@ -49,9 +49,13 @@ pub struct BalloonSample {
     pub balloon_actual: u64,
     /// The VM's RAM size when the VMM tells it (QEMU does; crosvm's control socket does not).
     pub ram_size: Option<u64>,
-    /// How old the statistics are (ms). crosvm collects them on request (0); QEMU returns what
-    /// it last polled from the guest (`last-update`, whole seconds, so this may overstate the
-    /// age by up to a second). The balloon size is always current.
+    /// How old the statistics are (ms), for display. crosvm collects them on request (0); QEMU
+    /// returns what it last polled from the guest (`last-update`, whole seconds). The balloon
+    /// size is always current.
     #[serde(default)]
     pub stats_age_ms: u64,
+    /// An identity of the statistics that changes whenever the guest reports new ones (QEMU's
+    /// `last-update`); `None` when they are collected on request (crosvm).
+    #[serde(default)]
+    pub stats_stamp: Option<u64>,
 }

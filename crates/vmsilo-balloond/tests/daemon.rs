@@ -216,7 +216,11 @@ fn test_stuck_vm_does_not_delay_the_others() {
     let stuck = FakeCrosvm::start(&dir.join("run/stuck-control.socket"), FakeGuest::new()).unwrap();
     stuck.guest().behavior = Behavior::NoReply;
     let ok = FakeCrosvm::start(&dir.join("run/ok-control.socket"), FakeGuest::new()).unwrap();
-    let mut d = Daemon::start(&dir, &[]);
+    // Generous timeouts: the healthy peer must answer in time even on a loaded CI machine.
+    let mut d = Daemon::start(
+        &dir,
+        &["--poll-interval", "300ms", "--request-timeout", "300ms"],
+    );
     let doc = d.wait_status("30 ticks", |doc| doc.daemon.ticks >= 30);
     let vs = vm(&doc, "stuck").unwrap();
     let vo = vm(&doc, "ok").unwrap();
@@ -225,7 +229,7 @@ fn test_stuck_vm_does_not_delay_the_others() {
     assert_eq!(vs.counters.adjusts, 0);
     // The healthy VM got an answer on (nearly) every tick ...
     assert!(
-        vo.counters.stats_ok + 2 >= doc.daemon.ticks,
+        vo.counters.stats_ok * 10 >= doc.daemon.ticks * 9,
         "{vo:?} {:?}",
         doc.daemon
     );

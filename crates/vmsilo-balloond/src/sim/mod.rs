@@ -479,6 +479,7 @@ pub fn stats_of(g: &Guest) -> crate::stats::BalloonSample {
         balloon_actual: b(g.balloon),
         ram_size: None,
         stats_age_ms: 0,
+        stats_stamp: None,
     }
 }
 

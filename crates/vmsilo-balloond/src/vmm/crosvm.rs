@@ -259,6 +259,7 @@ impl VmmClient for CrosvmClient {
                 balloon_actual,
                 ram_size: None,
                 stats_age_ms: 0,
+                stats_stamp: None,
             }),
             other => Err(self.refused("the balloon stats request", other)),
         }

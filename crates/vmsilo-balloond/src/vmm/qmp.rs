@@ -333,6 +333,10 @@ impl VmmClient for QmpClient {
             balloon_actual: ram.saturating_sub(guest_size),
             ram_size: Some(ram),
             stats_age_ms: stats_age_ms(&stats, std::time::SystemTime::now()),
+            stats_stamp: stats
+                .get("last-update")
+                .and_then(Value::as_u64)
+                .filter(|&l| l > 0),
         })
     }
 
