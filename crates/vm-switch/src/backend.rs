@@ -213,11 +213,20 @@ struct Port {
     log_limit: RateLimit,
     exit_requested: bool,
     buffers_requested: bool,
+    relay: Arc<RelaySlot>,
+}
+
+/// Relay sockets delivered by the main process, waited for by the serving thread.
+#[derive(Debug, Default)]
+struct RelaySlot {
+    sockets: Mutex<Vec<(OwnedFd, OwnedFd)>>,
+    ready: std::sync::Condvar,
 }
 
 /// The vhost-user-net backend of one port.
 pub struct NetBackend {
     port: Mutex<Port>,
+    relay: Arc<RelaySlot>,
 }
 
 impl std::fmt::Debug for NetBackend {
@@ -246,6 +255,7 @@ impl NetBackend {
         )?;
         let mut switch = Switch::new();
         switch.upsert(id, &cfg);
+        let relay = Arc::new(RelaySlot::default());
         let mut perturb = [0u8; 8];
         let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut perturb));
         let port = Port {
@@ -278,11 +288,42 @@ impl NetBackend {
             log_limit: RateLimit::new(),
             exit_requested: false,
             buffers_requested: false,
+            relay: relay.clone(),
         };
         port.stats.set(Counter::DqlLimit, port.dql.limit());
         Ok(Arc::new(NetBackend {
             port: Mutex::new(port),
+            relay,
         }))
+    }
+
+    /// Waits (up to `timeout`) for the sockets of the next frontend's relay, and asks the main
+    /// process for the ones after.
+    pub fn take_relay(&self, timeout: std::time::Duration) -> io::Result<(OwnedFd, OwnedFd)> {
+        {
+            let p = self.lock();
+            if let Some(c) = &p.control {
+                control::send(c.as_fd(), &ToMain::GetRelay, &[], false).map_err(ev_err)?;
+            }
+        }
+        let mut slot = self.relay.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + timeout;
+        while slot.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the main process sent no relay sockets",
+                ));
+            }
+            slot = self
+                .relay
+                .ready
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(slot.remove(0))
     }
 
     fn lock(&self) -> MutexGuard<'_, Port> {
@@ -403,6 +444,14 @@ impl Port {
             }
             ToChild::PeerGone { id } => self.remove_peer(id),
             ToChild::BufferReady { peer, role, spec } => self.add_ring(peer, role, spec, fds),
+            ToChild::RelaySockets => {
+                let mut fds = fds.into_iter();
+                if let (Some(l), Some(c)) = (fds.next(), fds.next()) {
+                    let mut slot = self.relay.sockets.lock().unwrap_or_else(|e| e.into_inner());
+                    slot.push((l, c));
+                    self.relay.ready.notify_all();
+                }
+            }
         }
     }
 
@@ -1121,8 +1170,12 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        // No MQ: QEMU then enables the rings only after SET_FEATURES (with MQ it sends
+        // SET_VRING_ENABLE first, which rust-vmm rejects), and crosvm's default of three
+        // queues is harmless because a guest without CTRL_VQ never sets up the third.
+        // CONFIG: crosvm reads the device config space (the MAC) through GET_CONFIG even when
+        // it was not negotiated; QEMU emulates the config space itself and drops this bit.
+        VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }

@@ -9,9 +9,10 @@
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{error, info, warn};
 use vhost::vhost_user::Listener;
@@ -21,6 +22,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::backend::{NetBackend, PortParams};
 use crate::config::PortConfig;
 use crate::forward::PortId;
+use crate::relay::Relay;
 use crate::seccomp::{self, SeccompMode};
 use crate::stats::{Counter, PortStats};
 use crate::sys;
@@ -105,7 +107,6 @@ pub fn serve(
     listener: UnixListener,
     stats: &PortStats,
 ) -> Result<(), String> {
-    let mut listener = Listener::from(listener);
     loop {
         let mut daemon = VhostUserDaemon::new(
             format!("vm-switch-{name}"),
@@ -120,20 +121,45 @@ pub fn serve(
         backend
             .attach(handler.clone())
             .map_err(|e| format!("port {name}: could not register events: {e}"))?;
-        if let Err(e) = daemon.start(&mut listener) {
-            warn!("port {name}: accepting a frontend failed: {e}");
+        let (relay_listener, relay_client) = backend
+            .take_relay(Duration::from_secs(30))
+            .map_err(|e| format!("port {name}: {e}"))?;
+        let frontend = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("port {name}: accepting a frontend failed: {e}");
+                backend.detach();
+                drop(handlers);
+                drop(daemon);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let mut inner = Listener::from(UnixListener::from(relay_listener));
+        if let Err(e) = daemon.start(&mut inner) {
+            warn!("port {name}: starting the vhost-user daemon failed: {e}");
             backend.detach();
             drop(handlers);
             drop(daemon);
-            std::thread::sleep(std::time::Duration::from_millis(100));
             continue;
         }
+        let relay = match Relay::start(frontend, UnixStream::from(relay_client)) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("port {name}: could not start the relay: {e}");
+                daemon.request_shutdown();
+                let _ = daemon.wait();
+                backend.detach();
+                continue;
+            }
+        };
         backend.connected();
         info!("port {name}: frontend connected");
         match daemon.wait() {
             Ok(()) => info!("port {name}: frontend disconnected"),
             Err(e) => warn!("port {name}: frontend connection ended: {e}"),
         }
+        relay.stop();
         backend.detach();
         stats.set(Counter::Connected, 0);
         drop(handlers);

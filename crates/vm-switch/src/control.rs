@@ -13,6 +13,9 @@
 //! * child → main `PutBuffer { peer, role }`: the child dropped a ring (the peer corrupted it).
 //!   The main process closes its copies; the pair stays without a ring until the peer restarts.
 //! * main → child `PeerGone { id }`: a port went away; drop its routes and rings.
+//! * child → main `GetRelay`, main → child `RelaySockets` with fds `[listener, client]`: a
+//!   socket pair for the relay in front of the next frontend connection (see
+//!   [`crate::relay`]); the sandboxed child cannot create sockets itself.
 //!
 //! The main process trusts nothing a child sends: datagrams are size-limited, parsed with
 //! serde, and unknown or malformed messages only get logged.
@@ -71,6 +74,9 @@ pub enum ToChild {
         /// Geometry.
         spec: RingSpec,
     },
+    /// A connection for the next frontend's relay; fds `[listener, client]` are attached:
+    /// a listening socket with one pending connection, and that connection's client end.
+    RelaySockets,
 }
 
 /// Child → main process.
@@ -81,6 +87,8 @@ pub enum ToMain {
         /// The peer, or `None` for all.
         peer: Option<PortId>,
     },
+    /// Send me the sockets for the next frontend connection ([`ToChild::RelaySockets`]).
+    GetRelay,
     /// I dropped this ring.
     PutBuffer {
         /// The other port.

@@ -28,6 +28,7 @@ pub mod fib;
 pub mod forward;
 pub mod frame;
 pub mod logger;
+pub mod relay;
 pub mod ring;
 pub mod sandbox;
 pub mod sched;

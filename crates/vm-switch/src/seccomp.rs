@@ -107,6 +107,8 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_nanosleep,
     libc::SYS_lseek,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
 ];
 
 /// Additional calls of the main process: the config directory, sockets, memfds, forking and
@@ -152,8 +154,6 @@ const MAIN_ONLY: &[libc::c_long] = &[
     libc::SYS_set_tid_address,
     libc::SYS_setsockopt,
     libc::SYS_getsockopt,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
     libc::SYS_mmap,
     libc::SYS_mprotect,
     libc::SYS_readlinkat,

@@ -108,6 +108,7 @@ struct Supervisor {
     stats_listener: UnixListener,
     ports: BTreeMap<PortId, PortEntry>,
     next_id: PortId,
+    relay_seq: u64,
     quit: bool,
 }
 
@@ -169,6 +170,7 @@ pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
         stats_listener,
         ports: BTreeMap::new(),
         next_id: 1,
+        relay_seq: 0,
         quit: false,
     };
     sup.scan();
@@ -541,6 +543,7 @@ impl Supervisor {
                     self.connect_pair(other, id);
                 }
             }
+            ToMain::GetRelay => self.send_relay(id),
             ToMain::PutBuffer { peer, role } => {
                 let name = self
                     .ports
@@ -549,6 +552,31 @@ impl Supervisor {
                     .unwrap_or_default();
                 warn!("port {name}: dropped its {role:?} ring with port {peer}");
             }
+        }
+    }
+
+    /// Creates a connected socket pair for a child's next frontend relay: a listener (abstract
+    /// address, autobound) with one pending connection, and that connection's client end.
+    fn send_relay(&mut self, id: PortId) {
+        use std::os::linux::net::SocketAddrExt;
+        self.relay_seq += 1;
+        let name = format!(
+            "vm-switch-{}-relay-{id}-{}",
+            std::process::id(),
+            self.relay_seq
+        );
+        let made =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|addr| {
+                let l = UnixListener::bind_addr(&addr)?;
+                let c = UnixStream::connect_addr(&addr)?;
+                Ok((l, c))
+            });
+        match made {
+            Ok((l, c)) => {
+                let fds = [l.as_raw_fd(), c.as_raw_fd()];
+                self.send(id, &ToChild::RelaySockets, &fds);
+            }
+            Err(e) => error!("port {id}: could not create relay sockets: {e}"),
         }
     }
 
