@@ -104,7 +104,7 @@ rootDisk = "{d}/root.img"
         .args(["--run-dir", &format!("{d}/run")])
         .args(["--vm-switch-dir", &format!("{d}/vs")])
         .args(["--state-dir", &format!("{d}/state")])
-        .args(["--uid", "0", "--gid", "0", "--socket-timeout", "5s"])
+        .args(["--uid", "0", "--gid", "0"])
         .env("PATH", path);
         c
     }
@@ -567,4 +567,42 @@ fn test_vm_start_and_stop_run_systemctl_and_explain_a_missing_unit() {
         "{err}"
     );
     assert!(err.contains("vmsilo units --out DIR"), "{err}");
+}
+
+#[test]
+fn test_port_file_is_read_by_vm_switch_and_a_missing_switch_is_reported() {
+    let vm = Vm::new(
+        "vmswitch",
+        "",
+        "[nixosVms.network.interfaces.lan]\nvmNetwork = { name = \"lan\", receiveBroadcast = true, routes = [\"0.0.0.0/0\"] }\naddresses = [\"10.5.0.2/24\"]\nv6Addresses = [\"fd00::2/64\"]",
+    );
+    let port = vm.dir.path().join("vs/lan/t.port");
+    let mut c = vm.service(&system_path());
+    c.args(["--socket-timeout", "1s"]);
+    let child = c
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vm-service");
+    common::wait_path(&port, Duration::from_secs(10));
+    // vm-switch's own parser reads what the runtime wrote.
+    let parsed = vm_switch::config::PortConfig::load(&port).expect("vm-switch accepts it");
+    assert_eq!(parsed.name, "t");
+    assert!(parsed.receive_broadcast);
+    let addrs: Vec<String> = parsed.addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["10.5.0.2/24", "fd00::2/64"]);
+    let routes: Vec<String> = parsed.routes.iter().map(ToString::to_string).collect();
+    assert_eq!(routes, ["0.0.0.0/0"]);
+    let o = child.wait_with_output().expect("wait");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "vm-switch did not create {}/vs/lan/t.sock within 1s: is vm-switch-lan.service running?",
+            vm.dir.str()
+        )),
+        "{err}"
+    );
+    assert!(!port.exists(), "the port file is removed");
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new());
+    assert!(!vm.dir.path().join("state/overlays/t.qcow2").exists());
 }
