@@ -93,8 +93,12 @@ rootDisk = "{d}/root.img"
     }
 
     fn service(&self, path: &str) -> Command {
+        self.service_with(&common::vmsilo_bin(), path)
+    }
+
+    fn service_with(&self, program: &Path, path: &str) -> Command {
         let d = self.dir.str();
-        let mut c = vmsilo();
+        let mut c = common::command(program);
         c.args([
             "--config",
             self.cfg.to_str().expect("utf-8"),
@@ -280,7 +284,10 @@ fn test_unwritable_run_dir_is_reported() {
         ],
     );
     let path = bin.to_str().expect("utf-8");
-    let mut c = vm.service(path);
+    // A copy nobody can run, wherever the checkout is.
+    let program = vm.dir.path().join("vmsilo");
+    std::fs::copy(common::vmsilo_bin(), &program).expect("copy vmsilo");
+    let mut c = vm.service_with(&program, path);
     if nix::unistd::geteuid().is_root() {
         // root writes anywhere: run as nobody, for whom the root-owned run dir is read-only.
         use std::os::unix::process::CommandExt;
@@ -605,4 +612,37 @@ fn test_port_file_is_read_by_vm_switch_and_a_missing_switch_is_reported() {
     assert!(!port.exists(), "the port file is removed");
     assert_eq!(entries(&vm.run_dir()), Vec::<String>::new());
     assert!(!vm.dir.path().join("state/overlays/t.qcow2").exists());
+}
+
+#[test]
+fn test_vm_shell_ssh_logs_in_at_the_first_address() {
+    let dir = Scratch::new("ssh");
+    let bin = fake_bin(dir.path(), &[("ssh", "echo \"ssh $*\"")]);
+    let program = multi_call(dir.path(), "vm-shell");
+    let run = |args: &[&str]| {
+        common::command(&program)
+            .args(["--config", example().to_str().expect("utf-8")])
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("VMSILO_RUN_DIR", dir.path().join("run"))
+            .output()
+            .expect("vm-shell")
+    };
+    let o = run(&["--ssh", "banking"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(text(&o).0, "ssh user@10.0.0.1\n");
+    let o = run(&["--ssh", "--root", "shopping", "--", "-p", "2222"]);
+    assert_eq!(text(&o).0, "ssh root@10.0.1.1 -p 2222\n");
+    let o = run(&["--ssh", "personal"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("VM \"personal\" has no static address"),
+        "{err}"
+    );
+    // The console of a VM that is not running.
+    let o = run(&["banking"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("VM \"banking\" is not running"), "{err}");
 }
