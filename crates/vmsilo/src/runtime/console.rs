@@ -124,8 +124,13 @@ mod tests {
         let n = user.read(&mut buf).expect("read");
         assert_eq!(&buf[..n], b"hello\n", "raw: no CR added");
         user.write_all(b"ls\r").expect("type");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let n = pty.read_input(&mut buf).expect("input");
+        // The line discipline hands input over asynchronously: poll for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut n = 0;
+        while n == 0 && std::time::Instant::now() < deadline {
+            n = pty.read_input(&mut buf).expect("input");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(&buf[..n], b"ls\r", "raw: no CR translation");
         // Nobody reads: a lot of output must not block, and the newest output survives.
         drop(user);
@@ -137,11 +142,12 @@ mod tests {
         set_nonblocking(&user).expect("nonblock");
         let mut all = Vec::new();
         let mut chunk = [0u8; 4096];
-        while let Ok(n) = user.read(&mut chunk) {
-            if n == 0 {
-                break;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !all.ends_with(b"LATEST") && std::time::Instant::now() < deadline {
+            match user.read(&mut chunk) {
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
-            all.extend_from_slice(&chunk[..n]);
         }
         assert!(all.ends_with(b"LATEST"), "{} bytes", all.len());
     }
