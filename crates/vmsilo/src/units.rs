@@ -171,6 +171,40 @@ fn writable_paths(vm: &Vm) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// The hardening of the small daemons (vm-switch, vmsilo-balloond, the command service): a
+/// read-only system except `rw`, no network but `families`, no kernel tunables.
+fn sandbox(rw: Option<&str>, families: &str, restrict_namespaces: bool) -> String {
+    let mut t = String::from("NoNewPrivileges=yes\nProtectSystem=strict\n");
+    if let Some(rw) = rw {
+        let _ = writeln!(t, "ReadWritePaths={}", quote(rw));
+    }
+    t.push_str(
+        "ProtectHome=yes
+PrivateTmp=yes
+PrivateNetwork=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectHostname=yes
+ProtectClock=yes
+",
+    );
+    let _ = writeln!(t, "RestrictAddressFamilies={families}");
+    if restrict_namespaces {
+        t.push_str("RestrictNamespaces=yes\n");
+    }
+    t.push_str(
+        "RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+",
+    );
+    t
+}
+
 fn socket_text(cfg: &ValidConfig, vm: &Vm, dirs: &Dirs, opts: &UnitOptions) -> String {
     let name = &vm.name;
     format!(
@@ -211,28 +245,11 @@ After={socket} {vm_service}
 [Service]
 Type=simple
 ExecStart={exec}
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateNetwork=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-ProtectClock=yes
-RestrictAddressFamilies=AF_UNIX AF_VSOCK
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-",
+{sandbox}",
         header = header(opts),
         socket = socket_unit(name),
         vm_service = vm_service(name),
+        sandbox = sandbox(None, "AF_UNIX AF_VSOCK", true),
         exec = command_line(&[
             opts.vmsilo_bin.as_str(),
             "--config",
@@ -346,28 +363,11 @@ Documentation=man:vmsilo(1)
 Type=simple
 ExecStart={exec}
 {runtime_dir}Restart=on-failure
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths={rw}
-ProtectHome=yes
-PrivateTmp=yes
-PrivateNetwork=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-ProtectClock=yes
-RestrictAddressFamilies=AF_UNIX
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-",
+{sandbox}",
         header = header(opts),
         exec = command_line(&argv),
-        rw = quote(&dir),
+        // vm-switch unshares namespaces for its port children.
+        sandbox = sandbox(Some(&dir), "AF_UNIX", false),
     )
 }
 
@@ -395,29 +395,10 @@ Documentation=man:vmsilo(1)
 Type=simple
 ExecStart={exec}
 Restart=on-failure
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths={rw}
-ProtectHome=yes
-PrivateTmp=yes
-PrivateNetwork=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-ProtectClock=yes
-RestrictAddressFamilies=AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-",
+{sandbox}",
         header = header(opts),
         exec = command_line(&argv),
-        rw = quote(&dirs.run_dir),
+        sandbox = sandbox(Some(&dirs.run_dir), "AF_UNIX", true),
     )
 }
 
