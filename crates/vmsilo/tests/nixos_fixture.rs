@@ -56,3 +56,84 @@ fn test_nixos_module_json_carries_the_guest_build() {
         );
     }
 }
+
+/// Every file below `root` as (relative path, contents or symlink target), sorted.
+fn tree(root: &std::path::Path) -> Vec<(String, String)> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .display()
+                .to_string();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            if meta.is_symlink() {
+                let target = std::fs::read_link(&path).expect("read_link");
+                out.push((rel, format!("-> {}", target.display())));
+            } else if meta.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push((rel, std::fs::read_to_string(&path).expect("read")));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
+    let dir = std::env::temp_dir().join(format!("vmsilo-nixos-fixture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["gen/normal", "gen/early", "gen/late", "units"] {
+        std::fs::create_dir_all(dir.join(d)).expect("mkdir");
+    }
+    // The generator is the same binary under the name systemd gives it.
+    let generator = dir.join("vmsilo-generator");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vmsilo"), &generator).expect("symlink");
+    let gen_out = Command::new(&generator)
+        .env("VMSILO_CONFIG", fixture())
+        .args([
+            dir.join("gen/normal"),
+            dir.join("gen/early"),
+            dir.join("gen/late"),
+        ])
+        .output()
+        .expect("run vmsilo-generator");
+    assert!(
+        gen_out.status.success() && gen_out.stderr.is_empty(),
+        "generator: {}",
+        String::from_utf8_lossy(&gen_out.stderr)
+    );
+    let units_out = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
+        .env_remove("VMSILO_CONFIG")
+        .arg("units")
+        .arg("--config")
+        .arg(fixture())
+        .arg("--out")
+        .arg(dir.join("units"))
+        .output()
+        .expect("run vmsilo units");
+    assert!(
+        units_out.status.success(),
+        "units: {}",
+        String::from_utf8_lossy(&units_out.stderr)
+    );
+    let generated = tree(&dir.join("gen/normal"));
+    let names: Vec<&str> = generated.iter().map(|(p, _)| p.as_str()).collect();
+    for unit in [
+        "vmsilo-banking.socket",
+        "vmsilo-banking-vm.service",
+        "vmsilo-shopping-vm.service",
+        "vmsilo-personal-vm.service",
+        "vmsilo-balloond.service",
+        "sockets.target.wants/vmsilo-banking.socket",
+    ] {
+        assert!(names.contains(&unit), "{unit} not generated: {names:?}");
+    }
+    assert_eq!(generated, tree(&dir.join("units/systemd")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
