@@ -1,7 +1,7 @@
 # Builds one VM's guest: a NixOS system from nix/guest.nix, the VM's guestPrograms and its
 # guestConfig, plus the read-only ext4 root image holding its closure. Returns the paths the
 # host configuration needs (all computed without building anything).
-{ pkgs, lib, vm, vmsilo, user }:
+{ pkgs, lib, vm, user }:
 
 let
   system = import (pkgs.path + "/nixos/lib/eval-config.nix") {
@@ -10,7 +10,8 @@ let
       ./guest.nix
       {
         vmsilo.guest = {
-          inherit vmsilo;
+          # The agent, statically linked (smaller resident memory in every VM).
+          vmsilo = pkgs.pkgsStatic.callPackage ./package.nix { guestOnly = true; };
           vmName = vm.name;
           inherit (vm) waylandProxy color network;
           overlay = vm.rootOverlay.type;

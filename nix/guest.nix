@@ -50,7 +50,7 @@ let
 in
 {
   options.vmsilo.guest = {
-    vmsilo = mkOption { type = types.package; description = "The vmsilo package (for the guest agent)."; };
+    vmsilo = mkOption { type = types.package; description = "The package providing the guest agent `vmsilo-guest`."; };
     vmName = mkOption { type = types.str; description = "The VM's name."; };
     color = mkOption { type = types.str; default = "red"; description = "Window decoration colour."; };
     waylandProxy = mkOption { type = types.enum [ "wayland-proxy-virtwl" "sommelier" ]; default = "wayland-proxy-virtwl"; description = "The Wayland proxy."; };

@@ -328,7 +328,7 @@ let
   # ---------------------------------------------------------------------------------------
 
   guestFor = vm: import ./guest-system.nix {
-    inherit pkgs lib vm vmsilo;
+    inherit pkgs lib vm;
     inherit (cfg) user;
   };
   guests = lib.listToAttrs (map (vm: lib.nameValuePair vm.name (guestFor vm)) cfg.nixosVms);
