@@ -81,9 +81,16 @@ impl Dirs {
     pub fn vhost_vsock_socket(&self, vm: &str) -> String {
         join(&self.run_dir, &format!("{vm}-vhost-vsock.socket"))
     }
-    /// `<run>/<vm>-sound.socket`: vhost-device-sound's vhost-user socket.
+    /// `<run>/<vm>.user`: a directory the runtime creates for the VM, owned by the configured
+    /// user with mode 0700, for the sockets of backends that run as that user: they cannot
+    /// create files in the root-owned run directory.
+    pub fn user_dir(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}.user"))
+    }
+    /// `<run>/<vm>.user/<vm>-sound.socket`: vhost-device-sound's vhost-user socket (the backend
+    /// runs as the configured user, so the socket lives in [`Dirs::user_dir`]).
     pub fn sound_socket(&self, vm: &str) -> String {
-        join(&self.run_dir, &format!("{vm}-sound.socket"))
+        join(&self.user_dir(vm), &format!("{vm}-sound.socket"))
     }
     /// `<run>/<vm>-fs-<tag>.socket`: virtiofsd's vhost-user socket for one shared directory
     /// (QEMU).
@@ -137,9 +144,10 @@ mod tests {
             d.vhost_vsock_socket("banking"),
             "/run/vmsilo/banking-vhost-vsock.socket"
         );
+        assert_eq!(d.user_dir("banking"), "/run/vmsilo/banking.user");
         assert_eq!(
             d.sound_socket("banking"),
-            "/run/vmsilo/banking-sound.socket"
+            "/run/vmsilo/banking.user/banking-sound.socket"
         );
         assert_eq!(
             d.fs_socket("banking", "home"),

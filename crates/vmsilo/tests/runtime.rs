@@ -60,6 +60,11 @@ impl Vm {
         } else {
             "vmm = \"qemu\""
         };
+        let sound = if extra_vm.contains("sound =") {
+            ""
+        } else {
+            "sound = false"
+        };
         std::fs::write(
             &cfg,
             format!(
@@ -73,7 +78,7 @@ name = "t"
 memory = 256
 cpus = 1
 gpu = false
-sound = false
+{sound}
 sharedHome = false
 {vmm}
 kernel = "{d}/vmlinuz"
@@ -97,6 +102,11 @@ rootDisk = "{d}/root.img"
     }
 
     fn service_with(&self, program: &Path, path: &str) -> Command {
+        self.service_as(program, path, 0)
+    }
+
+    /// vm-service with the configured user's uid and gid both `id`.
+    fn service_as(&self, program: &Path, path: &str, id: u32) -> Command {
         let d = self.dir.str();
         let mut c = common::command(program);
         c.args([
@@ -108,7 +118,7 @@ rootDisk = "{d}/root.img"
         .args(["--run-dir", &format!("{d}/run")])
         .args(["--vm-switch-dir", &format!("{d}/vs")])
         .args(["--state-dir", &format!("{d}/state")])
-        .args(["--uid", "0", "--gid", "0"])
+        .args(["--uid", &id.to_string(), "--gid", &id.to_string()])
         .env("PATH", path);
         c
     }
@@ -347,6 +357,56 @@ fn test_vmm_that_exits_at_once_is_reported_and_everything_is_undone() {
         &[],
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn test_user_backend_gets_a_user_owned_socket_dir_that_is_removed_afterwards() {
+    // crosvm with sound: vhost-device-sound runs as the configured user (uid 65534 here) and
+    // must create its socket although the run directory belongs to root. The stand-in backend
+    // binds its socket as that user and records who it is; the stand-in crosvm (root) records
+    // what it sees and fails, so vm-service cleans up.
+    let vm = Vm::new("sound", "", "vmm = \"crosvm\"\nsound = true");
+    let d = vm.dir.str().to_owned();
+    let seen = format!("{d}/seen");
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[
+            (
+                "vhost-device-sound",
+                // argv: --socket PATH --backend pipewire
+                "id -u > \"$(dirname \"$2\")/backend-uid\"\n\
+                 exec socat UNIX-LISTEN:\"$2\",fork /dev/null",
+            ),
+            (
+                "crosvm",
+                &format!(
+                    "stat -c '%u:%g %a' {d}/run/t.user > {seen}\n\
+                     stat -c '%u %F' {d}/run/t.user/t-sound.socket >> {seen}\n\
+                     cat {d}/run/t.user/backend-uid >> {seen}\n\
+                     exit 1"
+                ),
+            ),
+        ],
+    );
+    std::fs::set_permissions(vm.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), system_path());
+    let o = vm
+        .service_as(&common::vmsilo_bin(), &path, 65534)
+        .output()
+        .expect("vm-service");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("crosvm exited with status 1 before the VM was up"),
+        "{err}"
+    );
+    let seen = std::fs::read_to_string(&seen).expect("the stand-in crosvm ran");
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["65534:65534 700", "65534 socket", "65534"],
+        "{err}"
+    );
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

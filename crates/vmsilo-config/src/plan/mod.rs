@@ -125,8 +125,11 @@ pub struct PlanPaths {
     pub vsock_socket: Option<String>,
     /// vhost-device-vsock's vhost-user socket (QEMU).
     pub vhost_vsock_socket: Option<String>,
-    /// vhost-device-sound's socket.
+    /// vhost-device-sound's socket (in `userDir`).
     pub sound_socket: Option<String>,
+    /// `<run>/<vm>.user`: created by the runtime, owned by the configured user (mode 0700),
+    /// when a backend runs as that user; holds that backend's socket.
+    pub user_dir: Option<String>,
     /// virtiofsd sockets by tag (QEMU).
     pub fs_sockets: BTreeMap<String, String>,
     /// vm-switch ports of this VM.
@@ -359,6 +362,11 @@ pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<Launch
         Vmm::Qemu => qemu::fill(cfg, vm, opts, &mut plan),
     }
     plan.argv = plan.argv_groups.iter().flatten().cloned().collect();
+    plan.paths.user_dir = plan
+        .backends
+        .iter()
+        .any(|b| b.run_as == RunAs::User)
+        .then(|| opts.dirs.user_dir(name));
     check_socket_paths(&plan)?;
     Ok(plan)
 }
@@ -443,6 +451,7 @@ fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
             vsock_socket: None,
             vhost_vsock_socket: None,
             sound_socket: vm.sound.enabled.then(|| d.sound_socket(&vm.name)),
+            user_dir: None,
             fs_sockets: BTreeMap::new(),
             vm_switch,
             overlay: qcow2.then(|| d.overlay_image(&vm.name)),

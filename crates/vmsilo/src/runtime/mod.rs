@@ -149,6 +149,8 @@ struct Runtime {
     console: Option<UnixStream>,
     pty: Option<console::Pty>,
     created_home: Option<PathBuf>,
+    /// `<run>/<vm>.user` once prepared (removed at the end).
+    user_dir: Option<PathBuf>,
     ever_ready: bool,
     stopping: bool,
     state: State,
@@ -193,6 +195,7 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
         console: None,
         pty: None,
         created_home: None,
+        user_dir: None,
         ever_ready: false,
         stopping: false,
         state,
@@ -207,6 +210,12 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
         ))),
     };
     rt.teardown();
+    if let Some(dir) = rt.user_dir.take()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != ErrorKind::NotFound
+    {
+        eprintln!("vmsilo: cannot remove {}: {e}", dir.display());
+    }
     if result.is_err()
         && !rt.ever_ready
         && let Some(home) = rt.created_home.take()
@@ -348,6 +357,7 @@ impl Runtime {
             self.create_overlay().map_err(|m| self.fail(m))?;
             if first {
                 self.prepare_home().map_err(|m| self.fail(m))?;
+                self.prepare_user_dir().map_err(|m| self.fail(m))?;
                 first = false;
             }
             self.write_port_files()?;
@@ -510,6 +520,45 @@ impl Runtime {
                 Err(format!("cannot prepare the shared home: {e}"))
             }
         }
+    }
+
+    /// Creates `<run>/<vm>.user` for the backends that run as the configured user (their
+    /// sockets go there: the run directory belongs to root), owned by the user, mode 0700. A
+    /// directory left by a crashed run is reused and its owner and mode reset.
+    fn prepare_user_dir(&mut self) -> Result<(), String> {
+        let Some(dir) = self.o.plan.paths.user_dir.clone().map(PathBuf::from) else {
+            return Ok(());
+        };
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a directory: refusing to remove it; move it away",
+                    dir.display()
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            Err(e) => return Err(format!("cannot check {}: {e}", dir.display())),
+        }
+        self.user_dir = Some(dir.clone());
+        let u = &self.o.plan.user;
+        std::os::unix::fs::lchown(&dir, Some(u.uid), Some(u.gid))
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .map_err(|e| {
+                format!(
+                    "cannot give {} to uid {} gid {}: {e}",
+                    dir.display(),
+                    u.uid,
+                    u.gid
+                )
+            })
     }
 
     fn write_port_files(&mut self) -> Result<(), RuntimeError> {
