@@ -27,6 +27,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "idle memory of the guest agent",
         crate::bench_guest_agent::run,
     ),
+    (
+        "vm-switch",
+        "vm-switch: scheduler, queueing simulation, datapath vs bridge, latency under load",
+        crate::bench_vm_switch::run,
+    ),
 ];
 
 pub fn run(args: &BenchArgs) -> Result<()> {

@@ -41,6 +41,10 @@ fn run_ci(args: &CiArgs) -> Result<()> {
     ]))?;
     crate::nixos::parse_all()?;
     crate::nixos::fixture(&crate::nixos::FixtureArgs { check: true })?;
+    section("ci: fuzz targets build (cargo +nightly fuzz build)");
+    // Through the rustup proxy (`cargo`), not $CARGO: `+nightly` picks the toolchain. cargo-fuzz
+    // finds fuzz/ under the workspace root (the current directory of `sh`).
+    sh(Command::new("cargo").args(["+nightly", "fuzz", "build"]))?;
     section("ci: tier 1+2 - unit and component tests");
     sh(nextest().args(["--workspace"]))?;
     if !args.no_e2e {

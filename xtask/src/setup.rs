@@ -107,6 +107,10 @@ fn cargo_tools() -> Result<()> {
     if !have("cargo-nextest") && !cargo_bin_dir().join("cargo-nextest").is_file() {
         sh(cargo().args(["install", "--locked", "cargo-nextest"]))?;
     }
+    // `cargo +nightly fuzz build` in CI builds the fuzz targets of fuzz/.
+    if !have("cargo-fuzz") && !cargo_bin_dir().join("cargo-fuzz").is_file() {
+        sh(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
     for (bin, krate, version) in CARGO_TOOLS {
         if tool_version_ok(bin, version) {
             eprintln!("{bin} {version} present");

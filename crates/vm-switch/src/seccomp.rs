@@ -4,7 +4,8 @@
 //! their own after the sandbox is set up and before the vhost-user daemon starts any thread,
 //! so both apply to a child (the kernel takes the strictest verdict). The child's list has no
 //! `fork` (`clone` only with `CLONE_THREAD`; `clone3` answers `ENOSYS` so the C library falls
-//! back to `clone`), no socket creation, no `open`, no `execve`, no `PROT_EXEC` mappings.
+//! back to `clone`), no socket creation, no `execve`, no `PROT_EXEC` mappings, and `open`/
+//! `openat` always fail with `EACCES` (the sandbox root is an empty tmpfs anyway).
 //!
 //! Modes (`--seccomp-mode`): `kill` (default) kills the process on a call outside the list,
 //! `trap` raises SIGSYS (a handler prints the call number and exits 159), `log` allows and
@@ -227,18 +228,31 @@ pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError>
             libc::PR_SET_NAME as u64,
         )])],
     );
+    // open/openat pass this filter only to be refused by the next one with EACCES: glibc's
+    // malloc probes /proc/sys/vm/overcommit_memory when a thread arena shrinks and copes with
+    // a failure, which must not kill the port.
+    rules.insert(libc::SYS_open, vec![]);
+    rules.insert(libc::SYS_openat, vec![]);
     let main = compile(rules, mismatch(mode), SeccompAction::Allow)?;
     // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so glibc uses
     // clone, whose flags the filter above checks. Installed first: installing a filter needs
     // prctl and seccomp(2), which the main child filter no longer allows.
-    let mut c3 = Rules::new();
-    c3.insert(libc::SYS_clone3, vec![]);
+    let mut refused = Rules::new();
+    refused.insert(libc::SYS_clone3, vec![]);
     let clone3 = compile(
-        c3,
+        refused,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
     )?;
-    Ok(vec![clone3, main])
+    let mut refused = Rules::new();
+    refused.insert(libc::SYS_open, vec![]);
+    refused.insert(libc::SYS_openat, vec![]);
+    let no_open = compile(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+    )?;
+    Ok(vec![clone3, no_open, main])
 }
 
 /// Installs the main process's filter for the calling (only) thread.
@@ -269,7 +283,7 @@ mod tests {
     fn test_filters_compile_in_every_mode() {
         for mode in [SeccompMode::Kill, SeccompMode::Trap, SeccompMode::Log] {
             assert!(!main_filter(mode).unwrap().is_empty());
-            assert_eq!(child_filters(mode).unwrap().len(), 2);
+            assert_eq!(child_filters(mode).unwrap().len(), 3);
         }
     }
 

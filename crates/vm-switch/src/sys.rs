@@ -211,6 +211,36 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) -> bool {
     n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
+/// Opens (creating if needed) the tap interface `name` without packet information headers.
+/// Used by the benchmark's Linux-bridge baseline; needs CAP_NET_ADMIN.
+pub fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: i16 = 0x0002;
+    const IFF_NO_PI: i16 = 0x1000;
+    if name.is_empty() || name.len() >= 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface names have 1 to 15 bytes",
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    // struct ifreq: char ifr_name[16]; short ifr_flags; (padded to 40 bytes)
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq; `ifr` is a 40-byte buffer (the size
+    // of struct ifreq on x86_64) that lives for the call; the fd is valid.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 /// Result of [`fork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {

@@ -364,12 +364,24 @@ fn test_worker_process_titles_name_switch_and_vm() {
     let pid = s.wait_stats("a", "a started", |p| p["pid"].as_u64() > Some(0))["pid"]
         .as_u64()
         .unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let text = String::from_utf8_lossy(&cmdline)
-        .trim_end_matches('\0')
-        .to_string();
     let name = s.dir.file_name().unwrap().to_str().unwrap().to_string();
-    assert_eq!(text, format!("vm-switch({name}): a"));
+    let want = format!("vm-switch({name}): a");
+    // The child sets its title right after fork; give it a moment.
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let text = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .to_string();
+        if text == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "title {text:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]

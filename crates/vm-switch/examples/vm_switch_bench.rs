@@ -1,0 +1,810 @@
+//! The measurements behind `cargo xtask bench vm-switch` (which builds this in release mode and
+//! runs its parts). Each part prints human-readable lines and `RESULT key=value` lines.
+//!
+//! * `sched`: FQ-CoDel enqueue+dequeue operations per second at 1 to 1024 flows.
+//! * `sim`: a virtual-clock simulation of a bulk TCP-like flow plus a sparse flow into one
+//!   guest draining at 50/200/1000 Mbit/s, through (a) a plain 256 KiB FIFO, (b) the seed's
+//!   design (FQ-CoDel before a 256 KiB ring and a 256-entry RX ring) and (c) vm-switch
+//!   (ring drained into FQ-CoDel at the destination, DQL-limited RX ring).
+//! * `datapath <vm-switch binary> <frame size>`: frames per second from one in-process
+//!   frontend to another through the real vm-switch (sandbox and seccomp on).
+//! * `bridge <frame size>`: the same frames written into a tap and read from a second tap on a
+//!   Linux bridge, in a private network namespace (needs root): the baseline.
+//! * `qemu <vm-switch binary>`: three QEMU/TCG guests; bulk iperf3 A→B and a sparse fping C→B
+//!   (10 ms), idle and loaded RTT percentiles; through vm-switch, then through a Linux bridge
+//!   with taps under fq_codel (needs root).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vm_switch::dql::Dql;
+use vm_switch::frame;
+use vm_switch::sched::{FqCodel, Packet, Params};
+use vm_switch::testing::{GuestOptions, TestGuest};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let part = args.first().map(String::as_str).unwrap_or("");
+    match part {
+        "sched" => sched(),
+        "sim" => sim(),
+        "datapath" => datapath(Path::new(&args[1]), args[2].parse().expect("frame size")),
+        "bridge" => bridge(args[1].parse().expect("frame size")),
+        "qemu" => qemu(Path::new(&args[1])),
+        _ => {
+            eprintln!("usage: vm_switch_bench sched|sim|datapath BIN SIZE|bridge SIZE|qemu BIN");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scheduler
+
+#[derive(Debug, Clone)]
+struct SimPkt {
+    size: u32,
+    ts: u64,
+    ect: bool,
+    ce: bool,
+    bulk: bool,
+    sent_at: u64,
+}
+
+impl Packet for SimPkt {
+    fn size(&self) -> u32 {
+        self.size
+    }
+    fn mem_size(&self) -> u32 {
+        self.size
+    }
+    fn enqueued_at(&self) -> u64 {
+        self.ts
+    }
+    fn mark_ce(&mut self) -> bool {
+        if self.ect {
+            self.ce = true;
+        }
+        self.ect
+    }
+}
+
+fn pkt(size: u32, ts: u64) -> SimPkt {
+    SimPkt {
+        size,
+        ts,
+        ect: false,
+        ce: false,
+        bulk: true,
+        sent_at: ts,
+    }
+}
+
+fn sched() {
+    println!("== scheduler: FQ-CoDel enqueue + dequeue (64-byte packets, virtual time)");
+    for flows in [1u32, 16, 256, 1024] {
+        let mut q = FqCodel::new(Params {
+            limit_bytes: 64 << 20,
+            ..Params::default()
+        });
+        let hashes: Vec<u32> = (0..flows).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+        for (i, h) in hashes.iter().enumerate() {
+            q.enqueue((i % 4) as u32, *h, pkt(64, 0), &mut |_, _| {});
+            q.enqueue((i % 4) as u32, *h, pkt(64, 0), &mut |_, _| {});
+        }
+        let n = 2_000_000u64;
+        let start = Instant::now();
+        for i in 0..n {
+            let h = hashes[(i % u64::from(flows)) as usize];
+            q.enqueue((i % 4) as u32, h, pkt(64, i), &mut |_, _| {});
+            let p = q.dequeue(i + 1000, &mut |_, _| {});
+            std::hint::black_box(p);
+        }
+        let el = start.elapsed().as_secs_f64();
+        let ops = (2 * n) as f64 / el;
+        println!(
+            "  flows={flows:5}  {:7.1} ns/op  {:6.2} Mops/s",
+            el * 1e9 / (2 * n) as f64,
+            ops / 1e6
+        );
+        println!("RESULT sched_ops_per_s_{flows}={ops:.0}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulation
+
+const MTU: u32 = 1514;
+const SPARSE: u32 = 100;
+const BASE_RTT: u64 = 1_000_000; // 1 ms outside the switch (both stacks)
+const DT: u64 = 5_000; // 5 us steps
+const DURATION: u64 = 10_000_000_000;
+const WARMUP: u64 = 1_000_000_000;
+const SPARSE_EVERY: u64 = 10_000_000;
+const RING_BYTES: u64 = 256 * 1024;
+const RX_ENTRIES: usize = 256;
+const RECHECK: u64 = 250_000; // vm-switch observes guest consumption at least every 250 us
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Design {
+    Fifo,
+    Seed,
+    VmSwitch,
+}
+
+struct Reno {
+    cwnd: f64,
+    inflight: u32,
+    ssthresh: f64,
+    last_cut: u64,
+    acks: VecDeque<(u64, bool)>,
+}
+
+impl Reno {
+    fn cut(&mut self, now: u64) {
+        if now > self.last_cut + BASE_RTT * 2 {
+            self.cwnd = (self.cwnd / 2.0).max(2.0);
+            self.ssthresh = self.cwnd;
+            self.last_cut = now;
+        }
+    }
+}
+
+struct SimOut {
+    sparse_p99_ms: f64,
+    bulk_share: f64,
+}
+
+fn run_sim(design: Design, mbit: u64) -> SimOut {
+    let rate = mbit as f64 * 1e6 / 8.0 / 1e9; // bytes per ns
+    let mut tcp = Reno {
+        cwnd: 10.0,
+        inflight: 0,
+        ssthresh: f64::MAX,
+        last_cut: 0,
+        acks: VecDeque::new(),
+    };
+    let mut fifo: VecDeque<SimPkt> = VecDeque::new();
+    let mut fifo_bytes = 0u64;
+    let mut fq: FqCodel<SimPkt> = FqCodel::new(Params::default());
+    let mut ring: VecDeque<SimPkt> = VecDeque::new();
+    let mut ring_bytes = 0u64;
+    let mut rx: VecDeque<SimPkt> = VecDeque::new();
+    let mut dql = Dql::new(2 * u64::from(MTU), 512 * 1024, 1_000_000_000);
+    let mut consumed_total = 0u64; // bytes consumed by the guest (what the switch can observe)
+    let mut observed = 0u64;
+    let mut last_obs = 0u64;
+    let mut budget = 0.0f64;
+    let mut next_sparse = 0u64;
+    let mut sparse_delays: Vec<f64> = Vec::new();
+    let mut bulk_bytes = 0u64;
+    let mut losses: VecDeque<u64> = VecDeque::new();
+    let mut now = 0u64;
+    while now < DURATION {
+        // Acks and loss signals back at the sender.
+        while let Some(&(t, ce)) = tcp.acks.front() {
+            if t > now {
+                break;
+            }
+            tcp.acks.pop_front();
+            tcp.inflight -= 1;
+            if ce {
+                tcp.cut(now);
+            } else if tcp.cwnd < tcp.ssthresh {
+                tcp.cwnd += 1.0;
+            } else {
+                tcp.cwnd += 1.0 / tcp.cwnd;
+            }
+        }
+        while let Some(&t) = losses.front() {
+            if t > now {
+                break;
+            }
+            losses.pop_front();
+            tcp.inflight -= 1;
+            tcp.cut(now);
+        }
+        // Arrivals at the switch.
+        let mut arrivals = Vec::new();
+        while f64::from(tcp.inflight) < tcp.cwnd.floor() {
+            tcp.inflight += 1;
+            arrivals.push(SimPkt {
+                size: MTU,
+                ts: now,
+                ect: true,
+                ce: false,
+                bulk: true,
+                sent_at: now,
+            });
+        }
+        if now >= next_sparse {
+            next_sparse += SPARSE_EVERY;
+            arrivals.push(SimPkt {
+                size: SPARSE,
+                ts: now,
+                ect: false,
+                ce: false,
+                bulk: false,
+                sent_at: now,
+            });
+        }
+        let mut dropped = Vec::new();
+        for p in arrivals {
+            let (source, hash) = if p.bulk {
+                (1, 0x1111_0000)
+            } else {
+                (2, 0x9999_0000)
+            };
+            match design {
+                Design::Fifo => {
+                    if fifo_bytes + u64::from(p.size) > RING_BYTES {
+                        dropped.push(p);
+                    } else {
+                        fifo_bytes += u64::from(p.size);
+                        fifo.push_back(p);
+                    }
+                }
+                // The seed queued per destination in the sender; flows are the only fairness.
+                Design::Seed => fq.enqueue(0, hash, p, &mut |p, _| dropped.push(p)),
+                Design::VmSwitch => fq.enqueue(source, hash, p, &mut |p, _| dropped.push(p)),
+            }
+        }
+        // Switch stages.
+        match design {
+            Design::Fifo => {}
+            Design::Seed => {
+                loop {
+                    if ring_bytes + u64::from(MTU) > RING_BYTES {
+                        break;
+                    }
+                    match fq.dequeue(now, &mut |p, _| dropped.push(p)) {
+                        Some(p) => {
+                            ring_bytes += u64::from(p.size);
+                            ring.push_back(p);
+                        }
+                        None => break,
+                    }
+                }
+                while rx.len() < RX_ENTRIES {
+                    let Some(p) = ring.pop_front() else { break };
+                    ring_bytes -= u64::from(p.size);
+                    rx.push_back(p);
+                }
+            }
+            Design::VmSwitch => {
+                if now >= last_obs + RECHECK {
+                    last_obs = now;
+                    if consumed_total > observed {
+                        dql.completed(consumed_total - observed, now);
+                        observed = consumed_total;
+                    }
+                }
+                while rx.len() < RX_ENTRIES && dql.avail() > 0 {
+                    match fq.dequeue(now, &mut |p, _| dropped.push(p)) {
+                        Some(p) => {
+                            dql.queued(u64::from(p.size));
+                            rx.push_back(p);
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        for p in dropped {
+            if p.bulk {
+                losses.push_back(now + BASE_RTT);
+            }
+        }
+        // The guest consumes at the drain rate.
+        let q: &mut VecDeque<SimPkt> = if design == Design::Fifo {
+            &mut fifo
+        } else {
+            &mut rx
+        };
+        if q.is_empty() {
+            budget = budget.min(f64::from(MTU));
+        }
+        budget += rate * DT as f64;
+        while let Some(p) = q.front() {
+            if budget < f64::from(p.size) {
+                break;
+            }
+            budget -= f64::from(p.size);
+            let p = q.pop_front().expect("front exists");
+            if design == Design::Fifo {
+                fifo_bytes -= u64::from(p.size);
+            }
+            consumed_total += u64::from(p.size);
+            if p.bulk {
+                if now >= WARMUP {
+                    bulk_bytes += u64::from(p.size);
+                }
+                tcp.acks.push_back((now + BASE_RTT, p.ce));
+            } else if now >= WARMUP {
+                let own = f64::from(p.size) / rate;
+                sparse_delays.push((now - p.sent_at) as f64 - own);
+            }
+        }
+        now += DT;
+    }
+    sparse_delays.sort_by(|a, b| a.total_cmp(b));
+    let p99 = sparse_delays
+        .get(sparse_delays.len() * 99 / 100)
+        .copied()
+        .unwrap_or(0.0);
+    let capacity = rate * (DURATION - WARMUP) as f64;
+    SimOut {
+        sparse_p99_ms: p99.max(0.0) / 1e6,
+        bulk_share: bulk_bytes as f64 / capacity,
+    }
+}
+
+fn sim() {
+    println!(
+        "== simulation: bulk TCP-like flow (ECN) + sparse flow (100 B every 10 ms), virtual clock"
+    );
+    println!(
+        "   designs: fifo = plain 256 KiB FIFO; seed = FQ-CoDel -> 256 KiB ring -> 256-entry RX ring;"
+    );
+    println!(
+        "            vm-switch = ring drained into FQ-CoDel at the egress -> DQL-limited RX ring"
+    );
+    let mut worst_p99 = 0.0f64;
+    let mut worst_share = f64::MAX;
+    for mbit in [50u64, 200, 1000] {
+        for design in [Design::Fifo, Design::Seed, Design::VmSwitch] {
+            let r = run_sim(design, mbit);
+            let name = match design {
+                Design::Fifo => "fifo",
+                Design::Seed => "seed",
+                Design::VmSwitch => "vm-switch",
+            };
+            println!(
+                "  {mbit:4} Mbit/s  {name:9}  sparse p99 added {:8.3} ms  bulk {:5.1} % of drain",
+                r.sparse_p99_ms,
+                r.bulk_share * 100.0
+            );
+            println!("RESULT sim_{name}_{mbit}_p99_ms={:.3}", r.sparse_p99_ms);
+            println!("RESULT sim_{name}_{mbit}_bulk_share={:.3}", r.bulk_share);
+            if design == Design::VmSwitch {
+                worst_p99 = worst_p99.max(r.sparse_p99_ms);
+                worst_share = worst_share.min(r.bulk_share);
+            }
+        }
+    }
+    println!("RESULT sim_sparse_p99_added_ms={worst_p99:.3}");
+    println!("RESULT sim_bulk_share={worst_share:.3}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Datapath
+
+const MAC_A: frame::Mac = [0x52, 0x54, 0, 0, 0, 0xa];
+const MAC_B: frame::Mac = [0x52, 0x54, 0, 0, 0, 0xb];
+
+fn test_frame(size: usize) -> Vec<u8> {
+    let size = size.max(60);
+    let total = size - 14;
+    let mut f = Vec::new();
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&frame::ETHERTYPE_IPV4.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, frame::IPPROTO_UDP, 0, 0]);
+    f.extend_from_slice(&Ipv4Addr::new(10, 0, 0, 1).octets());
+    f.extend_from_slice(&Ipv4Addr::new(10, 0, 0, 2).octets());
+    let c = frame::csum_fold(frame::csum_add(0, &f[14..34]));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&4000u16.to_be_bytes());
+    f.extend_from_slice(&5000u16.to_be_bytes());
+    f.extend_from_slice(&((total - 20) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(size, 0xab);
+    f
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn write_port(dir: &Path, name: &str, mac: frame::Mac, addr: &str, v6: &str) {
+    let text = format!(
+        "name = {name:?}\nmac = {:?}\naddresses = [{addr:?}]\nv6Addresses = [{v6:?}]\nreceiveBroadcast = false\n",
+        frame::format_mac(mac)
+    );
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write port file");
+    std::fs::rename(&tmp, dir.join(format!("{name}.port"))).expect("rename port file");
+}
+
+fn start_switch(bin: &Path, dir: &Path) -> Proc {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("scratch dir");
+    let log = std::fs::File::create(dir.with_extension("log")).expect("switch log");
+    let child = Command::new(bin)
+        .arg("-d")
+        .arg(dir)
+        .args(
+            std::env::var("VM_SWITCH_BENCH_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start vm-switch");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("stats.sock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Proc(child)
+}
+
+fn stats(bin: &Path, dir: &Path) -> serde_json::Value {
+    let out = Command::new(bin)
+        .arg("--stats")
+        .arg("-d")
+        .arg(dir)
+        .output()
+        .expect("vm-switch --stats");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_linked(bin: &Path, dir: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = stats(bin, dir);
+        let ok = s["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["linked_peers"].as_u64() >= Some(n)));
+        if ok || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const RUN: Duration = Duration::from_secs(3);
+
+fn datapath(bin: &Path, size: usize) {
+    let dir = std::env::temp_dir().join(format!("vm-switch-bench-{}", std::process::id()));
+    let _sw = start_switch(bin, &dir);
+    write_port(&dir, "a", MAC_A, "10.0.0.1/24", "fd00::1/64");
+    write_port(&dir, "b", MAC_B, "10.0.0.2/24", "fd00::2/64");
+    let opts = GuestOptions::default();
+    let mut a = TestGuest::connect(&dir.join("a.sock"), opts).expect("frontend a");
+    let mut b = TestGuest::connect(&dir.join("b.sock"), opts).expect("frontend b");
+    wait_linked(bin, &dir, 1);
+    let f = test_frame(size);
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let rx = {
+        let stop = stop.clone();
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                buf.clear();
+                let n = b.poll_frames(&mut buf) as u64;
+                if n == 0 {
+                    for f in b.recv_timeout(Duration::from_millis(5)) {
+                        std::hint::black_box(f);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    received.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    // Warm up, then measure.
+    let mut sent = 0u64;
+    let warm = Instant::now() + Duration::from_millis(500);
+    let mut start = None;
+    let mut base = 0;
+    let end = warm + RUN;
+    loop {
+        let now = Instant::now();
+        if start.is_none() && now >= warm {
+            start = Some(now);
+            base = received.load(Ordering::Relaxed);
+        }
+        if now >= end {
+            break;
+        }
+        let mut queued = 0;
+        while queued < 64 && a.queue_frame(&f) {
+            queued += 1;
+        }
+        if queued > 0 {
+            a.kick_tx();
+            sent += queued;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let got = received.load(Ordering::Relaxed) - base;
+    let el = start.map_or(RUN, |s| s.elapsed()).as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = rx.join();
+    let pps = got as f64 / el;
+    let s = stats(bin, &dir);
+    let drops = &s["ports"][0]["drops"];
+    println!(
+        "  vm-switch {size:5} B: {:6.3} Mpps ({:7.1} Mbit/s), sent {sent}, drops at a: {drops}",
+        pps / 1e6,
+        pps * size as f64 * 8.0 / 1e6
+    );
+    println!("RESULT pps_vmswitch_{size}={pps:.0}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    if !st.success() {
+        eprintln!("command failed: {cmd}");
+    }
+}
+
+fn bridge(size: usize) {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns (root needed)");
+    sh(
+        "ip link set lo up; sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+    );
+    let t0 = vm_switch::sys::open_tap("vmswb0").expect("tap0");
+    let t1 = vm_switch::sys::open_tap("vmswb1").expect("tap1");
+    sh(
+        "ip link add vmswbr type bridge && ip link set vmswbr up && \
+        ip link set vmswb0 master vmswbr up && ip link set vmswb1 master vmswbr up",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let f = test_frame(size);
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let rx = {
+        let stop = stop.clone();
+        let received = received.clone();
+        let mut t1 = t1;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if !vm_switch::sys::wait_readable(t1.as_raw_fd(), 5) {
+                    continue;
+                }
+                if let Ok(n) = t1.read(&mut buf)
+                    && n == size.max(60)
+                {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut t0 = t0;
+    let warm = Instant::now() + Duration::from_millis(500);
+    let mut start = None;
+    let mut base = 0;
+    let end = warm + RUN;
+    let mut sent = 0u64;
+    loop {
+        let now = Instant::now();
+        if start.is_none() && now >= warm {
+            start = Some(now);
+            base = received.load(Ordering::Relaxed);
+        }
+        if now >= end {
+            break;
+        }
+        for _ in 0..64 {
+            if t0.write(&f).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    let got = received.load(Ordering::Relaxed) - base;
+    let el = start.map_or(RUN, |s| s.elapsed()).as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = rx.join();
+    let pps = got as f64 / el;
+    println!(
+        "  bridge    {size:5} B: {:6.3} Mpps ({:7.1} Mbit/s), sent {sent}",
+        pps / 1e6,
+        pps * size as f64 * 8.0 / 1e6
+    );
+    println!("RESULT pps_bridge_{size}={pps:.0}");
+}
+
+// ---------------------------------------------------------------------------------------
+// QEMU latency under load
+
+fn percentile(v: &mut [f64], p: usize) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// Parses `fping -C N -q` output: `10.0.0.2 : 0.51 0.49 - 0.60 ...` ("-" = lost).
+fn fping_rtts(out: &str) -> (Vec<f64>, usize) {
+    let mut rtts = Vec::new();
+    let mut lost = 0;
+    for line in out.lines() {
+        if let Some((_, rest)) = line.split_once(" : ") {
+            for tok in rest.split_whitespace() {
+                match tok.parse::<f64>() {
+                    Ok(v) => rtts.push(v),
+                    Err(_) => lost += 1,
+                }
+            }
+        }
+    }
+    (rtts, lost)
+}
+
+struct Lat {
+    idle_p50: f64,
+    idle_p99: f64,
+    load_p50: f64,
+    load_p99: f64,
+    lost: usize,
+    mbits: f64,
+}
+
+fn measure(guests: &[vmsilo_testkit::Guest]) -> Lat {
+    let t = Duration::from_secs(120);
+    let (a, b, c) = (&guests[0], &guests[1], &guests[2]);
+    let idle = c
+        .run("fping -C 300 -p 10 -q 10.0.0.2 2>&1", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let (mut idle_rtts, _) = fping_rtts(&idle);
+    b.run_ok("iperf3 -s -D", t).expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(500));
+    a.run_ok("iperf3 -c 10.0.0.2 -t 20 -f m > /tmp/iperf.log 2>&1 &", t)
+        .expect("iperf3 client");
+    std::thread::sleep(Duration::from_secs(4));
+    let loaded = c
+        .run("fping -C 1000 -p 10 -q 10.0.0.2 2>&1", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let (mut load_rtts, lost) = fping_rtts(&loaded);
+    std::thread::sleep(Duration::from_secs(8));
+    let iperf = a
+        .run("cat /tmp/iperf.log", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let mbits = iperf
+        .lines()
+        .filter(|l| l.contains("receiver"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.windows(2)
+                .find(|p| p[1] == "Mbits/sec")
+                .and_then(|p| p[0].parse::<f64>().ok())
+        })
+        .next()
+        .unwrap_or(f64::NAN);
+    Lat {
+        idle_p50: percentile(&mut idle_rtts, 50),
+        idle_p99: percentile(&mut idle_rtts, 99),
+        load_p50: percentile(&mut load_rtts, 50),
+        load_p99: percentile(&mut load_rtts, 99),
+        lost,
+        mbits,
+    }
+}
+
+fn boot(
+    image: &vmsilo_testkit::GuestImage,
+    nic: impl Fn(vmsilo_testkit::QemuBuilder, &str, &str) -> vmsilo_testkit::QemuBuilder,
+) -> Vec<vmsilo_testkit::Guest> {
+    let mut guests = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let mac = format!("52:54:00:00:00:{:02x}", 0xa + i);
+        let b = vmsilo_testkit::QemuBuilder::new(image)
+            .name(*name)
+            .memory_mib(256)
+            .kernel_param(format!("vmsilo.ifname=lan,{mac}"))
+            .kernel_param(format!("vmsilo.addr=lan,10.0.0.{}/24", i + 1));
+        guests.push(nic(b, name, &mac).spawn().expect("start guest"));
+    }
+    for g in &mut guests {
+        g.wait_ready(Duration::from_secs(300)).expect("guest ready");
+    }
+    guests
+}
+
+fn print_lat(name: &str, l: &Lat) {
+    println!(
+        "  {name:9} idle RTT p50 {:6.2} ms p99 {:6.2} ms | loaded p50 {:6.2} ms p99 {:6.2} ms (lost {}) | bulk {:6.1} Mbit/s",
+        l.idle_p50, l.idle_p99, l.load_p50, l.load_p99, l.lost, l.mbits
+    );
+    let key = name.replace('-', "");
+    println!("RESULT e2e_{key}_idle_p99_ms={:.3}", l.idle_p99);
+    println!("RESULT e2e_{key}_loaded_p99_ms={:.3}", l.load_p99);
+    println!("RESULT e2e_{key}_loaded_p50_ms={:.3}", l.load_p50);
+    println!("RESULT e2e_{key}_bulk_mbits={:.1}", l.mbits);
+}
+
+fn qemu(bin: &Path) {
+    println!("== latency under load, QEMU/TCG guests: iperf3 A->B bulk, fping C->B every 10 ms");
+    let image = vmsilo_testkit::ImageSpec::new()
+        .program("iperf3")
+        .program("fping")
+        .build()
+        .expect("guest image");
+    // vm-switch.
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("vm-switch-bench-q-{}", std::process::id()));
+    let sw = start_switch(bin, &dir);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let mac: frame::Mac = [0x52, 0x54, 0, 0, 0, 0xa + i as u8];
+        write_port(
+            &dir,
+            name,
+            mac,
+            &format!("10.0.0.{}/24", i + 1),
+            &format!("fd00::{}/64", i + 1),
+        );
+    }
+    for name in ["a", "b", "c"] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join(format!("{name}.sock")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let guests = boot(&image, |b, name, mac| {
+        b.vhost_user_net(dir.join(format!("{name}.sock")), mac)
+    });
+    wait_linked(bin, &dir, 2);
+    let vs = measure(&guests);
+    let st = stats(bin, &dir);
+    drop(guests);
+    drop(sw);
+    let _ = std::fs::remove_dir_all(&dir);
+    print_lat("vm-switch", &vs);
+    if let Some(b) = st["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["vm"] == "b"))
+    {
+        println!(
+            "            switch egress to b: max sojourn {} us, CoDel marks {}, drops {}",
+            b["max_sojourn_us"], b["codel_marks"], b["drops"]
+        );
+    }
+    // Linux bridge + taps with fq_codel.
+    sh(
+        "ip link del vmswqbr 2>/dev/null; ip link add vmswqbr type bridge && ip link set vmswqbr up",
+    );
+    let guests = boot(&image, |b, name, mac| b.tap(format!("vmswq{name}"), mac));
+    for name in ["a", "b", "c"] {
+        sh(&format!(
+            "ip link set vmswq{name} master vmswqbr up && tc qdisc replace dev vmswq{name} root fq_codel"
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let br = measure(&guests);
+    drop(guests);
+    sh("ip link del vmswqbr");
+    print_lat("bridge", &br);
+    println!(
+        "RESULT e2e_p99_ratio_vs_bridge={:.3}",
+        vs.load_p99 / br.load_p99
+    );
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,132 @@
+//! `cargo xtask bench vm-switch`: the switch's figures beside their baselines, from the
+//! `vm_switch_bench` example of `crates/vm-switch` (release build):
+//!
+//! 1. scheduler operations per second at 1 to 1024 flows;
+//! 2. a virtual-clock simulation of bulk + sparse traffic at 50/200/1000 Mbit/s drain rates:
+//!    plain 256 KiB FIFO and the seed's design (FQ-CoDel before the ring) as baselines;
+//! 3. datapath packets per second at 64 B and 1500 B through the real vm-switch with
+//!    in-process vhost-user frontends, and the same frames through two taps on a Linux bridge
+//!    (in a private network namespace) as the baseline; goal ≥ 2× the bridge;
+//! 4. latency under load with QEMU/TCG guests (iperf3 bulk A→B, fping every 10 ms C→B),
+//!    through vm-switch and through a Linux bridge + taps with fq_codel; goal: vm-switch's
+//!    loaded p99 ≤ the bridge's.
+//!
+//! Parts 3 and 4 need root. `cargo xtask bench vm-switch quick` skips part 4. Ends with one
+//! `key=value` line.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{cargo, section, sh, workspace_root};
+
+fn run_part(
+    example: &std::path::Path,
+    args: &[&str],
+    results: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let out = Command::new(example)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} {args:?}", example.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        match line.strip_prefix("RESULT ") {
+            Some(kv) => {
+                if let Some((k, v)) = kv.split_once('=') {
+                    results.insert(k.to_owned(), v.to_owned());
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+    if !out.status.success() {
+        bail!("{} {args:?} failed with {}", example.display(), out.status);
+    }
+    Ok(())
+}
+
+fn num(results: &BTreeMap<String, String>, key: &str) -> f64 {
+    results
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "quick");
+    section("bench vm-switch: building (release)");
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "vm-switch",
+        "--features",
+        "testing",
+        "--bin",
+        "vm-switch",
+        "--example",
+        "vm_switch_bench",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| workspace_root().join(d))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let example = target.join("release/examples/vm_switch_bench");
+    let switch = target.join("release/vm-switch");
+    let switch_arg = switch.to_string_lossy().into_owned();
+    let mut r = BTreeMap::new();
+
+    section("bench vm-switch: 1. scheduler");
+    run_part(&example, &["sched"], &mut r)?;
+    section("bench vm-switch: 2. queueing simulation (virtual clock)");
+    run_part(&example, &["sim"], &mut r)?;
+    println!(
+        "  goal: vm-switch sparse p99 added < 1 ms with bulk >= 95 % at every rate: worst {} ms, {} % -> {}",
+        num(&r, "sim_sparse_p99_added_ms"),
+        num(&r, "sim_bulk_share") * 100.0,
+        if num(&r, "sim_sparse_p99_added_ms") < 1.0 && num(&r, "sim_bulk_share") >= 0.95 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+
+    section("bench vm-switch: 3. datapath (in-process frontends) vs Linux bridge + taps");
+    for size in ["64", "1500"] {
+        run_part(&example, &["datapath", &switch_arg, size], &mut r)?;
+        run_part(&example, &["bridge", size], &mut r)?;
+    }
+    let ratio64 = num(&r, "pps_vmswitch_64") / num(&r, "pps_bridge_64");
+    let ratio1500 = num(&r, "pps_vmswitch_1500") / num(&r, "pps_bridge_1500");
+    println!(
+        "  vm-switch / bridge: {ratio64:.2}x at 64 B, {ratio1500:.2}x at 1500 B (goal >= 2x: {})",
+        if ratio64 >= 2.0 { "met" } else { "NOT met" }
+    );
+
+    let mut e2e_ratio = f64::NAN;
+    if !quick {
+        section("bench vm-switch: 4. latency under load with QEMU/TCG guests");
+        run_part(&example, &["qemu", &switch_arg], &mut r)?;
+        e2e_ratio = num(&r, "e2e_p99_ratio_vs_bridge");
+        println!(
+            "  loaded p99: vm-switch {} ms, bridge+fq_codel {} ms (goal vm-switch <= bridge: {})",
+            num(&r, "e2e_vmswitch_loaded_p99_ms"),
+            num(&r, "e2e_bridge_loaded_p99_ms"),
+            if e2e_ratio <= 1.0 { "met" } else { "NOT met" }
+        );
+    }
+
+    println!(
+        "sim_sparse_p99_added_ms={:.3} sim_bulk_share={:.3} sched_ops_per_s_1024={:.0} pps_64b={:.0} pps_1500b={:.0} pps_ratio_vs_bridge={:.2} e2e_p99_ratio_vs_bridge={:.2}",
+        num(&r, "sim_sparse_p99_added_ms"),
+        num(&r, "sim_bulk_share"),
+        num(&r, "sched_ops_per_s_1024"),
+        num(&r, "pps_vmswitch_64"),
+        num(&r, "pps_vmswitch_1500"),
+        ratio64,
+        e2e_ratio
+    );
+    Ok(())
+}
