@@ -111,6 +111,11 @@ pub fn run(args: &[String]) -> Result<()> {
         run_part(&example, &["qemu", &switch_arg], &mut r)?;
         e2e_ratio = num(&r, "e2e_p99_ratio_vs_bridge");
         println!(
+            "  p99 added by load (loaded - idle): vm-switch {:.2} ms, bridge {:.2} ms",
+            num(&r, "e2e_vmswitch_added_p99_ms"),
+            num(&r, "e2e_bridge_added_p99_ms")
+        );
+        println!(
             "  loaded p99: vm-switch {} ms, bridge+fq_codel {} ms (goal vm-switch <= bridge: {})",
             num(&r, "e2e_vmswitch_loaded_p99_ms"),
             num(&r, "e2e_bridge_loaded_p99_ms"),

@@ -12,9 +12,16 @@
 //! RX ring itself short.
 //!
 //! Layout: sans-IO cores ([`frame`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
-//! the shared-memory ring ([`ring`]), the backend ([`backend`]), the process model
-//! ([`control`], [`child`], [`supervisor`]), the sandbox ([`sandbox`], [`seccomp`]), and
-//! statistics ([`stats`]). All `unsafe` code lives in [`sys`].
+//! the shared-memory ring ([`ring`]), the backend ([`backend`]) and the vhost-user relay in
+//! front of it ([`relay`]), the process model ([`control`], [`child`], [`supervisor`]), the
+//! sandbox ([`sandbox`], [`seccomp`]), statistics ([`stats`]) and logging ([`logger`]). All
+//! `unsafe` code lives in [`sys`]. With the feature `testing`, `testing` provides an
+//! in-process vhost-user frontend with a virtio-net driver for tests and benchmarks.
+//!
+//! Threading: the main process is single-threaded (it forks). A child runs the
+//! `vhost-user-backend` request thread and one vring worker per frontend connection, plus the
+//! relay's two threads; all port state is behind one mutex. Operator documentation:
+//! `docs/vm-switch.md`.
 //!
 //! Trust: everything from a guest, a frontend, a peer child (through a ring) or a port file is
 //! hostile and validated; the main process trusts only itself.

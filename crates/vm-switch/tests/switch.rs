@@ -402,3 +402,45 @@ fn test_bad_port_file_is_reported_and_ignored() {
     }
     assert!(s.log().contains("mac"), "{}", s.log());
 }
+
+#[test]
+fn test_stalled_guest_fills_only_its_own_bounded_queue() {
+    let s = two_ports("stalled");
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
+    let mut a = s.guest("a");
+    // b connects but never takes a frame out of its RX ring.
+    let _b = s.guest("b");
+    let mut c = s.guest("c");
+    s.wait_mesh(&["a", "b", "c"]);
+    let mut big = udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1);
+    big.resize(1400, 0);
+    // IPv4 total length must match the padded frame for the switch's parser to accept it.
+    let total = (big.len() - 14) as u16;
+    big[16..18].copy_from_slice(&total.to_be_bytes());
+    big[24..26].copy_from_slice(&[0, 0]);
+    let c_sum = frame::csum_fold(frame::csum_add(0, &big[14..34]));
+    big[24..26].copy_from_slice(&c_sum.to_be_bytes());
+    for _ in 0..6000 {
+        a.send(&big).unwrap();
+    }
+    // The egress queue towards b overflowed and stayed within its byte limit.
+    let sb = s.wait_stats("b", "overflow drops at b", |p| {
+        p["drops"]["overflow"].as_u64() > Some(0)
+    });
+    assert!(sb["backlog_bytes"].as_u64() <= Some(2 << 20), "{sb}");
+    // Other pairs are unaffected.
+    a.send(&udp4(MAC_A, MAC_C, v4("10.0.0.1"), v4("10.0.0.3"), 77))
+        .unwrap();
+    assert!(
+        c.recv_matching(5 * SECOND, |f| tag_of(f) == Some(77))
+            .is_some(),
+        "a->c stalled"
+    );
+    c.send(&udp4(MAC_C, MAC_A, v4("10.0.0.3"), v4("10.0.0.1"), 78))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(78))
+            .is_some(),
+        "c->a stalled"
+    );
+}
