@@ -269,8 +269,13 @@ pub fn apply_child(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
         return Ok(());
     }
-    for prog in child_filters(mode)? {
-        seccompiler::apply_filter(&prog).map_err(SeccompError::Install)?;
+    install(&child_filters(mode)?)
+}
+
+/// Installs compiled filters, in order, for the calling thread.
+pub fn install(progs: &[BpfProgram]) -> Result<(), SeccompError> {
+    for prog in progs {
+        seccompiler::apply_filter(prog).map_err(SeccompError::Install)?;
     }
     Ok(())
 }
@@ -285,6 +290,81 @@ mod tests {
             assert!(!main_filter(mode).unwrap().is_empty());
             assert_eq!(child_filters(mode).unwrap().len(), 3);
         }
+    }
+
+    use nix::sys::wait::{WaitStatus, waitpid};
+
+    use crate::sys::{self, Forked};
+
+    /// Forks; the child installs the child filters of `mode`, runs `attempt` and exits 0 if it
+    /// survived (or `attempt`'s own code). Returns how the child ended.
+    fn in_filtered_child(mode: SeccompMode, attempt: fn() -> i32) -> WaitStatus {
+        let progs = child_filters(mode).unwrap();
+        match sys::fork().unwrap() {
+            Forked::Child => {
+                if mode == SeccompMode::Trap {
+                    let _ = sys::install_sigsys_handler();
+                }
+                if install(&progs).is_err() {
+                    sys::exit_now(99);
+                }
+                sys::exit_now(attempt());
+            }
+            Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
+        }
+    }
+
+    fn make_socket() -> i32 {
+        let s = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        );
+        if s.is_ok() { 0 } else { 3 }
+    }
+
+    fn open_file() -> i32 {
+        // A &CStr path: no allocation in the forked child of a multi-threaded test process.
+        match nix::fcntl::open(
+            c"/dev/null",
+            nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(_) => 4,
+            Err(nix::Error::EACCES) => 0,
+            Err(_) => 5,
+        }
+    }
+
+    #[test]
+    fn test_child_filter_kill_mode_kills_on_socket_creation() {
+        let st = in_filtered_child(SeccompMode::Kill, make_socket);
+        assert!(
+            matches!(
+                st,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+            ),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn test_child_filter_trap_mode_reports_and_exits_159() {
+        let st = in_filtered_child(SeccompMode::Trap, make_socket);
+        assert!(matches!(st, WaitStatus::Exited(_, 159)), "{st:?}");
+    }
+
+    #[test]
+    fn test_child_filter_log_mode_allows() {
+        let st = in_filtered_child(SeccompMode::Log, make_socket);
+        assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    }
+
+    #[test]
+    fn test_child_filter_open_fails_with_eacces_instead_of_killing() {
+        let st = in_filtered_child(SeccompMode::Kill, open_file);
+        assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
     }
 
     #[test]

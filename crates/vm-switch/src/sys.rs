@@ -241,6 +241,13 @@ pub fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Ends the process at once with `code`, without running exit handlers (for forked children
+/// of a multi-threaded process, such as the test harness).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
 /// Result of [`fork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {
