@@ -178,6 +178,8 @@ struct RxTrack {
     cum_completed: u64,
     /// Current re-check delay.
     backoff_ns: u64,
+    /// Re-checks in a row that saw no consumption.
+    idle_rechecks: u32,
 }
 
 /// Negotiated per-connection settings.
@@ -939,6 +941,7 @@ impl Port {
             self.dql.completed(done - self.rx.cum_completed, now_ns());
             self.rx.cum_completed = done;
             self.rx.backoff_ns = self.params.recheck_ns;
+            self.rx.idle_rechecks = 0;
             self.stats.set(Counter::DqlLimit, self.dql.limit());
         }
     }
@@ -956,8 +959,13 @@ impl Port {
         {
             self.timer_armed = true;
         }
-        // Back off while the guest makes no progress (stalled guest: bounded CPU).
-        self.rx.backoff_ns = (self.rx.backoff_ns * 2).min(100_000_000);
+        // Back off once the guest has made no progress for a while (a stalled guest costs
+        // almost no CPU); a slow but live guest keeps the short re-check, so a sparse packet
+        // waiting behind the limit is not delayed by a long timer.
+        self.rx.idle_rechecks = self.rx.idle_rechecks.saturating_add(1);
+        if self.rx.idle_rechecks > 40 {
+            self.rx.backoff_ns = (self.rx.backoff_ns * 2).min(100_000_000);
+        }
     }
 
     /// Switch → guest: delivers from the egress scheduler into the RX ring.
