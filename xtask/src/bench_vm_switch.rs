@@ -116,7 +116,7 @@ pub fn run(args: &[String]) -> Result<()> {
             num(&r, "e2e_bridge_added_p99_ms")
         );
         println!(
-            "  loaded p99: vm-switch {} ms, bridge+fq_codel {} ms (goal vm-switch <= bridge: {})",
+            "  loaded p99: vm-switch {} ms, bridge {} ms (goal vm-switch <= bridge: {})",
             num(&r, "e2e_vmswitch_loaded_p99_ms"),
             num(&r, "e2e_bridge_loaded_p99_ms"),
             if e2e_ratio <= 1.0 { "met" } else { "NOT met" }

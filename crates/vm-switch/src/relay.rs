@@ -34,6 +34,8 @@ const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
+/// Ring indices below this are held back before `SET_FEATURES`.
+const MAX_HELD_RINGS: u32 = 64;
 
 struct Msg {
     bytes: Vec<u8>,
@@ -200,7 +202,10 @@ fn forward_requests(
 ) -> io::Result<()> {
     while let Some(mut m) = recv_msg(frontend)? {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        if m.request() == SET_VRING_ENABLE && !st.features_sent {
+        // Only plausible ring indices are held (a net device has a handful of rings), so a
+        // misbehaving frontend cannot grow the map; anything else goes to the daemon, which
+        // rejects it.
+        if m.request() == SET_VRING_ENABLE && !st.features_sent && m.word(HDR) < MAX_HELD_RINGS {
             if m.flags() & FLAG_NEED_REPLY != 0 {
                 // Acknowledge it ourselves (u64 0 = success) and forward it without the flag.
                 let mut ack = Vec::with_capacity(HDR + 8);
