@@ -444,3 +444,35 @@ fn test_stalled_guest_fills_only_its_own_bounded_queue() {
         "c->a stalled"
     );
 }
+
+#[test]
+fn test_cli_usage_errors_exit_2_and_missing_instance_exits_1() {
+    let bin = env!("CARGO_BIN_EXE_vm-switch");
+    let out = std::process::Command::new(bin)
+        .args([
+            "-d",
+            "/nonexistent/x",
+            "--fq-codel-target",
+            "200ms",
+            "--fq-codel-interval",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fq-codel-interval"));
+    let out = std::process::Command::new(bin)
+        .args(["--buffer-size", "10ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a duration is not a size");
+    let dir = std::env::temp_dir().join(format!("vm-switch-nostats-{}", std::process::id()));
+    let out = std::process::Command::new(bin)
+        .arg("--stats")
+        .arg("-d")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no vm-switch is serving"));
+}
