@@ -1,13 +1,14 @@
 //! Command-line definitions (clap derive), and the multi-call entry points.
 //!
-//! One binary serves several names: `vmsilo <subcommand>`, and `vm-start`, `vm-stop`,
+//! One binary serves several names: `vmsilo <subcommand>`, and `vm-run`, `vm-start`, `vm-stop`,
 //! `vm-start-debug`, `vm-shell`, `vmsilo-generator` (symlinks to `vmsilo`) which are the
-//! subcommands `start`, `stop`, `start-debug`, `shell`, `generator` under their own name.
+//! subcommands `run`, `start`, `stop`, `start-debug`, `shell`, `generator` under their own name.
 //! [`parse_from`] picks the entry point from `argv[0]`; [`multi_call_command`] gives the clap
 //! definition of each name (for help, completion scripts and man pages).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -36,6 +37,8 @@ pub enum Command {
     Units(UnitsArgs),
     /// Show the VMs: state, uptime, memory, PID, command socket.
     Status(StatusArgs),
+    /// Run a command in a VM, starting the VM if needed (also `vm-run <vm> <command>`).
+    Run(VmRunArgs),
     /// Start a VM through systemd (also `vm-start <vm>`).
     Start(VmArg),
     /// Stop a VM through systemd: the guest gets an ACPI power button (also `vm-stop <vm>`).
@@ -47,6 +50,11 @@ pub enum Command {
     Shell(ShellArgs),
     /// Run a VM: the process `vmsilo-<vm>-vm.service` runs (as root).
     VmService(RunArgs),
+    /// Serve a VM's command socket (socket activation): start the VM on demand and connect
+    /// each vm-run to the guest agent; what `vmsilo-<vm>-command.service` runs.
+    CommandService(CommandServiceArgs),
+    /// Write host .desktop files that launch a VM's guest programs through vm-run.
+    DesktopEntries(DesktopEntriesArgs),
     /// systemd generator: write the units into NORMAL (also `vmsilo-generator`).
     #[command(hide = true)]
     Generator(GeneratorArgs),
@@ -203,6 +211,121 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     vmsilo_config::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// `vmsilo command-service`.
+#[derive(Debug, Clone, Args)]
+pub struct CommandServiceArgs {
+    /// The VM, and the options for the `vmsilo vm-service` this service runs itself when
+    /// systemd is not running.
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// How long a connection waits for the guest agent to answer (while the VM starts and
+    /// boots) before it gets an error.
+    #[arg(
+        long,
+        env = "VMSILO_AGENT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub agent_timeout: Duration,
+}
+
+/// `vm-run` (`vmsilo run`).
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: the command's own with --wait (128+N if signal N killed it), 127 \
+                  command not found, 126 not executable; 0 once a detached command has \
+                  started; 1 when vmsilo failed (the VM did not start, ...); 2 for a usage \
+                  error or a VM that is not configured."
+)]
+pub struct VmRunArgs {
+    /// Wait for the command: attach stdin, stdout and stderr, forward signals and the
+    /// terminal size, and exit with its status.
+    #[arg(short = 'w', long)]
+    pub wait: bool,
+
+    /// With --wait: give the command a terminal in the guest (the default when stdin and
+    /// stdout are terminals).
+    #[arg(short = 't', long, requires = "wait", conflicts_with = "no_tty")]
+    pub tty: bool,
+
+    /// With --wait: no terminal in the guest, even when stdin and stdout are terminals.
+    #[arg(short = 'T', long)]
+    pub no_tty: bool,
+
+    /// With --wait: give the command an empty stdin instead of this one.
+    #[arg(short = 'n', long, requires = "wait")]
+    pub no_stdin: bool,
+
+    /// Set an environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Working directory in the guest (default: the user's home directory).
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Guest account to run the command as (default: the agent's user).
+    #[arg(short = 'u', long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Print the command's process id in the guest (detached), and say when the VM starts.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
+    /// Directory of sockets and consoles.
+    #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
+    pub run_dir: String,
+
+    /// The VM.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    /// The command and its arguments, as in the guest.
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?}: expected KEY=VALUE")),
+    }
+}
+
+/// `vmsilo desktop-entries`.
+#[derive(Debug, Args)]
+pub struct DesktopEntriesArgs {
+    /// The VM the entries launch programs in.
+    #[arg(long, value_name = "VM")]
+    pub vm: String,
+
+    /// The VM's colour (written as X-Vmsilo-Color).
+    #[arg(long, value_name = "COLOR")]
+    pub color: Option<String>,
+
+    /// A directory of the guest's .desktop files, e.g. `<package>/share/applications`
+    /// (repeatable; missing directories are skipped).
+    #[arg(long = "from", value_name = "DIR")]
+    pub from: Vec<PathBuf>,
+
+    /// A JSON list of extra entries: `[{"name": ..., "exec": ..., "icon": ..., "categories":
+    /// [...]}]`.
+    #[arg(long, value_name = "FILE")]
+    pub entries: Option<PathBuf>,
+
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
 /// `vmsilo status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -278,9 +401,9 @@ pub struct ManArgs {
     pub out: PathBuf,
 }
 
-/// The multi-call names and the subcommand each stands for. `vm-run` is reserved for the
-/// command path (not part of this build yet).
+/// The multi-call names and the subcommand each stands for.
 pub const MULTI_CALL: &[(&str, &str)] = &[
+    ("vm-run", "run"),
     ("vm-start", "start"),
     ("vm-stop", "stop"),
     ("vm-start-debug", "start-debug"),
@@ -315,8 +438,6 @@ pub enum Entry {
     Vmsilo,
     /// One of [`MULTI_CALL`].
     MultiCall(&'static str),
-    /// `vm-run`.
-    VmRun,
 }
 
 /// The entry point named by `argv[0]` (its file name).
@@ -325,9 +446,6 @@ pub fn entry(argv0: &std::ffi::OsStr) -> Entry {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("vmsilo");
-    if name == "vm-run" {
-        return Entry::VmRun;
-    }
     match MULTI_CALL.iter().find(|(n, _)| *n == name) {
         Some((n, _)) => Entry::MultiCall(n),
         None => Entry::Vmsilo,
@@ -344,6 +462,7 @@ pub fn parse_from(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let m = cmd.try_get_matches_from(args)?;
     let config = m.get_one::<PathBuf>("config").cloned();
     let command = match name {
+        "vm-run" => Command::Run(VmRunArgs::from_arg_matches(&m)?),
         "vm-start" => Command::Start(VmArg::from_arg_matches(&m)?),
         "vm-stop" => Command::Stop(VmArg::from_arg_matches(&m)?),
         "vm-start-debug" => Command::StartDebug(RunArgs::from_arg_matches(&m)?),
@@ -375,7 +494,7 @@ mod tests {
             entry("vmsilo-generator".as_ref()),
             Entry::MultiCall("vmsilo-generator")
         );
-        assert_eq!(entry("./vm-run".as_ref()), Entry::VmRun);
+        assert_eq!(entry("./vm-run".as_ref()), Entry::MultiCall("vm-run"));
         assert_eq!(entry("/usr/bin/vmsilo".as_ref()), Entry::Vmsilo);
         assert_eq!(entry("something-else".as_ref()), Entry::Vmsilo);
     }

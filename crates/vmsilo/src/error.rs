@@ -96,7 +96,12 @@ pub enum CliError {
 impl CliError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.code())
+    }
+
+    /// The exit status for this error, as a number.
+    pub fn code(&self) -> u8 {
+        match self {
             CliError::NoConfig { .. }
             | CliError::ConfigMissing { .. }
             | CliError::Config { .. }
@@ -110,7 +115,7 @@ impl CliError {
             | CliError::Failure(_) => EXIT_FAILURE,
             CliError::Runtime(e) => e.exit_code(),
             CliError::Exit(code) => *code,
-        })
+        }
     }
 
     /// The lines printed on stderr, each to be prefixed with `vmsilo: `.

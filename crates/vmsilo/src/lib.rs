@@ -1,6 +1,6 @@
 //! The vmsilo host tool and runtime, one multi-call binary: `vmsilo` (`check`, `plan`, `units`,
-//! `status`, `vm-service`, ...), `vm-start`, `vm-stop`, `vm-start-debug`, `vm-shell`,
-//! `vmsilo-generator`.
+//! `status`, `vm-service`, `command-service`, `desktop-entries`, ...), `vm-run`, `vm-start`,
+//! `vm-stop`, `vm-start-debug`, `vm-shell`, `vmsilo-generator`.
 //!
 //! Each subcommand is a module of [`commands`]; [`cli`] holds the argument definitions and the
 //! multi-call entry points, [`config_file`] finds and reads the configuration, [`users`]
@@ -9,18 +9,24 @@
 //! configuration logic itself is in the sans-IO `vmsilo-config` crate; this crate is the I/O
 //! edge around it.
 //!
-//! Threading: single-threaded; the runtime is one poll loop (signals through a signalfd, the
-//! console relay). Trust: the configuration file and `/etc/passwd` are read as untrusted text
-//! (malformed content is an error, never a panic); console bytes from the guest are relayed,
-//! never interpreted; replies from QMP and crosvm are bounded and parsed without panicking.
+//! Threading: the runtime is one poll loop (signals through a signalfd, the console relay).
+//! The command service ([`command::service`]) accepts on its main thread and serves each
+//! connection on a thread of its own; `vm-run` has a signal thread and the agent client's stdin
+//! and control threads. Trust: the configuration file, `/etc/passwd` and `.desktop` files are
+//! read as untrusted text (malformed content is an error, never a panic); console bytes and
+//! the agent protocol from the guest are relayed by the runtime and the command service, never
+//! interpreted; replies from QMP and crosvm, and the agent's frames in `vm-run`, are bounded
+//! and parsed without panicking.
 
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
 pub mod cli;
+pub mod command;
 pub mod commands;
 pub mod config_file;
+pub mod desktop;
 pub mod error;
 pub mod runtime;
 #[allow(unsafe_code)]
@@ -44,11 +50,6 @@ pub fn run(cli: cli::Cli) -> ExitCode {
 
 /// The whole program: picks the entry point from `argv[0]`, parses, runs.
 pub fn main_with_args(args: Vec<std::ffi::OsString>) -> ExitCode {
-    let argv0 = args.first().cloned().unwrap_or_default();
-    if cli::entry(&argv0) == cli::Entry::VmRun {
-        eprintln!("vm-run: not available in this build yet (the command path is not implemented)");
-        return ExitCode::from(error::EXIT_FAILURE);
-    }
     match cli::parse_from(args) {
         Ok(cli) => run(cli),
         Err(e) => {

@@ -1,4 +1,5 @@
-//! The crate's only unsafe code: a `pre_exec` hook for the processes the runtime starts.
+//! The crate's only unsafe code: a `pre_exec` hook for the processes the runtime starts,
+//! adopting the socket-activation descriptor, and reading a terminal's size.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -27,4 +28,59 @@ pub fn prepare_child(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// `LISTEN_FDS_START` of sd_listen_fds(3): the first descriptor systemd passes.
+const LISTEN_FDS_START: i32 = 3;
+
+/// The first socket passed by socket activation (sd_listen_fds(3)): `LISTEN_PID` must be this
+/// process and `LISTEN_FDS` at least 1. The descriptor is made close-on-exec, so the programs
+/// this process starts do not inherit it. `None` when nothing was passed (or it was taken
+/// already); the caller checks that it is the kind of socket it expects.
+pub fn take_listen_fd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.trim().parse().ok()?;
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.trim().parse().ok()?;
+    if pid != std::process::id() || count == 0 || TAKEN.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    // SAFETY: only borrowed for the duration of the F_GETFD check below, which fails harmlessly
+    // (EBADF) if descriptor 3 is not open.
+    // JUSTIFICATION: std offers no way to name an inherited descriptor number without unsafe.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(LISTEN_FDS_START) };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
+    fcntl(
+        borrowed,
+        FcntlArg::F_SETFD(FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    // SAFETY: descriptor 3 is open (F_GETFD succeeded), systemd passed it to this process
+    // (LISTEN_PID matches), nothing else in this process owns it (std and this crate never
+    // open it implicitly, and TAKEN makes this the only owner).
+    // JUSTIFICATION: adopting an inherited descriptor needs from_raw_fd.
+    Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) })
+}
+
+nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::libc::winsize);
+
+/// The size of the terminal on `fd` as (rows, columns); `None` if it is not a terminal or
+/// reports 0×0.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
+    use std::os::fd::AsRawFd;
+    let mut ws = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` through the pointer, which points to a
+    // live, properly aligned local of that type; `fd` is a valid borrowed descriptor.
+    // JUSTIFICATION: nix has no safe wrapper for TIOCGWINSZ.
+    unsafe { tiocgwinsz(fd.as_raw_fd(), &mut ws) }.ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }

@@ -4,7 +4,9 @@
 //! - `vmsilo-<vm>.socket`: the command socket (`<run>/<vm>-command.socket`, owned by the
 //!   configured user, mode 0600), enabled through `sockets.target.wants/`; it activates
 //! - `vmsilo-<vm>-command.service`: `vmsilo command-service <vm>` with the listening socket
-//!   (`Accept=no`, `LISTEN_FDS`), bound to the VM service, so a connection starts the VM;
+//!   (`Accept=no`, `LISTEN_FDS`); it starts the VM service itself (`systemctl start
+//!   --no-block`) when a connection needs it, so it can tell the waiting `vm-run` how the start
+//!   goes, and outlives the VM (the next connection starts it again);
 //! - `vmsilo-<vm>-vm.service`: `vmsilo vm-service <vm>` as root, `Type=notify`, hardened;
 //!   `autoStart` adds it to `multi-user.target.wants/`, `dependsOn` becomes `Wants=`/`After=`.
 //!
@@ -239,8 +241,7 @@ fn command_service_text(vm: &Vm, opts: &UnitOptions) -> String {
 Description=vmsilo command service of VM {name}
 Documentation=man:vmsilo(1)
 Requires={socket}
-BindsTo={vm_service}
-After={socket} {vm_service}
+After={socket}
 
 [Service]
 Type=simple
@@ -248,7 +249,6 @@ ExecStart={exec}
 {sandbox}",
         header = header(opts),
         socket = socket_unit(name),
-        vm_service = vm_service(name),
         sandbox = sandbox(None, "AF_UNIX AF_VSOCK", true),
         exec = command_line(&[
             opts.vmsilo_bin.as_str(),

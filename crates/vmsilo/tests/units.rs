@@ -390,6 +390,13 @@ fn test_bash_completion_offers_vm_names_where_a_vm_goes() {
         &["vm-shell", "--ssh", "p"],
     );
     assert_eq!(shell, ["personal"]);
+    // vm-run: the VM after its options (also those with a value), then the command's words.
+    let vm_run = out.join("vm-run.bash");
+    assert_eq!(
+        complete(&dir, &vm_run, &["vm-run", "-w", "-e", "A=1", "b"]),
+        ["banking"]
+    );
+    assert!(!complete(&dir, &vm_run, &["vm-run", "banking", ""]).contains(&"banking".to_owned()));
     for shell in ["zsh", "fish"] {
         let out = dir.path().join(shell);
         let o = vmsilo()
@@ -400,8 +407,8 @@ fn test_bash_completion_offers_vm_names_where_a_vm_goes() {
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(
             common::entries(&out).len(),
-            5,
-            "vmsilo and the four vm-* commands"
+            6,
+            "vmsilo and the five vm-* commands"
         );
     }
 }

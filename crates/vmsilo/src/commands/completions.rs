@@ -20,6 +20,8 @@ use crate::config_file;
 const VM_SUBCOMMANDS: &[&str] = &[
     "plan",
     "status",
+    "run",
+    "command-service",
     "start",
     "stop",
     "start-debug",
@@ -46,10 +48,13 @@ fn commands() -> Vec<(String, clap::Command)> {
 fn options_with_values() -> BTreeSet<String> {
     fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
         for a in cmd.get_arguments() {
-            if a.get_action().takes_values()
-                && let Some(l) = a.get_long()
-            {
-                out.insert(format!("--{l}"));
+            if a.get_action().takes_values() {
+                if let Some(l) = a.get_long() {
+                    out.insert(format!("--{l}"));
+                }
+                if let Some(s) = a.get_short() {
+                    out.insert(format!("-{s}"));
+                }
             }
         }
         for s in cmd.get_subcommands() {

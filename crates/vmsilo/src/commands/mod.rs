@@ -10,9 +10,12 @@ use crate::cli::{Cli, Command, DirArgs, UserArgs};
 use crate::users::{self, UserIds};
 
 pub mod check;
+pub mod command_service;
 pub mod completions;
+pub mod desktop_entries;
 pub mod generator;
 pub mod plan;
+pub mod run;
 pub mod shell;
 pub mod status;
 pub mod systemctl;
@@ -28,6 +31,9 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Units(args) => units::run(config, &args),
         Command::Generator(args) => generator::run(config, &args),
         Command::Status(args) => status::run(config, &args),
+        Command::Run(args) => run::run(config, &args),
+        Command::CommandService(args) => command_service::run(config, &args),
+        Command::DesktopEntries(args) => desktop_entries::run(&args),
         Command::Start(args) => systemctl::run(config, systemctl::Verb::Start, &args.vm),
         Command::Stop(args) => systemctl::run(config, systemctl::Verb::Stop, &args.vm),
         Command::StartDebug(args) => vm_service::run(config, &args, true),

@@ -1,0 +1,206 @@
+//! Reaching the guest agent's vsock port from the host: `AF_VSOCK` to the VM's CID (crosvm and
+//! the kernel's vhost-vsock), or the hybrid-vsock Unix socket of vhost-device-vsock (QEMU) with
+//! its `CONNECT <port>\n` / `OK …\n` handshake.
+
+use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
+use vmsilo_config::plan::LaunchPlan;
+use vmsilo_proto::hybrid::{self, HybridError};
+
+/// Where the guest's vsock is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestAddr {
+    /// vhost-device-vsock's hybrid-vsock Unix socket (`paths.vsockSocket` of a QEMU plan).
+    Hybrid(PathBuf),
+    /// The kernel's vsock, guest CID `cid` (crosvm).
+    Vsock {
+        /// The guest's CID.
+        cid: u32,
+    },
+}
+
+/// Why one attempt to reach the agent failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The VM's vsock is not there: the VM is not running (yet).
+    NoVm(String),
+    /// The VM runs but nothing listens on the port (yet): the guest is booting.
+    NotListening(String),
+    /// Something else went wrong (the message says what).
+    Other(String),
+}
+
+impl ConnectError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            ConnectError::NoVm(m) | ConnectError::NotListening(m) | ConnectError::Other(m) => m,
+        }
+    }
+}
+
+impl GuestAddr {
+    /// The agent's address for a plan: hybrid vsock when the plan has a vsock socket (QEMU),
+    /// the guest's CID otherwise.
+    pub fn from_plan(plan: &LaunchPlan) -> GuestAddr {
+        match &plan.paths.vsock_socket {
+            Some(p) => GuestAddr::Hybrid(PathBuf::from(p)),
+            None => GuestAddr::Vsock {
+                cid: plan.vsock_cid,
+            },
+        }
+    }
+
+    /// For messages: `hybrid vsock /run/vmsilo/a-vsock.socket` or `vsock CID 3`.
+    pub fn describe(&self) -> String {
+        match self {
+            GuestAddr::Hybrid(p) => format!("hybrid vsock {}", p.display()),
+            GuestAddr::Vsock { cid } => format!("vsock CID {cid}"),
+        }
+    }
+
+    /// One attempt to connect to `port` in the guest; the handshake (hybrid vsock) may take
+    /// at most `timeout`. The returned stream is blocking and carries the port's bytes.
+    pub fn connect(&self, port: u32, timeout: Duration) -> Result<OwnedFd, ConnectError> {
+        match self {
+            GuestAddr::Hybrid(path) => connect_hybrid(path, port, timeout),
+            GuestAddr::Vsock { cid } => connect_vsock(*cid, port),
+        }
+    }
+}
+
+fn connect_hybrid(path: &PathBuf, port: u32, timeout: Duration) -> Result<OwnedFd, ConnectError> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        let m = format!("cannot connect to {}: {e}", path.display());
+        match e.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => ConnectError::NoVm(m),
+            _ => ConnectError::Other(m),
+        }
+    })?;
+    let timeout = timeout.max(Duration::from_millis(1));
+    let set = |s: &UnixStream, t| {
+        s.set_read_timeout(t)
+            .and_then(|()| s.set_write_timeout(t))
+            .map_err(|e| ConnectError::Other(format!("{}: {e}", path.display())))
+    };
+    set(&s, Some(timeout))?;
+    match hybrid::connect(&mut s, port) {
+        Ok(()) => {}
+        Err(e @ HybridError::Refused { .. }) => {
+            return Err(ConnectError::NotListening(e.to_string()));
+        }
+        Err(HybridError::Io { source, .. })
+            if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+        {
+            return Err(ConnectError::NotListening(format!(
+                "hybrid vsock: no answer to CONNECT {port} on {} within {} (the guest's vsock \
+                 driver is not up yet?)",
+                path.display(),
+                vmsilo_config::units::format_duration(timeout)
+            )));
+        }
+        Err(e) => return Err(ConnectError::Other(e.to_string())),
+    }
+    set(&s, None)?;
+    Ok(OwnedFd::from(s))
+}
+
+fn connect_vsock(cid: u32, port: u32) -> Result<OwnedFd, ConnectError> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| {
+        ConnectError::Other(format!(
+            "cannot create an AF_VSOCK socket: {e} (is the vsock module loaded? modprobe \
+             vhost_vsock)"
+        ))
+    })?;
+    match connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(cid, port),
+    ) {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            let m = format!("vsock CID {cid} port {port}: {e}");
+            Err(match e {
+                Errno::ECONNRESET | Errno::ECONNREFUSED => ConnectError::NotListening(m),
+                Errno::ENODEV | Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::ETIMEDOUT => {
+                    ConnectError::NoVm(m)
+                }
+                _ => ConnectError::Other(m),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn test_hybrid_missing_socket_is_no_vm_and_refusal_is_not_listening() {
+        let dir = std::env::temp_dir().join(format!("vmsilo-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let addr = GuestAddr::Hybrid(path.clone());
+        let e = addr
+            .connect(5000, Duration::from_secs(1))
+            .expect_err("no socket");
+        assert!(matches!(e, ConnectError::NoVm(_)), "{e:?}");
+
+        let listener = UnixListener::bind(&path).expect("bind");
+        let t = std::thread::spawn(move || {
+            // First connection: closed after CONNECT (nothing listens); second: accepted.
+            for reply in [None, Some("OK 5000\n")] {
+                let (s, _) = listener.accept().expect("accept");
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut line = String::new();
+                r.read_line(&mut line).expect("line");
+                assert_eq!(line, "CONNECT 5000\n");
+                if let Some(reply) = reply {
+                    (&s).write_all(reply.as_bytes()).expect("reply");
+                    (&s).write_all(b"after").expect("data");
+                }
+            }
+        });
+        let e = addr
+            .connect(5000, Duration::from_secs(5))
+            .expect_err("refused");
+        assert!(matches!(e, ConnectError::NotListening(_)), "{e:?}");
+        let fd = addr
+            .connect(5000, Duration::from_secs(5))
+            .expect("accepted");
+        let mut s = UnixStream::from(fd);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut s, &mut rest).expect("read");
+        assert_eq!(rest, "after");
+        t.join().expect("peer");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_address_from_plan_and_description() {
+        assert_eq!(
+            GuestAddr::Vsock { cid: 3 }.describe(),
+            "vsock CID 3".to_owned()
+        );
+        assert!(
+            GuestAddr::Hybrid("/run/vmsilo/a-vsock.socket".into())
+                .describe()
+                .ends_with("a-vsock.socket")
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! `vm-run <vm> <command...>` (`vmsilo run`): run a command in a VM through its command socket,
+//! starting the VM if needed (`docs/vm-run.md`).
+//!
+//! Detached (the default) it returns once the guest agent has started the command; `--wait`
+//! attaches stdin, stdout and stderr, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the
+//! command and terminal size changes (SIGWINCH) to its terminal, and exits with its status.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+use vmsilo_config::{Dirs, plan};
+use vmsilo_proto::client::{self, AttachedIo, ClientError, Control};
+use vmsilo_proto::{Request, WindowSize};
+
+use crate::CliError;
+use crate::cli::VmRunArgs;
+use crate::command::client::{CLEAR_LINE, Progress, WaitError, wait_ready};
+use crate::config_file;
+
+/// How long vm-run waits without hearing from the command service before the command starts
+/// (the service sends a status frame twice a second while the VM starts).
+const SILENCE: Duration = Duration::from_secs(30);
+
+/// The signals vm-run forwards (or, before the command runs, dies of).
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+/// Where the signal thread sends what it receives once the command runs attached.
+#[derive(Default)]
+struct Relay {
+    /// The control channel and whether the command has a terminal (SIGWINCH → Resize).
+    attached: Mutex<Option<(Sender<Control>, bool)>>,
+}
+
+/// Blocks the forwarded signals and SIGWINCH in this (the only) thread, so every later thread
+/// inherits the mask, and starts the thread that handles them: before the command runs
+/// attached, a signal clears the progress line and ends vm-run with that signal, as it would
+/// have without vm-run's help; afterwards it is sent to the command.
+fn start_signal_thread(progress_shown: Arc<AtomicBool>) -> Result<Arc<Relay>, CliError> {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGWINCH);
+    set.thread_block()
+        .map_err(|e| CliError::Failure(format!("cannot block signals: {e}")))?;
+    let relay = Arc::new(Relay::default());
+    let r = Arc::clone(&relay);
+    std::thread::Builder::new()
+        .name("vm-run-signals".into())
+        .spawn(move || {
+            loop {
+                let Ok(sig) = set.wait() else { return };
+                let attached = r
+                    .attached
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                match (attached, sig) {
+                    (Some((tx, tty)), Signal::SIGWINCH) => {
+                        if tty && let Some(size) = terminal_size() {
+                            let _ = tx.send(Control::Resize(size));
+                        }
+                    }
+                    (None, Signal::SIGWINCH) => {}
+                    (Some((tx, _)), sig) => {
+                        if let Some(s) = vmsilo_proto::Signal::from_number(sig as i32) {
+                            let _ = tx.send(Control::Signal(s));
+                        }
+                    }
+                    (None, sig) => {
+                        if progress_shown.load(Ordering::SeqCst) {
+                            eprint!("{CLEAR_LINE}");
+                        }
+                        // Default action: the process ends by this signal.
+                        let mut one = SigSet::empty();
+                        one.add(sig);
+                        let _ = one.thread_unblock();
+                        let _ = nix::sys::signal::raise(sig);
+                        let _ = one.thread_block();
+                    }
+                }
+            }
+        })
+        .map_err(|e| CliError::Failure(format!("cannot start the signal thread: {e}")))?;
+    Ok(relay)
+}
+
+/// The size of the terminal on stdin or stdout.
+fn terminal_size() -> Option<WindowSize> {
+    let (rows, cols) = crate::sys::window_size(std::io::stdin().as_fd())
+        .or_else(|| crate::sys::window_size(std::io::stdout().as_fd()))?;
+    Some(WindowSize { rows, cols })
+}
+
+/// A VM name that can be part of a socket path.
+fn check_vm_name(vm: &str) -> Result<(), CliError> {
+    if vm.is_empty() || vm.contains('/') || vm.contains('\0') || vm.starts_with('.') {
+        return Err(CliError::Usage(format!("{vm:?} is not a VM name")));
+    }
+    Ok(())
+}
+
+/// Explains why the command socket could not be reached.
+fn connect_error(config: Option<&Path>, vm: &str, socket: &str, e: &std::io::Error) -> CliError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => match config_file::resolve_and_load(config) {
+            Ok((_, cfg)) => match plan::find_vm(&cfg, vm) {
+                Err(unknown) => CliError::Plan(unknown),
+                Ok(_) => CliError::Failure(format!(
+                    "VM {vm:?}: its command socket {socket} does not exist: the socket unit \
+                     vmsilo-{vm}.socket is not listening (`systemctl start vmsilo-{vm}.socket`; \
+                     on NixOS the module enables it); without systemd run the command service \
+                     with systemd-socket-activate (see docs/vm-run.md)"
+                )),
+            },
+            Err(_) => CliError::Failure(format!(
+                "VM {vm:?}: no command socket {socket}: is {vm:?} a configured VM (`vmsilo \
+                 check` lists them), and is vmsilo-{vm}.socket listening?"
+            )),
+        },
+        ErrorKind::PermissionDenied => CliError::Failure(format!(
+            "VM {vm:?}: permission denied on {socket}: the command socket belongs to the \
+             configuration's user; run vm-run as that user"
+        )),
+        ErrorKind::ConnectionRefused => CliError::Failure(format!(
+            "VM {vm:?}: nothing listens on {socket} (a stale socket?): restart \
+             vmsilo-{vm}.socket (`systemctl restart vmsilo-{vm}.socket`)"
+        )),
+        _ => CliError::Failure(format!("VM {vm:?}: cannot connect to {socket}: {e}")),
+    }
+}
+
+/// An agent-protocol failure: the agent's own refusals are printed as they are (they name
+/// their source, `vmsilo-guest: frobnicate: command not found`), others with the VM.
+fn client_error(vm: &str, e: &ClientError) -> CliError {
+    let code = u8::try_from(e.exit_code()).unwrap_or(crate::error::EXIT_FAILURE);
+    match e {
+        ClientError::Agent(frame) => eprintln!("{}", frame.message),
+        other => eprintln!("vmsilo: VM {vm:?}: {other}"),
+    }
+    CliError::Exit(code)
+}
+
+fn request(args: &VmRunArgs, tty: Option<WindowSize>) -> Request {
+    let argv = args.command.iter().map(|a| a.as_bytes());
+    let mut req = if args.wait {
+        Request::attached(argv)
+    } else {
+        Request::detached(argv)
+    };
+    if let Some(size) = tty {
+        req = req.tty(size);
+        if let Some(term) = std::env::var_os("TERM") {
+            req = req.env("TERM", term.as_bytes());
+        }
+    }
+    for (k, v) in &args.env {
+        req = req.env(k, v);
+    }
+    if let Some(dir) = &args.cwd {
+        req = req.cwd(dir.as_os_str().as_bytes());
+    }
+    if let Some(user) = &args.user {
+        req = req.user(user.clone());
+    }
+    req
+}
+
+/// Runs `vm-run`.
+pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
+    let vm = args.vm.as_str();
+    check_vm_name(vm)?;
+    let progress = Progress::new(vm, std::io::stderr().is_terminal(), args.verbose);
+    let relay = start_signal_thread(progress.shown())?;
+    let socket = Dirs::with_run_dir(args.run_dir.clone()).command_socket(vm);
+    let stream =
+        UnixStream::connect(&socket).map_err(|e| connect_error(config, vm, &socket, &e))?;
+    match wait_ready(&stream, &progress, SILENCE) {
+        Ok(_) => {}
+        Err(WaitError::Failed { code, message }) => {
+            let mut lines = message.lines();
+            eprintln!("vmsilo: {}", lines.next().unwrap_or(""));
+            for l in lines {
+                eprintln!("{l}");
+            }
+            return Err(CliError::Exit(code.exit_code()));
+        }
+        Err(e) => {
+            return Err(CliError::Failure(format!(
+                "VM {vm:?}: {e} (systemctl status vmsilo-{vm}-command.service)"
+            )));
+        }
+    }
+
+    if !args.wait {
+        let started =
+            client::run_detached(stream, &request(args, None)).map_err(|e| client_error(vm, &e))?;
+        if args.verbose {
+            println!("{}", started.pid);
+        }
+        return Ok(());
+    }
+
+    let terminals = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let tty = if args.tty || (terminals && !args.no_tty) {
+        Some(terminal_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let (tx, rx) = mpsc::channel();
+    *relay
+        .attached
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tx, tty.is_some()));
+    let io = AttachedIo {
+        stdin: (!args.no_stdin)
+            .then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+        stdout: Box::new(std::io::stdout()),
+        stderr: Box::new(std::io::stderr()),
+        controls: Some(rx),
+    };
+    let reader = stream
+        .try_clone()
+        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))?;
+    let raw = if tty.is_some() {
+        crate::term::RawMode::enter(std::io::stdin().as_fd())
+    } else {
+        None
+    };
+    let result = client::run_attached(reader, stream, &request(args, tty), io);
+    drop(raw);
+    match result {
+        Ok(done) => match u8::try_from(done.status.code()).unwrap_or(u8::MAX) {
+            0 => Ok(()),
+            code => Err(CliError::Exit(code)),
+        },
+        Err(e) => Err(client_error(vm, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> VmRunArgs {
+        let mut argv = vec!["vm-run"];
+        argv.extend_from_slice(extra);
+        let cli =
+            crate::cli::parse_from(argv.into_iter().map(OsString::from).collect()).expect("parses");
+        match cli.command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_command_words_after_the_vm_belong_to_the_command() {
+        let a = args(&["-w", "-e", "A=1=2", "-C", "/tmp", "b", "ls", "-l", "--wait"]);
+        assert!(a.wait);
+        assert_eq!(a.vm, "b");
+        assert_eq!(a.command, ["ls", "-l", "--wait"].map(OsString::from));
+        let req = request(&a, None);
+        assert_eq!(
+            req.argv,
+            [b"ls".to_vec(), b"-l".to_vec(), b"--wait".to_vec()]
+        );
+        assert_eq!(req.env, [(b"A".to_vec(), b"1=2".to_vec())]);
+        assert_eq!(req.cwd.as_deref(), Some(&b"/tmp"[..]));
+        assert_eq!(req.mode, vmsilo_proto::Mode::Attached);
+        let a = args(&["b", "firefox"]);
+        assert_eq!(request(&a, None).mode, vmsilo_proto::Mode::Detached);
+    }
+
+    #[test]
+    fn test_bad_usage_is_refused() {
+        let bad = |v: &[&str]| {
+            let mut argv = vec!["vm-run"];
+            argv.extend_from_slice(v);
+            crate::cli::parse_from(argv.into_iter().map(OsString::from).collect())
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(bad(&["-t", "b", "sh"]).contains("--wait"));
+        assert!(bad(&["b"]).contains("COMMAND"));
+        assert!(bad(&["-e", "novalue", "b", "sh"]).contains("KEY=VALUE"));
+        assert!(check_vm_name("../x").is_err());
+        assert!(check_vm_name("banking").is_ok());
+    }
+}
