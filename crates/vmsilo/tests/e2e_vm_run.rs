@@ -1,0 +1,306 @@
+//! End to end: `vm-run` through the real socket-activation path into a QEMU/TCG guest running
+//! the real guest agent, two boots in one test.
+//!
+//! `systemd-socket-activate` listens on `<run>/e2e-command.socket` (as `vmsilo-e2e.socket`
+//! does under systemd) and starts `vmsilo command-service e2e` at the first connection; with no
+//! systemd here, the command service runs `vmsilo vm-service e2e` itself, which starts
+//! vhost-device-vsock and QEMU from the plan. The VM has `autoShutdown.after = 5`.
+//!
+//! 1. Cold start: the first `vm-run -w` starts the VM, shows the progress line on a terminal,
+//!    and prints the command's output; a second runs in the same boot (same boot id).
+//! 2. Exit status, `false` → 1, stdin piping, stderr kept apart, a missing command → 127 with
+//!    the agent's message, a detached command whose effect a later command sees.
+//! 3. Idle shutdown: a command running longer than 5 s keeps the VM up; after the last command
+//!    the guest powers itself off; the next `vm-run` starts it again (a new boot id).
+//! 4. SIGTERM to the activator stops the command service, which stops the VM gracefully.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Guard, Scratch, Term, multi_call};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use vmsilo_testkit::{GuestImage, ImageSpec, agent_binary};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn image() -> GuestImage {
+    ImageSpec::new()
+        .agent(agent_binary().expect("vmsilo-guest"))
+        .module("button")
+        .module("evdev")
+        .build()
+        .expect("guest image")
+}
+
+struct Env {
+    dir: Scratch,
+    cfg: PathBuf,
+}
+
+impl Env {
+    fn new(image: &GuestImage) -> Env {
+        let dir = Scratch::new("vmrun");
+        let root = dir.path().join("root.img");
+        std::fs::File::create(&root)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("root disk");
+        for sub in ["run", "vs", "state"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let cfg = dir.path().join("vmsilo.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+enable = true
+user = "root"
+qemu.accel = "tcg"
+
+[[nixosVms]]
+name = "e2e"
+vmm = "qemu"
+memory = 256
+cpus = 1
+gpu = false
+sound = false
+sharedHome = false
+kernel = "{kernel}"
+initramfs = "{initrd}"
+rootDisk = "{root}"
+rootOverlay = {{ type = "tmpfs" }}
+autoShutdown = {{ enable = true, after = 5 }}
+"#,
+                kernel = image.kernel.display(),
+                initrd = image.initrd.display(),
+                root = root.display(),
+            ),
+        )
+        .expect("config");
+        Env { dir, cfg }
+    }
+
+    fn run_dir(&self) -> String {
+        format!("{}/run", self.dir.str())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// The activator, as `vmsilo-e2e.socket` would be.
+    fn activator(&self) -> Guard {
+        let d = self.dir.str();
+        let socket = format!("{d}/run/e2e-command.socket");
+        let path = format!(
+            "{}:{}/.cargo/bin",
+            std::env::var("PATH").unwrap_or_default(),
+            std::env::var("HOME").unwrap_or_default()
+        );
+        let child = common::command(Path::new("systemd-socket-activate"))
+            .arg(format!("--listen={socket}"))
+            .arg(format!("--setenv=PATH={path}"))
+            .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={d}/no-systemd"))
+            .arg(common::vmsilo_bin())
+            .args(["--config", self.cfg.to_str().expect("utf-8")])
+            .args(["command-service", "e2e"])
+            .args(["--run-dir", &format!("{d}/run")])
+            .args(["--vm-switch-dir", &format!("{d}/vs")])
+            .args(["--state-dir", &format!("{d}/state")])
+            .args(["--uid", "0", "--gid", "0", "--agent-timeout", "120s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("service.log")).expect("log"))
+            .spawn()
+            .expect("systemd-socket-activate");
+        let guard = Guard(Some(child));
+        common::wait_path(Path::new(&socket), Duration::from_secs(10));
+        guard
+    }
+
+    fn vm_run(&self, args: &[&str]) -> Command {
+        let mut c = common::command(&multi_call(self.dir.path(), "vm-run"));
+        c.args(["--run-dir", &self.run_dir()]).args(args);
+        c
+    }
+
+    /// Runs vm-run with `stdin`, at most [`LIMIT`].
+    fn output(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .vm_run(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vm-run");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin).expect("stdin");
+        drop(input);
+        let started = Instant::now();
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if started.elapsed() > LIMIT {
+                let _ = child.kill();
+                panic!("vm-run {args:?} hangs; service log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.output(args, b"");
+        assert!(
+            o.status.success(),
+            "vm-run {args:?}: {o:?}\nservice log:\n{}",
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn status(&self) -> String {
+        let o = common::vmsilo()
+            .args(["--config", self.cfg.to_str().expect("utf-8")])
+            .args(["status", "e2e", "--json", "--run-dir", &self.run_dir()])
+            .output()
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+        v["vms"][0]["state"].as_str().unwrap_or("?").to_owned()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+#[ignore = "e2e: boots QEMU guests"]
+fn test_e2e_vm_run_cold_start_commands_and_idle_shutdown() {
+    let image = image();
+    let env = Env::new(&image);
+    let mut activator = env.activator();
+    assert_eq!(env.status(), "stopped");
+
+    // 1. Cold start through socket activation, with the progress line on a terminal.
+    let mut term = Term::new();
+    let cold = Instant::now();
+    let mut child = env
+        .vm_run(&["-w", "e2e", "cat", "/proc/sys/kernel/random/boot_id"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(term.stdio())
+        .spawn()
+        .expect("vm-run");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    let status = Guard(Some(child)).wait_timeout(LIMIT);
+    assert!(status.success(), "{status}\n{}", env.log());
+    let boot1 = out.trim().to_owned();
+    assert_eq!(boot1.len(), 36, "a boot id: {out:?}");
+    eprintln!("cold start: {:.1} s", cold.elapsed().as_secs_f64());
+    term.pump(Duration::from_millis(200));
+    assert!(
+        term.seen.contains("VM e2e\u{2026}"),
+        "progress line: {:?}",
+        term.seen
+    );
+    assert!(term.seen.ends_with("\r\x1b[K"), "cleared: {:?}", term.seen);
+    assert_eq!(env.status(), "running");
+    let log = env.log();
+    assert!(log.contains("starting the VM: vm-service pid"), "{log}");
+    // The second runs in the same boot.
+    assert_eq!(
+        env.ok(&["-w", "e2e", "cat", "/proc/sys/kernel/random/boot_id"])
+            .trim(),
+        boot1
+    );
+
+    // 2. Statuses and stdio.
+    let o = env.output(&["-w", "e2e", "false"], b"");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let o = env.output(
+        &["-w", "e2e", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(
+        (text(&o.stdout), text(&o.stderr)),
+        ("out\n".into(), "err\n".into())
+    );
+    let o = env.output(&["-w", "e2e", "cat"], b"hi\n");
+    assert_eq!((o.status.code(), text(&o.stdout)), (Some(0), "hi\n".into()));
+    let o = env.output(&["-w", "e2e", "frobnicate"], b"");
+    assert_eq!(o.status.code(), Some(127), "{o:?}");
+    assert_eq!(
+        text(&o.stderr),
+        "vmsilo-guest: frobnicate: command not found\n"
+    );
+    // Detached: returns once started; its effect shows up.
+    assert_eq!(
+        env.ok(&["e2e", "sh", "-c", "echo hello > /tmp/x"]),
+        "",
+        "detached prints nothing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = env.output(&["-w", "e2e", "cat", "/tmp/x"], b"");
+        if o.status.success() {
+            assert_eq!(text(&o.stdout), "hello\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{o:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 3. Idle shutdown: not while a command runs (8 s > 5 s), then ~5 s after the last one.
+    env.ok(&["-w", "e2e", "sleep", "8"]);
+    assert_eq!(env.status(), "running", "{}", env.log());
+    let last = Instant::now();
+    let deadline = last + Duration::from_secs(90);
+    while env.status() != "stopped" {
+        assert!(
+            Instant::now() < deadline,
+            "the idle VM did not power off: {}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "idle VM powered off {:.1} s after its last command",
+        last.elapsed().as_secs_f64()
+    );
+    let log = env.log();
+    assert!(log.contains("the guest powered off"), "{log}");
+    assert!(log.contains("exited with status 0"), "{log}");
+    // The next command starts it again.
+    let boot2 = env.ok(&["-w", "e2e", "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(boot2.trim(), boot1, "a new boot");
+    assert_eq!(
+        env.log().matches("starting the VM: vm-service pid").count(),
+        2
+    );
+
+    // 4. Stop: SIGTERM to the activator reaches the command service, which stops the VM.
+    let pid = Pid::from_raw(i32::try_from(activator.child().id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    activator.wait_timeout(Duration::from_secs(90));
+    let log = env.log();
+    assert!(log.contains("asking vm-service"), "{log}");
+    assert!(log.contains("power button pressed"), "{log}");
+    assert_eq!(env.status(), "stopped", "{log}");
+    let left: Vec<String> = common::entries(Path::new(&env.run_dir()))
+        .into_iter()
+        .filter(|e| e != "e2e-command.socket")
+        .collect();
+    assert!(left.is_empty(), "left in the run directory: {left:?}");
+}
