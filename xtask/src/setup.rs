@@ -31,6 +31,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "systemd-analyze verify and systemd-socket-activate",
     ),
+    (
+        "desktop-file-utils",
+        "desktop-file-validate checks vmsilo desktop-entries' output",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),

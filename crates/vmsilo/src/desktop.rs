@@ -260,17 +260,20 @@ pub fn rewrite(text: &str, vm: &str, color: Option<&str>, source: &str) -> Resul
         source.replace('\n', " ")
     );
     let mut group = String::new();
-    let extra = |out: &mut String| {
+    // Blank lines at the end of the main group go after the added keys.
+    let mut blanks = 0usize;
+    let extra = |out: &mut String, blanks: &mut usize| {
         let _ = writeln!(out, "X-Vmsilo-VM={vm}");
         if let Some(c) = color {
             let _ = writeln!(out, "X-Vmsilo-Color={}", escape_value(c));
         }
+        out.push_str(&"\n".repeat(std::mem::take(blanks)));
     };
     for line in text.lines() {
         let t = line.trim();
         if t.starts_with('[') {
             if group == "[Desktop Entry]" {
-                extra(&mut out);
+                extra(&mut out, &mut blanks);
             }
             group = t.to_owned();
             out.push_str(t);
@@ -278,6 +281,11 @@ pub fn rewrite(text: &str, vm: &str, color: Option<&str>, source: &str) -> Resul
             continue;
         }
         let in_main = group == "[Desktop Entry]";
+        if in_main && t.is_empty() {
+            blanks += 1;
+            continue;
+        }
+        out.push_str(&"\n".repeat(std::mem::take(&mut blanks)));
         let in_action = group.starts_with("[Desktop Action ");
         let parsed = split_key(t).filter(|_| !t.starts_with('#'));
         match parsed {
@@ -297,7 +305,7 @@ pub fn rewrite(text: &str, vm: &str, color: Option<&str>, source: &str) -> Resul
         }
     }
     if group == "[Desktop Entry]" {
-        extra(&mut out);
+        extra(&mut out, &mut blanks);
     }
     Ok(out)
 }
