@@ -2,6 +2,7 @@
 //!
 //! - `setup`: install what a fresh Debian/Ubuntu machine lacks (idempotent).
 //! - `ci`: setup, then every check and every test tier; `.ci/run` calls exactly this.
+//! - `demo`: setup, build, and the whole command path with a real VM, step by step.
 //! - `guest-image`: build the e2e test guest image; prints its directory last.
 //! - `bench <name>`: a benchmark that prints its figures beside a baseline and ends with one
 //!   `key=value` summary line.
@@ -17,6 +18,7 @@ mod bench_balloond;
 mod bench_guest_agent;
 mod bench_vm_switch;
 mod ci;
+mod demo;
 mod guest_image;
 mod nixos;
 mod setup;
@@ -35,6 +37,9 @@ enum Task {
     Setup,
     /// Run setup, formatting and lint checks, then every test tier.
     Ci(ci::CiArgs),
+    /// Install what is missing, build vmsilo and a test guest, run a VM through socket
+    /// activation and commands in it with vm-run, printing each step (needs root).
+    Demo(demo::DemoArgs),
     /// Run a benchmark; `cargo xtask bench list` lists them.
     Bench(bench::BenchArgs),
     /// Build the e2e test guest image (cached); prints its directory as the last line.
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Ci(args) => ci::run(&args),
+        Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::GuestImage(args) => guest_image::run(&args),
         Task::NixosFixture(args) => nixos::fixture(&args),
