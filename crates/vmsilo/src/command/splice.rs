@@ -110,11 +110,13 @@ pub fn splice(client: OwnedFd, guest: OwnedFd) -> nix::Result<Moved> {
     let mut guest_eof = false;
     // The client closed its socket (not just its write side).
     let mut client_gone = false;
+    // The guest takes no more data (a write failed); what it still sends is delivered.
+    let mut guest_deaf = false;
     loop {
         if guest_eof && down.is_empty() {
             return Ok(moved);
         }
-        if client_gone && up.is_empty() {
+        if client_gone && (up.is_empty() || guest_deaf) {
             return Ok(moved);
         }
         let mut cf = PollFlags::empty();
@@ -128,13 +130,16 @@ pub fn splice(client: OwnedFd, guest: OwnedFd) -> nix::Result<Moved> {
         if !guest_eof && down.has_room() {
             gf |= PollFlags::POLLIN;
         }
-        if !up.is_empty() {
+        if !up.is_empty() && !guest_deaf {
             gf |= PollFlags::POLLOUT;
         }
-        // A side that hung up is only polled for what can still happen on it, so its
-        // permanent POLLHUP does not spin this loop.
-        let poll_client = !client_gone;
-        let poll_guest = !(guest_eof && gf.is_empty());
+        // A side is polled only for what it can do now (its permanent POLLHUP would spin
+        // this loop otherwise), and a half-closed client also for its full close.
+        let poll_client = !client_gone && (!cf.is_empty() || client_eof);
+        let poll_guest = !gf.is_empty();
+        if !poll_client && !poll_guest {
+            return Ok(moved);
+        }
         let (cr, gr) = {
             let mut fds = Vec::with_capacity(2);
             if poll_client {
@@ -163,9 +168,9 @@ pub fn splice(client: OwnedFd, guest: OwnedFd) -> nix::Result<Moved> {
             (cr, gr)
         };
 
-        // Reads.
-        if !client_eof
-            && up.has_room()
+        // Reads. End of file is what read() says; a hangup without POLLIN counts only where
+        // POLLIN was asked for (otherwise unread data may still wait).
+        if cf.contains(PollFlags::POLLIN)
             && cr.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
         {
             match up.fill(&client) {
@@ -178,12 +183,13 @@ pub fn splice(client: OwnedFd, guest: OwnedFd) -> nix::Result<Moved> {
                 }
             }
         }
-        if poll_client && gone(cr) && (client_eof || !cr.contains(PollFlags::POLLIN)) {
+        if gone(cr)
+            && (client_eof || (cf.contains(PollFlags::POLLIN) && !cr.contains(PollFlags::POLLIN)))
+        {
             client_eof = true;
             client_gone = true;
         }
-        if !guest_eof
-            && down.has_room()
+        if gf.contains(PollFlags::POLLIN)
             && gr.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
         {
             match down.fill(&guest) {
@@ -192,18 +198,19 @@ pub fn splice(client: OwnedFd, guest: OwnedFd) -> nix::Result<Moved> {
                 Ok(None) => {}
             }
         }
-        if poll_guest && gone(gr) && !gr.contains(PollFlags::POLLIN) {
+        if gone(gr) && gf.contains(PollFlags::POLLIN) && !gr.contains(PollFlags::POLLIN) {
             guest_eof = true;
         }
 
-        // Writes.
+        // Writes. A failed write to the guest (it closed after its last frame) must not end
+        // the splice: what it sent before closing is still to be read and delivered.
         if !up.is_empty() {
-            if guest_eof && gone(gr) {
+            if guest_deaf || (guest_eof && gone(gr)) {
                 // Nobody will read it.
                 up.clear();
             } else if let Err(_e) = up.drain(&guest) {
                 up.clear();
-                guest_eof = true;
+                guest_deaf = true;
             }
         }
         if !down.is_empty() {
@@ -286,6 +293,24 @@ mod tests {
         let mut got = String::new();
         client.read_to_string(&mut got).expect("read");
         assert_eq!(got, "out");
+        t.join().expect("join").expect("splice");
+    }
+
+    #[test]
+    fn test_guest_that_closes_unread_still_has_its_last_words_delivered() {
+        // The agent sends its last frame and closes while the client is still writing (the
+        // end of stdin after the command exited): the write fails, the frame still arrives.
+        let (mut client, client_end) = pair();
+        let (guest_end, mut guest) = pair();
+        guest.write_all(b"exit frame").expect("write");
+        drop(guest);
+        client.write_all(&[1u8; 200_000]).ok();
+        let t = std::thread::spawn(move || splice(client_end.into(), guest_end.into()));
+        let _ = client.write_all(b"late stdin eof");
+        // Then the connection ends (with a reset: the splice closes with client bytes unread).
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"exit frame");
         t.join().expect("join").expect("splice");
     }
 
