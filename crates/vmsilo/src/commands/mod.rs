@@ -24,7 +24,7 @@ pub mod vm_service;
 
 /// Runs the subcommand.
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
-    let config = cli.config.as_deref();
+    let config = cli.global.config.as_deref();
     match cli.command {
         Command::Check(args) => check::run(config, &args),
         Command::Plan(args) => plan::run(config, &args),

@@ -60,6 +60,8 @@ fn start_signal_thread(progress_shown: Arc<AtomicBool>) -> Result<Arc<Relay>, Cl
     let r = Arc::clone(&relay);
     std::thread::Builder::new()
         .name("vm-run-signals".into())
+        // It only waits for signals and sends small messages.
+        .stack_size(64 * 1024)
         .spawn(move || {
             loop {
                 let Ok(sig) = set.wait() else { return };
