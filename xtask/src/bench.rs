@@ -28,6 +28,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         crate::bench_guest_agent::run,
     ),
     (
+        "vm-run",
+        "warm vm-run latency vs a direct agent connection (host overhead), cold start",
+        crate::bench_vm_run::run,
+    ),
+    (
         "vm-switch",
         "vm-switch: scheduler, queueing simulation, datapath vs bridge, latency under load",
         crate::bench_vm_switch::run,

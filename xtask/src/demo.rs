@@ -49,21 +49,129 @@ pub struct DemoArgs {
 /// How long one vm-run may take (a cold start under TCG takes a few seconds).
 const STEP_LIMIT: Duration = Duration::from_secs(180);
 
-/// Everything started, undone on drop: the activator (with the command service, which stops
-/// the VM), any process still naming the scratch directory, the directory.
-struct Demo {
-    dir: PathBuf,
+/// A scratch directory with a one-VM configuration, and the socket-activated command service
+/// for it. Everything started is undone on drop: the activator (with the command service,
+/// which stops the VM), any process still naming the scratch directory, the directory. Used
+/// by the demo and by `cargo xtask bench vm-run`.
+pub(crate) struct Sandbox {
+    pub(crate) dir: PathBuf,
+    pub(crate) vm: String,
+    pub(crate) cfg: PathBuf,
+    pub(crate) vmsilo: PathBuf,
+    pub(crate) vm_run: PathBuf,
     activator: Option<Child>,
     janitor: Option<Child>,
     keep: bool,
 }
 
-impl Demo {
-    fn run_dir(&self) -> PathBuf {
+impl Sandbox {
+    /// `/tmp/vmsilo-<label>-<pid>` (short: Unix socket paths must stay under 108 bytes) with
+    /// `run/`, `state/`, `vs/`, `bin/vm-run` (a link to `vmsilo`) and a configuration for VM
+    /// `vm` booting `image`.
+    pub(crate) fn create(
+        label: &str,
+        vm: &str,
+        vmsilo: &Path,
+        image: &GuestImage,
+        keep: bool,
+    ) -> Result<Sandbox> {
+        let dir = PathBuf::from(format!("/tmp/vmsilo-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["run", "state", "vs", "bin"] {
+            fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {sub}"))?;
+        }
+        let mut sandbox = Sandbox {
+            cfg: dir.join("vmsilo.toml"),
+            vm_run: dir.join("bin/vm-run"),
+            dir,
+            vm: vm.to_owned(),
+            vmsilo: vmsilo.to_owned(),
+            activator: None,
+            janitor: None,
+            keep,
+        };
+        std::os::unix::fs::symlink(vmsilo, &sandbox.vm_run).context("linking vm-run")?;
+        sandbox.cfg = write_config(&sandbox.dir, vm, image)?;
+        Ok(sandbox)
+    }
+
+    pub(crate) fn run_dir(&self) -> PathBuf {
         self.dir.join("run")
     }
 
-    fn stop_activator(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+    /// The VM's command socket.
+    pub(crate) fn command_socket(&self) -> PathBuf {
+        self.run_dir().join(format!("{}-command.socket", self.vm))
+    }
+
+    /// Starts `systemd-socket-activate` on the command socket with `vmsilo command-service`
+    /// (its output on our stderr with `prefix`, or discarded), and the janitor.
+    pub(crate) fn activate(&mut self, prefix: Option<&'static str>) -> Result<()> {
+        let socket = self.command_socket();
+        let path = format!(
+            "{}:{}/.cargo/bin",
+            std::env::var("PATH").unwrap_or_default(),
+            std::env::var("HOME").unwrap_or_default()
+        );
+        let mut activator = Command::new("systemd-socket-activate");
+        activator
+            .arg(format!("--listen={}", socket.display()))
+            .arg(format!("--setenv=PATH={path}"))
+            .arg(&self.vmsilo)
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(["command-service", &self.vm, "--run-dir"])
+            .arg(self.run_dir())
+            .arg("--vm-switch-dir")
+            .arg(self.dir.join("vs"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if prefix.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .process_group(0);
+        let mut child = activator
+            .spawn()
+            .context("starting systemd-socket-activate (cargo xtask setup installs systemd)")?;
+        if let (Some(prefix), Some(err)) = (prefix, child.stderr.take()) {
+            relay(err, prefix);
+        }
+        let pid = child.id();
+        self.activator = Some(child);
+        self.janitor = Some(janitor(pid, &self.dir, self.keep)?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "systemd-socket-activate did not create {}",
+                    socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The VM's state as `vmsilo status --json` says (`stopped`, `running`, ...).
+    pub(crate) fn state(&self) -> Result<String> {
+        let out = Command::new(&self.vmsilo)
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(["status", &self.vm, "--json", "--run-dir"])
+            .arg(self.run_dir())
+            .output()
+            .context("vmsilo status")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("vmsilo status --json")?;
+        Ok(v["vms"][0]["state"].as_str().unwrap_or("?").to_owned())
+    }
+
+    /// Stops the activator (SIGTERM: the command service stops the VM), at most `grace`.
+    pub(crate) fn stop_activator(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.activator.take()?;
         if let Ok(Some(s)) = child.try_wait() {
             return Some(s);
@@ -85,7 +193,7 @@ impl Demo {
     }
 }
 
-impl Drop for Demo {
+impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(mut j) = self.janitor.take() {
             let _ = j.kill();
@@ -161,13 +269,17 @@ fn janitor(activator: u32, dir: &Path, keep: bool) -> Result<Child> {
         .context("starting the clean-up watchdog")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn build_vmsilo(release: bool) -> Result<PathBuf> {
+/// Builds `vmsilo` (and `examples`) and returns the binary's path.
+pub(crate) fn build_vmsilo(release: bool, examples: &[&str]) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "-p", "vmsilo", "--bin", "vmsilo"]);
+    for e in examples {
+        cmd.args(["--example", e]);
+    }
     if release {
         cmd.arg("--release");
     }
@@ -191,7 +303,18 @@ fn build_vmsilo(release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn write_config(dir: &Path, image: &GuestImage) -> Result<PathBuf> {
+/// The test guest image with the guest agent and the ACPI power button.
+pub(crate) fn guest_image() -> Result<GuestImage> {
+    let agent = vmsilo_testkit::agent_binary().context("building the guest agent")?;
+    ImageSpec::new()
+        .agent(agent)
+        .module("button")
+        .module("evdev")
+        .build()
+        .context("building the guest image")
+}
+
+fn write_config(dir: &Path, vm: &str, image: &GuestImage) -> Result<PathBuf> {
     let root = dir.join("root.img");
     fs::File::create(&root)
         .and_then(|f| f.set_len(64 << 20))
@@ -204,7 +327,7 @@ user = "root"
 qemu.accel = "tcg"          # no usable KVM here: QEMU emulates the CPU
 
 [[nixosVms]]
-name = "demo"
+name = "{vm}"
 color = "teal"
 vmm = "qemu"
 memory = 256
@@ -327,37 +450,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
 
     section("demo: building vmsilo and the test guest image");
-    let vmsilo = build_vmsilo(args.release)?;
-    let agent = vmsilo_testkit::agent_binary().context("building the guest agent")?;
-    let image = ImageSpec::new()
-        .agent(agent)
-        .module("button")
-        .module("evdev")
-        .build()
-        .context("building the guest image")?;
+    let vmsilo = build_vmsilo(args.release, &[])?;
+    let image = guest_image()?;
     println!(
         "guest image: kernel {} with vmsilo-guest, {}",
         image.kernel_version,
         image.dir.display()
     );
 
-    // Short: Unix socket paths must stay under 108 bytes.
-    let dir = PathBuf::from(format!("/tmp/vmsilo-demo-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    for sub in ["run", "state", "vs", "bin"] {
-        fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {sub}"))?;
-    }
-    let mut demo = Demo {
-        dir: dir.clone(),
-        activator: None,
-        janitor: None,
-        keep: args.keep,
-    };
-    let vm_run_bin = dir.join("bin/vm-run");
-    std::os::unix::fs::symlink(&vmsilo, &vm_run_bin).context("linking vm-run")?;
+    let mut demo = Sandbox::create("demo", "demo", &vmsilo, &image, args.keep)?;
+    let dir = demo.dir.clone();
+    let cfg = demo.cfg.clone();
+    let vm_run_bin = demo.vm_run.clone();
 
     section("demo: configuration");
-    let cfg = write_config(&dir, &image)?;
     println!("{}", fs::read_to_string(&cfg)?.trim_end());
     let check = Command::new(&vmsilo)
         .arg("--config")
@@ -377,51 +483,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
 
     section("demo: socket activation");
-    let socket = demo.run_dir().join("demo-command.socket");
-    let path = format!(
-        "{}:{}/.cargo/bin",
-        std::env::var("PATH").unwrap_or_default(),
-        std::env::var("HOME").unwrap_or_default()
-    );
-    let mut activator = Command::new("systemd-socket-activate");
-    activator
-        .arg(format!("--listen={}", socket.display()))
-        .arg(format!("--setenv=PATH={path}"))
-        .arg(&vmsilo)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["command-service", "demo", "--run-dir"])
-        .arg(demo.run_dir())
-        .arg("--vm-switch-dir")
-        .arg(dir.join("vs"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let socket = demo.command_socket();
     println!(
         "$ systemd-socket-activate --listen={} vmsilo --config {} command-service demo ...",
         socket.display(),
         cfg.display()
     );
-    let mut child = activator
-        .spawn()
-        .context("starting systemd-socket-activate (cargo xtask setup installs systemd)")?;
-    relay(child.stderr.take().context("stderr")?, "    service | ");
-    let activator_pid = child.id();
-    demo.activator = Some(child);
-    demo.janitor = Some(janitor(activator_pid, &dir, args.keep)?);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            bail!(
-                "systemd-socket-activate did not create {}",
-                socket.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    demo.activate(Some("    service | "))?;
     println!(
         "listening on {}; the VM is stopped until the first vm-run connects",
         socket.display()
