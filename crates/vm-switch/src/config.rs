@@ -184,7 +184,13 @@ impl PortConfig {
 
     /// Reads and validates `<dir>/<vm>.port`, checking that `name` matches the file name.
     pub fn load(path: &Path) -> Result<Self, PortConfigError> {
-        let shown = path.display().to_string();
+        Self::load_as(path, &path.display().to_string())
+    }
+
+    /// [`PortConfig::load`], naming the file `shown` in errors (the host's path of a file the
+    /// sandboxed main process reads under `/config`).
+    pub fn load_as(path: &Path, shown: &str) -> Result<Self, PortConfigError> {
+        let shown = shown.to_owned();
         let meta = std::fs::metadata(path).map_err(|source| PortConfigError::Read {
             path: shown.clone(),
             source,

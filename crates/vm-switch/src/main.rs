@@ -13,6 +13,7 @@ use log::LevelFilter;
 use vm_switch::backend::PortParams;
 use vm_switch::frame::MAX_FRAME;
 use vm_switch::ring::RingSpec;
+use vm_switch::sandbox;
 use vm_switch::sched::Params;
 use vm_switch::seccomp::SeccompMode;
 use vm_switch::supervisor::{self, SupervisorConfig};
@@ -51,9 +52,15 @@ struct Cli {
     /// Log errors only.
     #[arg(long)]
     quiet: bool,
-    /// Do not put port children into namespaces (seccomp still applies).
+    /// Do not put the main process and the port children into namespaces (debugging;
+    /// seccomp still applies).
     #[arg(long = "no-sandbox")]
     no_sandbox: bool,
+    /// Started as root: the user (name or numeric uid) the sandbox runs as outside its user
+    /// namespace; it is given the config directory. Default: an unused id from systemd's
+    /// dynamic range (61184-65519), chosen by a hash of the config directory.
+    #[arg(long)]
+    user: Option<String>,
     /// What a forbidden system call does.
     #[arg(long = "seccomp-mode", value_enum, default_value = "kill")]
     seccomp_mode: SeccompMode,
@@ -124,6 +131,20 @@ fn main() -> ExitCode {
             cli.fq_codel_limit
         ));
     }
+    let sandbox_ids = if cli.no_sandbox {
+        if let Some(u) = &cli.user {
+            return usage(format!(
+                "--user {u:?} applies to the sandbox and cannot be combined with --no-sandbox"
+            ));
+        }
+        None
+    } else {
+        let dir = std::path::absolute(&cli.config_dir).unwrap_or_else(|_| cli.config_dir.clone());
+        match sandbox::sandbox_ids(cli.user.as_deref(), &dir, nix::unistd::geteuid().is_root()) {
+            Ok(ids) => ids,
+            Err(m) => return usage(m),
+        }
+    };
     let ring = RingSpec::for_size(cli.buffer_size, MAX_FRAME);
     if cli.buffer_size < 2 * u64::from(ring.slot_size) || ring.validate().is_err() {
         return usage(format!(
@@ -147,6 +168,7 @@ fn main() -> ExitCode {
         params,
         ring,
         sandbox: !cli.no_sandbox,
+        sandbox_ids,
         seccomp: cli.seccomp_mode,
     };
     match supervisor::run(cfg) {

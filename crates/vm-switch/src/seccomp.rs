@@ -1,4 +1,5 @@
-//! Seccomp allow-lists: one for the main process, a tighter one for port children.
+//! Seccomp allow-lists: one for the main process, a tighter one for port children, and a tiny
+//! one for the outer process that stays outside the main process's PID namespace.
 //!
 //! The main process's filter is installed before its event loop; children inherit it and add
 //! their own after the sandbox is set up and before the vhost-user daemon starts any thread,
@@ -113,7 +114,8 @@ const COMMON: &[libc::c_long] = &[
 ];
 
 /// Additional calls of the main process: the config directory, sockets, memfds, forking and
-/// the children's sandbox setup (which runs under this filter, before the child's own).
+/// the children's sandbox setup (which runs under this filter, before the child's own). The
+/// main process's own sandbox is set up before the filter is installed.
 const MAIN_ONLY: &[libc::c_long] = &[
     libc::SYS_openat,
     libc::SYS_getdents64,
@@ -198,6 +200,20 @@ pub fn main_filter(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     compile(rules, mismatch(mode), SeccompAction::Allow)
 }
 
+/// The outer process's filter (see [`crate::sandbox`]): it only waits for signals and pid
+/// translation requests, forwards signals to the sandboxed main process and reaps it.
+pub fn outer_filter(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let mut rules = Rules::new();
+    allow(&mut rules, COMMON);
+    allow(&mut rules, &[libc::SYS_wait4, libc::SYS_kill]);
+    let exec = libc::PROT_EXEC as u64;
+    rules.insert(
+        libc::SYS_mmap,
+        vec![rule(vec![cond(2, SeccompCmpOp::MaskedEq(exec), 0)])],
+    );
+    compile(rules, mismatch(mode), SeccompAction::Allow)
+}
+
 /// The port children's filter (applied on top of the main one).
 pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules = Rules::new();
@@ -264,6 +280,15 @@ pub fn apply_main(mode: SeccompMode) -> Result<(), SeccompError> {
     seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
 }
 
+/// Installs the outer process's filter for the calling (only) thread.
+pub fn apply_outer(mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::Disabled {
+        return Ok(());
+    }
+    let prog = outer_filter(mode)?;
+    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+}
+
 /// Installs the child filters for the calling thread (threads created later inherit them).
 pub fn apply_child(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
@@ -288,6 +313,7 @@ mod tests {
     fn test_filters_compile_in_every_mode() {
         for mode in [SeccompMode::Kill, SeccompMode::Trap, SeccompMode::Log] {
             assert!(!main_filter(mode).unwrap().is_empty());
+            assert!(!outer_filter(mode).unwrap().is_empty());
             assert_eq!(child_filters(mode).unwrap().len(), 3);
         }
     }

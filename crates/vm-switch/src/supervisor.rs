@@ -2,6 +2,10 @@
 //! between children over their control channels, restarts children that die, and answers
 //! stats requests on `<config-dir>/stats.sock`.
 //!
+//! With the sandbox on, [`run`] first enters the main process's sandbox ([`sandbox::enter_main`]):
+//! from then on this process is PID 1 of its own PID namespace, sees the config directory at
+//! `/config`, and the process that was started waits outside for it.
+//!
 //! Invariant: this process never starts a thread (it forks children). One epoll loop serves
 //! inotify, a signalfd (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the stats socket and every child's
 //! control channel. Children are hostile: their messages are validated and a misbehaving child
@@ -30,6 +34,7 @@ use crate::config::{PORT_SUFFIX, PortConfig, SOCK_SUFFIX, valid_vm_name};
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::forward::PortId;
 use crate::ring::{self, Event, RingSpec};
+use crate::sandbox::{self, MainSandbox, SandboxError, SandboxIds};
 use crate::seccomp::{self, SeccompMode};
 use crate::stats::{Counter, PortStats, SwitchSnapshot};
 use crate::sys::{self, Forked};
@@ -53,8 +58,11 @@ pub struct SupervisorConfig {
     pub params: PortParams,
     /// Geometry of every ring.
     pub ring: RingSpec,
-    /// Sandbox children.
+    /// Sandbox the main process and the children.
     pub sandbox: bool,
+    /// Started as root: the ids the sandbox runs as outside its user namespace
+    /// ([`sandbox::sandbox_ids`]); `None` keeps the current ids.
+    pub sandbox_ids: Option<SandboxIds>,
     /// Seccomp mode for main and children.
     pub seccomp: SeccompMode,
 }
@@ -76,6 +84,9 @@ pub enum SupervisorError {
     /// Installing seccomp failed.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// Entering the sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 fn setup_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SupervisorError {
@@ -102,6 +113,9 @@ struct PortEntry {
 
 struct Supervisor {
     cfg: SupervisorConfig,
+    /// The config directory as the host names it (`cfg.dir` is `/config` in the sandbox).
+    host_dir: PathBuf,
+    sandbox: Option<MainSandbox>,
     epoll: Epoll,
     inotify: Inotify,
     signals: SignalFd,
@@ -113,9 +127,11 @@ struct Supervisor {
 }
 
 /// Runs the main process until SIGTERM/SIGINT.
-pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
+pub fn run(mut cfg: SupervisorConfig) -> Result<(), SupervisorError> {
     std::fs::create_dir_all(&cfg.dir)
         .map_err(setup_err("could not create config directory", &cfg.dir))?;
+    let host_dir = std::fs::canonicalize(&cfg.dir)
+        .map_err(setup_err("could not resolve config directory", &cfg.dir))?;
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -125,12 +141,22 @@ pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
     ] {
         mask.add(s);
     }
+    // Blocked before the sandbox forks, so PID 1 of the new PID namespace never misses (or
+    // ignores) a signal: they wait for its signalfd.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(|e| setup_err("could not block signals for", &cfg.dir)(nix_io(e)))?;
+        .map_err(|e| setup_err("could not block signals for", &host_dir)(nix_io(e)))?;
+    let sandbox = if cfg.sandbox {
+        let sb = sandbox::enter_main(&host_dir, cfg.sandbox_ids, cfg.seccomp)?;
+        cfg.dir = sb.config_dir();
+        Some(sb)
+    } else {
+        None
+    };
+    let shown = host_dir.clone();
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| setup_err("could not create a signalfd for", &cfg.dir)(nix_io(e)))?;
+        .map_err(|e| setup_err("could not create a signalfd for", &shown)(nix_io(e)))?;
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| setup_err("could not initialise inotify for", &cfg.dir)(nix_io(e)))?;
+        .map_err(|e| setup_err("could not initialise inotify for", &shown)(nix_io(e)))?;
     inotify
         .add_watch(
             &cfg.dir,
@@ -139,31 +165,36 @@ pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
                 | AddWatchFlags::IN_MOVED_FROM
                 | AddWatchFlags::IN_DELETE,
         )
-        .map_err(|e| setup_err("could not watch config directory", &cfg.dir)(nix_io(e)))?;
+        .map_err(|e| setup_err("could not watch config directory", &shown)(nix_io(e)))?;
     let stats_path = cfg.dir.join(STATS_SOCKET);
     let _ = std::fs::remove_file(&stats_path);
-    let stats_listener = UnixListener::bind(&stats_path)
-        .map_err(setup_err("could not bind stats socket", &stats_path))?;
-    stats_listener
-        .set_nonblocking(true)
-        .map_err(setup_err("could not configure stats socket", &stats_path))?;
+    let stats_listener = UnixListener::bind(&stats_path).map_err(setup_err(
+        "could not bind stats socket",
+        &shown.join(STATS_SOCKET),
+    ))?;
+    stats_listener.set_nonblocking(true).map_err(setup_err(
+        "could not configure stats socket",
+        &shown.join(STATS_SOCKET),
+    ))?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
-        .map_err(|e| setup_err("could not create epoll for", &cfg.dir)(nix_io(e)))?;
+        .map_err(|e| setup_err("could not create epoll for", &shown)(nix_io(e)))?;
     let add = |fd: std::os::fd::BorrowedFd<'_>, token: u64| {
         epoll
             .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
-            .map_err(|e| setup_err("could not register an event source for", &cfg.dir)(nix_io(e)))
+            .map_err(|e| setup_err("could not register an event source for", &shown)(nix_io(e)))
     };
     add(inotify.as_fd(), TOKEN_INOTIFY)?;
     add(signals.as_fd(), TOKEN_SIGNAL)?;
     add(stats_listener.as_fd(), TOKEN_STATS)?;
     if cfg.seccomp == SeccompMode::Trap {
         sys::install_sigsys_handler()
-            .map_err(setup_err("could not install SIGSYS handler for", &cfg.dir))?;
+            .map_err(setup_err("could not install SIGSYS handler for", &shown))?;
     }
     seccomp::apply_main(cfg.seccomp)?;
     let mut sup = Supervisor {
         cfg,
+        host_dir,
+        sandbox,
         epoll,
         inotify,
         signals,
@@ -175,10 +206,14 @@ pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
     };
     sup.scan();
     info!(
-        "vm-switch {}: serving {} (sandbox {}, seccomp {:?})",
+        "vm-switch {}: serving {} ({}, seccomp {:?})",
         sup.cfg.name,
-        sup.cfg.dir.display(),
-        if sup.cfg.sandbox { "on" } else { "off" },
+        sup.host_dir.display(),
+        if sup.cfg.sandbox {
+            "sandbox on: mounted at /config"
+        } else {
+            "sandbox off"
+        },
         sup.cfg.seccomp
     );
     sup.event_loop();
@@ -189,6 +224,14 @@ pub fn run(cfg: SupervisorConfig) -> Result<(), SupervisorError> {
 impl Supervisor {
     fn port_path(&self, name: &str, suffix: &str) -> PathBuf {
         self.cfg.dir.join(format!("{name}{suffix}"))
+    }
+
+    /// `path` (in the config directory) as the host names it, for messages.
+    fn shown(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.cfg.dir) {
+            Ok(rest) => self.host_dir.join(rest).display().to_string(),
+            Err(_) => path.display().to_string(),
+        }
     }
 
     fn scan(&mut self) {
@@ -282,7 +325,7 @@ impl Supervisor {
             return;
         }
         let path = self.cfg.dir.join(file);
-        let cfg = match PortConfig::load(&path) {
+        let cfg = match PortConfig::load_as(&path, &self.shown(&path)) {
             Ok(c) => c,
             Err(e) => {
                 // Missing means it went away between the event and now.
@@ -350,7 +393,7 @@ impl Supervisor {
         let listener = match UnixListener::bind(&sock) {
             Ok(l) => l,
             Err(e) => {
-                error!("port {name}: could not bind {}: {e}", sock.display());
+                error!("port {name}: could not bind {}: {e}", self.shown(&sock));
                 self.schedule_restart(id);
                 return;
             }
@@ -398,13 +441,20 @@ impl Supervisor {
         ) {
             error!("port {name}: could not watch its control channel: {e}");
         }
+        // Statistics show the pid as the host sees it (this process may be PID 1 of its own
+        // PID namespace).
+        let shown_pid = self
+            .sandbox
+            .as_ref()
+            .and_then(|s| s.host_pid(pid.as_raw()))
+            .unwrap_or(pid.as_raw());
         if let Some(p) = self.ports.get_mut(&id) {
             p.pid = Some(pid);
             p.control = Some(parent_end);
             p.ready = false;
-            p.stats.set(Counter::Pid, pid.as_raw() as u64);
+            p.stats.set(Counter::Pid, shown_pid as u64);
         }
-        info!("port {name}: started child {pid}");
+        info!("port {name}: started child {shown_pid}");
         // The child learns about itself and every other port; the others learn about it.
         let me = self.ports.get(&id).map(|p| p.cfg.clone());
         if let Some(me) = me {

@@ -1,5 +1,6 @@
 //! Every `unsafe` operation of vm-switch: shared memory (memfd + mmap, atomics and copies on
-//! memory another process writes), `fork`, the process title, and the SIGSYS handler.
+//! memory another process writes), `fork`, closing inherited descriptors, the new mount API
+//! (`open_tree`, `move_mount`) for the sandbox, the process title, and the SIGSYS handler.
 //!
 //! Each block carries a `// SAFETY:` comment. Callers get safe wrappers that check bounds and
 //! alignment before touching memory.
@@ -178,6 +179,39 @@ pub fn adopt_fds(raw: &[std::os::fd::RawFd]) -> Vec<OwnedFd> {
 /// backs, so the caller must never drop those objects (the child never returns into the
 /// parent's code; it exits).
 pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd > 2)
+        .map(|fd| *fd as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let close_range = |first: u32, last: u32| {
+        // SAFETY: close_range(2) takes integers and flags and touches no memory; see the
+        // function documentation for the descriptors it closes behind Rust objects.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_long::from(first),
+                libc::c_long::from(last),
+                0 as libc::c_long,
+            ) == 0
+        }
+    };
+    let mut first = 3u32;
+    let mut ok = true;
+    // `keep` is sorted, unique and above 2, so every k >= first.
+    for &k in &keep {
+        if k > first {
+            ok &= close_range(first, k - 1);
+        }
+        first = k + 1;
+    }
+    ok &= close_range(first, u32::MAX);
+    if ok {
+        return;
+    }
+    // Kernels before 5.9 have no close_range: walk /proc/self/fd instead.
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -186,7 +220,7 @@ pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
         .collect();
     for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
+        if fd > 2 && !keep.contains(&(fd as u32)) {
             // SAFETY: see the function documentation: the objects owning these fds in the
             // parent's copy of memory are never used or dropped in this process. The fd of
             // the directory iterator itself is already closed (iterator dropped), so closing
@@ -196,6 +230,60 @@ pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
             }
         }
     }
+}
+
+/// A detached copy of the mount tree at a directory (`open_tree(2)` with `OPEN_TREE_CLONE`,
+/// recursive), to attach elsewhere with [`attach_tree`] even after the directory itself has
+/// been mounted over. Needs mount privileges in the current mount namespace (Linux 5.2).
+pub fn clone_tree(dir: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_long = 1;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = OPEN_TREE_CLONE
+        | libc::c_long::from(libc::O_CLOEXEC)
+        | libc::c_long::from(libc::AT_RECURSIVE);
+    // SAFETY: open_tree(2) reads the NUL-terminated path, which lives for the call, and
+    // returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::c_long::from(libc::AT_FDCWD),
+            path.as_ptr(),
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this descriptor for us; it has no other owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches a tree from [`clone_tree`] on `target` (`move_mount(2)`).
+pub fn attach_tree(tree: &OwnedFd, target: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+    let to = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: move_mount(2) reads two NUL-terminated paths (an empty one and `to`), both
+    // alive for the call; `tree` is a valid descriptor we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            libc::c_long::from(tree.as_raw_fd()),
+            c"".as_ptr(),
+            libc::c_long::from(libc::AT_FDCWD),
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Waits until `fd` is readable or `timeout_ms` passed. Returns whether it is readable.

@@ -22,20 +22,29 @@ impl SwitchProc {
     /// Starts vm-switch with the default sandbox and seccomp (kill) unless `extra` says
     /// otherwise.
     pub fn start(test: &str, extra: &[&str]) -> Self {
+        Self::start_as(test, extra, None)
+    }
+
+    /// [`SwitchProc::start`] as the given uid and gid (the config directory is theirs).
+    pub fn start_as(test: &str, extra: &[&str], ids: Option<(u32, u32)>) -> Self {
+        use std::os::unix::process::CommandExt;
         let dir =
             std::env::temp_dir().join(format!("vm-switch-test-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
-            .arg("-d")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm-switch"));
+        cmd.arg("-d")
             .arg(&dir)
             .args(["--log-level", "info"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().unwrap();
         let s = SwitchProc { child, dir };
         s.wait_for(&s.dir.join("stats.sock"));
         s
