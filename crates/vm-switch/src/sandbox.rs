@@ -470,7 +470,7 @@ fn populate_main_root(root: &Path, config: &OwnedFd) -> Result<(), SandboxError>
     )
     .or_else(|_| mount(Some("proc"), &proc, Some("proc"), proc_flags, None::<&str>))
     .map_err(step(
-        "mounting /proc (the kernel refuses it when the service hides parts of /proc, e.g. systemd's ProtectProc= or ProtectKernelTunables=)",
+        "mounting /proc (the kernel refuses it in a user namespace when parts of /proc are mounted over, as systemd's ProtectKernelTunables= and ProtectKernelLogs= do)",
     ))?;
 
     let tmp = root.join("tmp");
