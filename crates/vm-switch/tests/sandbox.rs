@@ -221,6 +221,22 @@ fn test_main_process_runs_in_its_own_namespaces_with_a_minimal_root() {
         2,
         "child pid in main's namespace"
     );
+    // A child inherits only its own descriptors, none of the main process's.
+    let fds: Vec<String> = listing(format!("/proc/{child}/fd"))
+        .iter()
+        .filter_map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).ok())
+        .map(|t| t.display().to_string())
+        .collect();
+    for bad in ["inotify", "signalfd", "vm-switch-stats-b"] {
+        assert!(
+            !fds.iter().any(|t| t.contains(bad)),
+            "port a's child holds {bad}: {fds:?}"
+        );
+    }
+    assert!(
+        fds.iter().any(|t| t.contains("vm-switch-stats-a")),
+        "{fds:?}"
+    );
 }
 
 #[test]
