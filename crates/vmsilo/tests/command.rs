@@ -56,29 +56,15 @@ impl Setup {
             std::fs::write(format!("{d}/{f}"), "x").expect("file");
         }
         std::fs::create_dir_all(format!("{d}/run")).expect("run");
-        let cfg = dir.path().join("vmsilo.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-enable = true
-user = "root"
-qemu.accel = "tcg"
-[[nixosVms]]
-name = "t"
-vmm = "qemu"
-memory = 256
-cpus = 1
-gpu = false
-sound = false
-sharedHome = false
-kernel = "{d}/vmlinuz"
-initramfs = "{d}/initrd"
-rootDisk = "{d}/root.img"
-"#
-            ),
-        )
-        .expect("config");
+        let p = |f: &str| dir.path().join(f);
+        let cfg = common::qemu_vm_config(
+            dir.path(),
+            "t",
+            &p("vmlinuz"),
+            &p("initrd"),
+            &p("root.img"),
+            "",
+        );
         Setup { dir, cfg }
     }
 

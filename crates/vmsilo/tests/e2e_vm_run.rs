@@ -52,35 +52,14 @@ impl Env {
         for sub in ["run", "vs", "state"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
-        let cfg = dir.path().join("vmsilo.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-enable = true
-user = "root"
-qemu.accel = "tcg"
-
-[[nixosVms]]
-name = "e2e"
-vmm = "qemu"
-memory = 256
-cpus = 1
-gpu = false
-sound = false
-sharedHome = false
-kernel = "{kernel}"
-initramfs = "{initrd}"
-rootDisk = "{root}"
-rootOverlay = {{ type = "tmpfs" }}
-autoShutdown = {{ enable = true, after = 5 }}
-"#,
-                kernel = image.kernel.display(),
-                initrd = image.initrd.display(),
-                root = root.display(),
-            ),
-        )
-        .expect("config");
+        let cfg = common::qemu_vm_config(
+            dir.path(),
+            "e2e",
+            &image.kernel,
+            &image.initrd,
+            &root,
+            "rootOverlay = { type = \"tmpfs\" }\nautoShutdown = { enable = true, after = 5 }",
+        );
         Env { dir, cfg }
     }
 

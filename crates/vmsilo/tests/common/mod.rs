@@ -255,3 +255,42 @@ pub fn wait_path(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Writes `dir/vmsilo.toml`: one small QEMU/TCG VM `name` (256 MiB, 1 vCPU, no GPU, sound or
+/// shared home, user root) booting `kernel` and `initrd` with root disk `root`, plus `extra`
+/// lines for the VM.
+pub fn qemu_vm_config(
+    dir: &Path,
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    root: &Path,
+    extra: &str,
+) -> PathBuf {
+    let text = format!(
+        r#"
+enable = true
+user = "root"
+qemu.accel = "tcg"
+
+[[nixosVms]]
+name = "{name}"
+vmm = "qemu"
+memory = 256
+cpus = 1
+gpu = false
+sound = false
+sharedHome = false
+kernel = "{kernel}"
+initramfs = "{initrd}"
+rootDisk = "{root}"
+{extra}
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display(),
+        root = root.display(),
+    );
+    let path = dir.join("vmsilo.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
