@@ -383,6 +383,47 @@ fn test_warm_commands_statuses_stdio_signals_and_tty() {
 }
 
 #[test]
+fn test_tty_mode_passes_the_terminal_size_and_forwards_resizes() {
+    let s = Setup::new("tty");
+    real_agent(&s.vsock());
+    let _svc = s.service("t", &[], &[]);
+    let mut term = Term::new();
+    let slave = term.slave.try_clone().expect("slave");
+    let size = |rows: &str, cols: &str| {
+        let st = Command::new("stty")
+            .args(["rows", rows, "cols", cols])
+            .stdin(slave.try_clone().expect("slave"))
+            .status()
+            .expect("stty");
+        assert!(st.success());
+    };
+    size("30", "100");
+    let child = s
+        .vm_run(&[
+            "-w",
+            "t",
+            "sh",
+            "-c",
+            "echo \"size $(stty size)\"; trap 'echo \"resized $(stty size)\"; exit 4' WINCH; \
+             while :; do sleep 0.05; done",
+        ])
+        .stdin(term.stdio())
+        .stdout(term.stdio())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vm-run");
+    let mut g = Guard(Some(child));
+    let at = term.wait_for(0, "size 30 100", LIMIT);
+    // The terminal changes size; the kernel would send SIGWINCH to its foreground process
+    // group, which vm-run is not part of here, so the test sends it.
+    size("40", "120");
+    let pid = Pid::from_raw(i32::try_from(g.child().id()).expect("pid"));
+    kill(pid, Signal::SIGWINCH).expect("SIGWINCH");
+    term.wait_for(at, "resized 40 120", LIMIT);
+    assert_eq!(g.wait_timeout(LIMIT).code(), Some(4), "{}", term.tail());
+}
+
+#[test]
 fn test_malformed_agent_frames_are_rejected_and_the_service_keeps_serving() {
     let s = Setup::new("badagent");
     scripted_agent(&s.vsock(), |i, mut st| {

@@ -285,8 +285,11 @@ mod tests {
         assert_eq!(req.env, [(b"A".to_vec(), b"1=2".to_vec())]);
         assert_eq!(req.cwd.as_deref(), Some(&b"/tmp"[..]));
         assert_eq!(req.mode, vmsilo_proto::Mode::Attached);
-        let a = args(&["b", "firefox"]);
-        assert_eq!(request(&a, None).mode, vmsilo_proto::Mode::Detached);
+        let a = args(&["-u", "alice", "b", "firefox"]);
+        let req = request(&a, None);
+        assert_eq!(req.mode, vmsilo_proto::Mode::Detached);
+        assert_eq!(req.user.as_deref(), Some("alice"));
+        assert_eq!(req.tty, None);
     }
 
     #[test]
