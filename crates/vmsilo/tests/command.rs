@@ -9,7 +9,7 @@
 //!
 //! - warm path: exit status, stdin, separate stderr, 127 with the agent's message, `-e`/`-C`,
 //!   detached commands (`-v` prints the pid), SIGTERM forwarded to the command, a tty;
-//!   SIGTERM stops the service;
+//!   SIGTERM stops the service; the terminal's size, and a resize forwarded on SIGWINCH;
 //! - malformed and oversized frames from the agent (to vm-run, through the service) and from a
 //!   client (to the service and on to the agent) are rejected without a panic, and the service
 //!   keeps serving;
