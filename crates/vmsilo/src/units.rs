@@ -175,7 +175,12 @@ fn writable_paths(vm: &Vm) -> Vec<String> {
 
 /// The hardening of the small daemons (vm-switch, vmsilo-balloond, the command service): a
 /// read-only system except `rw`, no network but `families`, no kernel tunables.
-fn sandbox(rw: Option<&str>, families: &str, restrict_namespaces: bool) -> String {
+///
+/// `own_sandbox` is for vm-switch, which builds its own sandbox: it may create namespaces, and
+/// it mounts a fresh `/proc` inside its user namespace, which the kernel refuses while parts of
+/// the outer `/proc` are mounted over, as `ProtectKernelTunables=` and `ProtectKernelLogs=` do
+/// (vm-switch's `/proc` shows only its own processes, and it drops root before it starts).
+fn sandbox(rw: Option<&str>, families: &str, own_sandbox: bool) -> String {
     let mut t = String::from("NoNewPrivileges=yes\nProtectSystem=strict\n");
     if let Some(rw) = rw {
         let _ = writeln!(t, "ReadWritePaths={}", quote(rw));
@@ -184,16 +189,23 @@ fn sandbox(rw: Option<&str>, families: &str, restrict_namespaces: bool) -> Strin
         "ProtectHome=yes
 PrivateTmp=yes
 PrivateNetwork=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
+",
+    );
+    if !own_sandbox {
+        t.push_str("ProtectKernelTunables=yes\n");
+    }
+    t.push_str("ProtectKernelModules=yes\n");
+    if !own_sandbox {
+        t.push_str("ProtectKernelLogs=yes\n");
+    }
+    t.push_str(
+        "ProtectControlGroups=yes
 ProtectHostname=yes
 ProtectClock=yes
 ",
     );
     let _ = writeln!(t, "RestrictAddressFamilies={families}");
-    if restrict_namespaces {
+    if !own_sandbox {
         t.push_str("RestrictNamespaces=yes\n");
     }
     t.push_str(
@@ -249,7 +261,7 @@ ExecStart={exec}
 {sandbox}",
         header = header(opts),
         socket = socket_unit(name),
-        sandbox = sandbox(None, "AF_UNIX AF_VSOCK", true),
+        sandbox = sandbox(None, "AF_UNIX AF_VSOCK", false),
         exec = command_line(&[
             opts.vmsilo_bin.as_str(),
             "--config",
@@ -366,8 +378,7 @@ ExecStart={exec}
 {sandbox}",
         header = header(opts),
         exec = command_line(&argv),
-        // vm-switch unshares namespaces for its port children.
-        sandbox = sandbox(Some(&dir), "AF_UNIX", false),
+        sandbox = sandbox(Some(&dir), "AF_UNIX", true),
     )
 }
 
@@ -398,7 +409,7 @@ Restart=on-failure
 {sandbox}",
         header = header(opts),
         exec = command_line(&argv),
-        sandbox = sandbox(Some(&dirs.run_dir), "AF_UNIX", true),
+        sandbox = sandbox(Some(&dirs.run_dir), "AF_UNIX", false),
     )
 }
 

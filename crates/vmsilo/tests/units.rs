@@ -217,6 +217,24 @@ addresses = ["10.9.0.2/24"]
         out.join("systemd/multi-user.target.wants/vmsilo-gw-vm.service")
             .is_symlink()
     );
+    // vm-switch mounts its own /proc in a user namespace, which the kernel refuses when /proc
+    // has mounts over parts of it (ProtectKernelTunables=, ProtectKernelLogs=); and it creates
+    // namespaces.
+    let switch = std::fs::read_to_string(out.join("systemd/vm-switch-lan.service")).expect("unit");
+    for forbidden in [
+        "ProtectKernelTunables",
+        "ProtectKernelLogs",
+        "RestrictNamespaces",
+    ] {
+        assert!(!switch.contains(forbidden), "{forbidden} in:\n{switch}");
+    }
+    assert!(
+        switch.contains("ReadWritePaths=/run/vm-switch/lan"),
+        "{switch}"
+    );
+    let balloond =
+        std::fs::read_to_string(out.join("systemd/vmsilo-balloond.service")).expect("unit");
+    assert!(balloond.contains("ProtectKernelTunables=yes"), "{balloond}");
     verify(&out.join("systemd"));
 }
 
