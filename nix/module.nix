@@ -545,6 +545,19 @@ in
       description = "PCI devices to isolate with vfio-pci.";
     };
 
+    runtimePackages = mkOption {
+      type = types.listOf types.package;
+      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd ]
+        ++ lib.optional (pkgs ? vhost-device-vsock) pkgs.vhost-device-vsock
+        ++ lib.optional (pkgs ? vhost-device-sound) pkgs.vhost-device-sound;
+      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd ] (+ vhost-device-vsock, vhost-device-sound where nixpkgs has them)";
+      description = ''
+        Programs on the PATH of the VM services: the VMMs, qemu-img, and the vhost-user backends
+        the launch plans start (virtiofsd, vhost-device-vsock for QEMU VMs, vhost-device-sound for
+        crosvm VMs with sound). Add your own builds of backends nixpkgs lacks here.
+      '';
+    };
+
     ksm.enable = mkOption {
       type = types.bool;
       default = false;
@@ -685,5 +698,20 @@ in
     };
 
     hardware.ksm.enable = cfg.ksm.enable;
+
+    # The generator writes the units; these drop-ins only give them their programs (generated
+    # units get systemd's default PATH, which on NixOS holds none of them).
+    systemd.services = lib.listToAttrs (lib.concatMap
+      (vm: [
+        (lib.nameValuePair "vmsilo-${vm.name}-vm" {
+          overrideStrategy = "asDropin";
+          path = cfg.runtimePackages;
+        })
+        (lib.nameValuePair "vmsilo-${vm.name}-command" {
+          overrideStrategy = "asDropin";
+          path = [ config.systemd.package ];
+        })
+      ])
+      cfg.nixosVms);
   };
 }
