@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -155,9 +155,11 @@ pub fn serve(
         };
         backend.connected();
         info!("port {name}: frontend connected");
-        match daemon.wait() {
-            Ok(()) => info!("port {name}: frontend disconnected"),
-            Err(e) => warn!("port {name}: frontend connection ended: {e}"),
+        let ended = daemon.wait();
+        if frontend_closed(&ended) {
+            info!("port {name}: frontend disconnected");
+        } else if let Err(e) = ended {
+            warn!("port {name}: frontend connection ended: {e}");
         }
         relay.stop();
         backend.detach();
@@ -167,5 +169,40 @@ pub fn serve(
         if backend.exit_requested() {
             return Ok(());
         }
+    }
+}
+
+/// Whether a vhost-user connection ended because the frontend closed it (its VM stopped):
+/// `Disconnected` is a close at a message boundary, which vhost-user-backend reports as an
+/// error (only a broken socket becomes `Ok`). crosvm closes this way after `"Exit"`.
+fn frontend_closed(r: &Result<(), vhost_user_backend::Error>) -> bool {
+    matches!(
+        r,
+        Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected
+            ))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_frontend_close_is_a_clean_disconnect() {
+        use vhost_user_backend::Error;
+        assert!(frontend_closed(&Ok(())));
+        assert!(frontend_closed(&Err(Error::HandleRequest(
+            VhostUserError::Disconnected
+        ))));
+        // A frontend that hung up in the middle of a message, or sent garbage, is worth a
+        // warning.
+        assert!(!frontend_closed(&Err(Error::HandleRequest(
+            VhostUserError::PartialMessage
+        ))));
+        assert!(!frontend_closed(&Err(Error::HandleRequest(
+            VhostUserError::InvalidMessage
+        ))));
     }
 }
