@@ -4,6 +4,7 @@
 //! - `ci`: setup, then every check and every test tier; `.ci/run` calls exactly this.
 //! - `demo`: setup, build, and the whole command path with a real VM, step by step.
 //! - `guest-image`: build the e2e test guest image; prints its directory last.
+//! - `verify-crosvm --crosvm PATH`: check vmsilo's crosvm-facing code against a real crosvm.
 //! - `bench <name>`: a benchmark that prints its figures beside a baseline and ends with one
 //!   `key=value` summary line.
 
@@ -24,6 +25,7 @@ mod guest_image;
 mod nixos;
 mod setup;
 mod util;
+mod verify_crosvm;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "vmsilo developer tasks")]
@@ -48,6 +50,9 @@ enum Task {
     /// Evaluate the NixOS module for the seed's example and write (or `--check`) the JSON
     /// fixture `nix/tests/seed-example.json`; needs a nixpkgs tree (`NIXPKGS=PATH`).
     NixosFixture(nixos::FixtureArgs),
+    /// Check vmsilo's crosvm plans, control-socket clients, vm-service and vm-switch against a
+    /// real crosvm binary (needs root and /dev/kvm; not run in CI).
+    VerifyCrosvm(verify_crosvm::VerifyCrosvmArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::GuestImage(args) => guest_image::run(&args),
         Task::NixosFixture(args) => nixos::fixture(&args),
+        Task::VerifyCrosvm(args) => verify_crosvm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
