@@ -25,6 +25,9 @@
 //! - `vm-switch`: crosvm as vhost-user-net frontend of a real vm-switch port must get through
 //!   its startup negotiation (SET_OWNER, GET_FEATURES, protocol features) and keep running;
 //!   vm-switch must log the connection.
+//! - `unit-sandbox`: the mount protections of the VM unit `vmsilo units` generates (`Protect*=`,
+//!   `NoNewPrivileges=`) are recreated in a private mount namespace, and a sandboxed crosvm with
+//!   a GPU (whose jail mounts `/proc` and binds host library directories) must start inside.
 //!
 //! crosvm runs sandboxed as vmsilo runs it, unless `--disable-sandbox` is given or crosvm's jail
 //! root `/var/empty` does not exist (then `--disable-sandbox` is added and the report says so).
@@ -67,6 +70,8 @@ pub enum Check {
     VmService,
     /// crosvm as the vhost-user-net frontend of vm-switch.
     VmSwitch,
+    /// A sandboxed crosvm with a GPU under the mount protections of the generated VM unit.
+    UnitSandbox,
 }
 
 /// `cargo xtask verify-crosvm`.
@@ -229,10 +234,7 @@ pub fn run(args: &VerifyCrosvmArgs) -> Result<()> {
         nofile_raised,
     };
 
-    let bins = if checks
-        .iter()
-        .any(|c| matches!(c, Check::Control | Check::VmService | Check::VmSwitch))
-    {
+    let bins = if checks.iter().any(|c| !matches!(c, Check::Args)) {
         Some(build_bins()?)
     } else {
         None
@@ -243,6 +245,7 @@ pub fn run(args: &VerifyCrosvmArgs) -> Result<()> {
             (Check::Control, Some(b)) => check_control(&ctx, b, &mut report),
             (Check::VmService, Some(b)) => check_vm_service(&ctx, b, &mut report),
             (Check::VmSwitch, Some(b)) => check_vm_switch(&ctx, b, &mut report),
+            (Check::UnitSandbox, Some(b)) => check_unit_sandbox(&ctx, b, &mut report),
             _ => Ok(()),
         };
         if let Err(e) = result {
@@ -504,7 +507,11 @@ fn crosvm_errors(log: &str) -> String {
         if l.is_empty() || l.starts_with("syslog init failed") {
             continue;
         }
-        if l.starts_with('[') {
+        if l.contains("libminijail") {
+            // minijail's own messages from a jailed child (no crosvm log prefix).
+            out.push(l);
+            in_error = false;
+        } else if l.starts_with('[') {
             in_error = l.contains(" ERROR ");
             if in_error {
                 out.push(l.split_once("] ").map_or(l, |(_, m)| m));
@@ -1284,6 +1291,10 @@ fn check_vm_service(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()> {
             root.display()
         ),
     )?;
+    // A control socket left behind by a crash: crosvm does not unlink before bind (it would
+    // exit with "failed to create control server"), so the runtime must remove it.
+    let stale = run.join("cv-control.socket");
+    drop(UnixListener::bind(&stale).with_context(|| format!("binding {}", stale.display()))?);
     let shutdown_timeout = Duration::from_secs(3);
     let path = format!(
         "{}:{}",
@@ -1324,6 +1335,16 @@ fn check_vm_service(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     let console_link = run.join("cv-console");
+    let log = svc.log_text();
+    report.add(
+        "vm-service: stale control socket",
+        log.contains("removed stale socket") && phase == "running",
+        format!(
+            "a stale {} was removed before crosvm started: {}",
+            stale.display(),
+            log.contains("removed stale socket")
+        ),
+    );
     report.add(
         "vm-service: console relay and start",
         phase == "running" && console_link.is_symlink(),
@@ -1477,6 +1498,186 @@ fn check_vm_switch(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()> {
         code == Some(0),
         format!("vm-switch exit {code:?}"),
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// unit-sandbox: crosvm's own sandbox inside the VM unit's.
+
+/// The shell commands that give a private mount namespace the mounts a unit's `Protect*=`
+/// settings make (the same mount structure: paths mounted over, or re-mounted read-only).
+/// Settings outside the mount namespace (seccomp filters, `RestrictAddressFamilies=`) are not
+/// emulated.
+fn unit_mounts(unit: &str, empty: &Path) -> Vec<String> {
+    let on = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::trim)
+    };
+    let ro = |p: &str| {
+        format!(
+            "if [ -e {p} ]; then mount --bind {p} {p} && mount -o remount,bind,ro {p} || exit 99; fi"
+        )
+    };
+    let mut out = Vec::new();
+    match on("ProtectSystem") {
+        Some("yes") => out.extend(["/usr", "/boot", "/efi"].map(ro)),
+        Some("full") => out.extend(["/usr", "/boot", "/efi", "/etc"].map(ro)),
+        Some("strict") => out.push(ro("/")),
+        _ => {}
+    }
+    match on("ProtectHome") {
+        Some("read-only") => out.extend(["/home", "/root", "/run/user"].map(ro)),
+        Some("yes" | "tmpfs") => {
+            for p in ["/home", "/root", "/run/user"] {
+                out.push(format!(
+                    "if [ -d {p} ]; then mount --bind {} {p} || exit 99; fi",
+                    empty.display()
+                ));
+            }
+        }
+        _ => {}
+    }
+    if on("ProtectKernelTunables") == Some("yes") {
+        out.extend(["/proc/sys", "/proc/sysrq-trigger", "/sys"].map(ro));
+    }
+    if on("ProtectKernelModules") == Some("yes") {
+        for p in ["/usr/lib/modules", "/lib/modules"] {
+            out.push(format!(
+                "if [ -d {p} ] && [ ! -L {p} ]; then mount --bind {} {p} || exit 99; fi",
+                empty.display()
+            ));
+        }
+    }
+    if on("ProtectKernelLogs") == Some("yes") {
+        // systemd mounts an inaccessible node over /proc/kmsg.
+        out.push("mount --bind /dev/null /proc/kmsg || exit 99".to_owned());
+    }
+    if on("ProtectControlGroups") == Some("yes") {
+        out.push(ro("/sys/fs/cgroup"));
+    }
+    out
+}
+
+fn check_unit_sandbox(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()> {
+    section("unit-sandbox: a sandboxed crosvm with a GPU inside the VM unit's protections");
+    if ctx.disable_sandbox {
+        report.note(
+            "unit-sandbox",
+            "not checked: crosvm runs with --disable-sandbox here",
+        );
+        return Ok(());
+    }
+    let dir = ctx.scratch.join("us");
+    let fsroot = dir.join("fs");
+    fs::create_dir_all(&fsroot)?;
+    let empty = dir.join("empty");
+    fs::create_dir_all(&empty)?;
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o000))?;
+    // The GPU with the cross-domain context only: virgl2 needs a crosvm feature (see docs).
+    let cfg_text = format!(
+        "enable = true\nuser = \"root\"\n[[nixosVms]]\nname = \"cv\"\nvmm = \"crosvm\"\nmemory = 512\n\
+         cpus = 1\nsound = false\nsharedHome = false\n\
+         gpu = {{ context-types = \"cross-domain\" }}\nkernel = \"{0}/k\"\n\
+         initramfs = \"{0}/i\"\nrootDisk = \"{0}/r\"\n",
+        fsroot.display()
+    );
+    let cfg_path = dir.join("vmsilo.toml");
+    fs::write(&cfg_path, &cfg_text)?;
+    let units = dir.join("units");
+    let out = Command::new(&bins.vmsilo)
+        .arg("--config")
+        .arg(&cfg_path)
+        .arg("units")
+        .arg("--out")
+        .arg(&units)
+        .output()
+        .context("running vmsilo units")?;
+    if !out.status.success() {
+        bail!(
+            "vmsilo units failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let unit_path = units.join("systemd/vmsilo-cv-vm.service");
+    let unit = fs::read_to_string(&unit_path)
+        .with_context(|| format!("reading {}", unit_path.display()))?;
+    let mounts = unit_mounts(&unit, &empty);
+
+    let cfg = load_str(&cfg_text, Format::Toml)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let mut opts = PlanOptions::new(0, 0);
+    opts.dirs = Dirs {
+        run_dir: dir.join("run").display().to_string(),
+        vm_switch_dir: dir.join("vs").display().to_string(),
+        state_dir: dir.join("state").display().to_string(),
+    };
+    opts.wayland_socket = Some(dir.join("wayland-0").display().to_string());
+    let p = plan::build(&cfg, "cv", &opts)?;
+    let peers = Peers::new();
+    prepare(ctx, &p.argv, &dir, &peers)?;
+    let argv = if ctx.no_vhost_vsock {
+        without_flag(&p.argv, "--vsock")
+    } else {
+        p.argv.clone()
+    };
+    let control = PathBuf::from(
+        p.paths
+            .control_socket
+            .clone()
+            .context("no control socket")?,
+    );
+
+    let crosvm = crosvm_cmd(ctx, false, &argv[1..]);
+    let mut script = String::from("# the VM unit's mount protections, then crosvm\n");
+    for m in &mounts {
+        script.push_str(m);
+        script.push('\n');
+    }
+    if unit.contains("\nNoNewPrivileges=yes") {
+        script.push_str("exec setpriv --no-new-privs -- \"$@\"\n");
+    } else {
+        script.push_str("exec \"$@\"\n");
+    }
+    let script_path = dir.join("unit.sh");
+    fs::write(&script_path, &script)?;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh"])
+        .arg(&script_path)
+        .arg(crosvm.get_program())
+        .args(crosvm.get_args());
+    let _ = fs::remove_file(&control);
+    let mut proc = Proc::spawn(&mut cmd, &dir.join("crosvm.log"))?;
+    let code = proc.wait(ctx.run_for);
+    let log = proc.log_text();
+    let emulated = mounts.len();
+    match code {
+        None => {
+            let (reply, code) = exit_crosvm(&mut proc, &control);
+            report.add(
+                "unit-sandbox: sandboxed GPU under the VM unit's protections",
+                matches!(reply, Ok(Reply::Ok)) && code == Some(0),
+                format!(
+                    "setup complete with {emulated} emulated mounts; \"Exit\" answered \
+                     {reply:?}, exit {code:?}"
+                ),
+            );
+        }
+        Some(_) if log.contains("failed to set rlimit") => report.note(
+            "unit-sandbox",
+            "not checked: the sandboxed GPU cannot get its open-files limit here (see limits)",
+        ),
+        Some(99) => bail!("emulating the unit's mounts failed: {log}"),
+        Some(code) => report.add(
+            "unit-sandbox: sandboxed GPU under the VM unit's protections",
+            false,
+            format!(
+                "crosvm exit {code} under the protections of {}: {}",
+                unit_path.display(),
+                crosvm_errors(&log)
+            ),
+        ),
+    }
     Ok(())
 }
 
