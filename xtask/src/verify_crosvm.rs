@@ -825,14 +825,7 @@ fn run_case(ctx: &Ctx, case: &Case, dir: &Path) -> Result<CaseResult> {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| cfg.nixos_vms[0].name.clone());
-    let mut opts = PlanOptions::new(1000, 100);
-    opts.dirs = Dirs {
-        run_dir: dir.join("run").display().to_string(),
-        vm_switch_dir: dir.join("vs").display().to_string(),
-        state_dir: dir.join("state").display().to_string(),
-    };
-    opts.wayland_socket = Some(dir.join("wayland-0").display().to_string());
-    let p = plan::build(&cfg, &vm, &opts)?;
+    let p = plan::build(&cfg, &vm, &scratch_plan_options(dir, 1000, 100))?;
     fs::write(dir.join("plan.txt"), plan::render_text(&p))?;
 
     // The shared home defaults to /shared/<vm>, a path the configuration does not spell: move
@@ -914,6 +907,18 @@ fn run_case(ctx: &Ctx, case: &Case, dir: &Path) -> Result<CaseResult> {
         );
     }
     Ok(CaseResult { rows, notes })
+}
+
+/// Plan options with the run, vm-switch and state directories and the Wayland socket in `dir`.
+fn scratch_plan_options(dir: &Path, uid: u32, gid: u32) -> PlanOptions {
+    let mut opts = PlanOptions::new(uid, gid);
+    opts.dirs = Dirs {
+        run_dir: dir.join("run").display().to_string(),
+        vm_switch_dir: dir.join("vs").display().to_string(),
+        state_dir: dir.join("state").display().to_string(),
+    };
+    opts.wayland_socket = Some(dir.join("wayland-0").display().to_string());
+    opts
 }
 
 fn without_flag(argv: &[String], flag: &str) -> Vec<String> {
@@ -1606,14 +1611,7 @@ fn check_unit_sandbox(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()>
 
     let cfg = load_str(&cfg_text, Format::Toml)
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    let mut opts = PlanOptions::new(0, 0);
-    opts.dirs = Dirs {
-        run_dir: dir.join("run").display().to_string(),
-        vm_switch_dir: dir.join("vs").display().to_string(),
-        state_dir: dir.join("state").display().to_string(),
-    };
-    opts.wayland_socket = Some(dir.join("wayland-0").display().to_string());
-    let p = plan::build(&cfg, "cv", &opts)?;
+    let p = plan::build(&cfg, "cv", &scratch_plan_options(&dir, 0, 0))?;
     let peers = Peers::new();
     prepare(ctx, &p.argv, &dir, &peers)?;
     let argv = if ctx.no_vhost_vsock {
