@@ -365,7 +365,12 @@ fn test_user_backend_gets_a_user_owned_socket_dir_that_is_removed_afterwards() {
     // must create its socket although the run directory belongs to root. The stand-in backend
     // binds its socket as that user and records who it is; the stand-in crosvm (root) records
     // what it sees and fails, so vm-service cleans up.
-    let vm = Vm::new("sound", "", "vmm = \"crosvm\"\nsound = true");
+    // `--pivot-root`: crosvm's sandbox directory; this machine may have no /var/empty.
+    let vm = Vm::new(
+        "sound",
+        "",
+        "vmm = \"crosvm\"\nsound = true\ncrosvm.extraRunArgs = [\"--pivot-root\", \"/tmp\"]",
+    );
     let d = vm.dir.str().to_owned();
     let seen = format!("{d}/seen");
     let bin = fake_bin(

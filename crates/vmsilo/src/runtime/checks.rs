@@ -170,3 +170,57 @@ mod tests {
         assert!(!viable(Some("e1000e"), 0x020000));
     }
 }
+
+/// crosvm's sandbox (minijail) pivots every device process into an empty directory,
+/// `/var/empty` unless the argv names another with `--pivot-root` or turns the sandbox off
+/// with `--disable-sandbox`. Without it every device fails to start with a terse minijail
+/// error, so say it before starting.
+pub fn check_crosvm_pivot_root(argv: &[String], default_root: &Path) -> Result<(), String> {
+    if argv
+        .iter()
+        .any(|a| a == "--disable-sandbox" || a.starts_with("--pivot-root"))
+    {
+        return Ok(());
+    }
+    if default_root.is_dir() {
+        return Ok(());
+    }
+    Err(format!(
+        "crosvm's sandbox needs the empty directory {} and it does not exist: create it \
+         (mkdir -m 0555 {}), or pass crosvm.extraRunArgs = [\"--pivot-root\" \"DIR\"]",
+        default_root.display(),
+        default_root.display()
+    ))
+}
+
+#[cfg(test)]
+mod pivot_root_tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn test_crosvm_without_var_empty_is_a_clear_error() {
+        let missing = Path::new("/nonexistent/vmsilo-test/var-empty");
+        let err = check_crosvm_pivot_root(&argv(&["crosvm", "run", "k"]), missing)
+            .expect_err("missing pivot root");
+        assert!(err.contains("/nonexistent/vmsilo-test/var-empty"), "{err}");
+        assert!(err.contains("mkdir -m 0555"), "{err}");
+    }
+
+    #[test]
+    fn test_crosvm_pivot_root_ok_when_present_or_not_needed() {
+        let missing = Path::new("/nonexistent/vmsilo-test/var-empty");
+        let tmp = std::env::temp_dir();
+        assert!(check_crosvm_pivot_root(&argv(&["crosvm", "run", "k"]), &tmp).is_ok());
+        for extra in ["--disable-sandbox", "--pivot-root=/srv/empty"] {
+            assert!(
+                check_crosvm_pivot_root(&argv(&["crosvm", "run", extra, "k"]), missing).is_ok()
+            );
+        }
+        let split = argv(&["crosvm", "run", "--pivot-root", "/srv/empty", "k"]);
+        assert!(check_crosvm_pivot_root(&split, missing).is_ok());
+    }
+}

@@ -257,6 +257,9 @@ fn preflight(o: &RunOptions) -> Result<(), String> {
             ));
         }
     }
+    if o.plan.vmm == Vmm::Crosvm {
+        checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
+    }
     Ok(())
 }
 
