@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signalfd::SignalFd;
 
 use crate::balancer::{Balancer, BalancerParams, Decision, Reason, TickReport, VmInput};
 use crate::discovery::{self, Change, Found, Watcher};
@@ -197,6 +198,10 @@ pub struct Daemon {
     found: BTreeMap<String, Found>,
     watcher: Watcher,
     status: Option<UnixListener>,
+    /// Signals that stop the daemon (SIGTERM from systemd), when `stop_on` was called.
+    stop_signals: Option<SignalFd>,
+    /// A stop signal arrived: `run` returns after the current step.
+    stopping: bool,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     wake_tx: UnixStream,
@@ -278,6 +283,8 @@ impl Daemon {
             found: BTreeMap::new(),
             watcher,
             status,
+            stop_signals: None,
+            stopping: false,
             done_tx,
             done_rx,
             wake_tx,
@@ -677,19 +684,32 @@ impl Daemon {
                 PollFd::new(self.watcher.fd(), PollFlags::POLLIN),
                 PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN),
             ];
-            if let Some(l) = &self.status {
+            let status_index = self.status.as_ref().map(|l| {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-            }
+                fds.len() - 1
+            });
+            let signal_index = self.stop_signals.as_ref().map(|sfd| {
+                fds.push(PollFd::new(sfd.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(DaemonError::Poll(e)),
             }
-            let ready = |i: usize| {
-                fds.get(i)
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds.get(i))
                     .and_then(PollFd::revents)
                     .is_some_and(|r| !r.is_empty())
             };
-            (ready(0), ready(2), ready(1))
+            if ready(signal_index)
+                && let Some(sfd) = &self.stop_signals
+                && let Ok(Some(info)) = sfd.read_signal()
+            {
+                info!("stopping on signal {}", info.ssi_signo);
+                self.stopping = true;
+                return Ok(None);
+            }
+            (ready(Some(0)), ready(status_index), ready(Some(1)))
         };
         if inotify_ready && let Some(gone) = self.watcher.drain() {
             self.rescan_after(&gone)?;
@@ -725,7 +745,15 @@ impl Daemon {
         Ok(None)
     }
 
-    /// Runs until an unrecoverable error.
+    /// Makes `run` return (and clean up) when `signals` reports a signal. The signals must be
+    /// blocked in every thread, so call this before the daemon starts any (block them in
+    /// `main` before [`Daemon::new`]).
+    pub fn stop_on(&mut self, signals: SignalFd) {
+        self.stop_signals = Some(signals);
+    }
+
+    /// Runs until a stop signal ([`Daemon::stop_on`]) or an unrecoverable error. On a stop the
+    /// status socket is removed; the VMs' balloons are left where they are.
     pub fn run(&mut self) -> Result<(), DaemonError> {
         self.rescan()?;
         info!(
@@ -735,9 +763,13 @@ impl Daemon {
             self.vms.len(),
             self.cfg.status_socket.display()
         );
-        loop {
+        while !self.stopping {
             self.step()?;
         }
+        if self.status.take().is_some() {
+            let _ = std::fs::remove_file(&self.cfg.status_socket);
+        }
+        Ok(())
     }
 
     /// Runs exactly one tick and returns its report (waits for the VMs' answers up to the

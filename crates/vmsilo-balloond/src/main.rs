@@ -95,9 +95,37 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Mode::Daemon(cfg) => match Daemon::new(cfg, true).and_then(|mut d| d.run()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
+        Mode::Daemon(cfg) => {
+            // SIGTERM (systemd's stop), SIGINT and SIGHUP end the daemon cleanly. They are blocked
+            // here, before any thread exists, so every thread inherits the mask and the main
+            // loop reads them from a signalfd.
+            let signals = match stop_signals() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("vmsilo-balloond: cannot set up signal handling: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match Daemon::new(cfg, true).and_then(|mut d| {
+                d.stop_on(signals);
+                d.run()
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
     }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this (still single) thread and returns a signalfd
+/// that reports them.
+fn stop_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(sig);
+    }
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }

@@ -344,3 +344,31 @@ fn test_exit_codes() {
         Some(1)
     );
 }
+
+#[test]
+fn test_sigterm_stops_the_daemon_cleanly_and_removes_its_status_socket() {
+    let dir = tmpdir("sigterm");
+    write_meminfo(&dir.join("meminfo"), 8192, 200);
+    let mut d = Daemon::start(&dir, &[]);
+    // With a VM and its worker thread running, so the signal must reach the main loop although
+    // other threads exist.
+    let _a = FakeCrosvm::start(&dir.join("run/a-control.socket"), FakeGuest::new()).unwrap();
+    d.wait_status("VM a to be balanced", |doc| {
+        vm(doc, "a").is_some_and(|v| v.counters.stats_ok > 0)
+    });
+    assert!(d.status.exists());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(d.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{status}\n{log}");
+    assert!(log.contains("stopping on signal 15"), "{log}");
+    assert!(!d.status.exists(), "the status socket was left behind");
+}
