@@ -1012,9 +1012,13 @@ impl FromValue for Balloond {
         )?;
         let d = Balloond::default_value();
         let poll_interval = r.field_or(o, "pollInterval", d.poll_interval);
-        if poll_interval.is_zero() {
+        // vmsilo-balloond's own range for --poll-interval: caught here rather than at its start.
+        if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&poll_interval) {
             r.at_key("pollInterval", |r| {
-                r.error(o.get("pollInterval"), "must be longer than 0s")
+                r.error(
+                    o.get("pollInterval"),
+                    "is out of range: expected 50ms to 1h",
+                )
             });
         }
         let critical = ranged(r, o, "criticalHostPercent", 0, 100, " (percent)")
@@ -1230,15 +1234,22 @@ impl FromValue for VmNetwork {
 impl FromValue for AutoShutdown {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
         let o = r.object(v, &["enable", "after"])?;
+        // At most a year, whichever way it is written.
+        const MAX_AFTER: u64 = 31_536_000;
         let after = match o.get("after") {
             None => 60,
             // Seconds as a number (as in the NixOS module), or a duration such as "2min".
             Some(Value::String(s)) => r.at_key("after", |r| match parse_duration(s) {
-                Ok(d) if d.as_secs() >= 1 && d.subsec_nanos() == 0 => d.as_secs(),
+                Ok(d) if (1..=MAX_AFTER).contains(&d.as_secs()) && d.subsec_nanos() == 0 => {
+                    d.as_secs()
+                }
                 Ok(_) => {
                     r.error(
                         o.get("after"),
-                        format!("{s:?} is not a whole number of seconds of at least 1s"),
+                        format!(
+                            "{s:?} is out of range: expected a whole number of seconds from 1s to \
+                             {MAX_AFTER}s (365 days)"
+                        ),
                     );
                     60
                 }
@@ -1247,7 +1258,7 @@ impl FromValue for AutoShutdown {
                     60
                 }
             }),
-            Some(_) => ranged(r, o, "after", 1, 31_536_000, " seconds").unwrap_or(60),
+            Some(_) => ranged(r, o, "after", 1, MAX_AFTER, " seconds").unwrap_or(60),
         };
         Some(AutoShutdown {
             enable: r.field_or(o, "enable", false),

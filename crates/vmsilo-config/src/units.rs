@@ -4,7 +4,9 @@
 //! `qemu-img` and the seed's `guestAvailableBias = "300m"`; the suffix is case-insensitive and may
 //! be followed by `iB` or `B` (`300MiB`, `300MB` and `300m` are the same). A bare number is a
 //! byte count. Durations need a unit: `us`, `ms`, `s`, `min` or `h`; a bare number is rejected
-//! because `2` could mean seconds or milliseconds depending on who reads it.
+//! because `2` could mean seconds or milliseconds depending on who reads it. Durations longer
+//! than 100 years are rejected, so that every component can add one to the current time (or
+//! count it in nanoseconds) without overflowing.
 
 use std::fmt;
 use std::time::Duration;
@@ -43,7 +45,17 @@ pub enum UnitError {
         /// The text as written.
         text: String,
     },
+    /// The duration is longer than [`MAX_DURATION`].
+    #[error("{text:?} is too long: expected a duration of at most 100 years (876000h)")]
+    TooLong {
+        /// The text as written.
+        text: String,
+    },
 }
+
+/// The longest duration [`parse_duration`] accepts: 100 years of 365 days. `Instant::now()`
+/// plus this never overflows, and it fits a `u64` of nanoseconds.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const SIZE_EXPECTED: &str = "a size such as 4096, 256k, 300m, 10G or 1TiB";
 const DURATION_EXPECTED: &str = "a duration such as 500ms, 2s, 5min or 1h";
@@ -161,7 +173,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let overflow = || UnitError::Overflow {
         text: text.to_owned(),
     };
-    match unit.trim() {
+    let d = match unit.trim() {
         "us" | "µs" => Ok(Duration::from_micros(value)),
         "ms" => Ok(Duration::from_millis(value)),
         "s" | "sec" => Ok(Duration::from_secs(value)),
@@ -183,7 +195,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             unit: other.to_owned(),
             expected: DURATION_EXPECTED,
         }),
+    }?;
+    if d > MAX_DURATION {
+        return Err(UnitError::TooLong {
+            text: text.to_owned(),
+        });
     }
+    Ok(d)
 }
 
 /// Formats a duration the way [`parse_duration`] reads it back (`2s`, `500ms`, `250us`).
@@ -255,6 +273,33 @@ mod tests {
         assert!(parse_duration("2 fortnights").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn test_parse_duration_refuses_what_would_overflow_an_instant() {
+        assert_eq!(parse_duration("876000h"), Ok(MAX_DURATION));
+        // The longest accepted duration can be added to the clock and counted in nanoseconds.
+        assert!(
+            std::time::Instant::now()
+                .checked_add(MAX_DURATION)
+                .is_some()
+        );
+        assert!(u64::try_from(MAX_DURATION.as_nanos()).is_ok());
+        for text in [
+            "876001h",
+            "5000000000000000h",
+            "18446744073709551615s",
+            "18446744073709551615ms",
+        ] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(matches!(err, UnitError::TooLong { .. }), "{text}: {err}");
+            assert!(err.to_string().contains("at most 100 years"), "{err}");
+        }
+        // Past u64 is still the parse error it was.
+        assert!(matches!(
+            parse_duration("99999999999999999999s"),
+            Err(UnitError::Overflow { .. })
+        ));
     }
 
     #[test]
