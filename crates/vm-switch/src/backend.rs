@@ -155,7 +155,7 @@ impl RateLimit {
             self.window = Instant::now();
             self.count = 0;
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         self.count <= 5
     }
 }

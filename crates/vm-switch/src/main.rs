@@ -119,6 +119,12 @@ fn main() -> ExitCode {
             cli.fq_codel_interval, cli.fq_codel_target
         ));
     }
+    if cli.fq_codel_interval > Duration::from_secs(3600) {
+        return usage(format!(
+            "--fq-codel-interval ({:?}) must be at most 1h (the default, 100ms, suits a switch)",
+            cli.fq_codel_interval
+        ));
+    }
     if !(256..=65536).contains(&cli.fq_codel_quantum) {
         return usage(format!(
             "--fq-codel-quantum {} must be between 256 and 65536 bytes",

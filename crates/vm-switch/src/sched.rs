@@ -184,14 +184,14 @@ impl<P: Packet> Source<P> {
             return false;
         }
         if codel.first_above_time == 0 {
-            codel.first_above_time = now + params.interval_ns;
+            codel.first_above_time = now.saturating_add(params.interval_ns);
             return false;
         }
         now >= codel.first_above_time
     }
 
     fn control_law(t: u64, interval: u64, count: u32) -> u64 {
-        t + (interval as f64 / f64::from(count.max(1)).sqrt()) as u64
+        t.saturating_add((interval as f64 / f64::from(count.max(1)).sqrt()) as u64)
     }
 
     /// CoDel dequeue for one flow (Linux `codel_dequeue`).
@@ -254,12 +254,13 @@ impl<P: Packet> Source<P> {
             }
             codel.dropping = true;
             let delta = codel.count.wrapping_sub(codel.lastcount);
-            codel.count =
-                if delta > 1 && now.wrapping_sub(codel.drop_next) < 16 * params.interval_ns {
-                    delta
-                } else {
-                    1
-                };
+            codel.count = if delta > 1
+                && now.wrapping_sub(codel.drop_next) < params.interval_ns.saturating_mul(16)
+            {
+                delta
+            } else {
+                1
+            };
             codel.lastcount = codel.count;
             codel.drop_next = Self::control_law(now, params.interval_ns, codel.count);
             self.flows[idx].codel = codel;
@@ -766,6 +767,27 @@ pub(crate) mod tests {
         assert!(drops > 0);
         assert_eq!(q.stats().codel_drops, drops);
         assert!(q.stats().max_sojourn_ns > 5 * MS);
+    }
+
+    #[test]
+    fn test_codel_with_extreme_interval_and_clock_does_not_overflow() {
+        // The control law and the re-entry window must saturate, not panic (release builds
+        // keep overflow checks), whatever interval the command line passed.
+        for interval_ns in [u64::MAX, u64::MAX / 3] {
+            let mut q = FqCodel::new(Params {
+                target_ns: 1,
+                interval_ns,
+                ..Params::default()
+            });
+            let mut t = u64::MAX - 4000 * MS;
+            for _ in 0..2000u64 {
+                q.enqueue(0, 1, p(1500, t, 0), &mut |_, _| {});
+                q.enqueue(0, 1, p(1500, t, 0), &mut |_, _| {});
+                t += MS;
+                let _ = q.dequeue(t, &mut |_, _| {});
+            }
+            assert!(q.stats().max_sojourn_ns > 0);
+        }
     }
 
     #[test]

@@ -462,6 +462,16 @@ fn test_cli_usage_errors_exit_2_and_missing_instance_exits_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fq-codel-interval"));
     let out = std::process::Command::new(bin)
+        .args(["-d", "/nonexistent/x", "--fq-codel-interval", "876000h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be at most 1h"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(bin)
         .args(["--buffer-size", "10ms"])
         .output()
         .unwrap();
