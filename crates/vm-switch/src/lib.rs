@@ -26,6 +26,9 @@
 //! Trust: everything from a guest, a frontend, a peer child (through a ring) or a port file is
 //! hostile and validated; the main process trusts only itself.
 
+// Every other module also has `#![forbid(unsafe_code)]`; this catches a new one that forgets.
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod child;
 pub mod config;
@@ -42,6 +45,7 @@ pub mod sched;
 pub mod seccomp;
 pub mod stats;
 pub mod supervisor;
+#[allow(unsafe_code)]
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;

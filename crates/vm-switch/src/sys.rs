@@ -348,10 +348,14 @@ pub enum Forked {
 /// Forks the process.
 ///
 /// Must only be called while the process has a single thread (the main process of vm-switch
-/// never starts threads; children start theirs after forking).
+/// never starts threads; children start theirs after forking), or, in a multi-threaded
+/// process, with a child that only makes async-signal-safe calls before it exits or execs
+/// (the seccomp tests, which fork from the test harness: the child installs a filter, makes
+/// one system call and calls [`exit_now`]).
 pub fn fork() -> std::io::Result<Forked> {
-    // SAFETY: vm-switch's main process is single-threaded (documented invariant of
-    // `supervisor`), so the child cannot inherit locks held by other threads.
+    // SAFETY: vm-switch's callers (`supervisor`, `sandbox`) run single-threaded, so the child
+    // cannot inherit locks held by other threads; the only multi-threaded callers are the
+    // seccomp tests, whose children keep to async-signal-safe calls as documented above.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
         nix::unistd::ForkResult::Child => Ok(Forked::Child),
@@ -385,9 +389,11 @@ pub fn set_process_title(title: &str) {
     let bytes = title.as_bytes();
     let n = bytes.len().min(area - 1);
     // SAFETY: [arg_start, arg_end) is this process's own argv string area, mapped and
-    // writable on the initial stack for the whole life of the process; Rust's std copied
-    // argv into its own allocations at startup (std::env::args), so nothing in this process
-    // holds references into it. Writing bytes there is how setproctitle works.
+    // writable on the initial stack for the whole life of the process. No Rust reference into
+    // it exists: std keeps only the raw argv pointers and copies the strings out on each
+    // `std::env::args()` call (which afterwards reads the new title, still NUL-terminated
+    // inside the area because the last byte written is 0). Writing bytes there is how
+    // setproctitle works.
     unsafe {
         let p = start as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n);

@@ -2,7 +2,9 @@
 //! guest off. See `docs/guest-agent.md`.
 //!
 //! The library holds everything but the command line, so that component tests can drive the
-//! agent over Unix sockets in-process.
+//! agent over Unix sockets in-process. All `unsafe` code is in the private `sys` module.
+
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod cli;
@@ -11,6 +13,7 @@ pub mod exec;
 pub mod idle;
 pub mod power;
 pub mod session;
+#[allow(unsafe_code)]
 mod sys;
 pub mod transport;
 pub mod users;

@@ -23,16 +23,23 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// Takes ownership of a descriptor inherited through socket activation (`LISTEN_FDS`).
 ///
 /// The caller must have checked `LISTEN_PID` and `LISTEN_FDS` so that `fd` is an open
-/// descriptor passed to this process and owned by nothing else; it must call this at most
-/// once per descriptor.
+/// descriptor passed to this process and owned by nothing else. A second call fails (the
+/// descriptor then has an owner already), whatever the descriptor.
 pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::other(
+            "the socket-activation descriptor was taken already",
+        ));
+    }
     // Check that the descriptor is open before claiming it.
     // SAFETY: F_GETFD on any integer is harmless: it returns -1/EBADF for a closed one.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the descriptor is open, was passed to this process by its service manager and,
-    // per this function's contract, is claimed only here.
+    // SAFETY: the descriptor is open, was passed to this process by its service manager (the
+    // caller checked LISTEN_PID), and TAKEN makes this the only place that ever claims it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -139,7 +146,12 @@ mod tests {
     }
 
     #[test]
-    fn adopting_a_closed_descriptor_fails() {
-        assert!(adopt_inherited_fd(1_000_000).is_err());
+    fn adopting_is_refused_the_second_time() {
+        // Descriptor 1_000_000 is not open: the first call fails on F_GETFD, the second
+        // before looking at it. Only one test may call adopt_inherited_fd (TAKEN is global).
+        let first = adopt_inherited_fd(1_000_000).unwrap_err();
+        assert_eq!(first.raw_os_error(), Some(libc::EBADF), "{first}");
+        let second = adopt_inherited_fd(1_000_000).unwrap_err();
+        assert!(second.to_string().contains("taken already"), "{second}");
     }
 }

@@ -21,9 +21,10 @@ pub fn prepare_child(cmd: &mut Command) {
                 .thread_set_mask()
                 .map_err(std::io::Error::from)?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
-            // The parent died before prctl: nobody would send the signal.
+            // The parent died before prctl: nobody would send the signal (nor read this error,
+            // which is why a plain errno, which needs no allocation, is enough).
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the parent process exited"));
+                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
             }
             Ok(())
         });
