@@ -97,6 +97,12 @@ fn test_unknown_vm_is_an_error_with_a_suggestion() {
         err.to_string(),
         "no VM called \"bankng\" (did you mean \"banking\"?)"
     );
+    // Nothing close: the names there are.
+    let err = plan::build(&cfg, "games", &PlanOptions::new(1000, 100)).expect_err("unknown");
+    assert_eq!(
+        err.to_string(),
+        "no VM called \"games\": the configuration has \"banking\", \"shopping\", \"personal\""
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub enum CliError {
         path: PathBuf,
     },
     /// The configuration file could not be read.
-    #[error("cannot read {}", path.display())]
+    #[error("cannot read the configuration file {}", path.display())]
     ReadConfig {
         /// The path.
         path: PathBuf,

@@ -75,12 +75,14 @@ impl PlanOptions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// No VM has that name.
-    #[error("no VM called {name:?}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
+    #[error("no VM called {name:?}{}", unknown_vm_hint(suggestion.as_deref(), known))]
     UnknownVm {
         /// The name asked for.
         name: String,
         /// The closest existing name.
         suggestion: Option<String>,
+        /// Every VM the configuration has (named when there is no close one).
+        known: Vec<String>,
     },
     /// A derived socket path does not fit in `sun_path`.
     #[error(
@@ -337,24 +339,37 @@ pub fn kernel_cmdline(vm: &Vm) -> Vec<String> {
     p
 }
 
-/// The VM called `name`, or [`PlanError::UnknownVm`] with the closest name as a suggestion.
-pub fn find_vm<'c>(cfg: &'c ValidConfig, name: &str) -> Result<&'c Vm, PlanError> {
-    cfg.vm(name).ok_or_else(|| {
-        let names: Vec<&str> = cfg.nixos_vms.iter().map(|v| v.name.as_str()).collect();
-        PlanError::UnknownVm {
-            name: name.to_owned(),
-            suggestion: crate::diag::did_you_mean(name, &names).map(str::to_owned),
+/// What to try instead of an unknown VM: the closest name, else the names there are.
+fn unknown_vm_hint(suggestion: Option<&str>, known: &[String]) -> String {
+    match (suggestion, known) {
+        (Some(s), _) => format!(" (did you mean {s:?}?)"),
+        (None, []) => ": the configuration has no VMs".to_owned(),
+        (None, names) => {
+            let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+            format!(": the configuration has {}", list.join(", "))
         }
-    })
+    }
+}
+
+fn unknown_vm(cfg: &ValidConfig, name: &str) -> PlanError {
+    let names: Vec<&str> = cfg.nixos_vms.iter().map(|v| v.name.as_str()).collect();
+    PlanError::UnknownVm {
+        name: name.to_owned(),
+        suggestion: crate::diag::did_you_mean(name, &names).map(str::to_owned),
+        known: names.iter().map(|n| (*n).to_owned()).collect(),
+    }
+}
+
+/// The VM called `name`, or [`PlanError::UnknownVm`] with the closest name as a suggestion
+/// (or, when none is close, the names there are).
+pub fn find_vm<'c>(cfg: &'c ValidConfig, name: &str) -> Result<&'c Vm, PlanError> {
+    cfg.vm(name).ok_or_else(|| unknown_vm(cfg, name))
 }
 
 /// Builds the plan for VM `name`.
 pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<LaunchPlan, PlanError> {
     let vm = find_vm(cfg, name)?;
-    let cid = cfg.cid(name).ok_or_else(|| PlanError::UnknownVm {
-        name: name.to_owned(),
-        suggestion: None,
-    })?;
+    let cid = cfg.cid(name).ok_or_else(|| unknown_vm(cfg, name))?;
     let mut plan = common(vm, cid, opts);
     plan.user.name = cfg.user.clone();
     match vm.vmm {

@@ -110,7 +110,9 @@ fn terminal_size() -> Option<WindowSize> {
 /// A VM name that can be part of a socket path.
 fn check_vm_name(vm: &str) -> Result<(), CliError> {
     if vm.is_empty() || vm.contains('/') || vm.contains('\0') || vm.starts_with('.') {
-        return Err(CliError::Usage(format!("{vm:?} is not a VM name")));
+        return Err(CliError::Usage(format!(
+            "{vm:?} is not a VM name: a name is not empty, has no \"/\" and does not start with \".\""
+        )));
     }
     Ok(())
 }
@@ -304,7 +306,8 @@ mod tests {
         assert!(bad(&["-t", "b", "sh"]).contains("--wait"));
         assert!(bad(&["b"]).contains("COMMAND"));
         assert!(bad(&["-e", "novalue", "b", "sh"]).contains("KEY=VALUE"));
-        assert!(check_vm_name("../x").is_err());
+        let err = check_vm_name("../x").expect_err("a path is not a VM name");
+        assert!(err.to_string().contains("does not start with"), "{err}");
         assert!(check_vm_name("banking").is_ok());
     }
 }

@@ -107,10 +107,19 @@ pub fn run(config: Option<&Path>, verb: Verb, vm: &str) -> Result<(), CliError> 
     plan::find_vm(&cfg, vm)?;
     let unit = vm_service(vm);
     if !systemd_running() {
+        let instead = match verb {
+            Verb::Start => format!(
+                "run the VM in the foreground with `vm-start-debug {vm}` (as root), or start \
+                 `vmsilo vm-service {vm}` yourself"
+            ),
+            Verb::Stop => format!(
+                "a VM run by `vm-start-debug {vm}` stops with CTRL+] in its terminal, one run by \
+                 `vmsilo vm-service {vm}` when that process gets SIGTERM"
+            ),
+        };
         return Err(CliError::Failure(format!(
-            "cannot {} VM {vm:?}: systemd is not running on this machine ({} does not exist); run \
-             the VM in the foreground with `vm-start-debug {vm}` (as root), or start `vmsilo \
-             vm-service {vm}` yourself",
+            "cannot {} VM {vm:?}: systemd is not running on this machine ({} does not exist); \
+             {instead}",
             verb.as_str(),
             systemd_dir().display()
         )));
