@@ -134,9 +134,12 @@ fn test_qmp_garbage_and_hangup_are_errors() {
     assert!(matches!(c.stats(), Err(VmmError::Malformed { .. })));
     peer.guest().behavior = Behavior::HangUp;
     assert!(matches!(c.stats(), Err(VmmError::Closed { .. })));
-    // Recovers once the peer behaves.
+    // Recovers once the peer behaves: a full, correct sample again.
     peer.guest().behavior = Behavior::Normal;
-    assert!(c.stats().is_ok());
+    peer.guest().balloon_actual = 64 * M;
+    let s = c.stats().expect("stats after recovery");
+    assert_eq!(s.balloon_actual, 64 * M);
+    assert_eq!(s.stats.free_memory, Some(600 * M));
 }
 
 #[test]
