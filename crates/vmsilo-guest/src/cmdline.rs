@@ -21,6 +21,12 @@ pub fn parse(cmdline: &str) -> KernelSettings {
         };
         match value.parse::<u64>() {
             Ok(0) => s.autoshutdown = None,
+            Ok(secs) if Duration::from_secs(secs) > vmsilo_config::units::MAX_DURATION => {
+                s.warnings.push(format!(
+                    "ignoring vmsilo.autoshutdown={value} on the kernel command line: longer than \
+                     100 years"
+                ));
+            }
             Ok(secs) => s.autoshutdown = Some(Duration::from_secs(secs)),
             Err(_) => s.warnings.push(format!(
                 "ignoring vmsilo.autoshutdown={value:?} on the kernel command line: expected whole seconds"
@@ -49,6 +55,10 @@ mod tests {
         let s = parse("vmsilo.autoshutdown=5m");
         assert_eq!(s.autoshutdown, None);
         assert_eq!(s.warnings.len(), 1);
+        // A value no clock can reach is refused, not a panic when the watchdog arms.
+        let s = parse("vmsilo.autoshutdown=18446744073709551615");
+        assert_eq!(s.autoshutdown, None);
+        assert!(s.warnings[0].contains("longer than 100 years"), "{s:?}");
         // The last occurrence wins, as for kernel parameters generally.
         assert_eq!(
             parse("vmsilo.autoshutdown=5 vmsilo.autoshutdown=7").autoshutdown,

@@ -55,9 +55,14 @@ fn parse_idle(text: &str, what: &str) -> Result<Option<Duration>, Failure> {
     if t == "off" || t == "0" {
         return Ok(None);
     }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Some(Duration::from_secs(secs)));
-    }
+    // A bare number is seconds; it goes through the same parser (and its 100-year limit).
+    let with_unit;
+    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        with_unit = format!("{t}s");
+        with_unit.as_str()
+    } else {
+        t
+    };
     vmsilo_config::units::parse_duration(t)
         .map(Some)
         .map_err(|e| usage(format!("{what} {text:?}: {e}")))

@@ -74,6 +74,13 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-shutdown \"soon\""));
+    // Seconds past any clock: a usage error, not a panic when the watchdog arms.
+    let out = Command::new(BIN)
+        .args(["--idle-shutdown", "18446744073709551615"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 100 years"));
     let out = Command::new(BIN).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
