@@ -9,6 +9,8 @@ use common::*;
 use vmsilo_testkit::{Guest, ImageSpec, QemuBuilder};
 
 const T: Duration = Duration::from_secs(60);
+/// Starts a one-shot iperf3 server in the guest and waits (up to 10 s) until it listens.
+const IPERF_SERVER: &str = "iperf3 -s -D -1 >/dev/null 2>&1; i=0; until netstat -ltn | grep -q ':5201 '; do i=$((i+1)); [ $i -ge 100 ] && break; sleep 0.1; done; netstat -ltn | grep -q ':5201 '";
 
 fn guest(
     image: &vmsilo_testkit::GuestImage,
@@ -84,8 +86,8 @@ fn test_e2e_two_guests_ping_v4_v6_and_iperf3_through_vm_switch() {
         s.log()
     );
 
-    b.run_ok("iperf3 -s -D -1", T).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // iperf3 -D returns before it listens: wait (bounded) until the port is open.
+    b.run_ok(IPERF_SERVER, T).unwrap();
     let out = a
         .run("iperf3 -c 10.0.0.2 -t 5 -f m", Duration::from_secs(90))
         .unwrap();

@@ -163,7 +163,14 @@ fn agent_runs_commands_sent_over_hybrid_vsock() {
         matches!(refused, ClientError::Closed { .. } | ClientError::Io { .. }),
         "{refused}"
     );
-    let log = guest.run_ok("sleep 0.5; cat /tmp/cid7.log", T).unwrap();
+    // The refusal is logged after the connection closed: wait for it (at most 10 s).
+    let log = guest
+        .run_ok(
+            "i=0; until grep -q 'refused a connection' /tmp/cid7.log; do i=$((i+1)); \
+             [ $i -ge 100 ] && break; sleep 0.1; done; cat /tmp/cid7.log",
+            T,
+        )
+        .unwrap();
     assert!(
         log.contains("refused a connection from vsock CID 2"),
         "{log}"

@@ -74,12 +74,14 @@ fn two_guests_on_a_vhost_user_net_hub_ping_each_other() {
     assert!(hub.forwarded() >= 10, "{hub:?}");
 
     // Full-size frames in bulk, both ways (TCP data one way, ACKs the other).
-    b.run_ok("iperf3 -s -D -1 >/dev/null 2>&1", T).unwrap();
+    // iperf3 -D returns before it listens: wait (bounded) until the port is open.
+    b.run_ok(
+        "iperf3 -s -D -1 >/dev/null 2>&1; i=0; until netstat -ltn | grep -q ':5201 '; do i=$((i+1)); [ $i -ge 100 ] && break; sleep 0.1; done; netstat -ltn | grep -q ':5201 '",
+        T,
+    )
+    .unwrap();
     let bulk = a
-        .run(
-            "sleep 1; iperf3 -c 10.0.0.2 -t 2 -J",
-            Duration::from_secs(60),
-        )
+        .run("iperf3 -c 10.0.0.2 -t 2 -J", Duration::from_secs(60))
         .unwrap();
     assert!(bulk.success(), "{}", bulk.stdout);
     let report: serde_json::Value = serde_json::from_str(&bulk.stdout)
