@@ -22,6 +22,10 @@ use std::time::Duration;
 
 use common::{Scratch, Term, entries, multi_call, vmsilo};
 
+/// A `VMSILO_SYSTEMD_DIR` that cannot exist (nothing creates directories in /proc), where a
+/// fixed path such as /nonexistent may: it is `nobody`'s home directory and some machines have it.
+const NO_SYSTEMD: &str = "/proc/self/vmsilo-no-systemd";
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -466,7 +470,7 @@ fn test_status_shows_running_stopped_and_failed_vms() {
         c.args(["--config", example().to_str().expect("utf-8"), "status"])
             .arg("--run-dir")
             .arg(&run)
-            .env("VMSILO_SYSTEMD_DIR", "/nonexistent");
+            .env("VMSILO_SYSTEMD_DIR", NO_SYSTEMD);
         if json {
             c.arg("--json");
         }
@@ -531,7 +535,7 @@ fn test_status_on_a_terminal_colours_vm_names() {
         ])
         .arg("--run-dir")
         .arg(&run)
-        .env("VMSILO_SYSTEMD_DIR", "/nonexistent")
+        .env("VMSILO_SYSTEMD_DIR", NO_SYSTEMD)
         .env_remove("NO_COLOR")
         .stdout(term.stdio())
         .spawn()
@@ -563,13 +567,9 @@ fn start_stop(dir: &Scratch, name: &str, vm: &str, envs: &[(&str, &str)]) -> Out
 #[test]
 fn test_vm_start_without_systemd_says_so_and_suggests_vm_start_debug() {
     let dir = Scratch::new("nosystemd");
+    let marker = NO_SYSTEMD;
     for name in ["vm-start", "vm-stop"] {
-        let o = start_stop(
-            &dir,
-            name,
-            "banking",
-            &[("VMSILO_SYSTEMD_DIR", "/nonexistent")],
-        );
+        let o = start_stop(&dir, name, "banking", &[("VMSILO_SYSTEMD_DIR", marker)]);
         let (_, err) = text(&o);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(
@@ -587,7 +587,7 @@ fn test_vm_start_without_systemd_says_so_and_suggests_vm_start_debug() {
         &dir,
         "vm-start",
         "bankign",
-        &[("VMSILO_SYSTEMD_DIR", "/nonexistent")],
+        &[("VMSILO_SYSTEMD_DIR", marker)],
     );
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
