@@ -138,6 +138,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// CTRL+] in `vm-start-debug` and `vm-shell`.
 pub const ESCAPE: u8 = 0x1d;
+/// Most console reads (of up to 16 KiB) relayed per wakeup of the runtime's loop.
+const CONSOLE_READS_PER_WAKEUP: usize = 64;
 
 struct Runtime {
     o: RunOptions,
@@ -951,11 +953,13 @@ impl Runtime {
     }
 
     /// Copies guest output to the PTY (or stdout); false once the console stream closed.
+    /// Copies at most [`CONSOLE_READS_PER_WAKEUP`] reads, so that a guest that never stops
+    /// writing cannot keep the loop from handling a stop request.
     fn pump_console(&mut self, buf: &mut [u8]) -> bool {
         let Some(stream) = self.console.as_mut() else {
             return false;
         };
-        loop {
+        for _ in 0..CONSOLE_READS_PER_WAKEUP {
             match stream.read(buf) {
                 Ok(0) => return false,
                 Ok(n) => {
@@ -972,6 +976,7 @@ impl Runtime {
                 Err(_) => return false,
             }
         }
+        true
     }
 
     /// Copies user input (PTY or stdin) to the guest.
