@@ -134,6 +134,45 @@ fn wait_status(
     );
 }
 
+/// Waits until, over the last four status documents of distinct ticks, no balloon's size
+/// varied by more than 4 MiB; returns the newest.
+fn wait_settled(socket: &Path, daemon: &Daemon, timeout: Duration) -> StatusDoc {
+    let deadline = Instant::now() + timeout;
+    let mut window: Vec<StatusDoc> = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(doc) = status(socket)
+            && window
+                .last()
+                .is_none_or(|last| doc.daemon.ticks > last.daemon.ticks)
+        {
+            window.push(doc);
+            if window.len() > 4 {
+                window.remove(0);
+            }
+            let steady = |name: &str| {
+                let sizes = window.iter().map(|d| balloon(d, name));
+                let (lo, hi) = (sizes.clone().min(), sizes.max());
+                lo.zip(hi).is_some_and(|(lo, hi)| hi - lo <= 4 * M)
+            };
+            if window.len() == 4 && steady("a") && steady("b") {
+                return window.pop().expect("four documents");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    let sizes: Vec<(u64, u64)> = window
+        .iter()
+        .map(|d| (balloon(d, "a") / M, balloon(d, "b") / M))
+        .collect();
+    panic!(
+        "the balloons did not settle within {timeout:?}; last sizes (MiB): {sizes:?}\n\
+         daemon log (newest first):\n{}",
+        tail.join("\n")
+    );
+}
+
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
 fn test_two_qemu_guests_are_balanced_and_a_stalled_balloon_backs_off() {
@@ -200,9 +239,9 @@ fn test_two_qemu_guests_are_balanced_and_a_stalled_balloon_backs_off() {
         assert_eq!(v.ram_size, Some(512 * M));
         assert!(v.stats.is_some_and(|s| s.free_memory.is_some()), "{v:?}");
     }
-    // Let the balance settle, then take the reference sizes.
-    std::thread::sleep(Duration::from_secs(8));
-    let settled = status(&socket).expect("status");
+    // Wait until the balance settles (no balloon moved by more than 4 MiB over the last three
+    // ticks), then take the reference sizes.
+    let settled = wait_settled(&socket, &daemon, Duration::from_secs(90));
     let (a1, b1) = (balloon(&settled, "a"), balloon(&settled, "b"));
 
     // 2. Guest a allocates 200 MiB of anon memory (busybox dd reads one 200 MiB block into its
