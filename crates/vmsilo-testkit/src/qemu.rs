@@ -43,8 +43,15 @@ pub struct BalloonOptions {
 
 #[derive(Debug, Clone)]
 enum Nic {
-    VhostUser { socket: PathBuf, mac: String },
-    Tap { ifname: String, mac: String },
+    VhostUser {
+        socket: PathBuf,
+        mac: String,
+    },
+    Tap {
+        ifname: String,
+        mac: String,
+        msix: bool,
+    },
 }
 
 /// Configures and starts one QEMU/TCG guest.
@@ -131,6 +138,19 @@ impl QemuBuilder {
         self.nics.push(Nic::Tap {
             ifname: ifname.into(),
             mac: mac.into(),
+            msix: true,
+        });
+        self
+    }
+
+    /// [`tap`](Self::tap) with the device [`vhost_user_net`](Self::vhost_user_net) uses:
+    /// `vectors=0` (legacy INTx interrupts instead of MSI-X), so that a comparison between the
+    /// two backends is not one between interrupt modes.
+    pub fn tap_intx(mut self, ifname: impl Into<String>, mac: impl Into<String>) -> Self {
+        self.nics.push(Nic::Tap {
+            ifname: ifname.into(),
+            mac: mac.into(),
+            msix: false,
         });
         self
     }
@@ -292,12 +312,15 @@ impl QemuBuilder {
                         format!("virtio-net-pci,netdev=net{i},mac={mac},vectors=0"),
                     ]);
                 }
-                Nic::Tap { ifname, mac } => {
+                Nic::Tap { ifname, mac, msix } => {
                     args.extend([
                         "-netdev".into(),
                         format!("tap,id=net{i},ifname={ifname},script=no,downscript=no"),
                         "-device".into(),
-                        format!("virtio-net-pci,netdev=net{i},mac={mac}"),
+                        format!(
+                            "virtio-net-pci,netdev=net{i},mac={mac}{}",
+                            if *msix { "" } else { ",vectors=0" }
+                        ),
                     ]);
                 }
             }
