@@ -44,10 +44,21 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Cargo-installed tools: (binary, crate, version).
-pub const CARGO_TOOLS: &[(&str, &str, &str)] = &[
-    ("vhost-device-vsock", "vhost-device-vsock", "0.3.0"),
-    ("virtiofsd", "virtiofsd", "1.14.0"),
+/// Cargo-installed tools: (binary, crate, version, extra `cargo install` arguments).
+///
+/// vhost-device-sound is built with its null backend only: the tests drive it through
+/// vhost-user and need no audio, and its PipeWire, ALSA and GStreamer backends would need
+/// their development packages and libclang. A desktop installs it with its default features
+/// (the NixOS module uses nixpkgs' build).
+pub const CARGO_TOOLS: &[(&str, &str, &str, &[&str])] = &[
+    ("vhost-device-vsock", "vhost-device-vsock", "0.3.0", &[]),
+    ("virtiofsd", "virtiofsd", "1.14.0", &[]),
+    (
+        "vhost-device-sound",
+        "vhost-device-sound",
+        "0.3.0",
+        &["--no-default-features"],
+    ),
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -115,13 +126,15 @@ fn cargo_tools() -> Result<()> {
     if !have("cargo-fuzz") && !cargo_bin_dir().join("cargo-fuzz").is_file() {
         sh(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    for (bin, krate, version) in CARGO_TOOLS {
+    for (bin, krate, version, extra) in CARGO_TOOLS {
         if tool_version_ok(bin, version) {
             eprintln!("{bin} {version} present");
             continue;
         }
-        sh(cargo().args(["install", "--locked", "--version", version, krate]))
-            .with_context(|| format!("cargo install {krate}"))?;
+        sh(cargo()
+            .args(["install", "--locked", "--version", version, krate])
+            .args(*extra))
+        .with_context(|| format!("cargo install {krate}"))?;
     }
     Ok(())
 }

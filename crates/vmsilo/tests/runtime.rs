@@ -418,6 +418,149 @@ fn test_user_backend_gets_a_user_owned_socket_dir_that_is_removed_afterwards() {
     assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
 }
 
+/// Pids of the processes running `program` with an argument that mentions `needle`.
+fn pids_of(program: &str, needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let c = String::from_utf8_lossy(&c);
+            let mut argv = c.split('\0');
+            argv.next()
+                .is_some_and(|a| Path::new(a).file_name() == Some(program.as_ref()))
+                && argv.any(|a| a.contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn test_real_vhost_device_sound_started_by_vm_service_answers_a_vhost_user_frontend() {
+    use vhost::VhostBackend;
+    use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+
+    // The real vhost-device-sound (crates.io; `cargo xtask setup` installs it), copied next to
+    // a stand-in crosvm because it runs as uid 65534, who may not reach ~/.cargo/bin.
+    let real = vmsilo_testkit::find_tool("vhost-device-sound")
+        .expect("vhost-device-sound is not installed: run `cargo xtask setup`");
+    let vm = Vm::new(
+        "realsound",
+        "",
+        "vmm = \"crosvm\"\nsound = { backend = \"null\" }\n\
+         crosvm.extraRunArgs = [\"--pivot-root\", \"/tmp\"]",
+    );
+    let d = vm.dir.str().to_owned();
+    // The stand-in crosvm says it runs, waits for the test's handshake, then fails, so that
+    // vm-service tears everything down.
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[(
+            "crosvm",
+            &format!(
+                "touch {d}/crosvm-up\n\
+                 while [ ! -e {d}/done ]; do sleep 0.05; done\n\
+                 exit 1"
+            ),
+        )],
+    );
+    std::fs::copy(&real, bin.join("vhost-device-sound")).expect("copy vhost-device-sound");
+    std::fs::set_permissions(vm.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), system_path());
+    let mut service = vm
+        .service_as(&common::vmsilo_bin(), &path, 65534)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vm-service");
+    let up = PathBuf::from(format!("{d}/crosvm-up"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !up.exists() {
+        if std::time::Instant::now() > deadline || service.try_wait().expect("wait").is_some() {
+            let _ = service.kill();
+            let o = service.wait_with_output().expect("output");
+            panic!("crosvm was never started:\n{}", text(&o).1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // vm-service started crosvm only once the backend's socket existed: speak vhost-user to it.
+    let socket = format!("{d}/run/t.user/t-sound.socket");
+    let handshake = || -> Result<(u64, u64, [u32; 4]), String> {
+        let mut f = Frontend::connect(&socket, 1).map_err(|e| format!("connect: {e}"))?;
+        f.set_owner().map_err(|e| format!("SET_OWNER: {e}"))?;
+        let features = f.get_features().map_err(|e| format!("GET_FEATURES: {e}"))?;
+        f.set_features(features)
+            .map_err(|e| format!("SET_FEATURES: {e}"))?;
+        let protocol = f
+            .get_protocol_features()
+            .map_err(|e| format!("GET_PROTOCOL_FEATURES: {e}"))?;
+        f.set_protocol_features(protocol)
+            .map_err(|e| format!("SET_PROTOCOL_FEATURES: {e}"))?;
+        let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+        if !protocol.contains(wanted) {
+            return Err(format!("CONFIG or MQ not offered: {protocol:?}"));
+        }
+        let queues = f
+            .get_queue_num()
+            .map_err(|e| format!("GET_QUEUE_NUM: {e}"))?;
+        // struct virtio_snd_config { le32 jacks, streams, chmaps, controls }.
+        let (_, cfg) = f
+            .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0; 16])
+            .map_err(|e| format!("GET_CONFIG: {e}"))?;
+        let word = |i: usize| u32::from_le_bytes(cfg[i * 4..i * 4 + 4].try_into().expect("4"));
+        Ok((features, queues, [word(0), word(1), word(2), word(3)]))
+    };
+    // (Read before the handshake: after a frontend leaves, vhost-device-sound removes and
+    // re-creates its socket.)
+    let owner = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let backends = pids_of("vhost-device-sound", &socket);
+    let result = handshake();
+
+    std::fs::write(format!("{d}/done"), "").expect("done");
+    let o = service.wait_with_output().expect("vm-service");
+    let (_, err) = text(&o);
+    let (features, queues, [jacks, streams, chmaps, _controls]) = result
+        .unwrap_or_else(|e| panic!("vhost-user handshake with vhost-device-sound: {e}\n{err}"));
+    assert_ne!(
+        features & (1 << 32),
+        0,
+        "VIRTIO_F_VERSION_1 offered: {features:#x}"
+    );
+    assert_eq!(queues, 4, "control, event, tx and rx queues");
+    assert_eq!(
+        (jacks, streams, chmaps),
+        (0, 2, 1),
+        "an output and an input stream"
+    );
+    assert_eq!(
+        owner.ok(),
+        Some(65534),
+        "the backend runs as the configured user"
+    );
+    assert_eq!(
+        backends.len(),
+        1,
+        "one vhost-device-sound for the VM: {backends:?}"
+    );
+    // The stand-in crosvm failed: vm-service says so, stops the backend and removes its files.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("crosvm exited with status 1 before the VM was up"),
+        "{err}"
+    );
+    assert_eq!(
+        pids_of("vhost-device-sound", &socket),
+        Vec::<u32>::new(),
+        "backend left running"
+    );
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // vmsilo status
 
