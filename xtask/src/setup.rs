@@ -32,6 +32,15 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "systemd-analyze verify and systemd-socket-activate",
     ),
     (
+        "systemd-container",
+        "systemd-nspawn boots a container with systemd as PID 1 for the units' e2e test",
+    ),
+    ("dbus", "the system bus in that container"),
+    (
+        "polkitd",
+        "polkit in that container, to check vmsilo's rule",
+    ),
+    (
         "desktop-file-utils",
         "desktop-file-validate checks vmsilo desktop-entries' output",
     ),
