@@ -264,7 +264,7 @@ v6Addresses = ["{v6}"]
 
     /// `vm-run --run-dir <run> -w <vm> <cmd>…` with empty stdin, at most [`LIMIT`].
     fn vm_run(&self, vm: &str, cmd: &[&str]) -> Output {
-        let mut child = common::command(&self.vm_run)
+        let child = common::command(&self.vm_run)
             .args(["--run-dir", &self.run_dir(), "-w", vm])
             .args(cmd)
             .stdin(Stdio::null())
@@ -272,17 +272,8 @@ v6Addresses = ["{v6}"]
             .stderr(Stdio::piped())
             .spawn()
             .expect("vm-run");
-        let started = Instant::now();
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if started.elapsed() > LIMIT {
-                let _ = child.kill();
-                panic!("vm-run {vm} {cmd:?} hangs\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::output_within(child, LIMIT)
+            .unwrap_or_else(|| panic!("vm-run {vm} {cmd:?} hangs\n{}", self.logs()))
     }
 
     /// [`System::vm_run`] that must succeed; returns stdout.

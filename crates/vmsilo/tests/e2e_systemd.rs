@@ -91,14 +91,23 @@ impl Container {
             c.init = container_init(c.nspawn.id()).unwrap_or(0);
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Booted (basic.target reached) or not: is-system-running says which.
-        let o = c.sh(&["systemctl", "is-system-running", "--wait"]);
-        let state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-        assert!(
-            state == "running" || state == "degraded",
-            "the container did not boot: {state:?}\n{}",
-            c.log()
-        );
+        // Booted (basic.target reached) or not: is-system-running says which. Until systemd
+        // listens on its private socket, systemctl cannot ask and says so: ask again.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let o = c.sh(&["systemctl", "is-system-running", "--wait"]);
+            let (state, err) = text(&o);
+            let state = state.trim();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container did not boot: {state:?} {err}\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         c
     }
 
@@ -125,12 +134,18 @@ impl Container {
             .stderr(Stdio::piped())
             .spawn()
             .expect("nsenter");
-        wait_output(child, Duration::from_secs(180), argv)
+        common::output_within(child, Duration::from_secs(180))
+            .unwrap_or_else(|| panic!("{argv:?} did not finish within 180 s"))
     }
 
     fn unit_property(&self, unit: &str, property: &str) -> String {
         let o = self.sh(&["systemctl", "show", "-P", property, unit]);
         String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    /// `ActiveState` of the VM's unit.
+    fn vm_state(&self) -> String {
+        self.unit_property("vmsilo-demo-vm.service", "ActiveState")
     }
 
     /// The units' journal, for failure messages.
@@ -155,20 +170,6 @@ impl Drop for Container {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
-    }
-}
-
-fn wait_output(mut child: Child, limit: Duration, what: &[&str]) -> Output {
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{what:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -279,30 +280,17 @@ fn prepare(dir: &Path) {
     }
 
     // vmsilo's configuration, generator, polkit rule and PATH drop-in.
-    let config = etc.join("vmsilo/vmsilo.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"enable = true
-user = "alice"
-qemu.accel = "tcg"
-
-[[nixosVms]]
-name = "demo"
-vmm = "qemu"
-memory = 256
-cpus = 1
-gpu = false
-sound = false
-sharedHome = false
-kernel = "{INSIDE}/vmlinuz"
-initramfs = "{INSIDE}/initrd.img"
-rootDisk = "{INSIDE}/root.img"
-rootOverlay = {{ type = "tmpfs" }}
-"#
-        ),
-    )
-    .expect("config");
+    let inside = Path::new(INSIDE);
+    let config = common::qemu_vm_config(
+        &etc.join("vmsilo"),
+        "demo",
+        &inside.join("vmlinuz"),
+        &inside.join("initrd.img"),
+        &inside.join("root.img"),
+        "rootOverlay = { type = \"tmpfs\" }",
+    );
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("user = \"root\"", "user = \"alice\"")).expect("config");
     std::os::unix::fs::symlink(
         format!("{INSIDE}/bin/vmsilo-generator"),
         etc.join("systemd/system-generators/vmsilo-generator"),
@@ -354,10 +342,7 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     );
     let o = c.sh(&["stat", "-c", "%U %a %F", "/run/vmsilo/demo-command.socket"]);
     assert_eq!(text(&o).0.trim(), "alice 600 socket", "{o:?}");
-    assert_eq!(
-        c.unit_property("vmsilo-demo-vm.service", "ActiveState"),
-        "inactive"
-    );
+    assert_eq!(c.vm_state(), "inactive", "{}", c.journal());
 
     // 2. Cold start by socket activation, as alice.
     let vm_run = bin("vm-run");
@@ -372,10 +357,7 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
         c.journal()
     );
     assert!(!err.contains("vmsilo:"), "{err}");
-    assert_eq!(
-        c.unit_property("vmsilo-demo-vm.service", "ActiveState"),
-        "active"
-    );
+    assert_eq!(c.vm_state(), "active", "{}", c.journal());
     // Type=notify: vm-service itself is the main process and said it is ready.
     let main = c.unit_property("vmsilo-demo-vm.service", "MainPID");
     let o = c.sh(&["cat", &format!("/proc/{main}/cmdline")]);
@@ -408,18 +390,12 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
         err.contains("you are mallory; the configuration's user is alice"),
         "{err}"
     );
-    assert_eq!(
-        c.unit_property("vmsilo-demo-vm.service", "ActiveState"),
-        "active"
-    );
+    assert_eq!(c.vm_state(), "active", "{}", c.journal());
 
     // 5. alice may: the VM powers off cleanly, then starts again.
     let o = c.run_as(Some(ALICE), &[&bin("vm-stop"), "demo"]);
     assert!(o.status.success(), "vm-stop: {o:?}\n{}", c.journal());
-    assert_eq!(
-        c.unit_property("vmsilo-demo-vm.service", "ActiveState"),
-        "inactive"
-    );
+    assert_eq!(c.vm_state(), "inactive", "{}", c.journal());
     assert_eq!(
         c.unit_property("vmsilo-demo-vm.service", "Result"),
         "success",
@@ -434,10 +410,7 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     );
     let o = c.run_as(Some(ALICE), &[&bin("vm-start"), "demo"]);
     assert!(o.status.success(), "vm-start: {o:?}\n{}", c.journal());
-    assert_eq!(
-        c.unit_property("vmsilo-demo-vm.service", "ActiveState"),
-        "active"
-    );
+    assert_eq!(c.vm_state(), "active", "{}", c.journal());
     let o = c.run_as(Some(ALICE), &[&vm_run, "-w", "demo", "echo", "again"]);
     assert_eq!(text(&o).0, "again\n", "{o:?}\n{}", c.journal());
 }

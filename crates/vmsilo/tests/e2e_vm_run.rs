@@ -119,17 +119,8 @@ impl Env {
         let mut input = child.stdin.take().expect("stdin");
         input.write_all(stdin).expect("stdin");
         drop(input);
-        let started = Instant::now();
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if started.elapsed() > LIMIT {
-                let _ = child.kill();
-                panic!("vm-run {args:?} hangs; service log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::output_within(child, LIMIT)
+            .unwrap_or_else(|| panic!("vm-run {args:?} hangs; service log:\n{}", self.log()))
     }
 
     fn ok(&self, args: &[&str]) -> String {
