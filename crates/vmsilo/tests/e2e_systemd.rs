@@ -5,11 +5,13 @@
 //!
 //! The container gets, through the `/etc` overlay: a user `alice` (4711) who is the
 //! configuration's user and a user `mallory` (4712) who is not, `/etc/vmsilo/vmsilo.toml` with
-//! one QEMU/TCG VM `demo`, `vmsilo-generator` in `/etc/systemd/system-generators/`, the polkit
-//! rule `vmsilo units` writes, and a drop-in that puts vhost-device-vsock on the VM service's
-//! `PATH` (as the NixOS module's drop-in does). vmsilo, vhost-device-vsock and the guest files
-//! are copied into a directory bound at `/var/lib/vmsilo-e2e`. It boots `basic.target`
-//! (sockets, D-Bus; polkit is D-Bus activated), not the host's multi-user services.
+//! two QEMU/TCG VMs `demo` (10.77.0.2) and `peer` (10.77.0.3) on the vm-switch network `lan`,
+//! `vmsilo-generator` in `/etc/systemd/system-generators/`, the polkit rule `vmsilo units`
+//! writes, and a drop-in for every `vmsilo-*.service` that puts vhost-device-vsock on `PATH` (as
+//! the NixOS module's drop-in does). vmsilo, vm-switch, vmsilo-balloond (next to vmsilo, where
+//! the generator looks), vhost-device-vsock and the guest files are copied into a directory
+//! bound at `/var/lib/vmsilo-e2e`. It boots `basic.target` (sockets, D-Bus; polkit is D-Bus
+//! activated), not the host's multi-user services.
 //!
 //! Checked, each through systemd:
 //! 1. the generator ran: `vmsilo-demo.socket` listens at `/run/vmsilo/demo-command.socket`,
@@ -17,9 +19,12 @@
 //! 2. `vm-run -w demo` as alice starts the VM by socket activation (command service →
 //!    `systemctl start vmsilo-demo-vm.service` → vm-service → QEMU), prints the guest's
 //!    output, and the VM unit is active with vm-service as its main process;
-//! 3. `vmsilo status` as alice shows it running;
-//! 4. `vm-stop demo` as mallory is refused by polkit with vmsilo's explanation, the VM runs on;
-//! 5. `vm-stop demo` as alice is allowed by the rule: the unit stops with `Result=success`
+//! 3. the VM unit pulled in `vm-switch-lan.service` and `vmsilo-balloond.service`; `peer` starts
+//!    the same way, `demo` pings `peer` through vm-switch (sandboxed, as its unit runs it), and
+//!    balloond reports both VMs with statistics;
+//! 4. `vmsilo status` as alice shows both running;
+//! 5. `vm-stop demo` as mallory is refused by polkit with vmsilo's explanation, the VM runs on;
+//! 6. `vm-stop demo` as alice is allowed by the rule: the unit stops with `Result=success`
 //!    (the guest powered off); `vm-start demo` as alice starts it again and `vm-run` works.
 
 mod common;
@@ -229,7 +234,7 @@ fn prepare(dir: &Path) {
     for d in [
         etc.join("vmsilo"),
         etc.join("systemd/system-generators"),
-        etc.join("systemd/system/vmsilo-demo-vm.service.d"),
+        etc.join("systemd/system/vmsilo-.service.d"),
         etc.join("polkit-1/rules.d"),
         share.join("bin"),
     ] {
@@ -250,6 +255,14 @@ fn prepare(dir: &Path) {
             .expect("vhost-device-vsock is missing: run `cargo xtask setup`"),
         &share.join("bin/vhost-device-vsock"),
     );
+    // The generator looks for vm-switch and vmsilo-balloond next to vmsilo.
+    for (package, name) in [
+        ("vm-switch", "vm-switch"),
+        ("vmsilo-balloond", "vmsilo-balloond"),
+    ] {
+        let built = vmsilo_testkit::workspace_binary(package, name).expect(name);
+        copy_exec(&built, &share.join("bin").join(name));
+    }
 
     // The guest.
     let image = ImageSpec::new()
@@ -287,10 +300,19 @@ fn prepare(dir: &Path) {
         &inside.join("vmlinuz"),
         &inside.join("initrd.img"),
         &inside.join("root.img"),
-        "rootOverlay = { type = \"tmpfs\" }",
+        "rootOverlay = { type = \"tmpfs\" }\n\
+         [nixosVms.network.interfaces.lan]\n\
+         vmNetwork.name = \"lan\"\n\
+         addresses = [\"10.77.0.2/24\"]\n",
     );
+    // The same VM again as `peer` with the next address, for alice.
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("user = \"root\"", "user = \"alice\"")).expect("config");
+    let vm = &text[text.find("[[nixosVms]]").expect("a VM")..];
+    let peer = vm
+        .replace("name = \"demo\"", "name = \"peer\"")
+        .replace("10.77.0.2/24", "10.77.0.3/24");
+    let text = format!("{text}\n{peer}").replace("user = \"root\"", "user = \"alice\"");
+    std::fs::write(&config, text).expect("config");
     std::os::unix::fs::symlink(
         format!("{INSIDE}/bin/vmsilo-generator"),
         etc.join("systemd/system-generators/vmsilo-generator"),
@@ -312,7 +334,7 @@ fn prepare(dir: &Path) {
     )
     .expect("polkit rule");
     std::fs::write(
-        etc.join("systemd/system/vmsilo-demo-vm.service.d/path.conf"),
+        etc.join("systemd/system/vmsilo-.service.d/path.conf"),
         format!("[Service]\nEnvironment=PATH={INSIDE}/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     )
     .expect("drop-in");
@@ -372,16 +394,73 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
         c.journal()
     );
 
-    // 3. vmsilo status, as alice.
+    // 3. The VM's unit pulled in vm-switch-lan.service and vmsilo-balloond.service (Wants=).
+    // A second VM on the same network, and a ping between them through vm-switch, sandboxed
+    // as its unit runs it.
+    for unit in ["vm-switch-lan.service", "vmsilo-balloond.service"] {
+        assert_eq!(
+            c.unit_property(unit, "ActiveState"),
+            "active",
+            "{unit}\n{}",
+            c.journal()
+        );
+    }
+    let o = c.run_as(Some(ALICE), &[&vm_run, "-w", "peer", "true"]);
+    assert!(o.status.success(), "vm-run peer: {o:?}\n{}", c.journal());
+    let o = c.run_as(
+        Some(ALICE),
+        &[
+            &vm_run,
+            "-w",
+            "demo",
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-w",
+            "20",
+            "10.77.0.3",
+        ],
+    );
+    assert!(
+        o.status.success() && text(&o).0.contains("3 packets received"),
+        "ping demo -> peer through vm-switch: {o:?}\n{}",
+        c.journal()
+    );
+    // balloond found both VMs (their QMP sockets) and gets their statistics.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = c.sh(&[&bin("vmsilo-balloond"), "--status", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let ok = |vm: &str| {
+            doc["vms"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x["name"] == vm && x["state"] == "ok"))
+        };
+        if ok("demo") && ok("peer") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "balloond under systemd: {o:?}\n{}",
+            c.journal()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // 4. vmsilo status, as alice: both VMs, with their balloons from balloond.
     let o = c.run_as(Some(ALICE), &[&bin("vmsilo"), "status"]);
     let (out, _) = text(&o);
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("demo") && l.contains("running")),
-        "{o:?}"
-    );
+    for vm in ["demo", "peer"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(vm) && l.contains("running")),
+            "{o:?}"
+        );
+    }
 
-    // 4. mallory may not stop alice's VM: polkit says no, vmsilo explains.
+    // 5. mallory may not stop alice's VM: polkit says no, vmsilo explains.
     let o = c.run_as(Some(MALLORY), &[&bin("vm-stop"), "demo"]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -392,7 +471,7 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     );
     assert_eq!(c.vm_state(), "active", "{}", c.journal());
 
-    // 5. alice may: the VM powers off cleanly, then starts again.
+    // 6. alice may: the VM powers off cleanly, then starts again.
     let o = c.run_as(Some(ALICE), &[&bin("vm-stop"), "demo"]);
     assert!(o.status.success(), "vm-stop: {o:?}\n{}", c.journal());
     assert_eq!(c.vm_state(), "inactive", "{}", c.journal());
@@ -404,9 +483,13 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     );
     let o = c.sh(&["ls", "/run/vmsilo"]);
     assert_eq!(
-        text(&o).0.split_whitespace().collect::<Vec<_>>(),
+        text(&o)
+            .0
+            .split_whitespace()
+            .filter(|f| f.starts_with("demo"))
+            .collect::<Vec<_>>(),
         ["demo-command.socket"],
-        "only the socket unit's socket is left"
+        "of demo's files only the socket unit's socket is left"
     );
     let o = c.run_as(Some(ALICE), &[&bin("vm-start"), "demo"]);
     assert!(o.status.success(), "vm-start: {o:?}\n{}", c.journal());
