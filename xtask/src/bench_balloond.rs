@@ -14,7 +14,7 @@
 //! Ends with one `key=value` line. `cargo xtask bench balloond daemon` runs only part 3.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use vmsilo_balloond::host::HostSample;
 use vmsilo_balloond::sim;
 use vmsilo_balloond::stats::{BalloonSample, GuestStats};
 
-use crate::util::{cargo, section, sh, workspace_root};
+use crate::util::{cargo, section, sh};
 
 const VMS: usize = 16;
 const RSS_TARGET_KIB: u64 = 8 * 1024;
@@ -163,10 +163,7 @@ fn daemon_figures() -> Result<(DaemonFigures, DaemonFigures, DaemonFigures)> {
         "--bin",
         "vmsilo-balloond",
     ]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target_dir.join("release/vmsilo-balloond");
+    let bin = crate::util::target_dir().join("release/vmsilo-balloond");
     let dir = std::env::temp_dir().join(format!("bench-balloond-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
     let busy = measure_daemon(&bin, &dir, VMS, "100ms", 10);

@@ -233,24 +233,16 @@ fn probe(probe: &Path, sb: &Sandbox) -> Result<(f64, f64, f64)> {
 
 /// The release guest agent, for the host-only measurements.
 fn build_agent() -> Result<PathBuf> {
-    let mut cmd = crate::util::cargo();
-    cmd.args([
+    crate::util::sh(crate::util::cargo().args([
         "build",
         "--release",
         "-p",
         "vmsilo-guest",
         "--bin",
         "vmsilo-guest",
-    ])
-    .current_dir(crate::util::workspace_root());
-    let status = cmd.status().context("cargo build -p vmsilo-guest")?;
-    if !status.success() {
-        bail!("building vmsilo-guest failed with {status}");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::util::workspace_root().join("target"));
-    Ok(target.join("release/vmsilo-guest"))
+    ]))
+    .context("building vmsilo-guest")?;
+    Ok(crate::util::target_dir().join("release/vmsilo-guest"))
 }
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{cargo, section, sh, workspace_root};
+use crate::util::{cargo, section, sh};
 
 fn run_part(
     example: &std::path::Path,
@@ -70,9 +70,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "--example",
         "vm_switch_bench",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| workspace_root().join(d))
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = crate::util::target_dir();
     let example = target.join("release/examples/vm_switch_bench");
     let switch = target.join("release/vm-switch");
     let switch_arg = switch.to_string_lossy().into_owned();

@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use vmsilo_testkit::{GuestImage, ImageSpec};
 
-use crate::util::{cargo, section, workspace_root};
+use crate::util::{cargo, section, sh, target_dir};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -283,18 +283,8 @@ pub(crate) fn build_vmsilo(release: bool, examples: &[&str]) -> Result<PathBuf> 
     if release {
         cmd.arg("--release");
     }
-    eprintln!("+ {cmd:?}");
-    let status = cmd
-        .current_dir(workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building vmsilo failed with {status}");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target
+    sh(&mut cmd).context("building vmsilo")?;
+    let bin = target_dir()
         .join(if release { "release" } else { "debug" })
         .join("vmsilo");
     if !bin.is_file() {

@@ -52,7 +52,7 @@ use vmsilo_config::plan::{self, PlanOptions};
 use vmsilo_config::{Dirs, Format, load_str};
 
 use crate::demo::is_root;
-use crate::util::{cargo, section, workspace_root};
+use crate::util::{cargo, section, sh, workspace_root};
 
 /// crosvm's exit status for a rejected flag or value (`CommandStatus::InvalidArgs`).
 const INVALID_ARGS: i32 = 35;
@@ -328,18 +328,8 @@ fn build_bins() -> Result<Bins> {
         "vm-switch",
         "--bins",
     ]);
-    eprintln!("+ {cmd:?}");
-    let status = cmd
-        .current_dir(workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building vmsilo, vmsilo-balloond and vm-switch failed with {status}");
-    }
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("debug");
+    sh(&mut cmd).context("building vmsilo, vmsilo-balloond and vm-switch")?;
+    let dir = crate::util::target_dir().join("debug");
     Ok(Bins {
         vmsilo: dir.join("vmsilo"),
         balloond: dir.join("vmsilo-balloond"),

@@ -512,21 +512,8 @@ fn datapath(bin: &Path, size: usize) {
             }
         })
     };
-    // Warm up, then measure.
     let mut sent = 0u64;
-    let warm = Instant::now() + Duration::from_millis(500);
-    let mut start = None;
-    let mut base = 0;
-    let end = warm + RUN;
-    loop {
-        let now = Instant::now();
-        if start.is_none() && now >= warm {
-            start = Some(now);
-            base = received.load(Ordering::Relaxed);
-        }
-        if now >= end {
-            break;
-        }
+    let pps = receive_rate(&received, || {
         let mut queued = 0;
         while queued < 64 && a.queue_frame(&f) {
             queued += 1;
@@ -537,12 +524,9 @@ fn datapath(bin: &Path, size: usize) {
         } else {
             std::thread::yield_now();
         }
-    }
-    let got = received.load(Ordering::Relaxed) - base;
-    let el = start.map_or(RUN, |s| s.elapsed()).as_secs_f64();
+    });
     stop.store(true, Ordering::Relaxed);
     let _ = rx.join();
-    let pps = got as f64 / el;
     let s = stats(bin, &dir);
     let drops = &s["ports"][0]["drops"];
     println!(
@@ -552,6 +536,28 @@ fn datapath(bin: &Path, size: usize) {
     );
     println!("RESULT pps_vmswitch_{size}={pps:.0}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Calls `send` over and over for 500 ms of warm-up and then [`RUN`]; returns how many frames
+/// per second `received` counted during the run.
+fn receive_rate(received: &AtomicU64, mut send: impl FnMut()) -> f64 {
+    let warm = Instant::now() + Duration::from_millis(500);
+    let end = warm + RUN;
+    let mut start = None;
+    let mut base = 0;
+    loop {
+        let now = Instant::now();
+        if start.is_none() && now >= warm {
+            start = Some(now);
+            base = received.load(Ordering::Relaxed);
+        }
+        if now >= end {
+            break;
+        }
+        send();
+    }
+    let got = received.load(Ordering::Relaxed) - base;
+    got as f64 / start.map_or(RUN, |s| s.elapsed()).as_secs_f64()
 }
 
 fn sh(cmd: &str) {
@@ -595,31 +601,16 @@ fn bridge(size: usize) {
         })
     };
     let mut t0 = t0;
-    let warm = Instant::now() + Duration::from_millis(500);
-    let mut start = None;
-    let mut base = 0;
-    let end = warm + RUN;
     let mut sent = 0u64;
-    loop {
-        let now = Instant::now();
-        if start.is_none() && now >= warm {
-            start = Some(now);
-            base = received.load(Ordering::Relaxed);
-        }
-        if now >= end {
-            break;
-        }
+    let pps = receive_rate(&received, || {
         for _ in 0..64 {
             if t0.write(&f).is_ok() {
                 sent += 1;
             }
         }
-    }
-    let got = received.load(Ordering::Relaxed) - base;
-    let el = start.map_or(RUN, |s| s.elapsed()).as_secs_f64();
+    });
     stop.store(true, Ordering::Relaxed);
     let _ = rx.join();
-    let pps = got as f64 / el;
     println!(
         "  bridge    {size:5} B: {:6.3} Mpps ({:7.1} Mbit/s), sent {sent}",
         pps / 1e6,

@@ -37,35 +37,22 @@ fn image() -> GuestImage {
         .expect("guest image")
 }
 
-fn config(dir: &Scratch, image: &GuestImage, extra: &str) -> std::path::PathBuf {
+/// The e2e VM with a 64 MiB qcow2 overlay and `sharedHome = <shared_home>` (a TOML value).
+fn config(dir: &Scratch, image: &GuestImage, shared_home: &str) -> std::path::PathBuf {
     let root = dir.path().join("root.img");
     std::fs::File::create(&root)
         .and_then(|f| f.set_len(8 << 20))
         .expect("root disk");
-    let text = format!(
-        r#"
-enable = true
-user = "root"
-qemu.accel = "tcg"
-
-[[nixosVms]]
-name = "e2e"
-vmm = "qemu"
-memory = 256
-cpus = 1
-gpu = false
-sound = false
-kernel = "{kernel}"
-initramfs = "{initrd}"
-rootDisk = "{root}"
-rootOverlay = {{ type = "qcow2", size = "64m" }}
-{extra}
-"#,
-        kernel = image.kernel.display(),
-        initrd = image.initrd.display(),
-        root = root.display(),
+    let path = common::qemu_vm_config(
+        dir.path(),
+        "e2e",
+        &image.kernel,
+        &image.initrd,
+        &root,
+        "rootOverlay = { type = \"qcow2\", size = \"64m\" }",
     );
-    let path = dir.path().join("vmsilo.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replace("sharedHome = false", &format!("sharedHome = {shared_home}"));
     std::fs::write(&path, text).expect("config");
     path
 }
@@ -174,7 +161,7 @@ fn stop(service: &mut Guard, log: &Path) {
 fn test_e2e_vm_service_boots_shell_attaches_and_sigterm_powers_off() {
     let image = image();
     let dir = Scratch::new("rt");
-    let cfg = config(&dir, &image, "sharedHome = false");
+    let cfg = config(&dir, &image, "false");
     let run = format!("{}/run", dir.str());
     std::fs::create_dir_all(&run).expect("run dir");
     // Leftovers of a crashed run: a stale QMP socket and a dangling console link.
@@ -242,11 +229,7 @@ fn test_e2e_shared_home_under_qemu_and_virtiofsd() {
     let image = image();
     let dir = Scratch::new("home");
     let home = dir.path().join("shared/e2e");
-    let cfg = config(
-        &dir,
-        &image,
-        &format!("sharedHome = \"{}\"", home.display()),
-    );
+    let cfg = config(&dir, &image, &format!("\"{}\"", home.display()));
     let template = dir.path().join("template");
     std::fs::create_dir_all(&template).expect("template");
     std::fs::write(template.join("from-template"), "template\n").expect("write");
@@ -330,7 +313,7 @@ fn test_e2e_shared_home_under_qemu_and_virtiofsd() {
 fn test_e2e_vm_start_debug_runs_on_the_terminal_and_ctrl_bracket_powers_off() {
     let image = image();
     let dir = Scratch::new("debug");
-    let cfg = config(&dir, &image, "sharedHome = false");
+    let cfg = config(&dir, &image, "false");
     let d = dir.str().to_owned();
     let mut term = Term::new();
     let program = multi_call(dir.path(), "vm-start-debug");

@@ -45,7 +45,7 @@ use common::{Guard, Scratch, entries, multi_call};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use vmsilo_testkit::{GuestImage, ImageSpec, agent_binary, workspace_binary};
+use vmsilo_testkit::{GuestImage, workspace_binary};
 
 /// The longest one `vm-run` may take (a cold start of two TCG guests takes seconds).
 const LIMIT: Duration = Duration::from_secs(180);
@@ -55,16 +55,6 @@ const VMS: [(&str, &str, &str); 2] = [
     ("b", "10.77.0.2/24", "fd77::2/64"),
 ];
 const MIB: u64 = 1 << 20;
-
-fn image() -> GuestImage {
-    // `button` and `evdev`: the testkit's /init powers off on the ACPI power button.
-    ImageSpec::new()
-        .agent(agent_binary().expect("vmsilo-guest"))
-        .module("button")
-        .module("evdev")
-        .build()
-        .expect("guest image")
-}
 
 /// Splits a systemd command line with the quoting vmsilo's generator writes: blanks separate
 /// words, double quotes with backslash escapes, `%%` and `$$` for `%` and `$`.
@@ -364,18 +354,9 @@ fn wait_exit(
     timeout: Duration,
     logs: impl Fn() -> String,
 ) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = guard.child().try_wait().expect("try_wait") {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not exit within {timeout:?}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    guard.wait_timeout_or(timeout, || {
+        format!("{what} did not exit within {timeout:?}\n{}", logs())
+    })
 }
 
 fn sigterm(guard: &mut Guard) {
@@ -408,7 +389,7 @@ fn processes_naming(needle: &str) -> Vec<(i32, String)> {
 #[ignore = "e2e: boots QEMU guests"]
 fn test_e2e_system_two_vms_on_vm_switch_with_balloond_and_vm_run() {
     let t0 = Instant::now();
-    let image = image();
+    let image = common::agent_image();
     let switch_bin = workspace_binary("vm-switch", "vm-switch").expect("vm-switch");
     let balloond_bin =
         workspace_binary("vmsilo-balloond", "vmsilo-balloond").expect("vmsilo-balloond");

@@ -35,7 +35,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Scratch;
-use vmsilo_testkit::{ImageSpec, agent_binary, find_tool};
+use vmsilo_testkit::find_tool;
 
 /// Where the test's directory appears inside the container.
 const INSIDE: &str = "/var/lib/vmsilo-e2e";
@@ -265,12 +265,7 @@ fn prepare(dir: &Path) {
     }
 
     // The guest.
-    let image = ImageSpec::new()
-        .agent(agent_binary().expect("vmsilo-guest"))
-        .module("button")
-        .module("evdev")
-        .build()
-        .expect("guest image");
+    let image = common::agent_image();
     std::fs::copy(&image.kernel, share.join("vmlinuz")).expect("kernel");
     std::fs::copy(&image.initrd, share.join("initrd.img")).expect("initrd");
     std::fs::File::create(share.join("root.img"))

@@ -24,18 +24,9 @@ use std::time::{Duration, Instant};
 use common::{Guard, Scratch, Term, multi_call};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmsilo_testkit::{GuestImage, ImageSpec, agent_binary};
+use vmsilo_testkit::GuestImage;
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn image() -> GuestImage {
-    ImageSpec::new()
-        .agent(agent_binary().expect("vmsilo-guest"))
-        .module("button")
-        .module("evdev")
-        .build()
-        .expect("guest image")
-}
 
 struct Env {
     dir: Scratch,
@@ -151,7 +142,7 @@ fn text(b: &[u8]) -> String {
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
 fn test_e2e_vm_run_cold_start_commands_and_idle_shutdown() {
-    let image = image();
+    let image = common::agent_image();
     let env = Env::new(&image);
     let mut activator = env.activator();
     assert_eq!(env.status(), "stopped");

@@ -113,6 +113,17 @@ pub fn output_within(mut child: Child, limit: Duration) -> Option<Output> {
     }
 }
 
+/// The testkit guest with vmsilo's agent; `button` and `evdev` make its /init power off on
+/// the ACPI power button.
+pub fn agent_image() -> vmsilo_testkit::GuestImage {
+    vmsilo_testkit::ImageSpec::new()
+        .agent(vmsilo_testkit::agent_binary().expect("vmsilo-guest"))
+        .module("button")
+        .module("evdev")
+        .build()
+        .expect("guest image")
+}
+
 /// Kills the child when dropped.
 pub struct Guard(pub Option<Child>);
 
@@ -132,15 +143,21 @@ impl Guard {
 
     /// Waits for the exit status, at most `timeout`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.wait_timeout_or(timeout, || "the process did not exit in time".into())
+    }
+
+    /// [`Guard::wait_timeout`] that panics with `message()` when the time is up.
+    pub fn wait_timeout_or(
+        &mut self,
+        timeout: Duration,
+        message: impl Fn() -> String,
+    ) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child().try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not exit in time"
-            );
+            assert!(Instant::now() < deadline, "{}", message());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
