@@ -22,10 +22,10 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::backend::{NetBackend, PortParams};
 use crate::config::PortConfig;
 use crate::forward::PortId;
-use crate::relay::Relay;
 use crate::seccomp::{self, SeccompMode};
 use crate::stats::{Counter, PortStats};
 use crate::sys;
+use vhost_user_relay::Relay;
 
 /// Everything a child needs, prepared by the main process before `fork`.
 #[derive(Debug)]

@@ -190,7 +190,7 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
                     }
                     Err(_) => truncated = true,
                 }
-                break (msg.bytes, crate::sys::adopt_fds(&raw), truncated);
+                break (msg.bytes, vhost_user_relay::adopt_fds(&raw), truncated);
             }
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(io("recvmsg", e)),

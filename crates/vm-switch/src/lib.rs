@@ -12,8 +12,8 @@
 //! RX ring itself short.
 //!
 //! Layout: sans-IO cores ([`frame`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
-//! the shared-memory ring ([`ring`]), the backend ([`backend`]) and the vhost-user relay in
-//! front of it ([`relay`]), the process model ([`control`], [`child`], [`supervisor`]), the
+//! the shared-memory ring ([`ring`]), the backend ([`backend`]) with the vhost-user relay
+//! in front of it (crate `vhost-user-relay`, shared with the test hub), the process model ([`control`], [`child`], [`supervisor`]), the
 //! sandbox ([`sandbox`], [`seccomp`]), statistics ([`stats`]) and logging ([`logger`]). All
 //! `unsafe` code lives in [`sys`]. With the feature `testing`, `testing` provides an
 //! in-process vhost-user frontend with a virtio-net driver for tests and benchmarks.
@@ -38,7 +38,6 @@ pub mod fib;
 pub mod forward;
 pub mod frame;
 pub mod logger;
-pub mod relay;
 pub mod ring;
 pub mod sandbox;
 pub mod sched;

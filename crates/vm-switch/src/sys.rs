@@ -160,18 +160,6 @@ impl Drop for SharedMem {
     }
 }
 
-/// Takes ownership of file descriptors the kernel just installed in this process (received
-/// with `SCM_RIGHTS`).
-pub fn adopt_fds(raw: &[std::os::fd::RawFd]) -> Vec<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    raw.iter()
-        .filter(|fd| **fd >= 0)
-        // SAFETY: the kernel created these descriptors for this process in the recvmsg call
-        // that returned them; nothing else owns them yet, so each gets exactly one owner.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
-        .collect()
-}
-
 /// Closes every file descriptor of this process except `keep` (and 0, 1, 2). Used right after
 /// `fork` in a port child, which must not hold other ports' sockets and memory.
 ///

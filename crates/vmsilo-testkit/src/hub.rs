@@ -9,8 +9,8 @@
 //!
 //! QEMU 7.2's virtio-net sends `SET_VRING_ENABLE` before `SET_FEATURES`, which
 //! `vhost-user-backend` rejects (it drops the connection); each connection therefore passes
-//! through a small relay that delays those messages until after `SET_FEATURES` (see
-//! `vu_relay.rs`). Any
+//! through the relay vm-switch uses too (crate `vhost-user-relay`), which delays those
+//! messages until after `SET_FEATURES`. Any
 //! vhost-user-net backend built on `vhost-user-backend` needs the same with QEMU 7.2.
 //! Each port serves one frontend at a time and accepts a new one after a disconnect.
 //!
@@ -45,8 +45,8 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::vu_relay::Relay;
 use crate::{Error, Result, io_err};
+use vhost_user_relay::Relay;
 
 /// Frames queued per port while its guest has no RX buffers; more are dropped.
 pub const PENDING_LIMIT: usize = 256;

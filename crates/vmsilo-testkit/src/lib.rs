@@ -74,8 +74,6 @@ pub mod qemu;
 pub mod qmp;
 mod scratch;
 mod tools;
-#[cfg(feature = "hub")]
-mod vu_relay;
 
 pub use image::{GuestImage, ImageSpec};
 pub use qemu::{BalloonOptions, Guest, Output, QemuBuilder};

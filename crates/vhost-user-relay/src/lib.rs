@@ -1,4 +1,4 @@
-//! A vhost-user message relay between the frontend and the child's `vhost-user-backend`
+//! A vhost-user message relay between a frontend (QEMU, crosvm) and a `vhost-user-backend`
 //! daemon, which defers `SET_VRING_ENABLE` messages that arrive before `SET_FEATURES`.
 //!
 //! Why: QEMU 7.2's virtio-net enables the rings when the guest acks its features
@@ -12,10 +12,10 @@
 //! frontend asked for a reply) and forwards those states right after `SET_FEATURES`. Every
 //! other message, with its file descriptors, passes unchanged in both directions.
 //!
-//! The daemon end is a connection the main process created (the sandboxed child cannot create
-//! sockets): a listener with one pending connection, and that connection's client end.
+//! Users: vm-switch's port children, whose daemon end is a connection the main process
+//! created (the sandboxed child cannot create sockets), and the test hub of `vmsilo-testkit`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice, IoSliceMut, Read};
@@ -28,6 +28,19 @@ use std::thread::JoinHandle;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 const HDR: usize = 12;
+
+/// Takes ownership of file descriptors the kernel just installed in this process (received
+/// with `SCM_RIGHTS`). Negative entries are skipped.
+#[allow(unsafe_code)]
+pub fn adopt_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    raw.iter()
+        .filter(|fd| **fd >= 0)
+        // SAFETY: the kernel created these descriptors for this process in the recvmsg call
+        // that returned them; nothing else owns them yet, so each gets exactly one owner.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .collect()
+}
 const MAX_PAYLOAD: usize = 64 * 1024;
 const MAX_FDS: usize = 32;
 const SET_FEATURES: u32 = 2;
@@ -88,7 +101,7 @@ fn recv_msg(sock: &UnixStream) -> io::Result<Option<Msg>> {
             }
         }
         let n = msg.bytes;
-        fds.extend(crate::sys::adopt_fds(&raw));
+        fds.extend(adopt_fds(&raw));
         if n == 0 {
             return if got == 0 {
                 Ok(None)
