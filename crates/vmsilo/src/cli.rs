@@ -73,6 +73,18 @@ pub enum Command {
     /// Print the configured VM names, one per line (used by shell completion).
     #[command(hide = true)]
     ListVms,
+    /// Copy the home template into a new shared home: what vm-service runs as the configured
+    /// user, with the home directory on descriptor 3.
+    #[command(hide = true)]
+    FillHome(FillHomeArgs),
+}
+
+/// `vmsilo fill-home` (internal).
+#[derive(Debug, Args)]
+pub struct FillHomeArgs {
+    /// The home template to copy.
+    #[arg(long, value_name = "DIR")]
+    pub template: PathBuf,
 }
 
 /// `vmsilo check`.

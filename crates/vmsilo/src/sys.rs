@@ -1,5 +1,6 @@
-//! The crate's only unsafe code: a `pre_exec` hook for the processes the runtime starts,
-//! adopting the socket-activation descriptor, and reading a terminal's size.
+//! The crate's only unsafe code: `pre_exec` hooks for the processes the runtime starts (signal
+//! mask and parent-death signal, passing a descriptor), adopting inherited descriptors (the
+//! socket-activation one, the shared home of `fill-home`), and reading a terminal's size.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -39,32 +40,12 @@ const LISTEN_FDS_START: i32 = 3;
 /// this process starts do not inherit it. `None` when nothing was passed (or it was taken
 /// already); the caller checks that it is the kind of socket it expects.
 pub fn take_listen_fd() -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-
-    static TAKEN: AtomicBool = AtomicBool::new(false);
     let pid: u32 = std::env::var("LISTEN_PID").ok()?.trim().parse().ok()?;
     let count: u32 = std::env::var("LISTEN_FDS").ok()?.trim().parse().ok()?;
-    if pid != std::process::id() || count == 0 || TAKEN.swap(true, Ordering::SeqCst) {
+    if pid != std::process::id() || count == 0 {
         return None;
     }
-    // SAFETY: only borrowed for the duration of the F_GETFD check below, which fails harmlessly
-    // (EBADF) if descriptor 3 is not open.
-    // JUSTIFICATION: std offers no way to name an inherited descriptor number without unsafe.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(LISTEN_FDS_START) };
-    let flags = fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
-    fcntl(
-        borrowed,
-        FcntlArg::F_SETFD(FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC),
-    )
-    .ok()?;
-    // SAFETY: descriptor 3 is open (F_GETFD succeeded), systemd passed it to this process
-    // (LISTEN_PID matches), nothing else in this process owns it (std and this crate never
-    // open it implicitly, and TAKEN makes this the only owner).
-    // JUSTIFICATION: adopting an inherited descriptor needs from_raw_fd.
-    Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) })
+    take_inherited_fd(LISTEN_FDS_START)
 }
 
 nix::ioctl_read_bad!(tiocgwinsz, nix::libc::TIOCGWINSZ, nix::libc::winsize);
@@ -84,4 +65,70 @@ pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u16, u16)> {
     // JUSTIFICATION: nix has no safe wrapper for TIOCGWINSZ.
     unsafe { tiocgwinsz(fd.as_raw_fd(), &mut ws) }.ok()?;
     (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Makes the child of `cmd` receive `fd` (open in this process until `spawn` returns) as
+/// descriptor `target`, inheritable. `fd` must be above 2 (the child's stdio is set up before
+/// this hook runs and would replace it).
+pub fn pass_fd(cmd: &mut Command, fd: std::os::fd::RawFd, target: std::os::fd::RawFd) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls dup2(2) or
+    // fcntl(2), which are async-signal-safe, and allocates nothing and takes no lock. `fd` is
+    // open in the parent when it forks (the caller keeps it open until spawn returns), so it
+    // is open in the child. dup2 to another number gives a descriptor without FD_CLOEXEC; when
+    // `fd` already is `target`, FD_CLOEXEC is cleared on it instead.
+    // JUSTIFICATION: std's Command cannot pass a descriptor on stable Rust.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == target {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, target)
+            };
+            if r == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Adopts descriptor `n`, inherited from the process that started this one (systemd passes the
+/// socket-activation socket this way, vm-service the shared home of `vmsilo fill-home`), made
+/// close-on-exec, so the programs this process starts do not inherit it. `None` if it is not
+/// open, or was taken already. Call it only for a number the parent passed, before this
+/// process opens anything that could get that number.
+pub fn take_inherited_fd(n: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
+
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+    static TAKEN: Mutex<Vec<std::os::fd::RawFd>> = Mutex::new(Vec::new());
+    if n <= 2 {
+        return None;
+    }
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if taken.contains(&n) {
+        return None;
+    }
+    // SAFETY: only borrowed for the F_GETFD/F_SETFD calls below, which fail harmlessly (EBADF)
+    // if descriptor `n` is not open.
+    // JUSTIFICATION: std offers no way to name an inherited descriptor number without unsafe.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(n) };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD).ok()?;
+    fcntl(
+        borrowed,
+        FcntlArg::F_SETFD(FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    taken.push(n);
+    // SAFETY: descriptor `n` is open (F_GETFD succeeded) and above stdio; the parent passed it
+    // (the callers check LISTEN_PID, or are `vmsilo fill-home`, which vm-service starts with
+    // the home on it) and nothing else in this process owns it (std and this crate never open
+    // it implicitly, the callers run before opening anything, and TAKEN makes this the only
+    // owner).
+    // JUSTIFICATION: adopting an inherited descriptor needs from_raw_fd.
+    Some(unsafe { OwnedFd::from_raw_fd(n) })
 }

@@ -859,3 +859,112 @@ fn test_vm_shell_ssh_logs_in_at_the_first_address() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("VM \"banking\" is not running"), "{err}");
 }
+
+/// A crosvm VM with `sharedHome = "<d>/shared/t"` (`shared/` owned by uid 65534, as the NixOS
+/// module gives `/shared` to the user) and a template owned by that user; the stand-in crosvm
+/// records the home it was given and fails, so vm-service undoes what it did.
+fn shared_home_vm(label: &str) -> (Vm, PathBuf, PathBuf) {
+    let vm = Vm::new(
+        label,
+        "",
+        "vmm = \"crosvm\"\nrootOverlay = { type = \"tmpfs\" }\ncrosvm.extraRunArgs = [\"--pivot-root\", \"/tmp\"]",
+    );
+    let d = vm.dir.str().to_owned();
+    let text = std::fs::read_to_string(&vm.cfg).expect("config");
+    std::fs::write(
+        &vm.cfg,
+        text.replace(
+            "sharedHome = false",
+            &format!("sharedHome = \"{d}/shared/t\""),
+        ),
+    )
+    .expect("config");
+    std::fs::set_permissions(vm.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shared = vm.dir.path().join("shared");
+    let template = vm.dir.path().join("template");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    std::fs::create_dir_all(&template).expect("mkdir");
+    std::fs::write(template.join(".bashrc"), "PS1=vm\n").expect("write");
+    for p in [&shared, &template, &template.join(".bashrc")] {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).expect("chown");
+    }
+    (vm, shared.join("t"), template)
+}
+
+fn is_root_for_shared_home() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: vm-service giving a home to another user needs root");
+    }
+    root
+}
+
+fn shared_home_service(vm: &Vm, template: &Path) -> Output {
+    let d = vm.dir.str().to_owned();
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[(
+            "crosvm",
+            &format!(
+                "stat -c '%u:%g %a' {d}/shared/t > {d}/seen\n\
+                 stat -c '%u:%g %a' {d}/shared/t/.bashrc >> {d}/seen\n\
+                 exit 1"
+            ),
+        )],
+    );
+    let path = format!("{}:{}", bin.display(), system_path());
+    vm.service_as(&common::vmsilo_bin(), &path, 65534)
+        .args(["--home-template", template.to_str().expect("utf-8")])
+        .output()
+        .expect("vm-service")
+}
+
+#[test]
+fn test_vm_service_refuses_a_shared_home_that_is_a_symlink_to_a_root_directory() {
+    if !is_root_for_shared_home() {
+        return;
+    }
+    let (vm, home, template) = shared_home_vm("homelink");
+    // The user points their home at a root directory (say /run/systemd/system).
+    let target = vm.dir.path().join("root-dir");
+    std::fs::create_dir(&target).expect("mkdir");
+    std::os::unix::fs::symlink(&target, &home).expect("symlink");
+
+    let o = shared_home_service(&vm, &template);
+
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot prepare the shared home"), "{err}");
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert_eq!(entries(&target), Vec::<String>::new(), "{err}");
+    assert!(
+        !vm.dir.path().join("seen").exists(),
+        "the VMM must not start: {err}"
+    );
+    assert!(std::fs::symlink_metadata(&home).expect("link").is_symlink());
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn test_vm_service_fills_a_new_shared_home_as_the_user_and_removes_it_after_a_failed_start() {
+    if !is_root_for_shared_home() {
+        return;
+    }
+    let (vm, home, template) = shared_home_vm("homefill");
+
+    let o = shared_home_service(&vm, &template);
+
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("created the shared home"), "{err}");
+    let seen = std::fs::read_to_string(vm.dir.path().join("seen")).expect("crosvm ran");
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["65534:65534 700", "65534:65534 644"],
+        "{err}"
+    );
+    // The start failed before the VM ran: the home it created is gone, the rest stays.
+    assert!(!home.exists(), "{err}");
+    assert!(vm.dir.path().join("shared").is_dir());
+    assert!(template.join(".bashrc").exists());
+}

@@ -42,6 +42,10 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Completions(args) => completions::completions(&args),
         Command::Man(args) => completions::man(&args),
         Command::ListVms => completions::list_vms(config),
+        Command::FillHome(args) => {
+            let home = crate::runtime::home::inherited_home().map_err(CliError::Failure)?;
+            crate::runtime::home::fill(&args.template, &home).map_err(CliError::Failure)
+        }
     }
 }
 

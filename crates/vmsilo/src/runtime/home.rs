@@ -1,83 +1,479 @@
 //! The shared home: created on first use from the home template, owned by the configured user.
+//!
+//! vm-service runs as root, but the user owns the directory the home lives in (`/shared`) and
+//! the template, and may change both while vm-service works on them. So:
+//!
+//! - The path to the home is walked one component at a time from `/` with `O_NOFOLLOW`: a
+//!   symbolic link anywhere on it (the home itself included) is refused, and so is anything
+//!   that is not a directory. Missing ancestors are created by root (mode 0755).
+//! - A missing home is created by root with `mkdirat` and then given to the user through a
+//!   descriptor (`fchown`/`fchmod`), after checking that the directory opened is the one root
+//!   created. An existing empty home is given to the user through the descriptor opened
+//!   without following links. Nothing is ever chowned or chmodded by name.
+//! - The template is copied by a child process that has dropped to the user's uid and gid
+//!   (no supplementary groups) before it runs [`fill`] (`vmsilo fill-home`, hidden), with the
+//!   home on descriptor 3. The kernel checks every read and write as the user's, and
+//!   everything it creates belongs to the user from the start. The child also follows no
+//!   link: entries are opened with `O_NOFOLLOW`, created with `O_EXCL`, and symbolic links are
+//!   copied as links.
+//! - If the copy fails, what it left is removed, again relative to descriptors and without
+//!   following links, so the next start tries again.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{PermissionsExt, lchown};
-use std::path::Path;
+use std::ffi::{CStr, OsStr};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+
+/// The descriptor on which `vmsilo fill-home` receives the home directory.
+pub const FILL_HOME_FD: i32 = 3;
+
+/// How deep a template (or a home being removed) may nest directories: each level holds two
+/// descriptors open, and a user-made tree must not exhaust them or the stack.
+const MAX_DEPTH: usize = 64;
+
+/// How much of the fill child's error output is kept.
+const MAX_CHILD_STDERR: u64 = 4096;
+
+/// The identity of a directory vm-service created (device and inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirId {
+    dev: u64,
+    ino: u64,
+}
+
+impl DirId {
+    fn of(st: &FileStat) -> DirId {
+        DirId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+}
 
 /// What [`prepare`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prepared {
     /// The home existed with content: untouched.
     Existing,
-    /// It existed but was empty: filled from the template.
+    /// It existed but was empty: given to the user and filled from the template.
     Filled,
-    /// It did not exist: created (and filled from the template if there is one).
-    Created,
+    /// It did not exist: created (and filled from the template if there is one). The id lets
+    /// [`remove_created`] remove exactly this directory.
+    Created(DirId),
 }
 
 /// Makes sure `home` exists, giving it the template's content the first time (when it is
-/// missing or empty) and `uid`/`gid` ownership of everything copied. Symlinks in the template
-/// are copied as symlinks; special files are skipped.
-pub fn prepare(home: &Path, template: &Path, uid: u32, gid: u32) -> Result<Prepared, String> {
-    let outcome = match std::fs::read_dir(home) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
+/// missing or empty) and `uid`/`gid` ownership of it and everything copied. The copy runs as
+/// `uid`/`gid` in `helper fill-home` (`helper` is this program: `/proc/self/exe`). Symlinks in
+/// the template are copied as symlinks; special files are skipped. A symbolic link on the way
+/// to the home, or in its place, is an error and nothing is written.
+pub fn prepare(
+    home: &Path,
+    template: &Path,
+    uid: u32,
+    gid: u32,
+    helper: &Path,
+) -> Result<Prepared, String> {
+    let (parent, name) = split(home)?;
+    let parent_fd = open_dir_path(parent, true)?;
+    let (home_fd, outcome) = match open_dir_at(&parent_fd, name) {
+        Ok(fd) => {
+            if !is_empty_fd(&fd).map_err(|e| format!("cannot read {}: {e}", home.display()))? {
                 return Ok(Prepared::Existing);
             }
-            Prepared::Filled
+            give(&fd, uid, gid)
+                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", home.display()))?;
+            (fd, Prepared::Filled)
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(parent) = home.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-            }
-            std::fs::create_dir(home)
-                .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-            std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("chmod {}: {e}", home.display()))?;
-            Prepared::Created
+        Err(Errno::ENOENT) => {
+            let (fd, id) = create_dir_at(&parent_fd, name, home, uid, gid)?;
+            (fd, Prepared::Created(id))
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", home.display())),
+        Err(e) => return Err(refusal(&parent_fd, name, home, e)),
     };
-    lchown(home, Some(uid), Some(gid))
-        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", home.display()))?;
-    if template.is_dir() {
-        copy_tree(template, home, uid, gid)?;
+    if template.is_dir()
+        && let Err(e) = fill_as(&home_fd, template, uid, gid, helper)
+    {
+        // Leave no half-filled home behind: the next start fills it again.
+        let cleanup = match outcome {
+            Prepared::Created(_) => clear_dir(&home_fd, 0)
+                .and_then(|()| unlinkat(&parent_fd, name, UnlinkatFlags::RemoveDir)),
+            _ => clear_dir(&home_fd, 0),
+        };
+        return Err(match cleanup {
+            Ok(()) => e,
+            Err(c) => format!("{e} (and cannot remove what was copied: {c})"),
+        });
     }
     Ok(outcome)
 }
 
-/// Whether `dir` is an empty directory.
-pub fn is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none())
+/// Removes the home [`prepare`] created (`id`), with everything in it, following no link: a
+/// path that now leads elsewhere (or through a symbolic link) is left alone.
+pub fn remove_created(home: &Path, id: DirId) -> Result<(), String> {
+    let (parent, name) = split(home)?;
+    let parent_fd = open_dir_path(parent, false)?;
+    let fd = open_dir_at(&parent_fd, name).map_err(|e| refusal(&parent_fd, name, home, e))?;
+    let st = fstat(&fd).map_err(|e| format!("cannot stat {}: {e}", home.display()))?;
+    if DirId::of(&st) != id {
+        return Err(format!(
+            "{} is no longer the directory vmsilo created: leaving it",
+            home.display()
+        ));
+    }
+    clear_dir(&fd, 0)
+        .and_then(|()| unlinkat(&parent_fd, name, UnlinkatFlags::RemoveDir))
+        .map_err(|e| format!("cannot remove {}: {e}", home.display()))
 }
 
-fn copy_tree(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&src)
-            .map_err(|e| format!("cannot stat {}: {e}", src.display()))?;
-        let ft = meta.file_type();
-        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", dst.display());
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&src).map_err(|e| fail("read link for", e))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(|e| fail("create", e))?;
-        } else if ft.is_dir() {
-            std::fs::create_dir(&dst).map_err(|e| fail("create", e))?;
-            std::fs::set_permissions(&dst, meta.permissions()).map_err(|e| fail("chmod", e))?;
-            copy_tree(&src, &dst, uid, gid)?;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst).map_err(|e| fail("copy to", e))?;
-        } else {
-            continue;
+/// `vmsilo fill-home`: copies `template` into the directory `home` (descriptor 3 from
+/// vm-service), as whoever runs it (vm-service starts it as the configured user).
+pub fn fill(template: &Path, home: &OwnedFd) -> Result<(), String> {
+    let st = fstat(home).map_err(|e| format!("descriptor {FILL_HOME_FD}: {e}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+        return Err(format!(
+            "descriptor {FILL_HOME_FD} is not a directory (vm-service passes the home there)"
+        ));
+    }
+    let src = nix::fcntl::open(
+        template,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the home template {}: {e}", template.display()))?;
+    copy_dir(&src, home, template, 0)
+}
+
+/// `path` as (parent, last component); the last component must be a plain name.
+fn split(path: &Path) -> Result<(&Path, &OsStr), String> {
+    match (path.parent(), path.components().next_back()) {
+        (Some(parent), Some(Component::Normal(name))) if path.is_absolute() => Ok((parent, name)),
+        _ => Err(format!(
+            "{}: a shared home must be an absolute path ending in a name",
+            path.display()
+        )),
+    }
+}
+
+/// Opens the directory `path` (absolute) walking from `/` without following any link;
+/// `create` makes missing components (root's, mode 0755).
+fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, String> {
+    let mut fd = nix::fcntl::open(
+        "/",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /: {e}"))?;
+    let mut so_far = PathBuf::from("/");
+    for c in path.components() {
+        let name = match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => n,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "{}: a shared home's path must not contain \"..\"",
+                    path.display()
+                ));
+            }
+        };
+        so_far.push(name);
+        let next = match open_dir_at(&fd, name) {
+            Err(Errno::ENOENT) if create => {
+                match mkdirat(&fd, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(format!("cannot create {}: {e}", so_far.display())),
+                }
+                open_dir_at(&fd, name)
+            }
+            r => r,
+        };
+        fd = next.map_err(|e| refusal(&fd, name, &so_far, e))?;
+    }
+    Ok(fd)
+}
+
+/// Opens the directory `name` in `dir`, refusing a symbolic link (`ELOOP` or `ENOTDIR`).
+fn open_dir_at(dir: &impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The error for `name` in `dir` (at `path`) that could not be opened as a directory.
+fn refusal(dir: &impl AsFd, name: &OsStr, path: &Path, e: Errno) -> String {
+    let kind = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
+    match kind {
+        Ok(SFlag::S_IFLNK) => format!(
+            "{} is a symbolic link: refusing to follow it, as root, into a directory the user \
+             picked; replace it with a real directory (or set sharedHome to the real path)",
+            path.display()
+        ),
+        Ok(k) if k != SFlag::S_IFDIR => format!(
+            "{} is not a directory: move it away or set sharedHome to another path",
+            path.display()
+        ),
+        _ => format!("cannot open {}: {e}", path.display()),
+    }
+}
+
+/// Creates the home `name` in `parent` and gives it to `uid`/`gid` (mode 0700) through its
+/// descriptor, once sure that descriptor is the directory just created (root's).
+fn create_dir_at(
+    parent: &OwnedFd,
+    name: &OsStr,
+    home: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(OwnedFd, DirId), String> {
+    mkdirat(parent, name, Mode::from_bits_truncate(0o700))
+        .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+    let fd = open_dir_at(parent, name).map_err(|e| refusal(parent, name, home, e))?;
+    let st = fstat(&fd).map_err(|e| format!("cannot stat {}: {e}", home.display()))?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "{} was replaced while vmsilo created it (now owned by uid {}): not touching it",
+            home.display(),
+            st.st_uid
+        ));
+    }
+    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o700)))
+        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", home.display()))?;
+    Ok((fd, DirId::of(&st)))
+}
+
+/// Gives the directory `fd` to `uid`/`gid` unless it is theirs already.
+fn give(fd: &OwnedFd, uid: u32, gid: u32) -> nix::Result<()> {
+    let st = fstat(fd)?;
+    if (st.st_uid, st.st_gid) == (uid, gid) {
+        return Ok(());
+    }
+    fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+}
+
+/// Up to `max` entries of the directory `fd` other than `.` and `..`, as owned names, read from
+/// the start (the descriptor's offset is shared with the duplicate that reads it).
+fn entries(fd: &OwnedFd, max: usize) -> nix::Result<Vec<std::ffi::CString>> {
+    nix::unistd::lseek(fd, 0, nix::unistd::Whence::SeekSet)?;
+    let mut dir = nix::dir::Dir::from_fd(nix::unistd::dup(fd)?)?;
+    let mut names = Vec::new();
+    for e in dir.iter() {
+        if names.len() == max {
+            break;
         }
-        lchown(&dst, Some(uid), Some(gid)).map_err(|e| fail("chown", e))?;
+        let name = e?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn is_empty_fd(fd: &OwnedFd) -> nix::Result<bool> {
+    Ok(entries(fd, 1)?.is_empty())
+}
+
+/// Removes everything inside the directory `fd`, following no link (a symbolic link is
+/// removed, never followed; subdirectories are opened with `O_NOFOLLOW`). Reads a batch of
+/// names at a time, so a huge directory costs no more memory than a small one.
+fn clear_dir(fd: &OwnedFd, depth: usize) -> nix::Result<()> {
+    const BATCH: usize = 256;
+    if depth > MAX_DEPTH {
+        return Err(Errno::ELOOP);
+    }
+    // Bounded: a user who keeps adding entries must not keep root busy forever.
+    for _ in 0..4096 {
+        let names = entries(fd, BATCH)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            match unlinkat(fd, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => continue,
+                Err(Errno::EISDIR) => {}
+                Err(e) => return Err(e),
+            }
+            let sub = openat(
+                fd,
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            clear_dir(&sub, depth + 1)?;
+            match unlinkat(fd, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(Errno::EAGAIN)
+}
+
+/// Copies `template` into the directory `home` as `uid`/`gid`: runs `helper fill-home
+/// --template TEMPLATE` as them (no supplementary groups) with `home` on descriptor 3.
+pub fn fill_as(
+    home: &OwnedFd,
+    template: &Path,
+    uid: u32,
+    gid: u32,
+    helper: &Path,
+) -> Result<(), String> {
+    // A duplicate numbered 3 or above (F_DUPFD_CLOEXEC), so the child's stdio cannot clobber it.
+    let passed = home
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the home's descriptor: {e}"))?;
+    let mut cmd = Command::new(helper);
+    cmd.arg("fill-home")
+        .arg("--template")
+        .arg(template)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // std also clears the supplementary groups (setgroups(0)) before setuid.
+        .uid(uid)
+        .gid(gid);
+    crate::sys::prepare_child(&mut cmd);
+    // SAFETY of the raw descriptor: `passed` stays open in this process until `spawn` returns.
+    crate::sys::pass_fd(&mut cmd, passed.as_raw_fd(), FILL_HOME_FD);
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start {} fill-home as uid {uid} to copy the home template: {e}",
+            helper.display()
+        )
+    })?;
+    drop(passed);
+    let mut err = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        // Bounded: the child runs as the user. Closing the pipe after that ends a child that
+        // writes more (EPIPE), so the wait below cannot block on it.
+        let _ = stderr.take(MAX_CHILD_STDERR).read_to_end(&mut err);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for fill-home: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text: String = String::from_utf8_lossy(&err)
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    Err(format!(
+        "copying the home template {} as uid {uid} failed ({}): {}",
+        template.display(),
+        super::procs::describe(status),
+        if text.is_empty() { "no message" } else { &text }
+    ))
+}
+
+/// Copies the directory `src` (at `src_path`, for messages) into `dst`, following no link.
+fn copy_dir(src: &OwnedFd, dst: &OwnedFd, src_path: &Path, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "{}: directories nest deeper than {MAX_DEPTH} levels",
+            src_path.display()
+        ));
+    }
+    let names =
+        entries(src, usize::MAX).map_err(|e| format!("cannot read {}: {e}", src_path.display()))?;
+    for name in names {
+        let path = src_path.join(OsStr::from_bytes(name.as_bytes()));
+        copy_entry(src, dst, &name, &path, depth)?;
     }
     Ok(())
+}
+
+/// Copies one entry `name` of `src` into `dst`.
+fn copy_entry(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    depth: usize,
+) -> Result<(), String> {
+    let fail = |what: &str, e: Errno| format!("cannot {what} {}: {e}", path.display());
+    let st = match fstatat(src, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(fail("stat", e)),
+    };
+    let mode = Mode::from_bits_truncate(st.st_mode & 0o777);
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFLNK => {
+            let target = nix::fcntl::readlinkat(src, name).map_err(|e| fail("read", e))?;
+            nix::unistd::symlinkat(target.as_os_str(), dst, name)
+                .map_err(|e| fail("copy the link", e))?;
+        }
+        SFlag::S_IFDIR => {
+            let s = open_dir_at(src, OsStr::from_bytes(name.to_bytes()))
+                .map_err(|e| fail("open", e))?;
+            mkdirat(dst, name, Mode::from_bits_truncate(0o700))
+                .map_err(|e| fail("create the copy of", e))?;
+            let d = open_dir_at(dst, OsStr::from_bytes(name.to_bytes()))
+                .map_err(|e| fail("open the copy of", e))?;
+            copy_dir(&s, &d, path, depth + 1)?;
+            // The mode last, so a read-only template directory is still filled.
+            fchmod(&d, mode).map_err(|e| fail("set the mode of the copy of", e))?;
+        }
+        SFlag::S_IFREG => {
+            // O_NONBLOCK: were it swapped for a FIFO, the open must not wait for a writer.
+            let s = openat(
+                src,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| fail("open", e))?;
+            let st = fstat(&s).map_err(|e| fail("stat", e))?;
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+                return Ok(());
+            }
+            let d = openat(
+                dst,
+                name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| fail("create the copy of", e))?;
+            let mut from = std::fs::File::from(s);
+            let mut to = std::fs::File::from(d);
+            std::io::copy(&mut from, &mut to)
+                .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+            fchmod(&to, Mode::from_bits_truncate(st.st_mode & 0o777))
+                .map_err(|e| fail("set the mode of the copy of", e))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Adopts the home descriptor `vmsilo fill-home` inherits.
+pub fn inherited_home() -> Result<OwnedFd, String> {
+    crate::sys::take_inherited_fd(FILL_HOME_FD).ok_or_else(|| {
+        format!(
+            "no directory on descriptor {FILL_HOME_FD}: fill-home is started by vm-service, \
+             not by hand"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -85,42 +481,53 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// The root half only (no template, so no child): the home is created, 0700, given to the
+    /// user, and a second call leaves content alone.
     #[test]
-    fn test_home_is_created_from_the_template_once() {
+    fn test_home_is_created_without_a_template() {
         let dir = std::env::temp_dir().join(format!("vmsilo-home-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let template = dir.join("template");
-        std::fs::create_dir_all(template.join(".config")).expect("mkdir");
-        std::fs::write(template.join(".bashrc"), "PS1=vm\n").expect("write");
-        std::fs::write(template.join(".config/x"), "1").expect("write");
-        std::os::unix::fs::symlink(".bashrc", template.join("link")).expect("symlink");
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
         let home = dir.join("shared/vm");
+        let none = dir.join("no-template");
 
-        assert_eq!(prepare(&home, &template, uid, gid), Ok(Prepared::Created));
-        assert_eq!(
-            std::fs::read_to_string(home.join(".bashrc")).expect("copied"),
-            "PS1=vm\n"
-        );
-        assert_eq!(
-            std::fs::read_to_string(home.join(".config/x")).expect("copied"),
-            "1"
-        );
-        assert_eq!(
-            std::fs::read_link(home.join("link")).expect("link"),
-            Path::new(".bashrc")
-        );
+        let r = prepare(&home, &none, uid, gid, Path::new("/nonexistent"));
+        let Ok(Prepared::Created(id)) = r else {
+            panic!("{r:?}")
+        };
         let meta = std::fs::metadata(&home).expect("home");
         assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
 
-        // Second use: the user's changes stay.
         std::fs::write(home.join(".bashrc"), "changed").expect("write");
-        assert_eq!(prepare(&home, &template, uid, gid), Ok(Prepared::Existing));
+        assert_eq!(
+            prepare(&home, &none, uid, gid, Path::new("/nonexistent")),
+            Ok(Prepared::Existing)
+        );
         assert_eq!(
             std::fs::read_to_string(home.join(".bashrc")).expect("kept"),
             "changed"
         );
+
+        remove_created(&home, id).expect("remove");
+        assert!(!home.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_open_dir_at_refuses_a_symlink_to_a_directory() {
+        let dir = std::env::temp_dir().join(format!("vmsilo-home-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).expect("mkdir");
+        std::os::unix::fs::symlink("real", dir.join("link")).expect("symlink");
+        let fd = nix::fcntl::open(&dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .expect("open");
+
+        assert!(open_dir_at(&fd, OsStr::new("real")).is_ok());
+        let e = open_dir_at(&fd, OsStr::new("link")).expect_err("a link");
+        assert!(matches!(e, Errno::ELOOP | Errno::ENOTDIR), "{e}");
+        let msg = refusal(&fd, OsStr::new("link"), &dir.join("link"), e);
+        assert!(msg.contains("is a symbolic link"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -150,7 +150,7 @@ struct Runtime {
     vmm: Option<Proc>,
     console: Option<UnixStream>,
     pty: Option<console::Pty>,
-    created_home: Option<PathBuf>,
+    created_home: Option<(PathBuf, home::DirId)>,
     /// `<run>/<vm>.user` once prepared (removed at the end).
     user_dir: Option<PathBuf>,
     ever_ready: bool,
@@ -220,9 +220,10 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
     }
     if result.is_err()
         && !rt.ever_ready
-        && let Some(home) = rt.created_home.take()
+        && let Some((home, id)) = rt.created_home.take()
+        && let Err(e) = home::remove_created(&home, id)
     {
-        let _ = std::fs::remove_dir_all(&home);
+        rt.log(&format!("cannot remove the shared home it created: {e}"));
     }
     remove_file_quiet(&state_path);
     remove_file_quiet(&state_path.with_extension("state.tmp"));
@@ -506,24 +507,21 @@ impl Runtime {
         };
         let home = PathBuf::from(home);
         let u = &self.o.plan.user;
-        match home::prepare(&home, &self.o.home_template, u.uid, u.gid) {
-            Ok(home::Prepared::Created) => {
+        // The copy runs as the user in this same program (`vmsilo fill-home`).
+        let helper = Path::new("/proc/self/exe");
+        match home::prepare(&home, &self.o.home_template, u.uid, u.gid, helper) {
+            Ok(home::Prepared::Created(id)) => {
                 self.log(&format!(
                     "created the shared home {} for uid {}",
                     home.display(),
                     u.uid
                 ));
-                self.created_home = Some(home);
+                self.created_home = Some((home, id));
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(e) => {
-                if !home.exists() || home::is_empty(&home) {
-                    // Leave no half-created home behind.
-                    let _ = std::fs::remove_dir(&home);
-                }
-                Err(format!("cannot prepare the shared home: {e}"))
-            }
+            // prepare leaves no half-created home behind.
+            Err(e) => Err(format!("cannot prepare the shared home: {e}")),
         }
     }
 
