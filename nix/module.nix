@@ -424,6 +424,20 @@ let
     (vm: map (n: { vm = vm.name; name = n; iface = vm.network.interfaces.${n}; })
       (lib.attrNames vm.network.interfaces))
     cfg.nixosVms;
+
+  # The units the generator writes (crates/vmsilo/src/units.rs `managed_units`, the same list
+  # `vmsilo units` puts into its polkit rule): the configured user may start, stop and restart
+  # exactly these, not every unit whose name starts with "vmsilo-".
+  vmSwitchNetworks = lib.unique (map (x: x.iface.vmNetwork.name)
+    (lib.filter (x: x.iface.type == "vm-switch" && x.iface.vmNetwork.name != null)
+      allInterfaces));
+  managedUnits = lib.sort (a: b: a < b) (
+    lib.concatMap
+      (n: [ "vmsilo-${n}.socket" "vmsilo-${n}-command.service" "vmsilo-${n}-vm.service" ])
+      vmNames
+    ++ map (n: "vm-switch-${n}.service") vmSwitchNetworks
+    ++ [ "vmsilo-balloond.service" ]
+  );
 in
 {
   options.programs.vmsilo = {
@@ -634,15 +648,16 @@ in
     environment.systemPackages = [ vmsilo ] ++ map desktopEntries cfg.nixosVms;
     programs.bash.enableCompletion = mkIf cfg.enableBashIntegration true;
 
-    # The configured user starts and stops VM units without sudo.
+    # The configured user starts and stops vmsilo's units (exactly those) without sudo.
     security.polkit.enable = true;
     security.polkit.extraConfig = ''
-      // vmsilo: let ${cfg.user} manage vmsilo units.
+      // vmsilo: let ${cfg.user} start, stop and restart vmsilo's units.
       polkit.addRule(function(action, subject) {
+        var units = ${builtins.toJSON managedUnits};
         if (action.id == "org.freedesktop.systemd1.manage-units" &&
-            subject.user == "${cfg.user}") {
+            subject.user == ${builtins.toJSON cfg.user}) {
           var unit = action.lookup("unit");
-          if (unit && (unit.indexOf("vmsilo-") == 0 || unit.indexOf("vm-switch-") == 0)) {
+          if (unit && units.indexOf(unit) >= 0) {
             var verb = action.lookup("verb");
             if (verb == "start" || verb == "stop" || verb == "restart") {
               return polkit.Result.YES;

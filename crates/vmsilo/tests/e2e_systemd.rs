@@ -24,6 +24,8 @@
 //!    balloond reports both VMs with statistics;
 //! 4. `vmsilo status` as alice shows both running;
 //! 5. `vm-stop demo` as mallory is refused by polkit with vmsilo's explanation, the VM runs on;
+//!    alice may not start `vmsilo-planted.service`, a unit the configuration did not generate
+//!    (the rule lists vmsilo's units by name);
 //! 6. `vm-stop demo` as alice is allowed by the rule: the unit stops with `Result=success`
 //!    (the guest powered off); `vm-start demo` as alice starts it again and `vm-run` works.
 
@@ -328,6 +330,13 @@ fn prepare(dir: &Path) {
         etc.join("polkit-1/rules.d/50-vmsilo.rules"),
     )
     .expect("polkit rule");
+    // A unit under a vmsilo- name that the configuration does not generate (one a user could
+    // have planted): the polkit rule must not let alice start it.
+    std::fs::write(
+        etc.join("systemd/system/vmsilo-planted.service"),
+        "[Service]\nType=oneshot\nExecStart=/bin/touch /run/vmsilo-planted-ran\n",
+    )
+    .expect("planted unit");
     std::fs::write(
         etc.join("systemd/system/vmsilo-.service.d/path.conf"),
         format!("[Service]\nEnvironment=PATH={INSIDE}/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
@@ -465,6 +474,30 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
         "{err}"
     );
     assert_eq!(c.vm_state(), "active", "{}", c.journal());
+
+    // 5b. The rule names vmsilo's units: alice may not start a unit merely called vmsilo-*.
+    let o = c.run_as(
+        Some(ALICE),
+        &[
+            "systemctl",
+            "start",
+            "--no-ask-password",
+            "vmsilo-planted.service",
+        ],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    assert_eq!(
+        c.unit_property("vmsilo-planted.service", "ActiveState"),
+        "inactive",
+        "{}",
+        c.journal()
+    );
+    assert!(
+        !c.sh(&["test", "-e", "/run/vmsilo-planted-ran"])
+            .status
+            .success(),
+        "the planted unit ran"
+    );
 
     // 6. alice may: the VM powers off cleanly, then starts again.
     let o = c.run_as(Some(ALICE), &[&bin("vm-stop"), "demo"]);

@@ -309,3 +309,54 @@ fn test_existing_empty_home_is_given_to_the_user_and_filled() {
     assert_eq!(owner_and_mode(&home), (USER, GROUP, 0o750));
     assert_eq!(owner_and_mode(&home.join(".bashrc")), (USER, GROUP, 0o644));
 }
+
+#[test]
+fn test_removing_a_created_home_leaves_what_the_user_could_not_remove() {
+    if !is_root() {
+        return;
+    }
+    let s = Setup::new("home-remove");
+    let home = s.shared.join("vm");
+    let Ok(Prepared::Created(id)) = prepare(&home, &s.template) else {
+        panic!("the home is created");
+    };
+    // The user moves in one of their directories that holds a root-owned one (made there by
+    // root, say with sudo): root must not clear it for them.
+    let theirs = home.join("moved");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    chown(&theirs, USER, GROUP);
+    let roots = theirs.join("root-owned");
+    std::fs::create_dir(&roots).expect("mkdir");
+    std::fs::write(roots.join("f"), "root's\n").expect("write");
+
+    let r = home::remove_created(&home, id, USER);
+
+    assert_eq!(
+        std::fs::read_to_string(roots.join("f")).expect("kept"),
+        "root's\n"
+    );
+    let e = r.expect_err("the root-owned directory stays, so the home does");
+    assert!(e.contains("EPERM"), "{e}");
+}
+
+#[test]
+fn test_removing_a_created_home_that_was_replaced_by_a_symlink_removes_nothing_behind_it() {
+    if !is_root() {
+        return;
+    }
+    let s = Setup::new("home-remove-link");
+    let home = s.shared.join("vm");
+    let Ok(Prepared::Created(id)) = prepare(&home, &s.template) else {
+        panic!("the home is created");
+    };
+    let target = s.root_dir("etc");
+    std::fs::write(target.join("passwd"), "root:x:0:0\n").expect("write");
+    std::fs::rename(&home, s.shared.join("old")).expect("rename");
+    symlink(&target, &home).expect("symlink");
+
+    let r = home::remove_created(&home, id, USER);
+
+    assert_eq!(common::entries(&target), ["passwd"]);
+    let e = r.expect_err("a link is not followed");
+    assert!(e.contains("is a symbolic link"), "{e}");
+}

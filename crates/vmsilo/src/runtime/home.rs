@@ -104,9 +104,9 @@ pub fn prepare(
     {
         // Leave no half-filled home behind: the next start fills it again.
         let cleanup = match outcome {
-            Prepared::Created(_) => clear_dir(&home_fd, 0)
+            Prepared::Created(_) => clear_dir(&home_fd, uid, 0)
                 .and_then(|()| unlinkat(&parent_fd, name, UnlinkatFlags::RemoveDir)),
-            _ => clear_dir(&home_fd, 0),
+            _ => clear_dir(&home_fd, uid, 0),
         };
         return Err(match cleanup {
             Ok(()) => e,
@@ -116,9 +116,10 @@ pub fn prepare(
     Ok(outcome)
 }
 
-/// Removes the home [`prepare`] created (`id`), with everything in it, following no link: a
-/// path that now leads elsewhere (or through a symbolic link) is left alone.
-pub fn remove_created(home: &Path, id: DirId) -> Result<(), String> {
+/// Removes the home [`prepare`] created (`id`) for `uid`, with everything in it, following no
+/// link: a path that now leads elsewhere (or through a symbolic link) is left alone, and so is
+/// anything in it that is not in a directory `uid` owns.
+pub fn remove_created(home: &Path, id: DirId, uid: u32) -> Result<(), String> {
     let (parent, name) = split(home)?;
     let parent_fd = open_dir_path(parent, false)?;
     let fd = open_dir_at(&parent_fd, name).map_err(|e| refusal(&parent_fd, name, home, e))?;
@@ -129,7 +130,7 @@ pub fn remove_created(home: &Path, id: DirId) -> Result<(), String> {
             home.display()
         ));
     }
-    clear_dir(&fd, 0)
+    clear_dir(&fd, uid, 0)
         .and_then(|()| unlinkat(&parent_fd, name, UnlinkatFlags::RemoveDir))
         .map_err(|e| format!("cannot remove {}: {e}", home.display()))
 }
@@ -286,12 +287,18 @@ fn is_empty_fd(fd: &OwnedFd) -> nix::Result<bool> {
 }
 
 /// Removes everything inside the directory `fd`, following no link (a symbolic link is
-/// removed, never followed; subdirectories are opened with `O_NOFOLLOW`). Reads a batch of
-/// names at a time, so a huge directory costs no more memory than a small one.
-fn clear_dir(fd: &OwnedFd, depth: usize) -> nix::Result<()> {
+/// removed, never followed; subdirectories are opened with `O_NOFOLLOW`), and working only in
+/// directories `uid` owns: root removes nothing the user could not remove (a directory of
+/// someone else's that the user moved into the home is left, and the removal fails with
+/// `EPERM`). Reads a batch of names at a time, so a huge directory costs no more memory than a
+/// small one.
+fn clear_dir(fd: &OwnedFd, uid: u32, depth: usize) -> nix::Result<()> {
     const BATCH: usize = 256;
     if depth > MAX_DEPTH {
         return Err(Errno::ELOOP);
+    }
+    if fstat(fd)?.st_uid != uid {
+        return Err(Errno::EPERM);
     }
     // Bounded: a user who keeps adding entries must not keep root busy forever.
     for _ in 0..4096 {
@@ -311,7 +318,7 @@ fn clear_dir(fd: &OwnedFd, depth: usize) -> nix::Result<()> {
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?;
-            clear_dir(&sub, depth + 1)?;
+            clear_dir(&sub, uid, depth + 1)?;
             match unlinkat(fd, name.as_c_str(), UnlinkatFlags::RemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),
@@ -509,7 +516,7 @@ mod tests {
             "changed"
         );
 
-        remove_created(&home, id).expect("remove");
+        remove_created(&home, id, uid).expect("remove");
         assert!(!home.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -221,7 +221,7 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
     if result.is_err()
         && !rt.ever_ready
         && let Some((home, id)) = rt.created_home.take()
-        && let Err(e) = home::remove_created(&home, id)
+        && let Err(e) = home::remove_created(&home, id, rt.o.plan.user.uid)
     {
         rt.log(&format!("cannot remove the shared home it created: {e}"));
     }
