@@ -114,6 +114,18 @@ impl<T: Copy> Fib<T> {
             .map(|(_, v)| *v)
     }
 
+    /// The values of every entry of the longest prefix length containing `ip` (several only
+    /// when equal prefixes, or different ones of the same length, tie).
+    pub fn longest_matches(&self, ip: IpAddr) -> impl Iterator<Item = T> + '_ {
+        let mut matches = self.entries.iter().filter(move |(c, _)| c.contains(ip));
+        let first = matches.next();
+        let len = first.map(|(c, _)| c.prefix);
+        first
+            .into_iter()
+            .chain(matches.take_while(move |(c, _)| Some(c.prefix) == len))
+            .map(|(_, v)| *v)
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -167,6 +179,20 @@ mod tests {
         assert_eq!(fib.lookup(ip("10.0.0.4")), Some(2));
         assert_eq!(fib.lookup(ip("1.1.1.1")), Some(1));
         assert_eq!(fib.lookup(ip("fd00::1")), None);
+    }
+
+    #[test]
+    fn test_fib_longest_matches_lists_only_the_longest_ties() {
+        let mut fib = Fib::new();
+        fib.insert(c("0.0.0.0/0"), 1u32);
+        fib.insert(c("0.0.0.0/0"), 2);
+        fib.insert(c("10.0.0.3/32"), 3);
+        fib.insert(c("10.0.0.0/24"), 4);
+        let all = |s| fib.longest_matches(ip(s)).collect::<Vec<_>>();
+        assert_eq!(all("10.0.0.3"), vec![3]);
+        assert_eq!(all("10.0.0.4"), vec![4]);
+        assert_eq!(all("1.1.1.1"), vec![1, 2]);
+        assert_eq!(all("fd00::1"), Vec::<u32>::new());
     }
 
     #[test]

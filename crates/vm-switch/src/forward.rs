@@ -7,8 +7,11 @@
 //! like a bridge, the switch is not a hop.
 //!
 //! Every frame is validated against the sending port's configuration first: the Ethernet
-//! source must be the port's MAC, and the IP source one of its addresses, its EUI-64
-//! link-local address, or inside a prefix it advertises as a route.
+//! source must be the port's MAC, and the IP source must pass a strict reverse-path check: the
+//! same longest-prefix lookup that routes towards that address must select the sender (one of
+//! its addresses, its EUI-64 link-local address, or an address it routes for that no other
+//! port owns more specifically). IPv6 is classified on the upper layer behind its extension
+//! headers ([`frame::walk_ipv6_ext`]), so control messages cannot hide behind one.
 
 #![forbid(unsafe_code)]
 
@@ -17,8 +20,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use crate::config::PortConfig;
 use crate::fib::{Cidr, Fib};
 use crate::frame::{
-    self, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, L3, MAX_FRAME, Mac,
-    ND_NEIGHBOR_SOLICIT,
+    self, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Fragment, IPPROTO_ICMPV6, L3,
+    MAX_FRAME, Mac, ND_NEIGHBOR_SOLICIT,
 };
 
 /// Identifies a port within one switch instance. Assigned by the main process.
@@ -33,7 +36,8 @@ pub enum DropReason {
     Oversize,
     /// Ethernet or ARP source MAC is not the port's MAC.
     SpoofMac,
-    /// IP or ARP source address is not the port's.
+    /// IP or ARP source address is not the port's: the route towards that address does not
+    /// lead to the sender (strict reverse-path check).
     SpoofIp,
     /// No port serves the destination address.
     NoRoute,
@@ -42,7 +46,9 @@ pub enum DropReason {
     /// An EtherType the switch does not forward (VLAN tags, LLDP, ...).
     Unsupported,
     /// Link-local control traffic the switch answers or ignores itself (ARP replies,
-    /// gratuitous ARP, DAD, MLD, router solicitations, ...).
+    /// gratuitous ARP, DAD, MLD, router solicitations and advertisements, neighbour
+    /// advertisements, redirects, wherever in the extension-header chain), and fragmented
+    /// ICMPv6.
     Control,
     /// The ring towards the destination port was full (its child is not keeping up).
     RingFull,
@@ -116,16 +122,7 @@ pub enum Decision {
 struct Port {
     id: PortId,
     mac: Mac,
-    /// Host addresses (as configured, plus the EUI-64 link-local).
-    hosts: Vec<IpAddr>,
-    routes: Vec<Cidr>,
     receive_broadcast: bool,
-}
-
-impl Port {
-    fn owns_source(&self, ip: IpAddr) -> bool {
-        self.hosts.contains(&ip) || self.routes.iter().any(|r| r.contains(ip))
-    }
 }
 
 /// The forwarding table of one switch: every port's addresses and routes.
@@ -162,8 +159,6 @@ impl Switch {
             Port {
                 id,
                 mac: cfg.mac,
-                hosts,
-                routes: cfg.routes.clone(),
                 receive_broadcast: cfg.receive_broadcast,
             },
         );
@@ -173,6 +168,15 @@ impl Switch {
     pub fn remove(&mut self, id: PortId) {
         self.ports.retain(|p| p.id != id);
         self.fib.remove_where(|v| *v == id);
+    }
+
+    /// Strict reverse-path check: `ip` is a source `src` may use only if the forwarding lookup
+    /// for `ip` leads to `src`. A port that routes `0.0.0.0/0` may thus send from any address
+    /// no other port owns more specifically, but never from a peer's address. Where prefixes of
+    /// the same (longest) length tie, any of their ports passes, so the check does not depend
+    /// on the order ports were added in.
+    fn owns_source(&self, src: PortId, ip: IpAddr) -> bool {
+        self.fib.longest_matches(ip).any(|p| p == src)
     }
 
     fn port(&self, id: PortId) -> Option<&Port> {
@@ -232,7 +236,7 @@ impl Switch {
                     // Replies, probes and gratuitous ARP: the switch knows all addresses.
                     return Err(DropReason::Control);
                 }
-                if !port.owns_source(IpAddr::V4(arp.spa)) {
+                if !self.owns_source(src, IpAddr::V4(arp.spa)) {
                     return Err(DropReason::SpoofIp);
                 }
                 let target = self.route(src, IpAddr::V4(arp.tpa))?;
@@ -241,7 +245,7 @@ impl Switch {
                 Ok(Decision::Reply)
             }
             L3::Ipv4(ip) => {
-                if !port.owns_source(IpAddr::V4(ip.src)) {
+                if !self.owns_source(src, IpAddr::V4(ip.src)) {
                     return Err(DropReason::SpoofIp);
                 }
                 if group || ip.dst.is_broadcast() || ip.dst.is_multicast() {
@@ -254,10 +258,17 @@ impl Switch {
                     // Duplicate address detection and MLD before an address is assigned.
                     return Err(DropReason::Control);
                 }
-                if !port.owns_source(IpAddr::V6(ip.src)) {
+                if !self.owns_source(src, IpAddr::V6(ip.src)) {
                     return Err(DropReason::SpoofIp);
                 }
-                if let Some(icmp) = ip.icmp {
+                if ip.next_header == IPPROTO_ICMPV6 {
+                    if ip.fragment != Fragment::Whole {
+                        // ICMPv6 is never forwarded fragmented: with the first fragment
+                        // dropped, no receiver can reassemble a control message whose type the
+                        // switch did not see, whatever later fragments claim.
+                        return Err(DropReason::Control);
+                    }
+                    let icmp = ip.icmp.ok_or(DropReason::Malformed)?;
                     match icmp.kind {
                         ND_NEIGHBOR_SOLICIT => {
                             let target = icmp.target.ok_or(DropReason::Malformed)?;
@@ -361,8 +372,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::frame::tests::{arp_request, neighbor_solicit, udp4, udp6};
-    use crate::frame::{BROADCAST_MAC, ETHERTYPE_ARP};
+    use crate::frame::tests::{
+        AH, DSTOPTS, HBH, ROUTING, arp_request, frag, neighbor_advert_msg, neighbor_solicit,
+        redirect, router_advert, tcp_msg, udp_msg, udp4, udp6, v6_ext,
+    };
+    use crate::frame::{
+        BROADCAST_MAC, ETHERTYPE_ARP, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, MAX_EXT_HEADERS,
+    };
 
     const A: Mac = [0x52, 0x54, 0, 0, 0, 1];
     const B: Mac = [0x52, 0x54, 0, 0, 0, 2];
@@ -584,6 +601,241 @@ mod tests {
             s.decide(1, &mut f, &mut Vec::new()),
             Decision::Drop(DropReason::NoRoute)
         );
+    }
+
+    /// `a` and `b` as in [`switch`]; `r` routes everything (`0.0.0.0/0`, `::/0`) and
+    /// `192.168.1.0/24`, which `n` routes too (a tie of equal prefixes).
+    fn router_switch() -> Switch {
+        let mut s = Switch::new();
+        s.upsert(1, &cfg("a", A, &["10.0.0.1/24", "fd00::1/64"], &[], true));
+        s.upsert(2, &cfg("b", B, &["10.0.0.2/24", "fd00::2/64"], &[], true));
+        s.upsert(
+            3,
+            &cfg(
+                "r",
+                C,
+                &["10.0.0.3/24", "fd00::3/64"],
+                &["0.0.0.0/0", "::/0", "192.168.1.0/24"],
+                true,
+            ),
+        );
+        s.upsert(
+            4,
+            &cfg(
+                "n",
+                [0x52, 0x54, 0, 0, 0, 4],
+                &["10.0.0.4/24"],
+                &["192.168.1.0/24"],
+                true,
+            ),
+        );
+        s
+    }
+
+    #[test]
+    fn test_decide_default_route_port_cannot_source_a_peer_address() {
+        let s = router_switch();
+        let mut r = Vec::new();
+        let spoofs = [
+            udp4(C, B, v4("10.0.0.1"), v4("10.0.0.2"), 0),
+            udp4(C, BROADCAST_MAC, v4("10.0.0.1"), v4("10.0.0.255"), 0),
+            udp6(C, B, v6("fd00::1"), v6("fd00::2"), 0),
+            udp6(C, B, frame::link_local_from_mac(A), v6("fd00::2"), 0),
+            arp_request(C, v4("10.0.0.1"), v4("10.0.0.2")),
+        ];
+        for mut f in spoofs {
+            assert_eq!(
+                s.decide(3, &mut f, &mut r),
+                Decision::Drop(DropReason::SpoofIp),
+                "{f:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_decide_default_route_port_may_source_its_own_and_routed_addresses() {
+        let s = router_switch();
+        let mut r = Vec::new();
+        for src in ["10.0.0.3", "8.8.8.8", "10.0.0.77", "192.168.1.5"] {
+            let mut f = udp4(C, B, v4(src), v4("10.0.0.2"), 0);
+            assert_eq!(s.decide(3, &mut f, &mut r), Decision::Unicast(2), "{src}");
+        }
+        for src in ["fd00::3", "2001:db8::1"] {
+            let mut f = udp6(C, B, v6(src), v6("fd00::2"), 0);
+            assert_eq!(s.decide(3, &mut f, &mut r), Decision::Unicast(2), "{src}");
+        }
+        let mut f = udp6(C, B, frame::link_local_from_mac(C), v6("fd00::2"), 0);
+        assert_eq!(s.decide(3, &mut f, &mut r), Decision::Unicast(2));
+        // The other port that routes 192.168.1.0/24 too may source it, but not the default.
+        let n = [0x52, 0x54, 0, 0, 0, 4];
+        let mut f = udp4(n, B, v4("192.168.1.6"), v4("10.0.0.2"), 0);
+        assert_eq!(s.decide(4, &mut f, &mut r), Decision::Unicast(2));
+        let mut f = udp4(n, B, v4("8.8.8.8"), v4("10.0.0.2"), 0);
+        assert_eq!(
+            s.decide(4, &mut f, &mut r),
+            Decision::Drop(DropReason::SpoofIp)
+        );
+    }
+
+    fn decide_v6_ext(
+        dst_mac: Mac,
+        src: &str,
+        dst: &str,
+        ext: &[(u8, &[u8])],
+        upper: (u8, &[u8]),
+    ) -> Decision {
+        let s = router_switch();
+        let mut f = v6_ext(dst_mac, src, dst, ext, upper);
+        s.decide(1, &mut f, &mut Vec::new())
+    }
+
+    const ALL_NODES_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
+
+    #[test]
+    fn test_decide_drops_router_advert_behind_extension_headers() {
+        let ra = router_advert();
+        let ll = frame::link_local_from_mac(A).to_string();
+        let chains: [&[(u8, &[u8])]; 3] = [
+            &[(IPPROTO_HOPOPTS, &HBH)],
+            &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_ROUTING, &ROUTING)],
+            &[(IPPROTO_HOPOPTS, &HBH), (IPPROTO_AH, &AH)],
+        ];
+        for chain in chains {
+            assert_eq!(
+                decide_v6_ext(ALL_NODES_MAC, &ll, "ff02::1", chain, (IPPROTO_ICMPV6, &ra)),
+                Decision::Drop(DropReason::Control),
+                "{chain:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn test_decide_drops_neighbor_advert_and_redirect_behind_extension_headers() {
+        let na = neighbor_advert_msg(v6("fd00::2"));
+        let rd = redirect(v6("fd00::1"), v6("fd00::2"));
+        for msg in [&na, &rd] {
+            for (dst_mac, dst) in [(B, "fd00::2"), (ALL_NODES_MAC, "ff02::1")] {
+                for chain in [
+                    &[(IPPROTO_HOPOPTS, &HBH as &[u8])] as &[(u8, &[u8])],
+                    &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_ROUTING, &ROUTING)],
+                ] {
+                    assert_eq!(
+                        decide_v6_ext(dst_mac, "fd00::1", dst, chain, (IPPROTO_ICMPV6, msg)),
+                        Decision::Drop(DropReason::Control),
+                        "type {} to {dst} behind {chain:?}",
+                        msg[0]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn test_decide_drops_fragmented_icmpv6() {
+        let ra = router_advert();
+        let echo = [
+            128u8, 0, 0, 0, 0, 1, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0,
+        ];
+        for (f, msg) in [
+            (frag(0, true), &ra[..]),
+            (frag(1, true), &ra[..]),
+            (frag(185, false), &echo[..]),
+            (frag(0, true), &echo[..]),
+        ] {
+            assert_eq!(
+                decide_v6_ext(
+                    B,
+                    "fd00::1",
+                    "fd00::2",
+                    &[(IPPROTO_FRAGMENT, &f)],
+                    (IPPROTO_ICMPV6, msg)
+                ),
+                Decision::Drop(DropReason::Control),
+                "{f:?}"
+            );
+        }
+        // An atomic fragment is a whole datagram: classified like one.
+        assert_eq!(
+            decide_v6_ext(
+                B,
+                "fd00::1",
+                "fd00::2",
+                &[(IPPROTO_FRAGMENT, &frag(0, false))],
+                (IPPROTO_ICMPV6, &echo)
+            ),
+            Decision::Unicast(2)
+        );
+    }
+
+    #[test]
+    fn test_decide_drops_truncated_or_unwalkable_chains_as_malformed() {
+        let ra = router_advert();
+        let mut long_hbh = HBH;
+        long_hbh[1] = 5;
+        for chain in [
+            &[(IPPROTO_HOPOPTS, &long_hbh as &[u8])] as &[(u8, &[u8])],
+            &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_HOPOPTS, &HBH)],
+            &[
+                (IPPROTO_FRAGMENT, &frag(0, true)),
+                (IPPROTO_DSTOPTS, &DSTOPTS),
+            ],
+            &[(135, &DSTOPTS)],
+            &[(IPPROTO_DSTOPTS, &DSTOPTS as &[u8]); MAX_EXT_HEADERS + 1],
+        ] {
+            assert_eq!(
+                decide_v6_ext(
+                    ALL_NODES_MAC,
+                    "fd00::1",
+                    "ff02::1",
+                    chain,
+                    (IPPROTO_ICMPV6, &ra)
+                ),
+                Decision::Drop(DropReason::Malformed),
+                "{chain:?}"
+            );
+        }
+        // The ICMPv6 header itself cut short behind the chain.
+        assert_eq!(
+            decide_v6_ext(
+                ALL_NODES_MAC,
+                "fd00::1",
+                "ff02::1",
+                &[(IPPROTO_HOPOPTS, &HBH)],
+                (IPPROTO_ICMPV6, &ra[..2])
+            ),
+            Decision::Drop(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn test_decide_forwards_tcp_udp_and_echo_behind_hop_by_hop() {
+        let udp = udp_msg();
+        let tcp = tcp_msg();
+        let echo = [128u8, 0, 0, 0, 0, 1, 0, 1];
+        for upper in [
+            (IPPROTO_UDP, &udp[..]),
+            (IPPROTO_TCP, &tcp[..]),
+            (IPPROTO_ICMPV6, &echo[..]),
+        ] {
+            assert_eq!(
+                decide_v6_ext(B, "fd00::1", "fd00::2", &[(IPPROTO_HOPOPTS, &HBH)], upper),
+                Decision::Unicast(2),
+                "{upper:?}"
+            );
+        }
+        // Fragmented UDP, first and later fragments, still flows.
+        for f in [frag(0, true), frag(3, false)] {
+            assert_eq!(
+                decide_v6_ext(
+                    B,
+                    "fd00::1",
+                    "fd00::2",
+                    &[(IPPROTO_FRAGMENT, &f)],
+                    (IPPROTO_UDP, &udp)
+                ),
+                Decision::Unicast(2)
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,24 @@ pub const IPPROTO_UDP: u8 = 17;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// IPv6 extension header: Hop-by-Hop Options (only directly after the fixed header).
+pub const IPPROTO_HOPOPTS: u8 = 0;
+/// IPv6 extension header: Routing.
+pub const IPPROTO_ROUTING: u8 = 43;
+/// IPv6 extension header: Fragment.
+pub const IPPROTO_FRAGMENT: u8 = 44;
+/// IPsec Encapsulating Security Payload: the switch cannot see behind it and treats it as the
+/// upper layer.
+pub const IPPROTO_ESP: u8 = 50;
+/// IPv6 extension header: IPsec Authentication Header.
+pub const IPPROTO_AH: u8 = 51;
+/// IPv6 "no next header".
+pub const IPPROTO_NONE: u8 = 59;
+/// IPv6 extension header: Destination Options.
+pub const IPPROTO_DSTOPTS: u8 = 60;
+/// The most extension headers [`walk_ipv6_ext`] follows before it gives up on a chain.
+pub const MAX_EXT_HEADERS: usize = 8;
+
 /// ICMPv6 neighbour solicitation.
 pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
 /// ICMPv6 neighbour advertisement.
@@ -106,14 +124,44 @@ pub struct Ipv6 {
     pub src: Ipv6Addr,
     /// Destination address.
     pub dst: Ipv6Addr,
-    /// Next header of the fixed header (extension headers are not walked).
+    /// The upper-layer protocol, behind any extension headers (never an extension header; see
+    /// [`walk_ipv6_ext`]). In a [`Fragment::Later`] fragment this is only what the sender
+    /// claims: a receiver takes the protocol of a reassembled datagram from its first fragment.
     pub next_header: u8,
     /// Hop limit.
     pub hop_limit: u8,
-    /// TCP/UDP ports when the next header is TCP or UDP.
+    /// Whether, and which, fragment this is.
+    pub fragment: Fragment,
+    /// TCP/UDP ports when the upper layer is TCP or UDP and present in this packet.
     pub ports: Ports,
-    /// The ICMPv6 message when the next header is ICMPv6.
+    /// The ICMPv6 message when the upper layer is ICMPv6 and present in this packet (always
+    /// present then, except in a [`Fragment::Later`] fragment).
     pub icmp: Option<Icmp6>,
+}
+
+/// Where an IPv6 packet sits in a fragmented datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fragment {
+    /// Not fragmented: no Fragment header, or an atomic fragment (offset 0, no more fragments,
+    /// RFC 6946), which is a whole datagram.
+    #[default]
+    Whole,
+    /// The first fragment (offset 0, more to come): it carries the whole header chain and the
+    /// start of the upper-layer header.
+    First,
+    /// A later fragment (offset > 0): only upper-layer bytes, no header of its own.
+    Later,
+}
+
+/// The end of an IPv6 extension-header chain, as found by [`walk_ipv6_ext`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperLayer {
+    /// The upper-layer protocol number: never one that [`is_extension_header`] accepts.
+    pub proto: u8,
+    /// Offset of the upper-layer header in the payload walked (at most its length).
+    pub offset: usize,
+    /// Whether the chain held a Fragment header, and which fragment it described.
+    pub fragment: Fragment,
 }
 
 /// The parts of an ICMPv6 message the switch looks at.
@@ -238,6 +286,89 @@ fn parse_ipv4(p: &[u8]) -> Result<Ipv4, ParseError> {
     })
 }
 
+/// Whether `proto` is an IPv6 extension header: one [`walk_ipv6_ext`] walks through (Hop-by-Hop,
+/// Routing, Fragment, Destination Options, Authentication) or refuses (Mobility, HIP, Shim6 and
+/// the experimental 253 and 254). ESP is not one here: nothing behind it can be read, so it is
+/// an upper layer as far as the switch is concerned.
+pub fn is_extension_header(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
+            | IPPROTO_DSTOPTS
+            | 135
+            | 139
+            | 140
+            | 253
+            | 254
+    )
+}
+
+/// Walks the IPv6 extension headers at the start of `payload` (the bytes after the fixed
+/// header, cut to its payload length), where `first` is the fixed header's Next Header, and
+/// returns the upper layer behind them.
+///
+/// The walk is strict, since a frame is only as safe as what the switch can classify:
+/// * Hop-by-Hop, Routing, Destination Options and Authentication headers are skipped by their
+///   length; each must fit in `payload`. Hop-by-Hop is only allowed first (RFC 8200 §4.1).
+/// * At most [`MAX_EXT_HEADERS`] extension headers; a longer chain is an error.
+/// * A Fragment header must be followed directly by the upper layer: no extension header may
+///   come after it, so a later, overlapping fragment can never rewrite a Next Header field the
+///   switch classified. Only one Fragment header is possible then. In a [`Fragment::Later`]
+///   fragment the walk ends at the Fragment header, whose Next Header is returned as claimed.
+/// * Mobility, HIP, Shim6 and the experimental headers are refused ([`ParseError::Invalid`]).
+///
+/// Never panics; the returned offset is at most `payload.len()`.
+pub fn walk_ipv6_ext(first: u8, payload: &[u8]) -> Result<UpperLayer, ParseError> {
+    let mut proto = first;
+    let mut offset = 0usize;
+    let mut fragment = Fragment::Whole;
+    let mut count = 0usize;
+    while is_extension_header(proto) {
+        count += 1;
+        if count > MAX_EXT_HEADERS {
+            return Err(ParseError::Invalid);
+        }
+        let hdr = payload.get(offset..).ok_or(ParseError::Truncated)?;
+        let next = *hdr.first().ok_or(ParseError::Truncated)?;
+        let len_field = usize::from(*hdr.get(1).ok_or(ParseError::Truncated)?);
+        let len = match proto {
+            IPPROTO_HOPOPTS if offset != 0 => return Err(ParseError::Invalid),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => (len_field + 1) * 8,
+            // RFC 4302: the length is in 4-octet units, minus 2.
+            IPPROTO_AH => (len_field + 2) * 4,
+            IPPROTO_FRAGMENT => {
+                let off_flags = be16(hdr, 2)?;
+                let frag_offset = off_flags >> 3;
+                let more = off_flags & 1 != 0;
+                fragment = match (frag_offset, more) {
+                    (0, false) => Fragment::Whole,
+                    (0, true) => Fragment::First,
+                    _ => Fragment::Later,
+                };
+                if is_extension_header(next) {
+                    // Nothing but the upper layer may follow a Fragment header (see above).
+                    return Err(ParseError::Invalid);
+                }
+                8
+            }
+            _ => return Err(ParseError::Invalid),
+        };
+        if len > hdr.len() {
+            return Err(ParseError::Truncated);
+        }
+        offset += len;
+        proto = next;
+    }
+    Ok(UpperLayer {
+        proto,
+        offset,
+        fragment,
+    })
+}
+
 fn parse_ipv6(p: &[u8]) -> Result<Ipv6, ParseError> {
     if p.len() < 40 {
         return Err(ParseError::Truncated);
@@ -250,29 +381,37 @@ fn parse_ipv6(p: &[u8]) -> Result<Ipv6, ParseError> {
         return Err(ParseError::Truncated);
     }
     let payload = &p[40..40 + payload_len];
-    let next_header = p[6];
     let hop_limit = p[7];
+    let upper = walk_ipv6_ext(p[6], payload)?;
+    let l4 = &payload[upper.offset..];
     let mut ports = Ports::default();
     let mut icmp = None;
-    match next_header {
-        IPPROTO_TCP | IPPROTO_UDP => ports = ports_at(payload, 0),
-        IPPROTO_ICMPV6 => {
-            let kind = *payload.first().ok_or(ParseError::Truncated)?;
-            let code = *payload.get(1).ok_or(ParseError::Truncated)?;
-            let target = if kind == ND_NEIGHBOR_SOLICIT || kind == ND_NEIGHBOR_ADVERT {
-                Some(v6_at(payload, 8)?)
-            } else {
-                None
-            };
-            icmp = Some(Icmp6 { kind, code, target });
+    if upper.fragment != Fragment::Later {
+        match upper.proto {
+            IPPROTO_TCP | IPPROTO_UDP => ports = ports_at(l4, 0),
+            IPPROTO_ICMPV6 => {
+                // The whole 4-byte ICMPv6 header must be there, even in a first fragment.
+                if l4.len() < 4 {
+                    return Err(ParseError::Truncated);
+                }
+                let kind = l4[0];
+                let code = l4[1];
+                let target = if kind == ND_NEIGHBOR_SOLICIT || kind == ND_NEIGHBOR_ADVERT {
+                    Some(v6_at(l4, 8)?)
+                } else {
+                    None
+                };
+                icmp = Some(Icmp6 { kind, code, target });
+            }
+            _ => {}
         }
-        _ => {}
     }
     Ok(Ipv6 {
         src: v6_at(p, 8)?,
         dst: v6_at(p, 24)?,
-        next_header,
+        next_header: upper.proto,
         hop_limit,
+        fragment: upper.fragment,
         ports,
         icmp,
     })
@@ -436,6 +575,41 @@ pub fn build_neighbor_advert(
     out[icmp_start + 2..icmp_start + 4].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Builds an Ethernet + IPv6 frame with the extension headers `ext`, each given as its type and
+/// its bytes (whose first byte, the Next Header, is filled in here), then the upper layer
+/// `upper` (protocol, bytes). Checksums are left as given. For tests, fuzz seeds and benchmarks.
+pub fn build_ipv6(
+    macs: (Mac, Mac),
+    addrs: (Ipv6Addr, Ipv6Addr),
+    hop_limit: u8,
+    ext: &[(u8, &[u8])],
+    upper: (u8, &[u8]),
+) -> Vec<u8> {
+    let (src_mac, dst_mac) = macs;
+    let (src, dst) = addrs;
+    let (proto, body) = upper;
+    let payload_len = ext.iter().map(|(_, h)| h.len()).sum::<usize>() + body.len();
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+    f.push(ext.first().map_or(proto, |(t, _)| *t));
+    f.push(hop_limit);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    for (i, (_, h)) in ext.iter().enumerate() {
+        let start = f.len();
+        f.extend_from_slice(h);
+        if let Some(nh) = f.get_mut(start) {
+            *nh = ext.get(i + 1).map_or(proto, |(t, _)| *t);
+        }
+    }
+    f.extend_from_slice(body);
+    f
+}
+
 /// The modified EUI-64 link-local address Linux derives from a MAC (`addr_gen_mode` 0).
 pub fn link_local_from_mac(mac: Mac) -> Ipv6Addr {
     Ipv6Addr::from([
@@ -579,6 +753,317 @@ pub(crate) mod tests {
         let c = csum_fold(sum);
         f[start + 2..start + 4].copy_from_slice(&c.to_be_bytes());
         f
+    }
+
+    /// An extension-header chain for [`build_ipv6`].
+    pub(crate) type Chain<'a> = &'a [(u8, &'a [u8])];
+
+    /// Hop-by-Hop options: one PadN option filling 8 bytes.
+    pub(crate) const HBH: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+    /// Destination options: the same padding.
+    pub(crate) const DSTOPTS: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+    /// Routing header of the experimental type 253 with no segments left (receivers skip it).
+    pub(crate) const ROUTING: [u8; 8] = [0, 0, 253, 0, 0, 0, 0, 0];
+    /// Authentication header with a 12-byte ICV (payload length 4: 24 bytes).
+    pub(crate) const AH: [u8; 24] = [
+        0, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// A Fragment header at `offset` (8-byte units), with the M flag `more`.
+    pub(crate) fn frag(offset: u16, more: bool) -> [u8; 8] {
+        let v = (offset << 3) | u16::from(more);
+        let [hi, lo] = v.to_be_bytes();
+        [0, 0, hi, lo, 0, 0, 0x12, 0x34]
+    }
+
+    /// ICMPv6 router advertisement (no options).
+    pub(crate) fn router_advert() -> Vec<u8> {
+        vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]
+    }
+
+    /// ICMPv6 neighbour advertisement (Override) for `target`.
+    pub(crate) fn neighbor_advert_msg(target: Ipv6Addr) -> Vec<u8> {
+        let mut m = vec![ND_NEIGHBOR_ADVERT, 0, 0, 0, 0x20, 0, 0, 0];
+        m.extend_from_slice(&target.octets());
+        m
+    }
+
+    /// ICMPv6 redirect: `dst` is better reached through `target`.
+    pub(crate) fn redirect(target: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+        let mut m = vec![137, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&target.octets());
+        m.extend_from_slice(&dst.octets());
+        m
+    }
+
+    /// A UDP header and 10 bytes of payload, ports 1 → 2.
+    pub(crate) fn udp_msg() -> Vec<u8> {
+        let mut m = vec![0, 1, 0, 2, 0, 18, 0, 0];
+        m.extend_from_slice(&[0xcd; 10]);
+        m
+    }
+
+    /// A TCP header (SYN), ports 3 → 4.
+    pub(crate) fn tcp_msg() -> Vec<u8> {
+        let mut m = vec![0, 3, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff];
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m
+    }
+
+    /// Ethernet + IPv6 (hop limit 255) with extension headers, from `MAC_A` to `dst_mac`.
+    pub(crate) fn v6_ext(
+        dst_mac: Mac,
+        src: &str,
+        dst: &str,
+        ext: &[(u8, &[u8])],
+        upper: (u8, &[u8]),
+    ) -> Vec<u8> {
+        build_ipv6(
+            (MAC_A, dst_mac),
+            (src.parse().unwrap(), dst.parse().unwrap()),
+            255,
+            ext,
+            upper,
+        )
+    }
+
+    fn ipv6_of(f: &[u8]) -> Result<Ipv6, ParseError> {
+        match parse(f)?.1 {
+            L3::Ipv6(ip) => Ok(ip),
+            other => panic!("not IPv6: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_ipv6_router_advert_behind_hop_by_hop_is_classified_as_icmpv6() {
+        let ra = router_advert();
+        let f = v6_ext(
+            MAC_B,
+            "fe80::1",
+            "ff02::1",
+            &[(IPPROTO_HOPOPTS, &HBH)],
+            (IPPROTO_ICMPV6, &ra),
+        );
+        let ip = ipv6_of(&f).unwrap();
+        assert_eq!(ip.next_header, IPPROTO_ICMPV6);
+        assert_eq!(ip.fragment, Fragment::Whole);
+        assert_eq!(ip.icmp.map(|i| i.kind), Some(134));
+    }
+
+    #[test]
+    fn test_ipv6_icmpv6_behind_dstopts_routing_and_ah_is_classified() {
+        let ra = router_advert();
+        let target: Ipv6Addr = "fd00::2".parse().unwrap();
+        let na = neighbor_advert_msg(target);
+        let rd = redirect(target, "fd00::9".parse().unwrap());
+        let chains: [&[(u8, &[u8])]; 4] = [
+            &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_ROUTING, &ROUTING)],
+            &[
+                (IPPROTO_HOPOPTS, &HBH),
+                (IPPROTO_DSTOPTS, &DSTOPTS),
+                (IPPROTO_ROUTING, &ROUTING),
+                (IPPROTO_AH, &AH),
+                (IPPROTO_DSTOPTS, &DSTOPTS),
+            ],
+            &[(IPPROTO_AH, &AH)],
+            &[(IPPROTO_FRAGMENT, &frag(0, false))],
+        ];
+        for chain in chains {
+            for (msg, kind) in [(&ra, 134), (&na, ND_NEIGHBOR_ADVERT), (&rd, 137)] {
+                let f = v6_ext(MAC_B, "fd00::1", "ff02::1", chain, (IPPROTO_ICMPV6, msg));
+                let ip = ipv6_of(&f).unwrap_or_else(|e| panic!("{chain:?}: {e}"));
+                assert_eq!(ip.next_header, IPPROTO_ICMPV6, "{chain:?}");
+                assert_eq!(ip.fragment, Fragment::Whole, "atomic fragment is whole");
+                assert_eq!(ip.icmp.map(|i| i.kind), Some(kind), "{chain:?}");
+            }
+        }
+        let f = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_HOPOPTS, &HBH)],
+            (IPPROTO_ICMPV6, &na),
+        );
+        assert_eq!(ipv6_of(&f).unwrap().icmp.unwrap().target, Some(target));
+    }
+
+    #[test]
+    fn test_ipv6_udp_and_tcp_behind_hop_by_hop_read_the_upper_layer_ports() {
+        let udp = udp_msg();
+        let f = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_HOPOPTS, &HBH)],
+            (IPPROTO_UDP, &udp),
+        );
+        let ip = ipv6_of(&f).unwrap();
+        assert_eq!(ip.next_header, IPPROTO_UDP);
+        assert_eq!(ip.ports, Ports { src: 1, dst: 2 });
+        let tcp = tcp_msg();
+        let f = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_HOPOPTS, &HBH), (IPPROTO_DSTOPTS, &DSTOPTS)],
+            (IPPROTO_TCP, &tcp),
+        );
+        let ip = ipv6_of(&f).unwrap();
+        assert_eq!(ip.next_header, IPPROTO_TCP);
+        assert_eq!(ip.ports, Ports { src: 3, dst: 4 });
+    }
+
+    #[test]
+    fn test_ipv6_fragments_are_told_apart() {
+        let ra = router_advert();
+        let first = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_HOPOPTS, &HBH), (IPPROTO_FRAGMENT, &frag(0, true))],
+            (IPPROTO_ICMPV6, &ra),
+        );
+        let ip = ipv6_of(&first).unwrap();
+        assert_eq!(ip.fragment, Fragment::First);
+        assert_eq!(ip.next_header, IPPROTO_ICMPV6);
+        assert_eq!(ip.icmp.map(|i| i.kind), Some(134));
+        // A later fragment has no header of its own: its bytes are not read as one.
+        let later = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_FRAGMENT, &frag(2, false))],
+            (IPPROTO_ICMPV6, &ra),
+        );
+        let ip = ipv6_of(&later).unwrap();
+        assert_eq!(ip.fragment, Fragment::Later);
+        assert_eq!(ip.next_header, IPPROTO_ICMPV6);
+        assert_eq!(ip.icmp, None);
+        let udp = udp_msg();
+        let later = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "fd00::2",
+            &[(IPPROTO_FRAGMENT, &frag(1, true))],
+            (IPPROTO_UDP, &udp),
+        );
+        let ip = ipv6_of(&later).unwrap();
+        assert_eq!(ip.ports, Ports::default(), "no ports in a later fragment");
+    }
+
+    #[test]
+    fn test_ipv6_chains_that_cannot_be_classified_are_errors() {
+        let ra = router_advert();
+        let bad: [(Chain, ParseError); 7] = [
+            // Hop-by-Hop anywhere but first.
+            (
+                &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_HOPOPTS, &HBH)],
+                ParseError::Invalid,
+            ),
+            // An extension header behind a Fragment header.
+            (
+                &[
+                    (IPPROTO_FRAGMENT, &frag(0, true)),
+                    (IPPROTO_DSTOPTS, &DSTOPTS),
+                ],
+                ParseError::Invalid,
+            ),
+            (
+                &[
+                    (IPPROTO_FRAGMENT, &frag(3, false)),
+                    (IPPROTO_DSTOPTS, &DSTOPTS),
+                ],
+                ParseError::Invalid,
+            ),
+            (
+                &[
+                    (IPPROTO_FRAGMENT, &frag(0, false)),
+                    (IPPROTO_FRAGMENT, &frag(0, false)),
+                ],
+                ParseError::Invalid,
+            ),
+            // Headers the switch does not walk: Mobility, experimental.
+            (&[(135, &DSTOPTS)], ParseError::Invalid),
+            (&[(253, &DSTOPTS)], ParseError::Invalid),
+            // More than MAX_EXT_HEADERS.
+            (
+                &[(IPPROTO_DSTOPTS, &DSTOPTS as &[u8]); MAX_EXT_HEADERS + 1],
+                ParseError::Invalid,
+            ),
+        ];
+        for (chain, want) in bad {
+            let f = v6_ext(MAC_B, "fd00::1", "ff02::1", chain, (IPPROTO_ICMPV6, &ra));
+            assert_eq!(ipv6_of(&f), Err(want), "{chain:?}");
+        }
+        let f = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "ff02::1",
+            &[(IPPROTO_DSTOPTS, &DSTOPTS as &[u8]); MAX_EXT_HEADERS],
+            (IPPROTO_ICMPV6, &ra),
+        );
+        assert!(ipv6_of(&f).is_ok(), "{MAX_EXT_HEADERS} headers are fine");
+    }
+
+    #[test]
+    fn test_ipv6_truncated_chains_are_errors() {
+        // A header whose length runs past the payload.
+        let mut long_hbh = HBH;
+        long_hbh[1] = 3;
+        let f = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "ff02::1",
+            &[(IPPROTO_HOPOPTS, &long_hbh)],
+            (IPPROTO_ICMPV6, &router_advert()),
+        );
+        assert_eq!(ipv6_of(&f), Err(ParseError::Truncated));
+        // Every cut of a full chain, with the payload length saying so: never classified.
+        let ra = router_advert();
+        let full = v6_ext(
+            MAC_B,
+            "fd00::1",
+            "ff02::1",
+            &[
+                (IPPROTO_HOPOPTS, &HBH),
+                (IPPROTO_ROUTING, &ROUTING),
+                (IPPROTO_AH, &AH),
+                (IPPROTO_FRAGMENT, &frag(0, true)),
+            ],
+            (IPPROTO_ICMPV6, &ra),
+        );
+        let upper_at = ETH_HLEN + 40 + 8 + 8 + 24 + 8;
+        for len in ETH_HLEN + 40..upper_at + 4 {
+            let mut f = full[..len].to_vec();
+            let payload = (len - ETH_HLEN - 40) as u16;
+            f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload.to_be_bytes());
+            assert_eq!(ipv6_of(&f), Err(ParseError::Truncated), "cut at {len}");
+        }
+        let mut f = full[..upper_at + 4].to_vec();
+        let payload = (upper_at + 4 - ETH_HLEN - 40) as u16;
+        f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload.to_be_bytes());
+        assert_eq!(ipv6_of(&f).unwrap().icmp.map(|i| i.kind), Some(134));
+    }
+
+    #[test]
+    fn test_walk_ipv6_ext_offsets_stay_within_the_payload() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&HBH);
+        payload.extend_from_slice(&AH);
+        payload[0] = IPPROTO_AH;
+        payload[8] = IPPROTO_UDP;
+        let up = walk_ipv6_ext(IPPROTO_HOPOPTS, &payload).unwrap();
+        assert_eq!(
+            up,
+            UpperLayer {
+                proto: IPPROTO_UDP,
+                offset: 32,
+                fragment: Fragment::Whole
+            }
+        );
+        assert!(walk_ipv6_ext(IPPROTO_HOPOPTS, &payload[..31]).is_err());
+        assert_eq!(walk_ipv6_ext(IPPROTO_TCP, &[]).unwrap().offset, 0);
+        assert!(walk_ipv6_ext(IPPROTO_HOPOPTS, &[]).is_err());
     }
 
     #[test]

@@ -486,3 +486,208 @@ fn test_cli_usage_errors_exit_2_and_missing_instance_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no vm-switch is serving"));
 }
+
+// Issue 11, finding 4: IPv6 control messages behind extension headers.
+
+const HBH: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+const DSTOPTS: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+const ROUTING: [u8; 8] = [0, 0, 253, 0, 0, 0, 0, 0];
+const ALL_NODES_MAC: frame::Mac = [0x33, 0x33, 0, 0, 0, 1];
+
+fn frag(offset: u16, more: bool) -> [u8; 8] {
+    let [hi, lo] = ((offset << 3) | u16::from(more)).to_be_bytes();
+    [0, 0, hi, lo, 0, 0, 0xab, 0xcd]
+}
+
+fn tagged(mut head: Vec<u8>, tag: u32) -> Vec<u8> {
+    head.extend_from_slice(&tag.to_be_bytes().repeat(4));
+    head
+}
+
+fn has_tag(f: &[u8], tag: u32) -> bool {
+    f.ends_with(&tag.to_be_bytes().repeat(4))
+}
+
+/// An IPv6 frame from port a with the extension headers `ext` and the upper layer `upper`.
+fn from_a6(dst_mac: frame::Mac, dst: &str, ext: &[(u8, &[u8])], upper: (u8, &[u8])) -> Vec<u8> {
+    frame::build_ipv6(
+        (MAC_A, dst_mac),
+        (frame::link_local_from_mac(MAC_A), v6(dst)),
+        255,
+        ext,
+        upper,
+    )
+}
+
+/// Collects the tags of everything `guest` receives until every tag in `want` arrived, and
+/// a little longer for stragglers.
+fn tags_until(guest: &mut vm_switch::testing::TestGuest, all: &[u32], want: &[u32]) -> Vec<u32> {
+    let mut seen = Vec::new();
+    let mut frames = Vec::new();
+    while !want.iter().all(|t| seen.contains(t)) {
+        let got = guest.recv_timeout(5 * SECOND);
+        assert!(!got.is_empty(), "legitimate frames never arrived: {seen:?}");
+        frames.extend(got);
+        seen = all
+            .iter()
+            .copied()
+            .filter(|t| frames.iter().any(|f| has_tag(f, *t)))
+            .collect();
+    }
+    frames.extend(guest.recv_timeout(SECOND / 5));
+    all.iter()
+        .copied()
+        .filter(|t| frames.iter().any(|f| has_tag(f, *t)))
+        .collect()
+}
+
+#[test]
+fn test_ipv6_control_messages_behind_extension_headers_are_dropped() {
+    use frame::{IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6};
+    use frame::{IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP};
+    let s = two_ports("ipv6ext");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    let ra = |tag| tagged(vec![134, 0, 0, 0, 64, 0, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0], tag);
+    let na = |tag| {
+        let mut m = vec![frame::ND_NEIGHBOR_ADVERT, 0, 0, 0, 0x20, 0, 0, 0];
+        m.extend_from_slice(&v6("fd00::a").octets());
+        tagged(m, tag)
+    };
+    let redirect = |tag| {
+        let mut m = vec![137, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&v6("fd00::a").octets());
+        m.extend_from_slice(&v6("fd00::99").octets());
+        tagged(m, tag)
+    };
+    let hbh: &[(u8, &[u8])] = &[(IPPROTO_HOPOPTS, &HBH)];
+    let dst_rt: &[(u8, &[u8])] = &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_ROUTING, &ROUTING)];
+    let mut long_hbh = HBH;
+    long_hbh[1] = 5;
+    let control = [
+        from_a6(ALL_NODES_MAC, "ff02::1", hbh, (IPPROTO_ICMPV6, &ra(1))),
+        from_a6(ALL_NODES_MAC, "ff02::1", dst_rt, (IPPROTO_ICMPV6, &ra(2))),
+        from_a6(MAC_B, "fd00::b", hbh, (IPPROTO_ICMPV6, &na(3))),
+        from_a6(ALL_NODES_MAC, "ff02::1", dst_rt, (IPPROTO_ICMPV6, &na(4))),
+        from_a6(MAC_B, "fd00::b", hbh, (IPPROTO_ICMPV6, &redirect(5))),
+        // A later fragment of an ICMPv6 datagram, and a first one.
+        from_a6(
+            MAC_B,
+            "fd00::b",
+            &[(IPPROTO_FRAGMENT, &frag(2, false))],
+            (IPPROTO_ICMPV6, &tagged(Vec::new(), 6)),
+        ),
+        from_a6(
+            ALL_NODES_MAC,
+            "ff02::1",
+            &[(IPPROTO_HOPOPTS, &HBH), (IPPROTO_FRAGMENT, &frag(0, true))],
+            (IPPROTO_ICMPV6, &ra(7)),
+        ),
+    ];
+    let malformed = [
+        // A chain longer than the packet.
+        from_a6(
+            ALL_NODES_MAC,
+            "ff02::1",
+            &[(IPPROTO_HOPOPTS, &long_hbh)],
+            (IPPROTO_ICMPV6, &ra(8)),
+        ),
+        // Hop-by-Hop behind another header.
+        from_a6(
+            ALL_NODES_MAC,
+            "ff02::1",
+            &[(IPPROTO_DSTOPTS, &DSTOPTS), (IPPROTO_HOPOPTS, &HBH)],
+            (IPPROTO_ICMPV6, &ra(9)),
+        ),
+    ];
+    for f in control.iter().chain(&malformed) {
+        a.send(f).unwrap();
+    }
+    // Ordinary traffic behind a Hop-by-Hop header still flows.
+    let udp = tagged(vec![0x0f, 0xa0, 0x13, 0x88, 0, 24, 0, 0], 100);
+    let tcp = tagged(
+        vec![
+            0x0f, 0xa0, 0x13, 0x88, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+        ],
+        101,
+    );
+    a.send(&from_a6(MAC_B, "fd00::b", hbh, (IPPROTO_UDP, &udp)))
+        .unwrap();
+    a.send(&from_a6(MAC_B, "fd00::b", hbh, (IPPROTO_TCP, &tcp)))
+        .unwrap();
+    let all: Vec<u32> = (1..=9).chain([100, 101]).collect();
+    let seen = tags_until(&mut b, &all, &[100, 101]);
+    assert_eq!(
+        seen,
+        vec![100, 101],
+        "only the UDP and TCP frames may arrive"
+    );
+    let st = s.wait_stats("a", "drops counted", |p| {
+        p["drops"]["control"].as_u64() >= Some(control.len() as u64)
+            && p["drops"]["malformed"].as_u64() >= Some(malformed.len() as u64)
+    });
+    assert_eq!(st["from_guest_frames"].as_u64(), Some(11), "{st}");
+}
+
+// Issue 11, finding 5: a port that routes a default route spoofing its peers.
+
+#[test]
+fn test_default_route_port_cannot_spoof_a_peer_source() {
+    let s = two_ports("rpf");
+    s.add_port(
+        "r",
+        MAC_C,
+        &["10.0.0.254/24"],
+        &["fd00::fe/64"],
+        false,
+        &["0.0.0.0/0", "::/0"],
+    );
+    let _a = s.guest("a");
+    let mut b = s.guest("b");
+    let mut r = s.guest("r");
+    s.wait_mesh(&["a", "b", "r"]);
+    // a's addresses as the source: spoofs.
+    r.send(&udp4(MAC_C, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1))
+        .unwrap();
+    r.send(&udp6(MAC_C, MAC_B, v6("fd00::a"), v6("fd00::b"), 2))
+        .unwrap();
+    r.send(&udp4(
+        MAC_C,
+        frame::BROADCAST_MAC,
+        v4("10.0.0.1"),
+        v4("10.0.0.255"),
+        3,
+    ))
+    .unwrap();
+    // Its own addresses and addresses it genuinely routes for: fine.
+    r.send(&udp4(MAC_C, MAC_B, v4("10.0.0.254"), v4("10.0.0.2"), 10))
+        .unwrap();
+    r.send(&udp4(MAC_C, MAC_B, v4("8.8.8.8"), v4("10.0.0.2"), 11))
+        .unwrap();
+    r.send(&udp6(MAC_C, MAC_B, v6("fd00::fe"), v6("fd00::b"), 12))
+        .unwrap();
+    r.send(&udp6(MAC_C, MAC_B, v6("2001:db8::1"), v6("fd00::b"), 13))
+        .unwrap();
+    let want = [10, 11, 12, 13];
+    let mut seen = Vec::new();
+    while !want.iter().all(|t| seen.contains(&Some(*t))) {
+        let got = b.recv_timeout(5 * SECOND);
+        assert!(
+            !got.is_empty(),
+            "legitimate frames never arrived: {seen:?}; stats {}",
+            s.stats()
+        );
+        seen.extend(got.iter().map(|f| tag_of(f)));
+    }
+    seen.extend(b.recv_timeout(SECOND / 5).iter().map(|f| tag_of(f)));
+    seen.sort();
+    assert_eq!(
+        seen,
+        want.map(Some).to_vec(),
+        "spoofed frames must not be delivered"
+    );
+    s.wait_stats("r", "spoofs counted", |p| {
+        p["drops"]["spoof_ip"].as_u64() >= Some(3)
+    });
+}
