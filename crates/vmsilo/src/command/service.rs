@@ -33,6 +33,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vmsilo_config::units::format_duration;
 use vmsilo_proto::AGENT_PORT;
+use vmsilo_proto::text::escape;
 
 use super::guest::{ConnectError, GuestAddr};
 use super::splice::splice;
@@ -318,7 +319,7 @@ impl Service {
                 if self.failures.allow() {
                     self.log(&format!(
                         "connection {id}: {}",
-                        r.message.lines().next().unwrap_or("")
+                        escape(r.message.lines().next().unwrap_or(""))
                     ));
                 }
                 let _ = (&client).write_all(
@@ -701,7 +702,10 @@ fn relay_stderr(stderr: std::process::ChildStderr, info: &ChildVm) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        // vm-service relays what the VMM and virtiofsd print, which can quote guest-chosen
+        // text (file names, device messages): escaped here, in the log and in the tail sent
+        // to vm-run.
+        let mut text = escape(String::from_utf8_lossy(&line).trim_end()).into_owned();
         let _ = writeln!(std::io::stderr(), "{text}");
         if text.len() > MAX_LINE {
             let mut end = MAX_LINE;
