@@ -779,4 +779,39 @@ mod tests {
         svc.ensure_started(&mut fresh).expect("restarted");
         assert_eq!(fresh, Some(2));
     }
+
+    #[test]
+    fn test_child_stderr_tail_is_kept_with_terminal_controls_escaped() {
+        // vm-service relays the VMM's and virtiofsd's output, which can quote guest text.
+        let svc = Service::new(ServiceOptions {
+            vm: "a".into(),
+            target: Ok(GuestAddr::Hybrid("/nonexistent/vsock".into())),
+            starter: Starter::Child {
+                argv: [
+                    "sh",
+                    "-c",
+                    "printf 'x\\033]0;owned\\007\\033[2J\\n' >&2; exit 3",
+                ]
+                .map(OsString::from)
+                .to_vec(),
+            },
+            agent_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(5),
+        });
+        let mut waiting = None;
+        svc.ensure_started(&mut waiting).expect("spawned");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match svc.ensure_started(&mut waiting) {
+                Ok(_) => assert!(Instant::now() < deadline, "the child never ended"),
+                Err(e) => break e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            err.message.ends_with(":\n  x\\x1b]0;owned\\x07\\x1b[2J"),
+            "{:?}",
+            err.message
+        );
+    }
 }
