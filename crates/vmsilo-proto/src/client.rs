@@ -66,10 +66,10 @@ pub enum ClientError {
     /// The stream's read or write timeout passed while the client waited for the agent to
     /// answer (or to take the request): the agent accepted the connection and then went
     /// silent. Only a stream with a timeout (`set_read_timeout`) produces this.
-    #[error("the guest agent did not answer {during} in time")]
+    #[error("the guest agent did not {what} in time")]
     NoAnswer {
-        /// What was awaited, e.g. `Hello`.
-        during: &'static str,
+        /// What it did not do, e.g. `answer Hello`.
+        what: &'static str,
     },
     /// Writing the command's output locally failed.
     #[error("failed to write the command's {stream}: {source}")]
@@ -189,11 +189,11 @@ fn timed_out(e: &ClientError) -> bool {
         if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
 }
 
-/// Turns a timeout while waiting for `during` into [`ClientError::NoAnswer`].
-fn no_answer(during: &'static str) -> impl Fn(ClientError) -> ClientError {
+/// Turns a timeout while waiting for the agent to `what` into [`ClientError::NoAnswer`].
+fn no_answer(what: &'static str) -> impl Fn(ClientError) -> ClientError {
     move |e| {
         if timed_out(&e) {
-            ClientError::NoAnswer { during }
+            ClientError::NoAnswer { what }
         } else {
             e
         }
@@ -230,9 +230,9 @@ fn start<R: Read, W: Write>(
             version: PROTOCOL_VERSION,
         },
     )
-    .map_err(no_answer("by taking Hello"))?;
-    send(writer, &Message::Request(request.clone())).map_err(no_answer("by taking the request"))?;
-    match reader.read_message().map_err(no_answer("Hello"))? {
+    .map_err(no_answer("read Hello"))?;
+    send(writer, &Message::Request(request.clone())).map_err(no_answer("read the request"))?;
+    match reader.read_message().map_err(no_answer("answer Hello"))? {
         Some(Message::HelloReply { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::HelloReply { version }) => {
             return Err(ClientError::VersionMismatch {
@@ -255,7 +255,7 @@ fn start<R: Read, W: Write>(
     }
     match reader
         .read_message()
-        .map_err(no_answer("with Started or an error"))?
+        .map_err(no_answer("report whether the command started"))?
     {
         Some(Message::Started(started)) => Ok(started),
         Some(Message::Error(frame)) => Err(ClientError::Agent(frame)),

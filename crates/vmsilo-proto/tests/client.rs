@@ -327,7 +327,12 @@ fn silent_agent_is_no_answer_once_the_read_timeout_passes() {
         .unwrap();
     let err = run_detached(host, &Request::detached(["x"])).unwrap_err();
     assert!(
-        matches!(err, ClientError::NoAnswer { during: "Hello" }),
+        matches!(
+            err,
+            ClientError::NoAnswer {
+                what: "answer Hello"
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(err.exit_code(), 1);

@@ -156,11 +156,10 @@ fn client_error(vm: &str, e: &ClientError, answer_timeout: Duration) -> CliError
     let code = u8::try_from(e.exit_code()).unwrap_or(crate::error::EXIT_FAILURE);
     match e {
         ClientError::Agent(_) => eprintln!("{e}"),
-        ClientError::NoAnswer { during } => eprintln!(
-            "vmsilo: VM {vm:?}: the guest agent accepted the connection but did not answer \
-             {during} within {}: the guest may be overloaded or its agent stuck; look at its \
-             console (`vm-shell {vm}`); the limit is vm-run's --answer-timeout \
-             (VMSILO_ANSWER_TIMEOUT)",
+        ClientError::NoAnswer { what } => eprintln!(
+            "vmsilo: VM {vm:?}: the guest agent accepted the connection but did not {what} \
+             within {}: the guest may be overloaded or its agent stuck; look at its console \
+             (`vm-shell {vm}`); the limit is vm-run's --answer-timeout (VMSILO_ANSWER_TIMEOUT)",
             vmsilo_config::units::format_duration(answer_timeout)
         ),
         other => eprintln!("vmsilo: VM {vm:?}: {other}"),
@@ -170,9 +169,9 @@ fn client_error(vm: &str, e: &ClientError, answer_timeout: Duration) -> CliError
 
 /// Bounds how long the guest agent may stay silent (or leave the request unread) before the
 /// command has started; lifted once it has.
-fn bound_start(stream: &UnixStream, limit: Option<Duration>, vm: &str) -> Result<(), CliError> {
+fn bound_start(stream: &UnixStream, limit: Duration, vm: &str) -> Result<(), CliError> {
     // A zero duration is not a valid socket timeout: use the smallest one.
-    let limit = limit.map(|d| d.max(Duration::from_millis(1)));
+    let limit = Some(limit.max(Duration::from_millis(1)));
     stream
         .set_read_timeout(limit)
         .and_then(|()| stream.set_write_timeout(limit))
@@ -233,7 +232,7 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     }
 
     let answer = args.answer_timeout;
-    bound_start(&stream, Some(answer), vm)?;
+    bound_start(&stream, answer, vm)?;
     if !args.wait {
         let started = client::run_detached(stream, &request(args, None))
             .map_err(|e| client_error(vm, &e, answer))?;
