@@ -52,6 +52,21 @@ fn psi_threshold(text: &str) -> Result<Option<f64>, String> {
     }
 }
 
+/// A `--status-user` value: a user name (looked up through NSS, `/etc/passwd` on NixOS) or a
+/// numeric uid.
+fn status_user(text: &str) -> Result<u32, String> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!(
+            "{text:?}: no such user (expected a user name or a numeric uid)"
+        )),
+        Err(e) => Err(format!("{text:?}: cannot look the user up: {e}")),
+    }
+}
+
 fn multi_vm(text: &str) -> Result<MultiVmMode, String> {
     match text {
         "sequential" => Ok(MultiVmMode::Sequential),
@@ -100,6 +115,12 @@ pub struct Cli {
     /// Status socket (default: `<run-dir>/balloond.status`).
     #[arg(long, value_name = "PATH")]
     pub status_socket: Option<PathBuf>,
+
+    /// The user (name or uid) who may read the status socket besides root: vmsilo's
+    /// configured user, who runs `vmsilo status`. The socket is made theirs with mode 0600,
+    /// and every connection from another uid is refused. Without it only root may read it.
+    #[arg(long, value_name = "USER", value_parser = status_user)]
+    pub status_user: Option<u32>,
 
     /// Run one tick, print the decisions and exit.
     #[arg(long, conflicts_with = "status")]
@@ -236,6 +257,7 @@ impl Cli {
         let cfg = DaemonConfig {
             run_dir: self.run_dir,
             status_socket,
+            status_uid: self.status_user,
             host_meminfo: self.host_meminfo,
             host_psi: Some(self.host_psi),
             poll_interval: poll,
@@ -325,5 +347,18 @@ mod tests {
             let err = parse(args).expect_err(needle);
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn test_status_user_is_a_name_or_a_uid() {
+        let uid = |args: &[&str]| match parse(args) {
+            Ok(Mode::Daemon(c)) => c.status_uid,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(uid(&[]), None);
+        assert_eq!(uid(&["--status-user", "4242"]), Some(4242));
+        assert_eq!(uid(&["--status-user", "root"]), Some(0));
+        let err = parse(&["--status-user", "vmsilo-no-such-user"]).unwrap_err();
+        assert!(err.contains("no such user"), "{err}");
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::balancer::{Balancer, BalancerParams, Decision, Reason, TickReport, VmInput};
 use crate::discovery::{self, Change, Found, Watcher};
@@ -39,6 +40,9 @@ pub struct DaemonConfig {
     pub run_dir: PathBuf,
     /// Status socket path.
     pub status_socket: PathBuf,
+    /// The user who may read the status socket besides root and the daemon's own uid (the
+    /// socket is theirs, mode 0600); `None`: root only.
+    pub status_uid: Option<u32>,
     /// Host meminfo file.
     pub host_meminfo: PathBuf,
     /// Host PSI file (optional signal).
@@ -211,6 +215,8 @@ pub struct Daemon {
     host: Option<(Millis, HostSample)>,
     host_error: Option<String>,
     host_limiter: RateLimiter,
+    /// Refused status connections (a local user can make many).
+    status_limiter: RateLimiter,
     last_report: Option<TickReport>,
     last_rescan: Option<Instant>,
 }
@@ -228,7 +234,7 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
+fn bind_status(path: &Path, owner: Option<u32>) -> Result<UnixListener, DaemonError> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(DaemonError::AlreadyRunning {
@@ -244,9 +250,20 @@ fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
     };
     let l = UnixListener::bind(path).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
-    // Read-only information; `vmsilo status` runs as the desktop user.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+    // Connecting needs write permission on the socket: 0600 and owned by the configured user
+    // (who runs `vmsilo status`), so only they and root can connect. `serve_status` also
+    // checks each peer's uid, so an owner who widens the mode still serves nobody else.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), None).map_err(err)?;
+    }
     Ok(l)
+}
+
+/// Whether a status client with this uid may read the document: root, the daemon's own user,
+/// or the configured status user.
+fn status_reader_allowed(peer: u32, own: u32, status_uid: Option<u32>) -> bool {
+    peer == 0 || peer == own || Some(peer) == status_uid
 }
 
 impl Daemon {
@@ -266,7 +283,7 @@ impl Daemon {
         })?;
         read_host_sample(&cfg.host_meminfo, cfg.host_psi.as_deref())?;
         let status = if status {
-            Some(bind_status(&cfg.status_socket)?)
+            Some(bind_status(&cfg.status_socket, cfg.status_uid)?)
         } else {
             None
         };
@@ -294,6 +311,7 @@ impl Daemon {
             host: None,
             host_error: None,
             host_limiter: RateLimiter::default(),
+            status_limiter: RateLimiter::default(),
             last_report: None,
             last_rescan: None,
         })
@@ -557,9 +575,35 @@ impl Daemon {
         let Some(listener) = &self.status else {
             return;
         };
+        let own = nix::unistd::geteuid().as_raw();
         let mut clients = Vec::new();
+        let mut refused = Vec::new();
         while let Ok((c, _)) = listener.accept() {
-            clients.push(c);
+            match getsockopt(&c, sockopt::PeerCredentials) {
+                Ok(cred) if status_reader_allowed(cred.uid(), own, self.cfg.status_uid) => {
+                    clients.push(c);
+                }
+                // Closed without a byte: the client sees an empty answer.
+                Ok(cred) => refused.push(format!("uid {} (pid {})", cred.uid(), cred.pid())),
+                Err(e) => refused.push(format!("a peer whose credentials are unknown ({e})")),
+            }
+        }
+        for who in refused {
+            let now = self.now_ms();
+            if let Some(suppressed) = self.status_limiter.allow(now) {
+                let more = if suppressed > 0 {
+                    format!(" ({suppressed} similar messages suppressed)")
+                } else {
+                    String::new()
+                };
+                warn!(
+                    "refused a status connection from {who}: only root and {} may read the \
+                     status{more}",
+                    self.cfg
+                        .status_uid
+                        .map_or_else(|| "no other user".to_owned(), |u| format!("uid {u}"))
+                );
+            }
         }
         if clients.is_empty() {
             return;
@@ -850,5 +894,19 @@ impl VmmKind {
             Self::Crosvm => format!("{vm}{}", discovery::CROSVM_SUFFIX),
             Self::Qemu => format!("{vm}{}", discovery::QMP_SUFFIX),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_status_readers_are_root_the_daemon_and_the_status_user() {
+        assert!(status_reader_allowed(0, 0, None));
+        assert!(status_reader_allowed(1000, 0, Some(1000)));
+        assert!(status_reader_allowed(1000, 1000, None));
+        assert!(!status_reader_allowed(65534, 0, Some(1000)));
+        assert!(!status_reader_allowed(1000, 0, None));
     }
 }

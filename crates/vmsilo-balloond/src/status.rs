@@ -143,6 +143,13 @@ pub fn fetch(path: &Path, timeout: Duration) -> std::io::Result<String> {
     s.set_read_timeout(Some(timeout))?;
     let mut text = String::new();
     s.take(16 << 20).read_to_string(&mut text)?;
+    if text.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the daemon closed the connection without a status document: only root and the \
+             user given by its --status-user (vmsilo's configured user) may read it",
+        ));
+    }
     Ok(text)
 }
 

@@ -378,3 +378,76 @@ fn test_sigterm_stops_the_daemon_cleanly_and_removes_its_status_socket() {
     assert!(log.contains("stopping on signal 15"), "{log}");
     assert!(!d.status.exists(), "the status socket was left behind");
 }
+
+/// `vmsilo-balloond --status --json` run as `uid`/`gid` (a real client of another user; std
+/// drops the supplementary groups when root sets a uid).
+fn status_as(bin: &Path, socket: &Path, uid: u32, gid: u32) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(bin)
+        .args(["--status", "--json", "--status-socket"])
+        .arg(socket)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn test_status_socket_serves_root_and_the_status_user_and_refuses_other_users() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: connecting as other users needs root");
+        return;
+    }
+    const USER: u32 = 4242;
+    const NOBODY: u32 = 65534;
+    let dir = tmpdir("statusperm");
+    write_meminfo(&dir.join("meminfo"), 8192, 4096);
+    // The clients run as other users: give them a binary they can reach and run.
+    let bin = dir.join("vmsilo-balloond");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut d = Daemon::start(&dir, &["--status-user", &USER.to_string()]);
+    // Root is served.
+    d.wait_status("the first status document", |_| true);
+    let meta = std::fs::symlink_metadata(&d.status).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o600, USER),
+        "the socket is the status user's, mode 0600"
+    );
+
+    // The configured user is served.
+    let o = status_as(&bin, &d.status, USER, USER);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let doc: StatusDoc = serde_json::from_slice(&o.stdout).expect("a status document");
+    assert_eq!(doc.version, vmsilo_balloond::status::STATUS_VERSION);
+
+    // Another user cannot connect.
+    let o = status_as(&bin, &d.status, NOBODY, NOBODY);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{o:?}"
+    );
+
+    // Nor read anything once the socket's owner widened its mode: the peer's uid is checked.
+    std::fs::set_permissions(&d.status, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = status_as(&bin, &d.status, NOBODY, NOBODY);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("without a status document"),
+        "{o:?}"
+    );
+    eventually("the refusal in the log", || {
+        std::fs::read_to_string(&d.log)
+            .unwrap_or_default()
+            .contains("refused a status connection from uid 65534")
+    });
+    // Root and the user still are served.
+    assert!(d.status().is_some());
+    let o = status_as(&bin, &d.status, USER, USER);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}

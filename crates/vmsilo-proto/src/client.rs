@@ -59,9 +59,18 @@ pub enum ClientError {
         expected: &'static str,
     },
     /// The agent refused the request or failed to start the command; the message comes from
-    /// the agent (`vmsilo-guest: frobnicate: command not found`).
-    #[error("{}", .0.message)]
+    /// the agent (`vmsilo-guest: frobnicate: command not found`). It is guest-chosen text:
+    /// shown with its control characters escaped ([`crate::text::escape`]).
+    #[error("{}", crate::text::escape(&.0.message))]
     Agent(ErrorFrame),
+    /// The stream's read or write timeout passed while the client waited for the agent to
+    /// answer (or to take the request): the agent accepted the connection and then went
+    /// silent. Only a stream with a timeout (`set_read_timeout`) produces this.
+    #[error("the guest agent did not {what} in time")]
+    NoAnswer {
+        /// What it did not do, e.g. `answer Hello`.
+        what: &'static str,
+    },
     /// Writing the command's output locally failed.
     #[error("failed to write the command's {stream}: {source}")]
     Output {
@@ -174,6 +183,23 @@ pub struct Attached {
     pub status: ExitStatus,
 }
 
+/// Whether an I/O error is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`).
+fn timed_out(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io { source, .. }
+        if matches!(source.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// Turns a timeout while waiting for the agent to `what` into [`ClientError::NoAnswer`].
+fn no_answer(what: &'static str) -> impl Fn(ClientError) -> ClientError {
+    move |e| {
+        if timed_out(&e) {
+            ClientError::NoAnswer { what }
+        } else {
+            e
+        }
+    }
+}
+
 /// Writes one message to a shared writer.
 fn send<W: Write>(writer: &Mutex<W>, msg: &Message) -> Result<(), ClientError> {
     let mut frame = Vec::new();
@@ -203,9 +229,10 @@ fn start<R: Read, W: Write>(
         &Message::Hello {
             version: PROTOCOL_VERSION,
         },
-    )?;
-    send(writer, &Message::Request(request.clone()))?;
-    match reader.read_message()? {
+    )
+    .map_err(no_answer("read Hello"))?;
+    send(writer, &Message::Request(request.clone())).map_err(no_answer("read the request"))?;
+    match reader.read_message().map_err(no_answer("answer Hello"))? {
         Some(Message::HelloReply { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::HelloReply { version }) => {
             return Err(ClientError::VersionMismatch {
@@ -226,7 +253,10 @@ fn start<R: Read, W: Write>(
             });
         }
     }
-    match reader.read_message()? {
+    match reader
+        .read_message()
+        .map_err(no_answer("report whether the command started"))?
+    {
         Some(Message::Started(started)) => Ok(started),
         Some(Message::Error(frame)) => Err(ClientError::Agent(frame)),
         Some(other) => Err(ClientError::Unexpected {
@@ -280,6 +310,24 @@ where
     R: Read,
     W: Write + Send + 'static,
 {
+    run_attached_then(reader, writer, request, io, || {})
+}
+
+/// [`run_attached`] that calls `on_started` once the agent reported `Started`, before any
+/// output is read. Where the start was bounded by a socket timeout (a silent agent is then
+/// [`ClientError::NoAnswer`]), `on_started` is where to lift it: a running command may stay
+/// silent for as long as it likes.
+pub fn run_attached_then<R, W>(
+    reader: R,
+    writer: W,
+    request: &Request,
+    io: AttachedIo,
+    on_started: impl FnOnce(),
+) -> Result<Attached, ClientError>
+where
+    R: Read,
+    W: Write + Send + 'static,
+{
     if request.mode != Mode::Attached {
         return Err(ClientError::InvalidRequest(
             "run_attached needs a request in attached mode",
@@ -294,6 +342,7 @@ where
     let writer = Arc::new(Mutex::new(writer));
     let mut reader = MessageReader::new(reader);
     let started = start(&mut reader, &writer, request)?;
+    on_started();
 
     match stdin {
         Some(input) => {

@@ -4,7 +4,8 @@
 //! - [`message`]: what each frame type means, with a version handshake whose layout never
 //!   changes so that mismatched peers can always say so;
 //! - [`client`]: a small blocking client for the host side (`run_detached`, `run_attached`);
-//! - [`hybrid`]: the `CONNECT <port>` handshake of hybrid vsock (vhost-device-vsock under QEMU).
+//! - [`hybrid`]: the `CONNECT <port>` handshake of hybrid vsock (vhost-device-vsock under QEMU);
+//! - [`text`]: escaping guest-chosen text before the host prints it.
 //!
 //! The format is described in `docs/protocol.md`. A connection looks like this:
 //!
@@ -24,6 +25,7 @@ pub mod client;
 pub mod frame;
 pub mod hybrid;
 pub mod message;
+pub mod text;
 
 pub use frame::{FrameDecoder, FrameError, MAX_DATA_CHUNK, MAX_FRAME_LEN, RawFrame};
 pub use message::{

@@ -292,3 +292,49 @@ fn mode_mismatch_is_refused_locally() {
         Err(ClientError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn agent_error_text_is_shown_with_terminal_controls_escaped() {
+    let host = scripted_agent(|mut s| {
+        let _ = expect_hello_and_request(&s);
+        send(
+            &mut s,
+            &Message::HelloReply {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        send(
+            &mut s,
+            &Message::Error(ErrorFrame::new(
+                ErrorCode::CommandNotFound,
+                "x\x1b]52;c;aGk=\x07\x1b]0;owned\x07\x1b[2J\u{202e}",
+            )),
+        );
+    });
+    let err = run_detached(host, &Request::detached(["x"])).unwrap_err();
+    assert_eq!(err.exit_code(), 127);
+    assert_eq!(
+        err.to_string(),
+        "x\\x1b]52;c;aGk=\\x07\\x1b]0;owned\\x07\\x1b[2J\\u{202e}"
+    );
+}
+
+#[test]
+fn silent_agent_is_no_answer_once_the_read_timeout_passes() {
+    // The agent takes the connection and says nothing, with the connection open.
+    let (host, guest) = UnixStream::pair().unwrap();
+    host.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let err = run_detached(host, &Request::detached(["x"])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::NoAnswer {
+                what: "answer Hello"
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 1);
+    drop(guest);
+}

@@ -294,6 +294,17 @@ pub struct VmRunArgs {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
+    /// How long the guest agent may take to answer once the command service connected to it
+    /// (to say it speaks the protocol and that the command started) before vm-run gives up.
+    #[arg(
+        long,
+        env = "VMSILO_ANSWER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub answer_timeout: Duration,
+
     /// Directory of sockets and consoles.
     #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
     pub run_dir: String,

@@ -394,6 +394,10 @@ fn balloond_text(cfg: &ValidConfig, dirs: &Dirs, opts: &UnitOptions) -> String {
         b.guest_available_bias.to_string(),
         "--log-level".into(),
         b.log_level.as_str().into(),
+        // The status socket is theirs (0600) and refuses every other uid: `vmsilo status`
+        // runs as this user.
+        "--status-user".into(),
+        cfg.user.clone(),
     ];
     argv.extend(b.extra_args.iter().cloned());
     format!(

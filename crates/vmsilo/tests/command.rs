@@ -756,3 +756,105 @@ fn test_unknown_vm_missing_socket_and_missing_listen_fds() {
         "{o:?}"
     );
 }
+
+/// Terminal sequences a hostile guest puts in its messages: a clipboard write (OSC 52), a
+/// window title (OSC 0), a screen clear, a bidi override.
+const HOSTILE: &str = "vmsilo-guest: x\x1b]52;c;aGVsbG8=\x07\x1b]0;owned\x07\x1b[2J\u{202e}";
+
+/// What vm-run must print instead.
+const HOSTILE_ESCAPED: &str =
+    "vmsilo-guest: x\\x1b]52;c;aGVsbG8=\\x07\\x1b]0;owned\\x07\\x1b[2J\\u{202e}";
+
+fn assert_no_terminal_controls(o: &Output) {
+    let err = text(&o.stderr);
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\u{202e}'),
+        "raw control characters reached vm-run's stderr: {err:?}"
+    );
+}
+
+#[test]
+fn test_vm_run_escapes_terminal_controls_in_the_agents_error() {
+    let s = Setup::new("escape");
+    scripted_agent(&s.vsock(), |_, mut st| {
+        let reply = [
+            frame(&Message::HelloReply {
+                version: PROTOCOL_VERSION,
+            }),
+            frame(&Message::Error(vmsilo_proto::ErrorFrame::new(
+                ErrorCode::CommandNotFound,
+                HOSTILE,
+            ))),
+        ]
+        .concat();
+        let _ = st.write_all(&reply);
+    });
+    let _svc = s.service("t", &[], &[]);
+    // Detached (the finding) and attached print the agent's message the same way.
+    for args in [&["t", "x"][..], &["-w", "t", "x"][..]] {
+        let o = s.output(args, b"");
+        assert_eq!(o.status.code(), Some(127), "{args:?}: {o:?}");
+        assert_no_terminal_controls(&o);
+        assert_eq!(text(&o.stderr), format!("{HOSTILE_ESCAPED}\n"), "{args:?}");
+    }
+}
+
+#[test]
+fn test_vm_run_escapes_terminal_controls_in_the_services_failure() {
+    // A command service whose Failed message quotes guest-influenced output (vm-service's
+    // last lines, which relay the VMM's and virtiofsd's).
+    let s = Setup::new("escsvc");
+    let l = UnixListener::bind(format!("{}/t-command.socket", s.run_dir())).expect("bind");
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(
+                &ServiceFrame::Failed {
+                    code: vmsilo::command::wire::FailCode::StartFailed,
+                    message: format!("VM \"t\" failed to start:\n  {HOSTILE}"),
+                }
+                .encode(),
+            );
+        }
+    });
+    let o = s.output(&["t", "x"], b"");
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert_no_terminal_controls(&o);
+    assert_eq!(
+        text(&o.stderr),
+        format!("vmsilo: VM \"t\" failed to start:\n  {HOSTILE_ESCAPED}\n")
+    );
+}
+
+#[test]
+fn test_vm_run_gives_up_on_an_agent_that_is_silent_after_ready() {
+    let s = Setup::new("silent");
+    // The agent takes Hello and the request, then says nothing and keeps the connection.
+    scripted_agent(&s.vsock(), |_, st| {
+        std::thread::spawn(move || {
+            std::thread::sleep(LIMIT * 2);
+            drop(st);
+        });
+    });
+    let _svc = s.service("t", &[], &[]);
+    for args in [
+        &["--answer-timeout", "1s", "t", "x"][..],
+        &["--answer-timeout", "1s", "-w", "t", "x"][..],
+    ] {
+        // finish() fails the test if vm-run takes longer than LIMIT (60 s).
+        let o = s.output(args, b"");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        let err = text(&o.stderr);
+        assert!(
+            err.starts_with(
+                "vmsilo: VM \"t\": the guest agent accepted the connection but did not answer \
+                 Hello within 1s"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("--answer-timeout (VMSILO_ANSWER_TIMEOUT)"),
+            "{err}"
+        );
+    }
+}

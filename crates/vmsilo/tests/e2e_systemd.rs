@@ -22,7 +22,8 @@
 //! 3. the VM unit pulled in `vm-switch-lan.service` and `vmsilo-balloond.service`; `peer` starts
 //!    the same way, `demo` pings `peer` through vm-switch (sandboxed, as its unit runs it), and
 //!    balloond reports both VMs with statistics;
-//! 4. `vmsilo status` as alice shows both running;
+//! 4. `vmsilo status` as alice shows both running; balloond's status socket serves alice and
+//!    refuses mallory;
 //! 5. `vm-stop demo` as mallory is refused by polkit with vmsilo's explanation, the VM runs on;
 //!    alice may not start `vmsilo-planted.service`, a unit the configuration did not generate
 //!    (the rule lists vmsilo's units by name);
@@ -463,6 +464,25 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
             "{o:?}"
         );
     }
+
+    // balloond's status socket is alice's (the generator passes --status-user alice): she
+    // reads it, mallory may not (issue 11, finding 7).
+    let o = c.run_as(
+        Some(ALICE),
+        &[&bin("vmsilo-balloond"), "--status", "--json"],
+    );
+    assert!(
+        o.status.success() && text(&o).0.contains("\"vms\""),
+        "balloond status as alice: {o:?}"
+    );
+    let o = c.run_as(
+        Some(MALLORY),
+        &[&bin("vmsilo-balloond"), "--status", "--json"],
+    );
+    assert!(
+        o.status.code() == Some(1) && o.stdout.is_empty(),
+        "balloond status as mallory: {o:?}"
+    );
 
     // 5. mallory may not stop alice's VM: polkit says no, vmsilo explains.
     let o = c.run_as(Some(MALLORY), &[&bin("vm-stop"), "demo"]);

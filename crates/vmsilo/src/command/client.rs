@@ -92,8 +92,9 @@ pub struct ReadyInfo {
 /// Why the command socket did not become ready.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
-    /// The service refused, with its explanation.
-    #[error("{message}")]
+    /// The service refused, with its explanation (which can quote guest-influenced output:
+    /// shown with control characters escaped, line by line).
+    #[error("{}", vmsilo_proto::text::escape_lines(message).collect::<Vec<_>>().join("\n"))]
     Failed {
         /// Its code.
         code: FailCode,

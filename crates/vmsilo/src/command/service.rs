@@ -33,6 +33,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vmsilo_config::units::format_duration;
 use vmsilo_proto::AGENT_PORT;
+use vmsilo_proto::text::escape;
 
 use super::guest::{ConnectError, GuestAddr};
 use super::splice::splice;
@@ -318,7 +319,7 @@ impl Service {
                 if self.failures.allow() {
                     self.log(&format!(
                         "connection {id}: {}",
-                        r.message.lines().next().unwrap_or("")
+                        escape(r.message.lines().next().unwrap_or(""))
                     ));
                 }
                 let _ = (&client).write_all(
@@ -701,7 +702,10 @@ fn relay_stderr(stderr: std::process::ChildStderr, info: &ChildVm) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        // vm-service relays what the VMM and virtiofsd print, which can quote guest-chosen
+        // text (file names, device messages): escaped here, in the log and in the tail sent
+        // to vm-run.
+        let mut text = escape(String::from_utf8_lossy(&line).trim_end()).into_owned();
         let _ = writeln!(std::io::stderr(), "{text}");
         if text.len() > MAX_LINE {
             let mut end = MAX_LINE;
@@ -774,5 +778,40 @@ mod tests {
         let mut fresh = None;
         svc.ensure_started(&mut fresh).expect("restarted");
         assert_eq!(fresh, Some(2));
+    }
+
+    #[test]
+    fn test_child_stderr_tail_is_kept_with_terminal_controls_escaped() {
+        // vm-service relays the VMM's and virtiofsd's output, which can quote guest text.
+        let svc = Service::new(ServiceOptions {
+            vm: "a".into(),
+            target: Ok(GuestAddr::Hybrid("/nonexistent/vsock".into())),
+            starter: Starter::Child {
+                argv: [
+                    "sh",
+                    "-c",
+                    "printf 'x\\033]0;owned\\007\\033[2J\\n' >&2; exit 3",
+                ]
+                .map(OsString::from)
+                .to_vec(),
+            },
+            agent_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(5),
+        });
+        let mut waiting = None;
+        svc.ensure_started(&mut waiting).expect("spawned");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match svc.ensure_started(&mut waiting) {
+                Ok(_) => assert!(Instant::now() < deadline, "the child never ended"),
+                Err(e) => break e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            err.message.ends_with(":\n  x\\x1b]0;owned\\x07\\x1b[2J"),
+            "{:?}",
+            err.message
+        );
     }
 }

@@ -148,15 +148,34 @@ fn connect_error(config: Option<&Path>, vm: &str, socket: &str, e: &std::io::Err
     }
 }
 
-/// An agent-protocol failure: the agent's own refusals are printed as they are (they name
-/// their source, `vmsilo-guest: frobnicate: command not found`), others with the VM.
-fn client_error(vm: &str, e: &ClientError) -> CliError {
+/// An agent-protocol failure: the agent's own refusals are printed without a prefix (they
+/// name their source, `vmsilo-guest: frobnicate: command not found`), others with the VM.
+/// The agent's text is the guest's: its `Display` escapes control characters
+/// (`vmsilo_proto::text::escape`), so it cannot drive the user's terminal.
+fn client_error(vm: &str, e: &ClientError, answer_timeout: Duration) -> CliError {
     let code = u8::try_from(e.exit_code()).unwrap_or(crate::error::EXIT_FAILURE);
     match e {
-        ClientError::Agent(frame) => eprintln!("{}", frame.message),
+        ClientError::Agent(_) => eprintln!("{e}"),
+        ClientError::NoAnswer { what } => eprintln!(
+            "vmsilo: VM {vm:?}: the guest agent accepted the connection but did not {what} \
+             within {}: the guest may be overloaded or its agent stuck; look at its console \
+             (`vm-shell {vm}`); the limit is vm-run's --answer-timeout (VMSILO_ANSWER_TIMEOUT)",
+            vmsilo_config::units::format_duration(answer_timeout)
+        ),
         other => eprintln!("vmsilo: VM {vm:?}: {other}"),
     }
     CliError::Exit(code)
+}
+
+/// Bounds how long the guest agent may stay silent (or leave the request unread) before the
+/// command has started; lifted once it has.
+fn bound_start(stream: &UnixStream, limit: Duration, vm: &str) -> Result<(), CliError> {
+    // A zero duration is not a valid socket timeout: use the smallest one.
+    let limit = Some(limit.max(Duration::from_millis(1)));
+    stream
+        .set_read_timeout(limit)
+        .and_then(|()| stream.set_write_timeout(limit))
+        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))
 }
 
 fn request(args: &VmRunArgs, tty: Option<WindowSize>) -> Request {
@@ -196,8 +215,10 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     match wait_ready(&stream, &progress, SILENCE) {
         Ok(_) => {}
         Err(WaitError::Failed { code, message }) => {
-            let mut lines = message.lines();
-            eprintln!("vmsilo: {}", lines.next().unwrap_or(""));
+            // The service's message can quote the VMM's or virtiofsd's output, which a guest
+            // influences: each line is escaped.
+            let mut lines = vmsilo_proto::text::escape_lines(&message);
+            eprintln!("vmsilo: {}", lines.next().unwrap_or_default());
             for l in lines {
                 eprintln!("{l}");
             }
@@ -210,9 +231,11 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
         }
     }
 
+    let answer = args.answer_timeout;
+    bound_start(&stream, answer, vm)?;
     if !args.wait {
-        let started =
-            client::run_detached(stream, &request(args, None)).map_err(|e| client_error(vm, &e))?;
+        let started = client::run_detached(stream, &request(args, None))
+            .map_err(|e| client_error(vm, &e, answer))?;
         if args.verbose {
             println!("{}", started.pid);
         }
@@ -245,14 +268,23 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     } else {
         None
     };
-    let result = client::run_attached(reader, stream, &request(args, tty), io);
+    let unbound = stream
+        .try_clone()
+        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))?;
+    let result = client::run_attached_then(reader, stream, &request(args, tty), io, move || {
+        // The timeouts belong to the socket, shared by every clone. Clearing them on an open
+        // socket does not fail.
+        let _ = unbound
+            .set_read_timeout(None)
+            .and_then(|()| unbound.set_write_timeout(None));
+    });
     drop(raw);
     match result {
         Ok(done) => match u8::try_from(done.status.code()).unwrap_or(u8::MAX) {
             0 => Ok(()),
             code => Err(CliError::Exit(code)),
         },
-        Err(e) => Err(client_error(vm, &e)),
+        Err(e) => Err(client_error(vm, &e, answer)),
     }
 }
 

@@ -44,6 +44,7 @@ pub fn command(program: &Path) -> Command {
         "NOTIFY_SOCKET",
         "VMSILO_SYSTEMCTL",
         "VMSILO_SYSTEMD_DIR",
+        "VMSILO_ANSWER_TIMEOUT",
     ] {
         c.env_remove(v);
     }
