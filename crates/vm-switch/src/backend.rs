@@ -186,6 +186,10 @@ struct RxTrack {
     backoff_ns: u64,
     /// Re-checks in a row that saw no consumption.
     idle_rechecks: u32,
+    /// The RX ring was found full of posted buffers at this position (the device's next
+    /// available index) that together hold only this many bytes: a larger frame is dropped
+    /// without walking the whole ring again. Stale as soon as the position moves.
+    full_ring: Option<(u16, usize)>,
 }
 
 /// Negotiated per-connection settings.
@@ -1127,9 +1131,17 @@ impl Port {
                     None => break,
                 },
             };
+            if let Some((at, cap)) = self.rx.full_ring
+                && self.neg.hdr_len + frame.data.len() > cap
+                && vring.get_ref().get_queue().next_avail() == at
+            {
+                stats.count_drop(DropReason::NoBuffer, 1);
+                continue;
+            }
             match self.write_frame(vring, &mem, frame) {
                 WriteResult::Written(bytes, used_end) => {
                     delivered_any = true;
+                    self.rx.full_ring = None;
                     self.dql.queued(bytes);
                     self.rx.cum_delivered += bytes;
                     self.rx
@@ -1138,7 +1150,7 @@ impl Port {
                     stats.add(Counter::ToGuestFrames, 1);
                     stats.add(Counter::ToGuestBytes, bytes);
                 }
-                WriteResult::NoBuffers { frame, avail } => {
+                WriteResult::NoBuffers { frame, avail, cap } => {
                     // Every buffer the guest has posted (`avail`) together is too small for
                     // this frame. Wait for the guest to post more: ask for a kick at the next
                     // buffer, then look once more so one posted in between is not missed.
@@ -1147,14 +1159,13 @@ impl Port {
                         let mut state = vring.get_mut();
                         let q = state.get_queue_mut();
                         let full = avail.wrapping_sub(q.next_avail()) >= q.size();
-                        (
-                            full,
-                            if full {
-                                Ok(false)
-                            } else {
-                                wait_for_buffers(q, &mem, avail)
-                            },
-                        )
+                        let moved = if full {
+                            self.rx.full_ring = Some((q.next_avail(), cap));
+                            Ok(false)
+                        } else {
+                            wait_for_buffers(q, &mem, avail)
+                        };
+                        (full, moved)
                     };
                     if full {
                         // A whole ring of buffers does not hold it: it can never be delivered.
@@ -1272,7 +1283,7 @@ impl Port {
             }
             // Every available buffer was taken (mergeable) or none was there.
             let avail = avail.unwrap_or_else(|| q.next_avail());
-            return WriteResult::NoBuffers { frame, avail };
+            return WriteResult::NoBuffers { frame, avail, cap };
         }
         if writers.len() > usize::from(u16::MAX) {
             return WriteResult::Dropped(DropReason::NoBuffer);
@@ -1349,10 +1360,11 @@ fn wait_for_buffers(q: &mut Queue, mem: &GuestMemoryMmap, avail: u16) -> Result<
 
 enum WriteResult {
     Written(u64, u16),
-    /// Not enough buffers; the available ring was looked at up to index `avail`.
+    /// Not enough buffers: those up to available index `avail` hold only `cap` bytes.
     NoBuffers {
         frame: Frame,
         avail: u16,
+        cap: usize,
     },
     Dropped(DropReason),
     Broken(Frame, QueueFault),
