@@ -642,3 +642,40 @@ fn test_second_frontend_on_a_busy_port_is_refused_and_the_first_keeps_working() 
     assert_eq!(st["connected"], true);
     assert_eq!(st["connects"].as_u64(), Some(1), "{st}");
 }
+
+/// Issue 11, finding 3, second half: when even a whole ring of posted RX buffers cannot hold
+/// a frame, waiting would never end (the guest cannot post more); the frame is dropped and
+/// counted, and the port keeps working.
+#[test]
+fn test_rx_ring_full_of_buffers_too_small_for_a_frame_drops_it_as_no_buffer() {
+    let s = two_ports("rxfull");
+    let opts = GuestOptions {
+        post_rx: false,
+        queue_size: 4,
+        ..GuestOptions::default()
+    };
+    let mut a = s.guest_with("a", opts);
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    // The whole ring: 4 buffers of 16 bytes, 64 bytes, less than header and frame.
+    a.post_rx_buffers(4, 16);
+    for (n, tag) in [(1u64, 1u32), (2, 2)] {
+        b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), tag))
+            .unwrap();
+        s.wait_stats("a", "frame dropped as no_buffer", |p| {
+            p["drops"]["no_buffer"].as_u64() == Some(n)
+        });
+    }
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
+            .is_some(),
+        "a's port is stuck; log:\n{}",
+        s.log()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["to_guest_frames"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["backlog_bytes"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["queue_errors"].as_u64(), Some(0), "{st}");
+}
