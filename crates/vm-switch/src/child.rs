@@ -217,6 +217,7 @@ fn refuse_while_busy(
     stats: &PortStats,
 ) -> Option<UnixStream> {
     let mut logged = false;
+    let mut accept_failed = false;
     loop {
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -242,7 +243,10 @@ fn refuse_while_busy(
             Err(e) => {
                 // E.g. out of descriptors: the connection stays queued, so wait before the
                 // next try instead of spinning on a listener that stays readable.
-                warn!("port {name}: accepting a connection to refuse failed: {e}");
+                if !accept_failed {
+                    accept_failed = true;
+                    warn!("port {name}: accepting a connection to refuse failed: {e}");
+                }
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
