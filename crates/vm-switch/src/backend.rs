@@ -35,7 +35,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -69,6 +69,12 @@ pub const EV_RING_BASE: u16 = 5;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Frames handled per TX batch before rings are flushed.
 const TX_BATCH: usize = 64;
+/// With the `fuzzing` feature: iterations of the guest-driven loops allowed per event before
+/// the backend panics, so that a loop a guest can keep going forever is reported by the fuzzer
+/// instead of hanging it. Honest work per event is bounded by the queue sizes and the egress
+/// backlog, far below this.
+#[cfg(feature = "fuzzing")]
+pub const FUZZ_STEP_LIMIT: u32 = 200_000;
 
 /// The worker's epoll handler type.
 pub type Handler = VringEpollHandler<Arc<NetBackend>>;
@@ -180,6 +186,10 @@ struct RxTrack {
     backoff_ns: u64,
     /// Re-checks in a row that saw no consumption.
     idle_rechecks: u32,
+    /// The RX ring was found full of posted buffers at this position (the device's next
+    /// available index) that together hold only this many bytes: a larger frame is dropped
+    /// without walking the whole ring again. Stale as soon as the position moves.
+    full_ring: Option<(u16, usize)>,
 }
 
 /// Negotiated per-connection settings.
@@ -213,6 +223,14 @@ struct Port {
     reply: Vec<u8>,
     buf: Vec<u8>,
     log_limit: RateLimit,
+    /// Guest queues stopped for a driver error (index: RX_QUEUE, TX_QUEUE), until the guest
+    /// resets the device (the frontend then stops the ring with GET_VRING_BASE) or the frontend
+    /// reconnects.
+    broken: [bool; NUM_QUEUES],
+    fault_log: RateLimit,
+    /// Iterations of guest-driven loops in the current event (see [`FUZZ_STEP_LIMIT`]).
+    #[cfg(feature = "fuzzing")]
+    steps: u32,
     exit_requested: bool,
     buffers_requested: bool,
     relay: Arc<RelaySlot>,
@@ -288,6 +306,10 @@ impl NetBackend {
             reply: Vec::with_capacity(128),
             buf: Vec::with_capacity(MAX_FRAME + 64),
             log_limit: RateLimit::new(),
+            broken: [false; NUM_QUEUES],
+            fault_log: RateLimit::new(),
+            #[cfg(feature = "fuzzing")]
+            steps: 0,
             exit_requested: false,
             buffers_requested: false,
             relay: relay.clone(),
@@ -390,6 +412,29 @@ impl NetBackend {
     pub fn apply(&self, msg: ToChild, fds: Vec<OwnedFd>) {
         self.lock().apply(msg, fds);
     }
+
+    /// Fuzzing entry point: queues `data` at this port's egress as if peer `source` (1..) had
+    /// sent it, with a partial checksum to finish at (`start`, `offset`) if given.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_enqueue(&self, source: u32, data: Vec<u8>, csum: Option<(u16, u16)>) {
+        let mut p = self.lock();
+        let mut meta = SlotMeta {
+            ts_ns: now_ns(),
+            ..SlotMeta::default()
+        };
+        if let Some((start, offset)) = csum {
+            meta.flags |= FLAG_NEEDS_CSUM;
+            meta.csum_start = start;
+            meta.csum_offset = offset;
+        }
+        let hash = flow_hash(&data, p.perturb);
+        let stats = p.stats.clone();
+        p.egress
+            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
+                stats.count_drop(cause_reason(c), 1)
+            });
+    }
 }
 
 impl Port {
@@ -401,9 +446,65 @@ impl Port {
             stats.count_drop(DropReason::PortDown, 1);
         }
         self.reset_rx();
+        self.broken = [false; NUM_QUEUES];
         self.stats.set(Counter::Backlog, 0);
         self.timer_armed = false;
         let _ = self.timer.unset();
+    }
+
+    /// Stops guest queue `index` for a driver error: it is not touched again until the guest
+    /// resets the device (or the frontend reconnects). vhost-user gives a backend no way to
+    /// set DEVICE_NEEDS_RESET itself, so the queue simply goes quiet; a stopped RX queue drops
+    /// what waits for the guest. Logged once per stop, and rate-limited.
+    fn stop_queue(&mut self, index: u16, fault: &QueueFault) {
+        let Some(b) = self.broken.get_mut(usize::from(index)) else {
+            return;
+        };
+        if *b {
+            return;
+        }
+        *b = true;
+        self.stats.add(Counter::QueueErrors, 1);
+        if index == RX_QUEUE {
+            let stats = self.stats.clone();
+            self.egress
+                .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
+            if self.pending.take().is_some() {
+                stats.count_drop(DropReason::PortDown, 1);
+            }
+            self.stats.set(Counter::Backlog, 0);
+        }
+        if self.fault_log.allow() {
+            warn!(
+                "port {}: the guest broke its {} queue: {fault}; the queue is stopped until the \
+                 guest resets the device (a buggy or hostile driver; counted in queue_errors)",
+                self.cfg.name,
+                queue_name(index)
+            );
+        }
+    }
+
+    /// Bytes waiting for the guest: the egress scheduler plus a frame waiting for RX buffers.
+    fn backlog_bytes(&self) -> u64 {
+        self.egress.backlog_bytes() + self.pending.as_ref().map_or(0, |f| f.data.len() as u64)
+    }
+
+    fn is_broken(&self, index: u16) -> bool {
+        self.broken.get(usize::from(index)).copied().unwrap_or(true)
+    }
+
+    /// Counts one iteration of a loop the guest drives (see [`FUZZ_STEP_LIMIT`]).
+    #[inline]
+    fn step(&mut self) {
+        #[cfg(feature = "fuzzing")]
+        {
+            self.steps += 1;
+            assert!(
+                self.steps <= FUZZ_STEP_LIMIT,
+                "a guest-driven loop ran {} iterations in one event",
+                self.steps
+            );
+        }
     }
 
     fn reset_rx(&mut self) {
@@ -608,26 +709,41 @@ impl Port {
         let Some(vring) = vrings.get(usize::from(TX_QUEUE)) else {
             return Ok(());
         };
-        if !Self::ready(vring) {
+        if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
             return Ok(());
         }
         let mem = self.mem.memory();
         let hdr_len = self.neg.hdr_len;
         let mut used_any = false;
         let mut local_replies = false;
-        loop {
+        let mut fault = None;
+        'passes: loop {
+            self.step();
             let mut n = 0;
             {
                 let mut state = vring.get_mut();
-                let q = state.get_queue_mut();
-                q.disable_notification(&*mem).map_err(ev_err)?;
+                if let Err(source) = state.get_queue_mut().disable_notification(&*mem) {
+                    fault = Some(QueueFault::Queue {
+                        what: "its used ring is not writable",
+                        source,
+                    });
+                    break;
+                }
             }
             loop {
-                let chain = {
+                self.step();
+                let next = {
                     let mut state = vring.get_mut();
-                    state.get_queue_mut().pop_descriptor_chain(&*mem)
+                    next_chain(state.get_queue_mut(), &mem)
                 };
-                let Some(chain) = chain else { break };
+                let chain = match next {
+                    Next::Chain(c) => c,
+                    Next::Empty(_) => break,
+                    Next::Broken(f) => {
+                        fault = Some(f);
+                        break 'passes;
+                    }
+                };
                 let head = chain.head_index();
                 let ts = now_ns();
                 let mut hdr = [0u8; 12];
@@ -656,12 +772,16 @@ impl Port {
                     }
                     Err(_) => verdict = Err(DropReason::Malformed),
                 }
-                {
+                let added = {
                     let mut state = vring.get_mut();
-                    state
-                        .get_queue_mut()
-                        .add_used(&*mem, head, 0)
-                        .map_err(ev_err)?;
+                    state.get_queue_mut().add_used(&*mem, head, 0)
+                };
+                if let Err(source) = added {
+                    fault = Some(QueueFault::Queue {
+                        what: "its used ring is not writable",
+                        source,
+                    });
+                    break 'passes;
                 }
                 used_any = true;
                 match verdict {
@@ -677,15 +797,23 @@ impl Port {
                     self.flush_rings();
                 }
             }
+            // Re-enable kicks, then look again: a chain published in between would otherwise
+            // wait for the next kick. Only chains that really are new start another pass; a
+            // broken index is caught by `next_chain` above.
             let more = {
                 let mut state = vring.get_mut();
-                state
-                    .get_queue_mut()
-                    .enable_notification(&*mem)
-                    .map_err(ev_err)?
+                state.get_queue_mut().enable_notification(&*mem)
             };
-            if !more {
-                break;
+            match more {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(source) => {
+                    fault = Some(QueueFault::Queue {
+                        what: "its available index is unreadable",
+                        source,
+                    });
+                    break;
+                }
             }
         }
         self.flush_rings();
@@ -694,10 +822,13 @@ impl Port {
             if state
                 .get_queue_mut()
                 .needs_notification(&*mem)
-                .map_err(ev_err)?
+                .is_ok_and(|n| n)
             {
                 state.signal_used_queue()?;
             }
+        }
+        if let Some(f) = fault {
+            self.stop_queue(TX_QUEUE, &f);
         }
         if local_replies {
             self.deliver(vrings)?;
@@ -880,8 +1011,7 @@ impl Port {
                 );
             }
         }
-        self.stats
-            .set(Counter::Backlog, self.egress.backlog_bytes());
+        self.stats.set(Counter::Backlog, self.backlog_bytes());
         self.update_linked();
     }
 
@@ -973,14 +1103,16 @@ impl Port {
         let Some(vring) = vrings.get(usize::from(RX_QUEUE)) else {
             return Ok(());
         };
-        if !Self::ready(vring) {
+        if !Self::ready(vring) || self.is_broken(RX_QUEUE) {
             return Ok(());
         }
         self.update_completions(vring);
         let mem = self.mem.memory();
         let mut delivered_any = false;
         let stats = self.stats.clone();
+        let mut fault = None;
         loop {
+            self.step();
             if self.pending.is_none() && self.egress.is_empty() {
                 break;
             }
@@ -999,9 +1131,17 @@ impl Port {
                     None => break,
                 },
             };
-            match self.write_frame(vring, &mem, frame)? {
+            if let Some((at, cap)) = self.rx.full_ring
+                && self.neg.hdr_len + frame.data.len() > cap
+                && vring.get_ref().get_queue().next_avail() == at
+            {
+                stats.count_drop(DropReason::NoBuffer, 1);
+                continue;
+            }
+            match self.write_frame(vring, &mem, frame) {
                 WriteResult::Written(bytes, used_end) => {
                     delivered_any = true;
+                    self.rx.full_ring = None;
                     self.dql.queued(bytes);
                     self.rx.cum_delivered += bytes;
                     self.rx
@@ -1010,20 +1150,48 @@ impl Port {
                     stats.add(Counter::ToGuestFrames, 1);
                     stats.add(Counter::ToGuestBytes, bytes);
                 }
-                WriteResult::NoBuffers(frame) => {
-                    self.pending = Some(frame);
-                    let more = {
+                WriteResult::NoBuffers { frame, avail, cap } => {
+                    // Every buffer the guest has posted (`avail`) together is too small for
+                    // this frame. Wait for the guest to post more: ask for a kick at the next
+                    // buffer, then look once more so one posted in between is not missed.
+                    // Retrying without new buffers would spin (the ring never changes).
+                    let (full, moved) = {
                         let mut state = vring.get_mut();
-                        state
-                            .get_queue_mut()
-                            .enable_notification(&*mem)
-                            .map_err(ev_err)?
+                        let q = state.get_queue_mut();
+                        let full = avail.wrapping_sub(q.next_avail()) >= q.size();
+                        let moved = if full {
+                            self.rx.full_ring = Some((q.next_avail(), cap));
+                            Ok(false)
+                        } else {
+                            wait_for_buffers(q, &mem, avail)
+                        };
+                        (full, moved)
                     };
-                    if !more {
-                        break;
+                    if full {
+                        // A whole ring of buffers does not hold it: it can never be delivered.
+                        stats.count_drop(DropReason::NoBuffer, 1);
+                        continue;
+                    }
+                    match moved {
+                        Ok(true) => self.pending = Some(frame),
+                        Ok(false) => {
+                            self.pending = Some(frame);
+                            break;
+                        }
+                        Err(f) => {
+                            stats.count_drop(DropReason::PortDown, 1);
+                            fault = Some(f);
+                            break;
+                        }
                     }
                 }
                 WriteResult::Dropped(reason) => stats.count_drop(reason, 1),
+                WriteResult::Broken(frame, f) => {
+                    drop(frame);
+                    stats.count_drop(DropReason::PortDown, 1);
+                    fault = Some(f);
+                    break;
+                }
             }
         }
         if delivered_any {
@@ -1031,15 +1199,18 @@ impl Port {
             if state
                 .get_queue_mut()
                 .needs_notification(&*mem)
-                .map_err(ev_err)?
+                .is_ok_and(|n| n)
             {
                 state.signal_used_queue()?;
             }
         }
+        if let Some(f) = fault {
+            self.stop_queue(RX_QUEUE, &f);
+        }
         let s = self.egress.stats();
         stats.set(Counter::CodelMarks, s.codel_marks);
         stats.max(Counter::MaxSojournNs, s.max_sojourn_ns);
-        stats.set(Counter::Backlog, self.egress.backlog_bytes());
+        stats.set(Counter::Backlog, self.backlog_bytes());
         Ok(())
     }
 
@@ -1048,7 +1219,7 @@ impl Port {
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         mut frame: Frame,
-    ) -> io::Result<WriteResult> {
+    ) -> WriteResult {
         let mut hdr = [0u8; 12];
         if frame.meta.flags & FLAG_NEEDS_CSUM != 0 {
             if self.neg.guest_csum {
@@ -1058,25 +1229,31 @@ impl Port {
                 let end =
                     usize::from(frame.meta.csum_start) + usize::from(frame.meta.csum_offset) + 2;
                 if end > frame.data.len() {
-                    return Ok(WriteResult::Dropped(DropReason::Malformed));
+                    return WriteResult::Dropped(DropReason::Malformed);
                 }
             } else if !frame::finish_partial_csum(
                 &mut frame.data,
                 usize::from(frame.meta.csum_start),
                 usize::from(frame.meta.csum_offset),
             ) {
-                return Ok(WriteResult::Dropped(DropReason::Malformed));
+                return WriteResult::Dropped(DropReason::Malformed);
             }
         }
         let hdr_len = self.neg.hdr_len;
         let total = hdr_len + frame.data.len();
-        let mut state = vring.get_mut();
-        let q = state.get_queue_mut();
         let mut writers = Vec::new();
         let mut cap = 0usize;
-        while cap < total {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                break;
+        let mut state = vring.get_mut();
+        let q = state.get_queue_mut();
+        let avail = loop {
+            if cap >= total {
+                break None;
+            }
+            self.step();
+            let chain = match next_chain(q, mem) {
+                Next::Chain(c) => c,
+                Next::Empty(avail) => break Some(avail),
+                Next::Broken(f) => return WriteResult::Broken(frame, f),
             };
             let head = chain.head_index();
             match chain.writer(mem) {
@@ -1087,25 +1264,29 @@ impl Port {
                 Err(_) => writers.push((head, None)),
             }
             if !self.neg.mrg_rxbuf {
-                break;
+                break None;
             }
-        }
+        };
         if cap < total {
             if !self.neg.mrg_rxbuf && !writers.is_empty() {
                 // One buffer per frame and this one is too small: the guest set up its ring
                 // in a way we cannot use for this frame. Return the buffer empty.
                 for (head, _) in &writers {
-                    q.add_used(mem, *head, 0).map_err(ev_err)?;
+                    if let Err(source) = q.add_used(mem, *head, 0) {
+                        return WriteResult::Broken(frame, used_fault(source));
+                    }
                 }
-                return Ok(WriteResult::Dropped(DropReason::NoBuffer));
+                return WriteResult::Dropped(DropReason::NoBuffer);
             }
             for _ in 0..writers.len() {
                 q.go_to_previous_position();
             }
-            return Ok(WriteResult::NoBuffers(frame));
+            // Every available buffer was taken (mergeable) or none was there.
+            let avail = avail.unwrap_or_else(|| q.next_avail());
+            return WriteResult::NoBuffers { frame, avail, cap };
         }
         if writers.len() > usize::from(u16::MAX) {
-            return Ok(WriteResult::Dropped(DropReason::NoBuffer));
+            return WriteResult::Dropped(DropReason::NoBuffer);
         }
         hdr[10..12].copy_from_slice(&(writers.len() as u16).to_le_bytes());
         let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &frame.data];
@@ -1127,17 +1308,156 @@ impl Port {
                     }
                 }
             }
-            q.add_used(mem, *head, written as u32).map_err(ev_err)?;
+            if let Err(source) = q.add_used(mem, *head, written as u32) {
+                return WriteResult::Broken(frame, used_fault(source));
+            }
         }
         let used_end = q.next_used();
-        Ok(WriteResult::Written(frame.data.len() as u64, used_end))
+        WriteResult::Written(frame.data.len() as u64, used_end)
+    }
+}
+
+fn used_fault(source: virtio_queue::Error) -> QueueFault {
+    QueueFault::Queue {
+        what: "its used ring is not writable",
+        source,
+    }
+}
+
+/// Asks the guest for a kick when it posts a buffer beyond `avail` (the available index up to
+/// which everything posted was already found too small), then checks whether it did so in the
+/// meantime. With EVENT_IDX the kick threshold (`avail_event`) must be `avail` itself, not the
+/// device's position, which the guest has already passed and would never kick for again.
+/// Returns whether the available index has moved past `avail`.
+fn wait_for_buffers(q: &mut Queue, mem: &GuestMemoryMmap, avail: u16) -> Result<bool, QueueFault> {
+    q.enable_notification(mem)
+        .map_err(|source| QueueFault::Queue {
+            what: "its rings are not in guest memory",
+            source,
+        })?;
+    if q.event_idx_enabled() {
+        let addr = q
+            .used_ring()
+            .checked_add(4 + 8 * u64::from(q.size()))
+            .map(GuestAddress);
+        let stored = addr.map(|a| mem.store(avail.to_le(), a, Ordering::Release));
+        if !matches!(stored, Some(Ok(()))) {
+            return Err(QueueFault::Queue {
+                what: "its avail_event field is not writable",
+                source: virtio_queue::Error::AddressOverflow,
+            });
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    match q.avail_idx(mem, Ordering::Acquire) {
+        Ok(now) => Ok(now.0 != avail),
+        Err(source) => Err(QueueFault::Queue {
+            what: "its available index is unreadable",
+            source,
+        }),
     }
 }
 
 enum WriteResult {
     Written(u64, u16),
-    NoBuffers(Frame),
+    /// Not enough buffers: those up to available index `avail` hold only `cap` bytes.
+    NoBuffers {
+        frame: Frame,
+        avail: u16,
+        cap: usize,
+    },
     Dropped(DropReason),
+    Broken(Frame, QueueFault),
+}
+
+/// Why a guest queue was stopped: the driver broke the virtqueue protocol, so the device cannot
+/// tell which buffers are really available (virtio's DEVICE_NEEDS_RESET condition).
+#[derive(Debug, thiserror::Error)]
+enum QueueFault {
+    /// The available index is further ahead than the queue has entries.
+    #[error(
+        "its available index {avail} is {} entries ahead of the device's {next}, more than the queue size {size}",
+        avail.wrapping_sub(*next)
+    )]
+    AvailIndex { avail: u16, next: u16, size: u16 },
+    /// An available ring entry names a descriptor outside the table.
+    #[error("descriptor head {head} is outside the queue of {size} entries")]
+    Head { head: u16, size: u16 },
+    /// The rings are not (or no longer) in guest memory.
+    #[error("{what}: {source}")]
+    Queue {
+        what: &'static str,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The available ring entry could not be read.
+    #[error(
+        "its available ring entry {slot} is not in guest memory (or the available index moved back)"
+    )]
+    AvailRing { slot: u16 },
+}
+
+/// What [`next_chain`] found.
+enum Next<'m> {
+    Chain(DescriptorChain<&'m GuestMemoryMmap>),
+    /// Nothing available up to this available index.
+    Empty(u16),
+    Broken(QueueFault),
+}
+
+/// Takes the next available chain, telling an empty queue from a broken one (which
+/// `pop_descriptor_chain` does not: it returns `None` for both and logs at error level).
+fn next_chain<'m>(q: &mut Queue, mem: &'m GuestMemoryMmap) -> Next<'m> {
+    let next = q.next_avail();
+    let size = q.size();
+    let avail = match q.avail_idx(mem, Ordering::Acquire) {
+        Ok(i) => i.0,
+        Err(source) => {
+            return Next::Broken(QueueFault::Queue {
+                what: "its available index is unreadable",
+                source,
+            });
+        }
+    };
+    if avail == next {
+        return Next::Empty(avail);
+    }
+    if avail.wrapping_sub(next) > size {
+        return Next::Broken(QueueFault::AvailIndex { avail, next, size });
+    }
+    // `iter` reads the index again; a guest that changed it in between is caught there.
+    let chain = match q.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+            return Next::Broken(QueueFault::AvailIndex {
+                avail: q.avail_idx(mem, Ordering::Acquire).map_or(avail, |i| i.0),
+                next,
+                size,
+            });
+        }
+        Err(source) => {
+            return Next::Broken(QueueFault::Queue {
+                what: "its available ring is unusable",
+                source,
+            });
+        }
+    };
+    match chain {
+        Some(c) if c.head_index() >= size => Next::Broken(QueueFault::Head {
+            head: c.head_index(),
+            size,
+        }),
+        Some(c) => Next::Chain(c),
+        // The index was published but the entry cannot be read, or the guest moved the index
+        // back (it may only move forward).
+        None => Next::Broken(QueueFault::AvailRing {
+            slot: next % size.max(1),
+        }),
+    }
+}
+
+fn queue_name(index: u16) -> &'static str {
+    if index == RX_QUEUE { "RX" } else { "TX" }
 }
 
 fn cause_reason(c: DropCause) -> DropReason {
@@ -1223,8 +1543,13 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let mut p = self.lock();
+        // The frontend stops a ring when the guest resets the device: a queue stopped for a
+        // driver error may be used again once it is set up anew.
+        if let Some(b) = p.broken.get_mut(queue_index as usize) {
+            *b = false;
+        }
         if queue_index == u32::from(RX_QUEUE) {
-            let mut p = self.lock();
             p.reset_rx();
             if p.pending.take().is_some() {
                 p.stats.count_drop(DropReason::PortDown, 1);
@@ -1245,7 +1570,12 @@ impl VhostUserBackend for NetBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         let mut p = self.lock();
-        let connected = vrings.get(usize::from(RX_QUEUE)).is_some_and(Port::ready);
+        #[cfg(feature = "fuzzing")]
+        {
+            p.steps = 0;
+        }
+        let connected =
+            vrings.get(usize::from(RX_QUEUE)).is_some_and(Port::ready) && !p.is_broken(RX_QUEUE);
         match device_event {
             RX_QUEUE => p.deliver(vrings)?,
             TX_QUEUE => p.process_tx(vrings)?,

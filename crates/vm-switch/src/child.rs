@@ -5,16 +5,22 @@
 //! vrings and worker thread) around the same [`NetBackend`], so a frontend disconnect resets
 //! the port's guest-facing state and the child waits for the next connection; the rings to
 //! other ports and their traffic are unaffected.
+//!
+//! One frontend at a time: while one holds the port, a helper thread accepts every further
+//! connection and closes it at once (counted in `refused_frontends`, logged once per
+//! connection held), so a second frontend sees EOF instead of waiting forever for a reply.
 
 #![forbid(unsafe_code)]
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use log::{error, info, warn};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -107,6 +113,9 @@ pub fn serve(
     listener: UnixListener,
     stats: &PortStats,
 ) -> Result<(), String> {
+    // A connection the refuser accepted just as the previous frontend went away: the next
+    // frontend, served before anything else in the backlog.
+    let mut next: Option<UnixStream> = None;
     loop {
         let mut daemon = VhostUserDaemon::new(
             format!("vm-switch-{name}"),
@@ -124,8 +133,12 @@ pub fn serve(
         let (relay_listener, relay_client) = backend
             .take_relay(Duration::from_secs(30))
             .map_err(|e| format!("port {name}: {e}"))?;
-        let frontend = match listener.accept() {
-            Ok((s, _)) => s,
+        let accepted = match next.take() {
+            Some(s) => Ok(s),
+            None => listener.accept().map(|(s, _)| s),
+        };
+        let frontend = match accepted {
+            Ok(s) => s,
             Err(e) => {
                 warn!("port {name}: accepting a frontend failed: {e}");
                 backend.detach();
@@ -143,6 +156,9 @@ pub fn serve(
             drop(daemon);
             continue;
         }
+        // A second handle on the frontend's socket, to tell whether it is still there when
+        // another connection arrives (fcntl(F_DUPFD_CLOEXEC): no dup in the child's filter).
+        let current = frontend.try_clone().ok();
         let relay = match Relay::start(frontend, UnixStream::from(relay_client)) {
             Ok(r) => r,
             Err(e) => {
@@ -155,7 +171,23 @@ pub fn serve(
         };
         backend.connected();
         info!("port {name}: frontend connected");
-        let ended = daemon.wait();
+        let stop = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| format!("port {name}: could not create an eventfd: {e}"))?;
+        let ended = std::thread::scope(|s| {
+            let refuser = std::thread::Builder::new()
+                .name("vm-switch-refuse".into())
+                .spawn_scoped(s, || {
+                    refuse_while_busy(name, &listener, current, &stop, stats)
+                });
+            let ended = daemon.wait();
+            let _ = stop.write(1);
+            if let Ok(refuser) = refuser {
+                next = refuser.join().unwrap_or(None);
+            } else {
+                warn!("port {name}: could not start the thread that refuses second frontends");
+            }
+            ended
+        });
         if frontend_closed(&ended) {
             info!("port {name}: frontend disconnected");
         } else if let Err(e) = ended {
@@ -169,6 +201,83 @@ pub fn serve(
         if backend.exit_requested() {
             return Ok(());
         }
+    }
+}
+
+/// While the frontend on `current` holds the port, accepts every other connection on
+/// `listener` and closes it at once, so a second frontend gets EOF instead of an unanswered
+/// GET_FEATURES; the first refusal per held connection is logged, every one counted. Returns
+/// when `stop` is signalled, or with a connection that arrived after `current` went away (the
+/// next frontend, for the serving loop).
+fn refuse_while_busy(
+    name: &str,
+    listener: &UnixListener,
+    current: Option<UnixStream>,
+    stop: &EventFd,
+    stats: &PortStats,
+) -> Option<UnixStream> {
+    let mut logged = false;
+    let mut accept_failed = false;
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("port {name}: waiting for connections to refuse failed: {e}");
+                return None;
+            }
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            return None;
+        }
+        if !ready(&fds[0]) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // E.g. out of descriptors: the connection stays queued, so wait before the
+                // next try instead of spinning on a listener that stays readable.
+                if !accept_failed {
+                    accept_failed = true;
+                    warn!("port {name}: accepting a connection to refuse failed: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if current.as_ref().is_none_or(peer_gone) {
+            return Some(stream);
+        }
+        stats.add(Counter::RefusedFrontends, 1);
+        if !logged {
+            logged = true;
+            warn!(
+                "port {name}: refused another frontend connection: a frontend already holds \
+                 this port (one VM per port; further refusals are counted in refused_frontends)"
+            );
+        }
+        drop(stream);
+    }
+}
+
+/// Whether the other end of `s` has hung up (or the relay has shut the socket down).
+fn peer_gone(s: &UnixStream) -> bool {
+    let hup = PollFlags::from_bits_retain(libc::POLLRDHUP) | PollFlags::POLLHUP;
+    let mut fds = [PollFd::new(s.as_fd(), hup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => {
+            n > 0
+                && fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(hup | PollFlags::POLLERR))
+        }
+        Err(_) => false,
     }
 }
 

@@ -16,7 +16,9 @@
 //! in front of it (crate `vhost-user-relay`, shared with the test hub), the process model ([`control`], [`child`], [`supervisor`]), the
 //! sandbox ([`sandbox`], [`seccomp`]), statistics ([`stats`]) and logging ([`logger`]). All
 //! `unsafe` code lives in [`sys`]. With the feature `testing`, `testing` provides an
-//! in-process vhost-user frontend with a virtio-net driver for tests and benchmarks.
+//! in-process vhost-user frontend with a virtio-net driver for tests and benchmarks; with the
+//! feature `fuzzing` (fuzz/ only), the backend takes frames for the guest directly and panics
+//! when a loop the guest drives runs away, so the fuzzer reports a spin instead of hanging.
 //!
 //! Threading: the main process is single-threaded (it forks). A child runs the
 //! `vhost-user-backend` request thread and one vring worker per frontend connection, plus the

@@ -19,7 +19,8 @@
 //!                  "loop": 0, "unsupported": 0, "control": 3, "ring_full": 0, "port_down": 0,
 //!                  "overflow": 0, "codel": 0, "no_buffer": 0 },
 //!       "codel_marks": 0, "max_sojourn_us": 812, "dql_limit_bytes": 6056,
-//!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2
+//!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2,
+//!       "queue_errors": 0, "refused_frontends": 0
 //!     }
 //!   ]
 //! }
@@ -28,7 +29,9 @@
 //! `from_guest_*` counts every frame the guest sent (before validation); `to_guest_*` every
 //! frame written into its RX ring; `drops` are attributed to the port that saw them (spoofs and
 //! routing to the sender, ring-full and egress drops to the port whose egress dropped them,
-//! except `ring_full`/`port_down`, counted at the sender).
+//! except `ring_full`/`port_down`, counted at the sender). `queue_errors` counts guest virtqueues
+//! stopped because the driver broke them, `refused_frontends` connections refused because
+//! another frontend held the port.
 
 #![forbid(unsafe_code)]
 
@@ -72,6 +75,11 @@ pub enum Counter {
     ProxyReplies,
     /// Peers with rings in both directions.
     LinkedPeers,
+    /// Guest queues stopped because the driver broke them (bad available index, descriptor
+    /// head out of range, rings outside guest memory).
+    QueueErrors,
+    /// Frontend connections refused because another frontend held the port.
+    RefusedFrontends,
     /// First drop counter; drop reason `r` is at `DropBase + r.index()`.
     DropBase,
 }
@@ -170,6 +178,8 @@ impl PortStats {
             backlog_bytes: self.get(Counter::Backlog),
             proxy_replies: self.get(Counter::ProxyReplies),
             linked_peers: self.get(Counter::LinkedPeers),
+            queue_errors: self.get(Counter::QueueErrors),
+            refused_frontends: self.get(Counter::RefusedFrontends),
         }
     }
 }
@@ -207,6 +217,13 @@ pub struct PortSnapshot {
     pub proxy_replies: u64,
     /// Other ports this port has rings to and from.
     pub linked_peers: u64,
+    /// Guest queues stopped for a driver error (each stays stopped until the guest resets the
+    /// device or the frontend reconnects).
+    #[serde(default)]
+    pub queue_errors: u64,
+    /// Frontend connections refused because another frontend held the port.
+    #[serde(default)]
+    pub refused_frontends: u64,
 }
 
 /// The whole stats document.

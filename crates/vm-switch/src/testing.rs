@@ -35,6 +35,9 @@ pub struct GuestOptions {
     pub event_idx: bool,
     /// Negotiate MRG_RXBUF.
     pub mrg_rxbuf: bool,
+    /// Post a full ring of RX buffers when connecting (otherwise see
+    /// [`TestGuest::post_rx_buffers`]).
+    pub post_rx: bool,
 }
 
 impl Default for GuestOptions {
@@ -43,6 +46,7 @@ impl Default for GuestOptions {
             queue_size: 256,
             event_idx: true,
             mrg_rxbuf: true,
+            post_rx: true,
         }
     }
 }
@@ -217,9 +221,11 @@ impl TestGuest {
             _file: file,
         };
         // Post every RX buffer, then enable the rings.
-        let n = g.rx.size;
-        for _ in 0..n {
-            g.post_rx();
+        if opts.post_rx {
+            let n = g.rx.size;
+            for _ in 0..n {
+                g.post_rx();
+            }
         }
         g.publish_rx();
         if want & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
@@ -267,9 +273,14 @@ impl TestGuest {
     }
 
     fn post_rx(&mut self) {
+        self.post_rx_len(BUF as u32);
+    }
+
+    fn post_rx_len(&mut self, len: u32) {
         let Some(id) = self.rx.free.pop() else { return };
         let addr = self.rx.bufs + u64::from(id) * BUF;
-        self.write_desc(self.rx.desc, id, addr, BUF as u32, 2 /* WRITE */);
+        let len = len.min(BUF as u32);
+        self.write_desc(self.rx.desc, id, addr, len, 2 /* WRITE */);
         let slot = u64::from(self.rx.next_avail % self.rx.size);
         self.w16(self.rx.avail + 4 + 2 * slot, id);
         self.rx.next_avail = self.rx.next_avail.wrapping_add(1);
@@ -291,6 +302,47 @@ impl TestGuest {
             }
             self.tx.last_used = self.tx.last_used.wrapping_add(1);
         }
+    }
+
+    /// Posts `n` RX buffers of `len` bytes each (at most [`BUF`]), publishes them and kicks
+    /// the way Linux's virtio-net does: with EVENT_IDX only when the device asked for a kick
+    /// at this point (`avail_event`), otherwise unless the device suppressed kicks.
+    pub fn post_rx_buffers(&mut self, n: u16, len: u32) {
+        let old = self.rx.next_avail;
+        for _ in 0..n {
+            self.post_rx_len(len);
+        }
+        self.publish_rx();
+        let new = self.rx.next_avail;
+        let kick = if self.event_idx {
+            let event = self.r16(self.rx.used + 4 + 8 * u64::from(self.rx.size));
+            // vring_need_event(event, new, old)
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.r16(self.rx.used) & 1 == 0 // VRING_USED_F_NO_NOTIFY
+        };
+        if kick {
+            let _ = self.rx.kick.write(1);
+        }
+    }
+
+    /// A hostile driver: publishes `idx` as the TX available index (whatever the ring holds)
+    /// and kicks.
+    pub fn publish_tx_avail_idx(&mut self, idx: u16) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.w16(self.tx.avail + 2, idx);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let _ = self.tx.kick.write(1);
+    }
+
+    /// The TX available index the driver has published so far (what the device has seen).
+    pub fn tx_avail_idx(&self) -> u16 {
+        self.tx.next_avail
+    }
+
+    /// The queue size.
+    pub fn queue_size(&self) -> u16 {
+        self.tx.size
     }
 
     /// Queues one frame on TX without kicking. Returns false when the TX ring is full.
@@ -433,6 +485,14 @@ impl TestGuest {
                 }
             }
         }
+    }
+
+    /// Connects a bare vhost-user frontend to `socket` and asks for the device features, the
+    /// first thing a VMM does. Fails when the backend closes the connection.
+    pub fn probe_features(socket: &Path) -> Res<u64> {
+        let frontend = Frontend::connect(socket, 2)
+            .map_err(|err| format!("connect {}: {err}", socket.display()))?;
+        frontend.get_features().map_err(e("GET_FEATURES"))
     }
 
     /// The host address of guest memory (for debugging).

@@ -109,6 +109,30 @@ impl SwitchProc {
             .unwrap_or_else(|e| panic!("{e}; log:\n{}", self.log()))
     }
 
+    /// [`SwitchProc::guest`], failing (instead of hanging) if the port does not answer within
+    /// `timeout`: a port whose worker is stuck leaves a new frontend waiting forever.
+    pub fn guest_within(&self, name: &str, timeout: Duration) -> TestGuest {
+        self.wait_for(&self.sock(name));
+        let sock = self.sock(name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(TestGuest::connect(&sock, GuestOptions::default()));
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => panic!("{e}; log:\n{}", self.log()),
+            Err(_) => panic!(
+                "port {name} did not answer a new frontend within {timeout:?}; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// How many lines of the switch's log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         let out = Command::new(env!("CARGO_BIN_EXE_vm-switch"))
             .arg("--stats")
