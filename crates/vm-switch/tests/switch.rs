@@ -487,6 +487,201 @@ fn test_cli_usage_errors_exit_2_and_missing_instance_exits_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no vm-switch is serving"));
 }
 
+/// Issue 11, finding 2: a guest that publishes a TX available index more than a queue ahead
+/// used to spin its port's worker forever (one core, an error line per turn), holding the port
+/// so that even a reconnecting frontend hung. The queue must stop instead, once, and the port
+/// must stay usable.
+#[test]
+fn test_tx_avail_index_beyond_the_queue_stops_that_queue_and_the_port_stays_usable() {
+    let s = two_ports("txidx");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    let bad = a.tx_avail_idx().wrapping_add(a.queue_size() + 1);
+    a.publish_tx_avail_idx(bad);
+    s.wait_stats("a", "a's broken TX queue counted", |p| {
+        p["queue_errors"].as_u64() >= Some(1)
+    });
+    // The worker is free: a still receives (its RX queue and the port's events work).
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
+            .is_some(),
+        "a's RX stopped with its TX queue; stats {}\nlog:\n{}",
+        s.stats(),
+        s.log()
+    );
+    // More kicks on the stopped queue change nothing and log nothing.
+    for _ in 0..100 {
+        a.publish_tx_avail_idx(bad);
+    }
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
+            .is_some()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["queue_errors"].as_u64(), Some(1), "{st}");
+    assert_eq!(st["from_guest_frames"].as_u64(), Some(0), "{st}");
+    assert_eq!(s.log_count("broke its TX queue"), 1, "log:\n{}", s.log());
+    // The guest's VMM reconnects (as after a reboot): the port serves it normally.
+    drop(a);
+    s.wait_stats("a", "disconnect seen", |p| p["connected"] == false);
+    let mut a = s.guest_within("a", 30 * SECOND);
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
+            .is_some(),
+        "a's TX after reconnecting; log:\n{}",
+        s.log()
+    );
+    assert_eq!(s.port_stats("a")["queue_errors"].as_u64(), Some(1));
+}
+
+/// Issue 11, finding 3: with mergeable RX buffers, a guest whose posted buffers add up to less
+/// than one frame used to spin its port's worker forever. The frame must wait for the guest's
+/// next buffers (and the kick it sends for them) with the worker free meanwhile.
+#[test]
+fn test_rx_buffers_too_small_for_a_frame_wait_for_the_next_kick_without_spinning() {
+    let s = two_ports("rxsmall");
+    let opts = GuestOptions {
+        post_rx: false,
+        ..GuestOptions::default()
+    };
+    assert!(opts.mrg_rxbuf && opts.event_idx);
+    let mut a = s.guest_with("a", opts);
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    // 32 bytes of RX buffers: less than the virtio-net header and the frame below.
+    a.post_rx_buffers(2, 16);
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1))
+        .unwrap();
+    s.wait_stats("a", "the frame for a waits at its egress", |p| {
+        p["backlog_bytes"].as_u64() > Some(0)
+    });
+    // The worker is free: a's TX still reaches b.
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 2))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
+            .is_some(),
+        "a's port is stuck; stats {}\nlog:\n{}",
+        s.stats(),
+        s.log()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["to_guest_frames"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["drops"]["no_buffer"].as_u64(), Some(0), "{st}");
+    // Enough buffers now, with the kick Linux would send for them (EVENT_IDX honoured): the
+    // waiting frame is delivered, merged over the small buffers and a large one.
+    a.post_rx_buffers(4, BUF as u32);
+    let f = a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1));
+    assert!(
+        f.is_some(),
+        "the waiting frame never came; stats {}\nlog:\n{}",
+        s.stats(),
+        s.log()
+    );
+    // The child updates backlog_bytes after it signalled the guest: wait for it.
+    let st = s.wait_stats("a", "the delivery accounted", |p| {
+        p["to_guest_frames"].as_u64() == Some(1) && p["backlog_bytes"].as_u64() == Some(0)
+    });
+    assert_eq!(st["queue_errors"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["drops"]["no_buffer"].as_u64(), Some(0), "{st}");
+}
+
+/// Issue 11, finding 8: a second frontend connecting to a port another frontend holds used
+/// to wait forever for a reply to GET_FEATURES. It must be refused (connection closed), and
+/// the first frontend must keep working.
+#[test]
+fn test_second_frontend_on_a_busy_port_is_refused_and_the_first_keeps_working() {
+    let s = two_ports("busy");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    let probe = |s: &SwitchProc| {
+        let sock = s.sock("a");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(TestGuest::probe_features(&sock));
+        });
+        rx.recv_timeout(30 * SECOND).unwrap_or_else(|_| {
+            panic!(
+                "a second frontend got neither features nor EOF in 30 s; log:\n{}",
+                s.log()
+            )
+        })
+    };
+    for n in 1..=2u64 {
+        let r = probe(&s);
+        assert!(r.is_err(), "a second frontend was served: {r:?}");
+        s.wait_stats("a", "refusal counted", |p| {
+            p["refused_frontends"].as_u64() == Some(n)
+        });
+    }
+    assert_eq!(
+        s.log_count("refused another frontend"),
+        1,
+        "log:\n{}",
+        s.log()
+    );
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
+            .is_some()
+    );
+    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
+        .unwrap();
+    assert!(
+        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
+            .is_some()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["connected"], true);
+    assert_eq!(st["connects"].as_u64(), Some(1), "{st}");
+}
+
+/// Issue 11, finding 3, second half: when even a whole ring of posted RX buffers cannot hold
+/// a frame, waiting would never end (the guest cannot post more); the frame is dropped and
+/// counted, and the port keeps working.
+#[test]
+fn test_rx_ring_full_of_buffers_too_small_for_a_frame_drops_it_as_no_buffer() {
+    let s = two_ports("rxfull");
+    let opts = GuestOptions {
+        post_rx: false,
+        queue_size: 4,
+        ..GuestOptions::default()
+    };
+    let mut a = s.guest_with("a", opts);
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    // The whole ring: 4 buffers of 16 bytes, 64 bytes, less than header and frame.
+    a.post_rx_buffers(4, 16);
+    for (n, tag) in [(1u64, 1u32), (2, 2)] {
+        b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), tag))
+            .unwrap();
+        s.wait_stats("a", "frame dropped as no_buffer", |p| {
+            p["drops"]["no_buffer"].as_u64() == Some(n)
+        });
+    }
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
+            .is_some(),
+        "a's port is stuck; log:\n{}",
+        s.log()
+    );
+    let st = s.port_stats("a");
+    assert_eq!(st["to_guest_frames"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["backlog_bytes"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["queue_errors"].as_u64(), Some(0), "{st}");
+}
+
 // Issue 11, finding 4: IPv6 control messages behind extension headers.
 
 const HBH: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
@@ -690,197 +885,4 @@ fn test_default_route_port_cannot_spoof_a_peer_source() {
     s.wait_stats("r", "spoofs counted", |p| {
         p["drops"]["spoof_ip"].as_u64() >= Some(3)
     });
-/// Issue 11, finding 2: a guest that publishes a TX available index more than a queue ahead
-/// used to spin its port's worker forever (one core, an error line per turn), holding the port
-/// so that even a reconnecting frontend hung. The queue must stop instead, once, and the port
-/// must stay usable.
-#[test]
-fn test_tx_avail_index_beyond_the_queue_stops_that_queue_and_the_port_stays_usable() {
-    let s = two_ports("txidx");
-    let mut a = s.guest("a");
-    let mut b = s.guest("b");
-    s.wait_mesh(&["a", "b"]);
-    let bad = a.tx_avail_idx().wrapping_add(a.queue_size() + 1);
-    a.publish_tx_avail_idx(bad);
-    s.wait_stats("a", "a's broken TX queue counted", |p| {
-        p["queue_errors"].as_u64() >= Some(1)
-    });
-    // The worker is free: a still receives (its RX queue and the port's events work).
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1))
-        .unwrap();
-    assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
-            .is_some(),
-        "a's RX stopped with its TX queue; stats {}\nlog:\n{}",
-        s.stats(),
-        s.log()
-    );
-    // More kicks on the stopped queue change nothing and log nothing.
-    for _ in 0..100 {
-        a.publish_tx_avail_idx(bad);
-    }
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
-        .unwrap();
-    assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some()
-    );
-    let st = s.port_stats("a");
-    assert_eq!(st["queue_errors"].as_u64(), Some(1), "{st}");
-    assert_eq!(st["from_guest_frames"].as_u64(), Some(0), "{st}");
-    assert_eq!(s.log_count("broke its TX queue"), 1, "log:\n{}", s.log());
-    // The guest's VMM reconnects (as after a reboot): the port serves it normally.
-    drop(a);
-    s.wait_stats("a", "disconnect seen", |p| p["connected"] == false);
-    let mut a = s.guest_within("a", 30 * SECOND);
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
-        .unwrap();
-    assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
-            .is_some(),
-        "a's TX after reconnecting; log:\n{}",
-        s.log()
-    );
-    assert_eq!(s.port_stats("a")["queue_errors"].as_u64(), Some(1));
-}
-
-/// Issue 11, finding 3: with mergeable RX buffers, a guest whose posted buffers add up to less
-/// than one frame used to spin its port's worker forever. The frame must wait for the guest's
-/// next buffers (and the kick it sends for them) with the worker free meanwhile.
-#[test]
-fn test_rx_buffers_too_small_for_a_frame_wait_for_the_next_kick_without_spinning() {
-    let s = two_ports("rxsmall");
-    let opts = GuestOptions {
-        post_rx: false,
-        ..GuestOptions::default()
-    };
-    assert!(opts.mrg_rxbuf && opts.event_idx);
-    let mut a = s.guest_with("a", opts);
-    let mut b = s.guest("b");
-    s.wait_mesh(&["a", "b"]);
-    // 32 bytes of RX buffers: less than the virtio-net header and the frame below.
-    a.post_rx_buffers(2, 16);
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1))
-        .unwrap();
-    s.wait_stats("a", "the frame for a waits at its egress", |p| {
-        p["backlog_bytes"].as_u64() > Some(0)
-    });
-    // The worker is free: a's TX still reaches b.
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 2))
-        .unwrap();
-    assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some(),
-        "a's port is stuck; stats {}\nlog:\n{}",
-        s.stats(),
-        s.log()
-    );
-    let st = s.port_stats("a");
-    assert_eq!(st["to_guest_frames"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["drops"]["no_buffer"].as_u64(), Some(0), "{st}");
-    // Enough buffers now, with the kick Linux would send for them (EVENT_IDX honoured): the
-    // waiting frame is delivered, merged over the small buffers and a large one.
-    a.post_rx_buffers(4, BUF as u32);
-    let f = a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1));
-    assert!(
-        f.is_some(),
-        "the waiting frame never came; stats {}\nlog:\n{}",
-        s.stats(),
-        s.log()
-    );
-    // The child updates backlog_bytes after it signalled the guest: wait for it.
-    let st = s.wait_stats("a", "the delivery accounted", |p| {
-        p["to_guest_frames"].as_u64() == Some(1) && p["backlog_bytes"].as_u64() == Some(0)
-    });
-    assert_eq!(st["queue_errors"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["drops"]["no_buffer"].as_u64(), Some(0), "{st}");
-}
-
-/// Issue 11, finding 8: a second frontend connecting to a port another frontend holds used
-/// to wait forever for a reply to GET_FEATURES. It must be refused (connection closed), and
-/// the first frontend must keep working.
-#[test]
-fn test_second_frontend_on_a_busy_port_is_refused_and_the_first_keeps_working() {
-    let s = two_ports("busy");
-    let mut a = s.guest("a");
-    let mut b = s.guest("b");
-    s.wait_mesh(&["a", "b"]);
-    let probe = |s: &SwitchProc| {
-        let sock = s.sock("a");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(TestGuest::probe_features(&sock));
-        });
-        rx.recv_timeout(30 * SECOND).unwrap_or_else(|_| {
-            panic!(
-                "a second frontend got neither features nor EOF in 30 s; log:\n{}",
-                s.log()
-            )
-        })
-    };
-    for n in 1..=2u64 {
-        let r = probe(&s);
-        assert!(r.is_err(), "a second frontend was served: {r:?}");
-        s.wait_stats("a", "refusal counted", |p| {
-            p["refused_frontends"].as_u64() == Some(n)
-        });
-    }
-    assert_eq!(
-        s.log_count("refused another frontend"),
-        1,
-        "log:\n{}",
-        s.log()
-    );
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1))
-        .unwrap();
-    assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
-            .is_some()
-    );
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
-        .unwrap();
-    assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some()
-    );
-    let st = s.port_stats("a");
-    assert_eq!(st["connected"], true);
-    assert_eq!(st["connects"].as_u64(), Some(1), "{st}");
-}
-
-/// Issue 11, finding 3, second half: when even a whole ring of posted RX buffers cannot hold
-/// a frame, waiting would never end (the guest cannot post more); the frame is dropped and
-/// counted, and the port keeps working.
-#[test]
-fn test_rx_ring_full_of_buffers_too_small_for_a_frame_drops_it_as_no_buffer() {
-    let s = two_ports("rxfull");
-    let opts = GuestOptions {
-        post_rx: false,
-        queue_size: 4,
-        ..GuestOptions::default()
-    };
-    let mut a = s.guest_with("a", opts);
-    let mut b = s.guest("b");
-    s.wait_mesh(&["a", "b"]);
-    // The whole ring: 4 buffers of 16 bytes, 64 bytes, less than header and frame.
-    a.post_rx_buffers(4, 16);
-    for (n, tag) in [(1u64, 1u32), (2, 2)] {
-        b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), tag))
-            .unwrap();
-        s.wait_stats("a", "frame dropped as no_buffer", |p| {
-            p["drops"]["no_buffer"].as_u64() == Some(n)
-        });
-    }
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
-        .unwrap();
-    assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
-            .is_some(),
-        "a's port is stuck; log:\n{}",
-        s.log()
-    );
-    let st = s.port_stats("a");
-    assert_eq!(st["to_guest_frames"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["backlog_bytes"].as_u64(), Some(0), "{st}");
-    assert_eq!(st["queue_errors"].as_u64(), Some(0), "{st}");
 }
