@@ -5,13 +5,13 @@
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
 use vmsilo_config::plan::LaunchPlan;
-use vmsilo_proto::hybrid::{self, HybridError};
+use vmsilo_proto::hybrid::{HybridError, PendingConnect};
 
 /// Where the guest's vsock is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,50 +65,58 @@ impl GuestAddr {
         }
     }
 
-    /// One attempt to connect to `port` in the guest; the handshake (hybrid vsock) may take
-    /// at most `timeout`. The returned stream is blocking and carries the port's bytes.
-    pub fn connect(&self, port: u32, timeout: Duration) -> Result<OwnedFd, ConnectError> {
+    /// Starts one attempt to connect to `port` in the guest. `AF_VSOCK` connects at once (the
+    /// kernel waits for the guest's answer); hybrid vsock returns the attempt with its `CONNECT`
+    /// sent, to be watched with [`poll_attempt`] and never closed unanswered (see
+    /// [`vmsilo_proto::hybrid`]: that would break the VM's vsock for good).
+    pub fn begin(&self, port: u32) -> Result<Attempt, ConnectError> {
         match self {
-            GuestAddr::Hybrid(path) => connect_hybrid(path, port, timeout),
-            GuestAddr::Vsock { cid } => connect_vsock(*cid, port),
+            GuestAddr::Hybrid(path) => begin_hybrid(path, port).map(Attempt::Pending),
+            GuestAddr::Vsock { cid } => connect_vsock(*cid, port).map(Attempt::Connected),
         }
     }
 }
 
-fn connect_hybrid(path: &PathBuf, port: u32, timeout: Duration) -> Result<OwnedFd, ConnectError> {
-    let mut s = UnixStream::connect(path).map_err(|e| {
+/// A started connection attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Connected: a blocking stream that carries the port's bytes.
+    Connected(OwnedFd),
+    /// Hybrid vsock: `CONNECT` sent, the answer not read yet.
+    Pending(PendingConnect),
+}
+
+fn begin_hybrid(path: &Path, port: u32) -> Result<PendingConnect, ConnectError> {
+    let s = UnixStream::connect(path).map_err(|e| {
         let m = format!("cannot connect to {}: {e}", path.display());
         match e.kind() {
             ErrorKind::NotFound | ErrorKind::ConnectionRefused => ConnectError::NoVm(m),
             _ => ConnectError::Other(m),
         }
     })?;
-    let timeout = timeout.max(Duration::from_millis(1));
-    let set = |s: &UnixStream, t| {
-        s.set_read_timeout(t)
-            .and_then(|()| s.set_write_timeout(t))
-            .map_err(|e| ConnectError::Other(format!("{}: {e}", path.display())))
-    };
-    set(&s, Some(timeout))?;
-    match hybrid::connect(&mut s, port) {
-        Ok(()) => {}
-        Err(e @ HybridError::Refused { .. }) => {
-            return Err(ConnectError::NotListening(e.to_string()));
-        }
-        Err(HybridError::Io { source, .. })
-            if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-        {
-            return Err(ConnectError::NotListening(format!(
-                "hybrid vsock: no answer to CONNECT {port} on {} within {} (the guest's vsock \
-                 driver is not up yet?)",
-                path.display(),
-                vmsilo_config::units::format_duration(timeout)
-            )));
-        }
-        Err(e) => return Err(ConnectError::Other(e.to_string())),
+    PendingConnect::send(s, port).map_err(|e| hybrid_error(path, e))
+}
+
+fn hybrid_error(path: &Path, e: HybridError) -> ConnectError {
+    match e {
+        e @ HybridError::Refused { .. } => ConnectError::NotListening(e.to_string()),
+        e => ConnectError::Other(format!("{} ({})", e, path.display())),
     }
-    set(&s, None)?;
-    Ok(OwnedFd::from(s))
+}
+
+/// Looks at a pending hybrid attempt, waiting at most `wait` for its answer. `Ok(None)`:
+/// still unanswered (keep it, or hand it to [`vmsilo_proto::hybrid::linger`]); `Ok(Some)`:
+/// connected; `Err`: this attempt is over.
+pub fn poll_attempt(
+    path: &Path,
+    attempt: &mut PendingConnect,
+    wait: Duration,
+) -> Result<Option<OwnedFd>, ConnectError> {
+    match attempt.poll(wait) {
+        Ok(Some(s)) => Ok(Some(OwnedFd::from(s))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(hybrid_error(path, e)),
+    }
 }
 
 fn connect_vsock(cid: u32, port: u32) -> Result<OwnedFd, ConnectError> {
@@ -156,9 +164,7 @@ mod tests {
         let path = dir.join("v.sock");
         let _ = std::fs::remove_file(&path);
         let addr = GuestAddr::Hybrid(path.clone());
-        let e = addr
-            .connect(5000, Duration::from_secs(1))
-            .expect_err("no socket");
+        let e = addr.begin(5000).expect_err("no socket");
         assert!(matches!(e, ConnectError::NoVm(_)), "{e:?}");
 
         let listener = UnixListener::bind(&path).expect("bind");
@@ -176,13 +182,18 @@ mod tests {
                 }
             }
         });
-        let e = addr
-            .connect(5000, Duration::from_secs(5))
-            .expect_err("refused");
+        let wait = Duration::from_secs(60);
+        let Attempt::Pending(mut p) = addr.begin(5000).expect("begun") else {
+            panic!("hybrid attempts are pending first")
+        };
+        let e = poll_attempt(&path, &mut p, wait).expect_err("refused");
         assert!(matches!(e, ConnectError::NotListening(_)), "{e:?}");
-        let fd = addr
-            .connect(5000, Duration::from_secs(5))
-            .expect("accepted");
+        let Attempt::Pending(mut p) = addr.begin(5000).expect("begun") else {
+            panic!("hybrid attempts are pending first")
+        };
+        let fd = poll_attempt(&path, &mut p, wait)
+            .expect("accepted")
+            .expect("answered");
         let mut s = UnixStream::from(fd);
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut s, &mut rest).expect("read");
