@@ -88,7 +88,7 @@ impl Env {
             .spawn()
             .expect("systemd-socket-activate");
         let guard = Guard(Some(child));
-        common::wait_path(Path::new(&socket), Duration::from_secs(10));
+        common::wait_path(Path::new(&socket), Duration::from_secs(60));
         guard
     }
 
