@@ -193,18 +193,39 @@ impl PendingConnect {
 /// How long [`linger`] keeps an unanswered attempt open at most.
 pub const LINGER_LIMIT: Duration = Duration::from_secs(600);
 
+/// Unanswered attempts [`linger`] keeps open at once in this process, at most.
+pub const MAX_LINGERING: usize = 256;
+
+/// Attempts lingering now.
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Keeps abandoned, still unanswered attempts open until each is answered (or refused), then
 /// closes it; gives up after [`LINGER_LIMIT`]. Runs in a background thread, checking every
-/// 100 ms. If no thread can be started, the attempts are closed at once (the risk the module
-/// documentation describes), and the error says so.
+/// 100 ms. If [`MAX_LINGERING`] attempts linger already or no thread can be started, the
+/// attempts are closed at once (the risk the module documentation describes), and the error
+/// says so.
 pub fn linger(attempts: Vec<PendingConnect>) -> io::Result<()> {
-    if attempts.is_empty() {
+    use std::sync::atomic::Ordering;
+    let n = attempts.len();
+    if n == 0 {
         return Ok(());
+    }
+    if LINGERING.fetch_add(n, Ordering::SeqCst) + n > MAX_LINGERING {
+        LINGERING.fetch_sub(n, Ordering::SeqCst);
+        return Err(io::Error::other(format!(
+            "{MAX_LINGERING} unanswered hybrid-vsock attempts are kept open already: closing {n} more"
+        )));
     }
     std::thread::Builder::new()
         .name("hybrid-linger".into())
-        .spawn(move || linger_until_answered(attempts, LINGER_LIMIT))
+        .spawn(move || {
+            linger_until_answered(attempts, LINGER_LIMIT);
+            LINGERING.fetch_sub(n, Ordering::SeqCst);
+        })
         .map(drop)
+        .inspect_err(|_| {
+            LINGERING.fetch_sub(n, Ordering::SeqCst);
+        })
 }
 
 /// [`linger`]'s loop, in the calling thread: returns once every attempt was answered or

@@ -2,14 +2,13 @@
 //! the kernel's vhost-vsock), or the hybrid-vsock Unix socket of vhost-device-vsock (QEMU) with
 //! its `CONNECT <port>\n` / `OK …\n` handshake.
 
-use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, VsockAddr, connect, socket};
 use vmsilo_config::plan::LaunchPlan;
 use vmsilo_proto::hybrid::{HybridError, PendingConnect};
 
@@ -87,14 +86,38 @@ pub enum Attempt {
 }
 
 fn begin_hybrid(path: &Path, port: u32) -> Result<PendingConnect, ConnectError> {
-    let s = UnixStream::connect(path).map_err(|e| {
-        let m = format!("cannot connect to {}: {e}", path.display());
-        match e.kind() {
-            ErrorKind::NotFound | ErrorKind::ConnectionRefused => ConnectError::NoVm(m),
-            _ => ConnectError::Other(m),
-        }
-    })?;
+    let s = connect_unix(path)?;
     PendingConnect::send(s, port).map_err(|e| hybrid_error(path, e))
+}
+
+/// Connects without blocking: a listener whose queue is full (a wedged backend that accepts
+/// nothing) fails at once with `EAGAIN` instead of blocking this connection's thread past its
+/// deadline. The stream returned is blocking.
+fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
+    let m = |e: &dyn std::fmt::Display| format!("cannot connect to {}: {e}", path.display());
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| ConnectError::Other(m(&e)))?;
+    let addr = UnixAddr::new(path).map_err(|e| ConnectError::Other(m(&e)))?;
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+        Ok(()) => {}
+        Err(e @ (Errno::ENOENT | Errno::ECONNREFUSED)) => return Err(ConnectError::NoVm(m(&e))),
+        Err(e @ Errno::EAGAIN) => {
+            return Err(ConnectError::NotListening(format!(
+                "{} (its queue of connections is full: the backend accepts nothing)",
+                m(&e)
+            )));
+        }
+        Err(e) => return Err(ConnectError::Other(m(&e))),
+    }
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false)
+        .map_err(|e| ConnectError::Other(m(&e)))?;
+    Ok(s)
 }
 
 fn hybrid_error(path: &Path, e: HybridError) -> ConnectError {
@@ -199,6 +222,32 @@ mod tests {
         std::io::Read::read_to_string(&mut s, &mut rest).expect("read");
         assert_eq!(rest, "after");
         t.join().expect("peer");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_hybrid_full_queue_is_not_listening_and_does_not_block() {
+        // A backend that accepts nothing (vhost-device-vsock with a dead worker): once its
+        // queue is full, an attempt fails at once instead of blocking in connect().
+        let dir = std::env::temp_dir().join(format!("vmsilo-fullq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = UnixListener::bind(&path).expect("bind");
+        let addr = GuestAddr::Hybrid(path.clone());
+        let mut queued = Vec::new();
+        let e = loop {
+            match addr.begin(5000) {
+                Ok(a) => queued.push(a),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 100_000, "the queue never filled");
+        };
+        assert!(matches!(e, ConnectError::NotListening(_)), "{e:?}");
+        assert!(
+            e.message().contains("queue of connections is full"),
+            "{e:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

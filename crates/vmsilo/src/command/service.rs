@@ -454,7 +454,9 @@ impl Service {
         let began = Instant::now();
         let deadline = began + self.o.agent_timeout;
         let mut waiting_on = None;
-        let mut last_status: Option<Instant> = None;
+        // The first status frame after STATUS_EVERY: a warm agent that takes a moment to
+        // answer shows no progress line.
+        let mut last_status = Some(began);
         let mut next_attempt = began;
         // The first attempt is the warm path: no start, no systemctl.
         let mut cold = false;
