@@ -271,3 +271,33 @@ fn idle_watchdog_mode_waits_for_busy_agents() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no idle time configured"));
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn agent_logs_why_it_drops_a_connection() {
+    let dir = scratch("drops");
+    let sock = dir.join("agent.sock");
+    let child = Command::new(BIN)
+        .args([
+            "--unix",
+            sock.to_str().unwrap(),
+            "--idle-shutdown",
+            "3s",
+            "--poweroff",
+            "exit",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A host that connects and goes away without a word.
+    drop(wait_for_socket(&sock));
+    let output = finish(child);
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(
+            "dropping a connection before its Hello: the host closed the connection (1 dropped so far)"
+        ),
+        "{log}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
