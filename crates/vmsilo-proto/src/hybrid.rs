@@ -388,4 +388,28 @@ mod tests {
             "closed once answered"
         );
     }
+
+    #[test]
+    fn test_lingering_attempts_are_capped() {
+        // The only test that calls linger(): the count is per process.
+        let mut backends = Vec::new();
+        let mut attempts = Vec::new();
+        for _ in 0..MAX_LINGERING {
+            let (host, backend) = pair();
+            attempts.push(PendingConnect::send(host, 5000).expect("send"));
+            backends.push(backend);
+        }
+        linger(attempts).expect("within the cap");
+        let (host, mut extra) = pair();
+        let one = PendingConnect::send(host, 5000).expect("send");
+        let e = linger(vec![one]).expect_err("over the cap");
+        assert!(e.to_string().contains("kept open already"), "{e}");
+        assert_eq!(read_line(&mut extra), "CONNECT 5000");
+        let mut b = [0u8; 1];
+        assert_eq!(extra.read(&mut b).expect("read"), 0, "closed at once");
+        // Answer the lingering ones so that their thread ends.
+        for mut b in backends {
+            b.write_all(b"OK 5000\n").expect("answer");
+        }
+    }
 }
