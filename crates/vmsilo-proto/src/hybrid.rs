@@ -42,6 +42,15 @@ pub enum HybridError {
         /// The guest port.
         port: u32,
     },
+    /// The backend closed the socket without reading `CONNECT`: vhost-device-vsock does this
+    /// while the guest's driver has not started the vsock device (early in the boot).
+    #[error(
+        "hybrid vsock: the guest's vsock device is not started yet (the backend closed CONNECT {port} unread)"
+    )]
+    NotStarted {
+        /// The guest port.
+        port: u32,
+    },
     /// The backend answered something other than `OK`.
     #[error("hybrid vsock: unexpected reply to CONNECT {port}: {reply:?}")]
     BadReply {
@@ -111,7 +120,7 @@ impl PendingConnect {
             // The backend accepted and closed at once (vhost-device-vsock before the guest
             // driver set the device up): nothing is pending, the port is not reachable yet.
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                HybridError::Refused { port }
+                HybridError::NotStarted { port }
             }
             _ => HybridError::Io { port, source },
         };
@@ -164,8 +173,9 @@ impl PendingConnect {
                 {
                     return Ok(None);
                 }
+                // A Unix socket closed with our bytes unread: the backend never read CONNECT.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(HybridError::Refused { port });
+                    return Err(HybridError::NotStarted { port });
                 }
                 Err(e) => return Err(io_err(e)),
             }
@@ -345,8 +355,10 @@ mod tests {
 
     #[test]
     fn test_pending_connect_close_is_refused_and_garbage_is_a_bad_reply() {
-        let (host, backend) = pair();
+        // The backend read CONNECT and closed (the guest refused): refused.
+        let (host, mut backend) = pair();
         let mut p = PendingConnect::send(host, 5000).expect("send");
+        assert_eq!(read_line(&mut backend), "CONNECT 5000");
         drop(backend);
         assert!(matches!(
             p.poll(Duration::from_secs(60)),
@@ -359,12 +371,20 @@ mod tests {
             p.poll(Duration::from_secs(60)),
             Err(HybridError::BadReply { .. })
         ));
-        // A backend that closed before CONNECT was written: refused, not an I/O failure.
+        // A backend that closed before CONNECT was written, or without reading it: its
+        // device is not started, not an I/O failure.
         let (host, backend) = pair();
         drop(backend);
         assert!(matches!(
             PendingConnect::send(host, 5000),
-            Err(HybridError::Refused { port: 5000 })
+            Err(HybridError::NotStarted { port: 5000 })
+        ));
+        let (host, backend) = pair();
+        let mut p = PendingConnect::send(host, 5000).expect("send");
+        drop(backend);
+        assert!(matches!(
+            p.poll(Duration::from_secs(60)),
+            Err(HybridError::NotStarted { port: 5000 })
         ));
     }
 

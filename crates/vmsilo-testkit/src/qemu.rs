@@ -812,45 +812,71 @@ impl Guest {
     /// vhost-device-vsock then closes the whole connection.
     pub fn vsock_connect(&self, port: u32) -> Result<UnixStream> {
         self.vsock_connect_until(port, Instant::now() + Duration::from_secs(60))
+            .map_err(|(e, _)| e)
     }
 
     /// One attempt, waiting for the answer until `deadline`. An attempt still unanswered then
     /// is not closed but handed to [`hybrid::linger`]: a late answer to a closed socket crashes
     /// vhost-device-vsock 0.3's worker and with it the guest's vsock (see
-    /// `vmsilo_proto::hybrid`).
-    fn vsock_connect_until(&self, port: u32, deadline: Instant) -> Result<UnixStream> {
-        let uds = self.vsock_uds()?;
-        let what = |e: String| Error::Guest {
-            guest: self.name.clone(),
-            what: format!("vsock port {port}: {e}"),
-            detail: String::new(),
+    /// `vmsilo_proto::hybrid`). On failure, also how long to wait before trying again: 1 s
+    /// while the guest's vsock device is not started (an attempt arriving while the guest's
+    /// driver starts it can also end that worker), 100 ms otherwise.
+    fn vsock_connect_until(
+        &self,
+        port: u32,
+        deadline: Instant,
+    ) -> std::result::Result<UnixStream, (Error, Duration)> {
+        let retry = Duration::from_millis(100);
+        let uds = self.vsock_uds().map_err(|e| (e, retry))?;
+        let what = |e: &hybrid::HybridError| {
+            let pause = match e {
+                hybrid::HybridError::NotStarted { .. } => Duration::from_secs(1),
+                _ => retry,
+            };
+            let e = Error::Guest {
+                guest: self.name.clone(),
+                what: format!("vsock port {port}: {e}"),
+                detail: String::new(),
+            };
+            (e, pause)
         };
-        let s = UnixStream::connect(uds)
-            .map_err(|e| what(format!("connecting to {}: {e}", uds.display())))?;
-        let mut pending = hybrid::PendingConnect::send(s, port).map_err(|e| what(e.to_string()))?;
+        let s = UnixStream::connect(uds).map_err(|e| {
+            let e = Error::Guest {
+                guest: self.name.clone(),
+                what: format!("vsock port {port}: connecting to {}: {e}", uds.display()),
+                detail: String::new(),
+            };
+            (e, retry)
+        })?;
+        let mut pending = hybrid::PendingConnect::send(s, port).map_err(|e| what(&e))?;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let age = pending.age();
                 let _ = hybrid::linger(vec![pending]);
-                return Err(what(format!("CONNECT unanswered for {age:?}")));
+                let e = Error::Guest {
+                    guest: self.name.clone(),
+                    what: format!("vsock port {port}: CONNECT unanswered for {age:?}"),
+                    detail: String::new(),
+                };
+                return Err((e, retry));
             }
             match pending.poll(left.min(Duration::from_secs(1))) {
                 Ok(Some(s)) => return Ok(s),
                 Ok(None) => {}
-                Err(e) => return Err(what(e.to_string())),
+                Err(e) => return Err(what(&e)),
             }
         }
     }
 
-    /// [`vsock_connect`](Self::vsock_connect), retried every 100 ms until `timeout` (for a
-    /// listener the guest is still starting).
+    /// [`vsock_connect`](Self::vsock_connect), retried until `timeout` (for a listener the
+    /// guest is still starting).
     pub fn vsock_connect_timeout(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.vsock_connect_until(port, deadline) {
                 Ok(s) => return Ok(s),
-                Err(e) if Instant::now() >= deadline || !self.is_running() => {
+                Err((e, _)) if Instant::now() >= deadline || !self.is_running() => {
                     return Err(match e {
                         Error::Guest { guest, what, .. } => Error::Guest {
                             guest,
@@ -860,7 +886,7 @@ impl Guest {
                         other => other,
                     });
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err((_, pause)) => std::thread::sleep(pause),
             }
         }
     }

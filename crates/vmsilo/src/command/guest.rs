@@ -31,6 +31,9 @@ pub enum ConnectError {
     NoVm(String),
     /// The VM runs but nothing listens on the port (yet): the guest is booting.
     NotListening(String),
+    /// The VM runs but its vsock device is not started yet (hybrid vsock: the backend closed
+    /// the connection without reading `CONNECT`): early in the guest's boot.
+    NotStarted(String),
     /// Something else went wrong (the message says what).
     Other(String),
 }
@@ -39,7 +42,10 @@ impl ConnectError {
     /// The message.
     pub fn message(&self) -> &str {
         match self {
-            ConnectError::NoVm(m) | ConnectError::NotListening(m) | ConnectError::Other(m) => m,
+            ConnectError::NoVm(m)
+            | ConnectError::NotListening(m)
+            | ConnectError::NotStarted(m)
+            | ConnectError::Other(m) => m,
         }
     }
 }
@@ -123,6 +129,7 @@ fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
 fn hybrid_error(path: &Path, e: HybridError) -> ConnectError {
     match e {
         e @ HybridError::Refused { .. } => ConnectError::NotListening(e.to_string()),
+        e @ HybridError::NotStarted { .. } => ConnectError::NotStarted(e.to_string()),
         e => ConnectError::Other(format!("{} ({})", e, path.display())),
     }
 }

@@ -48,6 +48,12 @@ use crate::runtime::signals::Signals;
 const RETRY: Duration = Duration::from_millis(100);
 /// How often a waiting client hears that the VM is still starting.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How often a waiting connection tries the agent while the guest's vsock device is not
+/// started yet. vhost-device-vsock 0.3 handles a host connection that arrives while the guest's
+/// driver starts the device (guest memory mapped, queues not ready) by failing its queue walk,
+/// and that error ends its worker thread: from then on nothing is answered. Trying seldom in
+/// this phase makes landing in that window rarer (it cannot be avoided from the host side).
+const BOOT_RETRY: Duration = Duration::from_secs(1);
 /// A hybrid-vsock attempt unanswered this long gets another one beside it.
 const HEDGE_AFTER: Duration = Duration::from_secs(2);
 /// Unanswered attempts kept at once by one connection.
@@ -247,6 +253,15 @@ impl<'a> Waiting<'a> {
         self.last_err
             .clone()
             .unwrap_or_else(|| ConnectError::Other("no attempt finished".to_owned()))
+    }
+}
+
+/// How long to wait after a failed attempt before the next. While the guest's vsock device is
+/// not started, seldom (see [`BOOT_RETRY`]).
+fn pause_after(e: &ConnectError) -> Duration {
+    match e {
+        ConnectError::NotStarted(_) => BOOT_RETRY,
+        _ => RETRY,
     }
 }
 
@@ -484,21 +499,25 @@ impl Service {
             }
             let elapsed = since.elapsed();
             if round >= next_attempt && w.pending.len() < MAX_PENDING {
-                next_attempt = round + RETRY;
                 match w.guest.begin(AGENT_PORT) {
                     Ok(Attempt::Connected(fd)) => return Ok(self.ready(fd, id, cold, began)),
                     Ok(Attempt::Pending(p)) => {
                         w.pending.push(p);
                         next_attempt = round + HEDGE_AFTER;
                     }
-                    Err(e) => w.last_err = Some(e),
+                    Err(e) => {
+                        next_attempt = round + pause_after(&e);
+                        w.last_err = Some(e);
+                    }
                 }
             }
             if let Some(fd) = w.poll(RETRY.saturating_sub(round.elapsed()))? {
                 return Ok(self.ready(fd, id, cold, began));
             }
-            if w.pending.is_empty() && w.last_err.is_some() {
-                next_attempt = next_attempt.min(round + RETRY);
+            if w.pending.is_empty()
+                && let Some(e) = &w.last_err
+            {
+                next_attempt = next_attempt.min(round + pause_after(e));
             }
             if let Some(age) = w.oldest_pending()
                 && age >= SLOW_ANSWER
@@ -866,6 +885,16 @@ fn relay_stderr(stderr: std::process::ChildStderr, info: &ChildVm) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_attempts_while_the_vsock_device_is_not_started_are_seldom() {
+        assert_eq!(
+            pause_after(&ConnectError::NotStarted("early".into())),
+            BOOT_RETRY
+        );
+        assert_eq!(pause_after(&ConnectError::NotListening("x".into())), RETRY);
+        assert_eq!(pause_after(&ConnectError::NoVm("x".into())), RETRY);
+    }
 
     #[test]
     fn test_rate_limit_allows_the_first_five_then_every_hundredth() {
