@@ -63,9 +63,9 @@ pub fn run(args: &GuestImageArgs) -> Result<()> {
     Ok(())
 }
 
-/// For `cargo xtask ci`, before the e2e tier: builds the base image, and the image with the
-/// guest agent when the workspace has it, so setup problems show up once, clearly, and the
-/// tests start with a warm cache.
+/// For `cargo xtask ci`, before the e2e tier: builds the base image, the image with the guest
+/// agent when the workspace has it, and vm-switch and vmsilo-balloond for the tests that start
+/// them, so setup problems show up once, clearly, and the tests start with a warm cache.
 pub fn prebuild() -> Result<()> {
     section("ci: e2e guest images");
     build(&ImageSpec::new())?;
@@ -75,6 +75,17 @@ pub fn prebuild() -> Result<()> {
     {
         let agent = vmsilo_testkit::agent_binary().context("building vmsilo-guest")?;
         build(&ImageSpec::new().agent(agent))?;
+    }
+    // The other binaries the e2e tests start (target/testkit-bin): built here, so that no
+    // test spends its time limit compiling them on a loaded machine.
+    for package in ["vm-switch", "vmsilo-balloond"] {
+        if workspace_root()
+            .join(format!("crates/{package}/Cargo.toml"))
+            .is_file()
+        {
+            vmsilo_testkit::workspace_binary(package, package)
+                .with_context(|| format!("building {package}"))?;
+        }
     }
     Ok(())
 }

@@ -193,6 +193,8 @@ struct Conn {
     state: State,
     /// The peer closed or the connection failed: drop it.
     gone: bool,
+    /// Why it is gone, for the log.
+    why: Option<String>,
     since: Instant,
 }
 
@@ -216,6 +218,24 @@ impl Conn {
         }
     }
 
+    /// Marks the connection for dropping, keeping the first reason.
+    fn give_up(&mut self, why: impl Into<String>) {
+        if !self.gone {
+            self.gone = true;
+            self.why = Some(why.into());
+        }
+    }
+
+    /// What the connection was doing, for the log.
+    fn stage(&self) -> &'static str {
+        match self.state {
+            State::Hello => "before its Hello",
+            State::Request => "before its request",
+            State::Running(_) => "while its command ran",
+            State::Closing => "while its last frames were sent",
+        }
+    }
+
     fn refuse(&mut self, err: ErrorFrame) -> Option<Tracked> {
         self.queue(&Message::Error(err));
         self.close()
@@ -235,11 +255,11 @@ impl Conn {
     fn flush(&mut self) {
         while self.pending() > 0 && !self.gone {
             match self.io.write(&self.out[self.out_pos..]) {
-                Ok(0) => self.gone = true,
+                Ok(0) => self.give_up("a write to the host wrote nothing"),
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => self.gone = true,
+                Err(e) => self.give_up(format!("writing to the host failed: {e}")),
             }
         }
         if self.pending() == 0 {
@@ -270,6 +290,8 @@ pub struct Agent {
     marker: Option<BusyMarker>,
     scratch: Vec<u8>,
     was_busy: bool,
+    /// Connections dropped before they ended normally (for rate-limiting the log).
+    dropped: u64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -295,6 +317,7 @@ impl Agent {
             orphans: Vec::new(),
             scratch: Vec::new(),
             was_busy: false,
+            dropped: 0,
         }
     }
 
@@ -314,6 +337,7 @@ impl Agent {
             out_pos: 0,
             state: State::Hello,
             gone: false,
+            why: None,
             since: Instant::now(),
         });
         Ok(())
@@ -354,7 +378,15 @@ impl Agent {
             if let Some(w) = &mut self.idle {
                 w.update(busy, now);
                 if w.expired(now) {
-                    return Ok(Outcome::Idle);
+                    // A host may have connected while the deadline passed: its connection
+                    // waits in the listener's queue, and powering off now would drop it
+                    // unread. Take it and stay up.
+                    self.accept();
+                    if self.conns.is_empty() {
+                        return Ok(Outcome::Idle);
+                    }
+                    log("a connection arrived as the idle time ran out: staying up");
+                    continue;
                 }
             }
             if self.listener.is_none() && self.conns.is_empty() && self.orphans.is_empty() {
@@ -376,11 +408,16 @@ impl Agent {
             let pending = conn.pending();
             match &mut conn.state {
                 State::Hello | State::Request if age >= self.cfg.handshake_timeout => {
-                    log("dropping a connection that sent no request in time");
-                    conn.gone = true;
+                    conn.give_up(format!(
+                        "it sent no request within {}s",
+                        self.cfg.handshake_timeout.as_secs_f64()
+                    ));
                 }
                 State::Closing if age >= self.cfg.closing_timeout && pending > 0 => {
-                    conn.gone = true;
+                    conn.give_up(format!(
+                        "the host did not read the last {pending} bytes within {}s",
+                        self.cfg.closing_timeout.as_secs_f64()
+                    ));
                 }
                 State::Running(r) => {
                     if let Some((status, at)) = r.exit {
@@ -394,11 +431,22 @@ impl Agent {
                 _ => {}
             }
             conn.flush();
-            if conn.gone
-                && let State::Running(_) = conn.state
-                && let Some(t) = conn.close()
-            {
-                orphaned.push(t);
+            if conn.gone {
+                self.dropped += 1;
+                // The first few and then every 100th, so a noisy host cannot flood the log.
+                if self.dropped <= 5 || self.dropped.is_multiple_of(100) {
+                    log(&format!(
+                        "dropping a connection {}: {} ({} dropped so far)",
+                        conn.stage(),
+                        conn.why.as_deref().unwrap_or("no reason recorded"),
+                        self.dropped
+                    ));
+                }
+                if let State::Running(_) = conn.state
+                    && let Some(t) = conn.close()
+                {
+                    orphaned.push(t);
+                }
             }
         }
         self.orphans.extend(orphaned);
@@ -561,14 +609,15 @@ impl Agent {
         if matches!(conn.state, State::Closing) {
             // Nothing more is read; notice a peer that went away.
             let mut probe = [0u8; 1];
-            if matches!(conn.io.read(&mut probe), Ok(0)) {
-                conn.gone = true;
+            // (With everything sent the connection is finished and goes quietly anyway.)
+            if matches!(conn.io.read(&mut probe), Ok(0)) && conn.pending() > 0 {
+                conn.give_up("the host closed the connection before the last frames");
             }
             return;
         }
         match conn.io.read(&mut self.scratch) {
             Ok(0) => {
-                conn.gone = true;
+                conn.give_up("the host closed the connection");
                 return;
             }
             Ok(n) => conn.decoder.push(&self.scratch[..n]),
@@ -580,8 +629,8 @@ impl Agent {
             {
                 return;
             }
-            Err(_) => {
-                conn.gone = true;
+            Err(e) => {
+                conn.give_up(format!("reading from the host failed: {e}"));
                 return;
             }
         }
@@ -745,8 +794,7 @@ fn on_message(conn: &mut Conn, msg: Message, cfg: &AgentConfig) -> Option<Tracke
             None
         }
         (State::Running(_), Message::Error(e)) => {
-            log(&format!("the host aborted: {}", e.message));
-            conn.gone = true;
+            conn.give_up(format!("the host aborted: {}", e.message));
             conn.close()
         }
         (State::Running(_), other) => conn.refuse(ErrorFrame::new(

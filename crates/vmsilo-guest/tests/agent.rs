@@ -571,8 +571,11 @@ fn idle_watchdog_waits_for_running_commands() {
     let handle = thread::spawn(move || agent.run().unwrap());
 
     // An attached command running for longer than the idle time: the agent must not power
-    // off under it (the connection would break and the client would get an error).
+    // off under it (the connection would break and the client would get an error). The
+    // second connection is opened before it ends, so that the agent is never idle between
+    // the two however slowly this test runs.
     let s = UnixStream::connect(&path).unwrap();
+    let second = UnixStream::connect(&path).unwrap();
     let reader = s.try_clone().unwrap();
     let io = AttachedIo {
         stdin: None,
@@ -584,12 +587,39 @@ fn idle_watchdog_waits_for_running_commands() {
     assert_eq!(done.status, ExitStatus::Exited(0));
 
     // A detached one: the watchdog fires only after it has ended.
-    let s = UnixStream::connect(&path).unwrap();
-    let started = run_detached(s, &Request::detached(["sleep", "1.5"])).unwrap();
+    let started = run_detached(second, &Request::detached(["sleep", "1.5"])).unwrap();
     assert_eq!(handle.join().unwrap(), Outcome::Idle);
     assert!(
         !PathBuf::from(format!("/proc/{}", started.pid)).exists(),
         "powered off while the detached command was still running"
     );
+    let _ = fs::remove_file(&path);
+}
+
+#[test]
+fn connection_queued_when_the_idle_time_runs_out_is_served() {
+    // The idle time has run out before the agent first looks, and a host connection already
+    // waits in the listener's queue: it must be served, not dropped by powering off.
+    let mut cfg = config();
+    cfg.idle_shutdown = Some(Duration::ZERO);
+    let path = std::env::temp_dir().join(format!("vmsilo-guest-idleq-{}.sock", std::process::id()));
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut agent = Agent::new(cfg);
+    agent.set_listener(Box::new(UnixSocketListener::new(listener, "t").unwrap()));
+    let s = UnixStream::connect(&path).unwrap();
+    let handle = thread::spawn(move || agent.run().unwrap());
+    let out = Buf::default();
+    let reader = s.try_clone().unwrap();
+    let done = run_attached(
+        reader,
+        s,
+        &Request::attached(["echo", "served"]),
+        captured(None, &out, &Buf::default()),
+    )
+    .unwrap();
+    assert_eq!(done.status, ExitStatus::Exited(0));
+    assert_eq!(out.text(), "served\n");
+    assert_eq!(handle.join().unwrap(), Outcome::Idle);
     let _ = fs::remove_file(&path);
 }

@@ -36,8 +36,10 @@ impl Drop for Guard {
     }
 }
 
+/// Connects to `path` once something listens there (waiting at most 60 s: a loaded machine
+/// may be slow to start the agent).
 fn wait_for_socket(path: &Path) -> UnixStream {
-    for _ in 0..500 {
+    for _ in 0..6000 {
         if let Ok(s) = UnixStream::connect(path) {
             return s;
         }
@@ -89,29 +91,29 @@ fn usage_errors_exit_2() {
 fn idle_agent_powers_off_after_its_last_command() {
     let dir = scratch("idle");
     let sock = dir.join("agent.sock");
+    // The idle time runs from the agent's start, before this test can connect: generous, so
+    // that a slow, loaded machine still connects in time. (That the watchdog waits for a
+    // running command is tested in agent.rs.)
     let child = Command::new(BIN)
         .args([
             "--unix",
             sock.to_str().unwrap(),
             "--idle-shutdown",
-            "1s",
+            "5s",
             "--poweroff",
             "exit",
         ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (status, out) = run(
-        wait_for_socket(&sock),
-        &["sh", "-c", "sleep 1.5; echo done"],
-    );
+    let (status, out) = run(wait_for_socket(&sock), &["echo", "done"]);
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "done\n"));
     let output = finish(child);
     assert!(output.status.success());
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("idle shutdown after 1s"), "{log}");
+    assert!(log.contains("idle shutdown after 5s"), "{log}");
     assert!(
-        log.contains("no command has run for 1s: powering off"),
+        log.contains("no command has run for 5s: powering off"),
         "{log}"
     );
     let _ = fs::remove_dir_all(&dir);
@@ -168,8 +170,8 @@ fn socket_activation_accept_yes_serves_one_connection_per_process() {
     );
     let (status, out) = run(UnixStream::connect(&sock).unwrap(), &["echo", "second"]);
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "second\n"));
-    // The agent processes are gone, and so are their markers.
-    for _ in 0..500 {
+    // The agent processes are gone, and so are their markers (waiting at most 60 s).
+    for _ in 0..6000 {
         if live_markers(&state) == 0 {
             break;
         }
@@ -184,24 +186,24 @@ fn socket_activation_accept_yes_serves_one_connection_per_process() {
 fn socket_activation_with_a_listening_socket() {
     let dir = scratch("listen");
     let sock = dir.join("agent.sock");
+    // The agent starts only once both connections wait in the socket's queue (a shell that
+    // waits for the gate, then execs the agent under the same pid, so LISTEN_PID still
+    // matches): its idle time cannot run out before the first connection however slow the
+    // machine is, and it is never idle between the two.
+    let gate = dir.join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = format!(
+        "cat {} >/dev/null; exec {BIN} --listen-fd --idle-shutdown 1 --poweroff exit",
+        gate.display()
+    );
     let activator = Command::new("systemd-socket-activate")
-        .args([
-            "-l",
-            sock.to_str().unwrap(),
-            BIN,
-            "--listen-fd",
-            "--idle-shutdown",
-            "1",
-            "--poweroff",
-            "exit",
-        ])
+        .args(["-l", sock.to_str().unwrap(), "sh", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Both connections are open before the first command ends, so the agent is never idle
-    // between them however slow the machine is.
     let first = wait_for_socket(&sock);
     let second = UnixStream::connect(&sock).unwrap();
+    drop(fs::File::create(&gate).unwrap());
     let (status, out) = run(first, &["echo", "one"]);
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "one\n"));
     let (status, _) = run(second, &["false"]);
@@ -267,5 +269,35 @@ fn idle_watchdog_mode_waits_for_busy_agents() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no idle time configured"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn agent_logs_why_it_drops_a_connection() {
+    let dir = scratch("drops");
+    let sock = dir.join("agent.sock");
+    let child = Command::new(BIN)
+        .args([
+            "--unix",
+            sock.to_str().unwrap(),
+            "--idle-shutdown",
+            "3s",
+            "--poweroff",
+            "exit",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A host that connects and goes away without a word.
+    drop(wait_for_socket(&sock));
+    let output = finish(child);
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(
+            "dropping a connection before its Hello: the host closed the connection (1 dropped so far)"
+        ),
+        "{log}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }

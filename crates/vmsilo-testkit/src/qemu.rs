@@ -9,7 +9,7 @@
 //! `qemu.cmdline` and backend logs.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,6 +23,7 @@ use crate::qmp::Qmp;
 use crate::scratch::ScratchDir;
 use crate::tools::{find_tool, vhost_device_vsock};
 use crate::{Error, INIT_FAILED_LINE, READY_LINE, Result, io_err};
+use vmsilo_proto::hybrid;
 
 /// Default time from QEMU start to `VMSILO-READY` (a TCG boot takes about 10 s on an idle
 /// machine; CI runs two at once on two cores).
@@ -804,56 +805,78 @@ impl Guest {
     }
 
     /// Connects to guest vsock port `port` through the hybrid-vsock socket
-    /// (`CONNECT <port>\n` → `OK <anything>\n`). Fails if nobody listens on the port yet.
+    /// (`CONNECT <port>\n` → `OK <anything>\n`). Fails if nobody listens on the port yet, or
+    /// if no answer comes within 60 s.
     ///
     /// Don't half-close (`shutdown(Write)`) the stream while you still expect data:
     /// vhost-device-vsock then closes the whole connection.
     pub fn vsock_connect(&self, port: u32) -> Result<UnixStream> {
-        let uds = self.vsock_uds()?;
-        let what = |e: String| Error::Guest {
-            guest: self.name.clone(),
-            what: format!("vsock port {port}: {e}"),
-            detail: String::new(),
-        };
-        let mut s = UnixStream::connect(uds)
-            .map_err(|e| what(format!("connecting to {}: {e}", uds.display())))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| what(e.to_string()))?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes())
-            .map_err(|e| what(format!("sending CONNECT: {e}")))?;
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while reply.last() != Some(&b'\n') {
-            match s.read(&mut byte) {
-                Ok(0) => {
-                    return Err(what(
-                        "the connection was closed without OK (nobody listening in the guest?)"
-                            .into(),
-                    ));
-                }
-                Ok(_) => reply.push(byte[0]),
-                Err(e) => return Err(what(format!("reading the reply to CONNECT: {e}"))),
-            }
-            if reply.len() > 64 {
-                break;
-            }
-        }
-        let reply = String::from_utf8_lossy(&reply);
-        if !reply.starts_with("OK ") {
-            return Err(what(format!("unexpected reply to CONNECT: {reply:?}")));
-        }
-        s.set_read_timeout(None).map_err(|e| what(e.to_string()))?;
-        Ok(s)
+        self.vsock_connect_until(port, Instant::now() + Duration::from_secs(60))
+            .map_err(|(e, _)| e)
     }
 
-    /// [`vsock_connect`](Self::vsock_connect), retried every 100 ms until `timeout` (for a
-    /// listener the guest is still starting).
+    /// One attempt, waiting for the answer until `deadline`. An attempt still unanswered then
+    /// is not closed but handed to [`hybrid::linger`]: a late answer to a closed socket crashes
+    /// vhost-device-vsock 0.3's worker and with it the guest's vsock (see
+    /// `vmsilo_proto::hybrid`). On failure, also how long to wait before trying again: 1 s
+    /// while the guest's vsock device is not started (an attempt arriving while the guest's
+    /// driver starts it can also end that worker), 100 ms otherwise.
+    fn vsock_connect_until(
+        &self,
+        port: u32,
+        deadline: Instant,
+    ) -> std::result::Result<UnixStream, (Error, Duration)> {
+        let retry = Duration::from_millis(100);
+        let uds = self.vsock_uds().map_err(|e| (e, retry))?;
+        let what = |e: &hybrid::HybridError| {
+            let pause = match e {
+                hybrid::HybridError::NotStarted { .. } => Duration::from_secs(1),
+                _ => retry,
+            };
+            let e = Error::Guest {
+                guest: self.name.clone(),
+                what: format!("vsock port {port}: {e}"),
+                detail: String::new(),
+            };
+            (e, pause)
+        };
+        let s = UnixStream::connect(uds).map_err(|e| {
+            let e = Error::Guest {
+                guest: self.name.clone(),
+                what: format!("vsock port {port}: connecting to {}: {e}", uds.display()),
+                detail: String::new(),
+            };
+            (e, retry)
+        })?;
+        let mut pending = hybrid::PendingConnect::send(s, port).map_err(|e| what(&e))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let age = pending.age();
+                let _ = hybrid::linger(vec![pending]);
+                let e = Error::Guest {
+                    guest: self.name.clone(),
+                    what: format!("vsock port {port}: CONNECT unanswered for {age:?}"),
+                    detail: String::new(),
+                };
+                return Err((e, retry));
+            }
+            match pending.poll(left.min(Duration::from_secs(1))) {
+                Ok(Some(s)) => return Ok(s),
+                Ok(None) => {}
+                Err(e) => return Err(what(&e)),
+            }
+        }
+    }
+
+    /// [`vsock_connect`](Self::vsock_connect), retried until `timeout` (for a listener the
+    /// guest is still starting).
     pub fn vsock_connect_timeout(&self, port: u32, timeout: Duration) -> Result<UnixStream> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.vsock_connect(port) {
+            match self.vsock_connect_until(port, deadline) {
                 Ok(s) => return Ok(s),
-                Err(e) if Instant::now() >= deadline || !self.is_running() => {
+                Err((e, _)) if Instant::now() >= deadline || !self.is_running() => {
                     return Err(match e {
                         Error::Guest { guest, what, .. } => Error::Guest {
                             guest,
@@ -863,7 +886,7 @@ impl Guest {
                         other => other,
                     });
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err((_, pause)) => std::thread::sleep(pause),
             }
         }
     }

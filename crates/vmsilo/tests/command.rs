@@ -28,6 +28,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use common::{Guard, Scratch, Term, multi_call};
@@ -179,7 +181,13 @@ fn text(b: &[u8]) -> String {
 /// vhost-device-vsock's side of hybrid vsock: reads `CONNECT <port>\n`, answers `OK <port>\n`
 /// for port 5000, closes otherwise.
 fn handshake(s: &mut UnixStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+    read_connect(s) && s.write_all(b"OK 5000\n").is_ok()
+}
+
+/// Reads the client's `CONNECT <port>\n` (waiting at most 10 s); true for port 5000. Leaves
+/// the stream without a read timeout.
+fn read_connect(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -190,11 +198,8 @@ fn handshake(s: &mut UnixStream) -> bool {
             _ => return false,
         }
     }
-    if line != b"CONNECT 5000" {
-        return false;
-    }
     s.set_read_timeout(None).expect("timeout");
-    s.write_all(b"OK 5000\n").is_ok()
+    line == b"CONNECT 5000"
 }
 
 /// The real agent's listener, behind the hybrid-vsock handshake.
@@ -253,6 +258,109 @@ fn scripted_agent(vsock: &Path, script: fn(usize, UnixStream)) {
             }
         }
     });
+}
+
+/// vhost-device-vsock 0.3 in front of the real agent, for a guest that takes [`SLOW_GUEST`] to
+/// accept a connection (a loaded host, a TCG guest). Like the real one, it is wedged for good
+/// once a client closes a connection whose `CONNECT` it has not answered yet: there the guest's
+/// late acceptance makes the `OK` write fail with EPIPE, the device's worker thread panics, and
+/// every later `CONNECT` is accepted by the kernel and never answered.
+struct SlowFront {
+    listener: UnixListener,
+    wedged: Arc<AtomicBool>,
+    held: Vec<UnixStream>,
+}
+
+/// How long [`SlowFront`]'s guest takes to accept: longer than the 2 s the command service
+/// used to wait for an answer before it closed the attempt and tried again.
+const SLOW_GUEST: Duration = Duration::from_secs(3);
+
+impl std::os::fd::AsFd for SlowFront {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
+impl Listener for SlowFront {
+    fn accept(&mut self) -> std::io::Result<Option<Box<dyn Transport>>> {
+        let mut s = match self.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        s.set_nonblocking(false)?;
+        if self.wedged.load(AtomicOrdering::SeqCst) {
+            // Accepted by the kernel, never answered.
+            self.held.push(s);
+            return Ok(None);
+        }
+        if !read_connect(&mut s) {
+            return Ok(None);
+        }
+        let mut b = [0u8; 1];
+        // The guest thinks it over; a client that hangs up meanwhile wedges the device.
+        s.set_read_timeout(Some(SLOW_GUEST))?;
+        match s.read(&mut b) {
+            Ok(0) => {
+                self.wedged.store(true, AtomicOrdering::SeqCst);
+                Ok(None)
+            }
+            Ok(_) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                s.set_read_timeout(None)?;
+                s.write_all(b"OK 5000\n")?;
+                Ok(Some(Box::new(s)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn describe(&self) -> String {
+        "slow hybrid vsock (test)".into()
+    }
+}
+
+#[test]
+fn test_hybrid_connect_answered_late_is_awaited_not_abandoned() {
+    let s = Setup::new("slowconnect");
+    let env = fake_systemctl(&s);
+    std::fs::write(s.dir.path().join("unit-state"), "active\n").expect("state");
+    let l = UnixListener::bind(s.vsock()).expect("bind vsock socket");
+    l.set_nonblocking(true).expect("nonblocking");
+    let wedged = Arc::new(AtomicBool::new(false));
+    let front = SlowFront {
+        listener: l,
+        wedged: Arc::clone(&wedged),
+        held: Vec::new(),
+    };
+    std::thread::spawn(move || {
+        let mut exec = ExecConfig::from_process(None);
+        exec.etc_dir = PathBuf::from("/nonexistent-etc");
+        let mut agent = Agent::new(AgentConfig::new(exec));
+        agent.set_listener(Box::new(front));
+        let _ = agent.run();
+    });
+    let _svc = s.service("t", &["--agent-timeout", "30s"], &env_refs(&env));
+    for word in ["first", "second"] {
+        let o = s.output(&["-w", "t", "echo", word], b"");
+        assert!(
+            !wedged.load(AtomicOrdering::SeqCst),
+            "the command service closed a connection whose CONNECT was not answered yet; \
+             vhost-device-vsock would now be wedged: {o:?}\n{}",
+            s.log()
+        );
+        assert_eq!(
+            (o.status.code(), text(&o.stdout)),
+            (Some(0), format!("{word}\n")),
+            "{o:?}\n{}",
+            s.log()
+        );
+    }
 }
 
 fn frame(m: &Message) -> Vec<u8> {

@@ -340,7 +340,13 @@ fn prepare(dir: &Path) {
     .expect("planted unit");
     std::fs::write(
         etc.join("systemd/system/vmsilo-.service.d/path.conf"),
-        format!("[Service]\nEnvironment=PATH={INSIDE}/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+        // The command services wait up to 170 s for an agent (the default is 60 s): a cold
+        // TCG boot on a loaded two-core machine can take longer, and commands in the
+        // container are given 180 s.
+        format!(
+            "[Service]\nEnvironment=PATH={INSIDE}/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             Environment=VMSILO_AGENT_TIMEOUT=170s\n"
+        ),
     )
     .expect("drop-in");
 }

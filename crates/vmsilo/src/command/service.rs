@@ -10,7 +10,10 @@
 //!    per VM, shared by every connection). While it waits it sends `Status` frames to the
 //!    client;
 //! 3. retries the agent every 100 ms until it answers, the VM fails, or the agent timeout
-//!    (60 s by default) passes, and reports a failure as a `Failed` frame that says what to do;
+//!    (60 s by default) passes, and reports a failure as a `Failed` frame that says what to do.
+//!    A hybrid-vsock `CONNECT` that is not answered yet is waited for, never closed (a late
+//!    answer to a closed socket crashes vhost-device-vsock 0.3's worker: see
+//!    `vmsilo_proto::hybrid`); after 2 s another attempt is started beside it;
 //! 4. sends `Ready` and splices the client to the guest ([`super::splice`]).
 //!
 //! A VM that stops (idle auto-shutdown, `vm-stop`) is noticed by the next connection, whose
@@ -33,9 +36,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vmsilo_config::units::format_duration;
 use vmsilo_proto::AGENT_PORT;
+use vmsilo_proto::hybrid::{self, PendingConnect};
 use vmsilo_proto::text::escape;
 
-use super::guest::{ConnectError, GuestAddr};
+use super::guest::{Attempt, ConnectError, GuestAddr, poll_attempt};
 use super::splice::splice;
 use super::wire::{FailCode, Phase, ServiceFrame};
 use crate::runtime::procs::describe;
@@ -45,8 +49,18 @@ use crate::runtime::signals::Signals;
 const RETRY: Duration = Duration::from_millis(100);
 /// How often a waiting client hears that the VM is still starting.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
-/// Longest wait for one hybrid-vsock handshake.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a waiting connection tries the agent while the guest's vsock device is not
+/// started yet. vhost-device-vsock 0.3 handles a host connection that arrives while the guest's
+/// driver starts the device (guest memory mapped, queues not ready) by failing its queue walk,
+/// and that error ends its worker thread: from then on nothing is answered. Trying seldom in
+/// this phase makes landing in that window rarer (it cannot be avoided from the host side).
+const BOOT_RETRY: Duration = Duration::from_secs(1);
+/// A hybrid-vsock attempt unanswered this long gets another one beside it.
+const HEDGE_AFTER: Duration = Duration::from_secs(2);
+/// Unanswered attempts kept at once by one connection.
+const MAX_PENDING: usize = 4;
+/// An attempt unanswered this long is logged (once per connection, rate-limited).
+const SLOW_ANSWER: Duration = Duration::from_secs(5);
 /// How often `systemctl is-active` is asked while a connection waits.
 const SYSTEMD_CHECK: Duration = Duration::from_secs(1);
 /// A unit that was `failed` before our start job ran still says so for a moment.
@@ -172,6 +186,84 @@ enum Refused {
     Failed(Refusal),
     /// The client went away while waiting.
     ClientGone,
+}
+
+/// One connection's attempts to reach the agent.
+struct Waiting<'a> {
+    guest: &'a GuestAddr,
+    /// Hybrid-vsock attempts whose `CONNECT` is unanswered, oldest first.
+    pending: Vec<PendingConnect>,
+    /// Why the last finished attempt failed.
+    last_err: Option<ConnectError>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(guest: &'a GuestAddr) -> Self {
+        Waiting {
+            guest,
+            pending: Vec::new(),
+            last_err: None,
+        }
+    }
+
+    /// Collects answers: waits at most `wait` on the newest attempt, looks at the others
+    /// without waiting. Returns a connected stream if one arrived; failed attempts are dropped
+    /// (the backend closed them first, so closing is safe).
+    fn poll(&mut self, wait: Duration) -> Result<Option<OwnedFd>, Refused> {
+        let GuestAddr::Hybrid(path) = self.guest else {
+            return Ok(None);
+        };
+        let mut i = self.pending.len();
+        let mut first = true;
+        while i > 0 {
+            i -= 1;
+            let slice = if std::mem::take(&mut first) {
+                wait
+            } else {
+                Duration::ZERO
+            };
+            match poll_attempt(path, &mut self.pending[i], slice) {
+                Ok(None) => {}
+                Ok(Some(fd)) => {
+                    self.pending.remove(i);
+                    return Ok(Some(fd));
+                }
+                Err(e) => {
+                    self.pending.remove(i);
+                    self.last_err = Some(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn oldest_pending(&self) -> Option<Duration> {
+        self.pending.first().map(PendingConnect::age)
+    }
+
+    /// What to report when time is up.
+    fn timeout_error(&self) -> ConnectError {
+        if let Some(age) = self.oldest_pending() {
+            return ConnectError::NotListening(format!(
+                "CONNECT {AGENT_PORT} unanswered for {} on {}; if the guest is up, its \
+                 vhost-device-vsock may be wedged",
+                seconds(age),
+                self.guest.describe()
+            ));
+        }
+        self.last_err
+            .clone()
+            .unwrap_or_else(|| ConnectError::Other("no attempt finished".to_owned()))
+    }
+}
+
+/// How long to wait after a failed attempt before the next. While the guest's vsock device is
+/// not started, seldom (see [`BOOT_RETRY`]).
+fn pause_after(e: &ConnectError) -> Duration {
+    match e {
+        ConnectError::NotStarted(_) => BOOT_RETRY,
+        _ => RETRY,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -340,26 +432,53 @@ impl Service {
 
     /// Connects to the agent, starting the VM if needed; returns the guest stream and the
     /// `Ready` frame for the client.
+    ///
+    /// A hybrid-vsock attempt whose `CONNECT` is unanswered is never closed: it is waited for
+    /// (the backend answers `OK`, or closes once the guest refuses), and when this connection
+    /// gives up it is handed to [`hybrid::linger`]. Closing it would let the guest's late
+    /// answer crash vhost-device-vsock's worker and cut the VM's vsock off for good (see
+    /// `vmsilo_proto::hybrid`). While an attempt stays unanswered for [`HEDGE_AFTER`] another
+    /// one is started beside it (at most [`MAX_PENDING`]), which also wakes a backend that
+    /// holds a request back until its next event.
     fn reach_agent(
         &self,
         client: &UnixStream,
         id: u64,
     ) -> Result<(OwnedFd, ServiceFrame), Refused> {
         let guest = self.o.target.clone().map_err(Refused::Failed)?;
-        if let Ok(fd) = guest.connect(AGENT_PORT, ATTEMPT_TIMEOUT) {
-            self.mark_ready();
-            return Ok((
-                fd,
-                ServiceFrame::Ready {
-                    cold: false,
-                    startup_ms: 0,
-                },
-            ));
+        let mut w = Waiting::new(&guest);
+        let result = self.wait_for_agent(client, id, &mut w);
+        if !w.pending.is_empty() {
+            let n = w.pending.len();
+            if let Err(e) = hybrid::linger(std::mem::take(&mut w.pending))
+                && self.failures.allow()
+            {
+                self.log(&format!(
+                    "connection {id}: cannot keep {n} unanswered vsock attempt(s) open: {e}"
+                ));
+            }
         }
+        result
+    }
+
+    fn wait_for_agent(
+        &self,
+        client: &UnixStream,
+        id: u64,
+        w: &mut Waiting<'_>,
+    ) -> Result<(OwnedFd, ServiceFrame), Refused> {
         let began = Instant::now();
         let deadline = began + self.o.agent_timeout;
         let mut waiting_on = None;
-        let mut last_status: Option<Instant> = None;
+        // The first status frame after STATUS_EVERY: a warm agent that takes a moment to
+        // answer shows no progress line.
+        let mut last_status = Some(began);
+        let mut next_attempt = began;
+        // The first attempt is the warm path: no start, no systemctl.
+        let mut cold = false;
+        // When the VM's current start began, as far as this connection knows.
+        let mut since = began;
+        let mut slow_logged = false;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return Err(Refused::Failed(Refusal {
@@ -370,34 +489,59 @@ impl Service {
                     ),
                 }));
             }
-            let elapsed = self
-                .ensure_started(&mut waiting_on)
-                .map_err(Refused::Failed)?;
-            let attempt_started = Instant::now();
-            let err = match guest.connect(AGENT_PORT, ATTEMPT_TIMEOUT) {
-                Ok(fd) => {
-                    self.mark_ready();
-                    self.log(&format!(
-                        "connection {id}: the guest agent answered after {}",
-                        seconds(began.elapsed())
-                    ));
-                    return Ok((
-                        fd,
-                        ServiceFrame::Ready {
-                            cold: true,
-                            startup_ms: millis(began.elapsed()),
-                        },
-                    ));
+            let round = Instant::now();
+            // Nothing in flight and the last attempt failed: the VM may not run.
+            if w.pending.is_empty() && next_attempt > began {
+                cold = true;
+                let e = self
+                    .ensure_started(&mut waiting_on)
+                    .map_err(Refused::Failed)?;
+                since = round.checked_sub(e).unwrap_or(round);
+            }
+            let elapsed = since.elapsed();
+            if round >= next_attempt && w.pending.len() < MAX_PENDING {
+                match w.guest.begin(AGENT_PORT) {
+                    Ok(Attempt::Connected(fd)) => return Ok(self.ready(fd, id, cold, began)),
+                    Ok(Attempt::Pending(p)) => {
+                        w.pending.push(p);
+                        next_attempt = round + HEDGE_AFTER;
+                    }
+                    Err(e) => {
+                        next_attempt = round + pause_after(&e);
+                        w.last_err = Some(e);
+                    }
                 }
-                Err(e) => e,
-            };
+            }
+            if let Some(fd) = w.poll(RETRY.saturating_sub(round.elapsed()))? {
+                return Ok(self.ready(fd, id, cold, began));
+            }
+            if w.pending.is_empty()
+                && let Some(e) = &w.last_err
+            {
+                next_attempt = next_attempt.min(round + pause_after(e));
+            }
+            if let Some(age) = w.oldest_pending()
+                && age >= SLOW_ANSWER
+                && !slow_logged
+                && self.failures.allow()
+            {
+                slow_logged = true;
+                self.log(&format!(
+                    "connection {id}: {} has not answered CONNECT {AGENT_PORT} for {} \
+                     ({} attempt(s) waiting); still waiting (a loaded host or a busy guest)",
+                    w.guest.describe(),
+                    seconds(age),
+                    w.pending.len()
+                ));
+            }
             if Instant::now() >= deadline {
-                return Err(Refused::Failed(self.timeout_message(&guest, &err)));
+                let err = w.timeout_error();
+                return Err(Refused::Failed(self.timeout_message(w.guest, &err)));
             }
             if last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
                 last_status = Some(Instant::now());
-                let phase = match err {
-                    ConnectError::NoVm(_) => Phase::StartingVm,
+                let phase = match (&w.last_err, w.pending.is_empty()) {
+                    (Some(ConnectError::NoVm(_)), true) => Phase::StartingVm,
                     _ => Phase::WaitingForAgent,
                 };
                 let frame = ServiceFrame::Status {
@@ -408,8 +552,28 @@ impl Service {
                     return Err(Refused::ClientGone);
                 }
             }
-            std::thread::sleep(RETRY.saturating_sub(attempt_started.elapsed()));
+            if w.pending.is_empty() {
+                std::thread::sleep(next_attempt.saturating_duration_since(Instant::now()));
+            }
         }
+    }
+
+    /// The agent answered: the `Ready` frame for the client.
+    fn ready(&self, fd: OwnedFd, id: u64, cold: bool, began: Instant) -> (OwnedFd, ServiceFrame) {
+        self.mark_ready();
+        if cold {
+            self.log(&format!(
+                "connection {id}: the guest agent answered after {}",
+                seconds(began.elapsed())
+            ));
+        }
+        (
+            fd,
+            ServiceFrame::Ready {
+                cold,
+                startup_ms: if cold { millis(began.elapsed()) } else { 0 },
+            },
+        )
     }
 
     fn timeout_message(&self, guest: &GuestAddr, err: &ConnectError) -> Refusal {
@@ -725,6 +889,16 @@ fn relay_stderr(stderr: std::process::ChildStderr, info: &ChildVm) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_attempts_while_the_vsock_device_is_not_started_are_seldom() {
+        assert_eq!(
+            pause_after(&ConnectError::NotStarted("early".into())),
+            BOOT_RETRY
+        );
+        assert_eq!(pause_after(&ConnectError::NotListening("x".into())), RETRY);
+        assert_eq!(pause_after(&ConnectError::NoVm("x".into())), RETRY);
+    }
 
     #[test]
     fn test_rate_limit_allows_the_first_five_then_every_hundredth() {
