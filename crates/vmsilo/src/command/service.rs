@@ -907,19 +907,13 @@ mod tests {
         assert_eq!(allowed.len(), 5 + 2);
     }
 
-    #[test]
-    fn test_child_failure_reports_status_and_stderr_tail() {
+    /// A service whose VM starter is `sh -c script`, and the failure its first start ends in.
+    fn failed_start(script: &str) -> (Arc<Service>, Refusal) {
         let svc = Service::new(ServiceOptions {
             vm: "a".into(),
             target: Ok(GuestAddr::Hybrid("/nonexistent/vsock".into())),
             starter: Starter::Child {
-                argv: [
-                    "sh",
-                    "-c",
-                    "echo one >&2; echo 'two: no kernel' >&2; exit 3",
-                ]
-                .map(OsString::from)
-                .to_vec(),
+                argv: ["sh", "-c", script].map(OsString::from).to_vec(),
             },
             agent_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(5),
@@ -937,6 +931,12 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        (svc, err)
+    }
+
+    #[test]
+    fn test_child_failure_reports_status_and_stderr_tail() {
+        let (svc, err) = failed_start("echo one >&2; echo 'two: no kernel' >&2; exit 3");
         assert_eq!(err.code, FailCode::StartFailed);
         assert!(
             err.message.contains("exited with status 3"),
@@ -957,31 +957,7 @@ mod tests {
     #[test]
     fn test_child_stderr_tail_is_kept_with_terminal_controls_escaped() {
         // vm-service relays the VMM's and virtiofsd's output, which can quote guest text.
-        let svc = Service::new(ServiceOptions {
-            vm: "a".into(),
-            target: Ok(GuestAddr::Hybrid("/nonexistent/vsock".into())),
-            starter: Starter::Child {
-                argv: [
-                    "sh",
-                    "-c",
-                    "printf 'x\\033]0;owned\\007\\033[2J\\n' >&2; exit 3",
-                ]
-                .map(OsString::from)
-                .to_vec(),
-            },
-            agent_timeout: Duration::from_secs(30),
-            stop_timeout: Duration::from_secs(5),
-        });
-        let mut waiting = None;
-        svc.ensure_started(&mut waiting).expect("spawned");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let err = loop {
-            match svc.ensure_started(&mut waiting) {
-                Ok(_) => assert!(Instant::now() < deadline, "the child never ended"),
-                Err(e) => break e,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (_svc, err) = failed_start("printf 'x\\033]0;owned\\007\\033[2J\\n' >&2; exit 3");
         assert!(
             err.message.ends_with(":\n  x\\x1b]0;owned\\x07\\x1b[2J"),
             "{:?}",
