@@ -49,7 +49,8 @@ struct Cli {
     /// DRR quantum in bytes.
     #[arg(long = "fq-codel-quantum", default_value = "1514", value_parser = parse_size)]
     fq_codel_quantum: u64,
-    /// Log errors only.
+    /// Suppress all log output (overrides --log-level). A failure that ends vm-switch with a
+    /// non-zero exit code is still reported on stderr.
     #[arg(long)]
     quiet: bool,
     /// Do not put the main process and the port children into namespaces (debugging;
@@ -83,7 +84,7 @@ fn usage(msg: String) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     vm_switch::logger::init(if cli.quiet {
-        LevelFilter::Error
+        LevelFilter::Off
     } else {
         cli.log_level
     });

@@ -445,6 +445,40 @@ fn test_stalled_guest_fills_only_its_own_bounded_queue() {
     );
 }
 
+/// Issue 14: the seed's `--quiet` suppresses all log output. A normal run (ports coming and
+/// going, frames forwarded, a malformed port file it survives, a clean SIGTERM) writes nothing
+/// to stdout or stderr, even with `--log-level info` (which the helper passes) given as well.
+#[test]
+fn test_quiet_run_writes_nothing_to_stdout_or_stderr() {
+    let mut s = SwitchProc::start("quiet", &["--quiet"]);
+    s.add_port("a", MAC_A, &["10.0.0.1/24"], &[], false, &[]);
+    s.add_port("b", MAC_B, &["10.0.0.2/24"], &[], false, &[]);
+    // Logged at error level without --quiet: the port is not started.
+    std::fs::write(s.dir.join("broken.port"), "name = 7\n").unwrap();
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 5))
+        .unwrap();
+    assert!(
+        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(5))
+            .is_some(),
+        "a->b not forwarded; log:\n{}",
+        s.log()
+    );
+    drop(a);
+    std::fs::remove_file(s.dir.join("b.port")).unwrap();
+    drop(b);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}; log:\n{}", s.log());
+    assert_eq!(s.log(), "", "--quiet printed something");
+}
+
 #[test]
 fn test_cli_usage_errors_exit_2_and_missing_instance_exits_1() {
     let bin = env!("CARGO_BIN_EXE_vm-switch");
