@@ -18,7 +18,7 @@ use crate::color::Color;
 use crate::diag::{Diagnostic, Diagnostics, Seg, did_you_mean};
 use crate::net::{Cidr, MacAddr};
 use crate::pci::PciAddress;
-use crate::units::{ByteSize, format_duration, parse_duration, parse_size};
+use crate::units::{ByteSize, format_duration, parse_duration, parse_image_size};
 use crate::value::{FromValue, Reader, read_ranged, render};
 
 /// Declares a string-valued enum option: its spellings, parsing with suggestions, Display and
@@ -769,7 +769,8 @@ pub struct RootOverlay {
     /// "qcow2" (default) or "tmpfs".
     #[serde(rename = "type")]
     pub kind: OverlayType,
-    /// Maximum size of the qcow2 upper layer ("10G").
+    /// Maximum size of the qcow2 upper layer ("10G", "10.5G": what `qemu-img` accepts, see
+    /// [`crate::units::parse_image_size`]).
     pub size: ByteSize,
 }
 
@@ -1513,7 +1514,7 @@ impl FromValue for RootOverlay {
         let size = match o.get("size") {
             None => ByteSize(10 << 30),
             Some(sv) => r.at_key("size", |r| match sv {
-                Value::String(s) => match parse_size(s) {
+                Value::String(s) => match parse_image_size(s) {
                     Ok(0) => {
                         r.error(Some(sv), "must be larger than 0");
                         ByteSize(10 << 30)
@@ -1525,7 +1526,7 @@ impl FromValue for RootOverlay {
                     }
                 },
                 _ => {
-                    r.type_error(sv, "a size such as \"10G\"");
+                    r.type_error(sv, "a size such as \"10G\" or \"10.5G\"");
                     ByteSize(10 << 30)
                 }
             }),

@@ -7,6 +7,10 @@
 //! because `2` could mean seconds or milliseconds depending on who reads it. Durations longer
 //! than 100 years are rejected, so that every component can add one to the current time (or
 //! count it in nanoseconds) without overflowing.
+//!
+//! Disk image sizes (`rootOverlay.size`, handed to `qemu-img`) additionally accept what
+//! `qemu-img` accepts: a fraction before the unit (`10.5G`), the units `p` and `e`, and a bare
+//! hexadecimal byte count (`0x1000`); see [`parse_image_size`].
 
 use std::fmt;
 use std::time::Duration;
@@ -59,6 +63,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const SIZE_EXPECTED: &str = "a size such as 4096, 256k, 300m, 10G or 1TiB";
 const DURATION_EXPECTED: &str = "a duration such as 500ms, 2s, 5min or 1h";
+const IMAGE_SIZE_EXPECTED: &str =
+    "a size as qemu-img reads it, such as 4096, 300m, 10G, 10.5G or 1T (a fraction needs a unit)";
+
+/// The largest disk image size [`parse_image_size`] accepts: `qemu-img` refuses anything above
+/// `i64::MAX` bytes.
+pub const MAX_IMAGE_SIZE: u64 = i64::MAX as u64;
 
 /// A number of bytes, parsed from and displayed as a human-friendly size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -150,6 +160,89 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         .ok_or_else(|| UnitError::Overflow {
             text: text.to_owned(),
         })
+}
+
+/// Parses a disk image size the way `qemu-img create` reads its size argument, so that a
+/// configuration may say what `qemu-img` would accept: everything [`parse_size`] accepts, plus
+/// a decimal fraction before a unit (`10.5G`, `1.7k`; rounded to the nearest byte, as
+/// `qemu-img` does: `1.7k` is 1741 bytes), the units `p` (1024⁵) and `e` (1024⁶), and a bare hexadecimal byte count
+/// (`0x1000`). A fraction without a unit (`1.5`, `1.5B`) is refused, as `qemu-img` refuses it.
+/// At most [`MAX_IMAGE_SIZE`] bytes. Callers pass the result to `qemu-img` as a byte count.
+pub fn parse_image_size(text: &str) -> Result<u64, UnitError> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(UnitError::Empty {
+            expected: IMAGE_SIZE_EXPECTED,
+        });
+    }
+    let bad_number = || UnitError::BadNumber {
+        text: text.to_owned(),
+        expected: IMAGE_SIZE_EXPECTED,
+    };
+    let overflow = || UnitError::Overflow {
+        text: text.to_owned(),
+    };
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad_number());
+        }
+        let v = u64::from_str_radix(hex, 16).map_err(|_| overflow())?;
+        return if v <= MAX_IMAGE_SIZE {
+            Ok(v)
+        } else {
+            Err(overflow())
+        };
+    }
+    let (int, rest) = split_number(s);
+    if int.is_empty() {
+        return Err(bad_number());
+    }
+    let (frac, unit) = match rest.strip_prefix('.') {
+        Some(r) => split_number(r),
+        None => ("", rest),
+    };
+    let int: u64 = int.parse().map_err(|_| overflow())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        "e" | "eb" | "eib" => 60,
+        _ => {
+            return Err(UnitError::BadUnit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+                expected: IMAGE_SIZE_EXPECTED,
+            });
+        }
+    };
+    // Digits past the 19th change the result by less than one byte for every unit up to `e`
+    // (2^60 < 10^19), so they are dropped before the integer arithmetic.
+    let frac = &frac[..frac.len().min(19)];
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad_number())?
+    };
+    if shift == 0 && frac_value != 0 {
+        return Err(UnitError::BadUnit {
+            text: text.to_owned(),
+            unit: unit.to_owned(),
+            expected: IMAGE_SIZE_EXPECTED,
+        });
+    }
+    let mul = 1u128 << shift;
+    let scale = 10u128.pow(frac.len() as u32);
+    let bytes = u128::from(int)
+        .checked_mul(mul)
+        .and_then(|b| b.checked_add((frac_value * mul + scale / 2) / scale))
+        .ok_or_else(overflow)?;
+    match u64::try_from(bytes) {
+        Ok(b) if b <= MAX_IMAGE_SIZE => Ok(b),
+        _ => Err(overflow()),
+    }
 }
 
 /// Parses a duration: `250us`, `500ms`, `2s`, `5min`, `1h`.
@@ -251,6 +344,65 @@ mod tests {
             "16777216t",
         ] {
             let err = parse_size(text).expect_err(text);
+            if !text.is_empty() {
+                assert!(err.to_string().contains(text.trim()), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_parse_image_size_accepts_fractions_and_qemu_img_units() {
+        let cases = [
+            ("10.5G", 10 * (1 << 30) + (1 << 29)),
+            ("10.5g", 11_274_289_152),
+            ("1.3k", 1331),
+            ("1.7k", 1741),
+            ("0.6k", 614),
+            ("1.9999k", 2048),
+            ("5.G", 5 << 30),
+            ("1.k", 1024),
+            ("10.5T", 11_544_872_091_648),
+            ("1.123456789012345678901234G", 1_206_302_542),
+            ("0.0001k", 0),
+            ("1P", 1 << 50),
+            ("1E", 1 << 60),
+            ("0x1000", 4096),
+            ("0X10", 16),
+            ("010", 10),
+            ("9223372036854775807", i64::MAX as u64),
+            // Everything parse_size accepts still parses the same.
+            ("10G", 10 << 30),
+            ("300MiB", 300 << 20),
+            ("2mb", 2 << 20),
+            (" 1g ", 1 << 30),
+            ("10 G", 10 << 30),
+            ("1.5GiB", 3 << 29),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_image_size(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn test_parse_image_size_refuses_what_qemu_img_refuses() {
+        for text in [
+            "",
+            "1.5",
+            "1.5B",
+            ".5G",
+            "0x",
+            "0x1.8k",
+            "0x10k",
+            "1e3k",
+            "1.5k5",
+            "-1G",
+            "10X",
+            "8E",
+            "16E",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            let err = parse_image_size(text).expect_err(text);
             if !text.is_empty() {
                 assert!(err.to_string().contains(text.trim()), "{err}");
             }

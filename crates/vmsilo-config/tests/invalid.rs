@@ -130,6 +130,8 @@ fn cases() -> Vec<Case> {
         case("wayland proxy typo", v("waylandProxy = \"sommelir\""), "nixosVms[0].waylandProxy", "did you mean \"sommelier\"?", Some("\"sommelir\"")),
         case("overlay type", v("rootOverlay.type = \"zfs\""), "nixosVms[0].rootOverlay.type", "\"zfs\" is not a valid overlay type", Some("\"zfs\"")),
         case("overlay size", v("rootOverlay.size = \"10X\""), "nixosVms[0].rootOverlay.size", "has an unknown unit \"X\"", Some("\"10X\"")),
+        case("overlay size fraction of bytes", v("rootOverlay.size = \"1.5\""), "nixosVms[0].rootOverlay.size", "(a fraction needs a unit)", Some("\"1.5\"")),
+        case("overlay size beyond qemu-img", v("rootOverlay.size = \"8E\""), "nixosVms[0].rootOverlay.size", "\"8E\" is too large", Some("\"8E\"")),
         // --- dependencies
         case("depends on unknown vm", v2("dependsOn = [\"c\"]", ""), "nixosVms[0].dependsOn[0]", "there is no VM called \"c\"", Some("\"c\"")),
         case("depends on typo", v2("", "").replace("name = \"b\"", "name = \"shopping\"") + "dependsOn = [\"shoping\"]\n", "nixosVms[1].dependsOn[0]", "(did you mean \"shopping\"?)", Some("\"shoping\"")),
