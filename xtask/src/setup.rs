@@ -44,6 +44,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "desktop-file-utils",
         "desktop-file-validate checks vmsilo desktop-entries' output",
     ),
+    (
+        "libglib2.0-bin",
+        "gio launch runs a generated desktop entry with a URL in a test",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),

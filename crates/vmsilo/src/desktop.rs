@@ -3,8 +3,12 @@
 //! A guest program's entry becomes a host entry that runs it through `vm-run`:
 //!
 //! - `Exec=` becomes `vm-run <vm> <the original command>` (`vm-run -w` for `Terminal=true`,
-//!   so the terminal stays while the program runs), without field codes (`%U`, `%f`, ...: host
-//!   files and URLs mean nothing in the guest), in every `[Desktop Action …]` too;
+//!   so the terminal stays while the program runs), in every `[Desktop Action …]` too. The URL
+//!   field codes `%u` and `%U` are passed on where they stand alone as an argument, so that a
+//!   URL opened with the entry on the host (a link dropped on it, "Open with") reaches the
+//!   guest program as its argument (`vm-run` hands everything after the command to the guest
+//!   unchanged). Every other field code (`%f`, `%F`, `%i`, ...) is dropped, as is a `%u`
+//!   inside a longer argument: host file paths mean nothing in the guest;
 //! - `Name=` (and each `Name[locale]=`) becomes `[<vm>] Name`;
 //! - `TryExec=` (the program is not on the host), `DBusActivatable=` (the host would try to
 //!   activate it on its own bus) and `MimeType=` (files cannot be handed over) are dropped;
@@ -18,8 +22,37 @@
 
 use std::fmt::Write as _;
 
-/// Field codes of the `Exec` key (`%f`, `%U`, ...), all dropped.
+/// Field codes of the `Exec` key (`%f`, `%U`, ...).
 const FIELD_CODES: &str = "fFuUdDnNickvm";
+
+/// Field codes passed on to `vm-run` when they form a whole argument: URLs mean the same in the
+/// guest, host file paths do not.
+const PASSED_CODES: &str = "uU";
+
+/// One argument of a parsed `Exec` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecArg {
+    /// A literal argument.
+    Word(String),
+    /// A field code standing alone (`%u` or `%U`), expanded by the host's launcher.
+    Code(char),
+}
+
+impl ExecArg {
+    /// The `Exec` form of the argument (before string escaping).
+    fn quoted(&self) -> String {
+        match self {
+            ExecArg::Word(w) => quote_exec_arg(w),
+            ExecArg::Code(c) => format!("%{c}"),
+        }
+    }
+}
+
+impl From<String> for ExecArg {
+    fn from(w: String) -> Self {
+        ExecArg::Word(w)
+    }
+}
 
 /// Why an entry is not turned into a host entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,13 +112,36 @@ pub fn escape_value(v: &str) -> String {
     out
 }
 
-/// Splits an (unescaped) `Exec` value into arguments, dropping field codes. `%%` is a `%`.
+/// Splits an (unescaped) `Exec` value into its literal arguments, dropping every field code.
+/// `%%` is a `%`.
 pub fn parse_exec(exec: &str) -> Result<Vec<String>, String> {
+    Ok(parse_exec_args(exec)?
+        .into_iter()
+        .filter_map(|a| match a {
+            ExecArg::Word(w) => Some(w),
+            ExecArg::Code(_) => None,
+        })
+        .collect())
+}
+
+/// Splits an (unescaped) `Exec` value into arguments. A `%u` or `%U` that is a whole argument is
+/// kept as [`ExecArg::Code`]; every other field code is dropped. `%%` is a `%`. The command
+/// itself must be a literal word.
+pub fn parse_exec_args(exec: &str) -> Result<Vec<ExecArg>, String> {
     let mut args = Vec::new();
     let mut cur = String::new();
-    // The argument has content (or quotes), and whether it was only a field code.
+    // The argument has content (or quotes), whether it was only field codes, and the code when
+    // it was exactly one.
     let mut started = false;
     let mut only_code = false;
+    let mut sole_code: Option<char> = None;
+    let finish = |args: &mut Vec<ExecArg>, cur: &mut String, only: bool, sole: Option<char>| {
+        if !only {
+            args.push(ExecArg::Word(std::mem::take(cur)));
+        } else if let Some(c) = sole.filter(|c| PASSED_CODES.contains(*c)) {
+            args.push(ExecArg::Code(c));
+        }
+    };
     let mut chars = exec.chars().peekable();
     let push_code = |cur: &mut String, code: char, only: bool| -> Result<bool, String> {
         match code {
@@ -100,12 +156,13 @@ pub fn parse_exec(exec: &str) -> Result<Vec<String>, String> {
     while let Some(c) = chars.next() {
         match c {
             ' ' | '\t' | '\n' => {
-                if started && !only_code {
-                    args.push(std::mem::take(&mut cur));
+                if started {
+                    finish(&mut args, &mut cur, only_code, sole_code);
                 }
                 cur.clear();
                 started = false;
                 only_code = false;
+                sole_code = None;
             }
             '"' => {
                 started = true;
@@ -156,6 +213,7 @@ pub fn parse_exec(exec: &str) -> Result<Vec<String>, String> {
                 let fresh = !started;
                 started = true;
                 only_code = push_code(&mut cur, code, fresh || only_code)? && cur.is_empty();
+                sole_code = if fresh { Some(code) } else { None };
             }
             c => {
                 started = true;
@@ -164,13 +222,14 @@ pub fn parse_exec(exec: &str) -> Result<Vec<String>, String> {
             }
         }
     }
-    if started && !only_code {
-        args.push(cur);
+    if started {
+        finish(&mut args, &mut cur, only_code, sole_code);
     }
-    if args.is_empty() {
-        return Err("empty command".into());
+    match args.first() {
+        None => Err("empty command".into()),
+        Some(ExecArg::Code(c)) => Err(format!("the command is the field code %{c}")),
+        Some(ExecArg::Word(_)) => Ok(args),
     }
-    Ok(args)
 }
 
 /// Quotes one argument for an `Exec` value (before string escaping): reserved characters
@@ -192,16 +251,16 @@ pub fn quote_exec_arg(arg: &str) -> String {
     out
 }
 
-/// The `Exec` value (escaped for the file) that runs `argv` in `vm`.
-pub fn vm_run_exec(vm: &str, wait: bool, argv: &[String]) -> String {
-    let mut words = vec!["vm-run".to_owned()];
+/// The `Exec` value (escaped for the file) that runs `argv` in `vm`; field codes in `argv` are
+/// written as such, for the host's launcher to expand.
+pub fn vm_run_exec(vm: &str, wait: bool, argv: &[ExecArg]) -> String {
+    let mut words = vec![quote_exec_arg("vm-run")];
     if wait {
         words.push("-w".into());
     }
-    words.push(vm.to_owned());
-    words.extend(argv.iter().cloned());
-    let line: Vec<String> = words.iter().map(|w| quote_exec_arg(w)).collect();
-    escape_value(&line.join(" "))
+    words.push(quote_exec_arg(vm));
+    words.extend(argv.iter().map(ExecArg::quoted));
+    escape_value(&words.join(" "))
 }
 
 /// The key of a `Key[locale]=value` line and its locale suffix: `("Name", "[de]")`.
@@ -290,7 +349,7 @@ pub fn rewrite(text: &str, vm: &str, color: Option<&str>, source: &str) -> Resul
         let parsed = split_key(t).filter(|_| !t.starts_with('#'));
         match parsed {
             Some(("Exec", "", value)) if in_main || in_action => {
-                let argv = parse_exec(&unescape_value(value)).map_err(Skip::BadExec)?;
+                let argv = parse_exec_args(&unescape_value(value)).map_err(Skip::BadExec)?;
                 let _ = writeln!(out, "Exec={}", vm_run_exec(vm, terminal, &argv));
             }
             Some(("Name", locale, value)) if in_main => {
@@ -328,7 +387,7 @@ pub struct ExtraEntry {
 
 /// The `.desktop` text of an extra entry.
 pub fn extra_entry(e: &ExtraEntry, vm: &str, color: Option<&str>) -> Result<String, Skip> {
-    let argv = parse_exec(&e.exec).map_err(Skip::BadExec)?;
+    let argv = parse_exec_args(&e.exec).map_err(Skip::BadExec)?;
     let mut out = format!(
         "# Generated by vmsilo desktop-entries: runs in VM {vm}.\n[Desktop Entry]\n\
          Type=Application\n"
@@ -393,22 +452,52 @@ mod tests {
     }
 
     #[test]
+    fn test_exec_url_field_codes_are_kept_only_where_they_stand_alone() {
+        let w = |s: &str| ExecArg::Word(s.into());
+        assert_eq!(
+            parse_exec_args("firefox --new-window %u").expect("ok"),
+            [w("firefox"), w("--new-window"), ExecArg::Code('u')]
+        );
+        assert_eq!(
+            parse_exec_args("browser %U --x").expect("ok"),
+            [w("browser"), ExecArg::Code('U'), w("--x")]
+        );
+        // Files, icons, names and codes inside a longer argument are dropped; %% is literal.
+        assert_eq!(
+            parse_exec_args("vim %F %f %i %c --url=%u %u%U %%U \"%u\"").expect("ok"),
+            [w("vim"), w("--url="), w("%U"), w("")]
+        );
+        assert_eq!(
+            parse_exec_args("%u firefox"),
+            Err("the command is the field code %u".into())
+        );
+        assert!(parse_exec_args("%f").is_err());
+    }
+
+    #[test]
     fn test_exec_round_trips_through_quote_and_escape() {
-        let argv: Vec<String> = ["sh", "-c", "echo \"$x\" \\ `y` 50%", "plain", ""]
-            .map(String::from)
+        let mut argv: Vec<ExecArg> = ["sh", "-c", "echo \"$x\" \\ `y` 50%", "plain", "", "%U"]
+            .map(|w| ExecArg::Word(w.into()))
             .to_vec();
+        argv.push(ExecArg::Code('U'));
         let exec = vm_run_exec("banking", false, &argv);
-        let back = parse_exec(&unescape_value(&exec)).expect("parses");
-        let mut expect = vec!["vm-run".to_owned(), "banking".to_owned()];
+        let back = parse_exec_args(&unescape_value(&exec)).expect("parses");
+        let mut expect = vec![
+            ExecArg::Word("vm-run".into()),
+            ExecArg::Word("banking".into()),
+        ];
         expect.extend(argv);
         assert_eq!(back, expect);
-        assert_eq!(vm_run_exec("b", true, &["vim".into()]), "vm-run -w b vim");
+        assert_eq!(
+            vm_run_exec("b", true, &[ExecArg::Word("vim".into())]),
+            "vm-run -w b vim"
+        );
     }
 
     #[test]
     fn test_rewrite_renames_drops_and_tags() {
         let text = "[Desktop Entry]\nName=Files\nName[de]=Dateien\nExec=nautilus \
-                    --new-window %U\nTryExec=nautilus\nIcon=org.gnome.Nautilus\nMimeType=\
+                    --new-window %F\nTryExec=nautilus\nIcon=org.gnome.Nautilus\nMimeType=\
                     inode/directory;\nDBusActivatable=true\nActions=new;\n\n[Desktop Action \
                     new]\nName=New Window\nExec=nautilus --new-window\n";
         let out = rewrite(text, "work", Some("#00ff00"), "/pkg/x.desktop").expect("rewritten");
@@ -458,13 +547,13 @@ mod tests {
     #[test]
     fn test_extra_entry_and_slug() {
         let e: ExtraEntry = serde_json::from_str(
-            r#"{"name": "Web browser", "exec": "firefox --private-window", "icon": null, "categories": ["Network", "WebBrowser"]}"#,
+            r#"{"name": "Web browser", "exec": "firefox --private-window %U", "icon": null, "categories": ["Network", "WebBrowser"]}"#,
         )
         .expect("json");
         let out = extra_entry(&e, "shop", Some("red")).expect("entry");
         assert!(out.contains("Name=[shop] Web browser\n"), "{out}");
         assert!(
-            out.contains("Exec=vm-run shop firefox --private-window\n"),
+            out.contains("Exec=vm-run shop firefox --private-window %U\n"),
             "{out}"
         );
         assert!(out.contains("Categories=Network;WebBrowser;\n"), "{out}");

@@ -2,7 +2,8 @@
 //! packages (vim, python3.11 and qemu from this machine's `/usr/share/applications`, copied
 //! into `tests/data/desktop/`) and a browser-like entry with actions and a subdirectory, a
 //! missing `--from` directory, and extra entries from JSON. Every written file passes the
-//! freedesktop reference validator `desktop-file-validate` (installed by `cargo xtask setup`).
+//! freedesktop reference validator `desktop-file-validate` (installed by `cargo xtask setup`),
+//! and GLib's launcher (`gio launch`) hands a URL opened with an entry on to `vm-run`.
 
 mod common;
 
@@ -109,17 +110,18 @@ fn test_desktop_entries_from_packages_and_json_launch_through_vm_run() {
     let browser = read(&out, "vmsilo-banking-org.example.Browser.desktop");
     assert!(
         browser.contains(
-            "\nExec=vm-run banking /usr/lib/example-browser/browser --class \"Example Browser\"\n"
+            "\nExec=vm-run banking /usr/lib/example-browser/browser --class \"Example Browser\" %u\n"
         ),
         "{browser}"
     );
     assert!(
-        browser.contains("\nExec=vm-run banking /usr/lib/example-browser/browser --new-window\n"),
+        browser
+            .contains("\nExec=vm-run banking /usr/lib/example-browser/browser --new-window %u\n"),
         "{browser}"
     );
     assert!(
         browser.contains(
-            "\nExec=vm-run banking /usr/lib/example-browser/browser --private-window \"a b\"\n"
+            "\nExec=vm-run banking /usr/lib/example-browser/browser --private-window \"a b\" %u\n"
         ),
         "{browser}"
     );
@@ -144,6 +146,68 @@ fn test_desktop_entries_from_packages_and_json_launch_through_vm_run() {
     for name in entries(&out) {
         validate(&out.join(name));
     }
+}
+
+/// Issue 14: a URL opened with a generated entry on the host reaches the guest program. GLib's
+/// launcher (`gio launch`, what GNOME and most toolkits use) runs the entry with a URL; a
+/// stand-in `vm-run` on PATH records the arguments it gets, which `vm-run` hands to the guest
+/// unchanged after the command.
+#[test]
+fn test_desktop_entry_passes_a_url_opened_on_the_host_to_vm_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("desktop-url");
+    let out = dir.path().join("applications");
+    let o = vmsilo()
+        .args(["desktop-entries", "--vm", "banking"])
+        .arg("--from")
+        .arg(data("browser"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("desktop-entries");
+    assert!(o.status.success(), "{}", text(&o));
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    let record = dir.path().join("args");
+    let fake = bin.join("vm-run");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>\\n' \"$a\"; done > {0}.tmp && mv {0}.tmp {0}\n",
+            record.display()
+        ),
+    )
+    .expect("fake vm-run");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let url = "https://example.org/a b?q=1&r=$HOME";
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("gio")
+        .arg("launch")
+        .arg(out.join("vmsilo-banking-org.example.Browser.desktop"))
+        .arg(url)
+        .env("PATH", path)
+        .output()
+        .expect("gio (Debian: libglib2.0-bin; cargo xtask setup installs it)");
+    assert!(o.status.success(), "gio launch: {}", text(&o));
+    // gio does not wait for the program; a generous bound only guards against a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !record.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vm-run was never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("recorded arguments"),
+        format!(
+            "<banking>\n</usr/lib/example-browser/browser>\n<--class>\n<Example Browser>\n<{url}>\n"
+        )
+    );
 }
 
 #[test]
