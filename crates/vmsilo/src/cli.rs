@@ -384,8 +384,8 @@ pub struct ShellArgs {
     #[arg(value_name = "VM")]
     pub vm: String,
 
-    /// ssh to the VM's first static address as the guest user (`user`) instead of attaching to
-    /// the console.
+    /// ssh as the guest user (`user`) to the first of the VM's addresses (any interface, TAPs
+    /// first) that answers on the ssh port, instead of attaching to the console.
     #[arg(long)]
     pub ssh: bool,
 

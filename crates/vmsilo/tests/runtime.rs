@@ -827,34 +827,58 @@ fn test_port_file_is_read_by_vm_switch_and_a_missing_switch_is_reported() {
     assert!(!vm.dir.path().join("state/overlays/t.qcow2").exists());
 }
 
+/// `vm-shell --ssh` logs in at the first address of any interface that answers on the ssh port
+/// (issue 14: not only the first static one), and says clearly when none does.
 #[test]
-fn test_vm_shell_ssh_logs_in_at_the_first_address() {
+fn test_vm_shell_ssh_logs_in_at_the_first_address_that_answers() {
     let dir = Scratch::new("ssh");
     let bin = fake_bin(dir.path(), &[("ssh", "echo \"ssh $*\"")]);
     let program = multi_call(dir.path(), "vm-shell");
-    let run = |args: &[&str]| {
+    // Interface a's address refuses connections; b's has a listener (standing in for sshd).
+    let sshd = std::net::TcpListener::bind("127.0.0.3:0").expect("listen on 127.0.0.3");
+    let port = sshd.local_addr().expect("addr").port().to_string();
+    let cfg = dir.path().join("ssh.toml");
+    std::fs::write(
+        &cfg,
+        "user = \"alice\"\n[[nixosVms]]\nname = \"t\"\nkernel = \"/k\"\ninitramfs = \"/i\"\n\
+         rootDisk = \"/r\"\n[nixosVms.network.interfaces.a]\nvmNetwork.name = \"lan\"\n\
+         addresses = [\"127.0.0.2/8\"]\n[nixosVms.network.interfaces.b]\nvmNetwork.name = \"lan2\"\n\
+         addresses = [\"127.0.0.3/8\"]\n",
+    )
+    .expect("config");
+    let run = |config: &Path, args: &[&str]| {
         common::command(&program)
-            .args(["--config", example().to_str().expect("utf-8")])
+            .args(["--config", config.to_str().expect("utf-8")])
             .args(args)
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .env("VMSILO_RUN_DIR", dir.path().join("run"))
             .output()
             .expect("vm-shell")
     };
-    let o = run(&["--ssh", "banking"]);
+    let o = run(&cfg, &["--ssh", "t", "--", "-p", &port]);
     assert!(o.status.success(), "{:?}", text(&o));
-    assert_eq!(text(&o).0, "ssh user@10.0.0.1\n");
-    let o = run(&["--ssh", "--root", "shopping", "--", "-p", "2222"]);
-    assert_eq!(text(&o).0, "ssh root@10.0.1.1 -p 2222\n");
-    let o = run(&["--ssh", "personal"]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(text(&o).0, format!("ssh user@127.0.0.3 -p {port}\n"));
+    let o = run(&cfg, &["--ssh", "--root", "t", "--", "-p", &port]);
+    assert_eq!(text(&o).0, format!("ssh root@127.0.0.3 -p {port}\n"));
+    drop(sshd);
+    let o = run(&cfg, &["--ssh", "t", "--", "-p", &port]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(out, "", "ssh is not run");
     assert!(
-        err.contains("VM \"personal\" has no static address"),
+        err.contains(&format!("VM \"t\": no address answers on ssh port {port}: 127.0.0.2 (a): connection refused (sshd not running?); 127.0.0.3 (b): connection refused")),
         "{err}"
     );
+    assert!(
+        err.contains("sshd enabled with your key in its guestConfig"),
+        "{err}"
+    );
+    let o = run(&example(), &["--ssh", "personal"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("VM \"personal\" has no address"), "{err}");
     // The console of a VM that is not running.
-    let o = run(&["banking"]);
+    let o = run(&example(), &["banking"]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("VM \"banking\" is not running"), "{err}");
