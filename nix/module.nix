@@ -233,11 +233,20 @@ let
           freeformType = kvTable;
           options = {
             path = mkOption { type = types.str; description = "Host directory."; };
-            tag = mkOption { type = types.str; description = "Mount tag in the guest."; };
+            tag = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Mount tag in the guest (`tag` or its alias `id` is required).";
+            };
+            id = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Alias of `tag`, as the seed's README spells it (`id = \"home\"`).";
+            };
           };
         });
         default = [ ];
-        description = "Shared directories: `path`, `tag` and crosvm `--shared-dir` key/value options.";
+        description = "Shared directories: `path`, `tag` (or its alias `id`) and crosvm `--shared-dir` key/value options.";
       };
       pciDevices = mkOption {
         type = types.listOf (types.submodule {
@@ -333,6 +342,8 @@ let
   };
   guests = lib.listToAttrs (map (vm: lib.nameValuePair vm.name (guestFor vm)) cfg.nixosVms);
 
+  sharedDirTag = d: if d.tag != null then d.tag else d.id;
+
   # One VM as JSON: its options unchanged, with the guest build filled in where the user left
   # kernel, initramfs and root disk null, and the guest's boot parameters added.
   vmJson = vm:
@@ -348,6 +359,11 @@ let
       initramfs = if vm.initramfs != null then toString vm.initramfs else g.initramfs;
       rootDisk = if vm.rootDisk != null then vm.rootDisk else g.rootDisk;
       kernelParams = (lib.optionals built g.kernelParams) ++ vm.kernelParams;
+      # `id` is the seed's spelling of `tag`: the JSON carries one `tag` (the assertions below
+      # reject a directory with neither, or with both set to different values).
+      sharedDirectories = map
+        (d: (builtins.removeAttrs d [ "id" "tag" ]) // { tag = sharedDirTag d; })
+        vm.sharedDirectories;
     };
 
   jsonConfig = {
@@ -624,6 +640,22 @@ in
         message = "programs.vmsilo: VM \"${x.vm}\": network.interfaces.${x.name}.vmNetwork.name is required for type \"vm-switch\"";
       })
       allInterfaces
+    ++ lib.concatMap
+      (vm: lib.imap0
+        (i: d: {
+          assertion = sharedDirTag d != null;
+          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): set tag (or its alias id), the mount tag the guest uses, e.g. tag = \"data\"";
+        })
+        vm.sharedDirectories)
+      cfg.nixosVms
+    ++ lib.concatMap
+      (vm: lib.imap0
+        (i: d: {
+          assertion = d.tag == null || d.id == null || d.tag == d.id;
+          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): tag = \"${toString d.tag}\" and id = \"${toString d.id}\" differ; id is an alias of tag: set only one";
+        })
+        vm.sharedDirectories)
+      cfg.nixosVms
     ++ lib.concatMap
       (vm: map
         (d: {
