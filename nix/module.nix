@@ -406,9 +406,12 @@ let
   hostAddressed = lib.filter (t: t.iface.tap.hostAddress != null) taps;
   bridged = lib.filter (t: t.iface.tap.bridge != null) taps;
 
-  pciSysfs = bdf:
-    let full = if lib.length (lib.splitString ":" bdf) == 2 then "0000:${bdf}" else bdf; in
-    "/sys/bus/pci/devices/${lib.toLower full}";
+  # A PCI address in its full, lowercase form: `01:00.0` and `0000:01:00.0` (and `0000:01:00.0`
+  # in capitals) are the same device, as the Rust side reads them.
+  normPci = bdf:
+    lib.toLower (if lib.length (lib.splitString ":" bdf) == 2 then "0000:${bdf}" else bdf);
+  isolatedPci = map normPci cfg.isolatedPciDevices;
+  pciSysfs = bdf: "/sys/bus/pci/devices/${normPci bdf}";
   vfioBind = pkgs.writeShellScript "vmsilo-vfio-bind" ''
     # Claim the isolated PCI devices for vfio-pci (idempotent).
     for dev in ${lib.concatMapStringsSep " " pciSysfs cfg.isolatedPciDevices}; do
@@ -659,7 +662,7 @@ in
     ++ lib.concatMap
       (vm: map
         (d: {
-          assertion = lib.elem d.path cfg.isolatedPciDevices;
+          assertion = lib.elem (normPci d.path) isolatedPci;
           message = "programs.vmsilo: VM \"${vm.name}\": pciDevices: ${d.path} is not in isolatedPciDevices";
         })
         vm.pciDevices)
