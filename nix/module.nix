@@ -424,6 +424,17 @@ let
     done
   '';
 
+  # The package on the host's PATH. With `enableBashIntegration = false` it is a copy without
+  # its bash completion (share/bash-completion), so none is installed: NixOS links every system
+  # package's completion whenever programs.bash.enableCompletion is on, its default.
+  hostPackage =
+    if cfg.enableBashIntegration then vmsilo
+    else pkgs.symlinkJoin {
+      name = "${vmsilo.name or "vmsilo"}-no-bash-completion";
+      paths = [ vmsilo ];
+      postBuild = "rm -rf $out/share/bash-completion";
+    };
+
   # Host .desktop files for each VM's guest programs, launching them through vm-run.
   desktopEntries = vm: pkgs.runCommand "vmsilo-desktop-${vm.name}" {
     entries = builtins.toJSON vm.guestDesktopEntries;
@@ -680,7 +691,7 @@ in
     environment.etc."vmsilo/vmsilo.json".text = cfg.configJson;
     systemd.generators.vmsilo = "${vmsilo}/bin/vmsilo-generator";
 
-    environment.systemPackages = [ vmsilo ] ++ map desktopEntries cfg.nixosVms;
+    environment.systemPackages = [ hostPackage ] ++ map desktopEntries cfg.nixosVms;
     programs.bash.enableCompletion = mkIf cfg.enableBashIntegration true;
 
     # The configured user starts and stops vmsilo's units (exactly those) without sudo.
