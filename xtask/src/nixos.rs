@@ -1,5 +1,5 @@
-//! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixture the
-//! module produces for the seed's example (`cargo xtask nixos-fixture [--check]`).
+//! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixtures the
+//! module produces for the seed's examples (`cargo xtask nixos-fixture [--check]`).
 //!
 //! Evaluating the module needs a nixpkgs tree, which CI machines do not have (no network but the
 //! package registries). Where one exists (`NIXPKGS=PATH`, or `/opt/nixpkgs-24.05`), the fixture
@@ -13,7 +13,33 @@ use clap::Args;
 
 use crate::util::{section, sh, workspace_root};
 
-const FIXTURE: &str = "nix/tests/seed-example.json";
+/// A configuration the module is evaluated with, and where its JSON is kept.
+struct Fixture {
+    /// The NixOS configuration module, relative to the workspace root.
+    configuration: &'static str,
+    /// The committed JSON, relative to the workspace root.
+    json: &'static str,
+}
+
+/// The configurations `nixos-fixture` evaluates: the seed's quick start
+/// (`examples/nixos-configuration.nix`), every other configuration example of the seed's README
+/// (`seed-readme-examples.nix`), and the two that cannot join it (`seed-readme-examples-2.nix`:
+/// the colour example reuses the quick start's VM names, the pciDevices example the device of
+/// the PCI passthrough example).
+const FIXTURES: &[Fixture] = &[
+    Fixture {
+        configuration: "examples/nixos-configuration.nix",
+        json: "nix/tests/seed-example.json",
+    },
+    Fixture {
+        configuration: "nix/tests/seed-readme-examples.nix",
+        json: "nix/tests/seed-readme-examples.json",
+    },
+    Fixture {
+        configuration: "nix/tests/seed-readme-examples-2.nix",
+        json: "nix/tests/seed-readme-examples-2.json",
+    },
+];
 
 #[derive(Debug, Args)]
 pub struct FixtureArgs {
@@ -71,8 +97,8 @@ pub fn nixpkgs_tree() -> Option<PathBuf> {
         .find(|p| p.join("nixos/lib/eval-config.nix").is_file())
 }
 
-/// Evaluates the module for the seed's example and returns the pretty-printed JSON.
-fn evaluate(nixpkgs: &Path) -> Result<String> {
+/// Evaluates the module with one configuration and returns the pretty-printed JSON.
+fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
     let root = workspace_root();
     let out = Command::new("nix-instantiate")
         .current_dir(&root)
@@ -80,11 +106,13 @@ fn evaluate(nixpkgs: &Path) -> Result<String> {
         .arg("nix/tests/eval-json.nix")
         .args(["--arg", "nixpkgs"])
         .arg(nixpkgs)
+        .args(["--arg", "configuration"])
+        .arg(root.join(configuration))
         .output()
         .context("run nix-instantiate")?;
     if !out.status.success() {
         bail!(
-            "evaluating nix/module.nix with examples/nixos-configuration.nix failed:\n{}",
+            "evaluating nix/module.nix with {configuration} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -100,31 +128,42 @@ pub fn fixture(args: &FixtureArgs) -> Result<()> {
     let Some(nixpkgs) = nixpkgs_tree() else {
         if args.check {
             eprintln!(
-                "skipped: no nixpkgs tree (set NIXPKGS=PATH); the committed {FIXTURE} is checked by the tests"
+                "skipped: no nixpkgs tree (set NIXPKGS=PATH); the committed fixtures are checked by the tests"
             );
             return Ok(());
         }
         bail!("no nixpkgs tree: set NIXPKGS=PATH to a nixpkgs checkout (24.05 or later)");
     };
-    section(&format!(
-        "nixos: evaluate nix/module.nix against {}",
-        nixpkgs.display()
-    ));
-    let json = evaluate(&nixpkgs)?;
-    let path = workspace_root().join(FIXTURE);
-    if args.check {
-        let old = std::fs::read_to_string(&path).with_context(|| format!("read {FIXTURE}"))?;
-        // Store hashes change with every source change (the guest closure contains the vmsilo
-        // package); what must not drift is everything else.
-        if normalize_store_hashes(&old) != normalize_store_hashes(&json) {
-            bail!(
-                "{FIXTURE} is out of date: run `cargo xtask nixos-fixture` and commit the result"
-            );
+    let mut stale = Vec::new();
+    for f in FIXTURES {
+        section(&format!(
+            "nixos: evaluate nix/module.nix with {} against {}",
+            f.configuration,
+            nixpkgs.display()
+        ));
+        let json = evaluate(&nixpkgs, f.configuration)?;
+        let path = workspace_root().join(f.json);
+        if args.check {
+            let old = std::fs::read_to_string(&path)
+                .with_context(|| format!("read {} (run `cargo xtask nixos-fixture`)", f.json))?;
+            // Store hashes change with every source change (the guest closure contains the
+            // vmsilo package); what must not drift is everything else.
+            if normalize_store_hashes(&old) == normalize_store_hashes(&json) {
+                eprintln!("{} matches the module's evaluation", f.json);
+            } else {
+                eprintln!("{} is out of date", f.json);
+                stale.push(f.json);
+            }
+        } else {
+            std::fs::write(&path, json).with_context(|| format!("write {}", f.json))?;
+            eprintln!("wrote {}", f.json);
         }
-        eprintln!("{FIXTURE} matches the module's evaluation");
-    } else {
-        std::fs::write(&path, json).with_context(|| format!("write {FIXTURE}"))?;
-        eprintln!("wrote {FIXTURE}");
+    }
+    if !stale.is_empty() {
+        bail!(
+            "{} out of date: run `cargo xtask nixos-fixture` and commit the result",
+            stale.join(", ")
+        );
     }
     Ok(())
 }
