@@ -123,6 +123,40 @@ fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
+/// Evaluates `nix/tests/module-checks.nix` (the module's behaviour no fixture shows: `enable =
+/// false` writes nothing, `enableBashIntegration = false` installs no completion, the
+/// sharedDirectories `id` alias, PCI address forms) and fails naming every check that is false.
+fn module_checks(nixpkgs: &Path) -> Result<()> {
+    const CHECKS: &str = "nix/tests/module-checks.nix";
+    section(&format!("nixos: {CHECKS} against {}", nixpkgs.display()));
+    let out = Command::new("nix-instantiate")
+        .current_dir(workspace_root())
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg(CHECKS)
+        .args(["--arg", "nixpkgs"])
+        .arg(nixpkgs)
+        .output()
+        .context("run nix-instantiate")?;
+    if !out.status.success() {
+        bail!(
+            "evaluating {CHECKS} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let checks: std::collections::BTreeMap<String, bool> =
+        serde_json::from_slice(&out.stdout).context("module checks are a set of booleans")?;
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("{CHECKS}: failed: {}", failed.join(", "));
+    }
+    eprintln!("{} module checks hold", checks.len());
+    Ok(())
+}
+
 /// `cargo xtask nixos-fixture [--check]`.
 pub fn fixture(args: &FixtureArgs) -> Result<()> {
     let Some(nixpkgs) = nixpkgs_tree() else {
@@ -159,6 +193,7 @@ pub fn fixture(args: &FixtureArgs) -> Result<()> {
             eprintln!("wrote {}", f.json);
         }
     }
+    module_checks(&nixpkgs)?;
     if !stale.is_empty() {
         bail!(
             "{} out of date: run `cargo xtask nixos-fixture` and commit the result",
