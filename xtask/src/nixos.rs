@@ -97,28 +97,44 @@ pub fn nixpkgs_tree() -> Option<PathBuf> {
         .find(|p| p.join("nixos/lib/eval-config.nix").is_file())
 }
 
-/// Evaluates the module with one configuration and returns the pretty-printed JSON.
-fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
-    let root = workspace_root();
-    let out = Command::new("nix-instantiate")
-        .current_dir(&root)
+/// `nix-instantiate --eval --strict --json` of `file` (relative to the workspace root) with
+/// `nixpkgs` and the further `--arg NAME PATH` pairs; returns its stdout. `what` names the
+/// evaluation in the error.
+fn nix_eval_json(
+    nixpkgs: &Path,
+    file: &str,
+    args: &[(&str, &Path)],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.current_dir(workspace_root())
         .args(["--eval", "--strict", "--json", "--readonly-mode"])
-        .arg("nix/tests/eval-json.nix")
+        .arg(file)
         .args(["--arg", "nixpkgs"])
-        .arg(nixpkgs)
-        .args(["--arg", "configuration"])
-        .arg(root.join(configuration))
-        .output()
-        .context("run nix-instantiate")?;
+        .arg(nixpkgs);
+    for (name, value) in args {
+        cmd.args(["--arg", name]).arg(value);
+    }
+    let out = cmd.output().context("run nix-instantiate")?;
     if !out.status.success() {
         bail!(
-            "evaluating nix/module.nix with {configuration} failed:\n{}",
+            "evaluating {what} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    Ok(out.stdout)
+}
+
+/// Evaluates the module with one configuration and returns the pretty-printed JSON.
+fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
+    let stdout = nix_eval_json(
+        nixpkgs,
+        "nix/tests/eval-json.nix",
+        &[("configuration", &workspace_root().join(configuration))],
+        &format!("nix/module.nix with {configuration}"),
+    )?;
     // The expression returns the JSON text as a (JSON-quoted) string.
-    let text: String =
-        serde_json::from_slice(&out.stdout).context("nix output is a JSON string")?;
+    let text: String = serde_json::from_slice(&stdout).context("nix output is a JSON string")?;
     let value: serde_json::Value = serde_json::from_str(&text).context("module JSON")?;
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
@@ -129,22 +145,9 @@ fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
 fn module_checks(nixpkgs: &Path) -> Result<()> {
     const CHECKS: &str = "nix/tests/module-checks.nix";
     section(&format!("nixos: {CHECKS} against {}", nixpkgs.display()));
-    let out = Command::new("nix-instantiate")
-        .current_dir(workspace_root())
-        .args(["--eval", "--strict", "--json", "--readonly-mode"])
-        .arg(CHECKS)
-        .args(["--arg", "nixpkgs"])
-        .arg(nixpkgs)
-        .output()
-        .context("run nix-instantiate")?;
-    if !out.status.success() {
-        bail!(
-            "evaluating {CHECKS} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let stdout = nix_eval_json(nixpkgs, CHECKS, &[], CHECKS)?;
     let checks: std::collections::BTreeMap<String, bool> =
-        serde_json::from_slice(&out.stdout).context("module checks are a set of booleans")?;
+        serde_json::from_slice(&stdout).context("module checks are a set of booleans")?;
     let failed: Vec<&str> = checks
         .iter()
         .filter(|(_, ok)| !**ok)
