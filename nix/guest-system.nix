@@ -19,7 +19,7 @@ let
           autoShutdown = vm.autoShutdown;
           sound = vm.sound != false;
           gpu = vm.gpu != false;
-          sharedDirectories = map (d: d.tag) vm.sharedDirectories;
+          sharedDirectories = map (d: if d.tag != null then d.tag else d.id) vm.sharedDirectories;
         };
         environment.systemPackages = vm.guestPrograms;
         # The guest follows the host's nixpkgs configuration (overlays, allowUnfree).

@@ -233,11 +233,20 @@ let
           freeformType = kvTable;
           options = {
             path = mkOption { type = types.str; description = "Host directory."; };
-            tag = mkOption { type = types.str; description = "Mount tag in the guest."; };
+            tag = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Mount tag in the guest (`tag` or its alias `id` is required).";
+            };
+            id = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "Alias of `tag`, as the seed's README spells it (`id = \"home\"`).";
+            };
           };
         });
         default = [ ];
-        description = "Shared directories: `path`, `tag` and crosvm `--shared-dir` key/value options.";
+        description = "Shared directories: `path`, `tag` (or its alias `id`) and crosvm `--shared-dir` key/value options.";
       };
       pciDevices = mkOption {
         type = types.listOf (types.submodule {
@@ -333,6 +342,8 @@ let
   };
   guests = lib.listToAttrs (map (vm: lib.nameValuePair vm.name (guestFor vm)) cfg.nixosVms);
 
+  sharedDirTag = d: if d.tag != null then d.tag else d.id;
+
   # One VM as JSON: its options unchanged, with the guest build filled in where the user left
   # kernel, initramfs and root disk null, and the guest's boot parameters added.
   vmJson = vm:
@@ -348,6 +359,11 @@ let
       initramfs = if vm.initramfs != null then toString vm.initramfs else g.initramfs;
       rootDisk = if vm.rootDisk != null then vm.rootDisk else g.rootDisk;
       kernelParams = (lib.optionals built g.kernelParams) ++ vm.kernelParams;
+      # `id` is the seed's spelling of `tag`: the JSON carries one `tag` (the assertions below
+      # reject a directory with neither, or with both set to different values).
+      sharedDirectories = map
+        (d: (builtins.removeAttrs d [ "id" "tag" ]) // { tag = sharedDirTag d; })
+        vm.sharedDirectories;
     };
 
   jsonConfig = {
@@ -390,9 +406,12 @@ let
   hostAddressed = lib.filter (t: t.iface.tap.hostAddress != null) taps;
   bridged = lib.filter (t: t.iface.tap.bridge != null) taps;
 
-  pciSysfs = bdf:
-    let full = if lib.length (lib.splitString ":" bdf) == 2 then "0000:${bdf}" else bdf; in
-    "/sys/bus/pci/devices/${lib.toLower full}";
+  # A PCI address in its full, lowercase form: `01:00.0` and `0000:01:00.0` (and `0000:01:00.0`
+  # in capitals) are the same device, as the Rust side reads them.
+  normPci = bdf:
+    lib.toLower (if lib.length (lib.splitString ":" bdf) == 2 then "0000:${bdf}" else bdf);
+  isolatedPci = map normPci cfg.isolatedPciDevices;
+  pciSysfs = bdf: "/sys/bus/pci/devices/${normPci bdf}";
   vfioBind = pkgs.writeShellScript "vmsilo-vfio-bind" ''
     # Claim the isolated PCI devices for vfio-pci (idempotent).
     for dev in ${lib.concatMapStringsSep " " pciSysfs cfg.isolatedPciDevices}; do
@@ -404,6 +423,17 @@ let
       [ -e "$dev/driver" ] || echo "$(basename "$dev")" > /sys/bus/pci/drivers_probe
     done
   '';
+
+  # The package on the host's PATH. With `enableBashIntegration = false` it is a copy without
+  # its bash completion (share/bash-completion), so none is installed: NixOS links every system
+  # package's completion whenever programs.bash.enableCompletion is on, its default.
+  hostPackage =
+    if cfg.enableBashIntegration then vmsilo
+    else pkgs.symlinkJoin {
+      name = "${vmsilo.name or "vmsilo"}-no-bash-completion";
+      paths = [ vmsilo ];
+      postBuild = "rm -rf $out/share/bash-completion";
+    };
 
   # Host .desktop files for each VM's guest programs, launching them through vm-run.
   desktopEntries = vm: pkgs.runCommand "vmsilo-desktop-${vm.name}" {
@@ -625,9 +655,25 @@ in
       })
       allInterfaces
     ++ lib.concatMap
+      (vm: lib.imap0
+        (i: d: {
+          assertion = sharedDirTag d != null;
+          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): set tag (or its alias id), the mount tag the guest uses, e.g. tag = \"data\"";
+        })
+        vm.sharedDirectories)
+      cfg.nixosVms
+    ++ lib.concatMap
+      (vm: lib.imap0
+        (i: d: {
+          assertion = d.tag == null || d.id == null || d.tag == d.id;
+          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): tag = \"${toString d.tag}\" and id = \"${toString d.id}\" differ; id is an alias of tag: set only one";
+        })
+        vm.sharedDirectories)
+      cfg.nixosVms
+    ++ lib.concatMap
       (vm: map
         (d: {
-          assertion = lib.elem d.path cfg.isolatedPciDevices;
+          assertion = lib.elem (normPci d.path) isolatedPci;
           message = "programs.vmsilo: VM \"${vm.name}\": pciDevices: ${d.path} is not in isolatedPciDevices";
         })
         vm.pciDevices)
@@ -645,7 +691,7 @@ in
     environment.etc."vmsilo/vmsilo.json".text = cfg.configJson;
     systemd.generators.vmsilo = "${vmsilo}/bin/vmsilo-generator";
 
-    environment.systemPackages = [ vmsilo ] ++ map desktopEntries cfg.nixosVms;
+    environment.systemPackages = [ hostPackage ] ++ map desktopEntries cfg.nixosVms;
     programs.bash.enableCompletion = mkIf cfg.enableBashIntegration true;
 
     # The configured user starts and stops vmsilo's units (exactly those) without sudo.

@@ -47,8 +47,9 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Build the e2e test guest image (cached); prints its directory as the last line.
     GuestImage(guest_image::GuestImageArgs),
-    /// Evaluate the NixOS module for the seed's example and write (or `--check`) the JSON
-    /// fixture `nix/tests/seed-example.json`; needs a nixpkgs tree (`NIXPKGS=PATH`).
+    /// Evaluate the NixOS module for the seed's examples and write (or `--check`) the JSON
+    /// fixtures `nix/tests/seed-example.json`, `seed-readme-examples.json` and
+    /// `seed-readme-examples-2.json`; needs a nixpkgs tree (`NIXPKGS=PATH`).
     NixosFixture(nixos::FixtureArgs),
     /// Check vmsilo's crosvm plans, control-socket clients, vm-service and vm-switch against a
     /// real crosvm binary (needs root and /dev/kvm; not run in CI).

@@ -1,5 +1,5 @@
-//! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixture the
-//! module produces for the seed's example (`cargo xtask nixos-fixture [--check]`).
+//! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixtures the
+//! module produces for the seed's examples (`cargo xtask nixos-fixture [--check]`).
 //!
 //! Evaluating the module needs a nixpkgs tree, which CI machines do not have (no network but the
 //! package registries). Where one exists (`NIXPKGS=PATH`, or `/opt/nixpkgs-24.05`), the fixture
@@ -13,7 +13,33 @@ use clap::Args;
 
 use crate::util::{section, sh, workspace_root};
 
-const FIXTURE: &str = "nix/tests/seed-example.json";
+/// A configuration the module is evaluated with, and where its JSON is kept.
+struct Fixture {
+    /// The NixOS configuration module, relative to the workspace root.
+    configuration: &'static str,
+    /// The committed JSON, relative to the workspace root.
+    json: &'static str,
+}
+
+/// The configurations `nixos-fixture` evaluates: the seed's quick start
+/// (`examples/nixos-configuration.nix`), every other configuration example of the seed's README
+/// (`seed-readme-examples.nix`), and the two that cannot join it (`seed-readme-examples-2.nix`:
+/// the colour example reuses the quick start's VM names, the pciDevices example the device of
+/// the PCI passthrough example).
+const FIXTURES: &[Fixture] = &[
+    Fixture {
+        configuration: "examples/nixos-configuration.nix",
+        json: "nix/tests/seed-example.json",
+    },
+    Fixture {
+        configuration: "nix/tests/seed-readme-examples.nix",
+        json: "nix/tests/seed-readme-examples.json",
+    },
+    Fixture {
+        configuration: "nix/tests/seed-readme-examples-2.nix",
+        json: "nix/tests/seed-readme-examples-2.json",
+    },
+];
 
 #[derive(Debug, Args)]
 pub struct FixtureArgs {
@@ -71,28 +97,67 @@ pub fn nixpkgs_tree() -> Option<PathBuf> {
         .find(|p| p.join("nixos/lib/eval-config.nix").is_file())
 }
 
-/// Evaluates the module for the seed's example and returns the pretty-printed JSON.
-fn evaluate(nixpkgs: &Path) -> Result<String> {
-    let root = workspace_root();
-    let out = Command::new("nix-instantiate")
-        .current_dir(&root)
+/// `nix-instantiate --eval --strict --json` of `file` (relative to the workspace root) with
+/// `nixpkgs` and the further `--arg NAME PATH` pairs; returns its stdout. `what` names the
+/// evaluation in the error.
+fn nix_eval_json(
+    nixpkgs: &Path,
+    file: &str,
+    args: &[(&str, &Path)],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.current_dir(workspace_root())
         .args(["--eval", "--strict", "--json", "--readonly-mode"])
-        .arg("nix/tests/eval-json.nix")
+        .arg(file)
         .args(["--arg", "nixpkgs"])
-        .arg(nixpkgs)
-        .output()
-        .context("run nix-instantiate")?;
+        .arg(nixpkgs);
+    for (name, value) in args {
+        cmd.args(["--arg", name]).arg(value);
+    }
+    let out = cmd.output().context("run nix-instantiate")?;
     if !out.status.success() {
         bail!(
-            "evaluating nix/module.nix with examples/nixos-configuration.nix failed:\n{}",
+            "evaluating {what} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    Ok(out.stdout)
+}
+
+/// Evaluates the module with one configuration and returns the pretty-printed JSON.
+fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
+    let stdout = nix_eval_json(
+        nixpkgs,
+        "nix/tests/eval-json.nix",
+        &[("configuration", &workspace_root().join(configuration))],
+        &format!("nix/module.nix with {configuration}"),
+    )?;
     // The expression returns the JSON text as a (JSON-quoted) string.
-    let text: String =
-        serde_json::from_slice(&out.stdout).context("nix output is a JSON string")?;
+    let text: String = serde_json::from_slice(&stdout).context("nix output is a JSON string")?;
     let value: serde_json::Value = serde_json::from_str(&text).context("module JSON")?;
     Ok(serde_json::to_string_pretty(&value)? + "\n")
+}
+
+/// Evaluates `nix/tests/module-checks.nix` (the module's behaviour no fixture shows: `enable =
+/// false` writes nothing, `enableBashIntegration = false` installs no completion, the
+/// sharedDirectories `id` alias, PCI address forms) and fails naming every check that is false.
+fn module_checks(nixpkgs: &Path) -> Result<()> {
+    const CHECKS: &str = "nix/tests/module-checks.nix";
+    section(&format!("nixos: {CHECKS} against {}", nixpkgs.display()));
+    let stdout = nix_eval_json(nixpkgs, CHECKS, &[], CHECKS)?;
+    let checks: std::collections::BTreeMap<String, bool> =
+        serde_json::from_slice(&stdout).context("module checks are a set of booleans")?;
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !**ok)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("{CHECKS}: failed: {}", failed.join(", "));
+    }
+    eprintln!("{} module checks hold", checks.len());
+    Ok(())
 }
 
 /// `cargo xtask nixos-fixture [--check]`.
@@ -100,31 +165,43 @@ pub fn fixture(args: &FixtureArgs) -> Result<()> {
     let Some(nixpkgs) = nixpkgs_tree() else {
         if args.check {
             eprintln!(
-                "skipped: no nixpkgs tree (set NIXPKGS=PATH); the committed {FIXTURE} is checked by the tests"
+                "skipped: no nixpkgs tree (set NIXPKGS=PATH); the committed fixtures are checked by the tests"
             );
             return Ok(());
         }
         bail!("no nixpkgs tree: set NIXPKGS=PATH to a nixpkgs checkout (24.05 or later)");
     };
-    section(&format!(
-        "nixos: evaluate nix/module.nix against {}",
-        nixpkgs.display()
-    ));
-    let json = evaluate(&nixpkgs)?;
-    let path = workspace_root().join(FIXTURE);
-    if args.check {
-        let old = std::fs::read_to_string(&path).with_context(|| format!("read {FIXTURE}"))?;
-        // Store hashes change with every source change (the guest closure contains the vmsilo
-        // package); what must not drift is everything else.
-        if normalize_store_hashes(&old) != normalize_store_hashes(&json) {
-            bail!(
-                "{FIXTURE} is out of date: run `cargo xtask nixos-fixture` and commit the result"
-            );
+    let mut stale = Vec::new();
+    for f in FIXTURES {
+        section(&format!(
+            "nixos: evaluate nix/module.nix with {} against {}",
+            f.configuration,
+            nixpkgs.display()
+        ));
+        let json = evaluate(&nixpkgs, f.configuration)?;
+        let path = workspace_root().join(f.json);
+        if args.check {
+            let old = std::fs::read_to_string(&path)
+                .with_context(|| format!("read {} (run `cargo xtask nixos-fixture`)", f.json))?;
+            // Store hashes change with every source change (the guest closure contains the
+            // vmsilo package); what must not drift is everything else.
+            if normalize_store_hashes(&old) == normalize_store_hashes(&json) {
+                eprintln!("{} matches the module's evaluation", f.json);
+            } else {
+                eprintln!("{} is out of date", f.json);
+                stale.push(f.json);
+            }
+        } else {
+            std::fs::write(&path, json).with_context(|| format!("write {}", f.json))?;
+            eprintln!("wrote {}", f.json);
         }
-        eprintln!("{FIXTURE} matches the module's evaluation");
-    } else {
-        std::fs::write(&path, json).with_context(|| format!("write {FIXTURE}"))?;
-        eprintln!("wrote {FIXTURE}");
+    }
+    module_checks(&nixpkgs)?;
+    if !stale.is_empty() {
+        bail!(
+            "{} out of date: run `cargo xtask nixos-fixture` and commit the result",
+            stale.join(", ")
+        );
     }
     Ok(())
 }

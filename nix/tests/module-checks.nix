@@ -1,0 +1,84 @@
+# Regression checks of the module's behaviour that no JSON fixture shows, evaluated against a
+# nixpkgs tree (builds nothing). Returns an attribute set of booleans, all true when the module
+# behaves; `cargo xtask nixos-fixture [--check]` evaluates it and fails naming any false one.
+#
+#   nix-instantiate --eval --strict --json --readonly-mode nix/tests/module-checks.nix \
+#     --arg nixpkgs /path/to/nixpkgs
+{ nixpkgs, system ? "x86_64-linux" }:
+let
+  lib = import (nixpkgs + "/lib");
+  evalWith = useModule: config: (import (nixpkgs + "/nixos/lib/eval-config.nix") {
+    inherit system;
+    modules = lib.optional useModule ../module.nix ++ [
+      config
+      {
+        boot.loader.grub.enable = false;
+        fileSystems."/".device = "/dev/null";
+        system.stateVersion = lib.trivial.release;
+        users.users.david = { isNormalUser = true; uid = 1000; };
+      }
+    ];
+  }).config;
+  failed = c: map (a: a.message) (lib.filter (a: !a.assertion) c.assertions);
+  vmsilo = vms: extra: evalWith true {
+    programs.vmsilo = { enable = true; user = "david"; nixosVms = vms; } // extra;
+  };
+
+  # Everything a module can write into a system, for comparing enable = false with no module.
+  footprint = c: {
+    etc = lib.attrNames c.environment.etc;
+    generators = c.systemd.generators;
+    polkit = c.security.polkit.extraConfig;
+    polkitEnabled = c.security.polkit.enable;
+    tmpfiles = c.systemd.tmpfiles.rules;
+    packages = map (p: p.name or "?") c.environment.systemPackages;
+    interfaces = lib.attrNames c.networking.interfaces;
+    bridges = lib.attrNames c.networking.bridges;
+    nat = c.networking.nat.enable;
+    sysctl = c.boot.kernel.sysctl;
+    initrdModules = c.boot.initrd.kernelModules;
+    activation = lib.attrNames c.system.activationScripts;
+    services = lib.attrNames c.systemd.services;
+    ksm = c.hardware.ksm.enable;
+    completion = c.programs.bash.enableCompletion;
+  };
+  disabled = evalWith true {
+    programs.vmsilo = {
+      enable = false;
+      user = "david";
+      hostNetworking.nat = { enable = true; interface = "eth0"; };
+      isolatedPciDevices = [ "01:00.0" ];
+      enableBashIntegration = true;
+      nixosVms = [{
+        name = "banking";
+        network.interfaces.wan = { type = "tap"; tap.hostAddress = "10.0.0.254/24"; };
+        pciDevices = [{ path = "01:00.0"; }];
+      }];
+    };
+  };
+  hostPackageName = c: lib.head (lib.filter (n: lib.hasPrefix "vmsilo-0" n)
+    (map (p: p.name or "") c.environment.systemPackages));
+  noBash = vmsilo [{ name = "a"; }] { enableBashIntegration = false; };
+  withBash = vmsilo [{ name = "a"; }] { };
+  sharedBoth = vmsilo [{ name = "a"; sharedDirectories = [{ path = "/s"; id = "home"; tag = "data"; }]; }] { };
+  sharedNone = vmsilo [{ name = "a"; sharedDirectories = [{ path = "/s"; }]; }] { };
+  sharedId = vmsilo [{ name = "a"; sharedHome = false; sharedDirectories = [{ path = "/s"; id = "home"; } { path = "/t"; id = "t"; tag = "t"; }]; }] { };
+  pciMixed = vmsilo [{ name = "a"; pciDevices = [{ path = "01:00.0"; } { path = "0000:0A:00.1"; }]; }]
+    { isolatedPciDevices = [ "0000:01:00.0" "0a:00.1" ]; };
+  pciOther = vmsilo [{ name = "a"; pciDevices = [{ path = "0001:01:00.0"; }]; }]
+    { isolatedPciDevices = [ "01:00.0" ]; };
+in
+{
+  enable_false_writes_nothing = footprint disabled == footprint (evalWith false { });
+  bash_integration_false_installs_no_completion =
+    lib.hasSuffix "-no-bash-completion" (hostPackageName noBash)
+    && lib.hasInfix "rm -rf $out/share/bash-completion" (lib.head (lib.filter
+      (p: lib.hasSuffix "-no-bash-completion" (p.name or "")) noBash.environment.systemPackages)).buildCommand;
+  bash_integration_true_installs_the_package = !(lib.hasSuffix "-no-bash-completion" (hostPackageName withBash));
+  shared_dir_id_is_the_tag = failed sharedId == [ ]
+    && map (d: d.tag) (lib.head (builtins.fromJSON (builtins.unsafeDiscardStringContext sharedId.programs.vmsilo.configJson)).nixosVms).sharedDirectories == [ "home" "t" ];
+  shared_dir_tag_and_id_differing_is_an_assertion = lib.any (m: lib.hasInfix "differ" m) (failed sharedBoth);
+  shared_dir_without_tag_is_an_assertion = lib.any (m: lib.hasInfix "set tag (or its alias id)" m) (failed sharedNone);
+  pci_short_and_long_forms_match = failed pciMixed == [ ];
+  pci_other_domain_is_not_isolated = lib.any (m: lib.hasInfix "is not in isolatedPciDevices" m) (failed pciOther);
+}
