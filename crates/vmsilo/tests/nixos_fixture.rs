@@ -64,7 +64,7 @@ fn test_nixos_module_json_carries_the_guest_build() {
 }
 
 /// Every file below `root` as (relative path, contents or symlink target), sorted.
-fn tree(root: &std::path::Path) -> Vec<(String, String)> {
+fn tree(root: &std::path::Path) -> Tree {
     fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
         for entry in std::fs::read_dir(dir).expect("read_dir") {
             let path = entry.expect("entry").path();
@@ -90,9 +90,16 @@ fn tree(root: &std::path::Path) -> Vec<(String, String)> {
     out
 }
 
-#[test]
-fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
-    let dir = std::env::temp_dir().join(format!("vmsilo-nixos-fixture-{}", std::process::id()));
+/// A directory tree as sorted (relative path, content) pairs.
+type Tree = Vec<(String, String)>;
+
+/// Runs `vmsilo-generator` and `vmsilo units` on `config`; returns the generator's normal-unit
+/// tree and the tree `vmsilo units` wrote.
+fn generate(config: &Path, label: &str) -> (Tree, Tree) {
+    let dir = std::env::temp_dir().join(format!(
+        "vmsilo-nixos-fixture-{label}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     for d in ["gen/normal", "gen/early", "gen/late", "units"] {
         std::fs::create_dir_all(dir.join(d)).expect("mkdir");
@@ -101,7 +108,7 @@ fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
     let generator = dir.join("vmsilo-generator");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vmsilo"), &generator).expect("symlink");
     let gen_out = Command::new(&generator)
-        .env("VMSILO_CONFIG", fixture())
+        .env("VMSILO_CONFIG", config)
         .args([
             dir.join("gen/normal"),
             dir.join("gen/early"),
@@ -111,24 +118,34 @@ fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
         .expect("run vmsilo-generator");
     assert!(
         gen_out.status.success() && gen_out.stderr.is_empty(),
-        "generator: {}",
+        "{label}: generator: {}",
         String::from_utf8_lossy(&gen_out.stderr)
     );
     let units_out = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
         .env_remove("VMSILO_CONFIG")
         .arg("units")
         .arg("--config")
-        .arg(fixture())
+        .arg(config)
         .arg("--out")
         .arg(dir.join("units"))
         .output()
         .expect("run vmsilo units");
     assert!(
         units_out.status.success(),
-        "units: {}",
+        "{label}: units: {}",
         String::from_utf8_lossy(&units_out.stderr)
     );
-    let generated = tree(&dir.join("gen/normal"));
+    let trees = (
+        tree(&dir.join("gen/normal")),
+        tree(&dir.join("units/systemd")),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    trees
+}
+
+#[test]
+fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
+    let (generated, units) = generate(&fixture(), "seed-example");
     let names: Vec<&str> = generated.iter().map(|(p, _)| p.as_str()).collect();
     for unit in [
         "vmsilo-banking.socket",
@@ -140,8 +157,7 @@ fn test_generator_output_for_the_module_json_matches_vmsilo_units() {
     ] {
         assert!(names.contains(&unit), "{unit} not generated: {names:?}");
     }
-    assert_eq!(generated, tree(&dir.join("units/systemd")));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(generated, units);
 }
 
 /// The VM names a fixture configures.
@@ -186,46 +202,7 @@ fn assert_fixture_checks_and_generates_every_vm(name: &str, expected_vms: &[&str
         );
     }
 
-    let dir = std::env::temp_dir().join(format!(
-        "vmsilo-nixos-fixture-{}-{}",
-        name.trim_end_matches(".json"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    for d in ["gen/normal", "gen/early", "gen/late", "units"] {
-        std::fs::create_dir_all(dir.join(d)).expect("mkdir");
-    }
-    let generator = dir.join("vmsilo-generator");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vmsilo"), &generator).expect("symlink");
-    let gen_out = Command::new(&generator)
-        .env("VMSILO_CONFIG", &fixture)
-        .args([
-            dir.join("gen/normal"),
-            dir.join("gen/early"),
-            dir.join("gen/late"),
-        ])
-        .output()
-        .expect("run vmsilo-generator");
-    assert!(
-        gen_out.status.success() && gen_out.stderr.is_empty(),
-        "{name}: generator: {}",
-        String::from_utf8_lossy(&gen_out.stderr)
-    );
-    let units_out = Command::new(env!("CARGO_BIN_EXE_vmsilo"))
-        .env_remove("VMSILO_CONFIG")
-        .arg("units")
-        .arg("--config")
-        .arg(&fixture)
-        .arg("--out")
-        .arg(dir.join("units"))
-        .output()
-        .expect("run vmsilo units");
-    assert!(
-        units_out.status.success(),
-        "{name}: units: {}",
-        String::from_utf8_lossy(&units_out.stderr)
-    );
-    let generated = tree(&dir.join("gen/normal"));
+    let (generated, units) = generate(&fixture, name.trim_end_matches(".json"));
     let names: Vec<&str> = generated.iter().map(|(p, _)| p.as_str()).collect();
     assert!(
         !names.contains(&"vmsilo-config-error.service"),
@@ -243,8 +220,7 @@ fn assert_fixture_checks_and_generates_every_vm(name: &str, expected_vms: &[&str
             );
         }
     }
-    assert_eq!(generated, tree(&dir.join("units/systemd")), "{name}");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(generated, units, "{name}");
 }
 
 #[test]
