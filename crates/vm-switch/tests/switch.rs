@@ -537,11 +537,8 @@ fn test_tx_avail_index_beyond_the_queue_stops_that_queue_and_the_port_stays_usab
         p["queue_errors"].as_u64() >= Some(1)
     });
     // The worker is free: a still receives (its RX queue and the port's events work).
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 1))
-        .unwrap();
     assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
-            .is_some(),
+        udp_arrives(&mut b, &mut a, B_TO_A, 1),
         "a's RX stopped with its TX queue; stats {}\nlog:\n{}",
         s.stats(),
         s.log()
@@ -550,12 +547,7 @@ fn test_tx_avail_index_beyond_the_queue_stops_that_queue_and_the_port_stays_usab
     for _ in 0..100 {
         a.publish_tx_avail_idx(bad);
     }
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
-        .unwrap();
-    assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some()
-    );
+    assert!(udp_arrives(&mut b, &mut a, B_TO_A, 2));
     let st = s.port_stats("a");
     assert_eq!(st["queue_errors"].as_u64(), Some(1), "{st}");
     assert_eq!(st["from_guest_frames"].as_u64(), Some(0), "{st}");
@@ -564,11 +556,8 @@ fn test_tx_avail_index_beyond_the_queue_stops_that_queue_and_the_port_stays_usab
     drop(a);
     s.wait_stats("a", "disconnect seen", |p| p["connected"] == false);
     let mut a = s.guest_within("a", 30 * SECOND);
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
-        .unwrap();
     assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
-            .is_some(),
+        udp_arrives(&mut a, &mut b, A_TO_B, 3),
         "a's TX after reconnecting; log:\n{}",
         s.log()
     );
@@ -597,11 +586,8 @@ fn test_rx_buffers_too_small_for_a_frame_wait_for_the_next_kick_without_spinning
         p["backlog_bytes"].as_u64() > Some(0)
     });
     // The worker is free: a's TX still reaches b.
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 2))
-        .unwrap();
     assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some(),
+        udp_arrives(&mut a, &mut b, A_TO_B, 2),
         "a's port is stuck; stats {}\nlog:\n{}",
         s.stats(),
         s.log()
@@ -662,18 +648,8 @@ fn test_second_frontend_on_a_busy_port_is_refused_and_the_first_keeps_working() 
         "log:\n{}",
         s.log()
     );
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 1))
-        .unwrap();
-    assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(1))
-            .is_some()
-    );
-    b.send(&udp4(MAC_B, MAC_A, v4("10.0.0.2"), v4("10.0.0.1"), 2))
-        .unwrap();
-    assert!(
-        a.recv_matching(5 * SECOND, |f| tag_of(f) == Some(2))
-            .is_some()
-    );
+    assert!(udp_arrives(&mut a, &mut b, A_TO_B, 1));
+    assert!(udp_arrives(&mut b, &mut a, B_TO_A, 2));
     let st = s.port_stats("a");
     assert_eq!(st["connected"], true);
     assert_eq!(st["connects"].as_u64(), Some(1), "{st}");
@@ -702,11 +678,8 @@ fn test_rx_ring_full_of_buffers_too_small_for_a_frame_drops_it_as_no_buffer() {
             p["drops"]["no_buffer"].as_u64() == Some(n)
         });
     }
-    a.send(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), 3))
-        .unwrap();
     assert!(
-        b.recv_matching(5 * SECOND, |f| tag_of(f) == Some(3))
-            .is_some(),
+        udp_arrives(&mut a, &mut b, A_TO_B, 3),
         "a's port is stuck; log:\n{}",
         s.log()
     );

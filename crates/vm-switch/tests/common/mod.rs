@@ -305,3 +305,20 @@ pub fn tag_of(f: &[u8]) -> Option<u32> {
     let b = f.get(off..off + 4)?;
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
+
+/// The two ends of `two_ports`' a → b and b → a IPv4 traffic: (source MAC, destination MAC,
+/// source address, destination address).
+pub type Ends = (Mac, Mac, &'static str, &'static str);
+/// a (10.0.0.1) to b (10.0.0.2).
+pub const A_TO_B: Ends = (MAC_A, MAC_B, "10.0.0.1", "10.0.0.2");
+/// b (10.0.0.2) to a (10.0.0.1).
+pub const B_TO_A: Ends = (MAC_B, MAC_A, "10.0.0.2", "10.0.0.1");
+
+/// Sends a UDP frame tagged `tag` from `from` over `ends`; whether `to` receives it within 5 s.
+pub fn udp_arrives(from: &mut TestGuest, to: &mut TestGuest, ends: Ends, tag: u32) -> bool {
+    let (src_mac, dst_mac, src, dst) = ends;
+    from.send(&udp4(src_mac, dst_mac, v4(src), v4(dst), tag))
+        .expect("send");
+    to.recv_matching(5 * SECOND, |f| tag_of(f) == Some(tag))
+        .is_some()
+}
