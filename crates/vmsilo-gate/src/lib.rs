@@ -1,0 +1,23 @@
+//! vmsilo-gate: the per-VM Wayland proxy between a VM's guest applications and the user's
+//! compositor.
+//!
+//! One gate runs per VM, as the configured user. Every guest Wayland client (a crosvm
+//! cross-domain context, or a `waypipe client` connection for QEMU VMs) is one stream
+//! connection on the gate's socket; the gate serves it from a process of its own with its own
+//! compositor connection, so that anything a client does wrong ends that client only.
+//!
+//! Layout:
+//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides.
+//! - [`identity`]: sans-IO: the VM's name and colour, title and app_id prefixes, sanitising.
+//! - [`draw`]: sans-IO: the frame and label band pixels.
+//! - [`conn`]: the per-connection context shared by the handlers.
+//! - [`registry`]: global filtering and bind checks.
+//! - [`datadev`]: the VM's own `wl_data_device_manager`, served by the gate.
+//! - [`frame`]: the gate-owned toplevel that wraps each guest toplevel.
+//! - [`server`]: the listening socket, one process per client, limits.
+//! - [`sandbox`]: seccomp and resource limits.
+//! - [`sys`]: the unsafe system calls, with `// SAFETY:` comments.
+
+pub mod conn;
+pub mod identity;
+pub mod policy;
