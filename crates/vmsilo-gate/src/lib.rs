@@ -19,5 +19,6 @@
 //! - [`sys`]: the unsafe system calls, with `// SAFETY:` comments.
 
 pub mod conn;
+pub mod frame;
 pub mod identity;
 pub mod policy;
