@@ -17,8 +17,20 @@
 //! - [`server`]: the listening socket, one process per client, limits.
 //! - [`sandbox`]: seccomp and resource limits.
 //! - [`sys`]: the unsafe system calls, with `// SAFETY:` comments.
+//! - [`secctx`]: the gate's own compositor connection and the VM's security context.
+//! - [`cli`]: flags, startup order, exit codes; [`logger`]: rate-limited stderr logging.
 
+pub mod cli;
 pub mod conn;
+pub mod datadev;
 pub mod frame;
 pub mod identity;
+pub mod logger;
 pub mod policy;
+pub mod registry;
+pub mod sandbox;
+pub mod secctx;
+pub mod server;
+pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
