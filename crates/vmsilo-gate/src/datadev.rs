@@ -35,7 +35,7 @@ pub const MAX_MIMES: usize = 64;
 /// Longest MIME type in bytes (longer ones are ignored).
 pub const MAX_MIME_BYTES: usize = 256;
 /// Largest [`Msg`] datagram.
-pub const MAX_MSG_BYTES: usize = 16 + MAX_MIMES * (2 + MAX_MIME_BYTES);
+pub const MAX_MSG_BYTES: usize = 32 + MAX_MIMES * (2 + MAX_MIME_BYTES);
 
 /// A VM-wide selection as the parent knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +78,14 @@ pub enum Msg {
         mime: String,
     },
     /// Parent → child: the VM-wide selection is now `mimes` (empty: none). `own` tells the
-    /// owner child it is its own.
+    /// owner child which of its sources it is.
     Selection {
         /// Increases on every change.
         generation: u64,
         /// MIME types; empty means no selection.
         mimes: Vec<String>,
-        /// Whether the receiving child owns it.
-        own: bool,
+        /// The receiving child's source serial, if it owns the selection.
+        own: Option<u64>,
     },
     /// Parent → owner child: write `mime` of your source `serial` into the fd.
     Send {
@@ -189,7 +189,13 @@ impl Msg {
             } => {
                 out.push(4);
                 out.extend_from_slice(&generation.to_le_bytes());
-                out.push(u8::from(*own));
+                match own {
+                    None => out.push(0),
+                    Some(serial) => {
+                        out.push(1);
+                        out.extend_from_slice(&serial.to_le_bytes());
+                    }
+                }
                 mimes(&mut out, m);
             }
             Msg::Send { serial, mime } => {
@@ -221,8 +227,8 @@ impl Msg {
             4 => Msg::Selection {
                 generation: r.u64()?,
                 own: match r.u8()? {
-                    0 => false,
-                    1 => true,
+                    0 => None,
+                    1 => Some(r.u64()?),
                     _ => return Err(BadMsg("bad flag")),
                 },
                 mimes: r.mimes()?,
@@ -265,23 +271,25 @@ impl Hub {
         self.current.as_ref()
     }
 
-    fn broadcast(&self) -> Vec<Out> {
-        let (mimes, owner) = match &self.current {
-            Some(s) => (s.mimes.clone(), Some(s.source.child)),
+    fn selection_for(&self, child: u64) -> Msg {
+        let (mimes, own) = match &self.current {
+            Some(s) => (
+                s.mimes.clone(),
+                (s.source.child == child).then_some(s.source.serial),
+            ),
             None => (Vec::new(), None),
         };
+        Msg::Selection {
+            generation: self.generation,
+            mimes,
+            own,
+        }
+    }
+
+    fn broadcast(&self) -> Vec<Out> {
         self.children
             .iter()
-            .map(|&c| {
-                Out::To(
-                    c,
-                    Msg::Selection {
-                        generation: self.generation,
-                        mimes: mimes.clone(),
-                        own: owner == Some(c),
-                    },
-                )
-            })
+            .map(|&c| Out::To(c, self.selection_for(c)))
             .collect()
     }
 
@@ -290,18 +298,7 @@ impl Hub {
         if !self.children.contains(&child) {
             self.children.push(child);
         }
-        let (mimes, own) = match &self.current {
-            Some(s) => (s.mimes.clone(), s.source.child == child),
-            None => (Vec::new(), false),
-        };
-        vec![Out::To(
-            child,
-            Msg::Selection {
-                generation: self.generation,
-                mimes,
-                own,
-            },
-        )]
+        vec![Out::To(child, self.selection_for(child))]
     }
 
     /// A child is gone: its selection goes with it.
@@ -527,22 +524,30 @@ impl DataDev {
     pub fn handle_parent(self: &Rc<Self>, msg: Msg, fd: Option<OwnedFd>) {
         match msg {
             Msg::Selection {
-                generation: _,
-                own: true,
-                ..
+                own: Some(serial), ..
             } => {
-                // Our own selection, as the parent saw it: already offered locally.
+                // Our own selection, as the parent ordered it. Usually already current; after
+                // a race with another client's selection (which the parent saw first) it is
+                // made current again.
+                {
+                    let mut inner = self.inner.borrow_mut();
+                    if matches!(inner.current, Current::Own { serial: s } if s == serial)
+                        || !inner.sources.contains_key(&serial)
+                    {
+                        return;
+                    }
+                    inner.current = Current::Own { serial };
+                    inner.generation += 1;
+                }
+                self.broadcast_local();
             }
             Msg::Selection {
-                generation, mimes, ..
+                generation,
+                mimes,
+                own: None,
             } => {
                 {
                     let mut inner = self.inner.borrow_mut();
-                    if let Current::Own { serial } = inner.current {
-                        // Replaced by another client's selection; the parent also sends
-                        // Cancel, but the local state must not keep offering ours.
-                        let _ = serial;
-                    }
                     inner.current = if mimes.is_empty() {
                         Current::None
                     } else {
@@ -807,7 +812,12 @@ mod tests {
             Msg::Selection {
                 generation: 3,
                 mimes: mimes(&["a"]),
-                own: true,
+                own: Some(4),
+            },
+            Msg::Selection {
+                generation: 3,
+                mimes: vec![],
+                own: None,
             },
             Msg::Send {
                 serial: 1,
@@ -856,7 +866,7 @@ mod tests {
                     Msg::Selection {
                         generation: 1,
                         mimes: mimes(&["text/plain"]),
-                        own: true
+                        own: Some(5)
                     }
                 ),
                 Out::To(
@@ -864,7 +874,7 @@ mod tests {
                     Msg::Selection {
                         generation: 1,
                         mimes: mimes(&["text/plain"]),
-                        own: false
+                        own: None
                     }
                 ),
             ]
@@ -933,7 +943,7 @@ mod tests {
                 Msg::Selection {
                     generation: 3,
                     mimes: vec![],
-                    own: false
+                    own: None
                 }
             )]
         );

@@ -368,6 +368,7 @@ pub fn serve_client_until(
     };
     let state_fd = state.poll_fd().clone();
     let mut last_work = Instant::now();
+    let mut suspended = false;
     loop {
         if state.is_destroyed() {
             return End::Compositor;
@@ -398,10 +399,21 @@ pub fn serve_client_until(
             }
             None => PollTimeout::NONE,
         };
+        // Backpressure: while the client does not read (its socket buffer is full), stop
+        // reading the compositor, so that events for it queue in the compositor, which
+        // bounds them (and may disconnect), not in this process.
+        let blocked = !writable(&client_sock);
+        if blocked != suspended {
+            state.set_suspended(blocked);
+            suspended = blocked;
+        }
         let (state_ready, chan_ready) = {
             let mut fds = vec![PollFd::new(state_fd.as_fd(), PollFlags::POLLIN)];
             if let Some(c) = &chan {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            }
+            if blocked {
+                fds.push(PollFd::new(client_sock.as_fd(), PollFlags::POLLOUT));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
@@ -454,6 +466,20 @@ pub fn serve_client_until(
                 );
             }
         }
+    }
+}
+
+/// Whether the socket has room to write (poll without waiting).
+fn writable(sock: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => {
+            n > 0
+                && fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLOUT))
+        }
+        Err(_) => true,
     }
 }
 

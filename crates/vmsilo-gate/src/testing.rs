@@ -39,6 +39,7 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
+use wl_proxy::protocols::wayland::wl_output::WlOutput;
 use wl_proxy::protocols::wayland::wl_region::WlRegion;
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
 use wl_proxy::protocols::wayland::wl_seat::WlSeat;
@@ -62,6 +63,7 @@ pub struct FakeCompositor {
 struct Ctx {
     trace: Trace,
     globals: Vec<(ObjectInterface, u32)>,
+    flood: usize,
     clients: Cell<u32>,
     extra: RefCell<Vec<Rc<OwnedFd>>>,
 }
@@ -77,6 +79,16 @@ impl Ctx {
 impl FakeCompositor {
     /// Starts a fake listening at `dir/fake-compositor` offering `globals`.
     pub fn start(dir: &Path, globals: &[(ObjectInterface, u32)]) -> FakeCompositor {
+        Self::start_flooding(dir, globals, 0)
+    }
+
+    /// Like [`Self::start`], but every `wl_output` bind is answered with `flood`
+    /// `wl_output.scale` events (12 bytes each) and a `done`.
+    pub fn start_flooding(
+        dir: &Path,
+        globals: &[(ObjectInterface, u32)],
+        flood: usize,
+    ) -> FakeCompositor {
         let path = dir.join("fake-compositor");
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind the fake compositor's socket");
@@ -85,7 +97,7 @@ impl FakeCompositor {
         let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let globals = globals.to_vec();
         let t = trace.clone();
-        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals));
+        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals, flood));
         FakeCompositor {
             path,
             trace,
@@ -134,6 +146,7 @@ fn run_fake(
     stop: OwnedFd,
     trace: Trace,
     globals: Vec<(ObjectInterface, u32)>,
+    flood: usize,
 ) {
     let state = State::builder(Baseline::ALL_OF_THEM)
         .without_server()
@@ -144,6 +157,7 @@ fn run_fake(
     let ctx = Rc::new(Ctx {
         trace,
         globals,
+        flood,
         clients: Cell::new(0),
         extra: RefCell::new(Vec::new()),
     });
@@ -251,6 +265,13 @@ impl WlRegistryHandler for FakeRegistry {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
             s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
+        } else if let Some(o) = downcast::<WlOutput>(&id) {
+            for _ in 0..self.ctx.flood {
+                o.send_scale(1);
+            }
+            if self.ctx.flood > 0 {
+                o.send_done();
+            }
         }
     }
 }

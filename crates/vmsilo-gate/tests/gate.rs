@@ -490,3 +490,66 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     );
     drop(source);
 }
+
+// --- backpressure --------------------------------------------------------------------------
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct CountScale(Rc<std::cell::Cell<usize>>);
+
+impl wl_proxy::protocols::wayland::wl_output::WlOutputHandler for CountScale {
+    fn handle_scale(
+        &mut self,
+        _slf: &Rc<wl_proxy::protocols::wayland::wl_output::WlOutput>,
+        _factor: i32,
+    ) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn test_events_for_a_client_that_does_not_read_queue_in_the_compositor_not_the_gate() {
+    const FLOOD: usize = 400_000; // 4.8 MB of wl_output.scale events
+    let dir = TempDir::new("backpressure");
+    let fake = FakeCompositor::start_flooding(dir.path(), &standard_globals(), FLOOD);
+    let g = gate(dir.path(), &fake, &[]);
+    let c = TestClient::connect(&dir.path().join("gate.sock")).unwrap();
+    let children = children_of(g.child.id());
+    assert_eq!(children.len(), 1, "{children:?}");
+    let child = children[0];
+    let base = rss_kib(child);
+    assert!(base > 0);
+    let (name, v) = c.global(ObjectInterface::WlOutput).unwrap();
+    let out = c.bind::<wl_proxy::protocols::wayland::wl_output::WlOutput>(name, v);
+    let seen = Rc::new(std::cell::Cell::new(0));
+    out.set_handler(CountScale(seen.clone()));
+    c.state.before_poll().unwrap();
+    // The client does not read. Watch the gate's client process for a while: its memory must
+    // not take the flood (without backpressure it grows by the 4.8 MB at once).
+    let mut peak = base;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        peak = peak.max(rss_kib(child));
+    }
+    assert!(
+        peak < base + 2048,
+        "the gate's client process grew from {base} KiB to {peak} KiB for a client that does not read"
+    );
+    // Once the client reads, everything arrives.
+    c.dispatch_until(|| seen.get() == FLOOD).unwrap();
+}
