@@ -55,6 +55,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "nix-bin",
         "nix-instantiate checks the NixOS module and flake",
     ),
+    (
+        "weston",
+        "headless compositor, screenshooter and protocol trace for the vmsilo-gate frame tests",
+    ),
 ];
 
 /// Cargo-installed tools: (binary, crate, version, extra `cargo install` arguments).
