@@ -1186,7 +1186,7 @@ struct Window {
     /// An ack was forwarded and F has not been committed since.
     ack_pending: Cell<bool>,
     serials: RefCell<Vec<u32>>,
-    pending_configure: RefCell<Option<(i32, i32, Vec<u8>)>>,
+    last_configure: RefCell<Option<(i32, i32, Vec<u8>)>>,
     buffers: RefCell<Option<FrameBuffers>>,
     destroyed: Cell<bool>,
 }
@@ -1250,7 +1250,7 @@ impl Window {
             phase: Cell::new(Phase::Fresh),
             ack_pending: Cell::new(false),
             serials: RefCell::new(Vec::new()),
-            pending_configure: RefCell::new(None),
+            last_configure: RefCell::new(None),
             buffers: RefCell::new(None),
             destroyed: Cell::new(false),
         });
@@ -1484,11 +1484,13 @@ impl XdgSurfaceHandler for FrameXdgSurface {
         let (Some(x), Some(t)) = (win.guest_xdg.upgrade(), win.guest_toplevel.upgrade()) else {
             return;
         };
-        let (w, h, states) =
-            win.pending_configure
-                .borrow_mut()
-                .take()
-                .unwrap_or((0, 0, Vec::new()));
+        // The toplevel's configure precedes its xdg_surface's when the toplevel state changed;
+        // otherwise (e.g. a decoration-only configure) the last one still holds.
+        let (w, h, states) = win
+            .last_configure
+            .borrow()
+            .clone()
+            .unwrap_or((0, 0, Vec::new()));
         let (iw, ih) = layout::inner_size(w, h, win.margin());
         t.send_configure(iw, ih, &states_for_version(&states, t.version()));
         x.send_configure(serial);
@@ -1502,7 +1504,7 @@ struct FrameToplevel {
 impl XdgToplevelHandler for FrameToplevel {
     fn handle_configure(&mut self, _slf: &Rc<XdgToplevel>, width: i32, height: i32, states: &[u8]) {
         if let Some(win) = self.win.upgrade() {
-            *win.pending_configure.borrow_mut() = Some((width, height, states.to_vec()));
+            *win.last_configure.borrow_mut() = Some((width, height, states.to_vec()));
         }
     }
 

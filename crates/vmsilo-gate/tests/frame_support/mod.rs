@@ -3,6 +3,8 @@
 //! (a small PNG reader on miniz_oxide) and the compositor's protocol trace.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::cell::Cell;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -508,11 +510,12 @@ pub fn wait_for_shot(weston: &Weston, mut check: impl FnMut(&Shot) -> bool) -> (
     let t0 = Instant::now();
     loop {
         let shot = weston.screenshot();
-        if check(&shot) {
-            return (shot, true);
-        }
-        if t0.elapsed() > PATIENCE {
-            return (shot, false);
+        let ok = check(&shot);
+        if ok || t0.elapsed() > PATIENCE {
+            // Kept for a look when the scratch directory is kept or the check failed.
+            let n = weston.shots.get();
+            shot.save_ppm(&weston.dir.path().join(format!("shot-{n}.ppm")));
+            return (shot, ok);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
