@@ -9,7 +9,8 @@
 //! Structure of one framed window (all upstream, on the client's own compositor connection):
 //!
 //! ```text
-//! F  (gate wl_surface, xdg_surface XF, xdg_toplevel TF; buffer: the band)
+//! F  (gate wl_surface, xdg_surface XF, xdg_toplevel TF; buffer: one clear pixel scaled
+//!     to the frame size with wp_viewporter, or the band without it)
 //! ├── S      guest toplevel surface, desync subsurface at (BORDER, BAND) (+ offset, below)
 //! │   └── …  the guest's own subsurfaces (they stay in S's subtree)
 //! ├── band   gate subsurface at (0, 0)              ┐ created after S, so stacked above
@@ -161,7 +162,9 @@ impl Shared {
         windows.retain(|w| w.strong_count() > 0);
         for w in windows.iter().filter_map(Weak::upgrade) {
             if Rc::ptr_eq(&w.f, surface) {
-                return Some((w, true));
+                // F is the band only when it shows the band (no viewporter).
+                let band = w.viewport.is_none();
+                return Some((w, band));
             }
             if let Some(i) = w.strips.iter().position(|(s, _)| Rc::ptr_eq(s, surface)) {
                 return Some((w.clone(), i == 0));
@@ -1177,6 +1180,12 @@ struct Window {
     xf: Rc<XdgSurface>,
     tf: Rc<XdgToplevel>,
     decoration: Option<Rc<ZxdgToplevelDecorationV1>>,
+    /// F's viewport, when the compositor has wp_viewporter: F then shows one transparent
+    /// pixel scaled to the whole frame, so that F's own size is the frame's (compositors
+    /// clip window geometry to the surface tree's bounds at commit time, before the strips'
+    /// state is applied). Without it, F shows the band.
+    viewport: Option<Rc<WpViewport>>,
+    pixel: RefCell<Option<Rc<WlBuffer>>>,
     sub_s: Rc<WlSubsurface>,
     /// band, left, right, bottom.
     strips: [(Rc<WlSurface>, Rc<WlSubsurface>); 4],
@@ -1212,6 +1221,11 @@ impl Window {
         xf.set_forward_to_client(false);
         let tf = xf.new_send_get_toplevel();
         tf.set_forward_to_client(false);
+        let viewport = g.viewporter.as_ref().map(|v| {
+            let vp = v.new_send_get_viewport(&f);
+            vp.set_forward_to_client(false);
+            vp
+        });
         let decoration = g.decoration.as_ref().map(|m| {
             let d = m.new_send_get_toplevel_decoration(&tf);
             d.set_forward_to_client(false);
@@ -1243,6 +1257,8 @@ impl Window {
             xf,
             tf,
             decoration,
+            viewport,
+            pixel: RefCell::new(None),
             sub_s,
             strips,
             shm,
@@ -1385,7 +1401,21 @@ impl Window {
         }
         self.sub_s.send_set_position(l.surface_x, l.surface_y);
         self.xf.send_set_window_geometry(0, 0, l.width, l.height);
-        self.f.send_attach(new.band.as_ref(), 0, 0);
+        match &self.viewport {
+            Some(vp) => {
+                if self.pixel.borrow().is_none() {
+                    let clear = draw::Image {
+                        width: 1,
+                        height: 1,
+                        pixels: vec![0],
+                    };
+                    *self.pixel.borrow_mut() = shm_buffer(&self.shm, &clear)?;
+                }
+                self.f.send_attach(self.pixel.borrow().as_ref(), 0, 0);
+                vp.send_set_destination(l.width, l.height);
+            }
+            None => self.f.send_attach(new.band.as_ref(), 0, 0),
+        }
         self.f.send_damage(0, 0, i32::MAX, i32::MAX);
         self.f.send_commit();
         // The old buffers had memory of their own: destroying them now is safe even if the
@@ -1410,7 +1440,13 @@ impl Window {
             ss.send_destroy();
             s.send_destroy();
         }
+        if let Some(vp) = &self.viewport {
+            vp.send_destroy();
+        }
         self.f.send_destroy();
+        if let Some(p) = self.pixel.borrow_mut().take() {
+            p.send_destroy();
+        }
         if let Some(b) = self.buffers.borrow_mut().take() {
             b.destroy();
         }

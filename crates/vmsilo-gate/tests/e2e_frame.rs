@@ -7,55 +7,8 @@ mod frame_support;
 use std::sync::mpsc;
 
 use frame_support::client::TestClient;
-use frame_support::{COLOR, Gate, PATIENCE, Shot, VM, Weston, wait_for_shot};
-use vmsilo_gate::draw;
+use frame_support::{GREEN, Gate, PATIENCE, Shot, Weston, check_frame, wait_for_shot};
 use vmsilo_gate::layout::{Extents, Layout};
-
-const GREEN: u32 = 0x002e_cc71;
-
-/// Checks the frame around `layout` in `shot`: located by the bounding box of the VM colour,
-/// every ring/band pixel exactly as drawn (colour and label), the VM colour count exact.
-/// Returns the frame's top-left corner.
-fn check_frame(shot: &Shot, layout: &Layout) -> Result<(usize, usize), String> {
-    let (x0, y0, x1, y1) = shot.bbox(GREEN).ok_or("no VM-colour pixel on screen")?;
-    if (x1 - x0, y1 - y0) != (layout.width as usize, layout.height as usize) {
-        return Err(format!(
-            "VM-colour bounding box {}x{} at ({x0},{y0}), frame should be {}x{}",
-            x1 - x0,
-            y1 - y0,
-            layout.width,
-            layout.height
-        ));
-    }
-    let reference = draw::overlay(layout, COLOR, VM);
-    let inner = layout.inner();
-    let (mut wrong, mut ring_green) = (0, 0);
-    for y in 0..layout.height {
-        for x in 0..layout.width {
-            let r = reference.get(x, y).unwrap();
-            let s = shot.get(x0 + x as usize, y0 + y as usize);
-            let in_inner = x >= inner.x0 && x < inner.x1 && y >= inner.y0 && y < inner.y1;
-            if in_inner {
-                continue;
-            }
-            if s != r & 0xff_ffff {
-                wrong += 1;
-            }
-            if s == GREEN {
-                ring_green += 1;
-            }
-        }
-    }
-    let area = (layout.width * layout.height - layout.content_w * layout.content_h) as usize;
-    let expected = area - draw::label_pixels(layout.width, VM);
-    if wrong != 0 || ring_green != expected {
-        return Err(format!(
-            "{wrong} ring/band pixels differ from the drawn frame; {ring_green} VM-colour ring \
-             pixels, expected {expected}"
-        ));
-    }
-    Ok((x0, y0))
-}
 
 fn skip() -> bool {
     if let Some(why) = frame_support::skip_reason() {
@@ -390,4 +343,51 @@ fn test_no_frame_still_rewrites_titles_and_labels_untitled_windows() {
         trace.contains("set_app_id(\"vmsilo.banking.\")"),
         "untitled window has no app_id"
     );
+}
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_fullscreen_keeps_the_frame_and_the_guest_gets_the_inner_size() {
+    if skip() {
+        return;
+    }
+    let weston = Weston::start("frame-fullscreen");
+    let trace = weston.proto_trace();
+    let gate = Gate::start(&weston, "gate-0", true);
+    let socket = weston.dir.path().join("gate-0");
+    let (ctl, client) = run_client(socket, |c, side| {
+        let top = c.toplevel_with(Some("full"), None, |t| t.send_set_fullscreen(None));
+        let (w, h) = top.ev.size.get().unwrap_or((0, 0));
+        // Draw what was asked for (the guest's content size).
+        top.surface
+            .send_attach(Some(&c.buffer(w.max(1), h.max(1), BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, format!("{w}x{h}"));
+    });
+    let size = ctl.next();
+    // weston's headless output is 800x600; the compositor configures the frame to it and
+    // the guest gets that minus the ring and band.
+    assert_eq!(size, "792x572", "the guest's fullscreen configure");
+    let layout = Layout::for_extents(Extents::at(0, 0, 792, 572)).unwrap();
+    let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &layout).is_ok());
+    assert!(ok, "{:?}", check_frame(&shot, &layout));
+    assert_eq!(
+        check_frame(&shot, &layout),
+        Ok((0, 0)),
+        "the frame fills the output"
+    );
+    assert_eq!(shot.count(BLUE & 0xff_ffff), 792 * 572);
+    ctl.go();
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
+    // What weston configured, and that the gate asked for fullscreen on its own toplevel.
+    let trace = trace.text();
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("xdg_toplevel@") && l.contains(".configure(800, 600,")),
+        "weston never configured the frame fullscreen at 800x600"
+    );
+    assert!(trace.lines().any(|l| l.contains(".set_fullscreen(")));
 }

@@ -18,7 +18,9 @@ use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_buffer::WlBuffer;
 use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
 use wl_proxy::protocols::wayland::wl_compositor::WlCompositor;
+use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatCapability, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_shm::{WlShm, WlShmFormat};
 use wl_proxy::protocols::wayland::wl_subcompositor::WlSubcompositor;
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
@@ -39,6 +41,8 @@ pub struct TestClient {
     pub shm: Rc<WlShm>,
     pub wm_base: Rc<XdgWmBase>,
     pub error: Rc<RefCell<Option<String>>>,
+    registry: Rc<WlRegistry>,
+    globals: Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>,
 }
 
 #[derive(Default)]
@@ -126,9 +130,35 @@ impl TestClient {
             shm,
             wm_base,
             error,
+            registry,
+            globals,
         };
         c.roundtrip();
         c
+    }
+
+    /// Binds the seat and its keyboard; the log records which surface has keyboard focus.
+    pub fn keyboard(&self) -> Rc<KeyboardLog> {
+        let (name, v) = self
+            .globals
+            .borrow()
+            .iter()
+            .find(|(_, i, _)| *i == ObjectInterface::WlSeat)
+            .map(|&(n, _, v)| (n, v.min(5)))
+            .expect("the gate offers no wl_seat");
+        let seat = self.state.create_object::<WlSeat>(v);
+        let caps = Rc::new(Cell::new(0));
+        seat.set_handler(SeatCaps(caps.clone()));
+        self.registry.send_bind(name, seat.clone());
+        assert!(
+            self.dispatch_until(|| caps.get() & WlSeatCapability::KEYBOARD.0 != 0),
+            "the seat never got a keyboard"
+        );
+        let kb = seat.new_send_get_keyboard();
+        let log = Rc::new(KeyboardLog::default());
+        kb.set_handler(KeyboardLogHandler(log.clone()));
+        self.roundtrip();
+        log
     }
 
     /// A wl_display.sync round trip; panics after [`PATIENCE`] or on a protocol error.
@@ -185,6 +215,16 @@ impl TestClient {
     /// Creates a toplevel, does the initial commit and waits for (and acks) the first
     /// configure; nothing is attached yet.
     pub fn toplevel(&self, title: Option<&str>, app_id: Option<&str>) -> Toplevel {
+        self.toplevel_with(title, app_id, |_| {})
+    }
+
+    /// [`Self::toplevel`], with `setup` run on the toplevel before the initial commit.
+    pub fn toplevel_with(
+        &self,
+        title: Option<&str>,
+        app_id: Option<&str>,
+        setup: impl FnOnce(&Rc<XdgToplevel>),
+    ) -> Toplevel {
         let surface = self.compositor.new_send_create_surface();
         let xdg = self.wm_base.new_send_get_xdg_surface(&surface);
         let ev = Rc::new(XdgEvents::default());
@@ -197,6 +237,7 @@ impl TestClient {
         if let Some(a) = app_id {
             toplevel.send_set_app_id(a);
         }
+        setup(&toplevel);
         surface.send_commit();
         assert!(
             self.dispatch_until(|| ev.serial.get().is_some()),
@@ -314,6 +355,49 @@ impl XdgToplevelHandler for XdgEventsHandler {
 impl XdgPopupHandler for XdgEventsHandler {
     fn handle_configure(&mut self, _slf: &Rc<XdgPopup>, x: i32, y: i32, w: i32, h: i32) {
         self.0.popup_pos.set(Some((x, y, w, h)));
+    }
+}
+
+/// Keyboard focus as the client saw it.
+#[derive(Default)]
+pub struct KeyboardLog {
+    pub focus: RefCell<Option<Rc<WlSurface>>>,
+    pub enters: Cell<u32>,
+}
+
+struct SeatCaps(Rc<Cell<u32>>);
+
+impl WlSeatHandler for SeatCaps {
+    fn handle_capabilities(&mut self, _slf: &Rc<WlSeat>, capabilities: WlSeatCapability) {
+        self.0.set(capabilities.0);
+    }
+}
+
+struct KeyboardLogHandler(Rc<KeyboardLog>);
+
+impl WlKeyboardHandler for KeyboardLogHandler {
+    fn handle_enter(
+        &mut self,
+        _slf: &Rc<WlKeyboard>,
+        _serial: u32,
+        surface: &Rc<WlSurface>,
+        _keys: &[u8],
+    ) {
+        self.0.enters.set(self.0.enters.get() + 1);
+        *self.0.focus.borrow_mut() = Some(surface.clone());
+    }
+
+    fn handle_leave(&mut self, _slf: &Rc<WlKeyboard>, _serial: u32, _surface: &Rc<WlSurface>) {
+        *self.0.focus.borrow_mut() = None;
+    }
+
+    fn handle_keymap(
+        &mut self,
+        _slf: &Rc<WlKeyboard>,
+        _format: wl_proxy::protocols::wayland::wl_keyboard::WlKeyboardKeymapFormat,
+        _fd: &Rc<OwnedFd>,
+        _size: u32,
+    ) {
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod sway;
 
 use std::cell::Cell;
 use std::io::Read;
@@ -18,8 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmsilo_gate::conn::{Conn, Limits};
+use vmsilo_gate::draw;
 use vmsilo_gate::frame;
 use vmsilo_gate::identity::{Identity, Rgb};
+use vmsilo_gate::layout::Layout;
 use vmsilo_gate::policy::Policy;
 use vmsilo_testkit::ScratchDir;
 use wl_proxy::baseline::Baseline;
@@ -39,6 +42,9 @@ pub const COLOR: Rgb = Rgb {
     g: 0xcc,
     b: 0x71,
 };
+
+/// The VM colour as a screenshot pixel.
+pub const GREEN: u32 = 0x002e_cc71;
 
 /// Generous bound for anything the compositor or a client has to do (a failure guard).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -321,6 +327,35 @@ impl Shot {
         }
     }
 
+    /// Reads a binary PPM (P6, maxval 255), what `grim -t ppm` writes.
+    pub fn from_ppm(data: &[u8]) -> Shot {
+        let mut fields = Vec::new();
+        let mut pos = 0;
+        while fields.len() < 4 {
+            while data[pos].is_ascii_whitespace() {
+                pos += 1;
+            }
+            let start = pos;
+            while !data[pos].is_ascii_whitespace() {
+                pos += 1;
+            }
+            fields.push(std::str::from_utf8(&data[start..pos]).unwrap().to_string());
+        }
+        pos += 1;
+        assert_eq!(fields[0], "P6", "not a binary PPM");
+        assert_eq!(fields[3], "255", "PPM maxval");
+        let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+        let px = data[pos..pos + w * h * 3]
+            .chunks_exact(3)
+            .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
+            .collect();
+        Shot {
+            width: w,
+            height: h,
+            px,
+        }
+    }
+
     pub fn get(&self, x: usize, y: usize) -> u32 {
         self.px[y * self.width + x]
     }
@@ -372,9 +407,14 @@ pub struct GateOutcome {
 
 impl Gate {
     pub fn start(weston: &Weston, name: &str, frame_on: bool) -> Gate {
-        let listener = UnixListener::bind(weston.dir.path().join(name)).unwrap();
+        Gate::start_at(&weston.dir.path().join(name), &weston.socket, frame_on)
+    }
+
+    /// A gate listening on `listen`, for the compositor at `compositor`.
+    pub fn start_at(listen: &Path, compositor: &Path, frame_on: bool) -> Gate {
+        let listener = UnixListener::bind(listen).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let server = weston.socket.clone();
+        let server = compositor.to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || serve(listener, &server, frame_on, &stop2));
@@ -506,17 +546,76 @@ impl WlRegistryHandler for Registry {
 
 /// Waits until `check` accepts a screenshot (bounded by [`PATIENCE`]); returns the last one
 /// and whether it was accepted.
-pub fn wait_for_shot(weston: &Weston, mut check: impl FnMut(&Shot) -> bool) -> (Shot, bool) {
+pub fn wait_for_shot(weston: &Weston, check: impl FnMut(&Shot) -> bool) -> (Shot, bool) {
+    wait_for(
+        || weston.screenshot(),
+        check,
+        |shot, n| shot.save_ppm(&weston.dir.path().join(format!("shot-{n}.ppm"))),
+    )
+}
+
+/// Takes screenshots with `take` until `check` accepts one (bounded by [`PATIENCE`]); the
+/// last one is handed to `keep` (to save it) and returned with whether it was accepted.
+pub fn wait_for(
+    mut take: impl FnMut() -> Shot,
+    mut check: impl FnMut(&Shot) -> bool,
+    keep: impl Fn(&Shot, u32),
+) -> (Shot, bool) {
     let t0 = Instant::now();
+    let mut n = 0;
     loop {
-        let shot = weston.screenshot();
+        n += 1;
+        let shot = take();
         let ok = check(&shot);
         if ok || t0.elapsed() > PATIENCE {
             // Kept for a look when the scratch directory is kept or the check failed.
-            let n = weston.shots.get();
-            shot.save_ppm(&weston.dir.path().join(format!("shot-{n}.ppm")));
+            keep(&shot, n);
             return (shot, ok);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Checks the frame around `layout` in `shot`: located by the bounding box of the VM colour,
+/// every ring/band pixel exactly as drawn (colour and label), the VM colour count exact.
+/// Returns the frame's top-left corner.
+pub fn check_frame(shot: &Shot, layout: &Layout) -> Result<(usize, usize), String> {
+    let (x0, y0, x1, y1) = shot.bbox(GREEN).ok_or("no VM-colour pixel on screen")?;
+    if (x1 - x0, y1 - y0) != (layout.width as usize, layout.height as usize) {
+        return Err(format!(
+            "VM-colour bounding box {}x{} at ({x0},{y0}), frame should be {}x{}",
+            x1 - x0,
+            y1 - y0,
+            layout.width,
+            layout.height
+        ));
+    }
+    let reference = draw::overlay(layout, COLOR, VM);
+    let inner = layout.inner();
+    let (mut wrong, mut ring_green) = (0, 0);
+    for y in 0..layout.height {
+        for x in 0..layout.width {
+            let r = reference.get(x, y).unwrap();
+            let s = shot.get(x0 + x as usize, y0 + y as usize);
+            let in_inner = x >= inner.x0 && x < inner.x1 && y >= inner.y0 && y < inner.y1;
+            if in_inner {
+                continue;
+            }
+            if s != r & 0xff_ffff {
+                wrong += 1;
+            }
+            if s == GREEN {
+                ring_green += 1;
+            }
+        }
+    }
+    let area = (layout.width * layout.height - layout.content_w * layout.content_h) as usize;
+    let expected = area - draw::label_pixels(layout.width, VM);
+    if wrong != 0 || ring_green != expected {
+        return Err(format!(
+            "{wrong} ring/band pixels differ from the drawn frame; {ring_green} VM-colour ring \
+             pixels, expected {expected}"
+        ));
+    }
+    Ok((x0, y0))
 }
