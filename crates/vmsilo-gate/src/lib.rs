@@ -10,6 +10,7 @@
 //! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides.
 //! - [`identity`]: sans-IO: the VM's name and colour, title and app_id prefixes, sanitising.
 //! - [`draw`]: sans-IO: the frame and label band pixels.
+//! - [`layout`]: sans-IO: frame geometry and the size/position translation guest ↔ frame.
 //! - [`conn`]: the per-connection context shared by the handlers.
 //! - [`registry`]: global filtering and bind checks.
 //! - [`datadev`]: the VM's own `wl_data_device_manager`, served by the gate.
@@ -23,8 +24,10 @@
 pub mod cli;
 pub mod conn;
 pub mod datadev;
+pub mod draw;
 pub mod frame;
 pub mod identity;
+pub mod layout;
 pub mod logger;
 pub mod policy;
 pub mod registry;

@@ -1,0 +1,95 @@
+//! The frame on sway 1.7 headless (a wlroots compositor with a seat and xdg-decoration): the
+//! same exact frame as on weston, server-side decorations requested for the frame's
+//! toplevel, and keyboard focus (which sway gives the frame's toplevel surface) delivered to
+//! the guest as focus on its own surface.
+
+mod frame_support;
+
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use frame_support::client::TestClient;
+use frame_support::sway::{self, Sway};
+use frame_support::{Gate, PATIENCE, check_frame, wait_for};
+use vmsilo_gate::layout::{Extents, Layout};
+
+const BLUE: u32 = 0xff00_00ff;
+
+#[test]
+#[ignore = "e2e: needs sway headless (started under another uid, so root)"]
+fn test_frame_decoration_and_keyboard_focus_on_sway() {
+    if let Some(why) = sway::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sway = Sway::start("frame-sway");
+    let _keyboard = sway.keyboard();
+    let gate = Gate::start_at(&sway.dir.path().join("gate-0"), &sway.socket, true);
+    let socket = sway.dir.path().join("gate-0");
+    let (to_main, from_client) = mpsc::channel::<String>();
+    let (to_client, from_main) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let c = TestClient::connect(&socket);
+        let kb = c.keyboard();
+        let top = c.toplevel(Some("sway test"), Some("org.example.test"));
+        top.surface
+            .send_attach(Some(&c.buffer(200, 100, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        let focused = c.dispatch_until(|| kb.focus.borrow().is_some());
+        let on_own = kb
+            .focus
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| Rc::ptr_eq(s, &top.surface));
+        to_main
+            .send(format!("focused={focused} on_own_surface={on_own}"))
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while from_main.try_recv().is_err() && t0.elapsed() < PATIENCE * 4 {
+            let _ = c.state.dispatch(Some(std::time::Duration::from_millis(50)));
+        }
+        top.destroy();
+        assert!(
+            c.alive(),
+            "the connection died when the window was destroyed"
+        );
+    });
+    let focus = from_client
+        .recv_timeout(PATIENCE * 2)
+        .expect("the client thread reported nothing");
+    let layout = Layout::for_extents(Extents::at(0, 0, 200, 100)).unwrap();
+    let (shot, ok) = wait_for(
+        || sway.screenshot(),
+        |s| check_frame(s, &layout).is_ok(),
+        |s, n| s.save_ppm(&sway.dir.path().join(format!("shot-{n}.ppm"))),
+    );
+    let tree = sway.tree();
+    let _ = to_client.send(());
+    client.join().expect("client thread");
+    let outcome = gate.stop();
+    assert!(
+        ok,
+        "{:?}\nsway log:\n{}",
+        check_frame(&shot, &layout),
+        sway.log()
+    );
+    assert_eq!(focus, "focused=true on_own_surface=true");
+    assert!(!outcome.cut_off);
+    // sway's view of the window: the prefixed title and app_id, and server-side decoration
+    // (border "normal"; a client-side decorated view is "csd").
+    let compact: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(
+        compact.contains("\"name\":\"[banking]swaytest\""),
+        "title missing from the sway tree: {tree}"
+    );
+    assert!(
+        compact.contains("\"app_id\":\"vmsilo.banking.org.example.test\""),
+        "app_id missing from the sway tree"
+    );
+    assert!(
+        compact.contains("\"border\":\"normal\""),
+        "the frame's toplevel is not server-side decorated: {tree}"
+    );
+    assert!(!compact.contains("\"border\":\"csd\""));
+}
