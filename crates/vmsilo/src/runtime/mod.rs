@@ -327,6 +327,20 @@ fn take_lock(o: &RunOptions) -> Result<VmLock, String> {
     })
 }
 
+/// Gives the directory `dir` (a path only root can replace) to `uid`/`gid` with `mode`.
+fn give_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .and_then(|()| {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        })
+        .map_err(|e| {
+            format!(
+                "cannot give {} to uid {uid} gid {gid} (mode {mode:o}): {e}",
+                dir.display()
+            )
+        })
+}
+
 fn remove_file_quiet(p: &Path) {
     if let Err(e) = std::fs::remove_file(p)
         && e.kind() != ErrorKind::NotFound
@@ -566,18 +580,7 @@ impl Runtime {
         }
         self.user_dir = Some(dir.clone());
         let u = &self.o.plan.user;
-        std::os::unix::fs::lchown(&dir, Some(u.uid), Some(u.gid))
-            .and_then(|()| {
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
-            .map_err(|e| {
-                format!(
-                    "cannot give {} to uid {} gid {}: {e}",
-                    dir.display(),
-                    u.uid,
-                    u.gid
-                )
-            })
+        give_dir(&dir, u.uid, u.gid, 0o700)
     }
 
     /// Creates `<run>/<vm>.gate` afresh for the gate and waypipe, owned by the configured user,
@@ -606,18 +609,7 @@ impl Runtime {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         self.gate_dir = Some(dir.clone());
         let u = &self.o.plan.user;
-        std::os::unix::fs::lchown(&dir, Some(u.uid), Some(u.gid))
-            .and_then(|()| {
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
-            .map_err(|e| {
-                format!(
-                    "cannot give {} to uid {} gid {}: {e}",
-                    dir.display(),
-                    u.uid,
-                    u.gid
-                )
-            })
+        give_dir(&dir, u.uid, u.gid, 0o700)
     }
 
     /// Once the gate (and waypipe) listen: gives `<run>/<vm>.gate` to root (mode 0755), so that
@@ -628,13 +620,12 @@ impl Runtime {
         let Some(dir) = self.gate_dir.clone() else {
             return Ok(());
         };
-        let root = nix::unistd::geteuid().as_raw();
-        let rootg = nix::unistd::getegid().as_raw();
-        std::os::unix::fs::lchown(&dir, Some(root), Some(rootg))
-            .and_then(|()| {
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            })
-            .map_err(|e| format!("cannot give {} back to root: {e}", dir.display()))?;
+        give_dir(
+            &dir,
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            0o755,
+        )?;
         let p = self.o.plan.paths.clone();
         for s in [&p.gate_socket, &p.waypipe_socket].into_iter().flatten() {
             match std::fs::symlink_metadata(s) {
