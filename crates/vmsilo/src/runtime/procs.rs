@@ -25,7 +25,7 @@ pub struct Proc {
 
 /// Who a process runs as.
 #[derive(Debug, Clone, Copy)]
-pub enum Identity {
+pub enum Identity<'a> {
     /// The runtime's own (root).
     Inherit,
     /// Another user (supplementary groups are dropped).
@@ -35,6 +35,16 @@ pub enum Identity {
         /// gid.
         gid: u32,
     },
+    /// Another user, without network, with everything but `writable` mounted read-only
+    /// ([`crate::sys::confine_child`]).
+    Confined {
+        /// uid.
+        uid: u32,
+        /// gid.
+        gid: u32,
+        /// The only writable directory.
+        writable: &'a Path,
+    },
 }
 
 /// Starts `argv` in its own process group with stdin from /dev/null and the runtime's
@@ -43,7 +53,7 @@ pub fn spawn(
     name: &str,
     argv: &[String],
     env: &BTreeMap<String, String>,
-    who: Identity,
+    who: Identity<'_>,
 ) -> Result<Proc, String> {
     let (program, args) = argv
         .split_first()
@@ -53,8 +63,17 @@ pub fn spawn(
         .envs(env)
         .stdin(Stdio::null())
         .process_group(0);
-    if let Identity::User { uid, gid } = who {
-        cmd.uid(uid).gid(gid);
+    match who {
+        Identity::Inherit => {}
+        Identity::User { uid, gid } => {
+            cmd.uid(uid).gid(gid);
+        }
+        Identity::Confined { uid, gid, writable } => {
+            // It handles guest data: it gets nothing of the runtime's it does not need.
+            cmd.env_remove("NOTIFY_SOCKET");
+            crate::sys::confine_child(&mut cmd, uid, gid, writable)
+                .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+        }
     }
     crate::sys::prepare_child(&mut cmd);
     let child = cmd
