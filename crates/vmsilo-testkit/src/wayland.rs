@@ -7,8 +7,8 @@
 //!   panel, and waits for its socket. [`Weston::screenshot`] runs `weston-screenshooter`,
 //!   [`Weston::proto_trace`] runs `weston-debug proto` in the background.
 //! - [`Sway::start`] runs sway headless (`WLR_BACKENDS=headless WLR_RENDERER=pixman`) as
-//!   [`TEST_USER`] (created with `useradd` when missing: sway refuses to run as root), with a
-//!   black background, no borders and no Xwayland. [`Sway::screenshot`] runs `grim` as that
+//!   [`TEST_USER`] (created with `useradd` when missing: sway refuses to run as root), with
+//!   no wallpaper, no borders and no Xwayland. [`Sway::screenshot`] runs `grim` as that
 //!   user.
 //! - [`Image`]: RGB8 pixels decoded from PNG; [`Image::count`], [`Image::bbox`] and
 //!   [`Image::count_in`] find exact colours (the pixman renderers copy shm pixels unchanged).
@@ -46,6 +46,8 @@ use crate::{Error, Result, io_err};
 
 /// The non-root user [`Sway`] runs as (created when missing).
 pub const TEST_USER: &str = "vmsilo-test";
+/// The colour of an empty sway output without a wallpaper (sway clears to 0.25 grey).
+pub const SWAY_BACKGROUND: Rgb = [0x3f, 0x3f, 0x3f];
 /// Time for a compositor to create its socket (a cold, loaded CI machine included).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for one screenshot.
@@ -396,6 +398,8 @@ pub trait Compositor {
     fn log(&self) -> String;
     /// Fails (with the end of the log) if the compositor has exited.
     fn check_alive(&mut self) -> Result<()>;
+    /// The colour of the empty output.
+    fn background(&self) -> Rgb;
     /// A screenshot of the whole output, as PNG bytes.
     fn screenshot_png(&self) -> Result<Vec<u8>>;
     /// A screenshot of the whole output, decoded.
@@ -544,6 +548,11 @@ impl Compositor for Weston {
 
     fn user(&self) -> Option<&TestUser> {
         None
+    }
+
+    /// Black (`background-color` in the generated weston.ini).
+    fn background(&self) -> Rgb {
+        [0, 0, 0]
     }
 
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -771,8 +780,7 @@ impl Sway {
             &config,
             format!(
                 "xwayland disable\ndefault_border none\ndefault_floating_border none\n\
-                 focus_follows_mouse no\noutput * bg #000000 solid_color\n\
-                 output * resolution {}x{}\n{}\n",
+                 focus_follows_mouse no\noutput * resolution {}x{}\n{}\n",
                 opts.width, opts.height, opts.extra_config
             ),
         )
@@ -824,6 +832,41 @@ impl Sway {
     pub fn user(&self) -> &TestUser {
         &self.user
     }
+
+    /// Runs `swaymsg ARGS` (as the test user, on this sway's IPC socket) and returns its
+    /// output, e.g. `ipc(&["-t", "get_tree"])` for the window tree as JSON.
+    pub fn ipc(&self, args: &[&str]) -> Result<String> {
+        let swaymsg = find_tool("swaymsg")?;
+        let sock = std::fs::read_dir(&self.runtime)
+            .map_err(io_err(format!("listing {}", self.runtime.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("sway-ipc.") && n.ends_with(".sock"))
+            })
+            .ok_or_else(|| {
+                Error::Wayland(format!(
+                    "no sway-ipc.*.sock in {}{}",
+                    self.runtime.display(),
+                    log_tail(&self.proc.log)
+                ))
+            })?;
+        let out = output_within(
+            self.command(swaymsg).env("SWAYSOCK", &sock).args(args),
+            SHOT_TIMEOUT,
+            "swaymsg",
+        )?;
+        if !out.status.success() {
+            return Err(Error::Wayland(format!(
+                "swaymsg {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                log_tail(&self.proc.log)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 impl Compositor for Sway {
@@ -845,6 +888,11 @@ impl Compositor for Sway {
 
     fn user(&self) -> Option<&TestUser> {
         Some(&self.user)
+    }
+
+    /// sway's clear colour (0.25 grey): no wallpaper, so no swaybg that could draw late.
+    fn background(&self) -> Rgb {
+        SWAY_BACKGROUND
     }
 
     /// Also runs `program` as [`Sway::user`], with `HOME` in the runtime directory.

@@ -116,11 +116,19 @@ fn sway_runs_as_the_test_user_and_grim_sees_its_output() {
     assert_ne!(sway.user().uid, 0);
     let img = sway.screenshot().unwrap();
     assert_eq!((img.width(), img.height()), (800, 600));
-    // The solid black background covers the output.
-    assert_eq!(img.count(BLACK), 800 * 600, "{:?}", img.top_colors(5));
+    // The clear colour covers the output.
+    assert_eq!(
+        img.count(sway.background()),
+        800 * 600,
+        "{:?}",
+        img.top_colors(5)
+    );
     // A client of the test user connects (sway's socket is the user's).
     let out = sway.command("wayland-info").output().expect("wayland-info");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", sway.log());
     assert!(text.contains("xdg_wm_base"), "{text}");
+    // Its IPC answers (the window tree is how tests read titles on sway).
+    let tree = sway.ipc(&["-t", "get_tree"]).unwrap();
+    assert!(tree.contains("HEADLESS-1"), "{tree}");
 }
