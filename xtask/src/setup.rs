@@ -48,6 +48,19 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libglib2.0-bin",
         "gio launch runs a generated desktop entry with a URL in a test",
     ),
+    (
+        "weston",
+        "headless compositor, screenshooter and protocol trace for the display tests",
+    ),
+    (
+        "sway",
+        "headless compositor run as a non-root user in the display tests",
+    ),
+    ("grim", "screenshots of sway in the display tests"),
+    (
+        "wayland-utils",
+        "wayland-info lists a compositor's globals in tests",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),
