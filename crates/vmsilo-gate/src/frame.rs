@@ -507,7 +507,31 @@ impl WpSinglePixelBufferManagerV1Handler for GuestSinglePixel {
 // ---------------------------------------------------------------------------------------
 // Guest surfaces and their trees.
 
-/// What the gate knows about one guest surface.
+/// The part of a guest surface's state that decides its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SurfState {
+    buffer: Option<(i32, i32)>,
+    scale: i32,
+    transform: u32,
+    viewport: Option<(i32, i32)>,
+}
+
+impl Default for SurfState {
+    fn default() -> Self {
+        Self {
+            buffer: None,
+            scale: 1,
+            transform: 0,
+            viewport: None,
+        }
+    }
+}
+
+/// What the gate knows about one guest surface. It mirrors the compositor's state machine
+/// for the parts that decide sizes and positions: pending state, the cache of a
+/// synchronized subsurface (applied when its parent's state is applied) and the state the
+/// compositor shows. The frame is computed from the shown state only, so a guest cannot
+/// shrink the frame with a commit the compositor has not applied.
 #[derive(Default)]
 struct SurfInfo {
     /// Pending attach: `Some(None)` = null buffer, `Some(Some(size))` = buffer of that size.
@@ -515,12 +539,18 @@ struct SurfInfo {
     pending_scale: Cell<Option<i32>>,
     pending_transform: Cell<Option<u32>>,
     pending_viewport: Cell<Option<Option<(i32, i32)>>>,
-    buffer: Cell<Option<(i32, i32)>>,
-    scale: Cell<i32>,
-    transform: Cell<u32>,
-    viewport: Cell<Option<(i32, i32)>>,
-    /// Parent when this is a guest subsurface, with its position.
+    /// Committed but cached (a synchronized subsurface waiting for its parent).
+    cached: Cell<Option<SurfState>>,
+    /// Applied: what the compositor shows.
+    current: Cell<SurfState>,
+    /// Parent when this is a guest subsurface.
     parent: RefCell<Weak<SurfInfo>>,
+    /// Whether this subsurface is in synchronized mode (the default for a new one).
+    sync: Cell<bool>,
+    /// Position: set but not committed by the parent, committed by a parent whose state is
+    /// cached, and applied.
+    pending_pos: Cell<Option<(i32, i32)>>,
+    cached_pos: Cell<Option<(i32, i32)>>,
     pos: Cell<(i32, i32)>,
     children: RefCell<Vec<Weak<SurfInfo>>>,
     /// The window when this is a wrapped toplevel surface.
@@ -531,19 +561,13 @@ struct SurfInfo {
 
 impl SurfInfo {
     fn new() -> Rc<SurfInfo> {
-        let s = SurfInfo::default();
-        s.scale.set(1);
-        Rc::new(s)
+        Rc::new(SurfInfo::default())
     }
 
-    /// The surface's own logical size.
+    /// The surface's own logical size, as shown.
     fn size(&self) -> (i32, i32) {
-        layout::surface_size(
-            self.buffer.get(),
-            self.scale.get(),
-            self.transform.get(),
-            self.viewport.get(),
-        )
+        let c = self.current.get();
+        layout::surface_size(c.buffer, c.scale, c.transform, c.viewport)
     }
 
     /// The window this surface's tree belongs to, if any.
@@ -559,8 +583,74 @@ impl SurfInfo {
         None
     }
 
-    /// The union of this surface's tree, relative to its origin; `None` when the tree is
-    /// larger than [`MAX_TREE`] surfaces or deeper than `MAX_DEPTH`.
+    /// Whether a commit of this surface is cached: it or an ancestor subsurface is in
+    /// synchronized mode. A wrapped toplevel surface is the gate's desync subsurface.
+    fn effectively_sync(self: &Rc<Self>) -> bool {
+        let mut cur = self.clone();
+        for _ in 0..MAX_DEPTH {
+            if cur.window.borrow().upgrade().is_some() {
+                return false;
+            }
+            let Some(parent) = cur.parent.borrow().upgrade() else {
+                return false;
+            };
+            if cur.sync.get() {
+                return true;
+            }
+            cur = parent;
+        }
+        true
+    }
+
+    /// `wl_surface.commit`: pending state onto the cache (or the shown state), then cached
+    /// when synchronized, applied otherwise (with the caches of synchronized children).
+    fn commit(self: &Rc<Self>) {
+        let mut st = self.cached.get().unwrap_or(self.current.get());
+        if let Some(b) = self.pending_buffer.take() {
+            st.buffer = b;
+        }
+        if let Some(s) = self.pending_scale.take() {
+            st.scale = s;
+        }
+        if let Some(t) = self.pending_transform.take() {
+            st.transform = t;
+        }
+        if let Some(v) = self.pending_viewport.take() {
+            st.viewport = v;
+        }
+        let sync = self.effectively_sync();
+        // The children's positions are part of this surface's state.
+        for c in self.children.borrow().iter().filter_map(Weak::upgrade) {
+            if let Some(p) = c.pending_pos.take() {
+                c.cached_pos.set(Some(p));
+            }
+        }
+        self.cached.set(Some(st));
+        if !sync {
+            self.apply(0);
+        }
+    }
+
+    /// Applies the cached state, and that of synchronized children (recursively).
+    fn apply(&self, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        if let Some(st) = self.cached.take() {
+            self.current.set(st);
+        }
+        for c in self.children.borrow().iter().filter_map(Weak::upgrade) {
+            if let Some(p) = c.cached_pos.take() {
+                c.pos.set(p);
+            }
+            if c.sync.get() {
+                c.apply(depth + 1);
+            }
+        }
+    }
+
+    /// The union of this surface's tree as shown, relative to its origin; `None` when the
+    /// tree is larger than [`MAX_TREE`] surfaces or deeper than `MAX_DEPTH`.
     fn extents(&self, budget: &mut usize, depth: usize) -> Option<Extents> {
         if *budget == 0 || depth > MAX_DEPTH {
             return None;
@@ -570,6 +660,10 @@ impl SurfInfo {
         let mut ext = Extents::at(0, 0, w, h);
         let children = self.children.borrow();
         for c in children.iter().filter_map(Weak::upgrade) {
+            // A subsurface shows only with a buffer (and its children only through it).
+            if c.current.get().buffer.is_none() {
+                continue;
+            }
             let (x, y) = c.pos.get();
             let ce = c.extents(budget, depth + 1)?;
             ext = ext.union(ce.translate(x, y));
@@ -654,21 +748,9 @@ impl WlSurfaceHandler for GuestSurface {
     }
 
     fn handle_commit(&mut self, slf: &Rc<WlSurface>) {
-        let i = &self.info;
-        if let Some(b) = i.pending_buffer.take() {
-            i.buffer.set(b);
-        }
-        if let Some(s) = i.pending_scale.take() {
-            i.scale.set(s);
-        }
-        if let Some(t) = i.pending_transform.take() {
-            i.transform.set(t);
-        }
-        if let Some(v) = i.pending_viewport.take() {
-            i.viewport.set(v);
-        }
+        self.info.commit();
         slf.send_commit();
-        if let Some(win) = i.window() {
+        if let Some(win) = self.info.window() {
             win.on_tree_commit(slf.client());
         }
     }
@@ -724,6 +806,9 @@ impl WlSubcompositorHandler for GuestSubcompositor {
         }
         *child.parent.borrow_mut() = Rc::downgrade(&par);
         child.pos.set((0, 0));
+        child.pending_pos.set(None);
+        child.cached_pos.set(None);
+        child.sync.set(true);
         id.set_handler(GuestSubsurface { info: child });
     }
 }
@@ -734,10 +819,27 @@ struct GuestSubsurface {
 
 impl WlSubsurfaceHandler for GuestSubsurface {
     fn handle_set_position(&mut self, slf: &Rc<WlSubsurface>, x: i32, y: i32) {
-        // Applied on the parent's next commit; the frame is recomputed on every commit of
-        // the tree, so recording it now is what the next commit sees.
-        self.info.pos.set((x, y));
+        // Applied with the parent's state (see SurfInfo::commit/apply).
+        self.info.pending_pos.set(Some((x, y)));
         slf.send_set_position(x, y);
+    }
+
+    fn handle_set_sync(&mut self, slf: &Rc<WlSubsurface>) {
+        self.info.sync.set(true);
+        slf.send_set_sync();
+    }
+
+    fn handle_set_desync(&mut self, slf: &Rc<WlSubsurface>) {
+        self.info.sync.set(false);
+        slf.send_set_desync();
+        // weston and wlroots apply a cached state at once when the subsurface becomes
+        // effectively desynchronized: so does the mirror, and the frame follows.
+        if !self.info.effectively_sync() && self.info.cached.get().is_some() {
+            self.info.apply(0);
+            if let Some(win) = self.info.window() {
+                win.on_tree_commit(slf.client());
+            }
+        }
     }
 
     fn handle_destroy(&mut self, slf: &Rc<WlSubsurface>) {
@@ -1331,7 +1433,7 @@ impl Window {
             Phase::Configuring => return,
             Phase::Acked | Phase::Mapped => {}
         }
-        if self.info.buffer.get().is_none() {
+        if self.info.current.get().buffer.is_none() {
             if self.phase.get() == Phase::Mapped {
                 // The guest unmapped its toplevel: unmap the frame; the next guest commit is
                 // an initial commit again.
@@ -1950,6 +2052,112 @@ mod tests {
         assert_eq!(states_for_version(&all, 7), st(&[1, 2, 5, 9, 10]));
         // a ragged array (not a multiple of 4) drops the tail, never panics
         assert_eq!(states_for_version(&[1, 0, 0, 0, 7], 1), st(&[1]));
+    }
+
+    /// A root surface (standing in for a wrapped toplevel: never synchronized) with a child.
+    fn tree() -> (Rc<SurfInfo>, Rc<SurfInfo>) {
+        let root = SurfInfo::new();
+        let child = SurfInfo::new();
+        *child.parent.borrow_mut() = Rc::downgrade(&root);
+        child.sync.set(true);
+        root.children.borrow_mut().push(Rc::downgrade(&child));
+        root.pending_buffer.set(Some(Some((200, 100))));
+        root.commit();
+        (root, child)
+    }
+
+    fn ext(root: &SurfInfo) -> Option<Extents> {
+        root.extents(&mut MAX_TREE.clone(), 0)
+    }
+
+    #[test]
+    fn test_sync_child_state_shows_only_with_the_parent_commit() {
+        let (root, child) = tree();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 200, 100)));
+        child.pending_pos.set(Some((250, -50)));
+        child.pending_buffer.set(Some(Some((150, 150))));
+        child.commit();
+        // cached: neither the buffer nor the position shows yet
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 200, 100)));
+        root.commit();
+        assert_eq!(
+            ext(&root),
+            Some(Extents::at(0, -50, 400, 150)),
+            "the parent's commit applies the child's cache and its position"
+        );
+        // A shrink the compositor has not applied (the parent never commits) does not
+        // shrink the frame: the child still shows at its old size.
+        child.pending_buffer.set(Some(Some((1, 1))));
+        child.commit();
+        child.pending_pos.set(Some((0, 0)));
+        assert_eq!(ext(&root), Some(Extents::at(0, -50, 400, 150)));
+        root.commit();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 200, 100)));
+    }
+
+    #[test]
+    fn test_desync_child_applies_at_once_and_unmapped_children_do_not_count() {
+        let (root, child) = tree();
+        child.sync.set(false);
+        child.pending_pos.set(Some((300, 0)));
+        root.commit();
+        child.pending_buffer.set(Some(Some((10, 10))));
+        child.commit();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 310, 100)));
+        child.pending_buffer.set(Some(None));
+        child.commit();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 200, 100)));
+        // A grandchild of a desync child in sync mode waits for the child.
+        let grand = SurfInfo::new();
+        *grand.parent.borrow_mut() = Rc::downgrade(&child);
+        grand.sync.set(true);
+        child.children.borrow_mut().push(Rc::downgrade(&grand));
+        child.pending_buffer.set(Some(Some((10, 10))));
+        child.commit();
+        grand.pending_buffer.set(Some(Some((500, 10))));
+        grand.commit();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 310, 100)));
+        child.commit();
+        assert_eq!(ext(&root), Some(Extents::at(0, 0, 800, 100)));
+        assert!(grand.effectively_sync() && !child.effectively_sync());
+    }
+
+    #[test]
+    fn test_huge_or_deep_trees_have_no_extents() {
+        let root = SurfInfo::new();
+        let mut keep = Vec::new();
+        for _ in 0..MAX_TREE {
+            let c = SurfInfo::new();
+            c.current.set(SurfState {
+                buffer: Some((1, 1)),
+                ..SurfState::default()
+            });
+            *c.parent.borrow_mut() = Rc::downgrade(&root);
+            root.children.borrow_mut().push(Rc::downgrade(&c));
+            keep.push(c);
+        }
+        assert_eq!(
+            ext(&root),
+            None,
+            "MAX_TREE children plus the root is one too many"
+        );
+        let root = SurfInfo::new();
+        let mut cur = root.clone();
+        for _ in 0..MAX_DEPTH + 2 {
+            let c = SurfInfo::new();
+            c.current.set(SurfState {
+                buffer: Some((1, 1)),
+                ..SurfState::default()
+            });
+            *c.parent.borrow_mut() = Rc::downgrade(&cur);
+            cur.children.borrow_mut().push(Rc::downgrade(&c));
+            keep.push(c.clone());
+            cur = c;
+        }
+        assert_eq!(ext(&root), None);
+        // window() and effectively_sync() stop at the depth limit instead of looping
+        assert!(cur.window().is_none());
+        assert!(cur.effectively_sync());
     }
 
     #[test]

@@ -391,3 +391,72 @@ fn test_fullscreen_keeps_the_frame_and_the_guest_gets_the_inner_size() {
     );
     assert!(trace.lines().any(|l| l.contains(".set_fullscreen(")));
 }
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_a_cached_shrink_of_a_sync_subsurface_does_not_shrink_the_frame() {
+    if skip() {
+        return;
+    }
+    let weston = Weston::start("frame-shrink");
+    let gate = Gate::start(&weston, "gate-0", true);
+    let socket = weston.dir.path().join("gate-0");
+    let (ctl, client) = run_client(socket, |c, side| {
+        let top = c.toplevel(Some("shrink"), None);
+        let child = c.compositor.new_send_create_surface();
+        let sub = c
+            .subcompositor
+            .new_send_get_subsurface(&child, &top.surface);
+        sub.send_set_position(250, -50);
+        child.send_attach(Some(&c.buffer(150, 150, RED)), 0, 0);
+        child.send_commit();
+        top.surface
+            .send_attach(Some(&c.buffer(200, 100, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "big".into());
+        // The child (synchronized) commits a 1x1 buffer; its parent never commits, so the
+        // compositor keeps showing the 150x150 one.
+        child.send_attach(Some(&c.buffer(1, 1, RED)), 0, 0);
+        child.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "cached".into());
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "applied".into());
+    });
+    let big =
+        Layout::for_extents(Extents::at(0, 0, 200, 100).union(Extents::at(250, -50, 150, 150)))
+            .unwrap();
+    let small = Layout::for_extents(Extents::at(0, 0, 200, 100).union(Extents::at(250, -50, 1, 1)))
+        .unwrap();
+    assert_eq!(ctl.next(), "big");
+    let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &big).is_ok());
+    assert!(ok, "{:?}", check_frame(&shot, &big));
+    ctl.go();
+    assert_eq!(ctl.next(), "cached");
+    // Everything the cached commit could have changed has reached weston (round trip).
+    let shot = weston.screenshot();
+    assert_eq!(
+        check_frame(&shot, &big).map(|_| ()),
+        Ok(()),
+        "the frame shrank before the compositor did"
+    );
+    assert_eq!(
+        shot.count(RED & 0xff_ffff),
+        150 * 150,
+        "the child no longer shows at 150x150"
+    );
+    ctl.go();
+    assert_eq!(ctl.next(), "applied");
+    let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &small).is_ok());
+    assert!(
+        ok,
+        "the frame did not follow the applied shrink: {:?}",
+        check_frame(&shot, &small)
+    );
+    assert_eq!(shot.count(RED & 0xff_ffff), 1);
+    ctl.go();
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
+}
