@@ -87,6 +87,9 @@ use crate::layout::{self, BAND, BORDER, Extents, Layout};
 /// Most surfaces one guest surface tree may have before the client is cut off (the frame has
 /// to walk the tree on every commit).
 pub const MAX_TREE: usize = 256;
+/// Most framed toplevels one client may have at once (each costs the gate and the
+/// compositor eight surfaces and a label buffer).
+pub const MAX_WINDOWS: usize = 1024;
 /// Deepest subsurface nesting the gate follows.
 const MAX_DEPTH: usize = 32;
 /// Configure serials remembered per window (acks of others are dropped).
@@ -110,6 +113,9 @@ struct Shared {
     suspended: RefCell<Option<Rc<Client>>>,
     windows: RefCell<Vec<Weak<Window>>>,
     warnings: Cell<u64>,
+    /// One pixel in the VM colour and one transparent pixel, shared by every window's
+    /// plain strips (scaled with wp_viewporter).
+    pixels: RefCell<Option<(Rc<WlBuffer>, Rc<WlBuffer>)>>,
 }
 
 /// The gate's own globals, bound on its own registry (server-side only).
@@ -156,6 +162,24 @@ impl Shared {
         }
     }
 
+    /// The shared colour and clear pixels (created on first use).
+    fn pixels(&self, shm: &Rc<WlShm>) -> std::io::Result<(Rc<WlBuffer>, Rc<WlBuffer>)> {
+        if let Some(p) = self.pixels.borrow().as_ref() {
+            return Ok(p.clone());
+        }
+        let one = |px: u32| -> std::io::Result<Rc<WlBuffer>> {
+            let img = draw::Image {
+                width: 1,
+                height: 1,
+                pixels: vec![px],
+            };
+            shm_buffer(shm, &img)?.ok_or_else(|| std::io::Error::other("empty pixel"))
+        };
+        let p = (one(self.identity.color.argb())?, one(0)?);
+        *self.pixels.borrow_mut() = Some(p.clone());
+        Ok(p)
+    }
+
     /// The window whose gate surface `surface` is, and whether it is the band.
     fn window_of_gate_surface(&self, surface: &Rc<WlSurface>) -> Option<(Rc<Window>, bool)> {
         let mut windows = self.windows.borrow_mut();
@@ -166,8 +190,8 @@ impl Shared {
                 let band = w.viewport.is_none();
                 return Some((w, band));
             }
-            if let Some(i) = w.strips.iter().position(|(s, _)| Rc::ptr_eq(s, surface)) {
-                return Some((w.clone(), i == 0));
+            if let Some(i) = w.strips.iter().position(|(s, _, _)| Rc::ptr_eq(s, surface)) {
+                return Some((w.clone(), i == FILL || i == LABEL));
             }
         }
         None
@@ -220,6 +244,7 @@ pub fn start(conn: &Rc<Conn>, state: &Rc<State>) {
         suspended: RefCell::new(None),
         windows: RefCell::new(Vec::new()),
         warnings: Cell::new(0),
+        pixels: RefCell::new(None),
     });
     SHARED.with(|s| {
         let mut s = s.borrow_mut();
@@ -1086,6 +1111,18 @@ impl XdgSurfaceHandler for GuestXdgSurface {
                 .cut_off(slf.client(), "vmsilo-gate: toplevel on an unknown surface");
             return;
         };
+        let live = {
+            let mut w = self.sh.windows.borrow_mut();
+            w.retain(|w| w.strong_count() > 0);
+            w.len()
+        };
+        if live >= MAX_WINDOWS {
+            self.sh.cut_off(
+                slf.client(),
+                "vmsilo-gate: too many toplevels on one connection",
+            );
+            return;
+        }
         let Some(win) = Window::create(&self.sh, &self.surface, &info, slf, id) else {
             self.sh.cut_off(
                 slf.client(),
@@ -1246,17 +1283,51 @@ impl XdgPopupHandler for GuestPopup {
 /// the band subsurface, the side to left and right).
 struct FrameBuffers {
     layout: Layout,
-    band: Option<Rc<WlBuffer>>,
-    side: Option<Rc<WlBuffer>>,
-    bottom: Option<Rc<WlBuffer>>,
+    /// Without wp_viewporter: band, side and bottom at full size.
+    full: Option<[Option<Rc<WlBuffer>>; 3]>,
+    /// With it: the label part of the band, and its width.
+    label: Option<(i32, Rc<WlBuffer>)>,
 }
 
 impl FrameBuffers {
     fn destroy(self) {
-        for b in [self.band, self.side, self.bottom].into_iter().flatten() {
+        for b in self.full.into_iter().flatten().flatten() {
+            b.send_destroy();
+        }
+        if let Some((_, b)) = self.label {
             b.send_destroy();
         }
     }
+}
+
+/// Indices of the frame's strip surfaces, bottom to top: the band's plain fill, the label
+/// (above the fill), the left, right and bottom ring.
+const FILL: usize = 0;
+const LABEL: usize = 1;
+const LEFT: usize = 2;
+const RIGHT: usize = 3;
+const BOTTOM: usize = 4;
+
+/// A point or a size.
+type Xy = (i32, i32);
+
+/// A strip's surface, its subsurface and (with wp_viewporter) its viewport.
+type Strip = (Rc<WlSurface>, Rc<WlSubsurface>, Option<Rc<WpViewport>>);
+
+/// Positions and (scaled) sizes of the strips for `l`; the label keeps its buffer's size.
+fn strip_geometry(l: &Layout) -> ([Xy; 5], [Xy; 5]) {
+    let mut pos = [(0, 0); 5];
+    let mut size = [(0, 0); 5];
+    pos[FILL] = (0, 0);
+    size[FILL] = (l.width, BAND);
+    pos[LABEL] = (0, 0);
+    pos[LEFT] = (0, BAND);
+    size[LEFT] = (BORDER, l.content_h);
+    pos[RIGHT] = (l.width - BORDER, BAND);
+    size[RIGHT] = (BORDER, l.content_h);
+    pos[BOTTOM] = (0, l.height - BORDER);
+    size[BOTTOM] = (l.width, BORDER);
+    (pos, size)
 }
 
 /// Window lifecycle as the compositor sees F.
@@ -1287,10 +1358,9 @@ struct Window {
     /// clip window geometry to the surface tree's bounds at commit time, before the strips'
     /// state is applied). Without it, F shows the band.
     viewport: Option<Rc<WpViewport>>,
-    pixel: RefCell<Option<Rc<WlBuffer>>>,
     sub_s: Rc<WlSubsurface>,
-    /// band, left, right, bottom.
-    strips: [(Rc<WlSurface>, Rc<WlSubsurface>); 4],
+    /// See [`FILL`] etc.; each with a viewport when the compositor has wp_viewporter.
+    strips: [Strip; 5],
     shm: Rc<WlShm>,
     geometry: Cell<Option<(i32, i32, i32, i32)>>,
     phase: Cell<Phase>,
@@ -1347,7 +1417,12 @@ impl Window {
             s.set_forward_to_client(false);
             let ss = sub.new_send_get_subsurface(&s, &f);
             ss.set_forward_to_client(false);
-            (s, ss)
+            let vp = g.viewporter.as_ref().map(|v| {
+                let vp = v.new_send_get_viewport(&s);
+                vp.set_forward_to_client(false);
+                vp
+            });
+            (s, ss, vp)
         });
         let win = Rc::new(Window {
             sh: sh.clone(),
@@ -1360,7 +1435,6 @@ impl Window {
             tf,
             decoration,
             viewport,
-            pixel: RefCell::new(None),
             sub_s,
             strips,
             shm,
@@ -1483,48 +1557,80 @@ impl Window {
     fn relayout(&self, l: Layout) -> std::io::Result<()> {
         let color = self.sh.identity.color;
         let label = self.sh.identity.label();
-        let strips = draw::strips(&l, color, &label);
-        let new = FrameBuffers {
-            layout: l,
-            band: shm_buffer(&self.shm, &strips.band)?,
-            side: shm_buffer(&self.shm, &strips.side)?,
-            bottom: shm_buffer(&self.shm, &strips.bottom)?,
-        };
-        let pos = draw::strip_positions(&l);
-        let bufs = [&new.band, &new.side, &new.side, &new.bottom];
-        for (((s, ss), (x, y)), b) in self.strips.iter().zip(pos).zip(bufs) {
-            ss.send_set_position(x, y);
-            s.send_attach(b.as_ref(), 0, 0);
-            if let Some(b) = b {
-                let _ = b;
-                s.send_damage(0, 0, i32::MAX, i32::MAX);
+        let (positions, sizes) = strip_geometry(&l);
+        let old = self.buffers.borrow_mut().take();
+        let new = match &self.viewport {
+            Some(f_vp) => {
+                let (colour, clear) = self.sh.pixels(&self.shm)?;
+                let lw = draw::label_width(l.width, &label);
+                let (label_buf, old) = match old {
+                    Some(FrameBuffers {
+                        label: Some((w, b)),
+                        ..
+                    }) if w == lw => (Some((w, b)), None),
+                    o => {
+                        let img = draw::label_strip(l.width, color, &label);
+                        (shm_buffer(&self.shm, &img)?.map(|b| (lw, b)), o)
+                    }
+                };
+                if let Some(o) = old {
+                    o.destroy();
+                }
+                for (i, (s, ss, vp)) in self.strips.iter().enumerate() {
+                    let (x, y) = positions[i];
+                    ss.send_set_position(x, y);
+                    if i == LABEL {
+                        s.send_attach(label_buf.as_ref().map(|(_, b)| b), 0, 0);
+                    } else if let (Some(vp), (w, h)) = (vp, sizes[i]) {
+                        if w > 0 && h > 0 {
+                            s.send_attach(Some(&colour), 0, 0);
+                            vp.send_set_destination(w, h);
+                        } else {
+                            s.send_attach(None, 0, 0);
+                        }
+                    }
+                    s.send_damage(0, 0, i32::MAX, i32::MAX);
+                    s.send_commit();
+                }
+                self.f.send_attach(Some(&clear), 0, 0);
+                f_vp.send_set_destination(l.width, l.height);
+                FrameBuffers {
+                    layout: l,
+                    full: None,
+                    label: label_buf,
+                }
             }
-            s.send_commit();
-        }
+            None => {
+                let strips = draw::strips(&l, color, &label);
+                let band = shm_buffer(&self.shm, &strips.band)?;
+                let side = shm_buffer(&self.shm, &strips.side)?;
+                let bottom = shm_buffer(&self.shm, &strips.bottom)?;
+                let bufs = [&band, &None, &side, &side, &bottom];
+                for (i, (s, ss, _)) in self.strips.iter().enumerate() {
+                    let (x, y) = positions[i];
+                    ss.send_set_position(x, y);
+                    s.send_attach(bufs[i].as_ref(), 0, 0);
+                    s.send_damage(0, 0, i32::MAX, i32::MAX);
+                    s.send_commit();
+                }
+                self.f.send_attach(band.as_ref(), 0, 0);
+                // The old buffers had memory of their own: destroying them now is safe even
+                // if the compositor still shows them until this commit applies.
+                if let Some(o) = old {
+                    o.destroy();
+                }
+                FrameBuffers {
+                    layout: l,
+                    full: Some([band, side, bottom]),
+                    label: None,
+                }
+            }
+        };
         self.sub_s.send_set_position(l.surface_x, l.surface_y);
         self.xf.send_set_window_geometry(0, 0, l.width, l.height);
-        match &self.viewport {
-            Some(vp) => {
-                if self.pixel.borrow().is_none() {
-                    let clear = draw::Image {
-                        width: 1,
-                        height: 1,
-                        pixels: vec![0],
-                    };
-                    *self.pixel.borrow_mut() = shm_buffer(&self.shm, &clear)?;
-                }
-                self.f.send_attach(self.pixel.borrow().as_ref(), 0, 0);
-                vp.send_set_destination(l.width, l.height);
-            }
-            None => self.f.send_attach(new.band.as_ref(), 0, 0),
-        }
         self.f.send_damage(0, 0, i32::MAX, i32::MAX);
         self.f.send_commit();
-        // The old buffers had memory of their own: destroying them now is safe even if the
-        // compositor still shows them until this commit applies.
-        if let Some(old) = self.buffers.borrow_mut().replace(new) {
-            old.destroy();
-        }
+        *self.buffers.borrow_mut() = Some(new);
         Ok(())
     }
 
@@ -1538,7 +1644,10 @@ impl Window {
         self.tf.send_destroy();
         self.xf.send_destroy();
         self.sub_s.send_destroy();
-        for (s, ss) in &self.strips {
+        for (s, ss, vp) in &self.strips {
+            if let Some(vp) = vp {
+                vp.send_destroy();
+            }
             ss.send_destroy();
             s.send_destroy();
         }
@@ -1546,9 +1655,6 @@ impl Window {
             vp.send_destroy();
         }
         self.f.send_destroy();
-        if let Some(p) = self.pixel.borrow_mut().take() {
-            p.send_destroy();
-        }
         if let Some(b) = self.buffers.borrow_mut().take() {
             b.destroy();
         }
