@@ -170,6 +170,7 @@ fn count_in(shot: &Shot, rgb: u32, r: (usize, usize, usize, usize)) -> usize {
 const RED: u32 = 0xffff_0000;
 const BLUE: u32 = 0xff00_00ff;
 const YELLOW: u32 = 0xffff_ff00;
+const MAGENTA: u32 = 0xffff_00ff;
 
 #[test]
 #[ignore = "e2e: needs weston headless as root"]
@@ -202,8 +203,11 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
         c.roundtrip();
         // A popup anchored at (120, 60) of the toplevel's window geometry.
         let popup = c.popup(&top.xdg, 120, 60, 40, 30, YELLOW);
-        let pos = popup.ev.popup_pos.get();
+        // A popup of the popup: forwarded as it is, relative to its parent popup.
+        let nested = c.popup(&popup.xdg, 5, 5, 10, 10, MAGENTA);
+        let pos = (popup.ev.popup_pos.get(), nested.ev.popup_pos.get());
         side.report_and_wait(&c, format!("{pos:?}"));
+        nested.destroy();
         popup.destroy();
         sub.send_destroy();
         child.send_destroy();
@@ -218,7 +222,7 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
             .unwrap();
     assert_eq!((layout.surface_x, layout.surface_y), (104, 124));
     let (shot, _) = wait_for_shot(&weston, |s| {
-        check_frame(s, &layout).is_ok() && s.count(YELLOW & 0xff_ffff) > 0
+        check_frame(s, &layout).is_ok() && s.count(MAGENTA & 0xff_ffff) > 0
     });
     let frame = check_frame(&shot, &layout);
     if frame.is_err() {
@@ -244,7 +248,12 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
         bbox_in(&shot, YELLOW & 0xff_ffff, (0, 0, shot.width, shot.height)),
         Some((px, py, px + 40, py + 30))
     );
-    assert_eq!(popup_pos, "Some((120, 60, 40, 30))");
+    assert_eq!(popup_pos, "(Some((120, 60, 40, 30)), Some((5, 5, 10, 10)))");
+    assert_eq!(
+        bbox_in(&shot, MAGENTA & 0xff_ffff, (0, 0, shot.width, shot.height)),
+        Some((px + 5, py + 5, px + 15, py + 15))
+    );
+    assert_eq!(shot.count(YELLOW & 0xff_ffff), 40 * 30 - 10 * 10);
     // The toplevel's own surface: blue minus what the red child and the popup cover.
     assert_eq!(
         count_in(&shot, BLUE & 0xff_ffff, rect),
