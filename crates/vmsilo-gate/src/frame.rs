@@ -39,6 +39,22 @@ use wl_proxy::client::Client;
 use wl_proxy::fixed::Fixed;
 use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils, ObjectUtils};
 use wl_proxy::protocols::ObjectInterface;
+use wl_proxy::protocols::keyboard_shortcuts_inhibit_unstable_v1::zwp_keyboard_shortcuts_inhibit_manager_v1::{
+    ZwpKeyboardShortcutsInhibitManagerV1, ZwpKeyboardShortcutsInhibitManagerV1Handler,
+};
+use wl_proxy::protocols::keyboard_shortcuts_inhibit_unstable_v1::zwp_keyboard_shortcuts_inhibitor_v1::ZwpKeyboardShortcutsInhibitorV1;
+use wl_proxy::protocols::text_input_unstable_v3::zwp_text_input_manager_v3::{
+    ZwpTextInputManagerV3, ZwpTextInputManagerV3Handler,
+};
+use wl_proxy::protocols::text_input_unstable_v3::zwp_text_input_v3::{
+    ZwpTextInputV3, ZwpTextInputV3Handler,
+};
+use wl_proxy::protocols::xdg_activation_v1::xdg_activation_token_v1::{
+    XdgActivationTokenV1, XdgActivationTokenV1Handler,
+};
+use wl_proxy::protocols::xdg_activation_v1::xdg_activation_v1::{
+    XdgActivationV1, XdgActivationV1Handler,
+};
 use wl_proxy::protocols::linux_dmabuf_v1::zwp_linux_buffer_params_v1::{
     ZwpLinuxBufferParamsV1, ZwpLinuxBufferParamsV1Flags, ZwpLinuxBufferParamsV1Handler,
 };
@@ -101,7 +117,7 @@ pub use xdg::{states_for_version, translate_point};
 /// to walk the tree on every commit).
 pub const MAX_TREE: usize = 256;
 /// Most framed toplevels one client may have at once (each costs the gate and the
-/// compositor eight surfaces and a label buffer).
+/// compositor six surfaces, 21 protocol objects and a label buffer of at most ~12 KiB).
 pub const MAX_WINDOWS: usize = 1024;
 /// Deepest subsurface nesting the gate follows.
 const MAX_DEPTH: usize = 32;
@@ -332,6 +348,21 @@ pub fn on_bind(conn: &Rc<Conn>, interface: ObjectInterface, obj: &Rc<dyn Object>
         ObjectInterface::WpSinglePixelBufferManagerV1 => {
             if let Some(o) = obj.try_downcast::<WpSinglePixelBufferManagerV1>() {
                 o.set_handler(GuestSinglePixel);
+            }
+        }
+        ObjectInterface::ZwpTextInputManagerV3 => {
+            if let Some(o) = obj.try_downcast::<ZwpTextInputManagerV3>() {
+                o.set_handler(GuestTextInputManager { sh });
+            }
+        }
+        ObjectInterface::XdgActivationV1 => {
+            if let Some(o) = obj.try_downcast::<XdgActivationV1>() {
+                o.set_handler(GuestActivation { sh });
+            }
+        }
+        ObjectInterface::ZwpKeyboardShortcutsInhibitManagerV1 => {
+            if let Some(o) = obj.try_downcast::<ZwpKeyboardShortcutsInhibitManagerV1>() {
+                o.set_handler(GuestShortcutsInhibit);
             }
         }
         ObjectInterface::WlSeat => {
@@ -629,6 +660,9 @@ impl Window {
     }
 
     fn ack(&self, serial: u32) {
+        if self.destroyed.get() {
+            return;
+        }
         let mut serials = self.serials.borrow_mut();
         let Some(i) = serials.iter().position(|&s| s == serial) else {
             self.sh

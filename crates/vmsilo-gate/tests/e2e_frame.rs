@@ -469,3 +469,62 @@ fn test_a_cached_shrink_of_a_sync_subsurface_does_not_shrink_the_frame() {
     client.join().expect("client thread");
     assert!(!gate.stop().cut_off);
 }
+
+/// Runs `script` as a client of a fresh gate on weston; returns the script's report and
+/// whether the gate cut the client off.
+fn cut_off_case<F>(label: &str, script: F) -> (String, bool)
+where
+    F: FnOnce(TestClient, ClientSide) + Send + 'static,
+{
+    let weston = Weston::start(label);
+    let gate = Gate::start(&weston, "gate-0", true);
+    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), script);
+    let report = ctl.next();
+    ctl.go();
+    client.join().expect("client thread");
+    (report, gate.stop().cut_off)
+}
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_clients_breaking_the_frame_rules_are_cut_off() {
+    if skip() {
+        return;
+    }
+    // The xdg_surface destroyed before its toplevel (xdg-shell's defunct_role_object).
+    let (report, cut) = cut_off_case("frame-cut-1", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        top.xdg.send_destroy();
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(cut, "not cut off: {report}");
+    assert!(report.starts_with("alive=false"), "{report}");
+    assert!(
+        report.contains("xdg_surface destroyed before its xdg_toplevel"),
+        "{report}"
+    );
+    // More subsurfaces on one surface than the frame follows.
+    let (report, cut) = cut_off_case("frame-cut-2", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        let mut keep = Vec::new();
+        for _ in 0..=vmsilo_gate::frame::MAX_TREE {
+            let s = c.compositor.new_send_create_surface();
+            keep.push(c.subcompositor.new_send_get_subsurface(&s, &top.surface));
+        }
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(
+        cut && report.starts_with("alive=false") && report.contains("too many subsurfaces"),
+        "{report}"
+    );
+    // A second xdg_surface for a surface that has one.
+    let (report, cut) = cut_off_case("frame-cut-3", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        let _again = c.wm_base.new_send_get_xdg_surface(&top.surface);
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(cut && report.contains("already has a role"), "{report}");
+}

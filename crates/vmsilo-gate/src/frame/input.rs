@@ -240,3 +240,101 @@ impl WlTouchHandler for GuestTouch {
         slf.send_cancel();
     }
 }
+
+/// The surface the compositor knows a guest window by: the frame's toplevel surface for a
+/// surface in a framed window's tree, the surface itself otherwise. For requests whose
+/// surface must be the focused toplevel (activation, shortcut inhibitors).
+pub(super) fn compositor_surface_for(surface: &Rc<WlSurface>) -> Rc<WlSurface> {
+    match info_of(surface).and_then(|i| i.window()) {
+        Some(w) if !w.destroyed.get() => w.f.clone(),
+        _ => surface.clone(),
+    }
+}
+
+pub(super) struct GuestTextInputManager {
+    pub(super) sh: Rc<Shared>,
+}
+
+impl ZwpTextInputManagerV3Handler for GuestTextInputManager {
+    fn handle_get_text_input(
+        &mut self,
+        slf: &Rc<ZwpTextInputManagerV3>,
+        id: &Rc<ZwpTextInputV3>,
+        seat: &Rc<WlSeat>,
+    ) {
+        slf.send_get_text_input(id, seat);
+        id.set_handler(GuestTextInput {
+            kb: GuestKeyboard {
+                sh: self.sh.clone(),
+            },
+        });
+    }
+}
+
+/// Text input focus follows keyboard focus, which the compositor gives the frame.
+pub(super) struct GuestTextInput {
+    kb: GuestKeyboard,
+}
+
+impl ZwpTextInputV3Handler for GuestTextInput {
+    fn handle_enter(&mut self, slf: &Rc<ZwpTextInputV3>, surface: &Rc<WlSurface>) {
+        if let Some(s) = self.kb.target(surface) {
+            slf.send_enter(&s);
+        }
+    }
+
+    fn handle_leave(&mut self, slf: &Rc<ZwpTextInputV3>, surface: &Rc<WlSurface>) {
+        if let Some(s) = self.kb.target(surface) {
+            slf.send_leave(&s);
+        }
+    }
+}
+
+pub(super) struct GuestActivation {
+    pub(super) sh: Rc<Shared>,
+}
+
+impl XdgActivationV1Handler for GuestActivation {
+    fn handle_get_activation_token(
+        &mut self,
+        slf: &Rc<XdgActivationV1>,
+        id: &Rc<XdgActivationTokenV1>,
+    ) {
+        slf.send_get_activation_token(id);
+        id.set_handler(GuestActivationToken {
+            sh: self.sh.clone(),
+        });
+    }
+
+    fn handle_activate(&mut self, slf: &Rc<XdgActivationV1>, token: &str, surface: &Rc<WlSurface>) {
+        slf.send_activate(token, &compositor_surface_for(surface));
+    }
+}
+
+pub(super) struct GuestActivationToken {
+    sh: Rc<Shared>,
+}
+
+impl XdgActivationTokenV1Handler for GuestActivationToken {
+    fn handle_set_app_id(&mut self, slf: &Rc<XdgActivationTokenV1>, app_id: &str) {
+        slf.send_set_app_id(&self.sh.identity.app_id(app_id));
+    }
+
+    fn handle_set_surface(&mut self, slf: &Rc<XdgActivationTokenV1>, surface: &Rc<WlSurface>) {
+        slf.send_set_surface(&compositor_surface_for(surface));
+    }
+}
+
+pub(super) struct GuestShortcutsInhibit;
+
+impl ZwpKeyboardShortcutsInhibitManagerV1Handler for GuestShortcutsInhibit {
+    fn handle_inhibit_shortcuts(
+        &mut self,
+        slf: &Rc<ZwpKeyboardShortcutsInhibitManagerV1>,
+        id: &Rc<ZwpKeyboardShortcutsInhibitorV1>,
+        surface: &Rc<WlSurface>,
+        seat: &Rc<WlSeat>,
+    ) {
+        slf.send_inhibit_shortcuts(id, &compositor_surface_for(surface), seat);
+    }
+}

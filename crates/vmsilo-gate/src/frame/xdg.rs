@@ -320,6 +320,14 @@ impl XdgSurfaceHandler for GuestXdgSurface {
         match std::mem::replace(&mut self.role, Role::None) {
             Role::Forwarded => slf.send_destroy(),
             Role::Toplevel(w) => {
+                if !w.destroyed.get() {
+                    // xdg-shell's defunct_role_object: the role object must go first. Going
+                    // on would leave the guest a toplevel the gate no longer serves.
+                    self.sh.cut_off(
+                        slf.client(),
+                        "vmsilo-gate: xdg_surface destroyed before its xdg_toplevel",
+                    );
+                }
                 w.destroy();
                 slf.delete_id();
             }
@@ -475,6 +483,7 @@ impl XdgToplevelHandler for GuestToplevel {
         let p = parent.and_then(|p| {
             p.try_get_handler_ref::<GuestToplevel>()
                 .ok()
+                .filter(|h| !h.win.destroyed.get())
                 .map(|h| h.win.tf.clone())
         });
         self.win.tf.send_set_parent(p.as_ref());
