@@ -83,9 +83,11 @@ use wl_proxy::protocols::wayland::wl_subcompositor::{WlSubcompositor, WlSubcompo
 use wl_proxy::protocols::wayland::wl_subsurface::{WlSubsurface, WlSubsurfaceHandler};
 use wl_proxy::protocols::wayland::wl_surface::{WlSurface, WlSurfaceHandler};
 use wl_proxy::protocols::wayland::wl_touch::{WlTouch, WlTouchHandler};
-use wl_proxy::protocols::xdg_decoration_unstable_v1::zxdg_decoration_manager_v1::ZxdgDecorationManagerV1;
+use wl_proxy::protocols::xdg_decoration_unstable_v1::zxdg_decoration_manager_v1::{
+    ZxdgDecorationManagerV1, ZxdgDecorationManagerV1Handler,
+};
 use wl_proxy::protocols::xdg_decoration_unstable_v1::zxdg_toplevel_decoration_v1::{
-    ZxdgToplevelDecorationV1, ZxdgToplevelDecorationV1Mode,
+    ZxdgToplevelDecorationV1, ZxdgToplevelDecorationV1Handler, ZxdgToplevelDecorationV1Mode,
 };
 use wl_proxy::protocols::xdg_shell::xdg_popup::{XdgPopup, XdgPopupHandler};
 use wl_proxy::protocols::xdg_shell::xdg_positioner::{
@@ -296,8 +298,17 @@ pub fn start(conn: &Rc<Conn>, state: &Rc<State>) {
 /// Called for every global a client binds (after the policy allowed it and the bind was
 /// forwarded), so that the frame can install its handlers on `obj`.
 pub fn on_bind(conn: &Rc<Conn>, interface: ObjectInterface, obj: &Rc<dyn Object>) {
-    let Some(sh) = shared_for(conn) else {
-        return;
+    let sh = match shared_for(conn) {
+        Some(sh) => sh,
+        None => {
+            // `start` was not called for this connection: start now (fail closed: the
+            // client waits for the gate's globals rather than getting unframed windows).
+            start(conn, obj.state());
+            let Some(sh) = shared_for(conn) else {
+                return;
+            };
+            sh
+        }
     };
     if !sh.ready.get()
         && let Some(client) = obj.client()
@@ -363,6 +374,13 @@ pub fn on_bind(conn: &Rc<Conn>, interface: ObjectInterface, obj: &Rc<dyn Object>
         ObjectInterface::ZwpKeyboardShortcutsInhibitManagerV1 => {
             if let Some(o) = obj.try_downcast::<ZwpKeyboardShortcutsInhibitManagerV1>() {
                 o.set_handler(GuestShortcutsInhibit);
+            }
+        }
+        ObjectInterface::ZxdgDecorationManagerV1 => {
+            // The policy hides it; should it be offered anyway, the guest's decoration
+            // objects are served here (its toplevels never reach the compositor).
+            if let Some(o) = obj.try_downcast::<ZxdgDecorationManagerV1>() {
+                o.set_handler(GuestDecorationManager { sh });
             }
         }
         ObjectInterface::WlSeat => {

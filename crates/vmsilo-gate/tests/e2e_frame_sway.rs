@@ -192,3 +192,71 @@ fn test_pointer_on_the_frame_stays_with_the_gate_and_the_band_moves_the_window()
     client.join().expect("client thread");
     assert!(!gate.stop().cut_off);
 }
+
+#[test]
+#[ignore = "e2e: needs sway headless (started under another uid, so root)"]
+fn test_an_offered_decoration_manager_is_served_by_the_gate() {
+    use std::cell::Cell;
+    use wl_proxy::protocols::xdg_decoration_unstable_v1::zxdg_decoration_manager_v1::ZxdgDecorationManagerV1;
+    use wl_proxy::protocols::xdg_decoration_unstable_v1::zxdg_toplevel_decoration_v1::{
+        ZxdgToplevelDecorationV1, ZxdgToplevelDecorationV1Handler, ZxdgToplevelDecorationV1Mode,
+    };
+    struct Modes(Rc<Cell<Vec<u32>>>);
+    impl ZxdgToplevelDecorationV1Handler for Modes {
+        fn handle_configure(
+            &mut self,
+            _: &Rc<ZxdgToplevelDecorationV1>,
+            mode: ZxdgToplevelDecorationV1Mode,
+        ) {
+            let mut v = self.0.take();
+            v.push(mode.0);
+            self.0.set(v);
+        }
+    }
+    if let Some(why) = sway::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sway = Sway::start("frame-deco");
+    let socket = sway.dir.path().join("gate-0");
+    let gate = Gate::start_with(&socket, &sway.socket, true, true);
+    let (to_main, from_client) = mpsc::channel::<Vec<u32>>();
+    let (to_client, from_main) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let c = TestClient::connect(&socket);
+        let mgr = c
+            .bind_optional::<ZxdgDecorationManagerV1>(1)
+            .expect("the driver offers the decoration manager");
+        let modes = Rc::new(Cell::new(Vec::new()));
+        let top = c.toplevel_with(Some("deco"), None, |t| {
+            let d = mgr.new_send_get_toplevel_decoration(t);
+            d.set_handler(Modes(modes.clone()));
+            d.send_set_mode(ZxdgToplevelDecorationV1Mode::CLIENT_SIDE);
+        });
+        top.surface
+            .send_attach(Some(&c.buffer(200, 100, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        to_main.send(modes.take()).unwrap();
+        let t0 = std::time::Instant::now();
+        while from_main.try_recv().is_err() && t0.elapsed() < PATIENCE * 4 {
+            let _ = c.state.dispatch(Some(std::time::Duration::from_millis(50)));
+        }
+    });
+    let modes = from_client
+        .recv_timeout(PATIENCE * 2)
+        .expect("the client thread reported nothing");
+    assert_eq!(modes, vec![2, 2]);
+    let layout = Layout::for_extents(Extents::at(0, 0, 200, 100)).unwrap();
+    let (shot, ok) = wait_for(
+        || sway.screenshot(),
+        |s| check_frame(s, &layout).is_ok(),
+        |s, n| s.save_ppm(&sway.dir.path().join(format!("shot-{n}.ppm"))),
+    );
+    let tree: String = sway.tree().chars().filter(|c| !c.is_whitespace()).collect();
+    let _ = to_client.send(());
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
+    assert!(ok, "{:?}", check_frame(&shot, &layout));
+    assert!(tree.contains("\"border\":\"normal\""), "{tree}");
+}

@@ -589,3 +589,50 @@ impl XdgToplevelHandler for PlainToplevel {
         slf.send_set_app_id(&self.sh.identity.app_id(app_id));
     }
 }
+
+/// The guest's xdg-decoration manager, if the policy offers it: served by the gate. The
+/// guest is told "server side" when the compositor decorates the frame's toplevel (the
+/// gate asked it to), "client side" otherwise; either way the frame stays the gate's.
+pub(super) struct GuestDecorationManager {
+    pub(super) sh: Rc<Shared>,
+}
+
+impl ZxdgDecorationManagerV1Handler for GuestDecorationManager {
+    fn handle_get_toplevel_decoration(
+        &mut self,
+        _slf: &Rc<ZxdgDecorationManagerV1>,
+        id: &Rc<ZxdgToplevelDecorationV1>,
+        _toplevel: &Rc<XdgToplevel>,
+    ) {
+        let mode = if self.sh.globals.borrow().decoration.is_some() {
+            ZxdgToplevelDecorationV1Mode::SERVER_SIDE
+        } else {
+            ZxdgToplevelDecorationV1Mode::CLIENT_SIDE
+        };
+        id.send_configure(mode);
+        id.set_handler(GuestDecoration { mode });
+    }
+}
+
+pub(super) struct GuestDecoration {
+    mode: ZxdgToplevelDecorationV1Mode,
+}
+
+impl ZxdgToplevelDecorationV1Handler for GuestDecoration {
+    fn handle_destroy(&mut self, slf: &Rc<ZxdgToplevelDecorationV1>) {
+        slf.delete_id();
+        slf.unset_handler();
+    }
+
+    fn handle_set_mode(
+        &mut self,
+        slf: &Rc<ZxdgToplevelDecorationV1>,
+        _mode: ZxdgToplevelDecorationV1Mode,
+    ) {
+        slf.send_configure(self.mode);
+    }
+
+    fn handle_unset_mode(&mut self, slf: &Rc<ZxdgToplevelDecorationV1>) {
+        slf.send_configure(self.mode);
+    }
+}

@@ -139,6 +139,19 @@ impl TestClient {
         c
     }
 
+    /// Binds `iface` (at most version `max`) if the gate offers it.
+    pub fn bind_optional<P: ConcreteObject>(&self, max: u32) -> Option<Rc<P>> {
+        let (name, v) = self
+            .globals
+            .borrow()
+            .iter()
+            .find(|(_, i, _)| *i == P::INTERFACE)
+            .map(|&(n, _, v)| (n, v.min(max)))?;
+        let o = self.state.create_object::<P>(v);
+        self.registry.send_bind(name, o.clone());
+        Some(o)
+    }
+
     /// Binds the seat and its pointer; the log records what the client saw.
     pub fn pointer(&self) -> Rc<PointerLog> {
         let (name, v) = self
