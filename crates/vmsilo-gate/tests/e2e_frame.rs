@@ -528,3 +528,60 @@ fn test_clients_breaking_the_frame_rules_are_cut_off() {
     });
     assert!(cut && report.contains("already has a role"), "{report}");
 }
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_the_frame_follows_scale_transform_and_viewport() {
+    use wl_proxy::protocols::viewporter::wp_viewporter::WpViewporter;
+    use wl_proxy::protocols::wayland::wl_output::WlOutputTransform;
+    if skip() {
+        return;
+    }
+    let weston = Weston::start("frame-scale");
+    let gate = Gate::start(&weston, "gate-0", true);
+    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), |c, side| {
+        let vp = c
+            .bind_optional::<WpViewporter>(1)
+            .expect("weston offers wp_viewporter");
+        let top = c.toplevel(Some("scaled"), None);
+        // 400x200 at scale 2: 200x100.
+        top.surface.send_set_buffer_scale(2);
+        top.surface
+            .send_attach(Some(&c.buffer(400, 200, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "scale".into());
+        // 100x300 rotated by 90 degrees at scale 1: 300x100.
+        top.surface.send_set_buffer_scale(1);
+        top.surface
+            .send_set_buffer_transform(WlOutputTransform::_90);
+        top.surface
+            .send_attach(Some(&c.buffer(100, 300, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "transform".into());
+        // A 10x10 buffer through a viewport to 320x40.
+        top.surface
+            .send_set_buffer_transform(WlOutputTransform::NORMAL);
+        let viewport = vp.new_send_get_viewport(&top.surface);
+        viewport.send_set_destination(320, 40);
+        top.surface.send_attach(Some(&c.buffer(10, 10, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "viewport".into());
+    });
+    for (step, (w, h)) in [
+        ("scale", (200, 100)),
+        ("transform", (300, 100)),
+        ("viewport", (320, 40)),
+    ] {
+        assert_eq!(ctl.next(), step);
+        let layout = Layout::for_extents(Extents::at(0, 0, w, h)).unwrap();
+        let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &layout).is_ok());
+        assert!(ok, "{step}: {:?}", check_frame(&shot, &layout));
+        assert_eq!(shot.count(BLUE & 0xff_ffff), (w * h) as usize, "{step}");
+        ctl.go();
+    }
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
+}
