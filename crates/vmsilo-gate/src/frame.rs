@@ -664,9 +664,7 @@ impl Window {
 
     /// Guest window-geometry coordinates → frame coordinates.
     fn popup_offset(&self) -> (i32, i32) {
-        let l = self.layout().unwrap_or_else(|| {
-            Layout::for_extents(Extents::at(0, 0, 0, 0)).expect("empty layout exists")
-        });
+        let l = self.layout().unwrap_or(Layout::EMPTY);
         layout::popup_offset(&l, self.geometry.get())
     }
 
