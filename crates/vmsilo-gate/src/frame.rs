@@ -425,7 +425,8 @@ impl WlRegistryHandler for GateRegistry {
         let mut g = sh.globals.borrow_mut();
         match interface {
             ObjectInterface::WlCompositor if g.compositor.is_none() => {
-                g.compositor = Some(bind(slf, name, version, 4));
+                // v6: preferred buffer scale/transform events on F (handed to the guest).
+                g.compositor = Some(bind(slf, name, version, 6));
             }
             ObjectInterface::WlSubcompositor if g.subcompositor.is_none() => {
                 g.subcompositor = Some(bind(slf, name, version, 1));
@@ -653,6 +654,9 @@ impl Window {
         win.tf.set_handler(FrameToplevel {
             win: Rc::downgrade(&win),
         });
+        win.f.set_handler(FrameSurface {
+            guest: Rc::downgrade(surface),
+        });
         *info.window.borrow_mut() = Rc::downgrade(&win);
         sh.windows.borrow_mut().push(Rc::downgrade(&win));
         Some(win)
@@ -863,6 +867,34 @@ impl Window {
         self.tf.unset_handler();
         self.xf.unset_handler();
         *self.info.window.borrow_mut() = Weak::new();
+    }
+}
+
+/// The frame's toplevel surface F: the preferred buffer scale and transform a compositor
+/// tells the toplevel (wl_surface v6) are the guest's too.
+struct FrameSurface {
+    guest: Weak<WlSurface>,
+}
+
+impl WlSurfaceHandler for FrameSurface {
+    fn handle_preferred_buffer_scale(&mut self, _slf: &Rc<WlSurface>, factor: i32) {
+        if let Some(s) = self.guest.upgrade()
+            && s.version() >= WlSurface::MSG__PREFERRED_BUFFER_SCALE__SINCE
+        {
+            s.send_preferred_buffer_scale(factor);
+        }
+    }
+
+    fn handle_preferred_buffer_transform(
+        &mut self,
+        _slf: &Rc<WlSurface>,
+        transform: WlOutputTransform,
+    ) {
+        if let Some(s) = self.guest.upgrade()
+            && s.version() >= WlSurface::MSG__PREFERRED_BUFFER_TRANSFORM__SINCE
+        {
+            s.send_preferred_buffer_transform(transform);
+        }
     }
 }
 
