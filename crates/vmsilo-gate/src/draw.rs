@@ -154,6 +154,29 @@ pub fn overlay(layout: &Layout, color: Rgb, label: &str) -> Image {
     img
 }
 
+/// Width of the label part of the band for a frame `frame_width` wide: the label's natural
+/// width, cut before the right ring.
+pub fn label_width(frame_width: i32, label: &str) -> i32 {
+    let n = i32::try_from(label.chars().count()).unwrap_or(i32::MAX);
+    let natural = LABEL_X.saturating_add(n.saturating_mul(8 * SCALE));
+    natural.min(frame_width.saturating_sub(BORDER)).max(0)
+}
+
+/// The label part of the band: the first [`label_width`] columns of [`band`] for a frame
+/// `frame_width` wide (the rest of the band is plain colour). With it, a window's frame
+/// costs the same memory at any size: the plain parts are one scaled pixel.
+pub fn label_strip(frame_width: i32, color: Rgb, label: &str) -> Image {
+    let lw = label_width(frame_width, label);
+    let full = band(lw.saturating_add(BORDER), color, label);
+    let mut img = Image::filled(lw, BAND, 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            img.pixels[(y * img.width + x) as usize] = full.pixels[(y * full.width + x) as usize];
+        }
+    }
+    img
+}
+
 /// How many label pixels [`band`] draws for `label` in a band `width` wide.
 pub fn label_pixels(width: i32, label: &str) -> usize {
     let clip = width - BORDER;
@@ -258,6 +281,28 @@ mod tests {
         let img = overlay(&l, GREEN, "banking");
         assert_eq!((img.width, img.height), (EXTRA_W, EXTRA_H));
         assert_eq!(count(&img, GREEN.argb()), (EXTRA_W * EXTRA_H) as usize);
+    }
+
+    #[test]
+    fn test_label_strip_is_the_band_prefix_and_the_rest_is_plain() {
+        for w in [0, 3, 9, 28, 60, 120, 127, 128, 500] {
+            let b = band(w, GREEN, "banking");
+            let l = label_strip(w, GREEN, "banking");
+            assert_eq!(l.width, label_width(w, "banking"), "width {w}");
+            assert!(l.width <= (w - BORDER).max(0));
+            for y in 0..BAND {
+                for x in 0..w {
+                    let want = b.get(x, y).unwrap();
+                    match l.get(x, y) {
+                        Some(p) => assert_eq!(p, want, "({x},{y}) at width {w}"),
+                        None => assert_eq!(want, GREEN.argb(), "({x},{y}) at width {w}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(label_width(1000, "banking"), LABEL_X + 7 * 16);
+        assert_eq!(label_width(i32::MIN, "x"), 0);
+        assert_eq!(label_width(i32::MAX, "x"), LABEL_X + 16);
     }
 
     #[test]

@@ -100,6 +100,16 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The frame around no content: ring and band only.
+    pub const EMPTY: Layout = Layout {
+        width: EXTRA_W,
+        height: EXTRA_H,
+        content_w: 0,
+        content_h: 0,
+        surface_x: BORDER,
+        surface_y: BAND,
+    };
+
     /// The layout for a guest surface tree whose extents (relative to S's origin) are `ext`.
     /// An empty tree gets a content of 0×0 (the frame is then just ring and band). `None`
     /// when the content is larger than [`MAX_CONTENT`] in either direction.
@@ -236,6 +246,7 @@ mod tests {
     fn test_layout_of_nothing_and_of_too_much() {
         let l = Layout::for_extents(Extents::at(5, 5, 0, 0)).unwrap();
         assert_eq!((l.width, l.height, l.content_w), (EXTRA_W, EXTRA_H, 0));
+        assert_eq!(l, Layout::EMPTY);
         assert!(Layout::for_extents(Extents::at(0, 0, MAX_CONTENT + 1, 1)).is_none());
         assert!(Layout::for_extents(Extents::at(0, 0, 1, i32::MAX)).is_none());
         assert!(

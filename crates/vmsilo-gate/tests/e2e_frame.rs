@@ -170,6 +170,7 @@ fn count_in(shot: &Shot, rgb: u32, r: (usize, usize, usize, usize)) -> usize {
 const RED: u32 = 0xffff_0000;
 const BLUE: u32 = 0xff00_00ff;
 const YELLOW: u32 = 0xffff_ff00;
+const MAGENTA: u32 = 0xffff_00ff;
 
 #[test]
 #[ignore = "e2e: needs weston headless as root"]
@@ -202,8 +203,11 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
         c.roundtrip();
         // A popup anchored at (120, 60) of the toplevel's window geometry.
         let popup = c.popup(&top.xdg, 120, 60, 40, 30, YELLOW);
-        let pos = popup.ev.popup_pos.get();
+        // A popup of the popup: forwarded as it is, relative to its parent popup.
+        let nested = c.popup(&popup.xdg, 5, 5, 10, 10, MAGENTA);
+        let pos = (popup.ev.popup_pos.get(), nested.ev.popup_pos.get());
         side.report_and_wait(&c, format!("{pos:?}"));
+        nested.destroy();
         popup.destroy();
         sub.send_destroy();
         child.send_destroy();
@@ -218,7 +222,7 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
             .unwrap();
     assert_eq!((layout.surface_x, layout.surface_y), (104, 124));
     let (shot, _) = wait_for_shot(&weston, |s| {
-        check_frame(s, &layout).is_ok() && s.count(YELLOW & 0xff_ffff) > 0
+        check_frame(s, &layout).is_ok() && s.count(MAGENTA & 0xff_ffff) > 0
     });
     let frame = check_frame(&shot, &layout);
     if frame.is_err() {
@@ -244,7 +248,12 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
         bbox_in(&shot, YELLOW & 0xff_ffff, (0, 0, shot.width, shot.height)),
         Some((px, py, px + 40, py + 30))
     );
-    assert_eq!(popup_pos, "Some((120, 60, 40, 30))");
+    assert_eq!(popup_pos, "(Some((120, 60, 40, 30)), Some((5, 5, 10, 10)))");
+    assert_eq!(
+        bbox_in(&shot, MAGENTA & 0xff_ffff, (0, 0, shot.width, shot.height)),
+        Some((px + 5, py + 5, px + 15, py + 15))
+    );
+    assert_eq!(shot.count(YELLOW & 0xff_ffff), 40 * 30 - 10 * 10);
     // The toplevel's own surface: blue minus what the red child and the popup cover.
     assert_eq!(
         count_in(&shot, BLUE & 0xff_ffff, rect),
@@ -390,4 +399,189 @@ fn test_fullscreen_keeps_the_frame_and_the_guest_gets_the_inner_size() {
         "weston never configured the frame fullscreen at 800x600"
     );
     assert!(trace.lines().any(|l| l.contains(".set_fullscreen(")));
+}
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_a_cached_shrink_of_a_sync_subsurface_does_not_shrink_the_frame() {
+    if skip() {
+        return;
+    }
+    let weston = Weston::start("frame-shrink");
+    let gate = Gate::start(&weston, "gate-0", true);
+    let socket = weston.dir.path().join("gate-0");
+    let (ctl, client) = run_client(socket, |c, side| {
+        let top = c.toplevel(Some("shrink"), None);
+        let child = c.compositor.new_send_create_surface();
+        let sub = c
+            .subcompositor
+            .new_send_get_subsurface(&child, &top.surface);
+        sub.send_set_position(250, -50);
+        child.send_attach(Some(&c.buffer(150, 150, RED)), 0, 0);
+        child.send_commit();
+        top.surface
+            .send_attach(Some(&c.buffer(200, 100, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "big".into());
+        // The child (synchronized) commits a 1x1 buffer; its parent never commits, so the
+        // compositor keeps showing the 150x150 one.
+        child.send_attach(Some(&c.buffer(1, 1, RED)), 0, 0);
+        child.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "cached".into());
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "applied".into());
+    });
+    let big =
+        Layout::for_extents(Extents::at(0, 0, 200, 100).union(Extents::at(250, -50, 150, 150)))
+            .unwrap();
+    let small = Layout::for_extents(Extents::at(0, 0, 200, 100).union(Extents::at(250, -50, 1, 1)))
+        .unwrap();
+    assert_eq!(ctl.next(), "big");
+    let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &big).is_ok());
+    assert!(ok, "{:?}", check_frame(&shot, &big));
+    ctl.go();
+    assert_eq!(ctl.next(), "cached");
+    // Everything the cached commit could have changed has reached weston (round trip).
+    let shot = weston.screenshot();
+    assert_eq!(
+        check_frame(&shot, &big).map(|_| ()),
+        Ok(()),
+        "the frame shrank before the compositor did"
+    );
+    assert_eq!(
+        shot.count(RED & 0xff_ffff),
+        150 * 150,
+        "the child no longer shows at 150x150"
+    );
+    ctl.go();
+    assert_eq!(ctl.next(), "applied");
+    let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &small).is_ok());
+    assert!(
+        ok,
+        "the frame did not follow the applied shrink: {:?}",
+        check_frame(&shot, &small)
+    );
+    assert_eq!(shot.count(RED & 0xff_ffff), 1);
+    ctl.go();
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
+}
+
+/// Runs `script` as a client of a fresh gate on weston; returns the script's report and
+/// whether the gate cut the client off.
+fn cut_off_case<F>(label: &str, script: F) -> (String, bool)
+where
+    F: FnOnce(TestClient, ClientSide) + Send + 'static,
+{
+    let weston = Weston::start(label);
+    let gate = Gate::start(&weston, "gate-0", true);
+    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), script);
+    let report = ctl.next();
+    ctl.go();
+    client.join().expect("client thread");
+    (report, gate.stop().cut_off)
+}
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_clients_breaking_the_frame_rules_are_cut_off() {
+    if skip() {
+        return;
+    }
+    // The xdg_surface destroyed before its toplevel (xdg-shell's defunct_role_object).
+    let (report, cut) = cut_off_case("frame-cut-1", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        top.xdg.send_destroy();
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(cut, "not cut off: {report}");
+    assert!(report.starts_with("alive=false"), "{report}");
+    assert!(
+        report.contains("xdg_surface destroyed before its xdg_toplevel"),
+        "{report}"
+    );
+    // More subsurfaces on one surface than the frame follows.
+    let (report, cut) = cut_off_case("frame-cut-2", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        let mut keep = Vec::new();
+        for _ in 0..=vmsilo_gate::frame::MAX_TREE {
+            let s = c.compositor.new_send_create_surface();
+            keep.push(c.subcompositor.new_send_get_subsurface(&s, &top.surface));
+        }
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(
+        cut && report.starts_with("alive=false") && report.contains("too many subsurfaces"),
+        "{report}"
+    );
+    // A second xdg_surface for a surface that has one.
+    let (report, cut) = cut_off_case("frame-cut-3", |c, side| {
+        let top = c.toplevel(Some("x"), None);
+        let _again = c.wm_base.new_send_get_xdg_surface(&top.surface);
+        let alive = c.alive();
+        side.report_and_wait(&c, format!("alive={alive} error={:?}", c.error.borrow()));
+    });
+    assert!(cut && report.contains("already has a role"), "{report}");
+}
+
+#[test]
+#[ignore = "e2e: needs weston headless as root"]
+fn test_the_frame_follows_scale_transform_and_viewport() {
+    use wl_proxy::protocols::viewporter::wp_viewporter::WpViewporter;
+    use wl_proxy::protocols::wayland::wl_output::WlOutputTransform;
+    if skip() {
+        return;
+    }
+    let weston = Weston::start("frame-scale");
+    let gate = Gate::start(&weston, "gate-0", true);
+    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), |c, side| {
+        let vp = c
+            .bind_optional::<WpViewporter>(1)
+            .expect("weston offers wp_viewporter");
+        let top = c.toplevel(Some("scaled"), None);
+        // 400x200 at scale 2: 200x100.
+        top.surface.send_set_buffer_scale(2);
+        top.surface
+            .send_attach(Some(&c.buffer(400, 200, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "scale".into());
+        // 100x300 rotated by 90 degrees at scale 1: 300x100.
+        top.surface.send_set_buffer_scale(1);
+        top.surface
+            .send_set_buffer_transform(WlOutputTransform::_90);
+        top.surface
+            .send_attach(Some(&c.buffer(100, 300, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "transform".into());
+        // A 10x10 buffer through a viewport to 320x40.
+        top.surface
+            .send_set_buffer_transform(WlOutputTransform::NORMAL);
+        let viewport = vp.new_send_get_viewport(&top.surface);
+        viewport.send_set_destination(320, 40);
+        top.surface.send_attach(Some(&c.buffer(10, 10, BLUE)), 0, 0);
+        top.surface.send_commit();
+        c.roundtrip();
+        side.report_and_wait(&c, "viewport".into());
+    });
+    for (step, (w, h)) in [
+        ("scale", (200, 100)),
+        ("transform", (300, 100)),
+        ("viewport", (320, 40)),
+    ] {
+        assert_eq!(ctl.next(), step);
+        let layout = Layout::for_extents(Extents::at(0, 0, w, h)).unwrap();
+        let (shot, ok) = wait_for_shot(&weston, |s| check_frame(s, &layout).is_ok());
+        assert!(ok, "{step}: {:?}", check_frame(&shot, &layout));
+        assert_eq!(shot.count(BLUE & 0xff_ffff), (w * h) as usize, "{step}");
+        ctl.go();
+    }
+    client.join().expect("client thread");
+    assert!(!gate.stop().cut_off);
 }

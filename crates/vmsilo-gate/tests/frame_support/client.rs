@@ -13,12 +13,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use wl_proxy::baseline::Baseline;
+use wl_proxy::fixed::Fixed;
 use wl_proxy::object::{ConcreteObject, Object};
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_buffer::WlBuffer;
 use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
 use wl_proxy::protocols::wayland::wl_compositor::WlCompositor;
 use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
+use wl_proxy::protocols::wayland::wl_pointer::{WlPointer, WlPointerButtonState, WlPointerHandler};
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
 use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatCapability, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_shm::{WlShm, WlShmFormat};
@@ -135,6 +137,43 @@ impl TestClient {
         };
         c.roundtrip();
         c
+    }
+
+    /// Binds `iface` (at most version `max`) if the gate offers it.
+    pub fn bind_optional<P: ConcreteObject>(&self, max: u32) -> Option<Rc<P>> {
+        let (name, v) = self
+            .globals
+            .borrow()
+            .iter()
+            .find(|(_, i, _)| *i == P::INTERFACE)
+            .map(|&(n, _, v)| (n, v.min(max)))?;
+        let o = self.state.create_object::<P>(v);
+        self.registry.send_bind(name, o.clone());
+        Some(o)
+    }
+
+    /// Binds the seat and its pointer; the log records what the client saw.
+    pub fn pointer(&self) -> Rc<PointerLog> {
+        let (name, v) = self
+            .globals
+            .borrow()
+            .iter()
+            .find(|(_, i, _)| *i == ObjectInterface::WlSeat)
+            .map(|&(n, _, v)| (n, v.min(5)))
+            .expect("the gate offers no wl_seat");
+        let seat = self.state.create_object::<WlSeat>(v);
+        let caps = Rc::new(Cell::new(0));
+        seat.set_handler(SeatCaps(caps.clone()));
+        self.registry.send_bind(name, seat.clone());
+        assert!(
+            self.dispatch_until(|| caps.get() & WlSeatCapability::POINTER.0 != 0),
+            "the seat never got a pointer"
+        );
+        let p = seat.new_send_get_pointer();
+        let log = Rc::new(PointerLog::default());
+        p.set_handler(PointerLogHandler(log.clone()));
+        self.roundtrip();
+        log
     }
 
     /// Binds the seat and its keyboard; the log records which surface has keyboard focus.
@@ -363,6 +402,50 @@ impl XdgPopupHandler for XdgEventsHandler {
 pub struct KeyboardLog {
     pub focus: RefCell<Option<Rc<WlSurface>>>,
     pub enters: Cell<u32>,
+}
+
+/// Pointer events as the client saw them.
+#[derive(Default)]
+pub struct PointerLog {
+    /// Surface entered and the surface-local position.
+    pub enters: RefCell<Vec<(Rc<WlSurface>, f64, f64)>>,
+    pub leaves: Cell<u32>,
+    pub motions: RefCell<Vec<(f64, f64)>>,
+    pub buttons: Cell<u32>,
+}
+
+struct PointerLogHandler(Rc<PointerLog>);
+
+impl WlPointerHandler for PointerLogHandler {
+    fn handle_enter(
+        &mut self,
+        _slf: &Rc<WlPointer>,
+        _serial: u32,
+        surface: &Rc<WlSurface>,
+        x: Fixed,
+        y: Fixed,
+    ) {
+        self.0
+            .enters
+            .borrow_mut()
+            .push((surface.clone(), x.to_f64(), y.to_f64()));
+    }
+    fn handle_leave(&mut self, _slf: &Rc<WlPointer>, _serial: u32, _surface: &Rc<WlSurface>) {
+        self.0.leaves.set(self.0.leaves.get() + 1);
+    }
+    fn handle_motion(&mut self, _slf: &Rc<WlPointer>, _time: u32, x: Fixed, y: Fixed) {
+        self.0.motions.borrow_mut().push((x.to_f64(), y.to_f64()));
+    }
+    fn handle_button(
+        &mut self,
+        _slf: &Rc<WlPointer>,
+        _serial: u32,
+        _time: u32,
+        _button: u32,
+        _state: WlPointerButtonState,
+    ) {
+        self.0.buttons.set(self.0.buttons.get() + 1);
+    }
 }
 
 struct SeatCaps(Rc<Cell<u32>>);

@@ -412,12 +412,25 @@ impl Gate {
 
     /// A gate listening on `listen`, for the compositor at `compositor`.
     pub fn start_at(listen: &Path, compositor: &Path, frame_on: bool) -> Gate {
+        Gate::start_with(listen, compositor, frame_on, false)
+    }
+
+    /// [`Gate::start_at`]; `offer_decoration` offers the compositor's xdg-decoration
+    /// manager to the guest (the policy hides it).
+    pub fn start_with(
+        listen: &Path,
+        compositor: &Path,
+        frame_on: bool,
+        offer_decoration: bool,
+    ) -> Gate {
         let listener = UnixListener::bind(listen).unwrap();
         listener.set_nonblocking(true).unwrap();
         let server = compositor.to_path_buf();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || serve(listener, &server, frame_on, &stop2));
+        let thread = std::thread::spawn(move || {
+            serve(listener, &server, frame_on, offer_decoration, &stop2)
+        });
         Gate {
             stop,
             thread: Some(thread),
@@ -443,7 +456,13 @@ impl Drop for Gate {
     }
 }
 
-fn serve(listener: UnixListener, server: &Path, frame_on: bool, stop: &AtomicBool) -> GateOutcome {
+fn serve(
+    listener: UnixListener,
+    server: &Path,
+    frame_on: bool,
+    offer_decoration: bool,
+    stop: &AtomicBool,
+) -> GateOutcome {
     let stream = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
@@ -474,7 +493,10 @@ fn serve(listener: UnixListener, server: &Path, frame_on: bool, stop: &AtomicBoo
         .expect("add_client");
     let gone = Rc::new(Cell::new(false));
     client.set_handler(Gone(gone.clone()));
-    client.display().set_handler(Display { conn: conn.clone() });
+    client.display().set_handler(Display {
+        conn: conn.clone(),
+        offer_decoration,
+    });
     while !stop.load(Ordering::SeqCst) && !gone.get() && state.is_not_destroyed() {
         if state.dispatch(Some(Duration::from_millis(50))).is_err() {
             break;
@@ -502,6 +524,7 @@ impl ClientHandler for Gone {
 
 struct Display {
     conn: Rc<Conn>,
+    offer_decoration: bool,
 }
 
 impl WlDisplayHandler for Display {
@@ -510,6 +533,7 @@ impl WlDisplayHandler for Display {
         registry.set_handler(Registry {
             conn: self.conn.clone(),
             filter: GlobalMapper::default(),
+            offer_decoration: self.offer_decoration,
         });
     }
 }
@@ -517,6 +541,7 @@ impl WlDisplayHandler for Display {
 struct Registry {
     conn: Rc<Conn>,
     filter: GlobalMapper,
+    offer_decoration: bool,
 }
 
 impl WlRegistryHandler for Registry {
@@ -532,7 +557,7 @@ impl WlRegistryHandler for Registry {
         interface: ObjectInterface,
         version: u32,
     ) {
-        if interface == ObjectInterface::ZxdgDecorationManagerV1 {
+        if interface == ObjectInterface::ZxdgDecorationManagerV1 && !self.offer_decoration {
             self.filter.ignore_global(name);
         } else {
             self.filter.forward_global(slf, name, interface, version);

@@ -164,3 +164,109 @@ impl Drop for KeyboardProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A virtual pointer on sway's seat, driven by the test (a wl-proxy client of sway).
+pub struct VirtualPointer {
+    state: std::rc::Rc<wl_proxy::state::State>,
+    pointer: std::rc::Rc<wl_proxy::protocols::wlr_virtual_pointer_unstable_v1::zwlr_virtual_pointer_v1::ZwlrVirtualPointerV1>,
+    time: std::cell::Cell<u32>,
+}
+
+impl VirtualPointer {
+    pub fn connect(sway: &Sway) -> VirtualPointer {
+        use std::cell::{Cell, RefCell};
+        use std::rc::Rc;
+        use wl_proxy::object::ConcreteObject;
+        use wl_proxy::protocols::ObjectInterface;
+        use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
+        use wl_proxy::protocols::wlr_virtual_pointer_unstable_v1::zwlr_virtual_pointer_manager_v1::ZwlrVirtualPointerManagerV1;
+
+        struct Globals(Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>);
+        impl WlRegistryHandler for Globals {
+            fn handle_global(&mut self, _: &Rc<WlRegistry>, name: u32, i: ObjectInterface, v: u32) {
+                self.0.borrow_mut().push((name, i, v));
+            }
+        }
+        let stream = std::os::unix::net::UnixStream::connect(&sway.socket).unwrap();
+        let state = wl_proxy::state::State::builder(wl_proxy::baseline::Baseline::ALL_OF_THEM)
+            .with_server_fd(&Rc::new(std::os::fd::OwnedFd::from(stream)))
+            .build()
+            .unwrap();
+        state.set_default_forward_to_client(false);
+        let registry = state.display().new_send_get_registry();
+        let globals = Rc::new(RefCell::new(Vec::new()));
+        registry.set_handler(Globals(globals.clone()));
+        roundtrip(&state);
+        let (name, v) = globals
+            .borrow()
+            .iter()
+            .find(|(_, i, _)| *i == ZwlrVirtualPointerManagerV1::INTERFACE)
+            .map(|&(n, _, v)| (n, v.min(1)))
+            .expect("sway offers no zwlr_virtual_pointer_manager_v1");
+        let mgr = state.create_object::<ZwlrVirtualPointerManagerV1>(v);
+        registry.send_bind(name, mgr.clone());
+        let pointer = mgr.new_send_create_virtual_pointer(None);
+        roundtrip(&state);
+        VirtualPointer {
+            state,
+            pointer,
+            time: Cell::new(1),
+        }
+    }
+
+    fn roundtrip(&self) {
+        roundtrip(&self.state);
+    }
+
+    fn tick(&self) -> u32 {
+        let t = self.time.get() + 10;
+        self.time.set(t);
+        t
+    }
+
+    /// Moves to (`x`, `y`) on the 800x600 output.
+    pub fn move_to(&self, x: u32, y: u32) {
+        self.pointer
+            .send_motion_absolute(self.tick(), x, y, 800, 600);
+        self.pointer.send_frame();
+        self.roundtrip();
+    }
+
+    /// Presses or releases the left button.
+    pub fn left(&self, pressed: bool) {
+        use wl_proxy::protocols::wayland::wl_pointer::WlPointerButtonState;
+        let s = if pressed {
+            WlPointerButtonState::PRESSED
+        } else {
+            WlPointerButtonState::RELEASED
+        };
+        self.pointer.send_button(self.tick(), 0x110, s);
+        self.pointer.send_frame();
+        self.roundtrip();
+    }
+}
+
+fn roundtrip(state: &std::rc::Rc<wl_proxy::state::State>) {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
+    struct Done(Rc<Cell<bool>>);
+    impl WlCallbackHandler for Done {
+        fn handle_done(&mut self, _: &Rc<WlCallback>, _: u32) {
+            self.0.set(true);
+        }
+    }
+    let done = Rc::new(Cell::new(false));
+    state
+        .display()
+        .new_send_sync()
+        .set_handler(Done(done.clone()));
+    let t0 = Instant::now();
+    while !done.get() {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "virtual pointer round trip timed out"
+        );
+        state.dispatch(Some(Duration::from_millis(50))).unwrap();
+    }
+}
