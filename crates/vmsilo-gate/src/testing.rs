@@ -544,11 +544,12 @@ impl Gate {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
+                let ready = line.contains("listening on");
                 if let Ok(mut l) = l.lock() {
                     l.push(line);
+                }
+                if ready {
+                    let _ = tx.send(());
                 }
             }
         });
