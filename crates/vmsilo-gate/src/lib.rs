@@ -24,6 +24,8 @@ pub mod cli;
 pub mod conn;
 pub mod datadev;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
 pub mod logger;
 pub mod policy;
