@@ -48,6 +48,14 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libglib2.0-bin",
         "gio launch runs a generated desktop entry with a URL in a test",
     ),
+    (
+        "weston",
+        "headless compositor for vmsilo-gate's e2e tests (weston-debug proto shows what reached it)",
+    ),
+    (
+        "wayland-utils",
+        "wayland-info lists the globals a client sees through vmsilo-gate",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),
