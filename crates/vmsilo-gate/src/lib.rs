@@ -7,7 +7,8 @@
 //! compositor connection, so that anything a client does wrong ends that client only.
 //!
 //! Layout:
-//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides.
+//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides (the
+//!   `vmsilo-gate-policy` crate, shared with the configuration compiler).
 //! - [`identity`]: sans-IO: the VM's name and colour, title and app_id prefixes, sanitising.
 //! - [`draw`]: sans-IO: the frame and label band pixels.
 //! - [`conn`]: the per-connection context shared by the handlers.

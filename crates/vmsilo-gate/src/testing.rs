@@ -618,6 +618,20 @@ impl Gate {
         self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Waits (up to [`TIMEOUT`]) for a stderr line satisfying `pred`.
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if self.log().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = nix::sys::signal::kill(

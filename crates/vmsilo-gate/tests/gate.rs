@@ -276,7 +276,7 @@ fn test_max_clients_refuses_beyond_the_cap() {
     assert!(wait_eof(&s), "a connection beyond --max-clients was kept");
     first.roundtrip().unwrap();
     assert!(
-        g.log().iter().any(|l| l.contains("refused a connection")),
+        g.wait_log(|l| l.contains("refused a connection")),
         "{:?}",
         g.log()
     );
