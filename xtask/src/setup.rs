@@ -69,15 +69,6 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "nix-instantiate checks the NixOS module and flake",
     ),
     (
-        "weston",
-        "headless compositor, screenshooter and protocol trace for the vmsilo-gate frame tests",
-    ),
-    (
-        "sway",
-        "headless wlroots compositor (seat, xdg-decoration) for the vmsilo-gate frame tests",
-    ),
-    ("grim", "screenshots of sway in the vmsilo-gate frame tests"),
-    (
         "wtype",
         "a virtual keyboard on sway, so the vmsilo-gate focus test has a keyboard",
     ),

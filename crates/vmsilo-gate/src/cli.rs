@@ -170,12 +170,6 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    if !cfg.state_dir.is_dir() {
-        return usage(format!(
-            "--state-dir {}: not a directory (create it first)",
-            cfg.state_dir.display()
-        ));
-    }
     let listener = match server::bind_listener(&cfg.listen) {
         Ok(l) => l,
         Err(e @ server::ServerError::NoDir(_)) | Err(e @ server::ServerError::NotASocket(_)) => {
@@ -191,6 +185,12 @@ pub fn main() -> i32 {
         let _ = std::fs::remove_file(&listen_path);
         code
     };
+    if !cfg.state_dir.is_dir() {
+        return remove_listen(usage(format!(
+            "--state-dir {}: not a directory (create it first)",
+            cfg.state_dir.display()
+        )));
+    }
     let signals = match server::signal_fd() {
         Ok(s) => s,
         Err(e) => {

@@ -7,7 +7,8 @@
 //! compositor connection, so that anything a client does wrong ends that client only.
 //!
 //! Layout:
-//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides.
+//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides (the
+//!   `vmsilo-gate-policy` crate, shared with the configuration compiler).
 //! - [`identity`]: sans-IO: the VM's name and colour, title and app_id prefixes, sanitising.
 //! - [`draw`]: sans-IO: the frame and label band pixels.
 //! - [`layout`]: sans-IO: frame geometry and the size/position translation guest ↔ frame.
@@ -26,6 +27,8 @@ pub mod conn;
 pub mod datadev;
 pub mod draw;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
 pub mod layout;
 pub mod logger;

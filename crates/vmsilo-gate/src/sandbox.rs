@@ -215,6 +215,87 @@ pub fn apply() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys;
+    use nix::sys::wait::{WaitStatus, waitpid};
+
+    /// Runs `attempt` in a forked child under the filters; the child only makes
+    /// async-signal-safe calls (the filters are compiled before the fork).
+    fn in_filtered_child(attempt: fn() -> i32) -> WaitStatus {
+        let progs = filters().unwrap();
+        match sys::fork().unwrap() {
+            sys::Forked::Child => {
+                for p in &progs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        sys::exit_now(99);
+                    }
+                }
+                sys::exit_now(attempt());
+            }
+            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
+        }
+    }
+
+    #[test]
+    fn test_inet_socket_fails_with_eperm_unix_socket_works() {
+        fn attempt() -> i32 {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+            let inet = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            );
+            if inet.err() != Some(nix::errno::Errno::EPERM) {
+                return 3;
+            }
+            let unix = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            );
+            if unix.is_err() {
+                return 4;
+            }
+            0
+        }
+        let st = in_filtered_child(attempt);
+        assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    }
+
+    #[test]
+    fn test_exec_kills_the_process() {
+        fn attempt() -> i32 {
+            let _ = nix::unistd::execv(c"/bin/true", &[c"/bin/true"]);
+            5
+        }
+        let st = in_filtered_child(attempt);
+        assert!(
+            matches!(
+                st,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+            ),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn test_open_fails_with_eacces() {
+        fn attempt() -> i32 {
+            match nix::fcntl::open(
+                c"/dev/null",
+                nix::fcntl::OFlag::O_RDONLY,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                Err(nix::errno::Errno::EACCES) => 0,
+                _ => 6,
+            }
+        }
+        assert!(matches!(
+            in_filtered_child(attempt),
+            WaitStatus::Exited(_, 0)
+        ));
+    }
 
     #[test]
     fn test_filters_compile_and_exclude_exec_and_ptrace() {

@@ -301,186 +301,254 @@ impl ClientHandler for ClientGone {
     }
 }
 
-/// Serves one guest client until it or the compositor goes away: the body of a client child,
-/// also usable in-process (tests, fuzzing). `chan` is the clipboard channel to the parent.
+/// Serves one guest client until it or the compositor goes away: the body of a client child.
+/// `chan` is the clipboard channel to the parent.
 pub fn serve_client(
     cfg: &ClientConfig,
     client_fd: OwnedFd,
     compositor_fd: OwnedFd,
     chan: Option<Chan>,
 ) -> End {
-    serve_client_until(cfg, client_fd, compositor_fd, chan, None)
+    let mut session = match Session::new(cfg, client_fd, compositor_fd, chan) {
+        Ok(s) => s,
+        Err(end) => return end,
+    };
+    loop {
+        if let Step::End(end) = session.step(PollTimeout::NONE) {
+            return end;
+        }
+    }
 }
 
-/// [`serve_client`] with an optional idle bound: with `Some(d)` it returns [`End::ClientGone`]
-/// once nothing happened for `d` (for fuzzing).
-pub fn serve_client_until(
-    cfg: &ClientConfig,
-    client_fd: OwnedFd,
-    compositor_fd: OwnedFd,
+/// What one [`Session::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Still serving; `true` if messages were handled.
+    Continue(bool),
+    /// The service ended.
+    End(End),
+}
+
+/// One guest client's service: its wl-proxy state (the client and its own compositor
+/// connection), the policy handlers and its clipboard. Driven by [`Session::step`], so that
+/// tests and the fuzz target can run it in-process.
+pub struct Session {
+    state: Rc<State>,
+    _destroy: wl_proxy::state::Destructor,
+    client: Rc<wl_proxy::client::Client>,
+    client_sock: Rc<OwnedFd>,
+    conn: Rc<Conn>,
+    dd: Rc<DataDev>,
     chan: Option<Chan>,
-    idle: Option<Duration>,
-) -> End {
-    let state = match State::builder(BASELINE)
-        .with_server_fd(&Rc::new(compositor_fd))
-        .with_logging(cfg.debug)
-        .build()
-    {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("could not set up the compositor connection: {e}");
-            return End::Compositor;
+    gone: Rc<Cell<bool>>,
+    suspended: bool,
+    objects: Vec<Rc<dyn Object>>,
+    linger: Duration,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Sets up the service of the client on `client_fd`, with `compositor_fd` as its
+    /// compositor connection.
+    pub fn new(
+        cfg: &ClientConfig,
+        client_fd: OwnedFd,
+        compositor_fd: OwnedFd,
+        chan: Option<Chan>,
+    ) -> Result<Session, End> {
+        let state = match State::builder(BASELINE)
+            .with_server_fd(&Rc::new(compositor_fd))
+            .with_logging(cfg.debug)
+            .build()
+        {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("could not set up the compositor connection: {e}");
+                return Err(End::Compositor);
+            }
+        };
+        let destroy = state.create_destructor();
+        let client_sock = Rc::new(client_fd);
+        let client = match state.add_client(&client_sock) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("could not add the client: {e}");
+                return Err(End::Compositor);
+            }
+        };
+        let gone = Rc::new(Cell::new(false));
+        client.set_handler(ClientGone(gone.clone()));
+        let conn = Rc::new(Conn {
+            identity: cfg.identity.clone(),
+            policy: cfg.policy.clone(),
+            limits: cfg.limits,
+            frame: cfg.frame,
+            cut_off: Cell::new(false),
+        });
+        let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
+        let dd = DataDev::new(link);
+        frame::start(&conn, &state);
+        client
+            .display()
+            .set_handler(registry::Display::new(conn.clone(), dd.clone()));
+        Ok(Session {
+            state,
+            _destroy: destroy,
+            client,
+            client_sock,
+            conn,
+            dd,
+            chan,
+            gone,
+            suspended: false,
+            objects: Vec::new(),
+            linger: LINGER,
+        })
+    }
+
+    fn ended(&self) -> End {
+        if self.gone.get() {
+            End::ClientGone
+        } else {
+            End::Compositor
         }
-    };
-    let _destroy = state.create_destructor();
-    let client_sock = Rc::new(client_fd);
-    let client = match state.add_client(&client_sock) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("could not add the client: {e}");
-            return End::Compositor;
-        }
-    };
-    let gone = Rc::new(Cell::new(false));
-    client.set_handler(ClientGone(gone.clone()));
-    let conn = Rc::new(Conn {
-        identity: cfg.identity.clone(),
-        policy: cfg.policy.clone(),
-        limits: cfg.limits,
-        frame: cfg.frame,
-        cut_off: Cell::new(false),
-    });
-    let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
-    let dd = DataDev::new(link);
-    frame::start(&conn, &state);
-    client
-        .display()
-        .set_handler(registry::Display::new(conn.clone(), dd.clone()));
-    let mut objects: Vec<Rc<dyn Object>> = Vec::new();
-    let cut_off = |client: &Rc<wl_proxy::client::Client>, why: &str| {
+    }
+
+    fn cut_off(&self, why: &str) {
         warn_limited(
             "limit",
-            &format!("VM {:?}: client cut off: {why}", conn.identity.vm),
+            &format!("VM {:?}: client cut off: {why}", self.conn.identity.vm),
         );
-        let obj: Rc<dyn Object> = client.display().clone();
-        client.display().send_error(obj, NO_MEMORY, why);
-        conn.cut_off.set(true);
-    };
-    let state_fd = state.poll_fd().clone();
-    let mut last_work = Instant::now();
-    let mut suspended = false;
-    loop {
-        if state.is_destroyed() {
-            return End::Compositor;
+        let obj: Rc<dyn Object> = self.client.display().clone();
+        self.client.display().send_error(obj, NO_MEMORY, why);
+        self.conn.cut_off.set(true);
+    }
+
+    /// Sets how long a cut-off client may read its error (default [`LINGER`]).
+    pub fn set_linger(&mut self, d: Duration) {
+        self.linger = d;
+    }
+
+    /// Waits up to `timeout` for work, handles it, checks the limits.
+    pub fn step(&mut self, timeout: PollTimeout) -> Step {
+        if self.state.is_destroyed() {
+            return Step::End(End::Compositor);
         }
-        if gone.get() {
-            return End::ClientGone;
+        if self.gone.get() {
+            return Step::End(End::ClientGone);
         }
-        if conn.cut_off.get() {
-            let _ = state.before_poll();
-            linger(&client_sock);
-            return End::CutOff;
+        if self.conn.cut_off.get() {
+            let _ = self.state.before_poll();
+            linger(&self.client_sock, self.linger);
+            return Step::End(End::CutOff);
         }
-        if let Err(e) = state.before_poll() {
+        if let Err(e) = self.state.before_poll() {
             log::info!("connection ended: {e}");
-            return if gone.get() {
-                End::ClientGone
-            } else {
-                End::Compositor
-            };
+            return Step::End(self.ended());
         }
-        let timeout = match idle {
-            Some(d) => {
-                let left = d.saturating_sub(last_work.elapsed());
-                if left.is_zero() {
-                    return End::ClientGone;
-                }
-                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
         // Backpressure: while the client does not read (its socket buffer is full), stop
         // reading the compositor, so that events for it queue in the compositor, which
         // bounds them (and may disconnect), not in this process.
-        let blocked = !writable(&client_sock);
-        if blocked != suspended {
-            state.set_suspended(blocked);
-            suspended = blocked;
+        let (writable, hung_up) = client_status(&self.client_sock);
+        if hung_up {
+            return Step::End(End::ClientGone);
+        }
+        let blocked = !writable;
+        if blocked != self.suspended {
+            self.state.set_suspended(blocked);
+            self.suspended = blocked;
         }
         let (state_ready, chan_ready) = {
-            let mut fds = vec![PollFd::new(state_fd.as_fd(), PollFlags::POLLIN)];
-            if let Some(c) = &chan {
+            let mut fds = vec![PollFd::new(self.state.poll_fd().as_fd(), PollFlags::POLLIN)];
+            if let Some(c) = &self.chan {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
             if blocked {
-                fds.push(PollFd::new(client_sock.as_fd(), PollFlags::POLLOUT));
+                fds.push(PollFd::new(self.client_sock.as_fd(), PollFlags::POLLOUT));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
-                Err(Errno::EINTR) => continue,
+                Err(Errno::EINTR) => return Step::Continue(false),
                 Err(e) => {
                     log::error!("poll failed: {e}");
-                    return End::Compositor;
+                    return Step::End(End::Compositor);
                 }
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+            (
+                ready(&fds[0]),
+                self.chan.is_some() && fds.get(1).is_some_and(ready),
+            )
         };
+        let mut worked = false;
         if state_ready {
-            match state.dispatch_available() {
-                Ok(true) => last_work = Instant::now(),
-                Ok(false) => {}
+            match self.state.dispatch_available() {
+                Ok(w) => worked |= w,
                 Err(e) => {
                     log::info!("connection ended: {e}");
-                    return if gone.get() {
-                        End::ClientGone
-                    } else {
-                        End::Compositor
-                    };
+                    return Step::End(self.ended());
                 }
             }
         }
-        if chan_ready && let Some(c) = &chan {
-            last_work = Instant::now();
+        if chan_ready && let Some(c) = &self.chan {
+            worked = true;
             for _ in 0..64 {
                 match recv_msg(c.fd.as_raw_fd()) {
-                    Recv::Msg(m, fd) => dd.handle_parent(m, fd),
+                    Recv::Msg(m, fd) => self.dd.handle_parent(m, fd),
                     Recv::Bad => warn_limited("clipboard", "malformed message from the parent"),
                     Recv::Empty => break,
-                    Recv::Closed => return End::Compositor,
+                    Recv::Closed => return Step::End(End::Compositor),
                 }
             }
         }
-        if !gone.get() && !conn.cut_off.get() {
-            objects.clear();
-            client.objects(&mut objects);
-            let n = objects.len();
-            objects.clear();
-            if n > conn.limits.max_objects {
-                cut_off(
-                    &client,
-                    &format!(
-                        "too many objects ({n} > {}): the gate's per-client limit",
-                        conn.limits.max_objects
-                    ),
-                );
+        if !self.gone.get() && !self.conn.cut_off.get() {
+            self.objects.clear();
+            self.client.objects(&mut self.objects);
+            let n = self.objects.len();
+            self.objects.clear();
+            if n > self.conn.limits.max_objects {
+                self.cut_off(&format!(
+                    "too many objects ({n} > {}): the gate's per-client limit",
+                    self.conn.limits.max_objects
+                ));
             }
         }
+        Step::Continue(worked)
     }
 }
 
-/// Whether the socket has room to write (poll without waiting).
-fn writable(sock: &OwnedFd) -> bool {
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) => {
-            n > 0
-                && fds[0]
-                    .revents()
-                    .is_some_and(|r| r.contains(PollFlags::POLLOUT))
-        }
-        Err(_) => true,
+/// Whether the client socket has room to write, and whether the client has shut down its
+/// sending side with nothing left to read (readable, and a peek finds end of file). (wl-proxy 0.1.5 treats a zero-byte read as "no
+/// data", so a half-closed client would keep its process busy forever without this check.)
+fn client_status(sock: &OwnedFd) -> (bool, bool) {
+    let mut fds = [PollFd::new(
+        sock.as_fd(),
+        PollFlags::POLLOUT | PollFlags::POLLIN,
+    )];
+    let revents = match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+        Err(_) => return (true, false),
+    };
+    let writable = revents.contains(PollFlags::POLLOUT);
+    let mut hung_up = false;
+    if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+        let mut b = [0u8; 1];
+        hung_up = match nix::sys::socket::recv(
+            sock.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => true,
+            Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+            Err(_) => true,
+        };
     }
+    (writable, hung_up)
 }
 
 /// How long a cut-off client has to read its `wl_display.error` before the gate closes.
@@ -489,9 +557,9 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// After a protocol error: shuts down the sending side (the client reads the error, then
 /// EOF, instead of a hang-up that some clients handle before reading) and waits, bounded by
 /// [`LINGER`], for the client to close. What it still sends is discarded.
-fn linger(sock: &OwnedFd) {
+fn linger(sock: &OwnedFd, linger: Duration) {
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    let deadline = Instant::now() + LINGER;
+    let deadline = Instant::now() + linger;
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -141,6 +141,90 @@ impl Drop for FakeCompositor {
     }
 }
 
+/// The fake compositor's protocol side, without threads or sockets of its own: clients are
+/// added as connected fds, [`FakeServer::dispatch`] handles what is pending. The threaded
+/// [`FakeCompositor`] and the fuzz target both drive one.
+pub struct FakeServer {
+    state: Rc<State>,
+    ctx: Rc<Ctx>,
+}
+
+impl std::fmt::Debug for FakeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeServer").finish_non_exhaustive()
+    }
+}
+
+impl FakeServer {
+    /// A fake offering `globals` (see [`FakeCompositor::start_flooding`] for `flood`),
+    /// recording into `trace`.
+    pub fn new(globals: Vec<(ObjectInterface, u32)>, flood: usize, trace: Trace) -> FakeServer {
+        let state = State::builder(Baseline::ALL_OF_THEM)
+            .without_server()
+            .with_logging(false)
+            .build()
+            .expect("fake compositor state");
+        state.set_default_forward_to_server(false);
+        let ctx = Rc::new(Ctx {
+            trace,
+            globals,
+            flood,
+            clients: Cell::new(0),
+            extra: RefCell::new(Vec::new()),
+        });
+        FakeServer { state, ctx }
+    }
+
+    /// Serves a connected client socket; `via` is appended to its "connected" trace line.
+    pub fn add_client(&self, fd: OwnedFd, via: &str) {
+        let n = self.ctx.clients.get() + 1;
+        self.ctx.clients.set(n);
+        self.ctx.log(format!("c{n} connected{via}"));
+        if let Ok(client) = self.state.add_client(&Rc::new(fd)) {
+            client.display().set_handler(FakeDisplay {
+                ctx: self.ctx.clone(),
+                n,
+            });
+        }
+    }
+
+    /// The fd to poll for readiness.
+    pub fn poll_fd(&self) -> Rc<OwnedFd> {
+        self.state.poll_fd().clone()
+    }
+
+    /// Flushes (call before sleeping).
+    pub fn before_poll(&self) {
+        let _ = self.state.before_poll();
+    }
+
+    /// Accepts on security-context listeners and handles pending messages without waiting;
+    /// `true` if anything was handled.
+    pub fn dispatch(&self) -> bool {
+        let extra: Vec<Rc<OwnedFd>> = self.ctx.extra.borrow().clone();
+        for e in &extra {
+            while let Ok(fd) = nix::sys::socket::accept4(
+                e.as_fd(),
+                nix::sys::socket::SockFlag::SOCK_NONBLOCK
+                    | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ) {
+                self.add_client(fd, " via security context");
+            }
+        }
+        self.state.dispatch_available().unwrap_or(false)
+    }
+
+    fn listeners(&self) -> Vec<Rc<OwnedFd>> {
+        self.ctx.extra.borrow().clone()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.state.destroy();
+    }
+}
+
 fn run_fake(
     listener: UnixListener,
     stop: OwnedFd,
@@ -148,70 +232,33 @@ fn run_fake(
     globals: Vec<(ObjectInterface, u32)>,
     flood: usize,
 ) {
-    let state = State::builder(Baseline::ALL_OF_THEM)
-        .without_server()
-        .with_logging(false)
-        .build()
-        .expect("fake compositor state");
-    state.set_default_forward_to_server(false);
-    let ctx = Rc::new(Ctx {
-        trace,
-        globals,
-        flood,
-        clients: Cell::new(0),
-        extra: RefCell::new(Vec::new()),
-    });
-    let add = |fd: OwnedFd, via: &str| {
-        let n = ctx.clients.get() + 1;
-        ctx.clients.set(n);
-        ctx.log(format!("c{n} connected{via}"));
-        if let Ok(client) = state.add_client(&Rc::new(fd)) {
-            client.display().set_handler(FakeDisplay {
-                ctx: ctx.clone(),
-                n,
-            });
-        }
-    };
+    let server = FakeServer::new(globals, flood, trace);
     loop {
-        let _ = state.before_poll();
-        let extra: Vec<Rc<OwnedFd>> = ctx.extra.borrow().clone();
-        let (l_ready, s_ready, stop_ready, extra_ready) = {
+        server.before_poll();
+        let extra = server.listeners();
+        let state_fd = server.poll_fd();
+        let (l_ready, stop_ready) = {
             let mut fds = vec![
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(state.poll_fd().as_fd(), PollFlags::POLLIN),
                 PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(state_fd.as_fd(), PollFlags::POLLIN),
             ];
             for e in &extra {
                 fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
             }
             let _ = poll(&mut fds, PollTimeout::from(1000u16));
             let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let extra_ready: Vec<bool> = fds[3..].iter().map(r).collect();
-            (r(&fds[0]), r(&fds[1]), r(&fds[2]), extra_ready)
+            (r(&fds[0]), r(&fds[1]))
         };
         if stop_ready {
-            state.destroy();
             return;
         }
         if l_ready {
             while let Ok((s, _)) = listener.accept() {
-                add(OwnedFd::from(s), "");
+                server.add_client(OwnedFd::from(s), "");
             }
         }
-        for (e, ready) in extra.iter().zip(extra_ready) {
-            if ready {
-                while let Ok(fd) = nix::sys::socket::accept4(
-                    e.as_fd(),
-                    nix::sys::socket::SockFlag::SOCK_NONBLOCK
-                        | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                ) {
-                    add(fd, " via security context");
-                }
-            }
-        }
-        if s_ready {
-            let _ = state.dispatch_available();
-        }
+        server.dispatch();
     }
 }
 
@@ -544,11 +591,12 @@ impl Gate {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
+                let ready = line.contains("listening on");
                 if let Ok(mut l) = l.lock() {
                     l.push(line);
+                }
+                if ready {
+                    let _ = tx.send(());
                 }
             }
         });
@@ -568,6 +616,20 @@ impl Gate {
     /// Its stderr so far.
     pub fn log(&self) -> Vec<String> {
         self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to [`TIMEOUT`]) for a stderr line satisfying `pred`.
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if self.log().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -253,6 +253,20 @@ fn test_malformed_message_ends_only_that_client() {
     // A request to an object that does not exist.
     let s = raw_connect(&sock, &[77, 0, 0, 0, 0, 0, 8, 0]).unwrap();
     assert!(wait_eof(&s));
+    // A client that shuts down its sending side is gone: its process ends (wl-proxy alone
+    // would spin on the end of file).
+    let s = raw_connect(&sock, &[1, 0, 0, 0, 1, 0, 12, 0, 2, 0, 0, 0]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(wait_eof(&s), "the gate kept serving a half-closed client");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while children_of(g.child.id()).len() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        children_of(g.child.id()).len(),
+        1,
+        "only the good client's process is left"
+    );
     good.roundtrip().unwrap();
     assert!(g.alive());
     let again = TestClient::connect(&sock).unwrap();
@@ -270,7 +284,7 @@ fn test_max_clients_refuses_beyond_the_cap() {
     assert!(wait_eof(&s), "a connection beyond --max-clients was kept");
     first.roundtrip().unwrap();
     assert!(
-        g.log().iter().any(|l| l.contains("refused a connection")),
+        g.wait_log(|l| l.contains("refused a connection")),
         "{:?}",
         g.log()
     );
