@@ -48,6 +48,19 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "libglib2.0-bin",
         "gio launch runs a generated desktop entry with a URL in a test",
     ),
+    (
+        "weston",
+        "headless compositor, weston-debug, weston-screenshooter and weston-simple-shm for the \
+         gate's e2e tests",
+    ),
+    (
+        "waypipe",
+        "QEMU VMs' windows travel through waypipe (host client, and in the test guest)",
+    ),
+    (
+        "wayland-utils",
+        "wayland-info, a Wayland client for the guest agent's waypipe tests",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),
