@@ -61,6 +61,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "wayland-utils",
         "wayland-info lists a compositor's globals in tests",
     ),
+    (
+        "waypipe",
+        "QEMU VMs' windows travel through waypipe (host client, and in the test guest)",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),

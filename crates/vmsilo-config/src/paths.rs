@@ -104,6 +104,12 @@ impl Dirs {
     pub fn gate_socket(&self, vm: &str) -> String {
         join(&self.gate_dir(vm), "wayland-0")
     }
+    /// `<run>/<vm>.gate/state`: the gate's `--state-dir` (its security-context socket, which
+    /// only the gate itself connects to). Created with the gate directory, owned by the user,
+    /// and still theirs after the gate directory became root's.
+    pub fn gate_state_dir(&self, vm: &str) -> String {
+        join(&self.gate_dir(vm), "state")
+    }
     /// `<run>/<vm>.gate/waypipe.socket`: the socket `waypipe client` listens on (QEMU VMs).
     pub fn waypipe_socket(&self, vm: &str) -> String {
         join(&self.gate_dir(vm), "waypipe.socket")
@@ -175,6 +181,10 @@ mod tests {
         assert_eq!(
             d.gate_socket("banking"),
             "/run/vmsilo/banking.gate/wayland-0"
+        );
+        assert_eq!(
+            d.gate_state_dir("banking"),
+            "/run/vmsilo/banking.gate/state"
         );
         assert_eq!(
             d.waypipe_socket("banking"),

@@ -458,6 +458,7 @@ color = \"#2ecc71\"",
     let qemu = format!(
         "g={d}/run/t.gate\n\
          stat -c '%u:%g %a' $g > {seen}\n\
+         stat -c 'state %u:%g %a' $g/state >> {seen}\n\
          stat -c '%u %F' $g/wayland-0 $g/waypipe.socket >> {seen}\n\
          readlink {d}/run/t-vsock.socket_6000 >> {seen}\n\
          for f in uid net tmp argv display; do for w in gate waypipe; do \
@@ -491,6 +492,8 @@ color = \"#2ecc71\"",
     let expected: Vec<String> = vec![
         // Sealed: root's, so nobody can swap the sockets root-run processes connect to.
         "0:0 755".into(),
+        // Its security-context socket goes here: the user's, only the gate connects to it.
+        "state 65534:65534 700".into(),
         "65534 socket".into(),
         "65534 socket".into(),
         format!("{gate_dir}/waypipe.socket"),
@@ -503,7 +506,7 @@ color = \"#2ecc71\"",
         "waypipe-tmp: read-only".into(),
         format!(
             "gate-argv: --vm t --color #2ecc71 --listen {gate_dir}/wayland-0 --compositor \
-             /run/user/65534/compositor-x"
+             /run/user/65534/compositor-x --state-dir {gate_dir}/state"
         ),
         format!("waypipe-argv: --no-gpu --socket {gate_dir}/waypipe.socket client"),
         "gate-display: unset".into(),

@@ -148,6 +148,9 @@ pub struct PlanPaths {
     /// `<run>/<vm>.gate/wayland-0` (with `gpu`): vmsilo-gate's Wayland socket, the only one
     /// the VMM or waypipe is given.
     pub gate_socket: Option<String>,
+    /// `<run>/<vm>.gate/state` (with `gpu`): the gate's `--state-dir`, created with
+    /// `gateDir` and left to the user when `gateDir` becomes root's.
+    pub gate_state_dir: Option<String>,
     /// `<run>/<vm>.gate/waypipe.socket` (QEMU with `gpu`): `waypipe client`'s socket.
     pub waypipe_socket: Option<String>,
     /// `<run>/<vm>-vsock.socket_6000` (QEMU with `gpu`): the hybrid-vsock path of
@@ -508,6 +511,7 @@ fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
             user_dir: None,
             gate_dir: vm.gpu.enabled.then(|| d.gate_dir(&vm.name)),
             gate_socket: vm.gpu.enabled.then(|| d.gate_socket(&vm.name)),
+            gate_state_dir: vm.gpu.enabled.then(|| d.gate_state_dir(&vm.name)),
             waypipe_socket: None,
             waypipe_vsock_link: None,
             fs_sockets: BTreeMap::new(),
@@ -600,6 +604,10 @@ fn gate_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
         socket.clone(),
         "--compositor".into(),
         opts.wayland_socket(),
+        // Its security-context socket: in a directory of the user's own, since the gate
+        // directory becomes root's once the gate listens.
+        "--state-dir".into(),
+        d.gate_state_dir(&vm.name),
     ];
     for g in &vm.gate.allow_globals {
         argv.extend(["--allow".into(), g.clone()]);

@@ -609,7 +609,16 @@ impl Runtime {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         self.gate_dir = Some(dir.clone());
         let u = &self.o.plan.user;
-        give_dir(&dir, u.uid, u.gid, 0o700)
+        give_dir(&dir, u.uid, u.gid, 0o700)?;
+        // The gate's state directory stays the user's after the gate directory is sealed.
+        if let Some(state) = self.o.plan.paths.gate_state_dir.clone().map(PathBuf::from) {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&state)
+                .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+            give_dir(&state, u.uid, u.gid, 0o700)?;
+        }
+        Ok(())
     }
 
     /// Once the gate (and waypipe) listen: gives `<run>/<vm>.gate` to root (mode 0755), so that

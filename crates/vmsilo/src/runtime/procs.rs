@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::signals::Signals;
@@ -114,12 +114,14 @@ impl Proc {
         self.status
     }
 
-    /// Sends a signal (ignored once reaped).
+    /// Sends a signal to its process group (ignored once reaped): [`spawn`] makes every
+    /// process a group leader, so what it forked (the gate's per-client processes,
+    /// virtiofsd's sandbox) is stopped with it.
     pub fn signal(&mut self, sig: Signal) {
         if self.poll().is_none()
             && let Ok(pid) = i32::try_from(self.child.id())
         {
-            let _ = kill(Pid::from_raw(pid), sig);
+            let _ = killpg(Pid::from_raw(pid), sig);
         }
     }
 

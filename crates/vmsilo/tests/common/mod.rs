@@ -328,3 +328,46 @@ rootDisk = "{root}"
     std::fs::write(&path, text).expect("config");
     path
 }
+
+/// `systemd-socket-activate` on `<dir>/run/<vm>-command.socket` starting `vmsilo
+/// command-service <vm>` at the first connection, as `vmsilo-<vm>.socket` does under systemd
+/// (without systemd, the command service runs `vm-service` itself). The run, vm-switch and
+/// state directories are `<dir>/{run,vs,state}`; `PATH` is this one plus `path_prefix` first
+/// and `~/.cargo/bin` last; `extra` goes after the command service's arguments (`--uid`, ...).
+/// Its output goes to `<dir>/service.log`. Returns once the socket exists.
+pub fn command_activator(
+    dir: &Path,
+    cfg: &Path,
+    vm: &str,
+    path_prefix: Option<&str>,
+    extra: &[&str],
+) -> Guard {
+    let d = dir.display();
+    let socket = format!("{d}/run/{vm}-command.socket");
+    let path = format!(
+        "{}{}:{}/.cargo/bin",
+        path_prefix.map(|p| format!("{p}:")).unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default(),
+        std::env::var("HOME").unwrap_or_default()
+    );
+    let child = command(Path::new("systemd-socket-activate"))
+        .arg(format!("--listen={socket}"))
+        .arg(format!("--setenv=PATH={path}"))
+        .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={d}/no-systemd"))
+        .arg(vmsilo_bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(["command-service", vm])
+        .args(["--run-dir", &format!("{d}/run")])
+        .args(["--vm-switch-dir", &format!("{d}/vs")])
+        .args(["--state-dir", &format!("{d}/state")])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("service.log")).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate");
+    let guard = Guard(Some(child));
+    wait_path(Path::new(&socket), Duration::from_secs(60));
+    guard
+}
