@@ -58,6 +58,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("grim", "screenshots of sway in the display tests"),
     (
+        "libxkbcommon-dev",
+        "vmsilo-gate links libxkbcommon to recognise the clipboard chords by keysym",
+    ),
+    (
         "wayland-utils",
         "wayland-info lists a compositor's globals in tests",
     ),

@@ -66,6 +66,15 @@ pub struct Args {
     /// Print the policy table (with --allow/--deny applied) and exit.
     #[arg(long)]
     pub print_policy: bool,
+    /// vmsilo-clipd's socket: turns on the global clipboard's chords in this VM's windows.
+    #[arg(long, value_name = "SOCKET")]
+    pub clipd: Option<PathBuf>,
+    /// The chord that copies the VM's clipboard into the global clipboard (with --clipd).
+    #[arg(long, default_value = "ctrl+shift+c", value_name = "CHORD")]
+    pub copy_chord: String,
+    /// The chord that pastes the global clipboard into the VM's clipboard (with --clipd).
+    #[arg(long, default_value = "ctrl+shift+v", value_name = "CHORD")]
+    pub paste_chord: String,
 }
 
 /// Resolves the compositor socket like libwayland: an absolute path as is, a name under
@@ -129,6 +138,13 @@ pub fn config(args: &Args) -> Result<Config, String> {
             "--max-clients and --max-objects must be at least 1, --max-fds at least 16".into(),
         );
     }
+    let chords = match &args.clipd {
+        Some(_) => Some(
+            crate::clip::Chords::parse(&args.copy_chord, &args.paste_chord)
+                .map_err(|e| format!("--copy-chord/--paste-chord: {e}"))?,
+        ),
+        None => None,
+    };
     Ok(Config {
         client: ClientConfig {
             identity: Rc::new(Identity { vm, color }),
@@ -140,12 +156,14 @@ pub fn config(args: &Args) -> Result<Config, String> {
             },
             frame: !args.no_frame,
             debug: args.debug,
+            chords,
         },
         listen,
         compositor,
         state_dir,
         max_clients: args.max_clients,
         sandbox: !args.no_sandbox,
+        clipd: args.clipd.clone(),
     })
 }
 

@@ -99,6 +99,12 @@ pub enum Msg {
         /// The child's serial for the source.
         serial: u64,
     },
+    /// Child → parent: the user pressed the global clipboard's copy (`true`) or paste
+    /// (`false`) chord in one of my client's windows (for vmsilo-clipd; see `clip`).
+    Chord {
+        /// Copy, else paste.
+        copy: bool,
+    },
 }
 
 /// A [`Msg`] that does not decode.
@@ -207,6 +213,10 @@ impl Msg {
                 out.push(6);
                 out.extend_from_slice(&serial.to_le_bytes());
             }
+            Msg::Chord { copy } => {
+                out.push(7);
+                out.push(*copy as u8);
+            }
         }
         out
     }
@@ -238,6 +248,13 @@ impl Msg {
                 mime: r.str()?,
             },
             6 => Msg::Cancel { serial: r.u64()? },
+            7 => Msg::Chord {
+                copy: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(BadMsg("bad flag")),
+                },
+            },
             _ => return Err(BadMsg("unknown tag")),
         };
         r.end()?;
@@ -256,6 +273,10 @@ pub enum Out {
     /// Send `msg` to `child`.
     To(u64, Msg),
 }
+
+/// The owner "child" id of a selection the gate itself holds (content pasted from the global
+/// clipboard by vmsilo-clipd); real children count from 1.
+pub const GATE: u64 = 0;
 
 /// The parent's VM-wide selection (sans-IO).
 #[derive(Debug, Default)]
@@ -291,6 +312,29 @@ impl Hub {
             .iter()
             .map(|&c| Out::To(c, self.selection_for(c)))
             .collect()
+    }
+
+    /// The gate itself takes the selection (a paste from the global clipboard), as its
+    /// source `serial` with these MIME types: the previous owner is cancelled and every
+    /// child is told. Pastes of it come back as `Out::To(GATE, Msg::Send { .. })`.
+    pub fn set_gate_selection(&mut self, serial: u64, mimes: Vec<String>) -> Vec<Out> {
+        self.handle(GATE, Msg::SetSelection { serial, mimes })
+    }
+
+    /// Where a read of the current selection as `mime` goes (the global clipboard's copy):
+    /// `Out::To(owner, Msg::Send { .. })`, to be sent with the pipe's write end; `None` if
+    /// there is no selection or it does not offer `mime`.
+    pub fn fetch(&self, mime: &str) -> Option<Out> {
+        let s = self.current.as_ref()?;
+        s.mimes.iter().any(|m| m == mime).then(|| {
+            Out::To(
+                s.source.child,
+                Msg::Send {
+                    serial: s.source.serial,
+                    mime: mime.to_string(),
+                },
+            )
+        })
     }
 
     /// A new child: it is told the current selection.
@@ -359,8 +403,11 @@ impl Hub {
                 }
                 _ => Vec::new(),
             },
-            // Parent → child messages are not accepted from a child.
-            Msg::Selection { .. } | Msg::Send { .. } | Msg::Cancel { .. } => Vec::new(),
+            // Parent → child messages are not accepted from a child; chords go to clipd, not
+            // to the hub.
+            Msg::Selection { .. } | Msg::Send { .. } | Msg::Cancel { .. } | Msg::Chord { .. } => {
+                Vec::new()
+            }
         }
     }
 }
@@ -571,7 +618,10 @@ impl DataDev {
                 }
             }
             Msg::Cancel { serial } => self.cancel(serial),
-            Msg::SetSelection { .. } | Msg::ClearSelection { .. } | Msg::Receive { .. } => {}
+            Msg::SetSelection { .. }
+            | Msg::ClearSelection { .. }
+            | Msg::Receive { .. }
+            | Msg::Chord { .. } => {}
         }
     }
 
@@ -824,6 +874,8 @@ mod tests {
                 mime: "a".into(),
             },
             Msg::Cancel { serial: 9 },
+            Msg::Chord { copy: true },
+            Msg::Chord { copy: false },
         ];
         for m in all {
             let b = m.encode();
@@ -950,5 +1002,84 @@ mod tests {
         assert!(hub.current().is_none());
         // Parent-only messages from a child are ignored.
         assert!(hub.handle(1, Msg::Cancel { serial: 1 }).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod gate_selection_tests {
+    use super::*;
+
+    #[test]
+    fn test_gate_owned_selection_is_offered_to_all_and_fetch_routes_to_the_owner() {
+        let mut hub = Hub::default();
+        hub.child_added(1);
+        hub.child_added(2);
+        hub.handle(
+            1,
+            Msg::SetSelection {
+                serial: 4,
+                mimes: vec!["text/plain".into()],
+            },
+        );
+        assert_eq!(
+            hub.fetch("text/plain"),
+            Some(Out::To(
+                1,
+                Msg::Send {
+                    serial: 4,
+                    mime: "text/plain".into()
+                }
+            ))
+        );
+        assert_eq!(hub.fetch("image/png"), None);
+        let out = hub.set_gate_selection(1, vec!["text/plain;charset=utf-8".into()]);
+        assert_eq!(out[0], Out::To(1, Msg::Cancel { serial: 4 }));
+        assert_eq!(out.len(), 3, "the cancel and both children told");
+        assert!(
+            out[1..]
+                .iter()
+                .all(|Out::To(_, m)| matches!(m, Msg::Selection { own: None, .. }))
+        );
+        assert_eq!(
+            hub.fetch("text/plain;charset=utf-8"),
+            Some(Out::To(
+                GATE,
+                Msg::Send {
+                    serial: 1,
+                    mime: "text/plain;charset=utf-8".into()
+                }
+            ))
+        );
+        // A child's paste of it goes to the gate.
+        let generation = match &out[1] {
+            Out::To(_, Msg::Selection { generation, .. }) => *generation,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            hub.handle(
+                2,
+                Msg::Receive {
+                    generation,
+                    mime: "text/plain;charset=utf-8".into()
+                }
+            ),
+            vec![Out::To(
+                GATE,
+                Msg::Send {
+                    serial: 1,
+                    mime: "text/plain;charset=utf-8".into()
+                }
+            )]
+        );
+        // A child taking the selection cancels the gate's.
+        let out = hub.handle(
+            2,
+            Msg::SetSelection {
+                serial: 1,
+                mimes: vec!["x".into()],
+            },
+        );
+        assert_eq!(out[0], Out::To(GATE, Msg::Cancel { serial: 1 }));
+        assert!(hub.handle(1, Msg::Chord { copy: true }).is_empty());
     }
 }

@@ -129,6 +129,7 @@ pub fn run(data: &[u8]) -> Option<End> {
         },
         frame: true,
         debug: false,
+        chords: None,
     };
     let mut session = Session::new(&cfg, gate_side, gate_comp, None).ok()?;
     session.set_linger(Duration::ZERO);

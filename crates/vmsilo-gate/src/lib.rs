@@ -15,6 +15,8 @@
 //! - [`conn`]: the per-connection context shared by the handlers.
 //! - [`registry`]: global filtering and bind checks.
 //! - [`datadev`]: the VM's own `wl_data_device_manager`, served by the gate.
+//! - [`clip`]: the global clipboard's chords (keysyms via libxkbcommon) and pasted content.
+//! - [`clipd`]: the parent's link to vmsilo-clipd (copies and pastes of the global clipboard).
 //! - [`frame`]: the gate-owned toplevel that wraps each guest toplevel.
 //! - [`server`]: the listening socket, one process per client, limits.
 //! - [`sandbox`]: seccomp and resource limits.
@@ -23,6 +25,8 @@
 //! - [`cli`]: flags, startup order, exit codes; [`logger`]: rate-limited stderr logging.
 
 pub mod cli;
+pub mod clip;
+pub mod clipd;
 pub mod conn;
 pub mod datadev;
 pub mod draw;

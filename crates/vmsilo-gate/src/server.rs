@@ -58,6 +58,8 @@ pub struct ClientConfig {
     pub frame: bool,
     /// wl-proxy message logging.
     pub debug: bool,
+    /// The global clipboard's chords (with `--clipd`), recognised in the keyboard events.
+    pub chords: Option<crate::clip::Chords>,
 }
 
 /// The gate's configuration.
@@ -75,6 +77,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Install the seccomp filter.
     pub sandbox: bool,
+    /// vmsilo-clipd's socket (`--clipd`): chords go there, pastes come from there.
+    pub clipd: Option<PathBuf>,
 }
 
 /// How a client's service ended (the child's exit code).
@@ -392,6 +396,19 @@ impl Session {
         });
         let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
         let dd = DataDev::new(link);
+        if let (Some(chords), Some(chan)) = (cfg.chords, chan.clone()) {
+            let send = move |c: vmsilo_clipd::proto::Chord| {
+                let copy = c == vmsilo_clipd::proto::Chord::Copy;
+                chan.send(&Msg::Chord { copy }, None);
+            };
+            crate::clip::register(
+                &conn,
+                crate::clip::ClipHook {
+                    chords,
+                    send: Rc::new(send),
+                },
+            );
+        }
         frame::start(&conn, &state);
         client
             .display()
@@ -619,6 +636,9 @@ pub struct Parent {
     hub: Hub,
     refused: u64,
     pid: u32,
+    /// The connection to vmsilo-clipd and the content the gate holds as the VM's
+    /// selection (see `clipd.rs`).
+    clipd: crate::clipd::ClipdLink,
 }
 
 impl Parent {
@@ -629,6 +649,7 @@ impl Parent {
             .as_ref()
             .map(|s| s.path().to_path_buf())
             .unwrap_or_else(|| cfg.compositor.clone());
+        let clipd = crate::clipd::ClipdLink::new(cfg.clipd.clone(), cfg.client.identity.vm.clone());
         Self {
             cfg,
             listener,
@@ -639,6 +660,7 @@ impl Parent {
             hub: Hub::default(),
             refused: 0,
             pid: std::process::id(),
+            clipd,
         }
     }
 
@@ -665,6 +687,11 @@ impl Parent {
 
     fn route(&mut self, outs: Vec<Out>, mut fd: Option<OwnedFd>) {
         for Out::To(child, msg) in outs {
+            if child == datadev::GATE {
+                let pass = if msg.has_fd() { fd.take() } else { None };
+                self.clipd.gate_out(msg, pass);
+                continue;
+            }
             let Some(info) = self.children.values().find(|c| c.id == child) else {
                 continue;
             };
@@ -805,6 +832,7 @@ impl Parent {
             }
             let child_ids: Vec<i32> = self.children.keys().copied().collect();
             let mut ready_children = Vec::new();
+            let clipd_ready;
             let (listener_ready, signal_ready, secctx_ready) = {
                 let secctx_fd = self.secctx.as_ref().map(|s| s.poll_fd());
                 let mut fds = vec![
@@ -813,6 +841,10 @@ impl Parent {
                 ];
                 if let Some(f) = &secctx_fd {
                     fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                }
+                let clipd_at = fds.len();
+                if let Some(f) = self.clipd.fd() {
+                    fds.push(PollFd::new(f, PollFlags::POLLIN));
                 }
                 let base = fds.len();
                 for pid in &child_ids {
@@ -832,12 +864,19 @@ impl Parent {
                         ready_children.push(*pid);
                     }
                 }
+                clipd_ready = base > clipd_at && ready(&fds[clipd_at]);
                 (
                     ready(&fds[0]),
                     ready(&fds[1]),
                     secctx_fd.is_some() && ready(&fds[2]),
                 )
             };
+            if clipd_ready {
+                let outs = self.clipd.handle(&mut self.hub);
+                for (outs, fd) in outs {
+                    self.route(outs, fd);
+                }
+            }
             if signal_ready {
                 while let Ok(Some(info)) = signals.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
@@ -877,6 +916,7 @@ impl Parent {
             };
             let id = info.id;
             match recv_msg(info.chan.as_raw_fd()) {
+                Recv::Msg(Msg::Chord { copy }, _) => self.clipd.chord(copy),
                 Recv::Msg(msg, fd) => {
                     let outs = self.hub.handle(id, msg);
                     self.route(outs, fd);

@@ -3,6 +3,7 @@
 //! press on the band moves the window.
 
 use super::*;
+use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboardKeyState, WlKeyboardKeymapFormat};
 
 pub(super) struct GuestSeat {
     pub(super) sh: Rc<Shared>,
@@ -22,6 +23,7 @@ impl WlSeatHandler for GuestSeat {
         slf.send_get_keyboard(id);
         id.set_handler(GuestKeyboard {
             sh: self.sh.clone(),
+            keys: crate::clip::KeyState::default(),
         });
     }
 
@@ -36,6 +38,8 @@ impl WlSeatHandler for GuestSeat {
 
 pub(super) struct GuestKeyboard {
     pub(super) sh: Rc<Shared>,
+    /// The global clipboard's chords (see `crate::clip`).
+    pub(super) keys: crate::clip::KeyState,
 }
 
 impl GuestKeyboard {
@@ -63,9 +67,63 @@ impl WlKeyboardHandler for GuestKeyboard {
     }
 
     fn handle_leave(&mut self, slf: &Rc<WlKeyboard>, serial: u32, surface: &Rc<WlSurface>) {
+        self.keys.leave();
         if let Some(s) = self.target(surface) {
             slf.send_leave(serial, &s);
         }
+    }
+
+    fn handle_keymap(
+        &mut self,
+        slf: &Rc<WlKeyboard>,
+        format: WlKeyboardKeymapFormat,
+        fd: &Rc<OwnedFd>,
+        size: u32,
+    ) {
+        if crate::clip::hook_for(&self.sh.conn).is_some() {
+            let text = (format == WlKeyboardKeymapFormat::XKB_V1)
+                .then(|| crate::clip::read_keymap(fd, size))
+                .flatten();
+            if !self.keys.set_keymap(text) {
+                self.sh
+                    .warn("the compositor's keymap does not compile: clipboard chords are off");
+            }
+        }
+        slf.send_keymap(format, fd, size);
+    }
+
+    fn handle_modifiers(
+        &mut self,
+        slf: &Rc<WlKeyboard>,
+        serial: u32,
+        depressed: u32,
+        latched: u32,
+        locked: u32,
+        group: u32,
+    ) {
+        self.keys.modifiers(depressed, latched, locked, group);
+        slf.send_modifiers(serial, depressed, latched, locked, group);
+    }
+
+    fn handle_key(
+        &mut self,
+        slf: &Rc<WlKeyboard>,
+        serial: u32,
+        time: u32,
+        key: u32,
+        state: WlKeyboardKeyState,
+    ) {
+        if let Some(hook) = crate::clip::hook_for(&self.sh.conn) {
+            match self.keys.key(&hook.chords, key, state.0) {
+                crate::clip::Verdict::Forward => {}
+                crate::clip::Verdict::Withhold(None) => return,
+                crate::clip::Verdict::Withhold(Some(chord)) => {
+                    (hook.send)(chord);
+                    return;
+                }
+            }
+        }
+        slf.send_key(serial, time, key, state);
     }
 }
 
@@ -266,6 +324,7 @@ impl ZwpTextInputManagerV3Handler for GuestTextInputManager {
         id.set_handler(GuestTextInput {
             kb: GuestKeyboard {
                 sh: self.sh.clone(),
+                keys: crate::clip::KeyState::default(),
             },
         });
     }
