@@ -322,6 +322,11 @@ pub fn on_bind(conn: &Rc<Conn>, interface: ObjectInterface, obj: &Rc<dyn Object>
     if !sh.frame {
         if let Some(o) = obj.try_downcast::<XdgWmBase>() {
             o.set_handler(GuestWmBase { sh });
+        } else if let Some(o) = obj.try_downcast::<WlSeat>()
+            && crate::clip::hook_for(&sh.conn).is_some()
+        {
+            // The global clipboard's chords are in the keyboard events, framed or not.
+            o.set_handler(GuestSeat { sh });
         }
         return;
     }

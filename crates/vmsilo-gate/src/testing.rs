@@ -11,7 +11,7 @@
 #![allow(missing_docs)]
 
 use std::cell::{Cell, RefCell};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -39,10 +39,13 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
+use wl_proxy::protocols::wayland::wl_keyboard::{
+    WlKeyboard, WlKeyboardKeyState, WlKeyboardKeymapFormat,
+};
 use wl_proxy::protocols::wayland::wl_output::WlOutput;
 use wl_proxy::protocols::wayland::wl_region::WlRegion;
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
-use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 use wl_proxy::state::{State, StateHandler};
 
@@ -56,6 +59,7 @@ pub type Trace = Arc<Mutex<Vec<String>>>;
 pub struct FakeCompositor {
     path: PathBuf,
     trace: Trace,
+    keys: Arc<Mutex<Vec<KeyCmd>>>,
     stop: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -66,6 +70,23 @@ struct Ctx {
     flood: usize,
     clients: Cell<u32>,
     extra: RefCell<Vec<Rc<OwnedFd>>>,
+    /// Keyboards and surfaces by connection (for [`KeyCmd`]s).
+    keyboards: RefCell<Vec<(u32, Rc<WlKeyboard>)>>,
+    surfaces: RefCell<Vec<(u32, Rc<WlSurface>)>>,
+}
+
+/// Keyboard events the threaded fake sends to connection `conn`'s keyboards (see
+/// [`FakeCompositor::keyboard`]); the trace has `c<N> wl_seat.get_keyboard` for each.
+#[derive(Debug, Clone)]
+pub enum KeyCmd {
+    /// `wl_keyboard.keymap` (XKB v1 text, sent in a memfd).
+    Keymap { conn: u32, text: String },
+    /// `wl_keyboard.enter` on the connection's last surface.
+    Enter { conn: u32 },
+    /// `wl_keyboard.modifiers` (depressed mask).
+    Modifiers { conn: u32, depressed: u32 },
+    /// `wl_keyboard.key` (evdev code).
+    Key { conn: u32, key: u32, pressed: bool },
 }
 
 impl Ctx {
@@ -97,10 +118,13 @@ impl FakeCompositor {
         let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let globals = globals.to_vec();
         let t = trace.clone();
-        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals, flood));
+        let keys: Arc<Mutex<Vec<KeyCmd>>> = Arc::default();
+        let k = keys.clone();
+        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals, flood, k));
         FakeCompositor {
             path,
             trace,
+            keys,
             stop: Some(stop_w),
             thread: Some(thread),
         }
@@ -127,6 +151,15 @@ impl FakeCompositor {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl FakeCompositor {
+    /// Queues keyboard events (sent by the fake's thread within its next loop, ≤ 100 ms).
+    pub fn keyboard(&self, cmds: &[KeyCmd]) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.extend_from_slice(cmds);
         }
     }
 }
@@ -171,6 +204,8 @@ impl FakeServer {
             flood,
             clients: Cell::new(0),
             extra: RefCell::new(Vec::new()),
+            keyboards: RefCell::new(Vec::new()),
+            surfaces: RefCell::new(Vec::new()),
         });
         FakeServer { state, ctx }
     }
@@ -214,6 +249,71 @@ impl FakeServer {
         self.state.dispatch_available().unwrap_or(false)
     }
 
+    /// Sends keyboard events.
+    pub fn key_events(&self, cmds: Vec<KeyCmd>) {
+        let kbs = |conn: u32| -> Vec<Rc<WlKeyboard>> {
+            self.ctx
+                .keyboards
+                .borrow()
+                .iter()
+                .filter(|(n, _)| *n == conn)
+                .map(|(_, k)| k.clone())
+                .collect()
+        };
+        for c in cmds {
+            match c {
+                KeyCmd::Keymap { conn, text } => {
+                    let mut bytes = text.into_bytes();
+                    bytes.push(0);
+                    let Ok(fd) = nix::sys::memfd::memfd_create(
+                        c"fake-keymap",
+                        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                    ) else {
+                        continue;
+                    };
+                    let mut f = std::fs::File::from(fd);
+                    if f.write_all(&bytes).is_err() {
+                        continue;
+                    }
+                    let fd = Rc::new(OwnedFd::from(f));
+                    for k in kbs(conn) {
+                        k.send_keymap(WlKeyboardKeymapFormat::XKB_V1, &fd, bytes.len() as u32);
+                    }
+                }
+                KeyCmd::Enter { conn } => {
+                    let surface = self
+                        .ctx
+                        .surfaces
+                        .borrow()
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| *n == conn)
+                        .map(|(_, s)| s.clone());
+                    if let Some(s) = surface {
+                        for k in kbs(conn) {
+                            k.send_enter(1, &s, &[]);
+                        }
+                    }
+                }
+                KeyCmd::Modifiers { conn, depressed } => {
+                    for k in kbs(conn) {
+                        k.send_modifiers(2, depressed, 0, 0, 0);
+                    }
+                }
+                KeyCmd::Key { conn, key, pressed } => {
+                    let state = if pressed {
+                        WlKeyboardKeyState::PRESSED
+                    } else {
+                        WlKeyboardKeyState::RELEASED
+                    };
+                    for k in kbs(conn) {
+                        k.send_key(3, 0, key, state);
+                    }
+                }
+            }
+        }
+    }
+
     fn listeners(&self) -> Vec<Rc<OwnedFd>> {
         self.ctx.extra.borrow().clone()
     }
@@ -231,6 +331,7 @@ fn run_fake(
     trace: Trace,
     globals: Vec<(ObjectInterface, u32)>,
     flood: usize,
+    keys: Arc<Mutex<Vec<KeyCmd>>>,
 ) {
     let server = FakeServer::new(globals, flood, trace);
     loop {
@@ -246,7 +347,7 @@ fn run_fake(
             for e in &extra {
                 fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
             }
-            let _ = poll(&mut fds, PollTimeout::from(1000u16));
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
             let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
             (r(&fds[0]), r(&fds[1]))
         };
@@ -259,6 +360,13 @@ fn run_fake(
             }
         }
         server.dispatch();
+        let cmds: Vec<KeyCmd> = keys
+            .lock()
+            .map(|mut k| k.drain(..).collect())
+            .unwrap_or_default();
+        if !cmds.is_empty() {
+            server.key_events(cmds);
+        }
     }
 }
 
@@ -312,6 +420,7 @@ impl WlRegistryHandler for FakeRegistry {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
             s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
+            s.set_handler(FakeSeat { ctx, n });
         } else if let Some(o) = downcast::<WlOutput>(&id) {
             for _ in 0..self.ctx.flood {
                 o.send_scale(1);
@@ -391,11 +500,30 @@ struct FakeCompositorH {
 }
 
 impl WlCompositorHandler for FakeCompositorH {
-    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlSurface>) {
+    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, id: &Rc<WlSurface>) {
         self.ctx.log(format!("c{} create_surface", self.n));
+        let mut s = self.ctx.surfaces.borrow_mut();
+        if s.len() < 1024 {
+            s.push((self.n, id.clone()));
+        }
     }
     fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
         self.ctx.log(format!("c{} create_region", self.n));
+    }
+}
+
+struct FakeSeat {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlSeatHandler for FakeSeat {
+    fn handle_get_keyboard(&mut self, _slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
+        self.ctx.log(format!("c{} wl_seat.get_keyboard", self.n));
+        let mut k = self.ctx.keyboards.borrow_mut();
+        if k.len() < 1024 {
+            k.push((self.n, id.clone()));
+        }
     }
 }
 
