@@ -401,6 +401,7 @@ let
     crosvm = cfg.crosvm;
     "vm-switch" = cfg."vm-switch";
     "vmsilo-balloond" = cfg."vmsilo-balloond";
+    clipboard = cfg.clipboard;
     nixosVms = map vmJson cfg.nixosVms;
   };
 
@@ -612,6 +613,52 @@ in
       };
     };
 
+    clipboard = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          The two-level clipboard (docs/clipboard.md): a per-user vmsilo-clipd holds one global
+          clipboard; the copy chord in a VM window copies that VM's clipboard into it, the
+          paste chord in another VM's window makes it that VM's clipboard and empties it.
+        '';
+      };
+      policy = mkOption {
+        type = types.listOf (types.submodule {
+          options = {
+            from = mkOption { type = types.str; description = "A VM name, \"*\" (any VM, never the host) or \"host\"."; };
+            to = mkOption { type = types.str; description = "A VM name, \"*\" (any VM, never the host) or \"host\"."; };
+            action = mkOption { type = types.enum [ "allow" "ask" "deny" ]; description = "allow, ask (paste again within 10 s to confirm) or deny."; };
+          };
+        });
+        default = [
+          { from = "*"; to = "host"; action = "ask"; }
+          { from = "*"; to = "*"; action = "allow"; }
+          { from = "host"; to = "*"; action = "allow"; }
+        ];
+        description = "Paste policy per source → destination; the first matching rule wins, no match denies.";
+      };
+      maxSize = mkOption {
+        type = types.ints.between 1 16777216;
+        default = 64000;
+        description = "The size cap of one transfer: characters for text, bytes otherwise.";
+      };
+      mimeTypes = mkOption {
+        type = types.listOf (types.enum [ "text/plain;charset=utf-8" "text/plain" "text/html" "image/png" ]);
+        default = [ "text/plain;charset=utf-8" "text/plain" ];
+        description = "MIME types that may cross, preferred first (text/html and image/png are opt-in).";
+      };
+      wipeAfter = mkOption {
+        type = types.str;
+        default = "60s";
+        description = "An unpasted global clipboard is wiped after this (1s to 24h).";
+      };
+      chords = {
+        copy = mkOption { type = types.str; default = "ctrl+shift+c"; description = "Copy the focused VM's clipboard into the global clipboard."; };
+        paste = mkOption { type = types.str; default = "ctrl+shift+v"; description = "Paste the global clipboard into the focused VM's clipboard."; };
+      };
+    };
+
     isolatedPciDevices = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -790,6 +837,22 @@ in
     };
 
     hardware.ksm.enable = cfg.ksm.enable;
+
+    # vmsilo-clipd: a user service in the configured user's graphical session (it needs the
+    # session's runtime directory and D-Bus for notifications); the gates, system units that
+    # run as the user, reach it at /run/user/<uid>/vmsilo-clipd.socket.
+    systemd.user.services.vmsilo-clipd = mkIf cfg.clipboard.enable {
+      description = "vmsilo global clipboard daemon";
+      wantedBy = [ "graphical-session.target" ];
+      partOf = [ "graphical-session.target" ];
+      unitConfig.ConditionUser = cfg.user;
+      path = [ vmsilo pkgs.libnotify ];
+      serviceConfig = {
+        ExecStart = "${vmsilo}/bin/vmsilo clipboard daemon";
+        Restart = "on-failure";
+        NoNewPrivileges = true;
+      };
+    };
 
     # The generator writes the units; these drop-ins only give them their programs (generated
     # units get systemd's default PATH, which on NixOS holds none of them).

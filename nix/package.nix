@@ -1,11 +1,11 @@
 # The vmsilo Rust workspace as one package: the host CLI (`vmsilo` and its multi-call names
 # `vm-run`, `vm-start`, `vm-stop`, `vm-start-debug`, `vm-shell`, `vmsilo-generator`), the guest
-# agent `vmsilo-guest`, `vm-switch` and `vmsilo-balloond`.
+# agent `vmsilo-guest`, `vm-switch`, `vmsilo-balloond`, `vmsilo-gate` and `vmsilo-clipd`.
 #
 # With `guestOnly = true` it builds just the guest agent; the module builds that with
 # `pkgsStatic` (musl, static), which keeps the idle agent under 2 MiB resident (a dynamically
 # linked build is about 2.3 MiB, see `cargo xtask bench guest-agent`).
-{ lib, rustPlatform, pkg-config, installShellFiles, guestOnly ? false }:
+{ lib, rustPlatform, pkg-config, installShellFiles, libxkbcommon, guestOnly ? false }:
 
 let
   src = lib.cleanSourceWith {
@@ -25,6 +25,8 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = ../Cargo.lock;
 
   nativeBuildInputs = [ pkg-config installShellFiles ];
+  # vmsilo-gate compiles the compositor's keymap (the clipboard chords) with libxkbcommon.
+  buildInputs = lib.optionals (!guestOnly) [ libxkbcommon ];
 
   # The shipped binaries only; xtask and the test kit stay out.
   cargoBuildFlags = if guestOnly then [ "--package" "vmsilo-guest" ] else [
@@ -33,6 +35,7 @@ rustPlatform.buildRustPackage {
     "--package" "vm-switch"
     "--package" "vmsilo-balloond"
     "--package" "vmsilo-gate"
+    "--package" "vmsilo-clipd"
   ];
   # The unit and component tiers run in the sandbox; the e2e tier needs QEMU guests and is
   # run by `cargo xtask ci`, not here.

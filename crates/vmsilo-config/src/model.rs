@@ -385,6 +385,240 @@ pub struct Config {
     pub qemu: QemuGlobal,
     /// PCI devices claimed by vfio-pci at boot so that VMs can own them.
     pub isolated_pci_devices: Vec<PciAddress>,
+    /// The two-level clipboard between VMs (vmsilo-clipd and the gates' chords).
+    pub clipboard: Clipboard,
+}
+
+/// Global `clipboard.*`: the two-level clipboard. See docs/clipboard.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Clipboard {
+    /// Whether the gates take the chords and vmsilo-clipd runs (true).
+    pub enable: bool,
+    /// Rules, first match wins; no match denies. Default: `* → host` ask, `* → *` allow,
+    /// `host → *` allow.
+    pub policy: Vec<ClipboardRule>,
+    /// The size cap: characters for text, bytes otherwise (64000).
+    pub max_size: u64,
+    /// Allowed MIME types, preferred first (text/plain;charset=utf-8, text/plain).
+    pub mime_types: Vec<String>,
+    /// An unpasted global clipboard is wiped after this ("60s").
+    #[serde(serialize_with = "ser_duration")]
+    pub wipe_after: Duration,
+    /// The chords.
+    pub chords: ClipboardChords,
+}
+
+/// One `clipboard.policy` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClipboardRule {
+    /// A VM name, `*` (any VM) or `host`.
+    pub from: String,
+    /// A VM name, `*` (any VM) or `host`.
+    pub to: String,
+    /// `allow`, `ask` or `deny`.
+    pub action: String,
+}
+
+/// `clipboard.chords`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClipboardChords {
+    /// Copy the focused VM's clipboard into the global one ("ctrl+shift+c").
+    pub copy: String,
+    /// Paste the global clipboard into the focused VM's ("ctrl+shift+v").
+    pub paste: String,
+}
+
+/// MIME types the clipboard can allow.
+pub const CLIPBOARD_MIME_TYPES: &[&str] = &[
+    "text/plain;charset=utf-8",
+    "text/plain",
+    "text/html",
+    "image/png",
+];
+
+impl Clipboard {
+    fn default_value() -> Self {
+        let rule = |from: &str, to: &str, action: &str| ClipboardRule {
+            from: from.into(),
+            to: to.into(),
+            action: action.into(),
+        };
+        Clipboard {
+            enable: true,
+            policy: vec![
+                rule("*", "host", "ask"),
+                rule("*", "*", "allow"),
+                rule("host", "*", "allow"),
+            ],
+            max_size: 64_000,
+            mime_types: vec!["text/plain;charset=utf-8".into(), "text/plain".into()],
+            wipe_after: Duration::from_secs(60),
+            chords: ClipboardChords {
+                copy: "ctrl+shift+c".into(),
+                paste: "ctrl+shift+v".into(),
+            },
+        }
+    }
+
+    /// vmsilo-clipd's arguments (after the program name).
+    pub fn clipd_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        for r in &self.policy {
+            a.push("--policy".into());
+            a.push(format!("{}:{}:{}", r.from, r.to, r.action));
+        }
+        a.push("--max-size".into());
+        a.push(self.max_size.to_string());
+        for m in &self.mime_types {
+            a.push("--mime".into());
+            a.push(m.clone());
+        }
+        a.push("--wipe-after".into());
+        a.push(self.wipe_after.as_secs().max(1).to_string());
+        a
+    }
+}
+
+impl FromValue for Clipboard {
+    fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
+        let o = r.object(
+            v,
+            &[
+                "enable",
+                "policy",
+                "maxSize",
+                "mimeTypes",
+                "wipeAfter",
+                "chords",
+            ],
+        )?;
+        let d = Clipboard::default_value();
+        let wipe_after: Duration = r.field_or(o, "wipeAfter", d.wipe_after);
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&wipe_after) {
+            r.at_key("wipeAfter", |r| {
+                r.error(o.get("wipeAfter"), "is out of range: expected 1s to 24h")
+            });
+        }
+        let mime_types: Vec<String> = r.field_or(o, "mimeTypes", d.mime_types.clone());
+        for m in &mime_types {
+            if !CLIPBOARD_MIME_TYPES.contains(&m.as_str()) {
+                r.at_key("mimeTypes", |r| {
+                    r.error(
+                        o.get("mimeTypes"),
+                        format!(
+                            "{m:?} cannot be allowed: choose from {}",
+                            CLIPBOARD_MIME_TYPES.join(", ")
+                        ),
+                    )
+                });
+            }
+        }
+        if mime_types.is_empty() {
+            r.at_key("mimeTypes", |r| {
+                r.error(o.get("mimeTypes"), "is empty: allow at least text/plain")
+            });
+        }
+        Some(Clipboard {
+            enable: r.field_or(o, "enable", d.enable),
+            policy: r.field_or(o, "policy", d.policy),
+            max_size: ranged(r, o, "maxSize", 1, 16 << 20, " (characters)").unwrap_or(d.max_size),
+            mime_types,
+            wipe_after,
+            chords: r.field_or(o, "chords", d.chords),
+        })
+    }
+}
+
+fn is_endpoint(s: &str) -> bool {
+    s == "*"
+        || s == "host"
+        || (!s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+}
+
+impl FromValue for ClipboardRule {
+    fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
+        let o = r.object(v, &["from", "to", "action"])?;
+        let get = |r: &mut Reader, key: &str| -> Option<String> {
+            let s: Option<String> = r.field(o, key);
+            if s.is_none() && !o.contains_key(key) {
+                r.error(
+                    Some(v),
+                    format!("{key} is required: a VM name, \"*\" (any VM) or \"host\""),
+                );
+            }
+            s
+        };
+        let from = get(r, "from")?;
+        let to = get(r, "to")?;
+        for (key, val) in [("from", &from), ("to", &to)] {
+            if !is_endpoint(val) {
+                r.at_key(key, |r| {
+                    r.error(o.get(key), "is not a VM name, \"*\" (any VM) or \"host\"")
+                });
+            }
+        }
+        let action: String = match r.field(o, "action") {
+            Some(a) => a,
+            None => {
+                r.error(Some(v), "action is required: allow, ask or deny");
+                return None;
+            }
+        };
+        if !["allow", "ask", "deny"].contains(&action.as_str()) {
+            r.at_key("action", |r| {
+                r.error(o.get("action"), "is not allow, ask or deny")
+            });
+        }
+        Some(ClipboardRule { from, to, action })
+    }
+}
+
+fn check_chord(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split('+').map(str::trim).collect();
+    let (key, mods) = parts.split_last().ok_or("is empty")?;
+    if key.is_empty() {
+        return Err("has no key: write e.g. \"ctrl+shift+c\"".into());
+    }
+    let mut strong = false;
+    for m in mods {
+        match m.to_ascii_lowercase().as_str() {
+            "ctrl" | "control" | "alt" | "super" | "logo" => strong = true,
+            "shift" => {}
+            other => {
+                return Err(format!(
+                    "has an unknown modifier {other:?} (ctrl, shift, alt, super)"
+                ));
+            }
+        }
+    }
+    if !strong {
+        return Err("needs ctrl, alt or super, or typing would trigger it".into());
+    }
+    Ok(())
+}
+
+impl FromValue for ClipboardChords {
+    fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
+        let o = r.object(v, &["copy", "paste"])?;
+        let d = Clipboard::default_value().chords;
+        let c = ClipboardChords {
+            copy: r.field_or(o, "copy", d.copy),
+            paste: r.field_or(o, "paste", d.paste),
+        };
+        for (key, val) in [("copy", &c.copy), ("paste", &c.paste)] {
+            if let Err(e) = check_chord(val) {
+                r.at_key(key, |r| r.error(o.get(key), e.clone()));
+            }
+        }
+        if c.copy.eq_ignore_ascii_case(&c.paste) {
+            r.error(Some(v), "copy and paste must be different chords");
+        }
+        Some(c)
+    }
 }
 
 /// `hostNetworking`.
@@ -821,6 +1055,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "vmsilo-balloond",
     "qemu",
     "isolatedPciDevices",
+    "clipboard",
 ];
 
 const VM_KEYS: &[&str] = &[
@@ -950,6 +1185,9 @@ impl FromValue for Config {
                 .unwrap_or_else(Balloond::default_value),
             qemu: r.field(o, "qemu").unwrap_or_else(QemuGlobal::default_value),
             isolated_pci_devices: r.field_or(o, "isolatedPciDevices", Vec::new()),
+            clipboard: r
+                .field(o, "clipboard")
+                .unwrap_or_else(Clipboard::default_value),
         })
     }
 }

@@ -39,6 +39,9 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Validate the configuration; print one line per VM, or every problem found (exit 2).
     Check(CheckArgs),
+    /// The global clipboard between VMs and the host: copy, paste, to-host, from-host,
+    /// status, wipe (see docs/clipboard.md).
+    Clipboard(crate::commands::clipboard::ClipboardArgs),
     /// Print how a VM is launched: the backends to start and the VMM command line.
     Plan(PlanArgs),
     /// Write the systemd units and the polkit rule the configuration turns into.

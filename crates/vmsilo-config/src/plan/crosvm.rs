@@ -185,7 +185,7 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
     }
 
     // The GPU's cross-domain context connects to the VM's gate, never to the compositor.
-    if let Some(gate) = gate_backend(vm, opts) {
+    if let Some(gate) = gate_backend(cfg, vm, opts) {
         g.push(vec!["--gpu".into(), gpu_value(vm.gpu.options.as_ref())]);
         g.push(vec!["--wayland-sock".into(), gate.socket.clone()]);
         plan.backends.push(gate);

@@ -72,6 +72,11 @@ impl PlanOptions {
         format!("/run/user/{}", self.uid)
     }
 
+    /// vmsilo-clipd's socket, `/run/user/<uid>/vmsilo-clipd.socket` (the user's daemon).
+    pub fn clipd_socket(&self) -> String {
+        format!("{}/vmsilo-clipd.socket", self.user_runtime_dir())
+    }
+
     /// The Wayland socket the GPU's cross-domain context connects to.
     pub fn wayland_socket(&self) -> String {
         self.wayland_socket
@@ -588,7 +593,7 @@ fn sound_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
 /// The VM's vmsilo-gate (with `gpu`): runs as the configured user, listens on the gate socket
 /// and connects each guest client to the user's compositor
 /// ([`PlanOptions::wayland_socket`]).
-fn gate_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
+fn gate_backend(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
     if !vm.gpu.enabled {
         return None;
     }
@@ -617,6 +622,17 @@ fn gate_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
     }
     if !vm.gate.frame {
         argv.push("--no-frame".into());
+    }
+    // The global clipboard: the chords in this VM's windows go to the user's vmsilo-clipd.
+    if cfg.clipboard.enable {
+        argv.extend([
+            "--clipd".into(),
+            opts.clipd_socket(),
+            "--copy-chord".into(),
+            cfg.clipboard.chords.copy.clone(),
+            "--paste-chord".into(),
+            cfg.clipboard.chords.paste.clone(),
+        ]);
     }
     let mut env = BTreeMap::new();
     env.insert("XDG_RUNTIME_DIR".to_owned(), opts.user_runtime_dir());

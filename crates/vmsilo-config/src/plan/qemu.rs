@@ -571,7 +571,7 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
     }
 
     // Windows: the gate, then waypipe client in front of it (both before QEMU).
-    if let Some(gate) = gate_backend(vm, opts) {
+    if let Some(gate) = gate_backend(cfg, vm, opts) {
         let waypipe = waypipe_backend(vm, opts, &gate.socket);
         plan.paths.waypipe_socket = Some(waypipe.socket.clone());
         plan.paths.waypipe_vsock_link = Some(d.vsock_port_socket(name, WAYPIPE_VSOCK_PORT));

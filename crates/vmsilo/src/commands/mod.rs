@@ -10,6 +10,7 @@ use crate::cli::{Cli, Command, DirArgs, UserArgs};
 use crate::users::{self, UserIds};
 
 pub mod check;
+pub mod clipboard;
 pub mod command_service;
 pub mod completions;
 pub mod desktop_entries;
@@ -27,6 +28,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     let config = cli.global.config.as_deref();
     match cli.command {
         Command::Check(args) => check::run(config, &args),
+        Command::Clipboard(args) => clipboard::run(config, &args),
         Command::Plan(args) => plan::run(config, &args),
         Command::Units(args) => units::run(config, &args),
         Command::Generator(args) => generator::run(config, &args),
