@@ -506,7 +506,9 @@ color = \"#2ecc71\"",
         "waypipe-tmp: read-only".into(),
         format!(
             "gate-argv: --vm t --color #2ecc71 --listen {gate_dir}/wayland-0 --compositor \
-             /run/user/65534/compositor-x --state-dir {gate_dir}/state"
+             /run/user/65534/compositor-x --state-dir {gate_dir}/state --clipd \
+             /run/user/65534/vmsilo-clipd.socket --copy-chord ctrl+shift+c --paste-chord \
+             ctrl+shift+v"
         ),
         format!("waypipe-argv: --no-gpu --socket {gate_dir}/waypipe.socket client"),
         "gate-display: unset".into(),
