@@ -402,6 +402,8 @@ impl XdgPopupHandler for XdgEventsHandler {
 pub struct KeyboardLog {
     pub focus: RefCell<Option<Rc<WlSurface>>>,
     pub enters: Cell<u32>,
+    /// Keys pressed (evdev codes), in order.
+    pub keys: RefCell<Vec<u32>>,
 }
 
 /// Pointer events as the client saw them.
@@ -472,6 +474,19 @@ impl WlKeyboardHandler for KeyboardLogHandler {
 
     fn handle_leave(&mut self, _slf: &Rc<WlKeyboard>, _serial: u32, _surface: &Rc<WlSurface>) {
         *self.0.focus.borrow_mut() = None;
+    }
+
+    fn handle_key(
+        &mut self,
+        _slf: &Rc<WlKeyboard>,
+        _serial: u32,
+        _time: u32,
+        key: u32,
+        state: wl_proxy::protocols::wayland::wl_keyboard::WlKeyboardKeyState,
+    ) {
+        if state == wl_proxy::protocols::wayland::wl_keyboard::WlKeyboardKeyState::PRESSED {
+            self.0.keys.borrow_mut().push(key);
+        }
     }
 
     fn handle_keymap(

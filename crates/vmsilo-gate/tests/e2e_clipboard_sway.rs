@@ -1,0 +1,388 @@
+//! The two-level clipboard on sway 1.7 headless: two real gate processes (`banking`,
+//! `shopping`) framed on sway, a guest client behind each, one in-process vmsilo-clipd, and
+//! the chords typed on one long-lived virtual keyboard bound on sway (no wtype, no synthetic
+//! input from the gate).
+
+mod frame_support;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use frame_support::PATIENCE;
+use frame_support::client::{KeyboardLog, TestClient, Toplevel};
+use frame_support::sway::{self, Sway, VirtualKeyboard};
+use vmsilo_clipd::chan::Client;
+use vmsilo_clipd::core::Settings;
+use vmsilo_clipd::daemon::{Daemon, Options, Records};
+use vmsilo_clipd::proto::Msg;
+use wl_proxy::protocols::wayland::wl_data_device::{WlDataDevice, WlDataDeviceHandler};
+use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
+use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
+use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
+use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+
+const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
+const UTF8: &str = "text/plain;charset=utf-8";
+const SECRET: &[u8] = b"IBAN DE44 5001 0517 5407 3249 31";
+const KEY_C: u32 = 46;
+const KEY_V: u32 = 47;
+const CTRL_SHIFT: u32 = 4 | 1;
+
+#[derive(Default)]
+struct Sel {
+    offer: Option<Rc<WlDataOffer>>,
+    mimes: Vec<String>,
+}
+
+struct Dev(Rc<RefCell<Sel>>);
+
+impl WlDataDeviceHandler for Dev {
+    fn handle_data_offer(&mut self, _: &Rc<WlDataDevice>, id: &Rc<WlDataOffer>) {
+        self.0.borrow_mut().mimes.clear();
+        id.set_handler(Off(self.0.clone()));
+    }
+    fn handle_selection(&mut self, _: &Rc<WlDataDevice>, id: Option<&Rc<WlDataOffer>>) {
+        self.0.borrow_mut().offer = id.cloned();
+    }
+}
+
+struct Off(Rc<RefCell<Sel>>);
+
+impl WlDataOfferHandler for Off {
+    fn handle_offer(&mut self, _: &Rc<WlDataOffer>, mime: &str) {
+        self.0.borrow_mut().mimes.push(mime.to_string());
+    }
+}
+
+struct Src(&'static [u8]);
+
+impl WlDataSourceHandler for Src {
+    fn handle_send(&mut self, _: &Rc<WlDataSource>, _mime: &str, fd: &Rc<OwnedFd>) {
+        let _ = std::fs::File::from(fd.as_ref().try_clone().unwrap()).write_all(self.0);
+    }
+}
+
+/// A guest app behind a gate: a window with keyboard focus tracking and a data device.
+struct App {
+    c: TestClient,
+    kb: Rc<KeyboardLog>,
+    top: Toplevel,
+    ddm: Rc<WlDataDeviceManager>,
+    dev: Rc<WlDataDevice>,
+    sel: Rc<RefCell<Sel>>,
+    _src: RefCell<Vec<Rc<WlDataSource>>>,
+}
+
+impl App {
+    fn open(socket: &Path, title: &str) -> App {
+        let c = TestClient::connect(socket);
+        let kb = c.keyboard();
+        let top = c.toplevel(Some(title), Some("org.example.clip"));
+        top.surface
+            .send_attach(Some(&c.buffer(200, 100, 0xff00_00ff)), 0, 0);
+        top.surface.send_commit();
+        let ddm: Rc<WlDataDeviceManager> = c.bind_optional(3).expect("a data device manager");
+        let seat: Rc<WlSeat> = c.bind_optional(5).expect("a seat");
+        let dev = ddm.new_send_get_data_device(&seat);
+        let sel = Rc::new(RefCell::new(Sel::default()));
+        dev.set_handler(Dev(sel.clone()));
+        c.roundtrip();
+        App {
+            c,
+            kb,
+            top,
+            ddm,
+            dev,
+            sel,
+            _src: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn pump_until(&self, what: &str, cond: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < PATIENCE * 2, "timed out waiting for {what}");
+            let _ = self.c.state.dispatch(Some(Duration::from_millis(20)));
+        }
+    }
+
+    fn copy(&self, payload: &'static [u8]) {
+        let src = self.ddm.new_send_create_data_source();
+        src.set_handler(Src(payload));
+        src.send_offer(UTF8);
+        self.dev.send_set_selection(Some(&src), 0);
+        self._src.borrow_mut().push(src);
+        self.c.roundtrip();
+    }
+
+    fn paste(&self) -> Vec<u8> {
+        let offer = self.sel.borrow().offer.clone().expect("a selection");
+        let (mut r, w) = std::io::pipe().unwrap();
+        offer.send_receive(UTF8, &Rc::new(OwnedFd::from(w)));
+        self.c.roundtrip();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            let _ = tx.send(b);
+        });
+        rx.recv_timeout(PATIENCE).expect("the paste's pipe closes")
+    }
+}
+
+fn us_keymap() -> String {
+    use xkbcommon::xkb;
+    let ctx = xkb::Context::new(xkb::CONTEXT_NO_FLAGS);
+    xkb::Keymap::new_from_names(&ctx, "evdev", "pc105", "us", "", None, 0)
+        .expect("the system's XKB data compiles a keymap")
+        .get_as_string(xkb::KEYMAP_FORMAT_TEXT_V1)
+}
+
+struct Clipd {
+    socket: PathBuf,
+    records: Records,
+    stop: Option<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Clipd {
+    fn start(socket: PathBuf, settings: Settings) -> Clipd {
+        let mut d = Daemon::new(Options {
+            socket: socket.clone(),
+            settings,
+            desktop_notifications: false,
+            fetch_timeout: PATIENCE,
+        })
+        .unwrap();
+        let records = d.records();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let thread = std::thread::spawn(move || d.run(r.as_fd()).unwrap());
+        Clipd {
+            socket,
+            records,
+            stop: Some(w),
+            thread: Some(thread),
+        }
+    }
+    fn has(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.records.lock().unwrap().iter().any(|r| pred(r))
+    }
+    fn slot_source(&self) -> String {
+        let c = Client::connect(&self.socket).unwrap();
+        match c.request(&Msg::Query, None, PATIENCE).unwrap().0 {
+            Msg::Status { source, .. } => source,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+}
+
+impl Drop for Clipd {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn gate(sway: &Sway, vm: &str, color: &str, clipd: &Clipd) -> vmsilo_gate::testing::Gate {
+    let comp = sway.socket.to_str().unwrap().to_string();
+    let clipd = clipd.socket.to_str().unwrap().to_string();
+    vmsilo_gate::testing::Gate::start(
+        Path::new(EXE),
+        &sway.dir.path().join(format!("{vm}.sock")),
+        &[
+            "--vm",
+            vm,
+            "--color",
+            color,
+            "--compositor",
+            &comp,
+            "--clipd",
+            &clipd,
+        ],
+    )
+    .expect("start the gate")
+}
+
+#[test]
+#[ignore = "e2e: needs sway headless (started under another uid, so root)"]
+fn test_chords_on_a_virtual_keyboard_move_banking_text_to_shopping_on_sway() {
+    if let Some(why) = sway::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sway = Sway::start("clip-sway");
+    let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
+    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), Settings::default());
+    let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
+    let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
+    // The host's own clipboard holds a secret (set by a host client of sway).
+    let _host = HostClipboard::set(&sway, "HOST SECRET");
+
+    // banking's window gets the focus (the only window); its app copies (its own clipboard).
+    let banking = App::open(&sway.dir.path().join("banking.sock"), "bank");
+    banking.pump_until("keyboard focus on banking", || {
+        banking.kb.focus.borrow().is_some()
+    });
+    banking.c.roundtrip();
+    assert!(
+        banking.sel.borrow().offer.is_none(),
+        "a VM never sees the host's clipboard"
+    );
+    banking.copy(SECRET);
+    // Ctrl+Shift+C on the virtual keyboard: banking's clipboard into the slot.
+    vkb.chord(CTRL_SHIFT, KEY_C);
+    banking.pump_until("the copy", || {
+        clipd.has(|r| r.starts_with("Clipboard: copied"))
+    });
+    assert_eq!(clipd.slot_source(), "banking");
+
+    // shopping's window opens and takes the focus; nothing crossed yet.
+    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    shopping.pump_until("keyboard focus on shopping", || {
+        shopping.kb.focus.borrow().is_some()
+    });
+    shopping.c.roundtrip();
+    assert!(
+        shopping.sel.borrow().offer.is_none(),
+        "nothing crosses without the paste chord"
+    );
+
+    // Ctrl+Shift+V: the slot becomes shopping's clipboard; a shopping client reads it.
+    vkb.chord(CTRL_SHIFT, KEY_V);
+    shopping.pump_until("the pasted selection", || {
+        shopping.sel.borrow().offer.is_some()
+    });
+    assert!(shopping.sel.borrow().mimes.contains(&UTF8.to_string()));
+    assert_eq!(shopping.paste(), SECRET);
+    assert_eq!(clipd.slot_source(), "", "the slot is empty after the paste");
+    assert!(
+        clipd.has(|r| r
+            == "Clipboard: pasted: banking → shopping: 32 characters, text/plain;charset=utf-8")
+    );
+
+    // The chords never reached the guests.
+    banking.c.roundtrip();
+    assert!(
+        banking.kb.keys.borrow().is_empty(),
+        "{:?}",
+        banking.kb.keys.borrow()
+    );
+    assert!(
+        shopping.kb.keys.borrow().is_empty(),
+        "{:?}",
+        shopping.kb.keys.borrow()
+    );
+    drop(banking.top);
+    drop(shopping.top);
+}
+
+/// The host's clipboard set with `wl-copy --foreground` on sway (killed by PID on drop).
+struct HostClipboard(std::process::Child);
+
+impl HostClipboard {
+    fn set(sway: &Sway, text: &str) -> HostClipboard {
+        let mut child = std::process::Command::new("wl-copy")
+            .args(["--foreground", "--type", UTF8])
+            .env("XDG_RUNTIME_DIR", sway.dir.path())
+            .env("WAYLAND_DISPLAY", &sway.socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("wl-copy (apt-get install wl-clipboard)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        // Bounded wait until the host clipboard holds it (wl-paste as a host client).
+        let t0 = Instant::now();
+        loop {
+            let out = std::process::Command::new("wl-paste")
+                .args(["--no-newline"])
+                .env("XDG_RUNTIME_DIR", sway.dir.path())
+                .env("WAYLAND_DISPLAY", &sway.socket)
+                .output()
+                .expect("wl-paste");
+            if out.stdout == text.as_bytes() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < PATIENCE,
+                "wl-copy did not set the host clipboard"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HostClipboard(child)
+    }
+}
+
+impl Drop for HostClipboard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "e2e: needs sway headless (started under another uid, so root)"]
+fn test_over_cap_and_denied_transfers_are_refused_on_sway() {
+    if let Some(why) = sway::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    use vmsilo_clipd::core::{Policy, Rule};
+    let sway = Sway::start("clip-deny");
+    let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
+    let settings = Settings {
+        policy: Policy {
+            rules: vec![
+                Rule::parse("banking:shopping:deny").unwrap(),
+                Rule::parse("*:*:allow").unwrap(),
+            ],
+        },
+        max_size: 10,
+        ..Settings::default()
+    };
+    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), settings);
+    let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
+    let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
+    let banking = App::open(&sway.dir.path().join("banking.sock"), "bank");
+    banking.pump_until("keyboard focus on banking", || {
+        banking.kb.focus.borrow().is_some()
+    });
+    banking.copy(SECRET);
+    vkb.chord(CTRL_SHIFT, KEY_C);
+    banking.pump_until("the over-cap refusal", || {
+        clipd.has(|r| r.starts_with("Clipboard: refused") && r.contains("too large"))
+    });
+    assert_eq!(clipd.slot_source(), "");
+    banking.copy(b"short");
+    vkb.chord(CTRL_SHIFT, KEY_C);
+    banking.pump_until("the copy", || {
+        clipd.has(|r| r.starts_with("Clipboard: copied"))
+    });
+    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    shopping.pump_until("keyboard focus on shopping", || {
+        shopping.kb.focus.borrow().is_some()
+    });
+    vkb.chord(CTRL_SHIFT, KEY_V);
+    shopping.pump_until("the denial", || {
+        clipd.has(|r| r.starts_with("Clipboard: refused") && r.contains("denies"))
+    });
+    shopping.c.roundtrip();
+    assert!(
+        shopping.sel.borrow().offer.is_none(),
+        "a denied paste delivers nothing"
+    );
+    assert_eq!(clipd.slot_source(), "banking");
+    drop(banking.top);
+    drop(shopping.top);
+}
