@@ -9,13 +9,15 @@
 //! The child ⇄ parent messages are [`Msg`], one per `SOCK_SEQPACKET` datagram, with at most
 //! one fd.
 //!
-//! Simplifications (documented in docs/gate.md): selection events go to a client when it
-//! creates a data device and whenever the selection changes, not on keyboard focus (the gate
-//! does not track focus); drag-and-drop (`start_drag`) is ignored: the drag source gets
-//! `cancelled`, nothing is dragged. Primary selection is not offered at all.
+//! As a compositor does, the gate sends a client the selection only while it has keyboard
+//! focus: immediately before `wl_keyboard.enter`, and on every change while focused (clients
+//! such as wl-paste crash on a selection before focus). Focus is seen by the gate's
+//! `wl_seat`/`wl_keyboard` handlers ([`Seat`], [`Keyboard`]). Drag-and-drop (`start_drag`) is
+//! not supported: the drag source gets `cancelled`, nothing is dragged. Primary selection is
+//! not offered at all.
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -27,7 +29,10 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
-use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
+
+use crate::conn::Conn;
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 
 /// Most MIME types a selection carries (more are ignored).
@@ -405,6 +410,8 @@ struct Inner {
 pub struct DataDev {
     inner: RefCell<Inner>,
     link: Option<Box<dyn Link>>,
+    /// `wl_keyboard`s of this client that have focus.
+    focused: Cell<u32>,
 }
 
 impl DataDev {
@@ -420,7 +427,22 @@ impl DataDev {
                 generation: 0,
             }),
             link,
+            focused: Cell::new(0),
         })
+    }
+
+    /// A `wl_keyboard` of the client got or lost focus. The first one to get it makes the
+    /// client focused: it gets the current selection.
+    pub fn keyboard_focus(self: &Rc<Self>, focused: bool) {
+        let n = self.focused.get();
+        if focused {
+            self.focused.set(n.saturating_add(1));
+            if n == 0 {
+                self.broadcast_local();
+            }
+        } else {
+            self.focused.set(n.saturating_sub(1));
+        }
     }
 
     /// Serves a client's `wl_data_device_manager` (bound from the gate's synthetic global).
@@ -438,9 +460,10 @@ impl DataDev {
         }
     }
 
-    /// Sends the current selection to `device` (a new offer, or null).
+    /// Sends the current selection to `device` (a new offer, or null), if the client has
+    /// keyboard focus.
     fn offer_to(self: &Rc<Self>, device: &Rc<WlDataDevice>) {
-        if device.client().is_none() {
+        if device.client().is_none() || self.focused.get() == 0 {
             return;
         }
         match self.mimes_of_current() {
@@ -607,6 +630,53 @@ impl DataDev {
             }
             Current::None => {}
         }
+    }
+}
+
+/// The gate's `wl_seat` handler: forwards everything, watches keyboards for focus.
+#[derive(Debug)]
+pub struct Seat {
+    conn: Rc<Conn>,
+}
+
+impl Seat {
+    /// A handler telling `conn`'s clipboard about keyboard focus.
+    pub fn new(conn: Rc<Conn>) -> Self {
+        Self { conn }
+    }
+}
+
+impl WlSeatHandler for Seat {
+    fn handle_get_keyboard(&mut self, slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
+        slf.send_get_keyboard(id);
+        id.set_handler(Keyboard {
+            conn: self.conn.clone(),
+        });
+    }
+}
+
+/// The gate's `wl_keyboard` handler: forwards everything; the selection goes out right
+/// before `enter`.
+#[derive(Debug)]
+pub struct Keyboard {
+    conn: Rc<Conn>,
+}
+
+impl WlKeyboardHandler for Keyboard {
+    fn handle_enter(
+        &mut self,
+        slf: &Rc<WlKeyboard>,
+        serial: u32,
+        surface: &Rc<WlSurface>,
+        keys: &[u8],
+    ) {
+        self.conn.keyboard_focus(true);
+        slf.send_enter(serial, surface, keys);
+    }
+
+    fn handle_leave(&mut self, slf: &Rc<WlKeyboard>, serial: u32, surface: &Rc<WlSurface>) {
+        slf.send_leave(serial, surface);
+        self.conn.keyboard_focus(false);
     }
 }
 

@@ -14,6 +14,7 @@ use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
+use wl_proxy::protocols::wayland::wl_seat::WlSeat;
 
 use crate::conn::Conn;
 use crate::datadev::DataDev;
@@ -190,6 +191,11 @@ impl WlRegistryHandler for Registry {
         match global.target {
             Target::Server(server_name) => {
                 slf.send_bind(server_name, id.clone());
+                // The clipboard watches keyboard focus. Installed before the frame's hook so
+                // that the frame may replace it (and then calls Conn::keyboard_focus itself).
+                if let Some(seat) = id.try_downcast::<WlSeat>() {
+                    seat.set_handler(crate::datadev::Seat::new(self.conn.clone()));
+                }
                 frame::on_bind(&self.conn, interface, &id);
             }
             Target::Local => {

@@ -383,15 +383,15 @@ impl Session {
         };
         let gone = Rc::new(Cell::new(false));
         client.set_handler(ClientGone(gone.clone()));
-        let conn = Rc::new(Conn {
-            identity: cfg.identity.clone(),
-            policy: cfg.policy.clone(),
-            limits: cfg.limits,
-            frame: cfg.frame,
-            cut_off: Cell::new(false),
-        });
+        let conn = Rc::new(Conn::new(
+            cfg.identity.clone(),
+            cfg.policy.clone(),
+            cfg.limits,
+            cfg.frame,
+        ));
         let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
         let dd = DataDev::new(link);
+        *conn.datadev.borrow_mut() = Some(dd.clone());
         frame::start(&conn, &state);
         client
             .display()

@@ -39,10 +39,11 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
+use wl_proxy::protocols::wayland::wl_keyboard::WlKeyboard;
 use wl_proxy::protocols::wayland::wl_output::WlOutput;
 use wl_proxy::protocols::wayland::wl_region::WlRegion;
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
-use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 use wl_proxy::state::{State, StateHandler};
 
@@ -66,6 +67,8 @@ struct Ctx {
     flood: usize,
     clients: Cell<u32>,
     extra: RefCell<Vec<Rc<OwnedFd>>>,
+    /// The last surface each client created (keyboard focus goes there).
+    surfaces: RefCell<std::collections::HashMap<u32, Rc<WlSurface>>>,
 }
 
 impl Ctx {
@@ -171,6 +174,7 @@ impl FakeServer {
             flood,
             clients: Cell::new(0),
             extra: RefCell::new(Vec::new()),
+            surfaces: RefCell::default(),
         });
         FakeServer { state, ctx }
     }
@@ -311,6 +315,7 @@ impl WlRegistryHandler for FakeRegistry {
         } else if let Some(d) = downcast::<WlDataDeviceManager>(&id) {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
+            s.set_handler(FakeSeat { ctx, n });
             s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
         } else if let Some(o) = downcast::<WlOutput>(&id) {
             for _ in 0..self.ctx.flood {
@@ -391,11 +396,28 @@ struct FakeCompositorH {
 }
 
 impl WlCompositorHandler for FakeCompositorH {
-    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlSurface>) {
+    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, id: &Rc<WlSurface>) {
         self.ctx.log(format!("c{} create_surface", self.n));
+        self.ctx.surfaces.borrow_mut().insert(self.n, id.clone());
     }
     fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
         self.ctx.log(format!("c{} create_region", self.n));
+    }
+}
+
+/// Gives a new keyboard focus on the client's last surface at once (if it has one).
+struct FakeSeat {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlSeatHandler for FakeSeat {
+    fn handle_get_keyboard(&mut self, _slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
+        self.ctx.log(format!("c{} get_keyboard", self.n));
+        let surface = self.ctx.surfaces.borrow().get(&self.n).cloned();
+        if let Some(surface) = surface {
+            id.send_enter(1, &surface, &[]);
+        }
     }
 }
 
