@@ -597,15 +597,20 @@ pub struct Gate {
 impl Gate {
     /// Starts `exe` with `args` (plus `--listen`), waits (bounded) for "listening on".
     pub fn start(exe: &Path, listen: &Path, args: &[&str]) -> Result<Gate, String> {
-        let mut child = Command::new(exe)
-            .arg("--listen")
-            .arg(listen)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.arg("--listen").arg(listen).args(args);
+        Self::start_command(cmd, listen)
+    }
+
+    /// Starts a prepared command (e.g. the gate under `setpriv`) that listens on `listen`,
+    /// waits (bounded) for "listening on".
+    pub fn start_command(mut cmd: Command, listen: &Path) -> Result<Gate, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+            .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
