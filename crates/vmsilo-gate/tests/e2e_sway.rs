@@ -7,31 +7,14 @@
 //! to `nobody`) and the sway, foot, wl-clipboard and wtype packages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vmsilo_gate::testing::{Gate, TempDir};
+use vmsilo_gate::testing::{Gate, Killed, TempDir, wait_until};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
-const WAIT: Duration = Duration::from_secs(30);
+use vmsilo_gate::testing::TIMEOUT as WAIT;
 const NOBODY: &str = "65534";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// `prog args…` as nobody with `XDG_RUNTIME_DIR=rt` (and `WAYLAND_DISPLAY=display` if given).
 fn as_nobody(rt: &Path, display: Option<&Path>, prog: &str, args: &[&str]) -> Command {
