@@ -1,9 +1,8 @@
 //! The per-connection context: what every handler of one guest client needs to know.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::datadev::DataDev;
 use crate::identity::Identity;
 use crate::policy::Policy;
 
@@ -30,6 +29,7 @@ impl Default for Limits {
 }
 
 /// Shared, read-mostly state of one proxied guest client.
+#[derive(Debug)]
 pub struct Conn {
     /// Who the client is (from the host configuration, never from the guest).
     pub identity: Rc<Identity>,
@@ -41,24 +41,10 @@ pub struct Conn {
     pub frame: bool,
     /// Set once the client has been cut off (a protocol error was sent).
     pub cut_off: Cell<bool>,
-    /// The client's clipboard service, told about keyboard focus (see
-    /// [`Conn::keyboard_focus`]).
-    pub datadev: RefCell<Option<Rc<DataDev>>>,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("identity", &self.identity)
-            .field("limits", &self.limits)
-            .field("frame", &self.frame)
-            .field("cut_off", &self.cut_off)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Conn {
-    /// A context for one client (not cut off, no clipboard service yet).
+    /// A context for one client (not cut off).
     pub fn new(identity: Rc<Identity>, policy: Rc<Policy>, limits: Limits, frame: bool) -> Self {
         Self {
             identity,
@@ -66,18 +52,6 @@ impl Conn {
             limits,
             frame,
             cut_off: Cell::new(false),
-            datadev: RefCell::new(None),
-        }
-    }
-
-    /// Tells the clipboard that a `wl_keyboard` of this client got (`true`) or lost keyboard
-    /// focus. Call it for `enter` *before* forwarding the event (the selection is sent
-    /// immediately before focus), for `leave` after. The gate's own `wl_keyboard` handler
-    /// ([`crate::datadev::Keyboard`]) does this; a handler that replaces it must too.
-    pub fn keyboard_focus(&self, focused: bool) {
-        let dd = self.datadev.borrow().clone();
-        if let Some(dd) = dd {
-            dd.keyboard_focus(focused);
         }
     }
 }

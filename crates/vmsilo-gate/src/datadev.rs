@@ -12,7 +12,9 @@
 //! As a compositor does, the gate sends a client the selection only while it has keyboard
 //! focus: immediately before `wl_keyboard.enter`, and on every change while focused (clients
 //! such as wl-paste crash on a selection before focus). Focus is seen by the gate's
-//! `wl_seat`/`wl_keyboard` handlers ([`Seat`], [`Keyboard`]). Drag-and-drop (`start_drag`) is
+//! `wl_seat`/`wl_keyboard` handlers ([`Seat`], [`Keyboard`]) or, where the frame installs its
+//! own, by the frame calling [`track_keyboard_focus`] and [`keyboard_focus`]. Until someone
+//! tracks focus, the client is treated as focused (the selection goes out on every change). Drag-and-drop (`start_drag`) is
 //! not supported: the drag source gets `cancelled`, nothing is dragged. Primary selection is
 //! not offered at all.
 #![forbid(unsafe_code)]
@@ -32,7 +34,6 @@ use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHan
 use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
 use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
 
-use crate::conn::Conn;
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 
 /// Most MIME types a selection carries (more are ignored).
@@ -412,6 +413,40 @@ pub struct DataDev {
     link: Option<Box<dyn Link>>,
     /// `wl_keyboard`s of this client that have focus.
     focused: Cell<u32>,
+    /// Whether keyboard focus is tracked (else the client counts as focused).
+    tracking: Cell<bool>,
+}
+
+thread_local! {
+    /// The clipboard of the client this process serves (one client per process), for the
+    /// wl_keyboard handlers that report focus.
+    static FOCUS_SINK: RefCell<std::rc::Weak<DataDev>> = const { RefCell::new(std::rc::Weak::new()) };
+}
+
+/// Makes `dd` the clipboard that [`keyboard_focus`] and [`track_keyboard_focus`] report to.
+pub fn set_focus_sink(dd: &Rc<DataDev>) {
+    FOCUS_SINK.with(|s| *s.borrow_mut() = Rc::downgrade(dd));
+}
+
+fn focus_sink() -> Option<Rc<DataDev>> {
+    FOCUS_SINK.with(|s| s.borrow().upgrade())
+}
+
+/// A `wl_keyboard` of the client got (`true`) or lost keyboard focus. Call it for `enter`
+/// *before* forwarding the event (the selection is sent immediately before focus), for
+/// `leave` after. For `wl_keyboard` handlers that replace the gate's [`Keyboard`].
+pub fn keyboard_focus(focused: bool) {
+    if let Some(dd) = focus_sink() {
+        dd.keyboard_focus(focused);
+    }
+}
+
+/// From now on the client gets the selection only with keyboard focus: call it when
+/// installing a `wl_keyboard` handler that calls [`keyboard_focus`] (the gate's [`Seat`] does).
+pub fn track_keyboard_focus() {
+    if let Some(dd) = focus_sink() {
+        dd.tracking.set(true);
+    }
 }
 
 impl DataDev {
@@ -428,12 +463,19 @@ impl DataDev {
             }),
             link,
             focused: Cell::new(0),
+            tracking: Cell::new(false),
         })
+    }
+
+    /// From now on the client gets the selection only with keyboard focus.
+    pub fn track_focus(&self) {
+        self.tracking.set(true);
     }
 
     /// A `wl_keyboard` of the client got or lost focus. The first one to get it makes the
     /// client focused: it gets the current selection.
     pub fn keyboard_focus(self: &Rc<Self>, focused: bool) {
+        self.tracking.set(true);
         let n = self.focused.get();
         if focused {
             self.focused.set(n.saturating_add(1));
@@ -463,7 +505,7 @@ impl DataDev {
     /// Sends the current selection to `device` (a new offer, or null), if the client has
     /// keyboard focus.
     fn offer_to(self: &Rc<Self>, device: &Rc<WlDataDevice>) {
-        if device.client().is_none() || self.focused.get() == 0 {
+        if device.client().is_none() || (self.tracking.get() && self.focused.get() == 0) {
             return;
         }
         match self.mimes_of_current() {
@@ -636,13 +678,13 @@ impl DataDev {
 /// The gate's `wl_seat` handler: forwards everything, watches keyboards for focus.
 #[derive(Debug)]
 pub struct Seat {
-    conn: Rc<Conn>,
+    dd: Rc<DataDev>,
 }
 
 impl Seat {
-    /// A handler telling `conn`'s clipboard about keyboard focus.
-    pub fn new(conn: Rc<Conn>) -> Self {
-        Self { conn }
+    /// A handler telling `dd` about keyboard focus.
+    pub fn new(dd: Rc<DataDev>) -> Self {
+        Self { dd }
     }
 }
 
@@ -650,7 +692,7 @@ impl WlSeatHandler for Seat {
     fn handle_get_keyboard(&mut self, slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
         slf.send_get_keyboard(id);
         id.set_handler(Keyboard {
-            conn: self.conn.clone(),
+            dd: self.dd.clone(),
         });
     }
 }
@@ -659,7 +701,7 @@ impl WlSeatHandler for Seat {
 /// before `enter`.
 #[derive(Debug)]
 pub struct Keyboard {
-    conn: Rc<Conn>,
+    dd: Rc<DataDev>,
 }
 
 impl WlKeyboardHandler for Keyboard {
@@ -670,13 +712,13 @@ impl WlKeyboardHandler for Keyboard {
         surface: &Rc<WlSurface>,
         keys: &[u8],
     ) {
-        self.conn.keyboard_focus(true);
+        self.dd.keyboard_focus(true);
         slf.send_enter(serial, surface, keys);
     }
 
     fn handle_leave(&mut self, slf: &Rc<WlKeyboard>, serial: u32, surface: &Rc<WlSurface>) {
         slf.send_leave(serial, surface);
-        self.conn.keyboard_focus(false);
+        self.dd.keyboard_focus(false);
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils};
+use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils, ObjectUtils};
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
@@ -192,11 +192,18 @@ impl WlRegistryHandler for Registry {
             Target::Server(server_name) => {
                 slf.send_bind(server_name, id.clone());
                 // The clipboard watches keyboard focus. Installed before the frame's hook so
-                // that the frame may replace it (and then calls Conn::keyboard_focus itself).
-                if let Some(seat) = id.try_downcast::<WlSeat>() {
-                    seat.set_handler(crate::datadev::Seat::new(self.conn.clone()));
+                // that the frame may replace it (and then reports focus itself through
+                // datadev::track_keyboard_focus and datadev::keyboard_focus).
+                let seat = id.try_downcast::<WlSeat>();
+                if let Some(seat) = &seat {
+                    seat.set_handler(crate::datadev::Seat::new(self.datadev.clone()));
                 }
                 frame::on_bind(&self.conn, interface, &id);
+                if let Some(seat) = &seat
+                    && seat.try_get_handler_ref::<crate::datadev::Seat>().is_ok()
+                {
+                    self.datadev.track_focus();
+                }
             }
             Target::Local => {
                 if let Some(manager) = id.try_downcast::<WlDataDeviceManager>() {

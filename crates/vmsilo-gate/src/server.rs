@@ -391,7 +391,7 @@ impl Session {
         ));
         let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
         let dd = DataDev::new(link);
-        *conn.datadev.borrow_mut() = Some(dd.clone());
+        crate::datadev::set_focus_sink(&dd);
         frame::start(&conn, &state);
         client
             .display()
