@@ -13,8 +13,8 @@
 //! focus: immediately before `wl_keyboard.enter`, and on every change while focused (clients
 //! such as wl-paste crash on a selection before focus). Focus is seen by the gate's
 //! `wl_seat`/`wl_keyboard` handlers ([`Seat`], [`Keyboard`]) or, where the frame installs its
-//! own, by the frame calling [`track_keyboard_focus`] and [`keyboard_focus`]. Until someone
-//! tracks focus, the client is treated as focused (the selection goes out on every change). Drag-and-drop (`start_drag`) is
+//! own, by the frame calling [`keyboard_focus`]. Focus is tracked from the client's first
+//! `wl_seat` bind on; a client without a seat counts as focused (it could not get focus). Drag-and-drop (`start_drag`) is
 //! not supported: the drag source gets `cancelled`, nothing is dragged. Primary selection is
 //! not offered at all.
 #![forbid(unsafe_code)]
@@ -441,8 +441,8 @@ pub fn keyboard_focus(focused: bool) {
     }
 }
 
-/// From now on the client gets the selection only with keyboard focus: call it when
-/// installing a `wl_keyboard` handler that calls [`keyboard_focus`] (the gate's [`Seat`] does).
+/// From now on the client gets the selection only with keyboard focus (the registry turns it
+/// on when the client binds a `wl_seat`).
 pub fn track_keyboard_focus() {
     if let Some(dd) = focus_sink() {
         dd.tracking.set(true);

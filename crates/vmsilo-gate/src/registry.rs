@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils, ObjectUtils};
+use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils};
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
@@ -191,19 +191,15 @@ impl WlRegistryHandler for Registry {
         match global.target {
             Target::Server(server_name) => {
                 slf.send_bind(server_name, id.clone());
-                // The clipboard watches keyboard focus. Installed before the frame's hook so
-                // that the frame may replace it (and then reports focus itself through
-                // datadev::track_keyboard_focus and datadev::keyboard_focus).
-                let seat = id.try_downcast::<WlSeat>();
-                if let Some(seat) = &seat {
+                // The clipboard follows keyboard focus: from the first wl_seat on, the client
+                // gets the selection only while focused. The gate's seat handler reports
+                // focus; it is installed before the frame's hook, which may replace it and then
+                // reports focus itself (datadev::keyboard_focus from its wl_keyboard handler).
+                if let Some(seat) = id.try_downcast::<WlSeat>() {
                     seat.set_handler(crate::datadev::Seat::new(self.datadev.clone()));
-                }
-                frame::on_bind(&self.conn, interface, &id);
-                if let Some(seat) = &seat
-                    && seat.try_get_handler_ref::<crate::datadev::Seat>().is_ok()
-                {
                     self.datadev.track_focus();
                 }
+                frame::on_bind(&self.conn, interface, &id);
             }
             Target::Local => {
                 if let Some(manager) = id.try_downcast::<WlDataDeviceManager>() {
