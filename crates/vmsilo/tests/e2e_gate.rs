@@ -443,6 +443,13 @@ fn test_e2e_gate_window_from_a_qemu_guest_and_killing_the_gate_ends_its_graphics
         || env.log().contains("the VM's windows are gone"),
         context,
     );
+    // No guest stream reaches the host's waypipe any more: its vsock path is gone.
+    let link = env.dir.path().join(format!("run/{VM}-vsock.socket_6000"));
+    wait_until(
+        "the waypipe vsock path is removed",
+        || link.symlink_metadata().is_err(),
+        context,
+    );
     let titles_after_kill = titles(&proto).len();
 
     // 3. A new GUI command gets no window (it ends, and no title reaches weston); the VM still
