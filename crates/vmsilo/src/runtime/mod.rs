@@ -723,14 +723,15 @@ impl Runtime {
         for b in &backends {
             let (uid, gid) = (self.o.plan.user.uid, self.o.plan.user.gid);
             let writable = b.sandbox.as_ref().map(|s| PathBuf::from(&s.writable_dir));
-            let who = match (b.run_as, &writable) {
-                (RunAs::Root, _) => Identity::Inherit,
-                (RunAs::User, None) => Identity::User { uid, gid },
-                (RunAs::User, Some(w)) => Identity::Confined {
+            let who = match (b.run_as, &writable, &b.sandbox) {
+                (RunAs::Root, _, _) => Identity::Inherit,
+                (RunAs::User, Some(w), Some(s)) => Identity::Confined {
                     uid,
                     gid,
                     writable: w,
+                    hidden: &s.hidden,
                 },
+                (RunAs::User, _, _) => Identity::User { uid, gid },
             };
             let proc = procs::spawn(&b.kind, &b.argv, &b.env, who).map_err(|m| self.fail(m))?;
             self.backends.push(proc);
