@@ -9,7 +9,7 @@ pub struct BenchArgs {
     /// The benchmark to run, or `list`.
     pub name: String,
     /// Extra arguments for the benchmark.
-    #[arg(trailing_var_arg = true)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
@@ -21,6 +21,11 @@ const BENCHES: &[(&str, &str, BenchFn)] = &[
         "balloond",
         "memory balancer: policy simulator vs baselines, daemon RSS and CPU per tick",
         crate::bench_balloond::run,
+    ),
+    (
+        "gate",
+        "vmsilo-gate: fps and frame round trip of a shm client vs direct, RSS per VM",
+        crate::bench_gate::run,
     ),
     (
         "guest-agent",

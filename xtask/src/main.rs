@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_balloond;
+mod bench_gate;
 mod bench_guest_agent;
 mod bench_vm_run;
 mod bench_vm_switch;

@@ -50,16 +50,20 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "weston",
-        "headless compositor, weston-debug, weston-screenshooter and weston-simple-shm for the \
-         gate's e2e tests",
+        "headless compositor, screenshooter and protocol trace for the display tests",
+    ),
+    (
+        "sway",
+        "headless compositor run as a non-root user in the display tests",
+    ),
+    ("grim", "screenshots of sway in the display tests"),
+    (
+        "wayland-utils",
+        "wayland-info lists a compositor's globals in tests",
     ),
     (
         "waypipe",
         "QEMU VMs' windows travel through waypipe (host client, and in the test guest)",
-    ),
-    (
-        "wayland-utils",
-        "wayland-info, a Wayland client for the guest agent's waypipe tests",
     ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
@@ -67,6 +71,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "nix-bin",
         "nix-instantiate checks the NixOS module and flake",
+    ),
+    (
+        "wtype",
+        "a virtual keyboard on sway, so the vmsilo-gate focus test has a keyboard",
     ),
 ];
 

@@ -23,6 +23,8 @@
 //! - [`hub`] (feature `hub`, on by default): a minimal vhost-user-net backend that forwards
 //!   every frame from one port to all others (an L2 hub), for tests that need two guests on
 //!   one network before vm-switch exists.
+//! - [`wayland`]: headless weston (root) and sway (a non-root test user), screenshots decoded
+//!   into pixels to count, and weston's protocol trace.
 //! - [`workspace_binary`] and [`agent_binary`]: build another workspace crate's binary with a
 //!   nested cargo (own target directory, so it never waits on the lock of the running
 //!   `cargo test`).
@@ -76,6 +78,7 @@ pub mod qemu;
 pub mod qmp;
 mod scratch;
 mod tools;
+pub mod wayland;
 
 pub use image::{GuestImage, ImageSpec};
 pub use qemu::{BalloonOptions, Guest, Output, QemuBuilder};
@@ -147,6 +150,10 @@ pub enum Error {
     /// A vhost-user backend started by the test kit failed.
     #[error("vhost-user backend: {0}")]
     Backend(String),
+    /// A compositor, screenshot or protocol trace of [`wayland`] failed; the text quotes the
+    /// end of the compositor's log.
+    #[error("{0}")]
+    Wayland(String),
     /// Invalid input to the test kit (a bad name, a too long command, ...).
     #[error("{0}")]
     Usage(String),
