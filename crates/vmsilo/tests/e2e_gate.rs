@@ -8,8 +8,9 @@
 //! The VM is started by socket activation and `vm-service` as in `e2e_vm_run.rs`, with the
 //! configured user uid 65534 (the gate and waypipe run as that user, confined). The oracles
 //! are weston's own: `weston-debug proto` (every request weston receives; the guest client's
-//! `xdg_toplevel.set_title` must arrive) and `weston-screenshooter` (the screen must change
-//! where the window appears). Then the gate is killed: the guest's client loses its display
+//! `xdg_toplevel.set_title` must arrive, prefixed `[shop] ` by the gate) and
+//! `weston-screenshooter` (the screen must change where the window appears, and show the
+//! gate's frame in the VM's colour). Then the gate is killed: the guest's client loses its display
 //! (its `vm-run` ends), a new GUI command gets no window (no new `set_title` reaches weston),
 //! while the VM itself keeps running commands.
 
@@ -48,12 +49,8 @@ fn tools_missing() -> Option<&'static str> {
 
 /// The real vmsilo-gate, copied where uid 65534 can run it.
 fn gate_binary(bin: &Path) -> PathBuf {
-    // TEMPORARY(gate-int): stand-in while the gate is not merged; removed before the end.
-    let built = match std::env::var_os("VMSILO_E2E_GATE") {
-        Some(p) => PathBuf::from(p),
-        None => vmsilo_testkit::workspace_binary("vmsilo-gate", "vmsilo-gate")
-            .expect("build vmsilo-gate"),
-    };
+    let built =
+        vmsilo_testkit::workspace_binary("vmsilo-gate", "vmsilo-gate").expect("build vmsilo-gate");
     let dest = bin.join("vmsilo-gate");
     std::fs::copy(&built, &dest).expect("copy vmsilo-gate");
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -383,18 +380,18 @@ fn test_e2e_gate_window_from_a_qemu_guest_and_killing_the_gate_ends_its_graphics
             env.file("weston.log")
         )
     };
+    // The gate prefixes the title with the VM's name (on its frame's toplevel).
+    let prefixed = format!("set_title(\"[{VM}] simple-shm\")");
     wait_until(
         "the guest's set_title reaches weston",
-        || !titles(&proto).is_empty(),
+        || titles(&proto).iter().any(|t| t.contains(&prefixed)),
         context,
     );
-    let first = titles(&proto);
     eprintln!(
-        "window after {:.1} s: {}",
+        "window after {:.1} s: {:?}",
         started.elapsed().as_secs_f64(),
-        first[0]
+        titles(&proto)
     );
-    assert!(first[0].contains("simple-shm"), "{first:?}");
     assert!(
         shm.try_wait().expect("vm-run").is_none(),
         "the client ended early\n{}",
@@ -405,16 +402,21 @@ fn test_e2e_gate_window_from_a_qemu_guest_and_killing_the_gate_ends_its_graphics
         "the window shows in a screenshot",
         || {
             changed = weston.screenshot(&shot).differing_pixels(&before);
-            // weston-simple-shm's window is 250x250.
+            // weston-simple-shm's window is 250x250, and the gate frames it.
             changed > 10_000
         },
         context,
     );
-    eprintln!("screenshot: {changed} pixels changed by the guest's window");
+    let frame = weston.screenshot(&shot).count_rgb([0x34, 0x98, 0xdb]);
+    eprintln!(
+        "screenshot: {changed} pixels changed by the guest's window, {frame} in the VM's colour"
+    );
     assert!(
         changed < 150_000,
         "more than a window changed: {changed} pixels"
     );
+    // The gate's frame in the VM's colour (#3498db) around it.
+    assert!(frame > 1_000, "{frame} pixels of the VM's colour");
     let log = env.log();
     assert!(log.contains("vmsilo-gate"), "{log}");
 
