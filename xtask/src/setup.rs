@@ -58,6 +58,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("grim", "screenshots of sway in the display tests"),
     (
+        "waypipe",
+        "carries QEMU guests' Wayland streams to the gate; the display tests' guests run it",
+    ),
+    (
         "wayland-utils",
         "wayland-info lists a compositor's globals in tests",
     ),

@@ -73,32 +73,14 @@ impl Env {
 
     /// The activator, as `vmsilo-e2e.socket` would be.
     fn activator(&self) -> Guard {
-        let d = self.dir.str();
-        let socket = format!("{d}/run/e2e-command.socket");
-        let path = format!(
-            "{}:{}/.cargo/bin",
-            std::env::var("PATH").unwrap_or_default(),
-            std::env::var("HOME").unwrap_or_default()
-        );
-        let child = common::command(Path::new("systemd-socket-activate"))
-            .arg(format!("--listen={socket}"))
-            .arg(format!("--setenv=PATH={path}"))
-            .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={d}/no-systemd"))
-            .arg(common::vmsilo_bin())
-            .args(["--config", self.cfg.to_str().expect("utf-8")])
-            .args(["command-service", "e2e"])
-            .args(["--run-dir", &format!("{d}/run")])
-            .args(["--vm-switch-dir", &format!("{d}/vs")])
-            .args(["--state-dir", &format!("{d}/state")])
-            .args(["--uid", "0", "--gid", "0", "--agent-timeout", "120s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("service.log")).expect("log"))
-            .spawn()
-            .expect("systemd-socket-activate");
-        let guard = Guard(Some(child));
-        common::wait_path(Path::new(&socket), Duration::from_secs(60));
-        guard
+        let extra = ["--uid", "0", "--gid", "0", "--agent-timeout", "120s"].map(String::from);
+        common::command_activator(
+            self.dir.str(),
+            &self.cfg,
+            "e2e",
+            &extra,
+            &self.dir.path().join("service.log"),
+        )
     }
 
     fn vm_run(&self, args: &[&str]) -> Command {

@@ -125,6 +125,38 @@ pub fn agent_image() -> vmsilo_testkit::GuestImage {
         .expect("guest image")
 }
 
+/// `systemd-socket-activate` on `<dir>/run/<vm>-command.socket` running `vmsilo --config
+/// <cfg> command-service <vm>` with the run, vm-switch and state directories under `dir`, the
+/// caller's `PATH` plus `~/.cargo/bin`, no systemd, and `extra` arguments; its stderr goes to
+/// `log`. This is what the generated `vmsilo-<vm>.socket` does. Returns once the socket exists.
+pub fn command_activator(dir: &str, cfg: &Path, vm: &str, extra: &[String], log: &Path) -> Guard {
+    let socket = format!("{dir}/run/{vm}-command.socket");
+    let path = format!(
+        "{}:{}/.cargo/bin",
+        std::env::var("PATH").unwrap_or_default(),
+        std::env::var("HOME").unwrap_or_default()
+    );
+    let child = command(Path::new("systemd-socket-activate"))
+        .arg(format!("--listen={socket}"))
+        .arg(format!("--setenv=PATH={path}"))
+        .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={dir}/no-systemd"))
+        .arg(vmsilo_bin())
+        .args(["--config", cfg.to_str().expect("utf-8")])
+        .args(["command-service", vm])
+        .args(["--run-dir", &format!("{dir}/run")])
+        .args(["--vm-switch-dir", &format!("{dir}/vs")])
+        .args(["--state-dir", &format!("{dir}/state")])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate");
+    let guard = Guard(Some(child));
+    wait_path(Path::new(&socket), Duration::from_secs(60));
+    guard
+}
+
 /// Kills the child when dropped.
 pub struct Guard(pub Option<Child>);
 
