@@ -494,6 +494,11 @@ impl Weston {
         })
     }
 
+    /// weston's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     /// Starts `weston-debug proto`, writing weston's protocol trace to a file.
     pub fn proto_trace(&self) -> Result<ProtoTrace> {
         let tool = find_tool("weston-debug")?;

@@ -183,7 +183,16 @@ rootOverlay = {{ type = "tmpfs" }}
             "--agent-timeout".into(),
             AGENT_TIMEOUT.into(),
         ];
-        common::command_activator(self.d(), &self.cfg, vm, &extra, &self.log_path(vm))
+        // vm-service starts vmsilo-gate from PATH: the one built from this workspace.
+        let gate = workspace_binary("vmsilo-gate", "vmsilo-gate").expect("vmsilo-gate");
+        common::command_activator(
+            self.d(),
+            &self.cfg,
+            vm,
+            &extra,
+            gate.parent(),
+            &self.log_path(vm),
+        )
     }
 
     /// `vm-run -w <vm> vmsilo-test-client ARGS`, reading its output as it comes.

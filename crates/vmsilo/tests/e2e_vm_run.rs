@@ -79,6 +79,7 @@ impl Env {
             &self.cfg,
             "e2e",
             &extra,
+            None,
             &self.dir.path().join("service.log"),
         )
     }

@@ -127,15 +127,26 @@ pub fn agent_image() -> vmsilo_testkit::GuestImage {
 
 /// `systemd-socket-activate` on `<dir>/run/<vm>-command.socket` running `vmsilo --config
 /// <cfg> command-service <vm>` with the run, vm-switch and state directories under `dir`, the
-/// caller's `PATH` plus `~/.cargo/bin`, no systemd, and `extra` arguments; its stderr goes to
-/// `log`. This is what the generated `vmsilo-<vm>.socket` does. Returns once the socket exists.
-pub fn command_activator(dir: &str, cfg: &Path, vm: &str, extra: &[String], log: &Path) -> Guard {
+/// caller's `PATH` plus `~/.cargo/bin` (after `bin_dir`, when given: where vm-service finds
+/// programs built for the test), no systemd, and `extra` arguments; its stderr goes to `log`.
+/// This is what the generated `vmsilo-<vm>.socket` does. Returns once the socket exists.
+pub fn command_activator(
+    dir: &str,
+    cfg: &Path,
+    vm: &str,
+    extra: &[String],
+    bin_dir: Option<&Path>,
+    log: &Path,
+) -> Guard {
     let socket = format!("{dir}/run/{vm}-command.socket");
-    let path = format!(
+    let mut path = format!(
         "{}:{}/.cargo/bin",
         std::env::var("PATH").unwrap_or_default(),
         std::env::var("HOME").unwrap_or_default()
     );
+    if let Some(b) = bin_dir {
+        path = format!("{}:{path}", b.display());
+    }
     let child = command(Path::new("systemd-socket-activate"))
         .arg(format!("--listen={socket}"))
         .arg(format!("--setenv=PATH={path}"))
