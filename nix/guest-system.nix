@@ -19,6 +19,8 @@ let
           autoShutdown = vm.autoShutdown;
           sound = vm.sound != false;
           gpu = vm.gpu != false;
+          # QEMU VMs show windows through waypipe over vsock instead of a virtual GPU.
+          waypipe = vm.gpu != false && (vm.vmm or "crosvm") == "qemu";
           sharedDirectories = map (d: if d.tag != null then d.tag else d.id) vm.sharedDirectories;
         };
         environment.systemPackages = vm.guestPrograms;

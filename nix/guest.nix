@@ -58,7 +58,8 @@ in
     sharedHome = mkOption { type = types.bool; default = true; description = "Mount the shared home (virtiofs tag `home`) at /home/user."; };
     sharedDirectories = mkOption { type = types.listOf types.str; default = [ ]; description = "Tags of extra shared directories, mounted at /mnt/<tag>."; };
     sound = mkOption { type = types.bool; default = true; description = "Whether the VM has a sound device."; };
-    gpu = mkOption { type = types.bool; default = true; description = "Whether the VM has a GPU (and so a Wayland proxy)."; };
+    gpu = mkOption { type = types.bool; default = true; description = "Whether the VM shows windows (a GPU and a Wayland proxy, or waypipe)."; };
+    waypipe = mkOption { type = types.bool; default = false; description = "Windows through waypipe over vsock (QEMU VMs) instead of the GPU's cross-domain proxy: the agent runs each command under `waypipe server` (it reads `vmsilo.waypipe=<port>` from the kernel command line)."; };
     autoShutdown = mkOption { type = types.attrs; default = { enable = false; after = 60; }; description = "The VM's autoShutdown options."; };
     network = mkOption { type = types.attrs; default = { nameservers = [ ]; interfaces = { }; }; description = "The VM's network options."; };
   };
@@ -71,7 +72,9 @@ in
     boot.loader.grub.enable = false;
     boot.initrd.availableKernelModules = [ "virtio_pci" "virtio_blk" "virtio_net" "virtio_console" "virtio_balloon" "virtiofs" "ext4" "overlay" ];
     boot.initrd.kernelModules = [ "virtio_pci" "virtio_blk" "ext4" "overlay" ];
-    boot.kernelModules = [ "vmw_vsock_virtio_transport" ] ++ lib.optional g.sound "snd_virtio" ++ lib.optional g.gpu "virtio_gpu";
+    boot.kernelModules = [ "vmw_vsock_virtio_transport" ] ++ lib.optional g.sound "snd_virtio" ++ lib.optional (g.gpu && !g.waypipe) "virtio_gpu";
+    # The agent wraps every command in `waypipe server` (found on PATH).
+    environment.systemPackages = lib.optional g.waypipe pkgs.waypipe;
     boot.kernelParams = [ "console=ttyS0" ];
 
     fileSystems = lib.mkMerge [
@@ -144,7 +147,7 @@ in
     environment.variables.VMSILO_VM = g.vmName;
     environment.variables.VMSILO_COLOR = g.color;
 
-    systemd.user.services.vmsilo-session-setup = mkIf g.gpu {
+    systemd.user.services.vmsilo-session-setup = mkIf (g.gpu && !g.waypipe) {
       description = "vmsilo session: Wayland proxy and graphical-session.target";
       wantedBy = [ "default.target" ];
       serviceConfig = {
@@ -166,7 +169,8 @@ in
       wants = [ "graphical-session-pre.target" ];
       after = [ "graphical-session-pre.target" ];
     };
-    environment.sessionVariables = mkIf g.gpu {
+    # Under waypipe the agent gives each command its own WAYLAND_DISPLAY.
+    environment.sessionVariables = mkIf (g.gpu && !g.waypipe) {
       WAYLAND_DISPLAY = "wayland-1";
       XDG_SESSION_TYPE = "wayland";
       QT_QPA_PLATFORM = "wayland";
@@ -174,7 +178,7 @@ in
     };
 
     hardware.pulseaudio.enable = g.sound;
-    hardware.opengl.enable = g.gpu;
+    hardware.opengl.enable = g.gpu && !g.waypipe;
 
     # ---- the guest agent ------------------------------------------------------------------
     systemd.sockets.vmsilo-guest = {

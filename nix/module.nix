@@ -221,7 +221,37 @@ let
       gpu = mkOption {
         type = types.either types.bool kvTable;
         default = true;
-        description = "GPU: false = disabled, true = `context-types=cross-domain:virgl2`, attrset = custom crosvm `--gpu` options.";
+        description = ''
+          GPU and windows: false = disabled, true = `context-types=cross-domain:virgl2`, attrset =
+          custom crosvm `--gpu` options. Either way the VM's windows reach the desktop through its
+          own vmsilo-gate, never straight to the compositor. QEMU VMs (`vmm = "qemu"`) take only
+          true: their windows travel through waypipe over vsock (waypipe is installed in the
+          guest).
+        '';
+      };
+      gate = {
+        frame = mkOption {
+          type = types.bool;
+          default = true;
+          description = "Whether vmsilo-gate draws a frame in the VM's `color`, with a label naming the VM, around each of its windows.";
+        };
+        allowGlobals = mkOption {
+          type = types.listOf (types.strMatching "[a-z0-9_]+");
+          default = [ ];
+          example = [ "wp_fractional_scale_manager_v1" ];
+          description = ''
+            Wayland globals (interface names) vmsilo-gate offers this VM on top of its allowlist
+            (`vmsilo-gate --print-policy` shows it). The gate refuses high-risk globals (screen
+            capture, virtual input, layer shell, session lock, foreign toplevel, data control,
+            security context) whatever this says: the VM then does not start.
+          '';
+        };
+        denyGlobals = mkOption {
+          type = types.listOf (types.strMatching "[a-z0-9_]+");
+          default = [ ];
+          example = [ "wp_presentation" ];
+          description = "Wayland globals of the gate's allowlist hidden from this VM.";
+        };
       };
       sound = mkOption {
         type = types.either types.bool kvTable;
@@ -591,14 +621,15 @@ in
 
     runtimePackages = mkOption {
       type = types.listOf types.package;
-      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd ]
+      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd pkgs.waypipe ]
         ++ lib.optional (pkgs ? vhost-device-vsock) pkgs.vhost-device-vsock
         ++ lib.optional (pkgs ? vhost-device-sound) pkgs.vhost-device-sound;
-      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd ] (+ vhost-device-vsock, vhost-device-sound where nixpkgs has them)";
+      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd waypipe ] (+ vhost-device-vsock, vhost-device-sound where nixpkgs has them)";
       description = ''
-        Programs on the PATH of the VM services: the VMMs, qemu-img, and the vhost-user backends
-        the launch plans start (virtiofsd, vhost-device-vsock for QEMU VMs, vhost-device-sound for
-        crosvm VMs with sound). Add your own builds of backends nixpkgs lacks here.
+        Programs on the PATH of the VM services: the VMMs, qemu-img, and the backends the launch
+        plans start (virtiofsd, vhost-device-vsock and waypipe for QEMU VMs, vhost-device-sound
+        for crosvm VMs with sound). vmsilo-gate comes from `package` and is always on that PATH.
+        Add your own builds of backends nixpkgs lacks here.
       '';
     };
 
@@ -766,7 +797,8 @@ in
       (vm: [
         (lib.nameValuePair "vmsilo-${vm.name}-vm" {
           overrideStrategy = "asDropin";
-          path = cfg.runtimePackages;
+          # vmsilo-gate (every VM with `gpu`) is in the vmsilo package.
+          path = cfg.runtimePackages ++ [ vmsilo ];
         })
         (lib.nameValuePair "vmsilo-${vm.name}-command" {
           overrideStrategy = "asDropin";

@@ -32,6 +32,7 @@ rustPlatform.buildRustPackage {
     "--package" "vmsilo-guest"
     "--package" "vm-switch"
     "--package" "vmsilo-balloond"
+    "--package" "vmsilo-gate"
   ];
   # The unit and component tiers run in the sandbox; the e2e tier needs QEMU guests and is
   # run by `cargo xtask ci`, not here.

@@ -58,12 +58,12 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("grim", "screenshots of sway in the display tests"),
     (
-        "waypipe",
-        "carries QEMU guests' Wayland streams to the gate; the display tests' guests run it",
-    ),
-    (
         "wayland-utils",
         "wayland-info lists a compositor's globals in tests",
+    ),
+    (
+        "waypipe",
+        "QEMU VMs' windows travel through waypipe (host client, and in the test guest)",
     ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
@@ -71,6 +71,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     (
         "nix-bin",
         "nix-instantiate checks the NixOS module and flake",
+    ),
+    (
+        "wtype",
+        "a virtual keyboard on sway, so the vmsilo-gate focus test has a keyboard",
     ),
 ];
 

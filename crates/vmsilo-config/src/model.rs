@@ -492,6 +492,8 @@ pub struct Vm {
     pub kernel_params: Vec<String>,
     /// Virtual GPU (true).
     pub gpu: Gpu,
+    /// The VM's vmsilo-gate (its Wayland proxy on the host), when `gpu` is on.
+    pub gate: Gate,
     /// Sound (true).
     pub sound: Sound,
     /// Shared directories ([]).
@@ -647,6 +649,29 @@ impl Serialize for Gpu {
         match (&self.options, self.enabled) {
             (Some(o), true) => o.serialize(s),
             (_, enabled) => s.serialize_bool(enabled),
+        }
+    }
+}
+
+/// `gate`: how the VM's vmsilo-gate (the Wayland proxy between the VM and the compositor)
+/// treats it. Only used when `gpu` is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gate {
+    /// Draw the frame in the VM's colour around its windows (true).
+    pub frame: bool,
+    /// Globals to offer on top of the gate's allowlist (`--allow`), by interface name ([]).
+    pub allow_globals: Vec<String>,
+    /// Globals of the gate's allowlist to hide (`--deny`), by interface name ([]).
+    pub deny_globals: Vec<String>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            frame: true,
+            allow_globals: Vec::new(),
+            deny_globals: Vec::new(),
         }
     }
 }
@@ -815,6 +840,7 @@ const VM_KEYS: &[&str] = &[
     "sharedHome",
     "kernelParams",
     "gpu",
+    "gate",
     "sound",
     "sharedDirectories",
     "pciDevices",
@@ -1106,6 +1132,7 @@ impl Vm {
                 enabled: true,
                 options: None,
             }),
+            gate: r.field(o, "gate").unwrap_or_default(),
             sound: r.field(o, "sound").unwrap_or(Sound {
                 enabled: true,
                 backend: SoundBackend::Pipewire,
@@ -1534,6 +1561,17 @@ impl FromValue for RootOverlay {
         Some(RootOverlay {
             kind: r.field_or(o, "type", OverlayType::Qcow2),
             size,
+        })
+    }
+}
+
+impl FromValue for Gate {
+    fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
+        let o = r.object(v, &["frame", "allowGlobals", "denyGlobals"])?;
+        Some(Gate {
+            frame: r.field_or(o, "frame", true),
+            allow_globals: r.field_or(o, "allowGlobals", Vec::new()),
+            deny_globals: r.field_or(o, "denyGlobals", Vec::new()),
         })
     }
 }

@@ -92,6 +92,34 @@ impl Dirs {
     pub fn sound_socket(&self, vm: &str) -> String {
         join(&self.user_dir(vm), &format!("{vm}-sound.socket"))
     }
+    /// `<run>/<vm>.gate`: the directory of the VM's vmsilo-gate (and, for QEMU, waypipe). The
+    /// runtime creates it owned by the configured user (mode 0700), the only directory those
+    /// two may write; once their sockets exist it gives the directory to root (mode 0755), so
+    /// that nobody can replace the sockets the VMM and vhost-device-vsock connect to.
+    pub fn gate_dir(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}.gate"))
+    }
+    /// `<run>/<vm>.gate/wayland-0`: the Wayland socket vmsilo-gate listens on; crosvm's
+    /// `--wayland-sock` and QEMU VMs' waypipe client connect to it (never to the compositor).
+    pub fn gate_socket(&self, vm: &str) -> String {
+        join(&self.gate_dir(vm), "wayland-0")
+    }
+    /// `<run>/<vm>.gate/state`: the gate's `--state-dir` (its security-context socket, which
+    /// only the gate itself connects to). Created with the gate directory, owned by the user,
+    /// and still theirs after the gate directory became root's.
+    pub fn gate_state_dir(&self, vm: &str) -> String {
+        join(&self.gate_dir(vm), "state")
+    }
+    /// `<run>/<vm>.gate/waypipe.socket`: the socket `waypipe client` listens on (QEMU VMs).
+    pub fn waypipe_socket(&self, vm: &str) -> String {
+        join(&self.gate_dir(vm), "waypipe.socket")
+    }
+    /// `<run>/<vm>-vsock.socket_<port>`: where vhost-device-vsock's hybrid vsock connects a
+    /// guest's `connect(CID 2, port)`; for the waypipe port, the runtime makes it a symlink to
+    /// [`Dirs::waypipe_socket`] once the gate directory is root's.
+    pub fn vsock_port_socket(&self, vm: &str, port: u32) -> String {
+        format!("{}_{port}", self.vsock_socket(vm))
+    }
     /// `<run>/<vm>-fs-<tag>.socket`: virtiofsd's vhost-user socket for one shared directory
     /// (QEMU).
     pub fn fs_socket(&self, vm: &str, tag: &str) -> String {
@@ -148,6 +176,23 @@ mod tests {
         assert_eq!(
             d.sound_socket("banking"),
             "/run/vmsilo/banking.user/banking-sound.socket"
+        );
+        assert_eq!(d.gate_dir("banking"), "/run/vmsilo/banking.gate");
+        assert_eq!(
+            d.gate_socket("banking"),
+            "/run/vmsilo/banking.gate/wayland-0"
+        );
+        assert_eq!(
+            d.gate_state_dir("banking"),
+            "/run/vmsilo/banking.gate/state"
+        );
+        assert_eq!(
+            d.waypipe_socket("banking"),
+            "/run/vmsilo/banking.gate/waypipe.socket"
+        );
+        assert_eq!(
+            d.vsock_port_socket("banking", 6000),
+            "/run/vmsilo/banking-vsock.socket_6000"
         );
         assert_eq!(
             d.fs_socket("banking", "home"),

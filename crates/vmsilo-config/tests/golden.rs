@@ -88,4 +88,65 @@ golden_tests!(
     qemu_shared_dirs,
     qemu_disks,
     qemu_vhost_user_manual,
+    qemu_gpu_gate,
+    crosvm_gate_options,
 );
+
+/// With `gpu`, the compositor's socket is given to the gate only: never to the VMM, never to
+/// waypipe, whatever the VMM.
+#[test]
+fn test_gpu_vms_never_get_the_compositor_socket() {
+    for vmm in ["crosvm", "qemu"] {
+        let text = format!(
+            "user = \"alice\"\n[[nixosVms]]\nname = \"w\"\nvmm = \"{vmm}\"\nsound = false\n\
+             kernel = \"/k\"\ninitramfs = \"/i\"\nrootDisk = \"/r\"\n"
+        );
+        let cfg = load_str(&text, Format::Toml).expect("valid");
+        let mut opts = PlanOptions::new(1000, 100);
+        opts.wayland_socket = Some("/run/user/1000/compositor-7".into());
+        let p = plan::build(&cfg, "w", &opts).expect("plan builds");
+        let leaks = |args: &[String]| args.iter().any(|a| a.contains("compositor-7"));
+        assert!(
+            !leaks(&p.argv),
+            "{vmm}: the VMM got the compositor: {:?}",
+            p.argv
+        );
+        let gate_socket = p.paths.gate_socket.clone().expect("gpu has a gate");
+        for b in &p.backends {
+            let env: Vec<String> = b.env.values().cloned().collect();
+            if b.kind == "vmsilo-gate" {
+                assert!(
+                    leaks(&b.argv),
+                    "{vmm}: the gate lacks --compositor: {:?}",
+                    b.argv
+                );
+                assert_eq!(b.socket, gate_socket);
+            } else {
+                assert!(!leaks(&b.argv) && !leaks(&env), "{vmm}: {} got it", b.kind);
+            }
+        }
+        if vmm == "crosvm" {
+            assert!(
+                p.argv
+                    .windows(2)
+                    .any(|w| w[0] == "--wayland-sock" && w[1] == gate_socket)
+            );
+        } else {
+            let waypipe = p
+                .backends
+                .iter()
+                .find(|b| b.kind == "waypipe")
+                .expect("waypipe");
+            assert_eq!(waypipe.env.get("WAYLAND_DISPLAY"), Some(&gate_socket));
+            // The gate starts first, waypipe next, both before QEMU.
+            let kinds: Vec<&str> = p.backends.iter().map(|b| b.kind.as_str()).collect();
+            let gi = kinds
+                .iter()
+                .position(|k| *k == "vmsilo-gate")
+                .expect("gate");
+            let wi = kinds.iter().position(|k| *k == "waypipe").expect("waypipe");
+            assert!(gi < wi, "{kinds:?}");
+            assert!(p.kernel_params.contains(&"vmsilo.waypipe=6000".to_owned()));
+        }
+    }
+}

@@ -195,7 +195,15 @@ fn cases() -> Vec<Case> {
         case("vhost-user socket missing", v("vhostUser = [{ type = \"net\" }]"), "nixosVms[0].vhostUser[0].socket", "is required", None),
         case("desktop entry exec missing", v("guestDesktopEntries = [{ name = \"Firefox\" }]"), "nixosVms[0].guestDesktopEntries[0].exec", "is required", None),
         // --- QEMU VMs: what QEMU cannot honour is an error, never dropped
-        case("qemu with gpu", v("vmm = \"qemu\"\nsound = false"), "nixosVms[0].gpu", "QEMU VMs have no GPU or Wayland forwarding (cross-domain/virgl is crosvm's): set gpu = false", None),
+        case("qemu with gpu options", v("vmm = \"qemu\"\nsound = false\ngpu = { context-types = \"cross-domain\" }"), "nixosVms[0].gpu", "QEMU VMs have no virtual GPU (their windows reach the host through waypipe over vsock), so crosvm's --gpu options do not apply: set gpu = true", None),
+        // --- gate
+        case("gate global with a capital", v("gate.allowGlobals = [\"Wl_seat\"]"), "nixosVms[0].gate.allowGlobals[0]", "is not a Wayland interface name: only a-z, 0-9 and _", Some("\"Wl_seat\"")),
+        case("gate global with a dot", v("gate.denyGlobals = [\"wp.viewporter\"]"), "nixosVms[0].gate.denyGlobals[0]", "is not a Wayland interface name", Some("\"wp.viewporter\"")),
+        case("gate global empty", v("gate.denyGlobals = [\"\"]"), "nixosVms[0].gate.denyGlobals[0]", "a Wayland interface name has 1 to 64 characters", Some("\"\"")),
+        case("gate global twice", v("gate.allowGlobals = [\"wp_viewporter\", \"wp_viewporter\"]"), "nixosVms[0].gate.allowGlobals[1]", "is listed twice", Some("\"wp_viewporter\"")),
+        case("gate global allowed and denied", v("gate = { allowGlobals = [\"wp_viewporter\"], denyGlobals = [\"wp_viewporter\"] }"), "nixosVms[0].gate.denyGlobals[0]", "is in both allowGlobals and denyGlobals", Some("\"wp_viewporter\"")),
+        case("gate unknown key", v("gate.colour = \"red\""), "nixosVms[0].gate.colour", "unknown", Some("\"red\"")),
+        case("gate frame not a bool", v("gate.frame = \"yes\""), "nixosVms[0].gate.frame", "expected", Some("\"yes\"")),
         case("qemu with sound", v("vmm = \"qemu\"\ngpu = false"), "nixosVms[0].sound", "QEMU 7.2 has no vhost-user sound device: set sound = false", None),
         case("qemu with pci", q("pciDevices = [{ path = \"01:00.0\" }]").replace("user = \"alice\"", "user = \"alice\"\nisolatedPciDevices = [\"01:00.0\"]"), "nixosVms[0].pciDevices", "PCI passthrough is only planned for crosvm VMs", None),
         case("qemu with crosvm args", q("crosvm.extraRunArgs = [\"--no-usb\"]"), "nixosVms[0].crosvm.extraRunArgs", "only applies to crosvm VMs: this VM uses QEMU (use qemu.extraArgs)", None),

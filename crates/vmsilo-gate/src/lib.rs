@@ -7,9 +7,11 @@
 //! compositor connection, so that anything a client does wrong ends that client only.
 //!
 //! Layout:
-//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides.
+//! - [`policy`]: sans-IO: the classified allowlist of globals, version caps, overrides (the
+//!   `vmsilo-gate-policy` crate, shared with the configuration compiler).
 //! - [`identity`]: sans-IO: the VM's name and colour, title and app_id prefixes, sanitising.
 //! - [`draw`]: sans-IO: the frame and label band pixels.
+//! - [`layout`]: sans-IO: frame geometry and the size/position translation guest ↔ frame.
 //! - [`conn`]: the per-connection context shared by the handlers.
 //! - [`registry`]: global filtering and bind checks.
 //! - [`datadev`]: the VM's own `wl_data_device_manager`, served by the gate.
@@ -17,8 +19,24 @@
 //! - [`server`]: the listening socket, one process per client, limits.
 //! - [`sandbox`]: seccomp and resource limits.
 //! - [`sys`]: the unsafe system calls, with `// SAFETY:` comments.
+//! - [`secctx`]: the gate's own compositor connection and the VM's security context.
+//! - [`cli`]: flags, startup order, exit codes; [`logger`]: rate-limited stderr logging.
 
+pub mod cli;
 pub mod conn;
+pub mod datadev;
+pub mod draw;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod identity;
+pub mod layout;
+pub mod logger;
 pub mod policy;
+pub mod registry;
+pub mod sandbox;
+pub mod secctx;
+pub mod server;
+pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,7 +1,6 @@
-//! `vmsilo-gate`: see the library documentation.
+//! `vmsilo-gate`: see the library documentation and `vmsilo-gate --help`.
 #![forbid(unsafe_code)]
 
 fn main() {
-    eprintln!("vmsilo-gate: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(vmsilo_gate::cli::main());
 }

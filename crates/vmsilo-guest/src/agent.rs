@@ -61,6 +61,17 @@ pub struct AgentConfig {
     pub handshake_timeout: Duration,
     /// Drop a closing connection whose host does not read the last frames after this long.
     pub closing_timeout: Duration,
+    /// Run every command under waypipe (QEMU VMs with windows, `vmsilo.waypipe=<port>`).
+    pub waypipe: Option<WaypipeConfig>,
+}
+
+/// How commands get a Wayland display in a QEMU VM: see [`crate::waypipe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypipeConfig {
+    /// The host's vsock port for waypipe streams.
+    pub port: u32,
+    /// The agent's own executable, which runs as `vmsilo-guest waypipe-run`.
+    pub agent_exe: PathBuf,
 }
 
 impl AgentConfig {
@@ -74,6 +85,7 @@ impl AgentConfig {
             exit_grace: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(30),
             closing_timeout: Duration::from_secs(10),
+            waypipe: None,
         }
     }
 }
@@ -852,7 +864,7 @@ fn start(conn: &mut Conn, req: &Request, cfg: &AgentConfig) -> Option<Tracked> {
             Err(e) => log(&format!("{e}; using the agent's environment")),
         }
     }
-    let prepared = match exec::prepare(req, &exec_cfg) {
+    let mut prepared = match exec::prepare(req, &exec_cfg) {
         Ok(p) => p,
         Err(err) => {
             log(&format!(
@@ -862,6 +874,16 @@ fn start(conn: &mut Conn, req: &Request, cfg: &AgentConfig) -> Option<Tracked> {
             return conn.refuse(err);
         }
     };
+    if let Some(w) = &cfg.waypipe {
+        // The wrapper runs as the command's user, with its stdio, and exits with its status.
+        prepared.argv = crate::waypipe::wrapper_argv(
+            &w.agent_exe,
+            w.port,
+            &prepared.program,
+            &prepared.argv[1..],
+        );
+        prepared.program = w.agent_exe.clone();
+    }
     if req.mode == Mode::Detached
         && let Some(user) = &session_user
     {

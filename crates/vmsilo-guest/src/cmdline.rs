@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct KernelSettings {
     /// `vmsilo.autoshutdown=<seconds>`: power off after this long without a running command.
     pub autoshutdown: Option<Duration>,
+    /// `vmsilo.waypipe=<port>` (QEMU VMs with windows): run commands under waypipe and carry
+    /// its stream to this vsock port of the host.
+    pub waypipe_port: Option<u32>,
     /// Parameters that look like ours but could not be used, as messages for the log.
     pub warnings: Vec<String>,
 }
@@ -16,6 +19,16 @@ pub struct KernelSettings {
 pub fn parse(cmdline: &str) -> KernelSettings {
     let mut s = KernelSettings::default();
     for word in cmdline.split_whitespace() {
+        if let Some(value) = word.strip_prefix("vmsilo.waypipe=") {
+            match value.parse::<u32>() {
+                Ok(port) if port > 0 => s.waypipe_port = Some(port),
+                _ => s.warnings.push(format!(
+                    "ignoring vmsilo.waypipe={value:?} on the kernel command line: expected a \
+                     vsock port number; commands run without a Wayland display"
+                )),
+            }
+            continue;
+        }
         let Some(value) = word.strip_prefix("vmsilo.autoshutdown=") else {
             continue;
         };
@@ -46,6 +59,24 @@ mod tests {
             parse("console=ttyS0 vmsilo.ifname=wan,02:00:00:00:00:01 vmsilo.autoshutdown=5 quiet");
         assert_eq!(s.autoshutdown, Some(Duration::from_secs(5)));
         assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn reads_the_waypipe_port() {
+        assert_eq!(parse("console=ttyS0").waypipe_port, None);
+        let s = parse("panic=-1 vmsilo.waypipe=6000 quiet");
+        assert_eq!(s.waypipe_port, Some(6000));
+        assert!(s.warnings.is_empty());
+        for bad in [
+            "vmsilo.waypipe=",
+            "vmsilo.waypipe=0",
+            "vmsilo.waypipe=x",
+            "vmsilo.waypipe=-1",
+        ] {
+            let s = parse(bad);
+            assert_eq!(s.waypipe_port, None, "{bad}");
+            assert_eq!(s.warnings.len(), 1, "{bad}");
+        }
     }
 
     #[test]

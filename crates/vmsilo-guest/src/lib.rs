@@ -17,6 +17,7 @@ pub mod session;
 mod sys;
 pub mod transport;
 pub mod users;
+pub mod waypipe;
 
 pub use agent::{Agent, AgentConfig, Outcome, SessionMode};
 

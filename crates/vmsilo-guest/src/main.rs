@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use vmsilo_guest::agent::WaypipeConfig;
 use vmsilo_guest::cli::{self, Command, ServeArgs, WatchdogArgs};
 use vmsilo_guest::exec::ExecConfig;
 use vmsilo_guest::idle::{IdleWatchdog, ScanConfig, scan_busy};
@@ -17,7 +18,7 @@ use vmsilo_guest::power::power_off;
 use vmsilo_guest::transport::{
     self, Activation, PeerPolicy, SocketStream, UnixSocketListener, VsockListener,
 };
-use vmsilo_guest::{Agent, AgentConfig, Outcome, SessionMode, cmdline, log};
+use vmsilo_guest::{Agent, AgentConfig, Outcome, SessionMode, cmdline, log, waypipe};
 
 /// A failure with the exit status it maps to.
 struct Failure(u8, String);
@@ -31,6 +32,19 @@ fn runtime(msg: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // The waypipe wrapper's command may be any bytes: handled before the UTF-8 parser.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match raw.first().and_then(|a| a.to_str()) {
+        Some(waypipe::RUN) => match waypipe::parse(&raw[1..]) {
+            Ok(args) => waypipe::run(args),
+            Err(msg) => {
+                log(&msg);
+                return ExitCode::from(2);
+            }
+        },
+        Some(waypipe::HOLD) => return ExitCode::from(waypipe::hold() as u8),
+        _ => {}
+    }
     let result = match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Serve(args)) => serve(&args),
         Ok(Command::IdleWatchdog(args)) => watchdog(&args),
@@ -68,26 +82,50 @@ fn parse_idle(text: &str, what: &str) -> Result<Option<Duration>, Failure> {
         .map_err(|e| usage(format!("{what} {text:?}: {e}")))
 }
 
-/// The idle time from the flag, else from the kernel command line.
-fn idle_setting(flag: Option<&str>, cmdline_path: &Path) -> Result<Option<Duration>, Failure> {
-    if let Some(text) = flag {
-        return parse_idle(text, "--idle-shutdown");
-    }
+/// The kernel command line's settings (logging its warnings); defaults if it is unreadable.
+fn kernel_settings(cmdline_path: &Path) -> cmdline::KernelSettings {
     let text = match std::fs::read_to_string(cmdline_path) {
         Ok(t) => t,
         Err(e) => {
             log(&format!(
-                "cannot read {}: {e}; idle shutdown stays off",
+                "cannot read {}: {e}; idle shutdown stays off, no waypipe",
                 cmdline_path.display()
             ));
-            return Ok(None);
+            return cmdline::KernelSettings::default();
         }
     };
     let settings = cmdline::parse(&text);
     for w in &settings.warnings {
         log(w);
     }
-    Ok(settings.autoshutdown)
+    settings
+}
+
+/// The idle time from the flag, else from the kernel command line.
+fn idle_setting(flag: Option<&str>, cmdline_path: &Path) -> Result<Option<Duration>, Failure> {
+    if let Some(text) = flag {
+        return parse_idle(text, "--idle-shutdown");
+    }
+    Ok(kernel_settings(cmdline_path).autoshutdown)
+}
+
+/// Commands run under waypipe when the kernel command line asks for it.
+fn waypipe_setting(cmdline_path: &Path) -> Option<WaypipeConfig> {
+    let port = kernel_settings(cmdline_path).waypipe_port?;
+    match std::env::current_exe() {
+        Ok(agent_exe) => {
+            log(&format!(
+                "commands get a Wayland display through waypipe (host vsock port {port})"
+            ));
+            Some(WaypipeConfig { port, agent_exe })
+        }
+        Err(e) => {
+            log(&format!(
+                "cannot find the agent's own executable ({e}): commands run without waypipe"
+            ));
+            None
+        }
+    }
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
@@ -103,6 +141,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         log("--session systemd without --user: requests that name no user run as plain children");
     }
     cfg.state_dir = args.state_dir.clone();
+    cfg.waypipe = waypipe_setting(&args.cmdline);
 
     let activation = transport::from_systemd(
         std::env::var("LISTEN_PID").ok().as_deref(),

@@ -127,6 +127,52 @@ pub fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     }
 }
 
+/// The signals a terminal or the host sends to end a command (`vm-run`'s Ctrl+C, a stop).
+const TERMINATION_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Makes this process outlive the termination signals its process group receives (the
+/// command it waits for gets them too and decides), so that it can report that command's real
+/// status. A handler, not `SIG_IGN`: handlers fall back to the default action in programs this
+/// process starts, an ignored signal would stay ignored in them.
+pub fn outlive_termination_signals() -> io::Result<()> {
+    for sig in TERMINATION_SIGNALS {
+        // SAFETY: installs a handler that does nothing (async-signal-safe by construction);
+        // sigaction copies the struct, which is fully initialised (zeroed, then the handler and
+        // SA_RESTART set), and touches no other memory of ours.
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Ends this process by `signal` with its default action (and a core dump if that is the
+/// default), so that whoever waits for it sees the same status as for the command it ran.
+/// Falls back to exit status 128 + signal if the signal does not end the process.
+pub fn die_by_signal(signal: i32) -> ! {
+    // SAFETY: restoring the default action and sending ourselves a signal pass no memory;
+    // both only fail for invalid signal numbers, which the fallback exit covers.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    std::process::exit(128 + (signal & 0x7f));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

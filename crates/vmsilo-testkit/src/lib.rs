@@ -19,6 +19,7 @@
 //!   commands over the serial console, connects to guest vsock ports, and kills QEMU and its
 //!   backends when dropped (also when the test panics).
 //! - [`qmp`]: a small QMP client with balloon helpers.
+//! - [`png`]: a small PNG reader, to count pixels in compositor screenshots.
 //! - [`hub`] (feature `hub`, on by default): a minimal vhost-user-net backend that forwards
 //!   every frame from one port to all others (an L2 hub), for tests that need two guests on
 //!   one network before vm-switch exists.
@@ -72,6 +73,7 @@ mod cpio;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod image;
+pub mod png;
 pub mod qemu;
 pub mod qmp;
 mod scratch;

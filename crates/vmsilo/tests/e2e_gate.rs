@@ -1,626 +1,483 @@
-//! End to end, issue 12's acceptance: windows of two QEMU/TCG VMs, `banking` (`#2ecc71`) and
-//! `shopping` (`#3498db`), both `gpu = true`, on a real headless compositor, each through its
-//! own vmsilo-gate.
+//! End to end: a window from a QEMU/TCG guest on a real compositor, through the whole chain
+//! vmsilo builds for `gpu = true`:
 //!
-//! The path of a window: `vm-run -w <vm> vmsilo-test-client …` → the guest agent runs it under
-//! `waypipe server` → vsock port 6000 → vhost-device-vsock → `waypipe client` on the host (as
-//! the VM's user) → the VM's `vmsilo-gate` → the compositor. Everything is the real binary;
-//! the VMs start through socket activation as in `e2e_vm_run` (`systemd-socket-activate` →
-//! `vmsilo command-service <vm> --wayland-socket <compositor>` → `vm-service`).
+//! `weston-simple-shm` (guest) → `waypipe server` (under `vmsilo-guest waypipe-run`) → vsock
+//! port 6000 → vhost-device-vsock → `<run>/<vm>-vsock.socket_6000` → `waypipe client` →
+//! `vmsilo-gate` → weston 10 (headless, as root, `--debug`).
 //!
-//! Checked on weston 10 headless (as root, VMs' user root) and on sway headless (as the
-//! non-root test user `vmsilo-test`, which is then also the VMs' user, so that the gates, which
-//! run as the VM's user, may connect to sway's socket):
-//!
-//! 1. Each VM's window is on screen with the gate's frame in the VM's colour: at least the
-//!    ring's area (left, right and bottom ring of [`BORDER`] px around the client's size) of
-//!    exactly that colour, and the colour's bounding box at least the frame's outer size
-//!    (ring + label band of [`BAND`] px on top).
-//! 2. The titles reach the compositor prefixed: weston's protocol trace (`weston-debug proto`)
-//!    shows `set_title("[banking] …")` and `set_title("[shopping] …")`; sway's tree shows them.
-//!    On weston, no guest connection (the connections that set those titles) binds
-//!    `weston_screenshooter` or `weston_debug_v1`, and a guest's registry lists neither.
-//! 3. A guest client that binds a hidden global is cut off (a protocol error or a closed
-//!    connection, exit status non-zero) while both windows keep updating (their `frames=`
-//!    counts keep increasing).
-//! 4. Killing banking's gate ends banking's graphics (its window leaves the screen, its client
-//!    ends) while shopping's window keeps updating.
+//! The VM is started by socket activation and `vm-service` as in `e2e_vm_run.rs`, with the
+//! configured user uid 65534 (the gate and waypipe run as that user, confined). The oracles
+//! are weston's own: `weston-debug proto` (every request weston receives; the guest client's
+//! `xdg_toplevel.set_title` must arrive) and `weston-screenshooter` (the screen must change
+//! where the window appears). Then the gate is killed: the guest's client loses its display
+//! (its `vm-run` ends), a new GUI command gets no window (no new `set_title` reaches weston),
+//! while the VM itself keeps running commands.
 
 mod common;
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Guard, Scratch, multi_call};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmsilo_testkit::wayland::{
-    Compositor, Image, Rect, Rgb, Sway, SwayOptions, Weston, WestonOptions, parse_rgb,
-};
-use vmsilo_testkit::{GuestImage, ImageSpec, agent_binary, workspace_binary};
 
-/// A cold start of a TCG guest with waypipe's libraries in its initramfs, two at once on a
-/// loaded two-core machine, and anything else that waits on a guest.
-const LIMIT: Duration = Duration::from_secs(400);
-/// The command services' `--agent-timeout` (most of [`LIMIT`]).
-const AGENT_TIMEOUT: &str = "380s";
-/// The gate's frame: ring width on the left, right and bottom (crates/vmsilo-gate layout).
-const BORDER: u32 = 4;
-/// The gate's frame: label band height on top.
-const BAND: u32 = 24;
-/// The test client's window size (small: waypipe copies every frame over vsock under TCG).
-const W: u32 = 160;
-const H: u32 = 120;
+/// Bound of the waits for the first window (a cold TCG boot of a ~150 MiB initramfs
+/// included).
+const LIMIT: Duration = Duration::from_secs(200);
+/// Bound of the waits once the VM runs.
+const SHORT: Duration = Duration::from_secs(60);
+/// The configured user: the gate and waypipe run as it.
+const USER: u32 = 65534;
+const VM: &str = "shop";
 
-/// (VM, frame colour, the client's fill colour).
-const BANKING: (&str, &str, &str) = ("banking", "#2ecc71", "#404040");
-const SHOPPING: (&str, &str, &str) = ("shopping", "#3498db", "#a0a0a0");
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+fn tools_missing() -> Option<&'static str> {
+    [
+        "weston",
+        "weston-debug",
+        "weston-screenshooter",
+        "weston-simple-shm",
+        "waypipe",
+    ]
+    .into_iter()
+    .find(|t| vmsilo_testkit::find_tool(t).is_err())
 }
 
-/// Pixels of the ring around a `W`×`H` window (the label band is not counted: its text is
-/// drawn in black or white over the colour).
-fn ring_area() -> usize {
-    ((W + 2 * BORDER) * (H + BORDER) - W * H) as usize
+/// The real vmsilo-gate, copied where uid 65534 can run it.
+fn gate_binary(bin: &Path) -> PathBuf {
+    // TEMPORARY(gate-int): stand-in while the gate is not merged; removed before the end.
+    let built = match std::env::var_os("VMSILO_E2E_GATE") {
+        Some(p) => PathBuf::from(p),
+        None => vmsilo_testkit::workspace_binary("vmsilo-gate", "vmsilo-gate")
+            .expect("build vmsilo-gate"),
+    };
+    let dest = bin.join("vmsilo-gate");
+    std::fs::copy(&built, &dest).expect("copy vmsilo-gate");
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dest
 }
 
-fn client_bin() -> PathBuf {
-    workspace_binary("vmsilo-test-client", "vmsilo-test-client").expect("vmsilo-test-client")
+/// Headless weston 10 as root, its socket given to [`USER`] (the gate connects as them).
+struct Weston {
+    runtime: PathBuf,
+    socket: PathBuf,
+    _proc: Guard,
 }
 
-/// The testkit guest with the agent, waypipe and the test client (the power-button modules
-/// let the guest power off when its VM is stopped).
-fn image() -> GuestImage {
-    ImageSpec::new()
-        .agent(agent_binary().expect("vmsilo-guest"))
-        .module("button")
-        .module("evdev")
-        .program("waypipe")
-        .program(client_bin().to_str().expect("utf-8"))
-        .build()
-        .expect("guest image")
+impl Weston {
+    fn start(dir: &Path) -> Weston {
+        let runtime = dir.join("wl");
+        std::fs::create_dir(&runtime).expect("runtime dir");
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let log = std::fs::File::create(dir.join("weston.log")).expect("log");
+        let child = Command::new("weston")
+            .args([
+                "--backend=headless-backend.so",
+                "--use-pixman",
+                "--socket=wl-gate",
+                "--width=640",
+                "--height=480",
+                "--debug",
+                "--idle-time=0",
+            ])
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env_remove("WAYLAND_DISPLAY")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("weston");
+        let socket = runtime.join("wl-gate");
+        common::wait_path(&socket, Duration::from_secs(60));
+        // The user reaches the socket (and only the socket) in root's runtime directory.
+        std::os::unix::fs::chown(&socket, Some(USER), Some(USER)).expect("chown socket");
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        Weston {
+            runtime,
+            socket,
+            _proc: Guard(Some(child)),
+        }
+    }
+
+    fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("XDG_RUNTIME_DIR", &self.runtime)
+            .env("WAYLAND_DISPLAY", "wl-gate")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `weston-debug proto` in the background, its output in `out`.
+    fn proto_log(&self, out: &Path) -> Guard {
+        let f = std::fs::File::create(out).expect("proto log");
+        let child = self
+            .client("weston-debug")
+            .arg("proto")
+            .stdout(f)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weston-debug");
+        Guard(Some(child))
+    }
+
+    /// A screenshot (weston-screenshooter writes it into its working directory).
+    fn screenshot(&self, dir: &Path) -> vmsilo_testkit::png::Image {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).expect("shot dir");
+        let child = self
+            .client("weston-screenshooter")
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weston-screenshooter");
+        let o = common::output_within(child, Duration::from_secs(60)).expect("screenshooter hangs");
+        assert!(o.status.success(), "weston-screenshooter: {o:?}");
+        let png = std::fs::read_dir(dir)
+            .expect("shot dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "png"))
+            .expect("a PNG");
+        vmsilo_testkit::png::read(&png).expect("decode the screenshot")
+    }
 }
 
-/// The two VMs, their command services, and `vm-run`.
-struct Setup {
+/// Lines of the proto log that set a toplevel's title.
+fn titles(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("xdg_toplevel@") && l.contains(".set_title("))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + LIMIT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {LIMIT:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Pids of the VM's running `vmsilo-gate` processes, with their parents' pids.
+fn gate_pids() -> Vec<(i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            // argv[0], or argv[1] under an interpreter.
+            argv.iter()
+                .take(2)
+                .any(|a| Path::new(std::str::from_utf8(a).unwrap_or("")).ends_with("vmsilo-gate"))
+                && argv
+                    .windows(2)
+                    .any(|w| w[0] == b"--vm" && w[1] == VM.as_bytes())
+        })
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may contain spaces, so split after the ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// The gate the runtime started: the one gate process whose parent is not a gate (the gate
+/// forks a process per client).
+fn main_gate() -> Vec<i32> {
+    let all = gate_pids();
+    all.iter()
+        .filter(|(_, ppid)| !all.iter().any(|(p, _)| p == ppid))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+struct Env {
     dir: Scratch,
     cfg: PathBuf,
-    vm_run: PathBuf,
-    activators: Vec<(String, Guard)>,
 }
 
-impl Setup {
-    /// Writes the configuration (VMs' user `user`) and starts both activators, with the
-    /// compositor at `wayland_socket`.
-    fn new(image: &GuestImage, user: &str, uid: u32, gid: u32, wayland_socket: &Path) -> Setup {
+impl Env {
+    fn new(image: &vmsilo_testkit::GuestImage) -> Env {
         let dir = Scratch::new("gate");
-        for sub in ["run", "vs", "state"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
-        }
+        // uid 65534 runs the gate from here and reaches its directory below.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let root = dir.path().join("root.img");
         std::fs::File::create(&root)
             .and_then(|f| f.set_len(8 << 20))
             .expect("root disk");
-        let mut text = format!("enable = true\nuser = \"{user}\"\nqemu.accel = \"tcg\"\n");
-        for (vm, color, _) in [BANKING, SHOPPING] {
-            text.push_str(&format!(
-                r#"
+        for sub in ["run", "vs", "state", "bin"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let cfg = dir.path().join("vmsilo.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r##"
+enable = true
+user = "nobody"
+qemu.accel = "tcg"
+
 [[nixosVms]]
-name = "{vm}"
+name = "{VM}"
 vmm = "qemu"
-color = "{color}"
-memory = 640
+memory = 1024
 cpus = 1
+color = "#3498db"
 gpu = true
 sound = false
 sharedHome = false
+rootOverlay = {{ type = "tmpfs" }}
 kernel = "{kernel}"
 initramfs = "{initrd}"
 rootDisk = "{root}"
-rootOverlay = {{ type = "tmpfs" }}
-"#,
+"##,
                 kernel = image.kernel.display(),
                 initrd = image.initrd.display(),
                 root = root.display(),
-            ));
-        }
-        let cfg = dir.path().join("vmsilo.toml");
-        std::fs::write(&cfg, text).expect("config");
-        let vm_run = multi_call(dir.path(), "vm-run");
-        let mut s = Setup {
-            dir,
-            cfg,
-            vm_run,
-            activators: Vec::new(),
-        };
-        for (vm, _, _) in [BANKING, SHOPPING] {
-            let g = s.activator(vm, uid, gid, wayland_socket);
-            s.activators.push((vm.to_owned(), g));
-        }
-        s
+            ),
+        )
+        .expect("config");
+        Env { dir, cfg }
     }
 
-    fn d(&self) -> &str {
-        self.dir.str()
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
     }
 
-    fn run_dir(&self) -> String {
-        format!("{}/run", self.d())
-    }
-
-    fn log_path(&self, vm: &str) -> PathBuf {
-        self.dir.path().join(format!("service-{vm}.log"))
-    }
-
-    /// Both command services' logs, for failure messages.
-    fn logs(&self) -> String {
-        [BANKING.0, SHOPPING.0]
-            .iter()
-            .map(|vm| {
-                format!(
-                    "--- command service {vm}:\n{}",
-                    std::fs::read_to_string(self.log_path(vm)).unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// `systemd-socket-activate` → `vmsilo command-service <vm>`, as `vmsilo-<vm>.socket`.
-    fn activator(&self, vm: &str, uid: u32, gid: u32, wayland_socket: &Path) -> Guard {
-        let extra = [
-            "--uid".into(),
-            uid.to_string(),
-            "--gid".into(),
-            gid.to_string(),
-            "--wayland-socket".into(),
-            wayland_socket.to_str().expect("utf-8").into(),
-            "--agent-timeout".into(),
-            AGENT_TIMEOUT.into(),
-        ];
-        // vm-service starts vmsilo-gate from PATH: the one built from this workspace.
-        let gate = workspace_binary("vmsilo-gate", "vmsilo-gate").expect("vmsilo-gate");
+    /// The activator, as `vmsilo-<vm>.socket` would be; vm-service finds vmsilo-gate in `bin`.
+    fn activator(&self, weston: &Weston) -> Guard {
+        let user = USER.to_string();
+        let compositor = weston.socket.to_str().expect("utf-8");
         common::command_activator(
-            self.d(),
+            self.dir.path(),
             &self.cfg,
-            vm,
-            &extra,
-            gate.parent(),
-            &self.log_path(vm),
-        )
-    }
-
-    /// `vm-run -w <vm> vmsilo-test-client ARGS`, reading its output as it comes.
-    fn client(&self, vm: &str, args: &[&str]) -> Client {
-        let mut child = common::command(&self.vm_run)
-            .args(["--run-dir", &self.run_dir(), "-w", vm])
-            .arg(client_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vm-run");
-        let out = Arc::new(Mutex::new(String::new()));
-        for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let out = Arc::clone(&out);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Client {
-            vm: vm.to_owned(),
-            guard: Guard(Some(child)),
-            out,
-        }
-    }
-
-    /// `vm-run -w <vm> vmsilo-test-client ARGS` to the end, at most [`LIMIT`].
-    fn client_output(&self, vm: &str, args: &[&str]) -> Output {
-        let child = common::command(&self.vm_run)
-            .args(["--run-dir", &self.run_dir(), "-w", vm])
-            .arg(client_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vm-run");
-        common::output_within(child, LIMIT).unwrap_or_else(|| {
-            panic!(
-                "vm-run {vm} vmsilo-test-client {args:?} hangs\n{}",
-                self.logs()
-            )
-        })
-    }
-}
-
-impl Drop for Setup {
-    /// Stops as systemd would: SIGTERM to each activator (the command service stops its VM),
-    /// then waits; SIGKILL only when that hangs.
-    fn drop(&mut self) {
-        for (_, g) in &mut self.activators {
-            if let Some(c) = g.0.as_mut() {
-                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            }
-        }
-        for (_, g) in &mut self.activators {
-            if let Some(c) = g.0.as_mut() {
-                let deadline = Instant::now() + Duration::from_secs(90);
-                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    }
-}
-
-/// A running `vm-run -w <vm> vmsilo-test-client …` and everything it printed so far.
-struct Client {
-    vm: String,
-    guard: Guard,
-    out: Arc<Mutex<String>>,
-}
-
-impl Client {
-    fn text(&self) -> String {
-        self.out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The last `frames=N` the client printed (0 before the first).
-    fn frames(&self) -> u64 {
-        self.text()
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("frames=")?.parse().ok())
-            .next_back()
-            .unwrap_or(0)
-    }
-
-    /// Waits until the client reported more than `n` frames; returns the count.
-    fn wait_frames_above(&mut self, n: u64, setup: &Setup) -> u64 {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let f = self.frames();
-            if f > n {
-                return f;
-            }
-            let exited = self.guard.child().try_wait().expect("try_wait");
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "{}'s window did not get past {n} frames (exited: {exited:?}); its output:\n{}\n{}",
-                self.vm,
-                self.text(),
-                setup.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// Screenshots until `done` holds or [`LIMIT`] passed; returns the last one.
-fn shot_until<C: Compositor>(c: &C, done: impl Fn(&Image) -> bool) -> Image {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let img = c.screenshot().expect("screenshot");
-        if done(&img) || Instant::now() > deadline {
-            return img;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Saves a screenshot beside the target directory's test output, for a failure message.
-fn keep(img: &Image, name: &str) -> String {
-    let dir = vmsilo_testkit::target_dir().join("e2e-gate");
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{name}.png"));
-    match img.to_png().map(|b| std::fs::write(&path, b)) {
-        Ok(Ok(())) => format!("screenshot kept at {}", path.display()),
-        _ => "could not keep the screenshot".into(),
-    }
-}
-
-fn rgb(hex: &str) -> Rgb {
-    parse_rgb(hex).expect("colour")
-}
-
-/// The frame of `vm` (colour `color`) is on screen: at least the ring's area of the exact
-/// colour, within a box at least the frame's outer size.
-fn assert_frame(img: &Image, vm: &str, color: &str, what: &str) -> Rect {
-    let c = rgb(color);
-    let n = img.count(c);
-    let bbox = img.bbox(c);
-    let detail = || {
-        format!(
-            "{vm} ({color}) in {what}: {n} pixels, bbox {bbox:?}; expected >= {} pixels in a box \
-             >= {}x{}; most frequent colours {:?}; {}",
-            ring_area(),
-            W + 2 * BORDER,
-            H + BORDER + BAND,
-            img.top_colors(8),
-            keep(img, &format!("{what}-{vm}").replace(' ', "-"))
-        )
-    };
-    assert!(n >= ring_area(), "{}", detail());
-    let b = bbox.unwrap_or_else(|| panic!("{}", detail()));
-    assert!(
-        b.w >= W + 2 * BORDER && b.h >= H + BORDER + BAND,
-        "{}",
-        detail()
-    );
-    b
-}
-
-fn overlaps(a: Rect, b: Rect) -> bool {
-    a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
-}
-
-/// The `vmsilo-gate` parent process of `vm` (not its per-client children).
-fn gate_pid(vm: &str) -> Option<i32> {
-    let is_gate = |pid: &str| {
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        args.first().is_some_and(|a0| a0.ends_with(b"vmsilo-gate"))
-            && args
-                .windows(2)
-                .any(|w| w[0] == b"--vm" && w[1] == vm.as_bytes())
-    };
-    let ppid = |pid: &str| -> Option<String> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        Some(
-            status
-                .lines()
-                .find(|l| l.starts_with("PPid:"))?
-                .split_whitespace()
-                .nth(1)?
-                .to_owned(),
-        )
-    };
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        .find(|p| is_gate(p) && !ppid(p).is_some_and(|pp| is_gate(&pp)))
-        .and_then(|p| p.parse().ok())
-}
-
-/// Checks 1 to 4 (see the file's documentation) on compositor `c`. `titled(vm_title)` tells
-/// whether the compositor has seen a toplevel with that (prefixed) title; `hidden` is a global
-/// the compositor offers and the gate hides.
-fn scenario<C: Compositor>(
-    c: &C,
-    setup: &Setup,
-    titled: &dyn Fn(&str) -> bool,
-    hidden: &str,
-) -> (Client, Client) {
-    let size = format!("{W}x{H}");
-    let window = |vm: &str, fill: &str| {
-        setup.client(
-            vm,
+            VM,
+            Some(&format!("{}/bin", self.dir.str())),
             &[
-                "--title",
-                &format!("{vm} window"),
-                "--app-id",
-                "test.client",
-                "--size",
-                &size,
-                "--color",
-                fill,
-                "--report-ms",
-                "500",
+                "--uid",
+                &user,
+                "--gid",
+                &user,
+                "--wayland-socket",
+                compositor,
+                "--agent-timeout",
+                "240s",
             ],
         )
-    };
+    }
 
-    // 1. banking's window first (alone, so nothing covers it), then shopping's.
+    fn vm_run(&self, args: &[&str]) -> Command {
+        let mut c = common::command(&multi_call(self.dir.path(), "vm-run"));
+        c.args(["--run-dir", &format!("{}/run", self.dir.str())])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// A GUI command in the background (`vm-run -w <vm> ...`), its output in files.
+    fn gui(&self, label: &str, args: &[&str]) -> Child {
+        let mut full = vec!["-w", VM];
+        full.extend_from_slice(args);
+        let out = std::fs::File::create(self.dir.path().join(format!("{label}.out"))).expect("out");
+        let err = std::fs::File::create(self.dir.path().join(format!("{label}.err"))).expect("err");
+        self.vm_run(&full)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("vm-run")
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// Waits (bounded) for `child` to end.
+fn ended_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "e2e: boots a QEMU guest and runs weston headless (root)"]
+fn test_e2e_gate_window_from_a_qemu_guest_and_killing_the_gate_ends_its_graphics() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (weston as root, a second uid for the gate)");
+        return;
+    }
+    if let Some(t) = tools_missing() {
+        eprintln!("skipped: {t} is not installed (cargo xtask setup)");
+        return;
+    }
+    let image = vmsilo_testkit::ImageSpec::new()
+        .agent(vmsilo_testkit::agent_binary().expect("vmsilo-guest"))
+        .program("waypipe")
+        .program("weston-simple-shm")
+        .module("button")
+        .module("evdev")
+        .build()
+        .expect("guest image");
+    let env = Env::new(&image);
+    gate_binary(&env.dir.path().join("bin"));
+    let weston = Weston::start(env.dir.path());
+    let proto = env.dir.path().join("proto.log");
+    let _proto = weston.proto_log(&proto);
+    // The desktop before any window, once the shell has drawn it: not one flat colour (an
+    // empty output), and the same in two screenshots.
+    let shot = env.dir.path().join("shot");
+    let mut before = weston.screenshot(&shot);
+    wait_until(
+        "weston's desktop is drawn",
+        || {
+            let next = weston.screenshot(&shot);
+            let same = next.differing_pixels(&before) == 0;
+            before = next;
+            let corner = before.pixel(0, 0).unwrap_or_default();
+            let flat =
+                before.count_rgb([corner[0], corner[1], corner[2]]) == before.width * before.height;
+            same && !flat
+        },
+        || env.file("weston.log"),
+    );
+    let mut activator = env.activator(&weston);
+
+    // 1. A window from the guest: its title reaches weston, and the screen changes.
     let started = Instant::now();
-    let mut banking = window(BANKING.0, BANKING.2);
-    banking.wait_frames_above(0, setup);
-    eprintln!(
-        "banking's window updates after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let alone = shot_until(c, |img| img.count(rgb(BANKING.1)) >= ring_area());
-    let banking_box = assert_frame(&alone, BANKING.0, BANKING.1, "banking alone");
-    let mut shopping = window(SHOPPING.0, SHOPPING.2);
-    shopping.wait_frames_above(0, setup);
-    let both = shot_until(c, |img| {
-        img.count(rgb(SHOPPING.1)) >= ring_area() && img.count(rgb(BANKING.1)) > 0
-    });
-    let shopping_box = assert_frame(&both, SHOPPING.0, SHOPPING.1, "both windows");
-    if overlaps(banking_box, shopping_box) {
-        // The compositor placed shopping's frame over part of banking's: banking's frame is
-        // still there, only not all of it.
-        assert!(
-            both.count(rgb(BANKING.1)) > 0,
-            "banking's frame vanished: {}",
-            keep(&both, "both-windows")
-        );
-    } else {
-        assert_frame(&both, BANKING.0, BANKING.1, "both windows");
-    }
-    // The client's own pixels are inside the frame, untouched.
-    for (vm, _, fill) in [BANKING, SHOPPING] {
-        assert!(
-            both.count(rgb(fill)) >= (W * H) as usize * 9 / 10,
-            "{vm}'s content ({fill}) is not on screen: {:?}; {}",
-            both.top_colors(8),
-            keep(&both, "content")
-        );
-    }
-
-    // 2. Prefixed titles.
-    for vm in [BANKING.0, SHOPPING.0] {
-        let title = format!("[{vm}] {vm} window");
-        let deadline = Instant::now() + LIMIT;
-        while !titled(&title) {
-            assert!(
-                Instant::now() < deadline,
-                "the compositor never saw the title {title:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    let listed = setup.client_output(BANKING.0, &["--list-globals"]);
-    let globals = String::from_utf8_lossy(&listed.stdout).into_owned();
-    assert!(
-        listed.status.success() && globals.contains("interface=wl_compositor "),
-        "--list-globals in banking: {listed:?}\n{}",
-        setup.logs()
-    );
-    assert!(
-        !globals.contains(&format!("interface={hidden} ")),
-        "the gate offers {hidden}:\n{globals}"
-    );
-
-    // 3. A client binding a hidden global is cut off; both windows keep updating.
-    let (b0, s0) = (banking.frames(), shopping.frames());
-    let cut = setup.client_output(BANKING.0, &["--bind", hidden]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&cut.stdout),
-        String::from_utf8_lossy(&cut.stderr)
-    );
-    assert!(
-        !cut.status.success()
-            && (said.contains("wl_display.error") || said.contains("disconnected")),
-        "binding the hidden {hidden}: {}\n{said}",
-        cut.status
-    );
-    assert!(!said.contains("bound interface="), "{said}");
-    banking.wait_frames_above(b0 + 5, setup);
-    shopping.wait_frames_above(s0 + 5, setup);
-
-    (banking, shopping)
-}
-
-/// Check 4: killing banking's gate ends banking's graphics, shopping's window keeps updating.
-fn kill_banking_gate<C: Compositor>(
-    c: &C,
-    setup: &Setup,
-    mut banking: Client,
-    mut shopping: Client,
-) {
-    let pid = gate_pid(BANKING.0)
-        .unwrap_or_else(|| panic!("no vmsilo-gate process for banking\n{}", setup.logs()));
-    let s0 = shopping.frames();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL banking's gate");
-    let gone = shot_until(c, |img| img.count(rgb(BANKING.1)) == 0);
-    assert_eq!(
-        gone.count(rgb(BANKING.1)),
-        0,
-        "banking's frame is still on screen after its gate died; {}",
-        keep(&gone, "gate-killed")
-    );
-    assert!(
-        gone.count(rgb(BANKING.2)) < (W * H) as usize / 10,
-        "banking's content is still on screen after its gate died; {}",
-        keep(&gone, "gate-killed")
-    );
-    let out = Arc::clone(&banking.out);
-    let logs = setup.logs();
-    banking.guard.wait_timeout_or(LIMIT, || {
+    let mut shm = env.gui("shm", &["weston-simple-shm"]);
+    let context = || {
         format!(
-            "banking's client still runs after its gate died:\n{}\n{logs}",
-            out.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            "service log:\n{}\nvm-run stderr:\n{}\nweston log:\n{}",
+            env.log(),
+            env.file("shm.err"),
+            env.file("weston.log")
         )
-    });
-    shopping.wait_frames_above(s0 + 5, setup);
-    assert_frame(
-        &c.screenshot().expect("screenshot"),
-        SHOPPING.0,
-        SHOPPING.1,
-        "after banking's gate died",
-    );
-}
-
-#[test]
-#[ignore = "e2e: boots two QEMU guests, runs weston headless"]
-fn test_e2e_gate_two_vms_on_weston() {
-    if !is_root() {
-        eprintln!("skipped: needs root (QEMU guests, weston as root)");
-        return;
-    }
-    let image = image();
-    let weston = Weston::start(WestonOptions {
-        width: 1600,
-        height: 1200,
-        ..WestonOptions::default()
-    })
-    .expect("weston");
-    let trace = weston.proto_trace().expect("weston-debug proto");
-    let setup = Setup::new(&image, "root", 0, 0, &weston.socket_path());
-    let titled = |title: &str| trace.contains(&format!("set_title(\"{title}\")"));
-    let (banking, shopping) = scenario(&weston, &setup, &titled, "weston_screenshooter");
-
-    // No guest connection (the gate's compositor connections that carried the prefixed
-    // titles) bound weston's privileged globals.
-    for vm in [BANKING.0, SHOPPING.0] {
-        let ids = trace.clients_with(&format!("set_title(\"[{vm}] "));
-        assert!(!ids.is_empty(), "no connection set {vm}'s title");
-        for id in ids {
-            for line in trace.lines_of(&id) {
-                assert!(
-                    !(line.contains(".bind(")
-                        && (line.contains("\"weston_screenshooter\"")
-                            || line.contains("\"weston_debug_v1\""))),
-                    "{vm}'s connection {id} bound a privileged global: {line}"
-                );
-            }
-        }
-    }
-    kill_banking_gate(&weston, &setup, banking, shopping);
-}
-
-#[test]
-#[ignore = "e2e: boots two QEMU guests, runs sway headless as a test user"]
-fn test_e2e_gate_two_vms_on_sway_as_a_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root (QEMU guests, the test user)");
-        return;
-    }
-    let image = image();
-    let sway = Sway::start(SwayOptions {
-        width: 1280,
-        height: 800,
-        ..SwayOptions::default()
-    })
-    .expect("sway");
-    let user = sway.user().clone();
-    let setup = Setup::new(&image, &user.name, user.uid, user.gid, &sway.socket_path());
-    let titled = |title: &str| {
-        sway.ipc(&["-t", "get_tree"])
-            .is_ok_and(|tree| tree.contains(&format!("\"name\": \"{title}\"")))
     };
-    let (banking, shopping) = scenario(&sway, &setup, &titled, "zwlr_screencopy_manager_v1");
-    // The app_id prefix too (sway shows it in the tree).
-    let tree = sway.ipc(&["-t", "get_tree"]).expect("get_tree");
-    for vm in [BANKING.0, SHOPPING.0] {
-        assert!(
-            tree.contains(&format!("\"app_id\": \"vmsilo.{vm}.test.client\"")),
-            "{tree}"
+    wait_until(
+        "the guest's set_title reaches weston",
+        || !titles(&proto).is_empty(),
+        context,
+    );
+    let first = titles(&proto);
+    eprintln!(
+        "window after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        first[0]
+    );
+    assert!(first[0].contains("simple-shm"), "{first:?}");
+    assert!(
+        shm.try_wait().expect("vm-run").is_none(),
+        "the client ended early\n{}",
+        context()
+    );
+    let mut changed = 0;
+    wait_until(
+        "the window shows in a screenshot",
+        || {
+            changed = weston.screenshot(&shot).differing_pixels(&before);
+            // weston-simple-shm's window is 250x250.
+            changed > 10_000
+        },
+        context,
+    );
+    eprintln!("screenshot: {changed} pixels changed by the guest's window");
+    assert!(
+        changed < 150_000,
+        "more than a window changed: {changed} pixels"
+    );
+    let log = env.log();
+    assert!(log.contains("vmsilo-gate"), "{log}");
+
+    // 2. Kill the gate: the client loses its display, its vm-run ends.
+    // Only the main process, as a crash would end it: its per-client processes must not
+    // outlive it.
+    let pids = main_gate();
+    assert_eq!(
+        pids.len(),
+        1,
+        "one gate for {VM}: {:?}\n{}",
+        gate_pids(),
+        context()
+    );
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).expect("kill the gate");
+    let status = ended_within(&mut shm, SHORT);
+    if status.is_none() {
+        let ps = env.vm_run(&["-w", VM, "ps", "-o", "pid,args"]).output();
+        panic!(
+            "the guest's client kept running after the gate died\nguest: {ps:?}\n{}",
+            context()
         );
     }
-    kill_banking_gate(&sway, &setup, banking, shopping);
+    wait_until(
+        "vm-service reports the gate's end",
+        || env.log().contains("the VM's windows are gone"),
+        context,
+    );
+    let titles_after_kill = titles(&proto).len();
+
+    // 3. A new GUI command gets no window (it ends, and no title reaches weston); the VM still
+    //    runs commands.
+    let mut again = env.gui("again", &["weston-simple-shm"]);
+    let status = ended_within(&mut again, SHORT);
+    assert!(
+        status.is_some(),
+        "a GUI command kept running without a gate\n{}\n{}",
+        env.file("again.err"),
+        context()
+    );
+    assert_eq!(
+        titles(&proto).len(),
+        titles_after_kill,
+        "{:?}",
+        titles(&proto)
+    );
+    let o = env
+        .vm_run(&["-w", VM, "sh", "-c", "exit 3"])
+        .output()
+        .expect("vm-run");
+    assert_eq!(o.status.code(), Some(3), "{o:?}\n{}", context());
+
+    // Stop: the VM powers off, and the gate's directory and link are gone.
+    let _ = kill(
+        Pid::from_raw(activator.child().id() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = activator.wait_timeout(LIMIT);
+    let mut leftovers = String::new();
+    let _ = std::fs::File::open(env.dir.path().join("service.log"))
+        .and_then(|mut f| f.read_to_string(&mut leftovers));
+    let run = env.dir.path().join("run");
+    for gone in [format!("{VM}.gate"), format!("{VM}-vsock.socket_6000")] {
+        assert!(!run.join(&gone).exists(), "{gone} left behind\n{leftovers}");
+    }
 }

@@ -73,14 +73,12 @@ impl Env {
 
     /// The activator, as `vmsilo-e2e.socket` would be.
     fn activator(&self) -> Guard {
-        let extra = ["--uid", "0", "--gid", "0", "--agent-timeout", "120s"].map(String::from);
         common::command_activator(
-            self.dir.str(),
+            self.dir.path(),
             &self.cfg,
             "e2e",
-            &extra,
             None,
-            &self.dir.path().join("service.log"),
+            &["--uid", "0", "--gid", "0", "--agent-timeout", "120s"],
         )
     }
 

@@ -69,6 +69,11 @@ impl Vm {
         } else {
             "sound = false"
         };
+        let gpu = if extra_vm.contains("gpu =") {
+            ""
+        } else {
+            "gpu = false"
+        };
         std::fs::write(
             &cfg,
             format!(
@@ -81,7 +86,7 @@ qemu.accel = "tcg"
 name = "t"
 memory = 256
 cpus = 1
-gpu = false
+{gpu}
 {sound}
 sharedHome = false
 {vmm}
@@ -415,6 +420,100 @@ fn test_user_backend_gets_a_user_owned_socket_dir_that_is_removed_afterwards() {
         ["65534:65534 700", "65534 socket", "65534"],
         "{err}"
     );
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn test_gate_and_waypipe_run_confined_and_the_vmm_only_sees_the_sealed_gate_dir() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (namespaces, a second uid)");
+        return;
+    }
+    // A QEMU VM with gpu: the stand-in gate and waypipe (uid 65534) record who they are, which
+    // network interfaces and which writable places they have, then listen; the stand-in QEMU
+    // (root) records the gate directory and the vsock link it finds, then fails, so vm-service
+    // cleans up. The real vhost-device-vsock and qemu-img run.
+    let vm = Vm::new(
+        "gate",
+        "",
+        "gpu = true
+color = \"#2ecc71\"",
+    );
+    let d = vm.dir.str().to_owned();
+    let probe = "id -u > \"$dir/$who-uid\"\n\
+                 tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ' > \"$dir/$who-net\"\n\
+                 if touch /tmp/vmsilo-gate-probe-$$ 2>/dev/null; then echo writable; else echo read-only; fi > \"$dir/$who-tmp\"\n\
+                 rm -f /tmp/vmsilo-gate-probe-$$\n\
+                 echo \"$@\" > \"$dir/$who-argv\"\n\
+                 echo \"${WAYLAND_DISPLAY:-unset}\" > \"$dir/$who-display\"\n";
+    let gate = format!(
+        "sock=\"$6\"; dir=\"$(dirname \"$sock\")\"; who=gate\n{probe}\
+         exec socat UNIX-LISTEN:\"$sock\",fork /dev/null"
+    );
+    let waypipe = format!(
+        "sock=\"$3\"; dir=\"$(dirname \"$sock\")\"; who=waypipe\n{probe}\
+         exec socat UNIX-LISTEN:\"$sock\",fork /dev/null"
+    );
+    let seen = format!("{d}/seen");
+    let qemu = format!(
+        "g={d}/run/t.gate\n\
+         stat -c '%u:%g %a' $g > {seen}\n\
+         stat -c 'state %u:%g %a' $g/state >> {seen}\n\
+         stat -c '%u %F' $g/wayland-0 $g/waypipe.socket >> {seen}\n\
+         readlink {d}/run/t-vsock.socket_6000 >> {seen}\n\
+         for f in uid net tmp argv display; do for w in gate waypipe; do \
+           echo \"$w-$f: $(cat $g/$w-$f)\" >> {seen}; done; done\n\
+         case \"$*\" in *vmsilo.waypipe=6000*) echo 'cmdline: waypipe port' >> {seen};; esac\n\
+         exit 1"
+    );
+    let bin = fake_bin(
+        vm.dir.path(),
+        &[
+            ("vmsilo-gate", &gate),
+            ("waypipe", &waypipe),
+            ("qemu-system-x86_64", &qemu),
+        ],
+    );
+    std::fs::set_permissions(vm.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), system_path());
+    let o = vm
+        .service_as(&common::vmsilo_bin(), &path, 65534)
+        .args(["--wayland-socket", "/run/user/65534/compositor-x"])
+        .output()
+        .expect("vm-service");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("QEMU exited with status 1 before the VM was up"),
+        "{err}"
+    );
+    let seen = std::fs::read_to_string(&seen).expect("the stand-in QEMU ran");
+    let gate_dir = format!("{d}/run/t.gate");
+    let expected: Vec<String> = vec![
+        // Sealed: root's, so nobody can swap the sockets root-run processes connect to.
+        "0:0 755".into(),
+        // Its security-context socket goes here: the user's, only the gate connects to it.
+        "state 65534:65534 700".into(),
+        "65534 socket".into(),
+        "65534 socket".into(),
+        format!("{gate_dir}/waypipe.socket"),
+        "gate-uid: 65534".into(),
+        "waypipe-uid: 65534".into(),
+        // Only a loopback (down): no network.
+        "gate-net: lo ".into(),
+        "waypipe-net: lo ".into(),
+        "gate-tmp: read-only".into(),
+        "waypipe-tmp: read-only".into(),
+        format!(
+            "gate-argv: --vm t --color #2ecc71 --listen {gate_dir}/wayland-0 --compositor \
+             /run/user/65534/compositor-x --state-dir {gate_dir}/state"
+        ),
+        format!("waypipe-argv: --no-gpu --socket {gate_dir}/waypipe.socket client"),
+        "gate-display: unset".into(),
+        format!("waypipe-display: {gate_dir}/wayland-0"),
+        "cmdline: waypipe port".into(),
+    ];
+    assert_eq!(seen.lines().collect::<Vec<_>>(), expected, "{err}");
     assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
 }
 

@@ -9,7 +9,8 @@
 use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
 use crate::model::{OptValue, Options, OverlayType, Vm};
 use crate::plan::{
-    DEFAULT_GPU_OPTIONS, LaunchPlan, PlanOptions, VM_SWITCH_QUEUE_SIZE, push_extra, sound_backend,
+    DEFAULT_GPU_OPTIONS, LaunchPlan, PlanOptions, VM_SWITCH_QUEUE_SIZE, gate_backend, push_extra,
+    sound_backend,
 };
 use crate::validate::ValidConfig;
 
@@ -183,9 +184,11 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
         ]);
     }
 
-    if vm.gpu.enabled {
+    // The GPU's cross-domain context connects to the VM's gate, never to the compositor.
+    if let Some(gate) = gate_backend(vm, opts) {
         g.push(vec!["--gpu".into(), gpu_value(vm.gpu.options.as_ref())]);
-        g.push(vec!["--wayland-sock".into(), opts.wayland_socket()]);
+        g.push(vec!["--wayland-sock".into(), gate.socket.clone()]);
+        plan.backends.push(gate);
     }
 
     for p in &vm.pci_devices {

@@ -34,6 +34,15 @@ pub const VM_SWITCH_QUEUE_SIZE: u32 = 256;
 /// The default GPU options (`gpu = true`).
 pub const DEFAULT_GPU_OPTIONS: &str = "context-types=cross-domain:virgl2";
 
+/// The gate's program (`crates/vmsilo-gate`), looked up in `PATH`.
+pub const GATE: &str = "vmsilo-gate";
+
+/// The vsock port a QEMU guest's waypipe stream connects to on the host (CID 2): the guest
+/// agent passes each `waypipe server` connection there; vhost-device-vsock turns it into a
+/// connection to `<vsock socket>_6000`, which leads to `waypipe client`. (The agent's own port
+/// is 5000.) The guest learns it from the kernel parameter `vmsilo.waypipe=<port>`.
+pub const WAYPIPE_VSOCK_PORT: u32 = 6000;
+
 /// Inputs of a plan that are not in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanOptions {
@@ -132,6 +141,22 @@ pub struct PlanPaths {
     /// `<run>/<vm>.user`: created by the runtime, owned by the configured user (mode 0700),
     /// when a backend runs as that user; holds that backend's socket.
     pub user_dir: Option<String>,
+    /// `<run>/<vm>.gate` (with `gpu`): the gate's (and waypipe's) directory, created by the
+    /// runtime owned by the configured user (0700) and given to root (0755) once
+    /// `gateSocket` (and `waypipeSocket`) exist.
+    pub gate_dir: Option<String>,
+    /// `<run>/<vm>.gate/wayland-0` (with `gpu`): vmsilo-gate's Wayland socket, the only one
+    /// the VMM or waypipe is given.
+    pub gate_socket: Option<String>,
+    /// `<run>/<vm>.gate/state` (with `gpu`): the gate's `--state-dir`, created with
+    /// `gateDir` and left to the user when `gateDir` becomes root's.
+    pub gate_state_dir: Option<String>,
+    /// `<run>/<vm>.gate/waypipe.socket` (QEMU with `gpu`): `waypipe client`'s socket.
+    pub waypipe_socket: Option<String>,
+    /// `<run>/<vm>-vsock.socket_6000` (QEMU with `gpu`): the hybrid-vsock path of
+    /// [`WAYPIPE_VSOCK_PORT`]; a symlink to `waypipeSocket` the runtime creates after the gate
+    /// directory became root's.
+    pub waypipe_vsock_link: Option<String>,
     /// virtiofsd sockets by tag (QEMU).
     pub fs_sockets: BTreeMap<String, String>,
     /// vm-switch ports of this VM.
@@ -168,6 +193,18 @@ pub struct Backend {
     pub run_as: RunAs,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// Confinement beyond the identity (the gate and waypipe), or none.
+    pub sandbox: Option<BackendSandbox>,
+}
+
+/// How the runtime confines a backend that handles guest data with the user's rights: no
+/// network (a fresh network namespace with only a down loopback) and a private mount namespace
+/// where everything but `writableDir` is read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSandbox {
+    /// The only directory mounted writable (the gate directory).
+    pub writable_dir: String,
 }
 
 /// The identity a backend runs with.
@@ -336,6 +373,10 @@ pub fn kernel_cmdline(vm: &Vm) -> Vec<String> {
         p.push("panic=-1".to_owned());
     }
     p.extend(derive::kernel_params(vm));
+    if vm.vmm == Vmm::Qemu && vm.gpu.enabled {
+        // The guest agent wraps commands in `waypipe server` and carries its stream here.
+        p.push(format!("vmsilo.waypipe={WAYPIPE_VSOCK_PORT}"));
+    }
     p
 }
 
@@ -377,11 +418,12 @@ pub fn build(cfg: &ValidConfig, name: &str, opts: &PlanOptions) -> Result<Launch
         Vmm::Qemu => qemu::fill(cfg, vm, opts, &mut plan),
     }
     plan.argv = plan.argv_groups.iter().flatten().cloned().collect();
+    let user_dir = opts.dirs.user_dir(name);
     plan.paths.user_dir = plan
         .backends
         .iter()
-        .any(|b| b.run_as == RunAs::User)
-        .then(|| opts.dirs.user_dir(name));
+        .any(|b| b.run_as == RunAs::User && b.sandbox.is_none())
+        .then_some(user_dir);
     check_socket_paths(&plan)?;
     Ok(plan)
 }
@@ -467,6 +509,11 @@ fn common(vm: &Vm, cid: u32, opts: &PlanOptions) -> LaunchPlan {
             vhost_vsock_socket: None,
             sound_socket: vm.sound.enabled.then(|| d.sound_socket(&vm.name)),
             user_dir: None,
+            gate_dir: vm.gpu.enabled.then(|| d.gate_dir(&vm.name)),
+            gate_socket: vm.gpu.enabled.then(|| d.gate_socket(&vm.name)),
+            gate_state_dir: vm.gpu.enabled.then(|| d.gate_state_dir(&vm.name)),
+            waypipe_socket: None,
+            waypipe_vsock_link: None,
             fs_sockets: BTreeMap::new(),
             vm_switch,
             overlay: qcow2.then(|| d.overlay_image(&vm.name)),
@@ -534,6 +581,54 @@ fn sound_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
         socket,
         run_as: RunAs::User,
         env,
+        sandbox: None,
+    })
+}
+
+/// The VM's vmsilo-gate (with `gpu`): runs as the configured user, listens on the gate socket
+/// and connects each guest client to the user's compositor
+/// ([`PlanOptions::wayland_socket`]).
+fn gate_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
+    if !vm.gpu.enabled {
+        return None;
+    }
+    let d = &opts.dirs;
+    let socket = d.gate_socket(&vm.name);
+    let mut argv: Vec<String> = vec![
+        GATE.into(),
+        "--vm".into(),
+        vm.name.clone(),
+        "--color".into(),
+        vm.color.hex(),
+        "--listen".into(),
+        socket.clone(),
+        "--compositor".into(),
+        opts.wayland_socket(),
+        // Its security-context socket: in a directory of the user's own, since the gate
+        // directory becomes root's once the gate listens.
+        "--state-dir".into(),
+        d.gate_state_dir(&vm.name),
+    ];
+    for g in &vm.gate.allow_globals {
+        argv.extend(["--allow".into(), g.clone()]);
+    }
+    for g in &vm.gate.deny_globals {
+        argv.extend(["--deny".into(), g.clone()]);
+    }
+    if !vm.gate.frame {
+        argv.push("--no-frame".into());
+    }
+    let mut env = BTreeMap::new();
+    env.insert("XDG_RUNTIME_DIR".to_owned(), opts.user_runtime_dir());
+    Some(Backend {
+        kind: GATE.into(),
+        argv,
+        socket,
+        run_as: RunAs::User,
+        env,
+        sandbox: Some(BackendSandbox {
+            writable_dir: d.gate_dir(&vm.name),
+        }),
     })
 }
 
@@ -547,6 +642,9 @@ fn check_socket_paths(plan: &LaunchPlan) -> Result<(), PlanError> {
         p.vsock_socket.as_ref(),
         p.vhost_vsock_socket.as_ref(),
         p.sound_socket.as_ref(),
+        p.gate_socket.as_ref(),
+        p.waypipe_socket.as_ref(),
+        p.waypipe_vsock_link.as_ref(),
     ];
     let all = sockets
         .into_iter()

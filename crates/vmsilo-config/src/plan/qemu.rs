@@ -6,13 +6,18 @@
 //! per shared directory. Guest RAM is a shared memfd (`share=on`), which vhost-user needs.
 //! Everything QEMU cannot do here (GPU/Wayland forwarding, sound, PCI passthrough, some disk and
 //! shared-directory options) is rejected by [`unsupported`] during validation, never dropped.
+//!
+//! Windows (`gpu = true`) take waypipe instead of crosvm's cross-domain GPU: the guest agent
+//! runs each command under `waypipe server`, whose stream reaches the host over vsock port
+//! [`WAYPIPE_VSOCK_PORT`], and `waypipe client` on the host hands it to the VM's vmsilo-gate.
 
 use std::collections::BTreeMap;
 
 use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
 use crate::model::{Accel, Disk, OptValue, Options, OverlayType, SharedDir, Vm};
 use crate::plan::{
-    Backend, ConsoleListener, LaunchPlan, PlanOptions, RunAs, kernel_cmdline, push_extra,
+    Backend, BackendSandbox, ConsoleListener, LaunchPlan, PlanOptions, RunAs, WAYPIPE_VSOCK_PORT,
+    gate_backend, kernel_cmdline, push_extra,
 };
 use crate::validate::ValidConfig;
 
@@ -66,11 +71,13 @@ pub(crate) fn unsupported(vm: &Vm) -> Vec<Unsupported> {
     let mut no = |path: &str, msg: String, value: Option<String>| {
         out.push((path.to_owned(), msg, value));
     };
-    if vm.gpu.enabled {
+    if vm.gpu.enabled && vm.gpu.options.is_some() {
+        // QEMU VMs show windows through waypipe over vsock; there is no virtual GPU to tune.
         no(
             "gpu",
-            "QEMU VMs have no GPU or Wayland forwarding (cross-domain/virgl is crosvm's): set \
-             gpu = false, or use vmm = \"crosvm\""
+            "QEMU VMs have no virtual GPU (their windows reach the host through waypipe over \
+             vsock), so crosvm's --gpu options do not apply: set gpu = true, or use vmm = \
+             \"crosvm\""
                 .into(),
             None,
         );
@@ -311,6 +318,7 @@ fn virtiofsd_backend(vm: &Vm, opts: &PlanOptions, share: &Share) -> Backend {
         socket,
         run_as: RunAs::Root,
         env: BTreeMap::new(),
+        sandbox: None,
     }
 }
 
@@ -439,6 +447,7 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
         socket: vhost_vsock.clone(),
         run_as: RunAs::Root,
         env: BTreeMap::new(),
+        sandbox: None,
     });
     g.push(vec![
         "-chardev".into(),
@@ -561,11 +570,48 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
         }
     }
 
+    // Windows: the gate, then waypipe client in front of it (both before QEMU).
+    if let Some(gate) = gate_backend(vm, opts) {
+        let waypipe = waypipe_backend(vm, opts, &gate.socket);
+        plan.paths.waypipe_socket = Some(waypipe.socket.clone());
+        plan.paths.waypipe_vsock_link = Some(d.vsock_port_socket(name, WAYPIPE_VSOCK_PORT));
+        plan.backends.push(gate);
+        plan.backends.push(waypipe);
+    }
+
     push_extra(
         &mut g,
         cfg.qemu.extra_args.iter().chain(&vm.qemu.extra_args),
     );
     plan.argv_groups = g;
+}
+
+/// `waypipe client` for a QEMU VM with `gpu`: listens on the waypipe socket (which the runtime
+/// links at `<vsock socket>_6000`) and connects to the VM's gate, never to the compositor.
+/// `--no-gpu` keeps guest-supplied DMABUF and video streams away from the host's GPU and
+/// codecs (a QEMU guest has no GPU to make them anyway).
+fn waypipe_backend(vm: &Vm, opts: &PlanOptions, gate_socket: &str) -> Backend {
+    let socket = opts.dirs.waypipe_socket(&vm.name);
+    let mut env = BTreeMap::new();
+    // libwayland (and waypipe) take an absolute WAYLAND_DISPLAY as the socket path.
+    env.insert("WAYLAND_DISPLAY".to_owned(), gate_socket.to_owned());
+    env.insert("XDG_RUNTIME_DIR".to_owned(), opts.user_runtime_dir());
+    Backend {
+        kind: "waypipe".into(),
+        argv: vec![
+            "waypipe".into(),
+            "--no-gpu".into(),
+            "--socket".into(),
+            socket.clone(),
+            "client".into(),
+        ],
+        socket,
+        run_as: RunAs::User,
+        env,
+        sandbox: Some(BackendSandbox {
+            writable_dir: opts.dirs.gate_dir(&vm.name),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,11 @@ pub fn provider(program: &str) -> &'static str {
         "virtiofsd" => "install virtiofsd (cargo install virtiofsd)",
         "vhost-device-vsock" => "install vhost-device-vsock (cargo install vhost-device-vsock)",
         "vhost-device-sound" => "install vhost-device-sound (cargo install vhost-device-sound)",
+        "vmsilo-gate" => {
+            "install vmsilo-gate (it ships with vmsilo: cargo install --path crates/vmsilo-gate), \
+             or set gpu = false"
+        }
+        "waypipe" => "install waypipe (Debian: waypipe), or set gpu = false",
         _ => "install it or fix PATH",
     }
 }

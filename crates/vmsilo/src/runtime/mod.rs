@@ -10,7 +10,12 @@
 //!    non-socket in its place, stops the start.
 //! 4. The qcow2 overlay is recreated with `qemu-img`; the shared home is created from the
 //!    template on first use; the vm-switch port files are written and vm-switch's sockets
-//!    awaited; the backends are started and their sockets awaited.
+//!    awaited; the backends are started and their sockets awaited. With `gpu`, the gate's
+//!    directory `<run>/<vm>.gate` is created for the user first; vmsilo-gate and (QEMU) waypipe
+//!    run as the user without network and with everything but that directory read-only
+//!    ([`procs::Identity::Confined`]); once they listen, the directory is given to root and
+//!    (QEMU) `<vsock>_6000` is linked to waypipe's socket. A gate that dies is not restarted:
+//!    the VM runs on without windows until it is restarted.
 //! 5. The console PTY is linked at `<run>/<vm>-console` (not in debug mode, where the console
 //!    is this terminal); for crosvm the runtime listens on the console socket first, for QEMU it
 //!    connects once QEMU created it. Then the VMM runs; once its console is connected and its
@@ -153,6 +158,8 @@ struct Runtime {
     created_home: Option<(PathBuf, home::DirId)>,
     /// `<run>/<vm>.user` once prepared (removed at the end).
     user_dir: Option<PathBuf>,
+    /// `<run>/<vm>.gate` once created (removed at the end).
+    gate_dir: Option<PathBuf>,
     ever_ready: bool,
     stopping: bool,
     state: State,
@@ -198,6 +205,7 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
         pty: None,
         created_home: None,
         user_dir: None,
+        gate_dir: None,
         ever_ready: false,
         stopping: false,
         state,
@@ -212,11 +220,17 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
         ))),
     };
     rt.teardown();
-    if let Some(dir) = rt.user_dir.take()
-        && let Err(e) = std::fs::remove_dir_all(&dir)
-        && e.kind() != ErrorKind::NotFound
+    for dir in [rt.user_dir.take(), rt.gate_dir.take()]
+        .into_iter()
+        .flatten()
     {
-        eprintln!("vmsilo: cannot remove {}: {e}", dir.display());
+        // remove_dir_all does not follow symlinks, so what a user process left inside cannot
+        // point it elsewhere.
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("vmsilo: cannot remove {}: {e}", dir.display());
+        }
     }
     if result.is_err()
         && !rt.ever_ready
@@ -313,6 +327,20 @@ fn take_lock(o: &RunOptions) -> Result<VmLock, String> {
     })
 }
 
+/// Gives the directory `dir` (a path only root can replace) to `uid`/`gid` with `mode`.
+fn give_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .and_then(|()| {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        })
+        .map_err(|e| {
+            format!(
+                "cannot give {} to uid {uid} gid {gid} (mode {mode:o}): {e}",
+                dir.display()
+            )
+        })
+}
+
 fn remove_file_quiet(p: &Path) {
     if let Err(e) = std::fs::remove_file(p)
         && e.kind() != ErrorKind::NotFound
@@ -367,7 +395,9 @@ impl Runtime {
                 first = false;
             }
             self.write_port_files()?;
+            self.prepare_gate_dir().map_err(|m| self.fail(m))?;
             self.start_backends()?;
+            self.seal_gate_dir().map_err(|m| self.fail(m))?;
             let ended = self.run_vmm()?;
             match self.outcome(ended) {
                 Err(reboot) if reboot.exit_code() == exit::REBOOT_LOOP && !self.stopping => {
@@ -550,18 +580,96 @@ impl Runtime {
         }
         self.user_dir = Some(dir.clone());
         let u = &self.o.plan.user;
-        std::os::unix::fs::lchown(&dir, Some(u.uid), Some(u.gid))
-            .and_then(|()| {
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
-            .map_err(|e| {
-                format!(
-                    "cannot give {} to uid {} gid {}: {e}",
-                    dir.display(),
-                    u.uid,
-                    u.gid
-                )
-            })
+        give_dir(&dir, u.uid, u.gid, 0o700)
+    }
+
+    /// Creates `<run>/<vm>.gate` afresh for the gate and waypipe, owned by the configured user,
+    /// mode 0700: the only directory they may write (their mount namespace has everything
+    /// else read-only). What an earlier run left there (stale sockets) is removed first; the
+    /// run directory is root's, so the path itself cannot have been replaced.
+    fn prepare_gate_dir(&mut self) -> Result<(), String> {
+        let Some(dir) = self.o.plan.paths.gate_dir.clone().map(PathBuf::from) else {
+            return Ok(());
+        };
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove the old {}: {e}", dir.display()))?,
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a directory: refusing to remove it; move it away",
+                    dir.display()
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot check {}: {e}", dir.display())),
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        self.gate_dir = Some(dir.clone());
+        let u = &self.o.plan.user;
+        give_dir(&dir, u.uid, u.gid, 0o700)?;
+        // The gate's state directory stays the user's after the gate directory is sealed.
+        if let Some(state) = self.o.plan.paths.gate_state_dir.clone().map(PathBuf::from) {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&state)
+                .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+            give_dir(&state, u.uid, u.gid, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// Once the gate (and waypipe) listen: gives `<run>/<vm>.gate` to root (mode 0755), so that
+    /// from now on nobody, the user included, can replace the sockets the VMM and
+    /// vhost-device-vsock (both root) connect to, e.g. by a symlink to a root-only socket.
+    /// Then checks that they are sockets and (QEMU) links `<vsock>_6000` to waypipe's.
+    fn seal_gate_dir(&mut self) -> Result<(), String> {
+        let Some(dir) = self.gate_dir.clone() else {
+            return Ok(());
+        };
+        give_dir(
+            &dir,
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            0o755,
+        )?;
+        let p = self.o.plan.paths.clone();
+        for s in [&p.gate_socket, &p.waypipe_socket].into_iter().flatten() {
+            match std::fs::symlink_metadata(s) {
+                Ok(m) if m.file_type().is_socket() => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{s} is not a socket (something replaced it while the gate started): \
+                         refusing to start the VM"
+                    ));
+                }
+                Err(e) => return Err(format!("cannot check {s}: {e}")),
+            }
+        }
+        if let (Some(link), Some(target)) = (&p.waypipe_vsock_link, &p.waypipe_socket) {
+            let link = PathBuf::from(link);
+            match std::fs::symlink_metadata(&link) {
+                Ok(m) if m.file_type().is_symlink() || m.file_type().is_socket() => {
+                    std::fs::remove_file(&link)
+                        .map_err(|e| format!("cannot remove the stale {}: {e}", link.display()))?;
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "{} exists and is not a socket or link: refusing to remove it; move it \
+                         away",
+                        link.display()
+                    ));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot check {}: {e}", link.display())),
+            }
+            self.files.push(link.clone());
+            std::os::unix::fs::symlink(target, &link)
+                .map_err(|e| format!("cannot link {} to {target}: {e}", link.display()))?;
+        }
+        Ok(())
     }
 
     fn write_port_files(&mut self) -> Result<(), RuntimeError> {
@@ -613,11 +721,15 @@ impl Runtime {
     fn start_backends(&mut self) -> Result<(), RuntimeError> {
         let backends = self.o.plan.backends.clone();
         for b in &backends {
-            let who = match b.run_as {
-                RunAs::Root => Identity::Inherit,
-                RunAs::User => Identity::User {
-                    uid: self.o.plan.user.uid,
-                    gid: self.o.plan.user.gid,
+            let (uid, gid) = (self.o.plan.user.uid, self.o.plan.user.gid);
+            let writable = b.sandbox.as_ref().map(|s| PathBuf::from(&s.writable_dir));
+            let who = match (b.run_as, &writable) {
+                (RunAs::Root, _) => Identity::Inherit,
+                (RunAs::User, None) => Identity::User { uid, gid },
+                (RunAs::User, Some(w)) => Identity::Confined {
+                    uid,
+                    gid,
+                    writable: w,
                 },
             };
             let proc = procs::spawn(&b.kind, &b.argv, &b.env, who).map_err(|m| self.fail(m))?;
@@ -879,9 +991,20 @@ impl Runtime {
                     && !warned[i]
                 {
                     warned[i] = true;
+                    // Nothing restarts it behind the user's back: a gate that died may have
+                    // been broken by the guest, and only the gate may reach the compositor.
+                    let what = if b.name == vmsilo_config::plan::GATE || b.name == "waypipe" {
+                        format!(
+                            "the VM's windows are gone and no new one can open (the VM keeps \
+                             running without graphics): `vm-stop {vm}` and `vm-start {vm}` \
+                             restore them",
+                            vm = self.o.plan.vm
+                        )
+                    } else {
+                        "its device stops working until the VM restarts".to_owned()
+                    };
                     eprintln!(
-                        "vmsilo: VM {:?}: {} exited with {} while the VM runs: its device stops \
-                         working until the VM restarts",
+                        "vmsilo: VM {:?}: {} exited with {} while the VM runs: {what}",
                         self.o.plan.vm,
                         b.name,
                         procs::describe(s)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use super::signals::Signals;
@@ -25,7 +25,7 @@ pub struct Proc {
 
 /// Who a process runs as.
 #[derive(Debug, Clone, Copy)]
-pub enum Identity {
+pub enum Identity<'a> {
     /// The runtime's own (root).
     Inherit,
     /// Another user (supplementary groups are dropped).
@@ -35,6 +35,16 @@ pub enum Identity {
         /// gid.
         gid: u32,
     },
+    /// Another user, without network, with everything but `writable` mounted read-only
+    /// ([`crate::sys::confine_child`]).
+    Confined {
+        /// uid.
+        uid: u32,
+        /// gid.
+        gid: u32,
+        /// The only writable directory.
+        writable: &'a Path,
+    },
 }
 
 /// Starts `argv` in its own process group with stdin from /dev/null and the runtime's
@@ -43,7 +53,7 @@ pub fn spawn(
     name: &str,
     argv: &[String],
     env: &BTreeMap<String, String>,
-    who: Identity,
+    who: Identity<'_>,
 ) -> Result<Proc, String> {
     let (program, args) = argv
         .split_first()
@@ -53,8 +63,17 @@ pub fn spawn(
         .envs(env)
         .stdin(Stdio::null())
         .process_group(0);
-    if let Identity::User { uid, gid } = who {
-        cmd.uid(uid).gid(gid);
+    match who {
+        Identity::Inherit => {}
+        Identity::User { uid, gid } => {
+            cmd.uid(uid).gid(gid);
+        }
+        Identity::Confined { uid, gid, writable } => {
+            // It handles guest data: it gets nothing of the runtime's it does not need.
+            cmd.env_remove("NOTIFY_SOCKET");
+            crate::sys::confine_child(&mut cmd, uid, gid, writable)
+                .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+        }
     }
     crate::sys::prepare_child(&mut cmd);
     let child = cmd
@@ -95,12 +114,14 @@ impl Proc {
         self.status
     }
 
-    /// Sends a signal (ignored once reaped).
+    /// Sends a signal to its process group (ignored once reaped): [`spawn`] makes every
+    /// process a group leader, so what it forked (the gate's per-client processes,
+    /// virtiofsd's sandbox) is stopped with it.
     pub fn signal(&mut self, sig: Signal) {
         if self.poll().is_none()
             && let Ok(pid) = i32::try_from(self.child.id())
         {
-            let _ = kill(Pid::from_raw(pid), sig);
+            let _ = killpg(Pid::from_raw(pid), sig);
         }
     }
 

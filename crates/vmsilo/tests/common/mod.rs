@@ -125,49 +125,6 @@ pub fn agent_image() -> vmsilo_testkit::GuestImage {
         .expect("guest image")
 }
 
-/// `systemd-socket-activate` on `<dir>/run/<vm>-command.socket` running `vmsilo --config
-/// <cfg> command-service <vm>` with the run, vm-switch and state directories under `dir`, the
-/// caller's `PATH` plus `~/.cargo/bin` (after `bin_dir`, when given: where vm-service finds
-/// programs built for the test), no systemd, and `extra` arguments; its stderr goes to `log`.
-/// This is what the generated `vmsilo-<vm>.socket` does. Returns once the socket exists.
-pub fn command_activator(
-    dir: &str,
-    cfg: &Path,
-    vm: &str,
-    extra: &[String],
-    bin_dir: Option<&Path>,
-    log: &Path,
-) -> Guard {
-    let socket = format!("{dir}/run/{vm}-command.socket");
-    let mut path = format!(
-        "{}:{}/.cargo/bin",
-        std::env::var("PATH").unwrap_or_default(),
-        std::env::var("HOME").unwrap_or_default()
-    );
-    if let Some(b) = bin_dir {
-        path = format!("{}:{path}", b.display());
-    }
-    let child = command(Path::new("systemd-socket-activate"))
-        .arg(format!("--listen={socket}"))
-        .arg(format!("--setenv=PATH={path}"))
-        .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={dir}/no-systemd"))
-        .arg(vmsilo_bin())
-        .args(["--config", cfg.to_str().expect("utf-8")])
-        .args(["command-service", vm])
-        .args(["--run-dir", &format!("{dir}/run")])
-        .args(["--vm-switch-dir", &format!("{dir}/vs")])
-        .args(["--state-dir", &format!("{dir}/state")])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).expect("log"))
-        .spawn()
-        .expect("systemd-socket-activate");
-    let guard = Guard(Some(child));
-    wait_path(Path::new(&socket), Duration::from_secs(60));
-    guard
-}
-
 /// Kills the child when dropped.
 pub struct Guard(pub Option<Child>);
 
@@ -370,4 +327,47 @@ rootDisk = "{root}"
     let path = dir.join("vmsilo.toml");
     std::fs::write(&path, text).expect("config");
     path
+}
+
+/// `systemd-socket-activate` on `<dir>/run/<vm>-command.socket` starting `vmsilo
+/// command-service <vm>` at the first connection, as `vmsilo-<vm>.socket` does under systemd
+/// (without systemd, the command service runs `vm-service` itself). The run, vm-switch and
+/// state directories are `<dir>/{run,vs,state}`; `PATH` is this one plus `path_prefix` first
+/// and `~/.cargo/bin` last; `extra` goes after the command service's arguments (`--uid`, ...).
+/// Its output goes to `<dir>/service.log`. Returns once the socket exists.
+pub fn command_activator(
+    dir: &Path,
+    cfg: &Path,
+    vm: &str,
+    path_prefix: Option<&str>,
+    extra: &[&str],
+) -> Guard {
+    let d = dir.display();
+    let socket = format!("{d}/run/{vm}-command.socket");
+    let path = format!(
+        "{}{}:{}/.cargo/bin",
+        path_prefix.map(|p| format!("{p}:")).unwrap_or_default(),
+        std::env::var("PATH").unwrap_or_default(),
+        std::env::var("HOME").unwrap_or_default()
+    );
+    let child = command(Path::new("systemd-socket-activate"))
+        .arg(format!("--listen={socket}"))
+        .arg(format!("--setenv=PATH={path}"))
+        .arg(format!("--setenv=VMSILO_SYSTEMD_DIR={d}/no-systemd"))
+        .arg(vmsilo_bin())
+        .arg("--config")
+        .arg(cfg)
+        .args(["command-service", vm])
+        .args(["--run-dir", &format!("{d}/run")])
+        .args(["--vm-switch-dir", &format!("{d}/vs")])
+        .args(["--state-dir", &format!("{d}/state")])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("service.log")).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate");
+    let guard = Guard(Some(child));
+    wait_path(Path::new(&socket), Duration::from_secs(60));
+    guard
 }

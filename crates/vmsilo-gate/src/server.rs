@@ -1,0 +1,921 @@
+//! The listening socket and one process per client.
+//!
+//! The parent is single-threaded: it polls the listener, a signalfd (SIGCHLD, SIGTERM,
+//! SIGINT), the clipboard channels of its children and, when the compositor has a security
+//! context, its own compositor connection. Each accepted connection is served by a forked
+//! child ([`serve_client`]), so that anything a client does wrong (a protocol error, a panic
+//! or fd exhaustion inside wl-proxy, too many objects) ends that client only.
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use wl_proxy::baseline::Baseline;
+use wl_proxy::client::ClientHandler;
+use wl_proxy::object::Object;
+use wl_proxy::state::State;
+
+use crate::conn::{Conn, Limits};
+use crate::datadev::{self, DataDev, Hub, Link, Msg, Out};
+use crate::identity::Identity;
+use crate::logger::warn_limited;
+use crate::policy::Policy;
+use crate::{frame, registry, sys};
+
+/// The wl-proxy baseline the gate is written against (the policy caps versions further).
+pub const BASELINE: Baseline = Baseline::V6;
+
+/// `wl_display.error` code `no_memory`, used when a client exceeds a limit.
+const NO_MEMORY: u32 = 2;
+
+/// Everything a client child needs (cloned into each child).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Who the VM is.
+    pub identity: Rc<Identity>,
+    /// The policy.
+    pub policy: Rc<Policy>,
+    /// Per-client limits.
+    pub limits: Limits,
+    /// Whether toplevels are framed.
+    pub frame: bool,
+    /// wl-proxy message logging.
+    pub debug: bool,
+}
+
+/// The gate's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What each client child gets.
+    pub client: ClientConfig,
+    /// The socket guests connect to.
+    pub listen: PathBuf,
+    /// The compositor's socket.
+    pub compositor: PathBuf,
+    /// Where the security-context socket goes.
+    pub state_dir: PathBuf,
+    /// Simultaneous clients.
+    pub max_clients: usize,
+    /// Install the seccomp filter.
+    pub sandbox: bool,
+}
+
+/// How a client's service ended (the child's exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client disconnected.
+    ClientGone = 0,
+    /// The compositor connection failed or sent an error.
+    Compositor = 1,
+    /// The client was cut off (protocol error or limit).
+    CutOff = 3,
+    /// The client child panicked.
+    Panicked = 4,
+}
+
+/// Errors of the gate's setup, each with what failed on what.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listening socket.
+    #[error("could not listen on {path}: {source}")]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A non-socket is in the way.
+    #[error("{0} exists and is not a socket: remove it or choose another --listen path")]
+    NotASocket(PathBuf),
+    /// The parent directory is missing.
+    #[error(
+        "the directory of {0} does not exist: create it first (the gate does not create directories)"
+    )]
+    NoDir(PathBuf),
+    /// Signals.
+    #[error("could not set up signal handling: {0}")]
+    Signals(nix::Error),
+    /// The compositor.
+    #[error(
+        "could not connect to the compositor at {path}: {source} (is it running? check --compositor, WAYLAND_DISPLAY and XDG_RUNTIME_DIR)"
+    )]
+    Compositor {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The security context.
+    #[error("could not set up the security context: {0}")]
+    SecurityContext(String),
+    /// The sandbox.
+    #[error("could not install the seccomp filter: {0} (run with --no-sandbox to debug)")]
+    Sandbox(String),
+    /// A runtime failure of the parent's loop.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Binds the listening socket: the parent directory must exist, a stale socket is removed
+/// (anything else in the way is an error), and the socket is created 0600.
+pub fn bind_listener(path: &Path) -> Result<UnixListener, ServerError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        return Err(ServerError::NoDir(path.to_path_buf()));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| ServerError::Listen {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let res = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = res.map_err(|source| ServerError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| ServerError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(l)
+}
+
+/// The clipboard channel of a child to the parent (`SOCK_SEQPACKET`, one [`Msg`] per
+/// datagram, at most one fd).
+#[derive(Debug, Clone)]
+pub struct Chan {
+    fd: Rc<OwnedFd>,
+}
+
+impl Chan {
+    /// Wraps one end of the socketpair.
+    pub fn new(fd: OwnedFd) -> Self {
+        Self { fd: Rc::new(fd) }
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A new channel pair (non-blocking, close-on-exec).
+pub fn chan_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+}
+
+/// Sends one message (non-blocking; a full peer drops it, closing the fd).
+pub fn send_msg(fd: RawFd, msg: &Msg, pass: Option<RawFd>) -> nix::Result<()> {
+    let bytes = msg.encode();
+    let iov = [IoSlice::new(&bytes)];
+    let fds;
+    let cmsgs: &[ControlMessage] = match pass {
+        Some(f) => {
+            fds = [f];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(
+        fd,
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// What one receive gave.
+#[derive(Debug)]
+pub enum Recv {
+    /// A message (and its fd, if any).
+    Msg(Msg, Option<OwnedFd>),
+    /// A datagram that did not decode (dropped).
+    Bad,
+    /// Nothing more to read now.
+    Empty,
+    /// The peer is gone.
+    Closed,
+}
+
+/// Receives one message (non-blocking). Extra fds are closed; a message without its fd, or
+/// with one it should not carry, is [`Recv::Bad`].
+pub fn recv_msg(fd: RawFd) -> Recv {
+    let mut buf = vec![0u8; datadev::MAX_MSG_BYTES + 1];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let res = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    );
+    let (len, flags, mut fds) = match res {
+        Ok(r) => {
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = r.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        for f in v {
+                            // The kernel just gave us these descriptors; nothing else owns them.
+                            fds.push(owned_from_received(f));
+                        }
+                    }
+                }
+            }
+            (r.bytes, r.flags, fds)
+        }
+        Err(Errno::EAGAIN) => return Recv::Empty,
+        Err(Errno::EINTR) => return Recv::Empty,
+        Err(_) => return Recv::Closed,
+    };
+    if len == 0 && fds.is_empty() {
+        return Recv::Closed;
+    }
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > 1 {
+        return Recv::Bad;
+    }
+    let Ok(msg) = Msg::decode(&buf[..len]) else {
+        return Recv::Bad;
+    };
+    let fd = fds.pop();
+    if msg.has_fd() != fd.is_some() {
+        return Recv::Bad;
+    }
+    Recv::Msg(msg, fd)
+}
+
+fn owned_from_received(fd: RawFd) -> OwnedFd {
+    crate::sys::owned_fd(fd)
+}
+
+impl Link for Chan {
+    fn send(&self, msg: &Msg, fd: Option<&OwnedFd>) {
+        if let Err(e) = send_msg(self.fd.as_raw_fd(), msg, fd.map(|f| f.as_raw_fd())) {
+            warn_limited(
+                "clipboard",
+                &format!("could not reach the gate's parent: {e}"),
+            );
+        }
+    }
+}
+
+struct ClientGone(Rc<Cell<bool>>);
+
+impl ClientHandler for ClientGone {
+    fn disconnected(self: Box<Self>) {
+        self.0.set(true);
+    }
+}
+
+/// Serves one guest client until it or the compositor goes away: the body of a client child.
+/// `chan` is the clipboard channel to the parent.
+pub fn serve_client(
+    cfg: &ClientConfig,
+    client_fd: OwnedFd,
+    compositor_fd: OwnedFd,
+    chan: Option<Chan>,
+) -> End {
+    let mut session = match Session::new(cfg, client_fd, compositor_fd, chan) {
+        Ok(s) => s,
+        Err(end) => return end,
+    };
+    loop {
+        if let Step::End(end) = session.step(PollTimeout::NONE) {
+            return end;
+        }
+    }
+}
+
+/// What one [`Session::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Still serving; `true` if messages were handled.
+    Continue(bool),
+    /// The service ended.
+    End(End),
+}
+
+/// One guest client's service: its wl-proxy state (the client and its own compositor
+/// connection), the policy handlers and its clipboard. Driven by [`Session::step`], so that
+/// tests and the fuzz target can run it in-process.
+pub struct Session {
+    state: Rc<State>,
+    _destroy: wl_proxy::state::Destructor,
+    client: Rc<wl_proxy::client::Client>,
+    client_sock: Rc<OwnedFd>,
+    conn: Rc<Conn>,
+    dd: Rc<DataDev>,
+    chan: Option<Chan>,
+    gone: Rc<Cell<bool>>,
+    suspended: bool,
+    objects: Vec<Rc<dyn Object>>,
+    linger: Duration,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Sets up the service of the client on `client_fd`, with `compositor_fd` as its
+    /// compositor connection.
+    pub fn new(
+        cfg: &ClientConfig,
+        client_fd: OwnedFd,
+        compositor_fd: OwnedFd,
+        chan: Option<Chan>,
+    ) -> Result<Session, End> {
+        let state = match State::builder(BASELINE)
+            .with_server_fd(&Rc::new(compositor_fd))
+            .with_logging(cfg.debug)
+            .build()
+        {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("could not set up the compositor connection: {e}");
+                return Err(End::Compositor);
+            }
+        };
+        let destroy = state.create_destructor();
+        let client_sock = Rc::new(client_fd);
+        let client = match state.add_client(&client_sock) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("could not add the client: {e}");
+                return Err(End::Compositor);
+            }
+        };
+        let gone = Rc::new(Cell::new(false));
+        client.set_handler(ClientGone(gone.clone()));
+        let conn = Rc::new(Conn {
+            identity: cfg.identity.clone(),
+            policy: cfg.policy.clone(),
+            limits: cfg.limits,
+            frame: cfg.frame,
+            cut_off: Cell::new(false),
+        });
+        let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
+        let dd = DataDev::new(link);
+        frame::start(&conn, &state);
+        client
+            .display()
+            .set_handler(registry::Display::new(conn.clone(), dd.clone()));
+        Ok(Session {
+            state,
+            _destroy: destroy,
+            client,
+            client_sock,
+            conn,
+            dd,
+            chan,
+            gone,
+            suspended: false,
+            objects: Vec::new(),
+            linger: LINGER,
+        })
+    }
+
+    fn ended(&self) -> End {
+        if self.gone.get() {
+            End::ClientGone
+        } else {
+            End::Compositor
+        }
+    }
+
+    fn cut_off(&self, why: &str) {
+        warn_limited(
+            "limit",
+            &format!("VM {:?}: client cut off: {why}", self.conn.identity.vm),
+        );
+        let obj: Rc<dyn Object> = self.client.display().clone();
+        self.client.display().send_error(obj, NO_MEMORY, why);
+        self.conn.cut_off.set(true);
+    }
+
+    /// Sets how long a cut-off client may read its error (default [`LINGER`]).
+    pub fn set_linger(&mut self, d: Duration) {
+        self.linger = d;
+    }
+
+    /// Waits up to `timeout` for work, handles it, checks the limits.
+    pub fn step(&mut self, timeout: PollTimeout) -> Step {
+        if self.state.is_destroyed() {
+            return Step::End(End::Compositor);
+        }
+        if self.gone.get() {
+            return Step::End(End::ClientGone);
+        }
+        if self.conn.cut_off.get() {
+            let _ = self.state.before_poll();
+            linger(&self.client_sock, self.linger);
+            return Step::End(End::CutOff);
+        }
+        if let Err(e) = self.state.before_poll() {
+            log::info!("connection ended: {e}");
+            return Step::End(self.ended());
+        }
+        // Backpressure: while the client does not read (its socket buffer is full), stop
+        // reading the compositor, so that events for it queue in the compositor, which
+        // bounds them (and may disconnect), not in this process.
+        let (writable, hung_up) = client_status(&self.client_sock);
+        if hung_up {
+            return Step::End(End::ClientGone);
+        }
+        let blocked = !writable;
+        if blocked != self.suspended {
+            self.state.set_suspended(blocked);
+            self.suspended = blocked;
+        }
+        let (state_ready, chan_ready) = {
+            let mut fds = vec![PollFd::new(self.state.poll_fd().as_fd(), PollFlags::POLLIN)];
+            if let Some(c) = &self.chan {
+                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            }
+            if blocked {
+                fds.push(PollFd::new(self.client_sock.as_fd(), PollFlags::POLLOUT));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => return Step::Continue(false),
+                Err(e) => {
+                    log::error!("poll failed: {e}");
+                    return Step::End(End::Compositor);
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (
+                ready(&fds[0]),
+                self.chan.is_some() && fds.get(1).is_some_and(ready),
+            )
+        };
+        let mut worked = false;
+        if state_ready {
+            match self.state.dispatch_available() {
+                Ok(w) => worked |= w,
+                Err(e) => {
+                    log::info!("connection ended: {e}");
+                    return Step::End(self.ended());
+                }
+            }
+        }
+        if chan_ready && let Some(c) = &self.chan {
+            worked = true;
+            for _ in 0..64 {
+                match recv_msg(c.fd.as_raw_fd()) {
+                    Recv::Msg(m, fd) => self.dd.handle_parent(m, fd),
+                    Recv::Bad => warn_limited("clipboard", "malformed message from the parent"),
+                    Recv::Empty => break,
+                    Recv::Closed => return Step::End(End::Compositor),
+                }
+            }
+        }
+        if !self.gone.get() && !self.conn.cut_off.get() {
+            self.objects.clear();
+            self.client.objects(&mut self.objects);
+            let n = self.objects.len();
+            self.objects.clear();
+            if n > self.conn.limits.max_objects {
+                self.cut_off(&format!(
+                    "too many objects ({n} > {}): the gate's per-client limit",
+                    self.conn.limits.max_objects
+                ));
+            }
+        }
+        Step::Continue(worked)
+    }
+}
+
+/// Whether the client socket has room to write, and whether the client has shut down its
+/// sending side with nothing left to read (readable, and a peek finds end of file). (wl-proxy 0.1.5 treats a zero-byte read as "no
+/// data", so a half-closed client would keep its process busy forever without this check.)
+fn client_status(sock: &OwnedFd) -> (bool, bool) {
+    let mut fds = [PollFd::new(
+        sock.as_fd(),
+        PollFlags::POLLOUT | PollFlags::POLLIN,
+    )];
+    let revents = match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+        Err(_) => return (true, false),
+    };
+    let writable = revents.contains(PollFlags::POLLOUT);
+    let mut hung_up = false;
+    if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+        let mut b = [0u8; 1];
+        hung_up = match nix::sys::socket::recv(
+            sock.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => true,
+            Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+            Err(_) => true,
+        };
+    }
+    (writable, hung_up)
+}
+
+/// How long a cut-off client has to read its `wl_display.error` before the gate closes.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// After a protocol error: shuts down the sending side (the client reads the error, then
+/// EOF, instead of a hang-up that some clients handle before reading) and waits, bounded by
+/// [`LINGER`], for the client to close. What it still sends is discarded.
+fn linger(sock: &OwnedFd, linger: Duration) {
+    let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    let deadline = Instant::now() + linger;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sets the child's resource limits: fds (bounds fds in flight) and data (bounds queued
+/// bytes and everything else the child allocates).
+pub fn child_rlimits(limits: &Limits) {
+    use nix::sys::resource::{Resource, setrlimit};
+    let fds = limits.max_fds as u64;
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, fds, fds) {
+        log::warn!("could not limit open files to {fds}: {e}");
+    }
+    let data = CHILD_DATA_LIMIT;
+    if let Err(e) = setrlimit(Resource::RLIMIT_DATA, data, data) {
+        log::warn!("could not limit the data segment to {data} bytes: {e}");
+    }
+}
+
+/// RLIMIT_DATA of a client child.
+pub const CHILD_DATA_LIMIT: u64 = 256 << 20;
+
+struct ChildInfo {
+    id: u64,
+    chan: OwnedFd,
+}
+
+/// The parent: accepts, forks, reaps, routes the clipboard.
+pub struct Parent {
+    cfg: Config,
+    listener: UnixListener,
+    /// Where children connect: the compositor or the security-context listener.
+    connect_to: PathBuf,
+    secctx: Option<crate::secctx::SecCtx>,
+    children: HashMap<i32, ChildInfo>,
+    next_id: u64,
+    hub: Hub,
+    refused: u64,
+    pid: u32,
+}
+
+impl Parent {
+    /// The parent around a bound listener. `secctx` is the security context, if the
+    /// compositor has one: children then connect to its listener.
+    pub fn new(cfg: Config, listener: UnixListener, secctx: Option<crate::secctx::SecCtx>) -> Self {
+        let connect_to = secctx
+            .as_ref()
+            .map(|s| s.path().to_path_buf())
+            .unwrap_or_else(|| cfg.compositor.clone());
+        Self {
+            cfg,
+            listener,
+            connect_to,
+            secctx,
+            children: HashMap::new(),
+            next_id: 1,
+            hub: Hub::default(),
+            refused: 0,
+            pid: std::process::id(),
+        }
+    }
+
+    /// Removes the gate's sockets (only in the process that created them).
+    fn cleanup(&mut self) {
+        if std::process::id() != self.pid {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.cfg.listen);
+        if let Some(s) = &self.secctx {
+            let _ = std::fs::remove_file(s.path());
+        }
+    }
+
+    fn kill_children(&mut self) {
+        for pid in self.children.keys() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        for pid in self.children.keys() {
+            let _ = waitpid(Pid::from_raw(*pid), None);
+        }
+        self.children.clear();
+    }
+
+    fn route(&mut self, outs: Vec<Out>, mut fd: Option<OwnedFd>) {
+        for Out::To(child, msg) in outs {
+            let Some(info) = self.children.values().find(|c| c.id == child) else {
+                continue;
+            };
+            let pass = if msg.has_fd() { fd.take() } else { None };
+            if msg.has_fd() && pass.is_none() {
+                continue;
+            }
+            if let Err(e) = send_msg(
+                info.chan.as_raw_fd(),
+                &msg,
+                pass.as_ref().map(|f| f.as_raw_fd()),
+            ) {
+                warn_limited(
+                    "clipboard",
+                    &format!("could not reach client process {child}: {e}"),
+                );
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+                    if let Some(info) = self.children.remove(&pid.as_raw()) {
+                        let outs = self.hub.child_gone(info.id);
+                        self.route(outs, None);
+                    }
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..16 {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                    warn_limited("accept", "out of file descriptors; connection left pending");
+                    return;
+                }
+                Err(e) => {
+                    warn_limited("accept", &format!("accept failed: {e}"));
+                    return;
+                }
+            };
+            if self.children.len() >= self.cfg.max_clients {
+                self.refused += 1;
+                warn_limited(
+                    "clients",
+                    &format!(
+                        "VM {:?}: refused a connection: {} clients already (--max-clients); {} refused so far",
+                        self.cfg.client.identity.vm, self.cfg.max_clients, self.refused
+                    ),
+                );
+                drop(stream);
+                continue;
+            }
+            self.spawn(stream);
+        }
+    }
+
+    fn spawn(&mut self, stream: UnixStream) {
+        let (mine, theirs) = match chan_pair() {
+            Ok(p) => p,
+            Err(e) => {
+                warn_limited("clients", &format!("could not create a channel: {e}"));
+                return;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        match sys::fork() {
+            Err(e) => warn_limited("clients", &format!("could not fork a client process: {e}")),
+            Ok(sys::Forked::Child) => {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.child(stream, theirs)
+                }))
+                .unwrap_or(End::Panicked as i32);
+                sys::exit_now(code);
+            }
+            Ok(sys::Forked::Parent(pid)) => {
+                drop(stream);
+                drop(theirs);
+                self.children.insert(pid, ChildInfo { id, chan: mine });
+                let outs = self.hub.child_added(id);
+                self.route(outs, None);
+            }
+        }
+    }
+
+    /// The child side after fork: never returns into the parent's loop.
+    fn child(&self, stream: UnixStream, chan: OwnedFd) -> i32 {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if nix::unistd::getppid().as_raw() as u32 != self.pid {
+            return End::Compositor as i32;
+        }
+        sys::close_fds_except(&[stream.as_raw_fd(), chan.as_raw_fd()]);
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::empty()),
+            None,
+        );
+        child_rlimits(&self.cfg.client.limits);
+        let compositor = match UnixStream::connect(&self.connect_to) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(
+                    "could not connect to the compositor at {}: {e}",
+                    self.connect_to.display()
+                );
+                return End::Compositor as i32;
+            }
+        };
+        serve_client(
+            &self.cfg.client,
+            OwnedFd::from(stream),
+            OwnedFd::from(compositor),
+            Some(Chan::new(chan)),
+        ) as i32
+    }
+
+    /// Runs until SIGTERM or SIGINT (then kills the children, removes the sockets and
+    /// returns `Ok`), or a fatal error.
+    pub fn run(&mut self, signals: &SignalFd) -> Result<(), ServerError> {
+        loop {
+            if let Some(s) = &self.secctx
+                && let Err(e) = s.before_poll()
+            {
+                self.kill_children();
+                self.cleanup();
+                return Err(ServerError::Runtime(format!(
+                    "the compositor connection holding the security context failed: {e}"
+                )));
+            }
+            let child_ids: Vec<i32> = self.children.keys().copied().collect();
+            let mut ready_children = Vec::new();
+            let (listener_ready, signal_ready, secctx_ready) = {
+                let secctx_fd = self.secctx.as_ref().map(|s| s.poll_fd());
+                let mut fds = vec![
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(f) = &secctx_fd {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                }
+                let base = fds.len();
+                for pid in &child_ids {
+                    fds.push(PollFd::new(
+                        self.children[pid].chan.as_fd(),
+                        PollFlags::POLLIN,
+                    ));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(ServerError::Runtime(format!("poll failed: {e}"))),
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                for (i, pid) in child_ids.iter().enumerate() {
+                    if ready(&fds[base + i]) {
+                        ready_children.push(*pid);
+                    }
+                }
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    secctx_fd.is_some() && ready(&fds[2]),
+                )
+            };
+            if signal_ready {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) => self.reap(),
+                        Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
+                            self.kill_children();
+                            self.cleanup();
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if secctx_ready
+                && let Some(s) = &self.secctx
+                && let Err(e) = s.dispatch()
+            {
+                self.kill_children();
+                self.cleanup();
+                return Err(ServerError::Runtime(format!(
+                    "the compositor connection holding the security context failed: {e}"
+                )));
+            }
+            for pid in ready_children {
+                self.child_messages(pid);
+            }
+            if listener_ready {
+                self.accept();
+            }
+        }
+    }
+
+    fn child_messages(&mut self, pid: i32) {
+        for _ in 0..64 {
+            let Some(info) = self.children.get(&pid) else {
+                return;
+            };
+            let id = info.id;
+            match recv_msg(info.chan.as_raw_fd()) {
+                Recv::Msg(msg, fd) => {
+                    let outs = self.hub.handle(id, msg);
+                    self.route(outs, fd);
+                }
+                Recv::Bad => warn_limited(
+                    "clipboard",
+                    &format!("malformed clipboard message from client process {id}"),
+                ),
+                Recv::Empty => return,
+                Recv::Closed => {
+                    // The child is exiting; SIGCHLD does the rest. Stop polling its channel.
+                    let outs = self.hub.child_gone(id);
+                    self.route(outs, None);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Parent {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Blocks SIGCHLD, SIGTERM and SIGINT and returns a signalfd for them.
+pub fn signal_fd() -> Result<SignalFd, ServerError> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(ServerError::Signals)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(ServerError::Signals)
+}
+
+impl std::fmt::Debug for Parent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parent").finish_non_exhaustive()
+    }
+}

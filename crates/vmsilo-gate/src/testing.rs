@@ -1,0 +1,707 @@
+//! Test support (feature `testing`): an in-process fake compositor built on wl-proxy that
+//! offers chosen globals and records every request it handles as a trace, a small Wayland test
+//! client on wl-proxy, and a handle on a real `vmsilo-gate` process.
+//!
+//! The fake answers `wl_display.sync`, lists its globals on every registry and records
+//! `bind`s, the requests of the security-context manager and context (and accepts clients on
+//! the `listen_fd` it is given), `wl_compositor.create_surface`/`create_region` and any
+//! `wl_data_device_manager` request. Trace lines are `c<N> <what>`, N counting connections
+//! from 1.
+#![forbid(unsafe_code)]
+#![allow(missing_docs)]
+
+use std::cell::{Cell, RefCell};
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use wl_proxy::baseline::Baseline;
+use wl_proxy::object::{ConcreteObject, Object, ObjectCoreApi};
+use wl_proxy::protocols::ObjectInterface;
+use wl_proxy::protocols::security_context_v1::wp_security_context_manager_v1::{
+    WpSecurityContextManagerV1, WpSecurityContextManagerV1Handler,
+};
+use wl_proxy::protocols::security_context_v1::wp_security_context_v1::{
+    WpSecurityContextV1, WpSecurityContextV1Handler,
+};
+use wl_proxy::protocols::wayland::wl_callback::WlCallback;
+use wl_proxy::protocols::wayland::wl_compositor::{WlCompositor, WlCompositorHandler};
+use wl_proxy::protocols::wayland::wl_data_device::WlDataDevice;
+use wl_proxy::protocols::wayland::wl_data_device_manager::{
+    WlDataDeviceManager, WlDataDeviceManagerHandler,
+};
+use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
+use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
+use wl_proxy::protocols::wayland::wl_output::WlOutput;
+use wl_proxy::protocols::wayland::wl_region::WlRegion;
+use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
+use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_surface::WlSurface;
+use wl_proxy::state::{State, StateHandler};
+
+use crate::secctx::{Done, Globals};
+
+/// The shared trace.
+pub type Trace = Arc<Mutex<Vec<String>>>;
+
+/// A fake compositor running in a thread of the test process.
+#[derive(Debug)]
+pub struct FakeCompositor {
+    path: PathBuf,
+    trace: Trace,
+    stop: Option<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Ctx {
+    trace: Trace,
+    globals: Vec<(ObjectInterface, u32)>,
+    flood: usize,
+    clients: Cell<u32>,
+    extra: RefCell<Vec<Rc<OwnedFd>>>,
+}
+
+impl Ctx {
+    fn log(&self, s: String) {
+        if let Ok(mut t) = self.trace.lock() {
+            t.push(s);
+        }
+    }
+}
+
+impl FakeCompositor {
+    /// Starts a fake listening at `dir/fake-compositor` offering `globals`.
+    pub fn start(dir: &Path, globals: &[(ObjectInterface, u32)]) -> FakeCompositor {
+        Self::start_flooding(dir, globals, 0)
+    }
+
+    /// Like [`Self::start`], but every `wl_output` bind is answered with `flood`
+    /// `wl_output.scale` events (12 bytes each) and a `done`.
+    pub fn start_flooding(
+        dir: &Path,
+        globals: &[(ObjectInterface, u32)],
+        flood: usize,
+    ) -> FakeCompositor {
+        let path = dir.join("fake-compositor");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind the fake compositor's socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let trace: Trace = Arc::default();
+        let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let globals = globals.to_vec();
+        let t = trace.clone();
+        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals, flood));
+        FakeCompositor {
+            path,
+            trace,
+            stop: Some(stop_w),
+            thread: Some(thread),
+        }
+    }
+
+    /// The socket the gate connects to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A copy of the trace so far.
+    pub fn trace(&self) -> Vec<String> {
+        self.trace.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to `timeout`) until a trace line satisfies `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.trace().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FakeCompositor {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The fake compositor's protocol side, without threads or sockets of its own: clients are
+/// added as connected fds, [`FakeServer::dispatch`] handles what is pending. The threaded
+/// [`FakeCompositor`] and the fuzz target both drive one.
+pub struct FakeServer {
+    state: Rc<State>,
+    ctx: Rc<Ctx>,
+}
+
+impl std::fmt::Debug for FakeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeServer").finish_non_exhaustive()
+    }
+}
+
+impl FakeServer {
+    /// A fake offering `globals` (see [`FakeCompositor::start_flooding`] for `flood`),
+    /// recording into `trace`.
+    pub fn new(globals: Vec<(ObjectInterface, u32)>, flood: usize, trace: Trace) -> FakeServer {
+        let state = State::builder(Baseline::ALL_OF_THEM)
+            .without_server()
+            .with_logging(false)
+            .build()
+            .expect("fake compositor state");
+        state.set_default_forward_to_server(false);
+        let ctx = Rc::new(Ctx {
+            trace,
+            globals,
+            flood,
+            clients: Cell::new(0),
+            extra: RefCell::new(Vec::new()),
+        });
+        FakeServer { state, ctx }
+    }
+
+    /// Serves a connected client socket; `via` is appended to its "connected" trace line.
+    pub fn add_client(&self, fd: OwnedFd, via: &str) {
+        let n = self.ctx.clients.get() + 1;
+        self.ctx.clients.set(n);
+        self.ctx.log(format!("c{n} connected{via}"));
+        if let Ok(client) = self.state.add_client(&Rc::new(fd)) {
+            client.display().set_handler(FakeDisplay {
+                ctx: self.ctx.clone(),
+                n,
+            });
+        }
+    }
+
+    /// The fd to poll for readiness.
+    pub fn poll_fd(&self) -> Rc<OwnedFd> {
+        self.state.poll_fd().clone()
+    }
+
+    /// Flushes (call before sleeping).
+    pub fn before_poll(&self) {
+        let _ = self.state.before_poll();
+    }
+
+    /// Accepts on security-context listeners and handles pending messages without waiting;
+    /// `true` if anything was handled.
+    pub fn dispatch(&self) -> bool {
+        let extra: Vec<Rc<OwnedFd>> = self.ctx.extra.borrow().clone();
+        for e in &extra {
+            while let Ok(fd) = nix::sys::socket::accept4(
+                e.as_fd(),
+                nix::sys::socket::SockFlag::SOCK_NONBLOCK
+                    | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ) {
+                self.add_client(fd, " via security context");
+            }
+        }
+        self.state.dispatch_available().unwrap_or(false)
+    }
+
+    fn listeners(&self) -> Vec<Rc<OwnedFd>> {
+        self.ctx.extra.borrow().clone()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.state.destroy();
+    }
+}
+
+fn run_fake(
+    listener: UnixListener,
+    stop: OwnedFd,
+    trace: Trace,
+    globals: Vec<(ObjectInterface, u32)>,
+    flood: usize,
+) {
+    let server = FakeServer::new(globals, flood, trace);
+    loop {
+        server.before_poll();
+        let extra = server.listeners();
+        let state_fd = server.poll_fd();
+        let (l_ready, stop_ready) = {
+            let mut fds = vec![
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(state_fd.as_fd(), PollFlags::POLLIN),
+            ];
+            for e in &extra {
+                fds.push(PollFd::new(e.as_fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(&mut fds, PollTimeout::from(1000u16));
+            let r = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (r(&fds[0]), r(&fds[1]))
+        };
+        if stop_ready {
+            return;
+        }
+        if l_ready {
+            while let Ok((s, _)) = listener.accept() {
+                server.add_client(OwnedFd::from(s), "");
+            }
+        }
+        server.dispatch();
+    }
+}
+
+struct FakeDisplay {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlDisplayHandler for FakeDisplay {
+    fn handle_sync(&mut self, _slf: &Rc<WlDisplay>, callback: &Rc<WlCallback>) {
+        callback.send_done(0);
+        callback.delete_id();
+    }
+
+    fn handle_get_registry(&mut self, _slf: &Rc<WlDisplay>, registry: &Rc<WlRegistry>) {
+        registry.set_handler(FakeRegistry {
+            ctx: self.ctx.clone(),
+            n: self.n,
+        });
+        for (i, (iface, version)) in self.ctx.globals.iter().enumerate() {
+            registry.send_global(100 + i as u32, *iface, *version);
+        }
+    }
+}
+
+struct FakeRegistry {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlRegistryHandler for FakeRegistry {
+    fn handle_bind(&mut self, _slf: &Rc<WlRegistry>, name: u32, id: Rc<dyn Object>) {
+        let n = self.n;
+        let ok = self
+            .ctx
+            .globals
+            .get(name.wrapping_sub(100) as usize)
+            .is_some_and(|g| g.0 == id.interface() && id.version() <= g.1);
+        self.ctx.log(format!(
+            "c{n} bind {} v{}{}",
+            id.interface().name(),
+            id.version(),
+            if ok { "" } else { " (INVALID)" }
+        ));
+        let ctx = self.ctx.clone();
+        if let Some(m) = downcast::<WpSecurityContextManagerV1>(&id) {
+            m.set_handler(FakeSecMgr { ctx, n });
+        } else if let Some(c) = downcast::<WlCompositor>(&id) {
+            c.set_handler(FakeCompositorH { ctx, n });
+        } else if let Some(d) = downcast::<WlDataDeviceManager>(&id) {
+            d.set_handler(FakeDdm { ctx, n });
+        } else if let Some(s) = downcast::<WlSeat>(&id) {
+            s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
+        } else if let Some(o) = downcast::<WlOutput>(&id) {
+            for _ in 0..self.ctx.flood {
+                o.send_scale(1);
+            }
+            if self.ctx.flood > 0 {
+                o.send_done();
+            }
+        }
+    }
+}
+
+fn downcast<T: ConcreteObject>(o: &Rc<dyn Object>) -> Option<Rc<T>> {
+    use wl_proxy::object::ObjectRcUtils;
+    o.try_downcast::<T>()
+}
+
+struct FakeSecMgr {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WpSecurityContextManagerV1Handler for FakeSecMgr {
+    fn handle_destroy(&mut self, slf: &Rc<WpSecurityContextManagerV1>) {
+        self.ctx.log(format!("c{} manager.destroy", self.n));
+        slf.delete_id();
+    }
+
+    fn handle_create_listener(
+        &mut self,
+        _slf: &Rc<WpSecurityContextManagerV1>,
+        id: &Rc<WpSecurityContextV1>,
+        listen_fd: &Rc<OwnedFd>,
+        _close_fd: &Rc<OwnedFd>,
+    ) {
+        self.ctx.log(format!("c{} create_listener", self.n));
+        let _ = nix::fcntl::fcntl(
+            listen_fd.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        self.ctx.extra.borrow_mut().push(listen_fd.clone());
+        id.set_handler(FakeSecCtx {
+            ctx: self.ctx.clone(),
+            n: self.n,
+        });
+    }
+}
+
+struct FakeSecCtx {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WpSecurityContextV1Handler for FakeSecCtx {
+    fn handle_destroy(&mut self, slf: &Rc<WpSecurityContextV1>) {
+        self.ctx.log(format!("c{} context.destroy", self.n));
+        slf.delete_id();
+    }
+    fn handle_set_sandbox_engine(&mut self, _slf: &Rc<WpSecurityContextV1>, name: &str) {
+        self.ctx
+            .log(format!("c{} set_sandbox_engine {name}", self.n));
+    }
+    fn handle_set_app_id(&mut self, _slf: &Rc<WpSecurityContextV1>, app_id: &str) {
+        self.ctx.log(format!("c{} set_app_id {app_id}", self.n));
+    }
+    fn handle_set_instance_id(&mut self, _slf: &Rc<WpSecurityContextV1>, instance_id: &str) {
+        self.ctx
+            .log(format!("c{} set_instance_id {instance_id}", self.n));
+    }
+    fn handle_commit(&mut self, _slf: &Rc<WpSecurityContextV1>) {
+        self.ctx.log(format!("c{} commit", self.n));
+    }
+}
+
+struct FakeCompositorH {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlCompositorHandler for FakeCompositorH {
+    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlSurface>) {
+        self.ctx.log(format!("c{} create_surface", self.n));
+    }
+    fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
+        self.ctx.log(format!("c{} create_region", self.n));
+    }
+}
+
+struct FakeDdm {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlDataDeviceManagerHandler for FakeDdm {
+    fn handle_create_data_source(
+        &mut self,
+        _slf: &Rc<WlDataDeviceManager>,
+        _id: &Rc<WlDataSource>,
+    ) {
+        self.ctx.log(format!(
+            "c{} wl_data_device_manager.create_data_source",
+            self.n
+        ));
+    }
+    fn handle_get_data_device(
+        &mut self,
+        _slf: &Rc<WlDataDeviceManager>,
+        _id: &Rc<WlDataDevice>,
+        _seat: &Rc<WlSeat>,
+    ) {
+        self.ctx.log(format!(
+            "c{} wl_data_device_manager.get_data_device",
+            self.n
+        ));
+    }
+}
+
+/// The globals the component tests' fake offers: allowed ones and ones the gate must hide.
+pub fn standard_globals() -> Vec<(ObjectInterface, u32)> {
+    vec![
+        (ObjectInterface::WlCompositor, 6),
+        (ObjectInterface::WlSubcompositor, 1),
+        (ObjectInterface::WlShm, 1),
+        (ObjectInterface::WlSeat, 7),
+        (ObjectInterface::WlOutput, 4),
+        (ObjectInterface::XdgWmBase, 6),
+        (ObjectInterface::WlDataDeviceManager, 3),
+        (ObjectInterface::WpViewporter, 1),
+        (ObjectInterface::ZwlrScreencopyManagerV1, 3),
+        (ObjectInterface::ZwpVirtualKeyboardManagerV1, 1),
+        (ObjectInterface::ZwlrLayerShellV1, 4),
+        (ObjectInterface::ZwlrDataControlManagerV1, 2),
+        (ObjectInterface::ExtDataControlManagerV1, 1),
+        (ObjectInterface::ZxdgDecorationManagerV1, 1),
+        (ObjectInterface::ZwpTabletManagerV2, 1),
+    ]
+}
+
+/// A Wayland client on wl-proxy, for tests.
+pub struct TestClient {
+    pub state: Rc<State>,
+    pub registry: Rc<WlRegistry>,
+    pub globals: Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>,
+    pub error: Rc<RefCell<Option<(u32, String)>>>,
+}
+
+impl std::fmt::Debug for TestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestClient").finish_non_exhaustive()
+    }
+}
+
+struct Errors(Rc<RefCell<Option<(u32, String)>>>);
+
+impl StateHandler for Errors {
+    fn display_error(
+        self: Box<Self>,
+        _object: Option<&Rc<dyn Object>>,
+        _server_id: u32,
+        error: u32,
+        msg: &str,
+    ) {
+        *self.0.borrow_mut() = Some((error, msg.to_string()));
+    }
+}
+
+/// The timeout of test roundtrips (a failure guard, not a timing assertion).
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TestClient {
+    /// Connects to `path`, gets the registry and waits for the globals.
+    pub fn connect(path: &Path) -> Result<TestClient, String> {
+        let s =
+            UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+        let state = State::builder(Baseline::ALL_OF_THEM)
+            .with_server_fd(&Rc::new(OwnedFd::from(s)))
+            .with_logging(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let error = Rc::new(RefCell::new(None));
+        state.set_handler(Errors(error.clone()));
+        let globals = Rc::new(RefCell::new(Vec::new()));
+        let registry = state.display().new_send_get_registry();
+        registry.set_handler(Globals(globals.clone()));
+        let c = TestClient {
+            state,
+            registry,
+            globals,
+            error,
+        };
+        c.roundtrip()?;
+        Ok(c)
+    }
+
+    /// A `wl_display.sync` roundtrip; `Err` if the connection failed (with the protocol
+    /// error, if one came).
+    pub fn roundtrip(&self) -> Result<(), String> {
+        let done = Rc::new(Cell::new(false));
+        let cb = self.state.display().new_send_sync();
+        cb.set_handler(Done(done.clone()));
+        self.dispatch_until(|| done.get())
+    }
+
+    /// Dispatches until `cond` holds (bounded by [`TIMEOUT`]).
+    pub fn dispatch_until(&self, cond: impl Fn() -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + TIMEOUT;
+        while !cond() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("timed out".into());
+            }
+            if let Err(e) = self
+                .state
+                .dispatch(Some(left.min(Duration::from_millis(100))))
+            {
+                return Err(match &*self.error.borrow() {
+                    Some((code, msg)) => format!("protocol error {code}: {msg}"),
+                    None => format!("connection failed: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One non-blocking dispatch (errors ignored).
+    pub fn pump(&self) {
+        let _ = self.state.dispatch(Some(Duration::from_millis(5)));
+    }
+
+    /// The offered global of `interface`, if any: (name, version).
+    pub fn global(&self, interface: ObjectInterface) -> Option<(u32, u32)> {
+        self.globals
+            .borrow()
+            .iter()
+            .find(|g| g.1 == interface)
+            .map(|g| (g.0, g.2))
+    }
+
+    /// Binds global `name` as `P` at `version` (no checks: tests send bad binds on purpose).
+    pub fn bind<P: ConcreteObject>(&self, name: u32, version: u32) -> Rc<P> {
+        let obj = self.state.create_object::<P>(version);
+        let dynobj: Rc<dyn Object> = obj.clone();
+        self.registry.send_bind(name, dynobj);
+        obj
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.state.destroy();
+    }
+}
+
+/// A running `vmsilo-gate` process.
+#[derive(Debug)]
+pub struct Gate {
+    pub child: Child,
+    pub listen: PathBuf,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gate {
+    /// Starts `exe` with `args` (plus `--listen`), waits (bounded) for "listening on".
+    pub fn start(exe: &Path, listen: &Path, args: &[&str]) -> Result<Gate, String> {
+        let mut child = Command::new(exe)
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let ready = line.contains("listening on");
+                if let Ok(mut l) = l.lock() {
+                    l.push(line);
+                }
+                if ready {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut gate = Gate {
+            child,
+            listen: listen.to_path_buf(),
+            stderr: lines,
+        };
+        if rx.recv_timeout(TIMEOUT).is_err() {
+            let _ = gate.child.kill();
+            let _ = gate.child.wait();
+            return Err(format!("the gate did not start: {:?}", gate.log()));
+        }
+        Ok(gate)
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to [`TIMEOUT`]) for a stderr line satisfying `pred`.
+    pub fn wait_log(&self, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if self.log().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().expect("wait for the gate")
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes raw bytes to a new connection (for malformed-message tests) and returns the
+/// stream.
+pub fn raw_connect(path: &Path, bytes: &[u8]) -> std::io::Result<UnixStream> {
+    use std::io::Write;
+    let mut s = UnixStream::connect(path)?;
+    s.write_all(bytes)?;
+    Ok(s)
+}
+
+/// Reads until EOF or `TIMEOUT`; `true` on EOF (the peer closed).
+pub fn wait_eof(s: &UnixStream) -> bool {
+    use std::io::Read;
+    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let mut buf = [0u8; 4096];
+    let mut s = s;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir (short: socket paths must fit 108 bytes).
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("vg-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create the test directory");
+        TempDir(p)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

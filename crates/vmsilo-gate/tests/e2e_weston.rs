@@ -1,0 +1,146 @@
+//! End to end with a real compositor: weston 10 headless with `--debug` (which offers
+//! `weston_debug_v1` and `weston_screenshooter`, both must be hidden), the gate in front of
+//! it, `wayland-info` as the guest client, and `weston-debug proto` as the oracle for what
+//! reached weston. Needs root (weston's headless backend as root, see
+//! /work/shared/reference/wayland.md 3.2) and the weston and wayland-utils packages.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmsilo_gate::testing::{Gate, TempDir};
+
+const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "e2e: runs weston headless as root"]
+fn e2e_weston_sees_no_hidden_global_through_the_gate() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (weston headless)");
+        return;
+    }
+    let dir = TempDir::new("weston");
+    let rt = dir.path().join("rt");
+    std::fs::create_dir(&rt).unwrap();
+    std::fs::set_permissions(&rt, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let env = |c: &mut Command| {
+        c.env("XDG_RUNTIME_DIR", &rt)
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("WAYLAND_SOCKET");
+    };
+    let mut weston = Command::new("weston");
+    env(&mut weston);
+    weston
+        .args([
+            "--backend=headless-backend.so",
+            "--use-pixman",
+            "--socket=wl-e2e",
+            "--width=320",
+            "--height=240",
+            "--debug",
+            "--idle-time=0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _weston = Killed(weston.spawn().expect("weston (apt-get install weston)"));
+    wait_until("weston's socket", || rt.join("wl-e2e").exists());
+
+    let proto = dir.path().join("proto.log");
+    let mut debug = Command::new("weston-debug");
+    env(&mut debug);
+    debug
+        .env("WAYLAND_DISPLAY", "wl-e2e")
+        .args(["-o", proto.to_str().unwrap(), "proto"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let debug = Killed(debug.spawn().expect("weston-debug"));
+    wait_until("the proto stream", || proto.exists());
+
+    let listen = rt.join("gate-0");
+    let gate = Gate::start(
+        Path::new(EXE),
+        &listen,
+        &[
+            "--vm",
+            "e2e",
+            "--color",
+            "#2ecc71",
+            "--compositor",
+            rt.join("wl-e2e").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+
+    let mut info = Command::new("wayland-info");
+    env(&mut info);
+    let out = info
+        .env("WAYLAND_DISPLAY", &listen)
+        .output()
+        .expect("wayland-info (apt-get install wayland-utils)");
+    assert!(out.status.success(), "{out:?} {:?}", gate.log());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for shown in [
+        "'wl_compositor'",
+        "'wl_shm'",
+        "'xdg_wm_base'",
+        "'wl_data_device_manager'",
+    ] {
+        assert!(text.contains(shown), "{shown} missing:\n{text}");
+    }
+    for hidden in [
+        "weston_debug_v1",
+        "weston_screenshooter",
+        "weston_capture_v1",
+        "zwp_input_panel_v1",
+        "zwp_text_input_manager_v1",
+    ] {
+        assert!(
+            !text.contains(hidden),
+            "{hidden} shown through the gate:\n{text}"
+        );
+    }
+
+    // weston saw the gate bind what wayland-info binds (wl_shm, wl_output) and nothing hidden.
+    wait_until("the gate's binds in the proto log", || {
+        std::fs::read_to_string(&proto)
+            .is_ok_and(|l| l.contains("bind(") && l.contains("\"wl_shm\""))
+    });
+    drop(debug);
+    let log = std::fs::read_to_string(&proto).unwrap();
+    let binds: Vec<&str> = log.lines().filter(|l| l.contains(".bind(")).collect();
+    assert!(!binds.is_empty());
+    for l in &binds {
+        for hidden in [
+            "weston_debug_v1",
+            "weston_screenshooter",
+            "weston_capture_v1",
+        ] {
+            assert!(!l.contains(hidden), "weston saw a bind of {hidden}: {l}");
+        }
+    }
+    assert!(
+        !binds
+            .iter()
+            .any(|l| l.contains("\"wl_data_device_manager\"")),
+        "the VM's data device reached weston:\n{}",
+        binds.join("\n")
+    );
+}
