@@ -402,6 +402,14 @@ fn assert_frame(img: &Shot, vm: &str, color: &str, what: &str) -> Rect {
         "{}",
         detail()
     );
+    eprintln!(
+        "{what}: {vm}'s frame: {n} pixels of {color} (ring {}) in a {}x{} box at ({}, {})",
+        ring_area(),
+        b.w,
+        b.h,
+        b.x,
+        b.y
+    );
     b
 }
 
