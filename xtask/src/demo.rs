@@ -10,7 +10,13 @@
 //!    runs `vmsilo vm-service demo` itself);
 //! 4. `vm-run -w demo uname -a` (the cold start: the progress line on a terminal), a detached
 //!    command and a command that reads its effect, an exit status, warm timings;
-//! 5. `vmsilo status`; stops the VM (SIGTERM to the activator, passed to the command service,
+//! 5. a window: weston 10 headless runs from the start (the VM has `gpu = true`, and the command
+//!    service gets `--wayland-socket` with weston's socket); `vm-run demo vmsilo-test-client`
+//!    shows a window through waypipe over vsock and the VM's vmsilo-gate, the demo waits until
+//!    a screenshot has the gate's frame in the VM's colour, saves it to
+//!    `<target>/vmsilo-demo/screenshot.png` and prints the path and the prefixed title from
+//!    weston's protocol trace (`--no-window` skips this part and runs the VM without a GPU);
+//! 6. `vmsilo status`; stops the VM (SIGTERM to the activator, passed to the command service,
 //!    which stops vm-service, which presses the guest's power button).
 //!
 //! Everything it started is stopped and its scratch directory removed, also when a step fails
@@ -29,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use vmsilo_testkit::wayland::{Compositor, Image, ProtoTrace, Weston, WestonOptions};
 use vmsilo_testkit::{GuestImage, ImageSpec};
 
 use crate::util::{cargo, section, sh, target_dir};
@@ -44,7 +51,17 @@ pub struct DemoArgs {
     /// Keep the scratch directory (configuration, logs) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Skip the window (no weston, the VM without a GPU).
+    #[arg(long)]
+    pub no_window: bool,
 }
+
+/// The demo window's size.
+const WINDOW: (u32, u32) = (320, 240);
+/// The gate's frame: ring width (left, right, bottom); see crates/vmsilo-gate.
+const FRAME_BORDER: u32 = 4;
+/// The demo VM's colour (named colours are accepted, like `#rrggbb`).
+const DEMO_COLOR: &str = "teal";
 
 /// How long one vm-run may take (a cold start under TCG takes a few seconds).
 const STEP_LIMIT: Duration = Duration::from_secs(180);
@@ -62,6 +79,10 @@ pub(crate) struct Sandbox {
     activator: Option<Child>,
     janitor: Option<Child>,
     keep: bool,
+    /// The compositor the VM's gate connects to (`gpu = true`), or none (`gpu = false`).
+    wayland_socket: Option<PathBuf>,
+    /// Other processes the janitor stops (the demo's weston).
+    also_stop: Vec<u32>,
 }
 
 impl Sandbox {
@@ -74,6 +95,19 @@ impl Sandbox {
         vmsilo: &Path,
         image: &GuestImage,
         keep: bool,
+    ) -> Result<Sandbox> {
+        Sandbox::create_with_display(label, vm, vmsilo, image, keep, None)
+    }
+
+    /// [`Sandbox::create`] for a VM with `gpu = true` whose gate connects to the compositor at
+    /// `wayland_socket` (`None`: no GPU).
+    pub(crate) fn create_with_display(
+        label: &str,
+        vm: &str,
+        vmsilo: &Path,
+        image: &GuestImage,
+        keep: bool,
+        wayland_socket: Option<&Path>,
     ) -> Result<Sandbox> {
         let dir = PathBuf::from(format!("/tmp/vmsilo-{label}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -89,9 +123,11 @@ impl Sandbox {
             activator: None,
             janitor: None,
             keep,
+            wayland_socket: wayland_socket.map(Path::to_path_buf),
+            also_stop: Vec::new(),
         };
         std::os::unix::fs::symlink(vmsilo, &sandbox.vm_run).context("linking vm-run")?;
-        sandbox.cfg = write_config(&sandbox.dir, vm, image)?;
+        sandbox.cfg = write_config(&sandbox.dir, vm, image, wayland_socket.is_some())?;
         Ok(sandbox)
     }
 
@@ -108,11 +144,17 @@ impl Sandbox {
     /// (its output on our stderr with `prefix`, or discarded), and the janitor.
     pub(crate) fn activate(&mut self, prefix: Option<&'static str>) -> Result<()> {
         let socket = self.command_socket();
-        let path = format!(
+        let mut path = format!(
             "{}:{}/.cargo/bin",
             std::env::var("PATH").unwrap_or_default(),
             std::env::var("HOME").unwrap_or_default()
         );
+        if self.wayland_socket.is_some()
+            && let Some(bin_dir) = self.vmsilo.parent()
+        {
+            // vm-service finds vmsilo-gate on PATH; the demo built it beside vmsilo.
+            path = format!("{}:{path}", bin_dir.display());
+        }
         let mut activator = Command::new("systemd-socket-activate");
         activator
             .arg(format!("--listen={}", socket.display()))
@@ -126,6 +168,11 @@ impl Sandbox {
             .arg(self.dir.join("vs"))
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            .args(
+                self.wayland_socket
+                    .iter()
+                    .flat_map(|w| ["--wayland-socket".as_ref(), w.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(if prefix.is_some() {
@@ -142,7 +189,7 @@ impl Sandbox {
         }
         let pid = child.id();
         self.activator = Some(child);
-        self.janitor = Some(janitor(pid, &self.dir, self.keep)?);
+        self.janitor = Some(janitor(pid, &self.also_stop, &self.dir, self.keep)?);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if Instant::now() > deadline {
@@ -243,8 +290,14 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
 /// killed), it sends SIGTERM to the activator (whose command service stops the VM), waits for
 /// it (at most 90 s, then SIGKILL) and removes `dir` unless `keep`. The demo kills it when it
 /// cleans up itself.
-fn janitor(activator: u32, dir: &Path, keep: bool) -> Result<Child> {
+fn janitor(activator: u32, also_stop: &[u32], dir: &Path, keep: bool) -> Result<Child> {
     let me = std::process::id();
+    let others: Vec<String> = also_stop.iter().map(u32::to_string).collect();
+    let others = if others.is_empty() {
+        String::new()
+    } else {
+        format!("kill -TERM {} 2>/dev/null", others.join(" "))
+    };
     let dir = dir.display();
     let remove = if keep {
         String::new()
@@ -256,6 +309,7 @@ fn janitor(activator: u32, dir: &Path, keep: bool) -> Result<Child> {
          kill -TERM {activator} 2>/dev/null
          i=0; while kill -0 {activator} 2>/dev/null && [ $i -lt 300 ]; do sleep 0.3; i=$((i+1)); done
          kill -KILL {activator} 2>/dev/null
+         {others}
          {remove}
 "
     );
@@ -295,16 +349,23 @@ pub(crate) fn build_vmsilo(release: bool, examples: &[&str]) -> Result<PathBuf> 
 
 /// The test guest image with the guest agent and the ACPI power button.
 pub(crate) fn guest_image() -> Result<GuestImage> {
-    let agent = vmsilo_testkit::agent_binary().context("building the guest agent")?;
-    ImageSpec::new()
-        .agent(agent)
-        .module("button")
-        .module("evdev")
-        .build()
-        .context("building the guest image")
+    guest_image_with(&[])
 }
 
-fn write_config(dir: &Path, vm: &str, image: &GuestImage) -> Result<PathBuf> {
+/// [`guest_image`] with extra host programs (and their libraries).
+pub(crate) fn guest_image_with(programs: &[&str]) -> Result<GuestImage> {
+    let agent = vmsilo_testkit::agent_binary().context("building the guest agent")?;
+    let mut spec = ImageSpec::new()
+        .agent(agent)
+        .module("button")
+        .module("evdev");
+    for p in programs {
+        spec = spec.program(*p);
+    }
+    spec.build().context("building the guest image")
+}
+
+fn write_config(dir: &Path, vm: &str, image: &GuestImage, gpu: bool) -> Result<PathBuf> {
     let root = dir.join("root.img");
     fs::File::create(&root)
         .and_then(|f| f.set_len(64 << 20))
@@ -318,11 +379,11 @@ qemu.accel = "tcg"          # no usable KVM here: QEMU emulates the CPU
 
 [[nixosVms]]
 name = "{vm}"
-color = "teal"
+color = "{DEMO_COLOR}"
 vmm = "qemu"
-memory = 256
+memory = {memory}
 cpus = 1
-gpu = false
+gpu = {gpu}              # windows through the VM's own vmsilo-gate (waypipe over vsock)
 sound = false
 sharedHome = false
 kernel = "{kernel}"
@@ -334,6 +395,8 @@ autoShutdown = {{ enable = true, after = 300 }}
         kernel = image.kernel.display(),
         initrd = image.initrd.display(),
         root = root.display(),
+        // waypipe's libraries make the initramfs about 150 MiB.
+        memory = if gpu { 640 } else { 256 },
     );
     fs::write(&cfg, text).context("writing the configuration")?;
     Ok(cfg)
@@ -441,14 +504,61 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     section("demo: building vmsilo and the test guest image");
     let vmsilo = build_vmsilo(args.release, &[])?;
-    let image = guest_image()?;
+    let window = !args.no_window;
+    let image = if window {
+        build_gate(args.release)?;
+        let client = vmsilo_testkit::workspace_binary("vmsilo-test-client", "vmsilo-test-client")
+            .context("building vmsilo-test-client")?;
+        let client = client
+            .to_str()
+            .context("a UTF-8 target directory")?
+            .to_owned();
+        guest_image_with(&["waypipe", &client])?
+    } else {
+        guest_image()?
+    };
     println!(
-        "guest image: kernel {} with vmsilo-guest, {}",
+        "guest image: kernel {} with vmsilo-guest{}, {}",
         image.kernel_version,
+        if window {
+            ", waypipe and vmsilo-test-client"
+        } else {
+            ""
+        },
         image.dir.display()
     );
 
-    let mut demo = Sandbox::create("demo", "demo", &vmsilo, &image, args.keep)?;
+    // Declared before the sandbox, so it outlives the VM.
+    let desktop = if window {
+        section("demo: weston headless, the desktop the VM's windows go to");
+        let weston = Weston::start(WestonOptions {
+            width: 1024,
+            height: 768,
+            ..WestonOptions::default()
+        })
+        .context("starting weston headless (cargo xtask setup installs weston)")?;
+        let trace = weston.proto_trace().context("weston-debug proto")?;
+        println!(
+            "$ weston --backend=headless-backend.so --use-pixman --idle-time=0 --debug ...
+               socket {}",
+            weston.socket_path().display()
+        );
+        Some((weston, trace))
+    } else {
+        None
+    };
+
+    let mut demo = Sandbox::create_with_display(
+        "demo",
+        "demo",
+        &vmsilo,
+        &image,
+        args.keep,
+        desktop.as_ref().map(|(w, _)| w.socket_path()).as_deref(),
+    )?;
+    if let Some((w, _)) = &desktop {
+        demo.also_stop.push(w.pid());
+    }
     let dir = demo.dir.clone();
     let cfg = demo.cfg.clone();
     let vm_run_bin = demo.vm_run.clone();
@@ -543,6 +653,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         warm.took.as_secs_f64() * 1000.0
     );
 
+    if let Some((weston, trace)) = &desktop {
+        show_window(weston, trace, &vm_run_bin, &run_dir)?;
+    }
+
     section("demo: vmsilo status");
     status(&vmsilo, &cfg, &run_dir)?;
 
@@ -565,6 +679,96 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "\ndemo: done: every step worked; cleaning up {}",
         dir.display()
     );
+    Ok(())
+}
+
+/// Builds vmsilo-gate beside vmsilo (vm-service starts it for VMs with `gpu`).
+fn build_gate(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "vmsilo-gate", "--bin", "vmsilo-gate"]);
+    if release {
+        cmd.arg("--release");
+    }
+    sh(&mut cmd).context("building vmsilo-gate")
+}
+
+/// Runs the test client in the VM, waits for its window in the gate's frame on weston, and
+/// saves a screenshot.
+fn show_window(
+    weston: &Weston,
+    trace: &ProtoTrace,
+    vm_run_bin: &Path,
+    run_dir: &Path,
+) -> Result<()> {
+    section("demo: a window from the VM, through its vmsilo-gate, on weston");
+    let client = vmsilo_testkit::workspace_binary("vmsilo-test-client", "vmsilo-test-client")
+        .context("building vmsilo-test-client")?;
+    let client = client.to_str().context("a UTF-8 target directory")?;
+    let size = format!("{}x{}", WINDOW.0, WINDOW.1);
+    let started = vm_run(
+        vm_run_bin,
+        run_dir,
+        &[
+            "demo",
+            client,
+            "--title",
+            "hello from the demo VM",
+            "--app-id",
+            "demo.client",
+            "--size",
+            &size,
+            "--color",
+            "#ffffff",
+        ],
+        b"",
+    )?;
+    expect_ok(&started, "starting vmsilo-test-client in the VM")?;
+    let color: vmsilo_config::color::Color = DEMO_COLOR
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the demo colour {DEMO_COLOR:?}: {e:?}"))?;
+    let hex = color.hex();
+    let rgb = vmsilo_testkit::wayland::parse_rgb(&hex)
+        .with_context(|| format!("colour {hex:?} is not #rrggbb"))?;
+    let (w, h) = WINDOW;
+    let ring = ((w + 2 * FRAME_BORDER) * (h + FRAME_BORDER) - w * h) as usize;
+    let deadline = Instant::now() + STEP_LIMIT;
+    let (png, img) = loop {
+        let png = weston.screenshot_png().context("taking a screenshot")?;
+        let img = Image::from_png(&png).context("decoding the screenshot")?;
+        if img.count(rgb) >= ring {
+            break (png, img);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no window in the VM's colour {hex} after {STEP_LIMIT:?} (most frequent                  colours {:?})",
+                img.top_colors(5)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let dir = target_dir().join("vmsilo-demo");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("screenshot.png");
+    fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(b) = img.bbox(rgb) {
+        println!(
+            "the window is on screen in its frame: {} pixels of {DEMO_COLOR} ({hex}) in a              {}x{} box at ({}, {})",
+            img.count(rgb),
+            b.w,
+            b.h,
+            b.x,
+            b.y
+        );
+    }
+    if let Some(line) = trace
+        .text()
+        .lines()
+        .find(|l| l.contains("set_title(\"[demo] "))
+    {
+        let at = line.find("xdg_toplevel").unwrap_or(0);
+        println!("weston's protocol trace: {}", &line[at..]);
+    }
+    println!("screenshot: {}", path.display());
     Ok(())
 }
 

@@ -70,13 +70,14 @@ struct Ctx {
     flood: usize,
     clients: Cell<u32>,
     extra: RefCell<Vec<Rc<OwnedFd>>>,
-    /// Keyboards and surfaces by connection (for [`KeyCmd`]s).
+    /// Keyboards by connection (for [`KeyCmd`]s).
     keyboards: RefCell<Vec<(u32, Rc<WlKeyboard>)>>,
-    surfaces: RefCell<Vec<(u32, Rc<WlSurface>)>>,
+    /// The last surface each client created (keyboard focus goes there).
+    surfaces: RefCell<std::collections::HashMap<u32, Rc<WlSurface>>>,
 }
 
 /// Keyboard events the threaded fake sends to connection `conn`'s keyboards (see
-/// [`FakeCompositor::keyboard`]); the trace has `c<N> wl_seat.get_keyboard` for each.
+/// [`FakeCompositor::keyboard`]); the trace has `c<N> get_keyboard` for each.
 #[derive(Debug, Clone)]
 pub enum KeyCmd {
     /// `wl_keyboard.keymap` (XKB v1 text, sent in a memfd).
@@ -205,7 +206,7 @@ impl FakeServer {
             clients: Cell::new(0),
             extra: RefCell::new(Vec::new()),
             keyboards: RefCell::new(Vec::new()),
-            surfaces: RefCell::new(Vec::new()),
+            surfaces: RefCell::default(),
         });
         FakeServer { state, ctx }
     }
@@ -281,14 +282,7 @@ impl FakeServer {
                     }
                 }
                 KeyCmd::Enter { conn } => {
-                    let surface = self
-                        .ctx
-                        .surfaces
-                        .borrow()
-                        .iter()
-                        .rev()
-                        .find(|(n, _)| *n == conn)
-                        .map(|(_, s)| s.clone());
+                    let surface = self.ctx.surfaces.borrow().get(&conn).cloned();
                     if let Some(s) = surface {
                         for k in kbs(conn) {
                             k.send_enter(1, &s, &[]);
@@ -419,8 +413,8 @@ impl WlRegistryHandler for FakeRegistry {
         } else if let Some(d) = downcast::<WlDataDeviceManager>(&id) {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
-            s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
             s.set_handler(FakeSeat { ctx, n });
+            s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
         } else if let Some(o) = downcast::<WlOutput>(&id) {
             for _ in 0..self.ctx.flood {
                 o.send_scale(1);
@@ -502,16 +496,15 @@ struct FakeCompositorH {
 impl WlCompositorHandler for FakeCompositorH {
     fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, id: &Rc<WlSurface>) {
         self.ctx.log(format!("c{} create_surface", self.n));
-        let mut s = self.ctx.surfaces.borrow_mut();
-        if s.len() < 1024 {
-            s.push((self.n, id.clone()));
-        }
+        self.ctx.surfaces.borrow_mut().insert(self.n, id.clone());
     }
     fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
         self.ctx.log(format!("c{} create_region", self.n));
     }
 }
 
+/// Gives a new keyboard focus on the client's last surface at once (if it has one), and
+/// remembers the keyboard for [`KeyCmd`]s.
 struct FakeSeat {
     ctx: Rc<Ctx>,
     n: u32,
@@ -519,10 +512,16 @@ struct FakeSeat {
 
 impl WlSeatHandler for FakeSeat {
     fn handle_get_keyboard(&mut self, _slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
-        self.ctx.log(format!("c{} wl_seat.get_keyboard", self.n));
-        let mut k = self.ctx.keyboards.borrow_mut();
-        if k.len() < 1024 {
-            k.push((self.n, id.clone()));
+        self.ctx.log(format!("c{} get_keyboard", self.n));
+        {
+            let mut k = self.ctx.keyboards.borrow_mut();
+            if k.len() < 1024 {
+                k.push((self.n, id.clone()));
+            }
+        }
+        let surface = self.ctx.surfaces.borrow().get(&self.n).cloned();
+        if let Some(surface) = surface {
+            id.send_enter(1, &surface, &[]);
         }
     }
 }
@@ -703,15 +702,20 @@ pub struct Gate {
 impl Gate {
     /// Starts `exe` with `args` (plus `--listen`), waits (bounded) for "listening on".
     pub fn start(exe: &Path, listen: &Path, args: &[&str]) -> Result<Gate, String> {
-        let mut child = Command::new(exe)
-            .arg("--listen")
-            .arg(listen)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.arg("--listen").arg(listen).args(args);
+        Self::start_command(cmd, listen)
+    }
+
+    /// Starts a prepared command (e.g. the gate under `setpriv`) that listens on `listen`,
+    /// waits (bounded) for "listening on".
+    pub fn start_command(mut cmd: Command, listen: &Path) -> Result<Gate, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+            .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -831,5 +835,25 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `cond` holds, polling every 50 ms; panics naming `what` after [`TIMEOUT`].
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

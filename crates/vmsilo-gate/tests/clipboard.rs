@@ -257,7 +257,7 @@ impl Guest {
 fn keyboards(fake: &FakeCompositor) -> Vec<u32> {
     fake.trace()
         .iter()
-        .filter_map(|l| l.strip_suffix(" wl_seat.get_keyboard"))
+        .filter_map(|l| l.strip_suffix(" get_keyboard"))
         .filter_map(|l| l.strip_prefix('c')?.parse().ok())
         .collect()
 }

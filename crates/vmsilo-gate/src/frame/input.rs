@@ -62,6 +62,8 @@ impl WlKeyboardHandler for GuestKeyboard {
         keys: &[u8],
     ) {
         if let Some(s) = self.target(surface) {
+            // The VM's selection is delivered to the focused client only, just before focus.
+            crate::datadev::keyboard_focus(true);
             slf.send_enter(serial, &s, keys);
         }
     }
@@ -70,6 +72,7 @@ impl WlKeyboardHandler for GuestKeyboard {
         self.keys.leave();
         if let Some(s) = self.target(surface) {
             slf.send_leave(serial, &s);
+            crate::datadev::keyboard_focus(false);
         }
     }
 
