@@ -58,6 +58,8 @@ impl WlKeyboardHandler for GuestKeyboard {
         keys: &[u8],
     ) {
         if let Some(s) = self.target(surface) {
+            // The VM's selection is delivered to the focused client only, just before focus.
+            crate::datadev::keyboard_focus(true);
             slf.send_enter(serial, &s, keys);
         }
     }
@@ -65,6 +67,7 @@ impl WlKeyboardHandler for GuestKeyboard {
     fn handle_leave(&mut self, slf: &Rc<WlKeyboard>, serial: u32, surface: &Rc<WlSurface>) {
         if let Some(s) = self.target(surface) {
             slf.send_leave(serial, &s);
+            crate::datadev::keyboard_focus(false);
         }
     }
 }
