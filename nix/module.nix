@@ -241,9 +241,9 @@ let
           example = [ "wp_fractional_scale_manager_v1" ];
           description = ''
             Wayland globals (interface names) vmsilo-gate offers this VM on top of its allowlist
-            (`vmsilo-gate --print-policy` shows it). The gate refuses high-risk globals (screen
-            capture, virtual input, layer shell, session lock, foreign toplevel, data control,
-            security context) whatever this says: the VM then does not start.
+            (`vmsilo-gate --print-policy` shows it). Only off-default globals can be allowed:
+            high-risk ones (screen capture, virtual input, layer shell, session lock, foreign
+            toplevel, data control, security context) are refused by the configuration check.
           '';
         };
         denyGlobals = mkOption {

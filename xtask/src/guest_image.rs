@@ -78,7 +78,7 @@ pub fn prebuild() -> Result<()> {
     }
     // The other binaries the e2e tests start (target/testkit-bin): built here, so that no
     // test spends its time limit compiling them on a loaded machine.
-    for package in ["vm-switch", "vmsilo-balloond"] {
+    for package in ["vm-switch", "vmsilo-balloond", "vmsilo-gate"] {
         if workspace_root()
             .join(format!("crates/{package}/Cargo.toml"))
             .is_file()

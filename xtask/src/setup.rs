@@ -65,6 +65,22 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "waypipe",
         "QEMU VMs' windows travel through waypipe (host client, and in the test guest)",
     ),
+    (
+        "sway",
+        "headless compositor with a seat for vmsilo-gate's clipboard e2e test",
+    ),
+    (
+        "foot",
+        "a real client that needs a data device, through vmsilo-gate",
+    ),
+    (
+        "wl-clipboard",
+        "wl-copy and wl-paste through vmsilo-gate's per-VM clipboard",
+    ),
+    (
+        "wtype",
+        "a virtual keyboard gives sway's headless seat a keyboard",
+    ),
     ("pkg-config", "building cargo tools with C dependencies"),
     ("libseccomp-dev", "building virtiofsd"),
     ("libcap-ng-dev", "building virtiofsd"),

@@ -676,20 +676,35 @@ impl Checker<'_> {
         }
     }
 
-    /// `gate.allowGlobals` / `gate.denyGlobals`: Wayland interface names, each in one list only.
-    /// The gate itself refuses to allow the globals it classifies as high-risk (screencopy,
-    /// virtual input, data-control, ...), so a configuration asking for one fails at VM start.
-    // TODO(gate-int): reject those here too, from the gate's own list, once vmsilo-gate
-    // exposes it in a crate vmsilo-config can depend on without pulling in wl-proxy.
+    /// `gate.allowGlobals` / `gate.denyGlobals`: Wayland interface names, each in one list
+    /// only, and overrides the gate accepts: the same rules as `vmsilo-gate --allow/--deny`
+    /// (`vmsilo_gate_policy`), so that a VM whose gate would refuse to start is refused here
+    /// (allowing a high-risk, clipboard-boundary or gate-only global, denying a required one,
+    /// naming an interface the gate does not know).
     fn check_gate(&mut self, i: usize, vm: &Vm) {
         let g = &vm.gate;
         for (key, list) in [
             ("gate.allowGlobals", &g.allow_globals),
             ("gate.denyGlobals", &g.deny_globals),
         ] {
+            let allow = key == "gate.allowGlobals";
             for (n, name) in list.iter().enumerate() {
+                let none: [&str; 0] = [];
+                let policy = if allow {
+                    vmsilo_gate_policy::Policy::with_overrides([name], none)
+                } else {
+                    vmsilo_gate_policy::Policy::with_overrides(none, [name])
+                };
                 if let Err(e) = check_interface_name(name) {
                     self.vm(i, vm, &format!("{key}[{n}]"), Some(str_value(name)), e);
+                } else if let Err(e) = policy {
+                    self.vm(
+                        i,
+                        vm,
+                        &format!("{key}[{n}]"),
+                        Some(str_value(name)),
+                        e.to_string(),
+                    );
                 } else if list[..n].contains(name) {
                     self.vm(
                         i,

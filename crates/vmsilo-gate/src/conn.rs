@@ -42,3 +42,16 @@ pub struct Conn {
     /// Set once the client has been cut off (a protocol error was sent).
     pub cut_off: Cell<bool>,
 }
+
+impl Conn {
+    /// A context for one client (not cut off).
+    pub fn new(identity: Rc<Identity>, policy: Rc<Policy>, limits: Limits, frame: bool) -> Self {
+        Self {
+            identity,
+            policy,
+            limits,
+            frame,
+            cut_off: Cell::new(false),
+        }
+    }
+}

@@ -9,13 +9,17 @@
 //! The child ⇄ parent messages are [`Msg`], one per `SOCK_SEQPACKET` datagram, with at most
 //! one fd.
 //!
-//! Simplifications (documented in docs/gate.md): selection events go to a client when it
-//! creates a data device and whenever the selection changes, not on keyboard focus (the gate
-//! does not track focus); drag-and-drop (`start_drag`) is ignored: the drag source gets
-//! `cancelled`, nothing is dragged. Primary selection is not offered at all.
+//! As a compositor does, the gate sends a client the selection only while it has keyboard
+//! focus: immediately before `wl_keyboard.enter`, and on every change while focused (clients
+//! such as wl-paste crash on a selection before focus). Focus is seen by the gate's
+//! `wl_seat`/`wl_keyboard` handlers ([`Seat`], [`Keyboard`]) or, where the frame installs its
+//! own, by the frame calling [`keyboard_focus`]. Focus is tracked from the client's first
+//! `wl_seat` bind on; a client without a seat counts as focused (it could not get focus). Drag-and-drop (`start_drag`) is
+//! not supported: the drag source gets `cancelled`, nothing is dragged. Primary selection is
+//! not offered at all.
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -27,7 +31,9 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
-use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
+
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 
 /// Most MIME types a selection carries (more are ignored).
@@ -405,6 +411,42 @@ struct Inner {
 pub struct DataDev {
     inner: RefCell<Inner>,
     link: Option<Box<dyn Link>>,
+    /// `wl_keyboard`s of this client that have focus.
+    focused: Cell<u32>,
+    /// Whether keyboard focus is tracked (else the client counts as focused).
+    tracking: Cell<bool>,
+}
+
+thread_local! {
+    /// The clipboard of the client this process serves (one client per process), for the
+    /// wl_keyboard handlers that report focus.
+    static FOCUS_SINK: RefCell<std::rc::Weak<DataDev>> = const { RefCell::new(std::rc::Weak::new()) };
+}
+
+/// Makes `dd` the clipboard that [`keyboard_focus`] and [`track_keyboard_focus`] report to.
+pub fn set_focus_sink(dd: &Rc<DataDev>) {
+    FOCUS_SINK.with(|s| *s.borrow_mut() = Rc::downgrade(dd));
+}
+
+fn focus_sink() -> Option<Rc<DataDev>> {
+    FOCUS_SINK.with(|s| s.borrow().upgrade())
+}
+
+/// A `wl_keyboard` of the client got (`true`) or lost keyboard focus. Call it for `enter`
+/// *before* forwarding the event (the selection is sent immediately before focus), for
+/// `leave` after. For `wl_keyboard` handlers that replace the gate's [`Keyboard`].
+pub fn keyboard_focus(focused: bool) {
+    if let Some(dd) = focus_sink() {
+        dd.keyboard_focus(focused);
+    }
+}
+
+/// From now on the client gets the selection only with keyboard focus (the registry turns it
+/// on when the client binds a `wl_seat`).
+pub fn track_keyboard_focus() {
+    if let Some(dd) = focus_sink() {
+        dd.tracking.set(true);
+    }
 }
 
 impl DataDev {
@@ -420,7 +462,29 @@ impl DataDev {
                 generation: 0,
             }),
             link,
+            focused: Cell::new(0),
+            tracking: Cell::new(false),
         })
+    }
+
+    /// From now on the client gets the selection only with keyboard focus.
+    pub fn track_focus(&self) {
+        self.tracking.set(true);
+    }
+
+    /// A `wl_keyboard` of the client got or lost focus. The first one to get it makes the
+    /// client focused: it gets the current selection.
+    pub fn keyboard_focus(self: &Rc<Self>, focused: bool) {
+        self.tracking.set(true);
+        let n = self.focused.get();
+        if focused {
+            self.focused.set(n.saturating_add(1));
+            if n == 0 {
+                self.broadcast_local();
+            }
+        } else {
+            self.focused.set(n.saturating_sub(1));
+        }
     }
 
     /// Serves a client's `wl_data_device_manager` (bound from the gate's synthetic global).
@@ -438,9 +502,10 @@ impl DataDev {
         }
     }
 
-    /// Sends the current selection to `device` (a new offer, or null).
+    /// Sends the current selection to `device` (a new offer, or null), if the client has
+    /// keyboard focus.
     fn offer_to(self: &Rc<Self>, device: &Rc<WlDataDevice>) {
-        if device.client().is_none() {
+        if device.client().is_none() || (self.tracking.get() && self.focused.get() == 0) {
             return;
         }
         match self.mimes_of_current() {
@@ -607,6 +672,53 @@ impl DataDev {
             }
             Current::None => {}
         }
+    }
+}
+
+/// The gate's `wl_seat` handler: forwards everything, watches keyboards for focus.
+#[derive(Debug)]
+pub struct Seat {
+    dd: Rc<DataDev>,
+}
+
+impl Seat {
+    /// A handler telling `dd` about keyboard focus.
+    pub fn new(dd: Rc<DataDev>) -> Self {
+        Self { dd }
+    }
+}
+
+impl WlSeatHandler for Seat {
+    fn handle_get_keyboard(&mut self, slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
+        slf.send_get_keyboard(id);
+        id.set_handler(Keyboard {
+            dd: self.dd.clone(),
+        });
+    }
+}
+
+/// The gate's `wl_keyboard` handler: forwards everything; the selection goes out right
+/// before `enter`.
+#[derive(Debug)]
+pub struct Keyboard {
+    dd: Rc<DataDev>,
+}
+
+impl WlKeyboardHandler for Keyboard {
+    fn handle_enter(
+        &mut self,
+        slf: &Rc<WlKeyboard>,
+        serial: u32,
+        surface: &Rc<WlSurface>,
+        keys: &[u8],
+    ) {
+        self.dd.keyboard_focus(true);
+        slf.send_enter(serial, surface, keys);
+    }
+
+    fn handle_leave(&mut self, slf: &Rc<WlKeyboard>, serial: u32, surface: &Rc<WlSurface>) {
+        slf.send_leave(serial, surface);
+        self.dd.keyboard_focus(false);
     }
 }
 

@@ -14,6 +14,7 @@ use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
+use wl_proxy::protocols::wayland::wl_seat::WlSeat;
 
 use crate::conn::Conn;
 use crate::datadev::DataDev;
@@ -190,6 +191,14 @@ impl WlRegistryHandler for Registry {
         match global.target {
             Target::Server(server_name) => {
                 slf.send_bind(server_name, id.clone());
+                // The clipboard follows keyboard focus: from the first wl_seat on, the client
+                // gets the selection only while focused. The gate's seat handler reports
+                // focus; it is installed before the frame's hook, which may replace it and then
+                // reports focus itself (datadev::keyboard_focus from its wl_keyboard handler).
+                if let Some(seat) = id.try_downcast::<WlSeat>() {
+                    seat.set_handler(crate::datadev::Seat::new(self.datadev.clone()));
+                    self.datadev.track_focus();
+                }
                 frame::on_bind(&self.conn, interface, &id);
             }
             Target::Local => {

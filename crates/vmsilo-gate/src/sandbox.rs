@@ -101,6 +101,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_unlink,
     libc::SYS_unlinkat,
     libc::SYS_umask,
+    // A client child adds its own, stricter filter.
+    libc::SYS_seccomp,
 ];
 
 fn arch() -> TargetArch {
@@ -179,28 +181,62 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         );
     }
     rules.insert(libc::SYS_ioctl, ioctl);
-    // Only PR_SET_PDEATHSIG (children) and PR_SET_NAME.
-    rules.insert(
-        libc::SYS_prctl,
-        vec![
+    // Only PR_SET_PDEATHSIG (children), PR_SET_NAME and PR_SET_NO_NEW_PRIVS (before a client
+    // child adds its own filter, which only ever restricts further).
+    let mut prctl = Vec::new();
+    for option in [
+        libc::PR_SET_PDEATHSIG,
+        libc::PR_SET_NAME,
+        libc::PR_SET_NO_NEW_PRIVS,
+    ] {
+        prctl.push(
             SeccompRule::new(vec![cond(
                 0,
                 SeccompCmpArgLen::Dword,
                 SeccompCmpOp::Eq,
-                libc::PR_SET_PDEATHSIG as u64,
+                option as u64,
             )?])
             .map_err(|e| e.to_string())?,
-            SeccompRule::new(vec![cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::PR_SET_NAME as u64,
-            )?])
-            .map_err(|e| e.to_string())?,
-        ],
-    );
+        );
+    }
+    rules.insert(libc::SYS_prctl, prctl);
     let main = compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)?;
     Ok(vec![sockets, no_open, main])
+}
+
+/// System calls a client child no longer makes once it serves its client (its compositor
+/// connection was made by the parent): new sockets and connections, processes, signals to
+/// others, file removal. A child that an attacker took over cannot reach the compositor (or
+/// anything else) on a connection of its own.
+const CHILD_DENIED: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_clone,
+    libc::SYS_wait4,
+    libc::SYS_kill,
+    libc::SYS_signalfd4,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_prctl,
+    libc::SYS_umask,
+    libc::SYS_seccomp,
+];
+
+/// The client child's extra filter (on top of the inherited ones): [`CHILD_DENIED`] kills.
+pub fn child_filter() -> Result<BpfProgram, String> {
+    let mut rules = Rules::new();
+    for nr in CHILD_DENIED {
+        rules.insert(*nr, vec![]);
+    }
+    compile(rules, SeccompAction::Allow, SeccompAction::KillProcess)
+}
+
+/// Installs [`child_filter`] in a client child.
+pub fn apply_child() -> Result<(), String> {
+    seccompiler::apply_filter(&child_filter()?).map_err(|e| e.to_string())
 }
 
 /// Installs the filters for the calling thread (the parent is single-threaded; children
@@ -270,6 +306,40 @@ mod tests {
             5
         }
         let st = in_filtered_child(attempt);
+        assert!(
+            matches!(
+                st,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+            ),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn test_child_filter_kills_on_a_new_socket() {
+        fn attempt() -> i32 {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+            let _ = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            );
+            8
+        }
+        let child = child_filter().unwrap();
+        let progs = filters().unwrap();
+        let st = match sys::fork().unwrap() {
+            sys::Forked::Child => {
+                for p in progs.iter().chain(std::iter::once(&child)) {
+                    if seccompiler::apply_filter(p).is_err() {
+                        sys::exit_now(99);
+                    }
+                }
+                sys::exit_now(attempt());
+            }
+            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
+        };
         assert!(
             matches!(
                 st,

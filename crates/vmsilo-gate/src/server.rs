@@ -383,15 +383,15 @@ impl Session {
         };
         let gone = Rc::new(Cell::new(false));
         client.set_handler(ClientGone(gone.clone()));
-        let conn = Rc::new(Conn {
-            identity: cfg.identity.clone(),
-            policy: cfg.policy.clone(),
-            limits: cfg.limits,
-            frame: cfg.frame,
-            cut_off: Cell::new(false),
-        });
+        let conn = Rc::new(Conn::new(
+            cfg.identity.clone(),
+            cfg.policy.clone(),
+            cfg.limits,
+            cfg.frame,
+        ));
         let link: Option<Box<dyn Link>> = chan.clone().map(|c| Box::new(c) as Box<dyn Link>);
         let dd = DataDev::new(link);
+        crate::datadev::set_focus_sink(&dd);
         frame::start(&conn, &state);
         client
             .display()
@@ -585,6 +585,19 @@ fn linger(sock: &OwnedFd, linger: Duration) {
     }
 }
 
+/// Connects to a unix stream socket without blocking (a full backlog is an error, EAGAIN).
+fn connect_nonblocking(path: &Path) -> nix::Result<OwnedFd> {
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = nix::sys::socket::UnixAddr::new(path)?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(fd)
+}
+
 /// Sets the child's resource limits: fds (bounds fds in flight) and data (bounds queued
 /// bytes and everything else the child allocates).
 pub fn child_rlimits(limits: &Limits) {
@@ -731,6 +744,23 @@ impl Parent {
     }
 
     fn spawn(&mut self, stream: UnixStream) {
+        // The parent connects for the child, so that the child needs no socket() or
+        // connect() (its seccomp filter forbids them). Non-blocking: a compositor whose
+        // backlog is full refuses this client instead of stalling the gate.
+        let compositor = match connect_nonblocking(&self.connect_to) {
+            Ok(c) => c,
+            Err(e) => {
+                warn_limited(
+                    "clients",
+                    &format!(
+                        "VM {:?}: refused a connection: cannot connect to the compositor at {}: {e}",
+                        self.cfg.client.identity.vm,
+                        self.connect_to.display()
+                    ),
+                );
+                return;
+            }
+        };
         let (mine, theirs) = match chan_pair() {
             Ok(p) => p,
             Err(e) => {
@@ -744,13 +774,14 @@ impl Parent {
             Err(e) => warn_limited("clients", &format!("could not fork a client process: {e}")),
             Ok(sys::Forked::Child) => {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.child(stream, theirs)
+                    self.child(stream, compositor, theirs)
                 }))
                 .unwrap_or(End::Panicked as i32);
                 sys::exit_now(code);
             }
             Ok(sys::Forked::Parent(pid)) => {
                 drop(stream);
+                drop(compositor);
                 drop(theirs);
                 self.children.insert(pid, ChildInfo { id, chan: mine });
                 let outs = self.hub.child_added(id);
@@ -760,32 +791,28 @@ impl Parent {
     }
 
     /// The child side after fork: never returns into the parent's loop.
-    fn child(&self, stream: UnixStream, chan: OwnedFd) -> i32 {
+    fn child(&self, stream: UnixStream, compositor: OwnedFd, chan: OwnedFd) -> i32 {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         if nix::unistd::getppid().as_raw() as u32 != self.pid {
             return End::Compositor as i32;
         }
-        sys::close_fds_except(&[stream.as_raw_fd(), chan.as_raw_fd()]);
+        sys::close_fds_except(&[stream.as_raw_fd(), compositor.as_raw_fd(), chan.as_raw_fd()]);
         let _ = nix::sys::signal::sigprocmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&SigSet::empty()),
             None,
         );
         child_rlimits(&self.cfg.client.limits);
-        let compositor = match UnixStream::connect(&self.connect_to) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!(
-                    "could not connect to the compositor at {}: {e}",
-                    self.connect_to.display()
-                );
-                return End::Compositor as i32;
-            }
-        };
+        if self.cfg.sandbox
+            && let Err(e) = crate::sandbox::apply_child()
+        {
+            log::error!("could not install the client process's seccomp filter: {e}");
+            return End::Compositor as i32;
+        }
         serve_client(
             &self.cfg.client,
             OwnedFd::from(stream),
-            OwnedFd::from(compositor),
+            compositor,
             Some(Chan::new(chan)),
         ) as i32
     }

@@ -39,10 +39,11 @@ use wl_proxy::protocols::wayland::wl_data_device_manager::{
 };
 use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
+use wl_proxy::protocols::wayland::wl_keyboard::WlKeyboard;
 use wl_proxy::protocols::wayland::wl_output::WlOutput;
 use wl_proxy::protocols::wayland::wl_region::WlRegion;
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
-use wl_proxy::protocols::wayland::wl_seat::WlSeat;
+use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
 use wl_proxy::state::{State, StateHandler};
 
@@ -66,6 +67,8 @@ struct Ctx {
     flood: usize,
     clients: Cell<u32>,
     extra: RefCell<Vec<Rc<OwnedFd>>>,
+    /// The last surface each client created (keyboard focus goes there).
+    surfaces: RefCell<std::collections::HashMap<u32, Rc<WlSurface>>>,
 }
 
 impl Ctx {
@@ -171,6 +174,7 @@ impl FakeServer {
             flood,
             clients: Cell::new(0),
             extra: RefCell::new(Vec::new()),
+            surfaces: RefCell::default(),
         });
         FakeServer { state, ctx }
     }
@@ -311,6 +315,7 @@ impl WlRegistryHandler for FakeRegistry {
         } else if let Some(d) = downcast::<WlDataDeviceManager>(&id) {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
+            s.set_handler(FakeSeat { ctx, n });
             s.send_capabilities(wl_proxy::protocols::wayland::wl_seat::WlSeatCapability(3));
         } else if let Some(o) = downcast::<WlOutput>(&id) {
             for _ in 0..self.ctx.flood {
@@ -391,11 +396,28 @@ struct FakeCompositorH {
 }
 
 impl WlCompositorHandler for FakeCompositorH {
-    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlSurface>) {
+    fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, id: &Rc<WlSurface>) {
         self.ctx.log(format!("c{} create_surface", self.n));
+        self.ctx.surfaces.borrow_mut().insert(self.n, id.clone());
     }
     fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
         self.ctx.log(format!("c{} create_region", self.n));
+    }
+}
+
+/// Gives a new keyboard focus on the client's last surface at once (if it has one).
+struct FakeSeat {
+    ctx: Rc<Ctx>,
+    n: u32,
+}
+
+impl WlSeatHandler for FakeSeat {
+    fn handle_get_keyboard(&mut self, _slf: &Rc<WlSeat>, id: &Rc<WlKeyboard>) {
+        self.ctx.log(format!("c{} get_keyboard", self.n));
+        let surface = self.ctx.surfaces.borrow().get(&self.n).cloned();
+        if let Some(surface) = surface {
+            id.send_enter(1, &surface, &[]);
+        }
     }
 }
 
@@ -575,15 +597,20 @@ pub struct Gate {
 impl Gate {
     /// Starts `exe` with `args` (plus `--listen`), waits (bounded) for "listening on".
     pub fn start(exe: &Path, listen: &Path, args: &[&str]) -> Result<Gate, String> {
-        let mut child = Command::new(exe)
-            .arg("--listen")
-            .arg(listen)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.arg("--listen").arg(listen).args(args);
+        Self::start_command(cmd, listen)
+    }
+
+    /// Starts a prepared command (e.g. the gate under `setpriv`) that listens on `listen`,
+    /// waits (bounded) for "listening on".
+    pub fn start_command(mut cmd: Command, listen: &Path) -> Result<Gate, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+            .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -703,5 +730,25 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `cond` holds, polling every 50 ms; panics naming `what` after [`TIMEOUT`].
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -5,30 +5,11 @@
 //! /work/shared/reference/wayland.md 3.2) and the weston and wayland-utils packages.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use vmsilo_gate::testing::{Gate, TempDir};
+use vmsilo_gate::testing::{Gate, Killed, TempDir, wait_until};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 #[ignore = "e2e: runs weston headless as root"]

@@ -393,7 +393,7 @@ impl WlDataOfferHandler for Offer {
     }
 }
 
-fn data_device(c: &TestClient) -> (Rc<WlDataDeviceManager>, Rc<RefCell<Seen>>) {
+fn data_device(c: &TestClient, focus: bool) -> (Rc<WlDataDeviceManager>, Rc<RefCell<Seen>>) {
     let (name, v) = c.global(ObjectInterface::WlDataDeviceManager).unwrap();
     let ddm = c.bind::<WlDataDeviceManager>(name, v);
     let (sname, sv) = c.global(ObjectInterface::WlSeat).unwrap();
@@ -401,7 +401,18 @@ fn data_device(c: &TestClient) -> (Rc<WlDataDeviceManager>, Rc<RefCell<Seen>>) {
     let seen = Rc::new(RefCell::new(Seen::default()));
     let dev = ddm.new_send_get_data_device(&seat);
     dev.set_handler(Device(seen.clone()));
+    if focus {
+        focus_on_new_surface(c, &seat);
+    }
     (ddm, seen)
+}
+
+/// A surface and a keyboard: the fake gives the keyboard focus on the surface at once.
+fn focus_on_new_surface(c: &TestClient, seat: &Rc<WlSeat>) {
+    let (cname, _) = c.global(ObjectInterface::WlCompositor).unwrap();
+    let comp = c.bind::<WlCompositor>(cname, 6);
+    comp.new_send_create_surface();
+    seat.new_send_get_keyboard();
 }
 
 #[test]
@@ -412,12 +423,14 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     let sock = dir.path().join("gate.sock");
     let a = TestClient::connect(&sock).unwrap();
     let b = TestClient::connect(&sock).unwrap();
-    let (ddm_a, seen_a) = data_device(&a);
-    let (_ddm_b, seen_b) = data_device(&b);
+    let (ddm_a, seen_a) = data_device(&a, true);
+    let (_ddm_b, seen_b) = data_device(&b, true);
     a.roundtrip().unwrap();
     b.roundtrip().unwrap();
-    // No selection yet: both got a null selection on get_data_device.
-    assert!(seen_b.borrow().selections >= 1 && seen_b.borrow().selection.is_none());
+    // No selection yet: both got a null selection when they got focus.
+    b.dispatch_until(|| seen_b.borrow().selections >= 1)
+        .unwrap();
+    assert!(seen_b.borrow().selection.is_none());
 
     // A copies.
     let cancelled = Rc::new(RefCell::new(false));
@@ -484,11 +497,18 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     }
     assert_eq!(got, b"copied in the VM");
 
-    // A third client that connects later gets the current selection on get_data_device.
+    // A third client that connects later gets no selection until it has keyboard focus (as
+    // with a compositor: clients rely on it), then the current one.
     let c = TestClient::connect(&sock).unwrap();
-    let (_ddm_c, seen_c) = data_device(&c);
+    let (_ddm_c, seen_c) = data_device(&c, false);
+    c.roundtrip().unwrap();
+    assert_eq!(seen_c.borrow().selections, 0);
+    let (sname, sv) = c.global(ObjectInterface::WlSeat).unwrap();
+    let seat_c = c.bind::<WlSeat>(sname, sv);
+    focus_on_new_surface(&c, &seat_c);
     c.dispatch_until(|| seen_c.borrow().selection.is_some())
         .unwrap();
+    assert_eq!(seen_c.borrow().mimes.len(), 2);
 
     // B copies: A's source is cancelled.
     let (name, v) = b.global(ObjectInterface::WlDataDeviceManager).unwrap();

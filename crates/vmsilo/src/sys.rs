@@ -152,9 +152,10 @@ const AT_RECURSIVE: nix::libc::c_int = 0x8000;
 
 /// Confines the child of `cmd` before it becomes `uid`/`gid` (supplementary groups dropped):
 /// a fresh network namespace (only a loopback, down: no network at all) and a private mount
-/// namespace where every mount is read-only and nosuid except `writable` (bind-mounted onto
-/// itself, writable, nodev, noexec). Register it before [`prepare_child`], whose
-/// parent-death signal must be set after the identity change.
+/// namespace where each of `hidden` (existing directories) is covered by an empty tmpfs, every
+/// mount is read-only and nosuid, except `writable` (bind-mounted onto itself, writable,
+/// nodev, noexec). Register it before [`prepare_child`], whose parent-death signal must be
+/// set after the identity change.
 ///
 /// A unix socket on a read-only mount can still be connected to, so the confined program
 /// reaches the compositor's socket; it can create files only in `writable`. Fails (and the
@@ -165,13 +166,23 @@ pub fn confine_child(
     uid: u32,
     gid: u32,
     writable: &std::path::Path,
+    hidden: &[std::path::PathBuf],
 ) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
 
     use nix::libc;
 
-    let dir = std::ffi::CString::new(writable.as_os_str().as_bytes())
-        .map_err(|_| format!("{} contains a NUL byte", writable.display()))?;
+    let cstring = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| format!("{} contains a NUL byte", p.display()))
+    };
+    let dir = cstring(writable)?;
+    let hidden: Vec<std::ffi::CString> = hidden
+        .iter()
+        .map(|p| cstring(p))
+        .collect::<Result<_, _>>()?;
+    let tmpfs = c"tmpfs";
+    let tmpfs_options = c"mode=0755,size=4k";
     let root = c"/";
     let size = std::mem::size_of::<MountAttr>();
     let read_only = MountAttr {
@@ -188,9 +199,10 @@ pub fn confine_child(
     };
     // SAFETY: the closure runs in the forked (single-threaded) child before exec. It only
     // makes raw system calls (unshare, mount, mount_setattr, setgroups, setgid, setuid), which
-    // are async-signal-safe, with pointers to the NUL-terminated `dir` and `root` and to the
-    // two `MountAttr` values, all moved into the closure and alive while it runs; it allocates
-    // nothing (io::Error::last_os_error holds a plain errno) and takes no lock.
+    // are async-signal-safe, with pointers to NUL-terminated strings (`dir`, `root`, `hidden`,
+    // `tmpfs`, `tmpfs_options`) and to the two `MountAttr` values, all moved into the closure
+    // and alive while it runs; it allocates nothing (io::Error::last_os_error holds a plain
+    // errno) and takes no lock.
     // JUSTIFICATION: std and nix offer no pre-exec namespace setup, and nix has no
     // mount_setattr.
     unsafe {
@@ -215,6 +227,18 @@ pub fn confine_child(
                 )
                 .into(),
             )?;
+            for h in &hidden {
+                check(
+                    libc::mount(
+                        tmpfs.as_ptr(),
+                        h.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        tmpfs_options.as_ptr().cast(),
+                    )
+                    .into(),
+                )?;
+            }
             check(
                 libc::mount(
                     dir.as_ptr(),

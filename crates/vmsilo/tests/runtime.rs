@@ -445,7 +445,8 @@ color = \"#2ecc71\"",
                  if touch /tmp/vmsilo-gate-probe-$$ 2>/dev/null; then echo writable; else echo read-only; fi > \"$dir/$who-tmp\"\n\
                  rm -f /tmp/vmsilo-gate-probe-$$\n\
                  echo \"$@\" > \"$dir/$who-argv\"\n\
-                 echo \"${WAYLAND_DISPLAY:-unset}\" > \"$dir/$who-display\"\n";
+                 echo \"${WAYLAND_DISPLAY:-unset}\" > \"$dir/$who-display\"\n\
+                 ls -A /home | wc -l > \"$dir/$who-home\"\n";
     let gate = format!(
         "sock=\"$6\"; dir=\"$(dirname \"$sock\")\"; who=gate\n{probe}\
          exec socat UNIX-LISTEN:\"$sock\",fork /dev/null"
@@ -461,7 +462,7 @@ color = \"#2ecc71\"",
          stat -c 'state %u:%g %a' $g/state >> {seen}\n\
          stat -c '%u %F' $g/wayland-0 $g/waypipe.socket >> {seen}\n\
          readlink {d}/run/t-vsock.socket_6000 >> {seen}\n\
-         for f in uid net tmp argv display; do for w in gate waypipe; do \
+         for f in uid net tmp home argv display; do for w in gate waypipe; do \
            echo \"$w-$f: $(cat $g/$w-$f)\" >> {seen}; done; done\n\
          case \"$*\" in *vmsilo.waypipe=6000*) echo 'cmdline: waypipe port' >> {seen};; esac\n\
          exit 1"
@@ -504,6 +505,9 @@ color = \"#2ecc71\"",
         "waypipe-net: lo ".into(),
         "gate-tmp: read-only".into(),
         "waypipe-tmp: read-only".into(),
+        // The users' files are hidden (an empty tmpfs over /home).
+        "gate-home: 0".into(),
+        "waypipe-home: 0".into(),
         format!(
             "gate-argv: --vm t --color #2ecc71 --listen {gate_dir}/wayland-0 --compositor \
              /run/user/65534/compositor-x --state-dir {gate_dir}/state"

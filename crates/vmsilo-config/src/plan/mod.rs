@@ -199,12 +199,39 @@ pub struct Backend {
 
 /// How the runtime confines a backend that handles guest data with the user's rights: no
 /// network (a fresh network namespace with only a down loopback) and a private mount namespace
-/// where everything but `writableDir` is read-only.
+/// where everything but `writableDir` is read-only and `hidden` directories are empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendSandbox {
     /// The only directory mounted writable (the gate directory).
     pub writable_dir: String,
+    /// Directories covered by an empty read-only tmpfs (those that exist): the user's files
+    /// and, for waypipe, the user's runtime directory with their session's sockets (the
+    /// compositor's, D-Bus, PipeWire, agents), which a read-only mount would still let it
+    /// connect to.
+    pub hidden: Vec<String>,
+}
+
+/// Directories no confined backend needs: the users' files.
+const HIDDEN_DIRS: &[&str] = &["/home", "/root"];
+
+/// A sandbox writable in `writable`, hiding `extra` and [`HIDDEN_DIRS`], except a directory
+/// holding something it needs (`keep`, e.g. the compositor's socket).
+pub(crate) fn sandbox(writable: String, extra: &[String], keep: &[&str]) -> BackendSandbox {
+    let hidden = HIDDEN_DIRS
+        .iter()
+        .map(|d| (*d).to_owned())
+        .chain(extra.iter().cloned())
+        .filter(|h| {
+            let h = std::path::Path::new(h);
+            !std::path::Path::new(&writable).starts_with(h)
+                && !keep.iter().any(|k| std::path::Path::new(k).starts_with(h))
+        })
+        .collect();
+    BackendSandbox {
+        writable_dir: writable,
+        hidden,
+    }
 }
 
 /// The identity a backend runs with.
@@ -626,9 +653,11 @@ fn gate_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
         socket,
         run_as: RunAs::User,
         env,
-        sandbox: Some(BackendSandbox {
-            writable_dir: d.gate_dir(&vm.name),
-        }),
+        sandbox: Some(sandbox(
+            d.gate_dir(&vm.name),
+            &[],
+            &[&opts.wayland_socket()],
+        )),
     })
 }
 
@@ -660,4 +689,24 @@ fn check_socket_paths(plan: &LaunchPlan) -> Result<(), PlanError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_sandbox_hides_users_files_but_never_what_the_backend_needs() {
+        let s = sandbox(
+            "/run/vmsilo/a.gate".into(),
+            &["/run/user/1000".into()],
+            &["/run/user/1000/wayland-0"],
+        );
+        assert_eq!(s.hidden, ["/home", "/root"]);
+        // A compositor socket or a run directory under a home stays reachable.
+        let s = sandbox("/root/run/a.gate".into(), &[], &["/home/u/wl/wayland-0"]);
+        assert_eq!(s.hidden, Vec::<String>::new());
+        let s = sandbox("/run/vmsilo/a.gate".into(), &["/run/user/1000".into()], &[]);
+        assert_eq!(s.hidden, ["/home", "/root", "/run/user/1000"]);
+    }
 }

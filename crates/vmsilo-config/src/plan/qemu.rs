@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
 use crate::model::{Accel, Disk, OptValue, Options, OverlayType, SharedDir, Vm};
 use crate::plan::{
-    Backend, BackendSandbox, ConsoleListener, LaunchPlan, PlanOptions, RunAs, WAYPIPE_VSOCK_PORT,
-    gate_backend, kernel_cmdline, push_extra,
+    Backend, ConsoleListener, LaunchPlan, PlanOptions, RunAs, WAYPIPE_VSOCK_PORT, gate_backend,
+    kernel_cmdline, push_extra, sandbox,
 };
 use crate::validate::ValidConfig;
 
@@ -608,9 +608,12 @@ fn waypipe_backend(vm: &Vm, opts: &PlanOptions, gate_socket: &str) -> Backend {
         socket,
         run_as: RunAs::User,
         env,
-        sandbox: Some(BackendSandbox {
-            writable_dir: opts.dirs.gate_dir(&vm.name),
-        }),
+        // It needs nothing of the user's session: its runtime directory is hidden too.
+        sandbox: Some(sandbox(
+            opts.dirs.gate_dir(&vm.name),
+            &[opts.user_runtime_dir()],
+            &[gate_socket],
+        )),
     }
 }
 

@@ -723,14 +723,15 @@ impl Runtime {
         for b in &backends {
             let (uid, gid) = (self.o.plan.user.uid, self.o.plan.user.gid);
             let writable = b.sandbox.as_ref().map(|s| PathBuf::from(&s.writable_dir));
-            let who = match (b.run_as, &writable) {
-                (RunAs::Root, _) => Identity::Inherit,
-                (RunAs::User, None) => Identity::User { uid, gid },
-                (RunAs::User, Some(w)) => Identity::Confined {
+            let who = match (b.run_as, &writable, &b.sandbox) {
+                (RunAs::Root, _, _) => Identity::Inherit,
+                (RunAs::User, Some(w), Some(s)) => Identity::Confined {
                     uid,
                     gid,
                     writable: w,
+                    hidden: &s.hidden,
                 },
+                (RunAs::User, _, _) => Identity::User { uid, gid },
             };
             let proc = procs::spawn(&b.kind, &b.argv, &b.env, who).map_err(|m| self.fail(m))?;
             self.backends.push(proc);
@@ -986,11 +987,13 @@ impl Runtime {
                 self.pump_console(&mut buf);
                 return Ended::Status(s);
             }
+            let mut graphics_gone = false;
             for (i, b) in self.backends.iter_mut().enumerate() {
                 if let Some(s) = b.poll()
                     && !warned[i]
                 {
                     warned[i] = true;
+                    graphics_gone |= b.name == vmsilo_config::plan::GATE || b.name == "waypipe";
                     // Nothing restarts it behind the user's back: a gate that died may have
                     // been broken by the guest, and only the gate may reach the compositor.
                     let what = if b.name == vmsilo_config::plan::GATE || b.name == "waypipe" {
@@ -1010,6 +1013,9 @@ impl Runtime {
                         procs::describe(s)
                     );
                 }
+            }
+            if graphics_gone {
+                self.close_graphics(&mut warned);
             }
             let stops = self.signals.drain();
             if stops > handled_stops {
@@ -1069,6 +1075,27 @@ impl Runtime {
                         self.signals.request_stop();
                     }
                 }
+            }
+        }
+    }
+
+    /// The gate or waypipe died: close the rest of the path too, so that a guest's waypipe
+    /// stream is refused at once (vhost-device-vsock answers a connection to a missing
+    /// `<vsock>_6000` with a reset) instead of being accepted by a waypipe client that can
+    /// no longer reach a gate. `warned` marks the waypipe stopped here as reported.
+    fn close_graphics(&mut self, warned: &mut [bool]) {
+        if let Some(link) = self.o.plan.paths.waypipe_vsock_link.clone() {
+            remove_file_quiet(Path::new(&link));
+        }
+        for (i, b) in self.backends.iter_mut().enumerate() {
+            if b.name == "waypipe" && !warned[i] {
+                warned[i] = true;
+                b.signal(nix::sys::signal::Signal::SIGTERM);
+                eprintln!(
+                    "vmsilo: VM {:?}: stopped waypipe: the VM's windows stay closed until it \
+                     restarts",
+                    self.o.plan.vm
+                );
             }
         }
     }

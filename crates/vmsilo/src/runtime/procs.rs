@@ -35,8 +35,8 @@ pub enum Identity<'a> {
         /// gid.
         gid: u32,
     },
-    /// Another user, without network, with everything but `writable` mounted read-only
-    /// ([`crate::sys::confine_child`]).
+    /// Another user, without network, with everything but `writable` mounted read-only and
+    /// `hidden` directories empty ([`crate::sys::confine_child`]).
     Confined {
         /// uid.
         uid: u32,
@@ -44,6 +44,8 @@ pub enum Identity<'a> {
         gid: u32,
         /// The only writable directory.
         writable: &'a Path,
+        /// Directories covered by an empty tmpfs (those that do not exist are skipped).
+        hidden: &'a [String],
     },
 }
 
@@ -68,10 +70,21 @@ pub fn spawn(
         Identity::User { uid, gid } => {
             cmd.uid(uid).gid(gid);
         }
-        Identity::Confined { uid, gid, writable } => {
+        Identity::Confined {
+            uid,
+            gid,
+            writable,
+            hidden,
+        } => {
             // It handles guest data: it gets nothing of the runtime's it does not need.
             cmd.env_remove("NOTIFY_SOCKET");
-            crate::sys::confine_child(&mut cmd, uid, gid, writable)
+            // Only real directories (a symlink would move the tmpfs elsewhere).
+            let hidden: Vec<std::path::PathBuf> = hidden
+                .iter()
+                .map(std::path::PathBuf::from)
+                .filter(|h| std::fs::symlink_metadata(h).is_ok_and(|m| m.is_dir()))
+                .collect();
+            crate::sys::confine_child(&mut cmd, uid, gid, writable, &hidden)
                 .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
         }
     }
