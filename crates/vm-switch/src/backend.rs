@@ -31,8 +31,9 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -46,7 +47,9 @@ use crate::config::PortConfig;
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::dql::Dql;
 use crate::forward::{Decision, DropReason, PortId, Switch, flow_hash};
-use crate::frame::{self, MAX_FRAME};
+use crate::frame::{
+    self, Gso, MAX_FRAME, MAX_GSO_FRAME, Offload, OffloadCaps, VNET_F_NEEDS_CSUM, VnetHdr,
+};
 use crate::ring::{
     Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta,
 };
@@ -82,6 +85,12 @@ pub type Handler = VringEpollHandler<Arc<NetBackend>>;
 /// Virtio feature bits offered to the frontend.
 pub const OFFERED_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -198,7 +207,27 @@ struct Negotiated {
     hdr_len: usize,
     mrg_rxbuf: bool,
     guest_csum: bool,
+    /// GUEST_TSO4 (segments are handed to the guest whole).
+    guest_tso4: bool,
+    /// GUEST_TSO6.
+    guest_tso6: bool,
+    /// GUEST_ECN (segments with CWR whole).
+    guest_ecn: bool,
     event_idx: bool,
+    /// What the guest may put into its TX headers (CSUM, HOST_TSO4/6, HOST_ECN).
+    host: OffloadCaps,
+}
+
+impl Negotiated {
+    /// Whether this guest takes the (validated) frame with offload `off` as it is.
+    fn accepts(&self, off: &Offload) -> bool {
+        let gso = match off.gso {
+            Gso::None => true,
+            Gso::Tcp4 => self.guest_tso4,
+            Gso::Tcp6 => self.guest_tso6,
+        };
+        gso && (!off.ecn || self.guest_ecn) && (off.gso == Gso::None || self.guest_csum)
+    }
 }
 
 struct Port {
@@ -210,7 +239,9 @@ struct Port {
     slots: Vec<Option<PortId>>,
     egress: FqCodel<Frame>,
     dql: Dql,
-    pending: Option<Frame>,
+    /// Frames taken from the scheduler that wait for RX buffers: one frame, or the frames
+    /// software segmentation made of a segment.
+    pending: VecDeque<Frame>,
     rx: RxTrack,
     neg: Negotiated,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -222,6 +253,7 @@ struct Port {
     perturb: u64,
     reply: Vec<u8>,
     buf: Vec<u8>,
+    segs: Vec<crate::gso::Segment>,
     log_limit: RateLimit,
     /// Guest queues stopped for a driver error (index: RX_QUEUE, TX_QUEUE), until the guest
     /// resets the device (the frontend then stops the ring with GET_VRING_BASE) or the frontend
@@ -287,7 +319,7 @@ impl NetBackend {
             slots: Vec::new(),
             egress: FqCodel::new(params.sched),
             dql: Dql::new(params.dql_min, params.dql_max, 1_000_000_000),
-            pending: None,
+            pending: VecDeque::new(),
             rx: RxTrack {
                 backoff_ns: params.recheck_ns,
                 ..RxTrack::default()
@@ -305,6 +337,7 @@ impl NetBackend {
             perturb: u64::from_ne_bytes(perturb) ^ u64::from(id).wrapping_mul(0x9e37_79b9),
             reply: Vec::with_capacity(128),
             buf: Vec::with_capacity(MAX_FRAME + 64),
+            segs: Vec::new(),
             log_limit: RateLimit::new(),
             broken: [false; NUM_QUEUES],
             fault_log: RateLimit::new(),
@@ -442,9 +475,9 @@ impl Port {
         let stats = self.stats.clone();
         self.egress
             .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-        if self.pending.take().is_some() {
-            stats.count_drop(DropReason::PortDown, 1);
-        }
+        let n = self.pending.len() as u64;
+        self.pending.clear();
+        stats.count_drop(DropReason::PortDown, n);
         self.reset_rx();
         self.broken = [false; NUM_QUEUES];
         self.stats.set(Counter::Backlog, 0);
@@ -469,9 +502,9 @@ impl Port {
             let stats = self.stats.clone();
             self.egress
                 .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-            if self.pending.take().is_some() {
-                stats.count_drop(DropReason::PortDown, 1);
-            }
+            let n = self.pending.len() as u64;
+            self.pending.clear();
+            stats.count_drop(DropReason::PortDown, n);
             self.stats.set(Counter::Backlog, 0);
         }
         if self.fault_log.allow() {
@@ -486,7 +519,12 @@ impl Port {
 
     /// Bytes waiting for the guest: the egress scheduler plus a frame waiting for RX buffers.
     fn backlog_bytes(&self) -> u64 {
-        self.egress.backlog_bytes() + self.pending.as_ref().map_or(0, |f| f.data.len() as u64)
+        self.egress.backlog_bytes()
+            + self
+                .pending
+                .iter()
+                .map(|f| f.data.len() as u64)
+                .sum::<u64>()
     }
 
     fn is_broken(&self, index: u16) -> bool {
@@ -754,7 +792,7 @@ impl Port {
                         let total = r.available_bytes();
                         if total < hdr_len {
                             verdict = Err(DropReason::Malformed);
-                        } else if total - hdr_len > MAX_FRAME {
+                        } else if total - hdr_len > MAX_GSO_FRAME {
                             verdict = Err(DropReason::Oversize);
                         } else if r.read_exact(&mut hdr[..hdr_len]).is_err() {
                             verdict = Err(DropReason::Malformed);
@@ -846,9 +884,19 @@ impl Port {
 
     /// Forwards the frame in `self.buf`. Returns true when a reply was queued locally.
     fn forward(&mut self, hdr: &[u8; 12], ts: u64) -> bool {
-        let flags = u32::from(hdr[0]);
-        let gso = u32::from(hdr[1]);
-        if gso != VIRTIO_NET_HDR_GSO_NONE {
+        // A legacy 10-byte header leaves the last two bytes zero: the same fields.
+        let vnet = VnetHdr::from_bytes(hdr);
+        let off = match frame::check_offload(&vnet, &self.buf, self.neg.host) {
+            Ok(off) => off,
+            Err(e) => {
+                self.stats.count_drop(DropReason::BadHeader, 1);
+                if self.log_limit.allow() {
+                    debug!("port {}: bad virtio-net header: {e}", self.cfg.name);
+                }
+                return false;
+            }
+        };
+        if off.gso == Gso::None && self.buf.len() > MAX_FRAME {
             self.stats.count_drop(DropReason::Oversize, 1);
             return false;
         }
@@ -856,12 +904,15 @@ impl Port {
             ts_ns: ts,
             ..SlotMeta::default()
         };
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-            meta.flags |= FLAG_NEEDS_CSUM;
-            meta.csum_start = u16::from_le_bytes([hdr[6], hdr[7]]);
-            meta.csum_offset = u16::from_le_bytes([hdr[8], hdr[9]]);
-        }
-        let decision = self.switch.decide(self.id, &mut self.buf, &mut self.reply);
+        let v = off.to_vnet();
+        meta.flags = u32::from(v.flags);
+        meta.csum_start = v.csum_start;
+        meta.csum_offset = v.csum_offset;
+        meta.gso_type = v.gso_type;
+        meta.gso_size = v.gso_size;
+        let decision =
+            self.switch
+                .decide_len(self.id, &mut self.buf, &mut self.reply, MAX_GSO_FRAME);
         match decision {
             Decision::Unicast(to) => {
                 self.push_to(to, meta);
@@ -964,6 +1015,13 @@ impl Port {
                     Ok(Some(Popped::Frame(mut meta))) => {
                         if !connected {
                             stats.count_drop(DropReason::PortDown, 1);
+                            continue;
+                        }
+                        // A peer child is not trusted either: its offload request is checked
+                        // again (against everything vm-switch offers) before the frame counts.
+                        if frame::check_offload(&slot_vnet(&meta), &data, OffloadCaps::ALL).is_err()
+                        {
+                            stats.count_drop(DropReason::BadHeader, 1);
                             continue;
                         }
                         // A peer cannot make its frames look younger than now.
@@ -1113,7 +1171,7 @@ impl Port {
         let mut fault = None;
         loop {
             self.step();
-            if self.pending.is_none() && self.egress.is_empty() {
+            if self.pending.is_empty() && self.egress.is_empty() {
                 break;
             }
             if self.dql.avail() <= 0 {
@@ -1121,7 +1179,7 @@ impl Port {
                 break;
             }
             let now = now_ns();
-            let frame = match self.pending.take() {
+            let frame = match self.pending.pop_front() {
                 Some(f) => f,
                 None => match self
                     .egress
@@ -1131,6 +1189,42 @@ impl Port {
                     None => break,
                 },
             };
+            let off = match frame::check_offload(
+                &slot_vnet(&frame.meta),
+                &frame.data,
+                OffloadCaps::ALL,
+            ) {
+                Ok(off) => off,
+                Err(_) => {
+                    stats.count_drop(DropReason::BadHeader, 1);
+                    continue;
+                }
+            };
+            if off.gso != Gso::None && !self.neg.accepts(&off) {
+                // Segment in software: the frames go to the front of the pending queue, in
+                // order, and are delivered one by one like any other frame.
+                self.segs.clear();
+                if !crate::gso::segment(&frame.data, &off, self.neg.guest_csum, &mut self.segs) {
+                    stats.count_drop(DropReason::BadHeader, 1);
+                    continue;
+                }
+                for seg in self.segs.drain(..).rev() {
+                    let mut meta = SlotMeta {
+                        ts_ns: frame.meta.ts_ns,
+                        ..SlotMeta::default()
+                    };
+                    if let Some((start, offset)) = seg.csum {
+                        meta.flags = u32::from(VNET_F_NEEDS_CSUM);
+                        meta.csum_start = start;
+                        meta.csum_offset = offset;
+                    }
+                    self.pending.push_front(Frame {
+                        data: seg.data,
+                        meta,
+                    });
+                }
+                continue;
+            }
             if let Some((at, cap)) = self.rx.full_ring
                 && self.neg.hdr_len + frame.data.len() > cap
                 && vring.get_ref().get_queue().next_avail() == at
@@ -1173,9 +1267,9 @@ impl Port {
                         continue;
                     }
                     match moved {
-                        Ok(true) => self.pending = Some(frame),
+                        Ok(true) => self.pending.push_front(frame),
                         Ok(false) => {
-                            self.pending = Some(frame);
+                            self.pending.push_front(frame);
                             break;
                         }
                         Err(f) => {
@@ -1220,17 +1314,22 @@ impl Port {
         mem: &GuestMemoryMmap,
         mut frame: Frame,
     ) -> WriteResult {
-        let mut hdr = [0u8; 12];
+        // The offload request was validated when the frame left the scheduler, and segments
+        // reach here only for a guest that accepts them.
+        let mut vnet = VnetHdr::default();
+        if frame.meta.gso_type != 0 {
+            vnet.gso_type = frame.meta.gso_type;
+            vnet.gso_size = frame.meta.gso_size;
+            match frame::check_offload(&slot_vnet(&frame.meta), &frame.data, OffloadCaps::ALL) {
+                Ok(off) => vnet.hdr_len = off.hdr_len,
+                Err(_) => return WriteResult::Dropped(DropReason::BadHeader),
+            }
+        }
         if frame.meta.flags & FLAG_NEEDS_CSUM != 0 {
             if self.neg.guest_csum {
-                hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-                hdr[6..8].copy_from_slice(&frame.meta.csum_start.to_le_bytes());
-                hdr[8..10].copy_from_slice(&frame.meta.csum_offset.to_le_bytes());
-                let end =
-                    usize::from(frame.meta.csum_start) + usize::from(frame.meta.csum_offset) + 2;
-                if end > frame.data.len() {
-                    return WriteResult::Dropped(DropReason::Malformed);
-                }
+                vnet.flags = VNET_F_NEEDS_CSUM;
+                vnet.csum_start = frame.meta.csum_start;
+                vnet.csum_offset = frame.meta.csum_offset;
             } else if !frame::finish_partial_csum(
                 &mut frame.data,
                 usize::from(frame.meta.csum_start),
@@ -1288,7 +1387,7 @@ impl Port {
         if writers.len() > usize::from(u16::MAX) {
             return WriteResult::Dropped(DropReason::NoBuffer);
         }
-        hdr[10..12].copy_from_slice(&(writers.len() as u16).to_le_bytes());
+        let hdr = vnet.to_bytes(writers.len() as u16);
         let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &frame.data];
         for (head, w) in writers.iter_mut() {
             let mut written = 0usize;
@@ -1314,6 +1413,19 @@ impl Port {
         }
         let used_end = q.next_used();
         WriteResult::Written(frame.data.len() as u64, used_end)
+    }
+}
+
+/// The virtio-net header fields a ring slot carries.
+fn slot_vnet(meta: &SlotMeta) -> VnetHdr {
+    VnetHdr {
+        // Flags beyond a byte are impossible from an honest peer: make them fail validation.
+        flags: u8::try_from(meta.flags).unwrap_or(u8::MAX),
+        gso_type: meta.gso_type,
+        hdr_len: 0,
+        gso_size: meta.gso_size,
+        csum_start: meta.csum_start,
+        csum_offset: meta.csum_offset,
     }
 }
 
@@ -1489,7 +1601,17 @@ impl VhostUserBackend for NetBackend {
         let mrg = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         p.neg.mrg_rxbuf = mrg;
         p.neg.hdr_len = if version_1 || mrg { 12 } else { 10 };
-        p.neg.guest_csum = features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
+        let has = |bit: u32| features & (1 << bit) != 0;
+        p.neg.guest_csum = has(VIRTIO_NET_F_GUEST_CSUM);
+        p.neg.guest_tso4 = has(VIRTIO_NET_F_GUEST_TSO4);
+        p.neg.guest_tso6 = has(VIRTIO_NET_F_GUEST_TSO6);
+        p.neg.guest_ecn = has(VIRTIO_NET_F_GUEST_ECN);
+        p.neg.host = OffloadCaps {
+            csum: has(VIRTIO_NET_F_CSUM),
+            tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            tso6: has(VIRTIO_NET_F_HOST_TSO6),
+            ecn: has(VIRTIO_NET_F_HOST_ECN),
+        };
         p.reset_rx();
         info!(
             "port {}: features negotiated: {features:#x} (header {} bytes, mergeable {mrg})",
@@ -1551,9 +1673,9 @@ impl VhostUserBackend for NetBackend {
         }
         if queue_index == u32::from(RX_QUEUE) {
             p.reset_rx();
-            if p.pending.take().is_some() {
-                p.stats.count_drop(DropReason::PortDown, 1);
-            }
+            let n = p.pending.len() as u64;
+            p.pending.clear();
+            p.stats.count_drop(DropReason::PortDown, n);
         }
         Ok(())
     }

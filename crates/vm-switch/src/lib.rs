@@ -39,6 +39,7 @@ pub mod dql;
 pub mod fib;
 pub mod forward;
 pub mod frame;
+pub mod gso;
 pub mod logger;
 pub mod ring;
 pub mod sandbox;
