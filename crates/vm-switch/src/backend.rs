@@ -72,6 +72,14 @@ pub const EV_RING_BASE: u16 = 5;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Frames handled per TX batch before rings are flushed.
 const TX_BATCH: usize = 64;
+/// Back-pressure: TX chains held (not completed) per destination whose ring is full, before
+/// the port stops taking chains from the guest's TX queue altogether.
+pub const HOLD_CAP: usize = 64;
+/// Back-pressure: a held chain older than this is dropped as `ring_full` (a destination that
+/// does not drain its ring, e.g. a hung child, cannot stall the sender for longer).
+pub const HOLD_TIMEOUT_NS: u64 = 100_000_000;
+/// Back-pressure: re-check of held chains while holding (in case the wakeup cannot come).
+const HOLD_RECHECK_NS: u64 = 1_000_000;
 /// With the `fuzzing` feature: iterations of the guest-driven loops allowed per event before
 /// the backend panics, so that a loop a guest can keep going forever is reported by the fuzzer
 /// instead of hanging it. Honest work per event is bounded by the queue sizes and the egress
@@ -180,6 +188,29 @@ struct Peer {
     slot: u16,
     tx: Option<Producer>,
     rx: Option<Consumer>,
+    /// TX chains for this peer that did not fit its ring, oldest first: not yet completed to
+    /// the guest, so its TX queue fills up and its own queueing (qdisc, TSQ) sees the
+    /// back-pressure, as with a tap.
+    held: VecDeque<Held>,
+}
+
+/// A frame whose TX chain is held until the destination's ring has room.
+#[derive(Debug)]
+struct Held {
+    head: u16,
+    meta: SlotMeta,
+    data: Vec<u8>,
+}
+
+/// What happened to a frame from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Forwarded or dropped: its chain can be completed.
+    Done,
+    /// A proxy reply was queued locally; the chain can be completed.
+    Reply,
+    /// Held for back-pressure: the chain is completed later.
+    Held,
 }
 
 /// State of the guest's RX ring for DQL accounting.
@@ -266,6 +297,10 @@ struct Port {
     exit_requested: bool,
     buffers_requested: bool,
     relay: Arc<RelaySlot>,
+    /// Held TX chains to complete with the next used-ring update (a peer went away).
+    released: Vec<u16>,
+    /// TX processing is paused: a destination holds [`HOLD_CAP`] chains.
+    tx_paused: bool,
 }
 
 /// Relay sockets delivered by the main process, waited for by the serving thread.
@@ -346,6 +381,8 @@ impl NetBackend {
             exit_requested: false,
             buffers_requested: false,
             relay: relay.clone(),
+            released: Vec::new(),
+            tx_paused: false,
         };
         port.stats.set(Counter::DqlLimit, port.dql.limit());
         Ok(Arc::new(NetBackend {
@@ -471,7 +508,21 @@ impl NetBackend {
 }
 
 impl Port {
+    /// Forgets every held TX chain (the TX queue was reset or stopped: its heads mean nothing
+    /// any more), counting the frames as `port_down`.
+    fn drop_held(&mut self) {
+        let mut n = 0;
+        for p in self.peers.values_mut() {
+            n += p.held.len() as u64;
+            p.held.clear();
+        }
+        self.released.clear();
+        self.tx_paused = false;
+        self.stats.count_drop(DropReason::PortDown, n);
+    }
+
     fn reset_connection(&mut self) {
+        self.drop_held();
         let stats = self.stats.clone();
         self.egress
             .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
@@ -498,6 +549,9 @@ impl Port {
         }
         *b = true;
         self.stats.add(Counter::QueueErrors, 1);
+        if index == TX_QUEUE {
+            self.drop_held();
+        }
         if index == RX_QUEUE {
             let stats = self.stats.clone();
             self.egress
@@ -575,6 +629,7 @@ impl Port {
                             slot: slot as u16,
                             tx: None,
                             rx: None,
+                            held: VecDeque::new(),
                         },
                     );
                 }
@@ -608,6 +663,12 @@ impl Port {
     fn remove_peer(&mut self, id: PortId) {
         self.switch.remove(id);
         if let Some(peer) = self.peers.remove(&id) {
+            self.stats
+                .count_drop(DropReason::PortDown, peer.held.len() as u64);
+            self.released.extend(peer.held.iter().map(|h| h.head));
+            if peer.held.len() >= HOLD_CAP {
+                self.tx_paused = false;
+            }
             if let Some(rx) = &peer.rx {
                 self.unregister(rx, peer.slot);
             }
@@ -750,6 +811,10 @@ impl Port {
         if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
             return Ok(());
         }
+        self.retry_held(vrings)?;
+        if self.tx_paused {
+            return Ok(());
+        }
         let mem = self.mem.memory();
         let hdr_len = self.neg.hdr_len;
         let mut used_any = false;
@@ -810,29 +875,38 @@ impl Port {
                     }
                     Err(_) => verdict = Err(DropReason::Malformed),
                 }
-                let added = {
-                    let mut state = vring.get_mut();
-                    state.get_queue_mut().add_used(&*mem, head, 0)
-                };
-                if let Err(source) = added {
-                    fault = Some(QueueFault::Queue {
-                        what: "its used ring is not writable",
-                        source,
-                    });
-                    break 'passes;
-                }
-                used_any = true;
-                match verdict {
-                    Ok(()) => {
-                        if self.forward(&hdr, ts) {
-                            local_replies = true;
-                        }
+                let fate = match verdict {
+                    Ok(()) => self.forward(&hdr, ts, head),
+                    Err(r) => {
+                        self.stats.count_drop(r, 1);
+                        Fate::Done
                     }
-                    Err(r) => self.stats.count_drop(r, 1),
+                };
+                if fate == Fate::Reply {
+                    local_replies = true;
+                }
+                if fate != Fate::Held {
+                    let added = {
+                        let mut state = vring.get_mut();
+                        state.get_queue_mut().add_used(&*mem, head, 0)
+                    };
+                    if let Err(source) = added {
+                        fault = Some(QueueFault::Queue {
+                            what: "its used ring is not writable",
+                            source,
+                        });
+                        break 'passes;
+                    }
+                    used_any = true;
                 }
                 n += 1;
                 if n % TX_BATCH == 0 {
                     self.flush_rings();
+                }
+                if self.tx_paused {
+                    // A destination holds HOLD_CAP chains: leave the rest in the guest's
+                    // queue (kicks stay off) until it drains; `retry_held` resumes.
+                    break 'passes;
                 }
             }
             // Re-enable kicks, then look again: a chain published in between would otherwise
@@ -874,6 +948,17 @@ impl Port {
         Ok(())
     }
 
+    /// Retries held chains; when TX was paused and no longer is, takes the chains the guest
+    /// queued meanwhile (it does not kick again for them).
+    fn resume_tx(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let was_paused = self.tx_paused;
+        self.retry_held(vrings)?;
+        if was_paused && !self.tx_paused {
+            self.process_tx(vrings)?;
+        }
+        Ok(())
+    }
+
     fn flush_rings(&mut self) {
         for p in self.peers.values_mut() {
             if let Some(tx) = &mut p.tx {
@@ -883,7 +968,7 @@ impl Port {
     }
 
     /// Forwards the frame in `self.buf`. Returns true when a reply was queued locally.
-    fn forward(&mut self, hdr: &[u8; 12], ts: u64) -> bool {
+    fn forward(&mut self, hdr: &[u8; 12], ts: u64, head: u16) -> Fate {
         // A legacy 10-byte header leaves the last two bytes zero: the same fields.
         let vnet = VnetHdr::from_bytes(hdr);
         let off = match frame::check_offload(&vnet, &self.buf, self.neg.host) {
@@ -893,12 +978,12 @@ impl Port {
                 if self.log_limit.allow() {
                     debug!("port {}: bad virtio-net header: {e}", self.cfg.name);
                 }
-                return false;
+                return Fate::Done;
             }
         };
         if off.gso == Gso::None && self.buf.len() > MAX_FRAME {
             self.stats.count_drop(DropReason::Oversize, 1);
-            return false;
+            return Fate::Done;
         }
         let mut meta = SlotMeta {
             ts_ns: ts,
@@ -914,16 +999,13 @@ impl Port {
             self.switch
                 .decide_len(self.id, &mut self.buf, &mut self.reply, MAX_GSO_FRAME);
         match decision {
-            Decision::Unicast(to) => {
-                self.push_to(to, meta);
-                false
-            }
+            Decision::Unicast(to) => self.push_to(to, meta, Some(head)),
             Decision::Broadcast => {
                 let targets: Vec<PortId> = self.switch.broadcast_targets(self.id).collect();
                 for to in targets {
-                    self.push_to(to, meta);
+                    self.push_to(to, meta, None);
                 }
-                false
+                Fate::Done
             }
             Decision::Reply => {
                 self.stats.add(Counter::ProxyReplies, 1);
@@ -942,7 +1024,7 @@ impl Port {
                     },
                     &mut |_, c| stats.count_drop(cause_reason(c), 1),
                 );
-                true
+                Fate::Reply
             }
             Decision::Drop(r) => {
                 self.stats.count_drop(r, 1);
@@ -954,23 +1036,45 @@ impl Port {
                         r.key()
                     );
                 }
-                false
+                Fate::Done
             }
         }
     }
 
-    fn push_to(&mut self, to: PortId, meta: SlotMeta) {
+    /// Pushes `self.buf` into the ring to `to`. With `head` (a unicast frame), a full ring
+    /// holds the frame and its TX chain instead of dropping it (back-pressure); frames for a
+    /// peer that already holds some are held behind them, in order.
+    fn push_to(&mut self, to: PortId, meta: SlotMeta, head: Option<u16>) -> Fate {
         let Some(peer) = self.peers.get_mut(&to) else {
             self.stats.count_drop(DropReason::PortDown, 1);
-            return;
+            return Fate::Done;
         };
         let Some(tx) = &mut peer.tx else {
             self.stats.count_drop(DropReason::PortDown, 1);
-            return;
+            return Fate::Done;
         };
-        match tx.push(meta, &self.buf) {
+        let result = if peer.held.is_empty() {
+            match tx.push(meta, &self.buf) {
+                Err(PushError::Full) if tx.want_space(self.buf.len()) => tx.push(meta, &self.buf),
+                r => r,
+            }
+        } else {
+            Err(PushError::Full)
+        };
+        match result {
             Ok(()) => {}
-            Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
+            Err(PushError::Full) => match head {
+                Some(head) => {
+                    let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME + 64));
+                    peer.held.push_back(Held { head, meta, data });
+                    if peer.held.len() >= HOLD_CAP {
+                        self.tx_paused = true;
+                    }
+                    self.arm_hold_timer();
+                    return Fate::Held;
+                }
+                None => self.stats.count_drop(DropReason::RingFull, 1),
+            },
             Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
             Err(PushError::Corrupt) => {
                 self.stats.count_drop(DropReason::PortDown, 1);
@@ -998,6 +1102,93 @@ impl Port {
                 }
             }
         }
+        Fate::Done
+    }
+
+    /// Arms the timer for a re-check of held chains (unless it is armed already).
+    fn arm_hold_timer(&mut self) {
+        if self.timer_armed {
+            return;
+        }
+        let ts = TimeSpec::new(0, HOLD_RECHECK_NS as i64);
+        if self
+            .timer
+            .set(Expiration::OneShot(ts), TimerSetTimeFlags::empty())
+            .is_ok()
+        {
+            self.timer_armed = true;
+        }
+    }
+
+    /// Pushes held frames whose destination ring has room again, drops those held longer than
+    /// [`HOLD_TIMEOUT_NS`] (`ring_full`), completes their TX chains, and resumes TX processing
+    /// when no destination holds [`HOLD_CAP`] chains any more.
+    fn retry_held(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        if self.released.is_empty() && self.peers.values().all(|p| p.held.is_empty()) {
+            self.tx_paused = false;
+            return Ok(());
+        }
+        let now = now_ns();
+        let mut done = std::mem::take(&mut self.released);
+        let mut still_held = false;
+        let mut full = false;
+        for peer in self.peers.values_mut() {
+            while let Some(h) = peer.held.front() {
+                let pushed = match &mut peer.tx {
+                    Some(tx) => match tx.push(h.meta, &h.data) {
+                        Err(PushError::Full) if tx.want_space(h.data.len()) => {
+                            tx.push(h.meta, &h.data)
+                        }
+                        r => r,
+                    },
+                    None => Err(PushError::Corrupt),
+                };
+                match pushed {
+                    Ok(()) => {}
+                    Err(PushError::Full) if now.saturating_sub(h.meta.ts_ns) < HOLD_TIMEOUT_NS => {
+                        break;
+                    }
+                    Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
+                    Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
+                    Err(PushError::Corrupt) => self.stats.count_drop(DropReason::PortDown, 1),
+                }
+                if let Some(h) = peer.held.pop_front() {
+                    done.push(h.head);
+                }
+            }
+            if let Some(tx) = &mut peer.tx {
+                tx.notify();
+            }
+            still_held |= !peer.held.is_empty();
+            full |= peer.held.len() >= HOLD_CAP;
+        }
+        self.tx_paused = full;
+        if still_held {
+            self.arm_hold_timer();
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(usize::from(TX_QUEUE)) else {
+            return Ok(());
+        };
+        if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
+            return Ok(());
+        }
+        let mem = self.mem.memory();
+        let mut state = vring.get_mut();
+        let q = state.get_queue_mut();
+        for head in done {
+            if let Err(source) = q.add_used(&*mem, head, 0) {
+                drop(state);
+                self.stop_queue(TX_QUEUE, &used_fault(source));
+                return Ok(());
+            }
+        }
+        if q.needs_notification(&*mem).is_ok_and(|n| n) {
+            state.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     /// Moves everything from the incoming rings into the egress scheduler.
@@ -1035,6 +1226,14 @@ impl Port {
                     }
                     Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
                     Ok(None) => {
+                        if rx.take_producer_wait() {
+                            // The sender holds frames for this ring: tell it there is room
+                            // (through the eventfd of the opposite ring, which it watches).
+                            // Without a ring back to it, it re-checks on its timer.
+                            if let Some(tx) = &peer.tx {
+                                tx.wake_consumer();
+                            }
+                        }
                         if rx.arm() {
                             break;
                         }
@@ -1671,6 +1870,9 @@ impl VhostUserBackend for NetBackend {
         if let Some(b) = p.broken.get_mut(queue_index as usize) {
             *b = false;
         }
+        if queue_index == u32::from(TX_QUEUE) {
+            p.drop_held();
+        }
         if queue_index == u32::from(RX_QUEUE) {
             p.reset_rx();
             let n = p.pending.len() as u64;
@@ -1707,10 +1909,12 @@ impl VhostUserBackend for NetBackend {
                 let _ = nix::unistd::read(p.timer.as_fd(), &mut b);
                 p.timer_armed = false;
                 p.deliver(vrings)?;
+                p.resume_tx(vrings)?;
             }
             ev if ev >= EV_RING_BASE => {
                 p.drain_rings(connected);
                 p.deliver(vrings)?;
+                p.resume_tx(vrings)?;
             }
             other => debug!("port {}: unexpected event {other}", p.cfg.name),
         }

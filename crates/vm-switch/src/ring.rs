@@ -9,6 +9,7 @@
 //! | 64 | producer index (u32, free-running), written by the producer |
 //! | 128 | consumer index (u32, free-running), written by the consumer |
 //! | 192 | "consumer sleeping" flag (u32): the need-wakeup flag |
+//! | 224 | "producer waiting" flag (u32): the producer found the ring full and wants to hear when the consumer has made room |
 //! | 256 | `slots` slots of `slot_size` bytes: a 32-byte header (length, checksum-offload info, ingress timestamp) and the frame |
 //!
 //! A frame larger than one slot (a TSO segment) takes as many consecutive slots as its header
@@ -38,6 +39,7 @@ const VERSION: u32 = 1;
 const OFF_PROD: usize = 64;
 const OFF_CONS: usize = 128;
 const OFF_SLEEP: usize = 192;
+const OFF_WAIT: usize = 224;
 const OFF_SLOTS: usize = 256;
 /// Bytes of the per-slot header.
 pub const SLOT_HEADER: usize = 32;
@@ -283,6 +285,35 @@ impl Producer {
         Ok(())
     }
 
+    /// After [`PushError::Full`]: asks the consumer to report when it has made room (see
+    /// [`Consumer::take_producer_wait`]), then looks again. Returns true when there is room
+    /// for `len` bytes already (the caller retries at once), false when it must wait.
+    pub fn want_space(&mut self, len: usize) -> bool {
+        let Some(flag) = self.mem.atomic_u32(OFF_WAIT) else {
+            return false;
+        };
+        flag.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let Some(cons) = self
+            .mem
+            .atomic_u32(OFF_CONS)
+            .map(|a| a.load(Ordering::SeqCst))
+        else {
+            return false;
+        };
+        let used = self.prod.wrapping_sub(cons);
+        if used <= self.spec.slots {
+            self.cached_cons = cons;
+        }
+        used.saturating_add(self.spec.slots_for(len)) <= self.spec.slots
+    }
+
+    /// Wakes the consumer's owner through the eventfd (used by the consumer side of the
+    /// opposite ring to say that it made room, see [`Consumer::take_producer_wait`]).
+    pub fn wake_consumer(&self) {
+        self.event.signal();
+    }
+
     /// Wakes the consumer if it sleeps and something was pushed since the last call.
     pub fn notify(&mut self) {
         if !self.pending {
@@ -401,6 +432,16 @@ impl Consumer {
             c.store(self.cons, Ordering::Release);
         }
         Ok(Some(result))
+    }
+
+    /// Whether the producer waits for room (it found the ring full); clears the flag. Call
+    /// after popping: the caller then tells the producer's child (see [`Producer::want_space`]).
+    pub fn take_producer_wait(&self) -> bool {
+        // Pairs with the producer's fence between setting the flag and reading our index.
+        fence(Ordering::SeqCst);
+        self.mem
+            .atomic_u32(OFF_WAIT)
+            .is_some_and(|f| f.load(Ordering::Relaxed) != 0 && f.swap(0, Ordering::SeqCst) != 0)
     }
 
     /// Prepares to sleep: sets the need-wakeup flag and re-checks. Returns true when the ring
