@@ -134,6 +134,9 @@ impl Default for PortParams {
 pub struct Frame {
     data: Vec<u8>,
     meta: SlotMeta,
+    /// Scheduler source and flow hash it was queued under (to requeue its segments).
+    source: u32,
+    hash: u32,
 }
 
 impl Packet for Frame {
@@ -500,10 +503,17 @@ impl NetBackend {
         }
         let hash = flow_hash(&data, p.perturb);
         let stats = p.stats.clone();
-        p.egress
-            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
-                stats.count_drop(cause_reason(c), 1)
-            });
+        p.egress.enqueue(
+            source,
+            hash,
+            Frame {
+                data,
+                meta,
+                source,
+                hash,
+            },
+            &mut |_, c| stats.count_drop(cause_reason(c), 1),
+        );
     }
 }
 
@@ -1021,6 +1031,8 @@ impl Port {
                             ts_ns: ts,
                             ..SlotMeta::default()
                         },
+                        source: 0,
+                        hash,
                     },
                     &mut |_, c| stats.count_drop(cause_reason(c), 1),
                 );
@@ -1219,10 +1231,17 @@ impl Port {
                         meta.ts_ns = meta.ts_ns.min(now);
                         data.shrink_to_fit();
                         let hash = flow_hash(&data, self.perturb);
-                        self.egress
-                            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
-                                stats.count_drop(cause_reason(c), 1)
-                            });
+                        self.egress.enqueue(
+                            source,
+                            hash,
+                            Frame {
+                                data,
+                                meta,
+                                source,
+                                hash,
+                            },
+                            &mut |_, c| stats.count_drop(cause_reason(c), 1),
+                        );
                     }
                     Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
                     Ok(None) => {
@@ -1399,29 +1418,46 @@ impl Port {
                     continue;
                 }
             };
-            if off.gso != Gso::None && !self.neg.accepts(&off) {
-                // Segment in software: the frames go to the front of the pending queue, in
-                // order, and are delivered one by one like any other frame.
+            if off.gso != Gso::None
+                && (!self.neg.accepts(&off) || frame.data.len() as i64 > self.dql.avail())
+            {
+                // Segment in software: for a guest without the offload, and for one with it
+                // whenever the whole segment does not fit what DQL allows now (so DQL never
+                // learns segment-sized bursts and the RX ring stays short while the guest is
+                // slow). The frames go back to the head of their flow in the scheduler, so
+                // other flows can be served between them.
                 self.segs.clear();
                 if !crate::gso::segment(&frame.data, &off, self.neg.guest_csum, &mut self.segs) {
                     stats.count_drop(DropReason::BadHeader, 1);
                     continue;
                 }
-                for seg in self.segs.drain(..).rev() {
-                    let mut meta = SlotMeta {
-                        ts_ns: frame.meta.ts_ns,
-                        ..SlotMeta::default()
-                    };
-                    if let Some((start, offset)) = seg.csum {
-                        meta.flags = u32::from(VNET_F_NEEDS_CSUM);
-                        meta.csum_start = start;
-                        meta.csum_offset = offset;
-                    }
-                    self.pending.push_front(Frame {
-                        data: seg.data,
-                        meta,
-                    });
-                }
+                let frames = self
+                    .segs
+                    .drain(..)
+                    .map(|seg| {
+                        let mut meta = SlotMeta {
+                            ts_ns: frame.meta.ts_ns,
+                            ..SlotMeta::default()
+                        };
+                        if let Some((start, offset)) = seg.csum {
+                            meta.flags = u32::from(VNET_F_NEEDS_CSUM);
+                            meta.csum_start = start;
+                            meta.csum_offset = offset;
+                        }
+                        Frame {
+                            data: seg.data,
+                            meta,
+                            source: frame.source,
+                            hash: frame.hash,
+                        }
+                    })
+                    .collect();
+                self.egress.requeue_front(
+                    frame.source,
+                    frame.hash,
+                    frames,
+                    frame.data.len() as u32,
+                );
                 continue;
             }
             if let Some((at, cap)) = self.rx.full_ring

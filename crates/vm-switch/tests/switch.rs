@@ -894,10 +894,11 @@ fn test_default_route_port_cannot_spoof_a_peer_source() {
     });
 }
 
-/// A guest with TSO sends 64 KiB TCP segments (IPv4 and IPv6): a receiver with GUEST_TSO gets
-/// each whole with its segmentation header; one without gets MSS-sized frames whose checksums
-/// verify and whose payload reassembles to the segment's. A header asking for something
-/// invalid is dropped and counted as `bad_header`.
+/// A guest with TSO sends TCP segments (IPv4 and IPv6): a receiver with GUEST_TSO gets a
+/// segment that fits its DQL budget whole with its segmentation header (a larger one is split,
+/// with partial checksums); one without gets 64 KiB segments as MSS-sized frames whose
+/// checksums verify and whose payload reassembles to the segment's. A header asking for
+/// something invalid is dropped and counted as `bad_header`.
 #[test]
 fn test_tso_segments_go_whole_or_are_segmented_per_receiver() {
     use std::net::IpAddr;
@@ -917,23 +918,25 @@ fn test_tso_segments_go_whole_or_are_segmented_per_receiver() {
         },
     );
     s.wait_mesh(&["a", "b", "c"]);
-    let cases: [(IpAddr, IpAddr, IpAddr, usize); 2] = [
+    let cases: [(IpAddr, IpAddr, IpAddr, usize, usize); 2] = [
         (
             v4("10.0.0.1").into(),
             v4("10.0.0.2").into(),
             v4("10.0.0.3").into(),
+            2 * 1448,
             65535 - 20 - 32,
         ),
         (
             v6("fd00::a").into(),
             v6("fd00::b").into(),
             v6("fd00::c").into(),
+            2 * 1428,
             65535 - 32,
         ),
     ];
-    for (src, to_b, to_c, len) in cases {
-        // Whole, to b.
-        let (f, h) = tcp_segment(MAC_A, MAC_B, src, to_b, len);
+    for (src, to_b, to_c, small, len) in cases {
+        // Whole, to b: two MSS, within the initial DQL budget of two MTUs.
+        let (f, h) = tcp_segment(MAC_A, MAC_B, src, to_b, small);
         assert!(a.queue_frame_hdr(h, &f));
         a.kick_tx();
         let (mut got, mut hdrs) = (Vec::new(), Vec::new());
