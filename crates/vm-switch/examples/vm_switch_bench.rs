@@ -607,24 +607,37 @@ fn datapath(bin: &Path, size: usize) {
         (test_frame(size), [0u8; 12])
     };
     let frame_bytes = f.len();
+    let tso = size >= 65536;
+    // With segments, count TCP payload bytes (b may get a segment whole or as MSS frames when
+    // its DQL budget is short), in units of one segment's payload.
+    const SEG_HDRS: usize = 14 + 20 + 32;
+    let unit = if tso { frame_bytes - SEG_HDRS } else { 1 };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let rx_frames = Arc::new(AtomicU64::new(0));
     let rx = {
         let stop = stop.clone();
         let received = received.clone();
+        let rx_frames = rx_frames.clone();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
+            let mut acc = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 buf.clear();
-                let n = b.poll_frames(&mut buf) as u64;
-                if n == 0 {
-                    for f in b.recv_timeout(Duration::from_millis(5)) {
-                        std::hint::black_box(f);
+                if b.poll_frames(&mut buf) == 0 {
+                    buf = b.recv_timeout(Duration::from_millis(5));
+                }
+                for f in &buf {
+                    rx_frames.fetch_add(1, Ordering::Relaxed);
+                    if tso {
+                        acc += f.len().saturating_sub(SEG_HDRS);
+                        received.fetch_add((acc / unit) as u64, Ordering::Relaxed);
+                        acc %= unit;
+                    } else {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
-                } else {
-                    received.fetch_add(n, Ordering::Relaxed);
                 }
+                std::hint::black_box(&buf);
             }
         })
     };
@@ -643,6 +656,12 @@ fn datapath(bin: &Path, size: usize) {
     });
     stop.store(true, Ordering::Relaxed);
     let _ = rx.join();
+    if tso {
+        println!(
+            "  (b received {} frames for {sent} segments sent: whole or split by its DQL budget)",
+            rx_frames.load(Ordering::Relaxed)
+        );
+    }
     let s = stats(bin, &dir);
     let pa = s["ports"]
         .as_array()
