@@ -678,6 +678,16 @@ fn datapath(bin: &Path, size: usize) {
         pps * frame_bytes as f64 * 8.0 / 1e6,
         share * 100.0
     );
+    if let Some(pb) = s["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["vm"] == "b"))
+    {
+        let d = &pb["drops"];
+        println!(
+            "            at b's egress (AQM): overflow {}, codel {}, codel marks {}, max sojourn {} us",
+            d["overflow"], d["codel"], pb["codel_marks"], pb["max_sojourn_us"]
+        );
+    }
     println!("RESULT pps_vmswitch_{size}={pps:.0}");
     println!(
         "RESULT gbps_vmswitch_{size}={:.3}",
