@@ -1,12 +1,15 @@
 //! Frame parser and forwarding decision of vm-switch on arbitrary guest frames, plus the
-//! header edits done on the way (ECN marking, checksum completion) and the egress scheduler.
+//! header edits done on the way (ECN marking, checksum completion) and the egress scheduler;
+//! and the offload path: virtio-net header validation (`check_offload`) and software
+//! segmentation (`gso::segment`) with their invariants.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vm_switch::config::PortConfig;
 use vm_switch::forward::{Decision, Switch, flow_hash};
-use vm_switch::frame;
+use vm_switch::frame::{self, Gso, MAX_FRAME, MAX_GSO_FRAME, OffloadCaps, VnetHdr};
+use vm_switch::gso;
 
 fn port(name: &str, mac: [u8; 6], addrs: &[&str], routes: &[&str], bcast: bool) -> PortConfig {
     PortConfig {
@@ -52,6 +55,12 @@ fuzz_target!(|data: &[u8]| {
     );
     // The first two bytes pick the sender and the checksum offsets; the rest is the frame,
     // with the sender's MAC patched in half of the cases so validation gets past the first check.
+    // Byte 0 bit 7 selects the offload mode: then bytes 1..13 are a virtio-net header and the
+    // sender's negotiated offloads, and the rest the frame.
+    if data.first().is_some_and(|b| b & 0x80 != 0) && data.len() >= 14 {
+        offload(&sw, data);
+        return;
+    }
     let (ctl, rest) = data.split_at(data.len().min(4));
     let sender = 1 + u32::from(ctl.first().copied().unwrap_or(0) % 3);
     let mut f = rest.to_vec();
@@ -72,3 +81,102 @@ fuzz_target!(|data: &[u8]| {
     let off = usize::from(ctl.get(3).copied().unwrap_or(0));
     let _ = frame::finish_partial_csum(&mut f, start, off);
 });
+
+/// What the switch's decisions relied on: parse result (addresses, ports, ICMPv6 type).
+fn summary(f: &[u8]) -> Option<(frame::EthHeader, frame::L3)> {
+    frame::parse(f).ok()
+}
+
+fn sum_ok(f: &[u8], l4: usize, v4: bool) -> bool {
+    let mut s = if v4 {
+        frame::csum_add(frame::csum_add(0, &f[26..34]), &[0, 6])
+    } else {
+        frame::csum_add(0, &f[22..54])
+    };
+    s = if v4 {
+        frame::csum_add(s, &((f.len() - l4) as u16).to_be_bytes())
+    } else {
+        frame::csum_add(
+            frame::csum_add(s, &((f.len() - l4) as u32).to_be_bytes()),
+            &[0, 0, 0, 6],
+        )
+    };
+    frame::csum_fold(frame::csum_add(s, &f[l4..])) == 0
+}
+
+fn offload(sw: &Switch, data: &[u8]) {
+    let sender = 1 + u32::from(data[0] % 3);
+    let caps_bits = data[1];
+    let caps = OffloadCaps {
+        csum: caps_bits & 1 != 0,
+        tso4: caps_bits & 2 != 0,
+        tso6: caps_bits & 4 != 0,
+        ecn: caps_bits & 8 != 0,
+    };
+    let mut hb = [0u8; 12];
+    hb[..10].copy_from_slice(&data[2..12]);
+    let h = VnetHdr::from_bytes(&hb);
+    let mut f = data[12..].to_vec();
+    if data[0] & 0x40 != 0 && f.len() >= 12 {
+        f[6..12].copy_from_slice(&sw.mac_of(sender).expect("port exists"));
+    }
+    let Ok(off) = frame::check_offload(&h, &f, caps) else {
+        return;
+    };
+    // Whatever was accepted was negotiated, and stays accepted when re-checked by a receiver.
+    assert!(off.csum.is_none() || caps.csum);
+    assert!(off.gso != Gso::Tcp4 || caps.tso4);
+    assert!(off.gso != Gso::Tcp6 || caps.tso6);
+    assert!(!off.ecn || caps.ecn);
+    assert_eq!(frame::check_offload(&off.to_vnet(), &f, OffloadCaps::ALL), Ok(off));
+    if off.gso == Gso::None && f.len() > MAX_FRAME {
+        return;
+    }
+    assert!(f.len() <= MAX_GSO_FRAME || off.gso == Gso::None);
+    let before = summary(&f);
+    let mut reply = Vec::new();
+    let decision = sw.decide_len(sender, &mut f, &mut reply, MAX_GSO_FRAME);
+    // Finishing the checksum never changes what the decision was based on.
+    if let Some((start, offset)) = off.csum {
+        let mut g = f.clone();
+        assert!(frame::finish_partial_csum(
+            &mut g,
+            usize::from(start),
+            usize::from(offset)
+        ));
+        assert_eq!(summary(&g).map(|s| s.1), before.map(|s| s.1), "checksum moved a header");
+    }
+    if off.gso == Gso::None {
+        return;
+    }
+    let v4 = off.gso == Gso::Tcp4;
+    let hl = usize::from(off.hdr_len);
+    let l4 = usize::from(off.l4);
+    for partial in [false, true] {
+        let mut segs = Vec::new();
+        assert!(gso::segment(&f, &off, partial, &mut segs), "validated segment splits");
+        assert_eq!(segs.len(), (f.len() - hl).div_ceil(usize::from(off.gso_size)));
+        let mut payload = Vec::new();
+        for s in &mut segs {
+            assert!(s.data.len() <= MAX_FRAME, "segment above the MTU");
+            assert_eq!(s.csum.is_some(), partial);
+            if let Some((start, offset)) = s.csum {
+                assert!(frame::finish_partial_csum(
+                    &mut s.data,
+                    usize::from(start),
+                    usize::from(offset)
+                ));
+            }
+            assert!(sum_ok(&s.data, l4, v4), "segment checksum");
+            if v4 {
+                assert_eq!(frame::csum_fold(frame::csum_add(0, &s.data[14..l4])), 0);
+            }
+            // Each segment is the same flow to the same place.
+            let mut reply = Vec::new();
+            let mut d = s.data.clone();
+            assert_eq!(sw.decide(sender, &mut d, &mut reply), decision);
+            payload.extend_from_slice(&s.data[hl..]);
+        }
+        assert_eq!(payload, f[hl..], "payload reassembles");
+    }
+}

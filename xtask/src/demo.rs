@@ -752,7 +752,7 @@ fn show_window(
     fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
     if let Some(b) = img.bbox(rgb) {
         println!(
-            "the window is on screen in its frame: {} pixels of {DEMO_COLOR} ({hex}) in a              {}x{} box at ({}, {})",
+            "the window is on screen in its frame: {} pixels of {DEMO_COLOR} ({hex}) in a {}x{} box at ({}, {})",
             img.count(rgb),
             b.w,
             b.h,
@@ -760,9 +760,12 @@ fn show_window(
             b.y
         );
     }
+    // The latest title the gate gave the window (its frame is titled before the guest's
+    // title arrives).
     if let Some(line) = trace
         .text()
         .lines()
+        .rev()
         .find(|l| l.contains("set_title(\"[demo] "))
     {
         let at = line.find("xdg_toplevel").unwrap_or(0);

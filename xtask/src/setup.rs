@@ -52,10 +52,6 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "weston",
         "headless compositor, screenshooter and protocol trace for the display tests",
     ),
-    (
-        "sway",
-        "headless compositor run as a non-root user in the display tests",
-    ),
     ("grim", "screenshots of sway in the display tests"),
     (
         "libxkbcommon-dev",
@@ -71,7 +67,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "sway",
-        "headless compositor with a seat for vmsilo-gate's clipboard e2e test",
+        "headless compositor (as a non-root user, with a seat) for the display e2e tests",
     ),
     (
         "foot",

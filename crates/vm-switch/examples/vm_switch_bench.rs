@@ -56,6 +56,8 @@ struct SimPkt {
     ce: bool,
     bulk: bool,
     sent_at: u64,
+    /// MTU-sized packets this one stands for (a TSO segment: more than one).
+    mtus: u32,
 }
 
 impl Packet for SimPkt {
@@ -84,6 +86,7 @@ fn pkt(size: u32, ts: u64) -> SimPkt {
         ce: false,
         bulk: true,
         sent_at: ts,
+        mtus: 1,
     }
 }
 
@@ -132,6 +135,21 @@ const RING_BYTES: u64 = 256 * 1024;
 const RX_ENTRIES: usize = 256;
 const RECHECK: u64 = 250_000; // vm-switch observes guest consumption at least every 250 us
 
+/// How the simulated bulk sender sizes its packets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bulk {
+    /// One MTU per packet (no TSO).
+    Mtu,
+    /// TSO segments sized like Linux's `tcp_tso_autosize`: about 1 ms of the pacing rate
+    /// (1.2 × cwnd / srtt), at least 2 and at most 44 MTUs (64 KiB).
+    TsoAuto,
+    /// Always 44-MTU (64 KiB) segments, whatever the rate: the worst case.
+    Tso64k,
+}
+
+/// MTUs in a 64 KiB segment.
+const SEG_MTUS: u32 = 44;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Design {
     Fifo,
@@ -144,7 +162,8 @@ struct Reno {
     inflight: u32,
     ssthresh: f64,
     last_cut: u64,
-    acks: VecDeque<(u64, bool)>,
+    /// (time the ack arrives, (CE, MTUs acked, time sent)).
+    acks: VecDeque<(u64, (bool, u32, u64))>,
 }
 
 impl Reno {
@@ -162,7 +181,9 @@ struct SimOut {
     bulk_share: f64,
 }
 
-fn run_sim(design: Design, mbit: u64) -> SimOut {
+fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
+    let mut srtt = BASE_RTT as f64;
+    let mut seg_dbg = 0;
     let rate = mbit as f64 * 1e6 / 8.0 / 1e9; // bytes per ns
     let mut tcp = Reno {
         cwnd: 10.0,
@@ -185,7 +206,7 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
     let mut next_sparse = 0u64;
     let mut sparse_delays: Vec<f64> = Vec::new();
     let mut bulk_bytes = 0u64;
-    let mut losses: VecDeque<u64> = VecDeque::new();
+    let mut losses: VecDeque<(u64, u32)> = VecDeque::new();
     let mut now = 0u64;
     while now < DURATION {
         // Acks and loss signals back at the sender.
@@ -193,35 +214,51 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
             if t > now {
                 break;
             }
+            let (ce, k, sent) = ce;
             tcp.acks.pop_front();
-            tcp.inflight -= 1;
+            tcp.inflight -= k;
+            srtt = 0.875 * srtt + 0.125 * (now - sent) as f64;
             if ce {
                 tcp.cut(now);
             } else if tcp.cwnd < tcp.ssthresh {
-                tcp.cwnd += 1.0;
+                tcp.cwnd += f64::from(k);
             } else {
-                tcp.cwnd += 1.0 / tcp.cwnd;
+                tcp.cwnd += f64::from(k) / tcp.cwnd;
             }
         }
-        while let Some(&t) = losses.front() {
+        while let Some(&(t, k)) = losses.front() {
             if t > now {
                 break;
             }
             losses.pop_front();
-            tcp.inflight -= 1;
+            tcp.inflight -= k;
             tcp.cut(now);
         }
         // Arrivals at the switch.
         let mut arrivals = Vec::new();
-        while f64::from(tcp.inflight) < tcp.cwnd.floor() {
-            tcp.inflight += 1;
+        let seg = match bulk {
+            Bulk::Mtu => 1,
+            Bulk::Tso64k => SEG_MTUS,
+            Bulk::TsoAuto => {
+                let pacing = 1.2 * tcp.cwnd * f64::from(MTU) / srtt; // bytes per ns
+                ((pacing * 1e6 / f64::from(MTU)) as u32).clamp(2, SEG_MTUS)
+            }
+        };
+        seg_dbg = seg;
+        // Like Linux's TSO deferral: wait until a whole segment fits the window (or the
+        // window is smaller than a segment and nothing is in flight).
+        let room = |tcp: &Reno| (tcp.cwnd.floor() as u32).saturating_sub(tcp.inflight);
+        while room(&tcp) >= seg || (tcp.inflight == 0 && room(&tcp) > 0) {
+            let k = seg.min(room(&tcp)).max(1);
+            tcp.inflight += k;
             arrivals.push(SimPkt {
-                size: MTU,
+                size: MTU * k,
                 ts: now,
                 ect: true,
                 ce: false,
                 bulk: true,
                 sent_at: now,
+                mtus: k,
             });
         }
         if now >= next_sparse {
@@ -233,6 +270,7 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
                 ce: false,
                 bulk: false,
                 sent_at: now,
+                mtus: 1,
             });
         }
         let mut dropped = Vec::new();
@@ -261,7 +299,7 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
             Design::Fifo => {}
             Design::Seed => {
                 loop {
-                    if ring_bytes + u64::from(MTU) > RING_BYTES {
+                    if ring_bytes + u64::from(MTU * seg) > RING_BYTES {
                         break;
                     }
                     match fq.dequeue(now, &mut |p, _| dropped.push(p)) {
@@ -287,19 +325,30 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
                     }
                 }
                 while rx.len() < RX_ENTRIES && dql.avail() > 0 {
-                    match fq.dequeue(now, &mut |p, _| dropped.push(p)) {
-                        Some(p) => {
-                            dql.queued(u64::from(p.size));
-                            rx.push_back(p);
-                        }
-                        None => break,
+                    let Some(p) = fq.dequeue(now, &mut |p, _| dropped.push(p)) else {
+                        break;
+                    };
+                    // As the backend does: a segment larger than what DQL allows now is
+                    // segmented in software and its frames go back to the head of their flow.
+                    if p.mtus > 1 && i64::from(p.size) > dql.avail() {
+                        let frames = (0..p.mtus)
+                            .map(|_| SimPkt {
+                                size: MTU,
+                                mtus: 1,
+                                ..p.clone()
+                            })
+                            .collect();
+                        fq.requeue_front(1, 0x1111_0000, frames, p.size);
+                        continue;
                     }
+                    dql.queued(u64::from(p.size));
+                    rx.push_back(p);
                 }
             }
         }
         for p in dropped {
             if p.bulk {
-                losses.push_back(now + BASE_RTT);
+                losses.push_back((now + BASE_RTT, p.mtus));
             }
         }
         // The guest consumes at the drain rate.
@@ -309,7 +358,7 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
             &mut rx
         };
         if q.is_empty() {
-            budget = budget.min(f64::from(MTU));
+            budget = budget.min(f64::from(MTU * seg));
         }
         budget += rate * DT as f64;
         while let Some(p) = q.front() {
@@ -326,7 +375,8 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
                 if now >= WARMUP {
                     bulk_bytes += u64::from(p.size);
                 }
-                tcp.acks.push_back((now + BASE_RTT, p.ce));
+                tcp.acks
+                    .push_back((now + BASE_RTT, (p.ce, p.mtus, p.sent_at)));
             } else if now >= WARMUP {
                 let own = f64::from(p.size) / rate;
                 sparse_delays.push((now - p.sent_at) as f64 - own);
@@ -334,7 +384,30 @@ fn run_sim(design: Design, mbit: u64) -> SimOut {
         }
         now += DT;
     }
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        eprintln!(
+            "debug {design:?} {mbit} {bulk:?}: seg {seg_dbg} dql {} srtt {srtt} cwnd {}",
+            dql.limit(),
+            tcp.cwnd
+        );
+    }
     sparse_delays.sort_by(|a, b| a.total_cmp(b));
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        let q = |f: f64| {
+            sparse_delays
+                .get((sparse_delays.len() as f64 * f) as usize)
+                .copied()
+                .unwrap_or(0.0)
+                / 1e6
+        };
+        eprintln!(
+            "   p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999)
+        );
+    }
     let p99 = sparse_delays
         .get(sparse_delays.len() * 99 / 100)
         .copied()
@@ -356,29 +429,60 @@ fn sim() {
     println!(
         "            vm-switch = ring drained into FQ-CoDel at the egress -> DQL-limited RX ring"
     );
+    println!(
+        "   bulk packets: mtu = 1514 B; tso = TSO segments sized like Linux's tcp_tso_autosize (~1 ms of\n\
+         \x20  pacing rate, 2..44 MTUs); tso64k = always 64 KiB segments (worst case, not what Linux sends)"
+    );
     let mut worst_p99 = 0.0f64;
     let mut worst_share = f64::MAX;
+    let mut worst_64k = 0.0f64;
+    let mut worst_tso = 0.0f64;
     for mbit in [50u64, 200, 1000] {
-        for design in [Design::Fifo, Design::Seed, Design::VmSwitch] {
-            let r = run_sim(design, mbit);
+        for (design, bulk) in [
+            (Design::Fifo, Bulk::Mtu),
+            (Design::Seed, Bulk::Mtu),
+            (Design::VmSwitch, Bulk::Mtu),
+            (Design::Fifo, Bulk::TsoAuto),
+            (Design::VmSwitch, Bulk::TsoAuto),
+            (Design::VmSwitch, Bulk::Tso64k),
+        ] {
+            let r = run_sim(design, mbit, bulk);
             let name = match design {
                 Design::Fifo => "fifo",
                 Design::Seed => "seed",
                 Design::VmSwitch => "vm-switch",
             };
+            let bname = match bulk {
+                Bulk::Mtu => "mtu",
+                Bulk::TsoAuto => "tso",
+                Bulk::Tso64k => "tso64k",
+            };
             println!(
-                "  {mbit:4} Mbit/s  {name:9}  sparse p99 added {:8.3} ms  bulk {:5.1} % of drain",
+                "  {mbit:4} Mbit/s  {name:9} {bname:6}  sparse p99 added {:8.3} ms  bulk {:5.1} % of drain",
                 r.sparse_p99_ms,
                 r.bulk_share * 100.0
             );
-            println!("RESULT sim_{name}_{mbit}_p99_ms={:.3}", r.sparse_p99_ms);
-            println!("RESULT sim_{name}_{mbit}_bulk_share={:.3}", r.bulk_share);
+            let key = if bulk == Bulk::Mtu {
+                name.to_owned()
+            } else {
+                format!("{name}_{bname}")
+            };
+            println!("RESULT sim_{key}_{mbit}_p99_ms={:.3}", r.sparse_p99_ms);
+            println!("RESULT sim_{key}_{mbit}_bulk_share={:.3}", r.bulk_share);
             if design == Design::VmSwitch {
-                worst_p99 = worst_p99.max(r.sparse_p99_ms);
-                worst_share = worst_share.min(r.bulk_share);
+                match bulk {
+                    Bulk::Tso64k => worst_64k = worst_64k.max(r.sparse_p99_ms),
+                    Bulk::TsoAuto => worst_tso = worst_tso.max(r.sparse_p99_ms),
+                    Bulk::Mtu => {
+                        worst_p99 = worst_p99.max(r.sparse_p99_ms);
+                        worst_share = worst_share.min(r.bulk_share);
+                    }
+                }
             }
         }
     }
+    println!("RESULT sim_sparse_p99_added_ms_tso64k={worst_64k:.3}");
+    println!("RESULT sim_sparse_p99_added_ms_tso={worst_tso:.3}");
     println!("RESULT sim_sparse_p99_added_ms={worst_p99:.3}");
     println!("RESULT sim_bulk_share={worst_share:.3}");
 }
@@ -490,32 +594,57 @@ fn datapath(bin: &Path, size: usize) {
     let mut a = TestGuest::connect(&dir.join("a.sock"), opts).expect("frontend a");
     let mut b = TestGuest::connect(&dir.join("b.sock"), opts).expect("frontend b");
     wait_linked(bin, &dir, 1);
-    let f = test_frame(size);
+    // 65536: 64 KiB TCP segments (TSO), handed whole to b, which negotiated GUEST_TSO4.
+    let (f, hdr) = if size >= 65536 {
+        vm_switch::testing::tcp_segment(
+            MAC_A,
+            MAC_B,
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+            65535 - 20 - 32,
+        )
+    } else {
+        (test_frame(size), [0u8; 12])
+    };
+    let frame_bytes = f.len();
+    let tso = size >= 65536;
+    // With segments, count TCP payload bytes (b may get a segment whole or as MSS frames when
+    // its DQL budget is short), in units of one segment's payload.
+    const SEG_HDRS: usize = 14 + 20 + 32;
+    let unit = if tso { frame_bytes - SEG_HDRS } else { 1 };
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let rx_frames = Arc::new(AtomicU64::new(0));
     let rx = {
         let stop = stop.clone();
         let received = received.clone();
+        let rx_frames = rx_frames.clone();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
+            let mut acc = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 buf.clear();
-                let n = b.poll_frames(&mut buf) as u64;
-                if n == 0 {
-                    for f in b.recv_timeout(Duration::from_millis(5)) {
-                        std::hint::black_box(f);
+                if b.poll_frames(&mut buf) == 0 {
+                    buf = b.recv_timeout(Duration::from_millis(5));
+                }
+                for f in &buf {
+                    rx_frames.fetch_add(1, Ordering::Relaxed);
+                    if tso {
+                        acc += f.len().saturating_sub(SEG_HDRS);
+                        received.fetch_add((acc / unit) as u64, Ordering::Relaxed);
+                        acc %= unit;
+                    } else {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
-                } else {
-                    received.fetch_add(n, Ordering::Relaxed);
                 }
+                std::hint::black_box(&buf);
             }
         })
     };
     let mut sent = 0u64;
     let pps = receive_rate(&received, || {
         let mut queued = 0;
-        while queued < 64 && a.queue_frame(&f) {
+        while queued < 64 && a.queue_frame_hdr(hdr, &f) {
             queued += 1;
         }
         if queued > 0 {
@@ -527,14 +656,44 @@ fn datapath(bin: &Path, size: usize) {
     });
     stop.store(true, Ordering::Relaxed);
     let _ = rx.join();
+    if tso {
+        println!(
+            "  (b received {} frames for {sent} segments sent: whole or split by its DQL budget)",
+            rx_frames.load(Ordering::Relaxed)
+        );
+    }
     let s = stats(bin, &dir);
-    let drops = &s["ports"][0]["drops"];
+    let pa = s["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["vm"] == "a"))
+        .cloned()
+        .unwrap_or_default();
+    let drops = &pa["drops"];
+    let from = pa["from_guest_frames"].as_f64().unwrap_or(f64::NAN);
+    let ring_full = drops["ring_full"].as_f64().unwrap_or(f64::NAN);
+    let share = ring_full / from;
     println!(
-        "  vm-switch {size:5} B: {:6.3} Mpps ({:7.1} Mbit/s), sent {sent}, drops at a: {drops}",
+        "  vm-switch {size:5} B: {:6.3} Mpps ({:7.1} Mbit/s), sent {sent}, ring_full {:.1} % of frames sent, drops at a: {drops}",
         pps / 1e6,
-        pps * size as f64 * 8.0 / 1e6
+        pps * frame_bytes as f64 * 8.0 / 1e6,
+        share * 100.0
     );
+    if let Some(pb) = s["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["vm"] == "b"))
+    {
+        let d = &pb["drops"];
+        println!(
+            "            at b's egress (AQM): overflow {}, codel {}, codel marks {}, max sojourn {} us",
+            d["overflow"], d["codel"], pb["codel_marks"], pb["max_sojourn_us"]
+        );
+    }
     println!("RESULT pps_vmswitch_{size}={pps:.0}");
+    println!(
+        "RESULT gbps_vmswitch_{size}={:.3}",
+        pps * frame_bytes as f64 * 8.0 / 1e9
+    );
+    println!("RESULT ring_full_share_{size}={share:.4}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -647,6 +806,94 @@ fn fping_rtts(out: &str) -> (Vec<f64>, usize) {
     (rtts, lost)
 }
 
+/// One round of load on one configuration.
+#[derive(Default)]
+struct Round {
+    idle_rtts: Vec<f64>,
+    load_rtts: Vec<f64>,
+    lost: usize,
+    /// iperf3's receiver average.
+    mbits: f64,
+    /// iperf3's per-second client intervals, Mbit/s.
+    series: Vec<f64>,
+}
+
+/// Rounds of bulk + sparse load per configuration (interleaved: vm-switch, bridge, vm-switch,
+/// ...; fresh guests each round); their RTT samples are pooled.
+const ROUNDS: usize = 5;
+
+fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
+    let t = Duration::from_secs(120);
+    let (a, b, c) = (&guests[0], &guests[1], &guests[2]);
+    let idle = c
+        .run("fping -C 100 -p 10 -q 10.0.0.2 2>&1", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let (idle_rtts, _) = fping_rtts(&idle);
+    if idle_rtts.is_empty() {
+        println!(
+            "  (fping printed no RTTs: {:?})",
+            idle.chars().take(400).collect::<String>()
+        );
+    }
+    b.run_ok("iperf3 -s -D", t).expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(500));
+    a.run_ok(
+        "iperf3 -c 10.0.0.2 -t 20 -i 1 -f m > /tmp/iperf.log 2>&1 &",
+        t,
+    )
+    .expect("iperf3 client");
+    std::thread::sleep(Duration::from_secs(4));
+    let loaded = c
+        .run("fping -C 1000 -p 10 -q 10.0.0.2 2>&1", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let (load_rtts, lost) = fping_rtts(&loaded);
+    // The client runs 20 s: 4 s before fping, ~10 s of fping, the rest here.
+    std::thread::sleep(Duration::from_secs(8));
+    let iperf = a
+        .run("cat /tmp/iperf.log", t)
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let rate_of = |l: &str| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.windows(2)
+            .find(|p| p[1] == "Mbits/sec")
+            .and_then(|p| p[0].parse::<f64>().ok())
+    };
+    let mbits = iperf
+        .lines()
+        .filter(|l| l.contains("receiver"))
+        .find_map(rate_of)
+        .unwrap_or(f64::NAN);
+    if mbits.is_nan() {
+        println!(
+            "  (no iperf3 result: {:?})",
+            iperf
+                .chars()
+                .rev()
+                .take(600)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+    }
+    let series = iperf
+        .lines()
+        .filter(|l| l.contains(" sec ") && !l.contains("sender") && !l.contains("receiver"))
+        .filter_map(rate_of)
+        .collect();
+    Round {
+        idle_rtts,
+        load_rtts,
+        lost,
+        mbits,
+        series,
+    }
+}
+
+/// Pooled figures of a configuration's rounds.
 struct Lat {
     idle_p50: f64,
     idle_p99: f64,
@@ -656,72 +903,28 @@ struct Lat {
     mbits: f64,
 }
 
-/// Rounds of bulk + sparse load per configuration; their RTT samples are pooled.
-const ROUNDS: usize = 3;
-
-fn measure(guests: &[vmsilo_testkit::Guest]) -> Lat {
-    let t = Duration::from_secs(120);
-    let (a, b, c) = (&guests[0], &guests[1], &guests[2]);
-    let idle = c
-        .run("fping -C 300 -p 10 -q 10.0.0.2 2>&1", t)
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let (mut idle_rtts, _) = fping_rtts(&idle);
-    if idle_rtts.is_empty() {
-        println!(
-            "  (fping printed no RTTs: {:?})",
-            idle.chars().take(400).collect::<String>()
-        );
-    }
-    b.run_ok("iperf3 -s -D", t).expect("iperf3 server");
-    std::thread::sleep(Duration::from_millis(500));
-    let (mut load_rtts, mut lost, mut mbits) = (Vec::new(), 0, Vec::new());
-    for round in 0..ROUNDS {
-        a.run_ok(
-            &format!("iperf3 -c 10.0.0.2 -t 20 -f m > /tmp/iperf{round}.log 2>&1 &"),
-            t,
-        )
-        .expect("iperf3 client");
-        std::thread::sleep(Duration::from_secs(4));
-        let loaded = c
-            .run("fping -C 1000 -p 10 -q 10.0.0.2 2>&1", t)
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        let (rtts, l) = fping_rtts(&loaded);
-        let p99 = percentile(&mut rtts.clone(), 99);
-        load_rtts.extend(rtts);
-        lost += l;
-        // The client runs 20 s: 4 s before fping, ~10 s of fping, the rest here.
-        std::thread::sleep(Duration::from_secs(8));
-        let iperf = a
-            .run(&format!("cat /tmp/iperf{round}.log"), t)
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        let m = iperf
-            .lines()
-            .filter(|l| l.contains("receiver"))
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                w.windows(2)
-                    .find(|p| p[1] == "Mbits/sec")
-                    .and_then(|p| p[0].parse::<f64>().ok())
-            })
-            .next()
-            .unwrap_or(f64::NAN);
-        println!(
-            "    round {}: loaded p99 {p99:6.2} ms, bulk {m:6.1} Mbit/s",
-            round + 1
-        );
-        mbits.push(m);
-    }
+fn pool(rounds: &[Round]) -> Lat {
+    let mut idle: Vec<f64> = rounds.iter().flat_map(|r| r.idle_rtts.clone()).collect();
+    let mut load: Vec<f64> = rounds.iter().flat_map(|r| r.load_rtts.clone()).collect();
+    let mut mbits: Vec<f64> = rounds.iter().map(|r| r.mbits).collect();
     Lat {
-        idle_p50: percentile(&mut idle_rtts, 50),
-        idle_p99: percentile(&mut idle_rtts, 99),
-        load_p50: percentile(&mut load_rtts, 50),
-        load_p99: percentile(&mut load_rtts, 99),
-        lost,
+        idle_p50: percentile(&mut idle, 50),
+        idle_p99: percentile(&mut idle, 99),
+        load_p50: percentile(&mut load, 50),
+        load_p99: percentile(&mut load, 99),
+        lost: rounds.iter().map(|r| r.lost).sum(),
         mbits: percentile(&mut mbits, 50),
     }
+}
+
+/// min / median / max of `v`.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
 fn boot(
@@ -762,6 +965,9 @@ fn print_lat(name: &str, l: &Lat) {
 
 fn qemu(bin: &Path) {
     println!("== latency under load, QEMU/TCG guests: iperf3 A->B bulk, fping C->B every 10 ms");
+    println!(
+        "   {ROUNDS} rounds per configuration, interleaved (vm-switch, bridge, vm-switch, ...), fresh guests each round"
+    );
     let image = vmsilo_testkit::ImageSpec::new()
         .program("iperf3")
         .program("fping")
@@ -773,7 +979,70 @@ fn qemu(bin: &Path) {
         )
         .build()
         .expect("guest image");
-    // vm-switch.
+    let (mut vs, mut br) = (Vec::new(), Vec::new());
+    let rounds = std::env::var("VM_SWITCH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    for round in 0..rounds {
+        let r = vmswitch_round(bin, &image);
+        println!(
+            "    round {}: vm-switch loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
+            round + 1,
+            percentile(&mut r.load_rtts.clone(), 99),
+            r.mbits
+        );
+        vs.push(r);
+        let r = bridge_round(&image, round == 0);
+        println!(
+            "    round {}: bridge    loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
+            round + 1,
+            percentile(&mut r.load_rtts.clone(), 99),
+            r.mbits
+        );
+        br.push(r);
+    }
+    let (vl, bl) = (pool(&vs), pool(&br));
+    print_lat("vm-switch", &vl);
+    print_lat("bridge", &bl);
+    let bulk_ratios: Vec<f64> = vs.iter().zip(&br).map(|(a, b)| a.mbits / b.mbits).collect();
+    let p99_ratios: Vec<f64> = vs
+        .iter()
+        .zip(&br)
+        .map(|(a, b)| {
+            percentile(&mut a.load_rtts.clone(), 99) / percentile(&mut b.load_rtts.clone(), 99)
+        })
+        .collect();
+    let (bmin, bmed, bmax) = spread(&bulk_ratios);
+    let (pmin, pmed, pmax) = spread(&p99_ratios);
+    let bulk_pooled = vl.mbits / bl.mbits;
+    let p99_pooled = vl.load_p99 / bl.load_p99;
+    println!(
+        "  bulk vm-switch / bridge: pooled (median rounds) {bulk_pooled:.2}, per-round ratios min/median/max {bmin:.2} / {bmed:.2} / {bmax:.2}"
+    );
+    println!(
+        "  loaded p99 vm-switch / bridge: pooled {p99_pooled:.2}, per-round ratios min/median/max {pmin:.2} / {pmed:.2} / {pmax:.2}"
+    );
+    println!("RESULT e2e_bulk_ratio_vs_bridge={bulk_pooled:.3}");
+    println!("RESULT e2e_bulk_ratio_spread={bmin:.2}/{bmed:.2}/{bmax:.2}");
+    println!("RESULT e2e_p99_ratio_vs_bridge={p99_pooled:.3}");
+    println!("RESULT e2e_p99_ratio_spread={pmin:.2}/{pmed:.2}/{pmax:.2}");
+    let out = std::env::var_os("VM_SWITCH_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("vm-switch-bench.svg");
+    match std::fs::write(&out, svg(&vs, &br)) {
+        Ok(()) => {
+            println!("  picture: {}", out.display());
+            println!("RESULT svg={}", out.display());
+        }
+        Err(e) => println!("  could not write {}: {e}", out.display()),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// One round through vm-switch: a fresh vm-switch and three fresh guests.
+fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("vm-switch-bench-q-{}", std::process::id()));
     let sw = start_switch(bin, &dir);
@@ -793,54 +1062,183 @@ fn qemu(bin: &Path) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let guests = boot(&image, |b, name, mac| {
+    let guests = boot(image, |b, name, mac| {
         b.vhost_user_net(dir.join(format!("{name}.sock")), mac)
     });
     wait_linked(bin, &dir, 2);
-    let vs = measure(&guests);
+    let r = measure_round(&guests);
     let st = stats(bin, &dir);
     drop(guests);
     drop(sw);
     let _ = std::fs::remove_dir_all(&dir);
-    print_lat("vm-switch", &vs);
-    if let Some(b) = st["ports"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["vm"] == "b"))
-    {
-        println!(
-            "            switch egress to b: max sojourn {} us, CoDel marks {}, drops {}",
-            b["max_sojourn_us"], b["codel_marks"], b["drops"]
-        );
+    for vm in ["a", "b"] {
+        if let Some(p) = st["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["vm"] == vm))
+        {
+            println!(
+                "            port {vm}: from guest {} frames, to guest {} frames, max sojourn {} us, CoDel marks {}, drops {}",
+                p["from_guest_frames"],
+                p["to_guest_frames"],
+                p["max_sojourn_us"],
+                p["codel_marks"],
+                p["drops"]
+            );
+        }
     }
-    // Linux bridge + taps with fq_codel: first with the same virtio-net device as above
-    // (vectors=0, which vhost-user-net needs under TCG), then with MSI-X.
-    let br = bridge_run(&image, false);
-    print_lat("bridge", &br);
-    let msix = bridge_run(&image, true);
-    print_lat("bridge-msix", &msix);
-    println!(
-        "RESULT e2e_p99_ratio_vs_bridge={:.3}",
-        vs.load_p99 / br.load_p99
-    );
-    println!(
-        "RESULT e2e_p99_ratio_vs_bridge_msix={:.3}",
-        vs.load_p99 / msix.load_p99
-    );
-    let _ = std::io::stdout().flush();
+    r
 }
 
-/// Three guests on a Linux bridge through taps (fq_codel where the host kernel has it).
-fn bridge_run(image: &vmsilo_testkit::GuestImage, msix: bool) -> Lat {
+/// The sparse flow's loaded RTT CDF and the bulk throughput over time, vm-switch beside the
+/// bridge, as a hand-written SVG (two panels, like flent's plots).
+fn svg(vs: &[Round], br: &[Round]) -> String {
+    const W: f64 = 1000.0;
+    const H: f64 = 420.0;
+    let (pw, ph) = (400.0, 300.0);
+    let panels = [(70.0, 50.0), (570.0, 50.0)];
+    let colors = [("vm-switch", "#d62728"), ("bridge", "#1f77b4")];
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let all: Vec<f64> = vs
+        .iter()
+        .chain(br)
+        .flat_map(|r| r.load_rtts.clone())
+        .collect();
+    let mut sorted = all.clone();
+    let xmax = (percentile(&mut sorted, 99) * 1.5).max(1.0);
+    let ymax = vs
+        .iter()
+        .chain(br)
+        .flat_map(|r| r.series.iter().copied())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let tmax = vs
+        .iter()
+        .chain(br)
+        .map(|r| r.series.len())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    // Frames, axes, titles.
+    for (i, (x0, y0)) in panels.iter().enumerate() {
+        out += &format!(
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n"
+        );
+        let (title, xl, yl, xm, ym) = if i == 0 {
+            (
+                "sparse flow (fping C->B, 10 ms) RTT under load: CDF",
+                "RTT (ms)",
+                "fraction",
+                xmax,
+                1.0,
+            )
+        } else {
+            (
+                "bulk (iperf3 A->B) throughput over time, every round",
+                "time (s)",
+                "Mbit/s",
+                tmax,
+                ymax,
+            )
+        };
+        out += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-weight=\"bold\">{title}</text>\n",
+            x0 + pw / 2.0,
+            y0 - 15.0
+        );
+        out += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xl}</text>\n",
+            x0 + pw / 2.0,
+            y0 + ph + 35.0
+        );
+        out += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 {} {})\">{yl}</text>\n",
+            x0 - 50.0,
+            y0 + ph / 2.0,
+            x0 - 50.0,
+            y0 + ph / 2.0
+        );
+        for k in 0..=4 {
+            let f = f64::from(k) / 4.0;
+            out += &format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.*}</text>\n<line x1=\"{x0}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#ddd\"/>\n",
+                x0 + f * pw,
+                y0 + ph + 16.0,
+                f * xm,
+                x0 - 5.0,
+                y0 + ph - f * ph + 4.0,
+                if i == 0 { 2 } else { 0 },
+                f * ym,
+                x0 + pw,
+                y0 + ph - f * ph,
+                y0 + ph - f * ph
+            );
+        }
+    }
+    for (ci, rounds) in [vs, br].iter().enumerate() {
+        let (name, color) = colors[ci];
+        // CDF of the pooled loaded RTTs.
+        let mut rtts: Vec<f64> = rounds.iter().flat_map(|r| r.load_rtts.clone()).collect();
+        rtts.sort_by(|a, b| a.total_cmp(b));
+        let (x0, y0) = panels[0];
+        let n = rtts.len().max(1) as f64;
+        let pts: Vec<String> = rtts
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x0 + (v / xmax).min(1.0) * pw,
+                    y0 + ph - (i as f64 + 1.0) / n * ph
+                )
+            })
+            .collect();
+        out += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+        // Throughput over time, one thin line per round.
+        let (x0, y0) = panels[1];
+        for r in rounds.iter() {
+            let pts: Vec<String> = r
+                .series
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x0 + (i as f64 + 1.0) / tmax * pw,
+                        y0 + ph - v / ymax * ph
+                    )
+                })
+                .collect();
+            out += &format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-opacity=\"0.7\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+                pts.join(" ")
+            );
+        }
+        out += &format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
+            70.0 + 150.0 * ci as f64,
+            H - 22.0,
+            90.0 + 150.0 * ci as f64,
+            H - 16.0
+        );
+    }
+    out += "</svg>\n";
+    out
+}
+
+/// One round on a Linux bridge + taps (fq_codel where the host kernel has it), with the same
+/// virtio-net device as vm-switch's guests (vectors=0, which vhost-user-net needs under TCG).
+/// The taps offer TSO/GSO as QEMU sets them up.
+fn bridge_round(image: &vmsilo_testkit::GuestImage, announce: bool) -> Round {
     sh(
         "ip link del vmswqbr 2>/dev/null; ip link add vmswqbr type bridge && ip link set vmswqbr up",
     );
     let guests = boot(image, |b, name, mac| {
-        let tap = format!("vmswq{name}");
-        if msix {
-            b.tap(tap, mac)
-        } else {
-            b.tap_intx(tap, mac)
-        }
+        b.tap_intx(format!("vmswq{name}"), mac)
     });
     let mut qdisc = "fq_codel";
     for name in ["a", "b", "c"] {
@@ -861,17 +1259,14 @@ fn bridge_run(image: &vmsilo_testkit::GuestImage, msix: bool) -> Lat {
             qdisc = "the kernel's default qdisc (fq_codel is not available on this host kernel)";
         }
     }
-    println!(
-        "  bridge baseline: Linux bridge + taps with {qdisc}, virtio-net with {}",
-        if msix {
-            "MSI-X"
-        } else {
-            "vectors=0 (INTx), as vm-switch's guests"
-        }
-    );
+    if announce {
+        println!(
+            "  bridge baseline: Linux bridge + taps with {qdisc}, virtio-net with vectors=0 (INTx), as vm-switch's guests"
+        );
+    }
     std::thread::sleep(Duration::from_secs(1));
-    let l = measure(&guests);
+    let r = measure_round(&guests);
     drop(guests);
     sh("ip link del vmswqbr");
-    l
+    r
 }

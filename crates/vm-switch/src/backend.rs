@@ -31,8 +31,9 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -46,7 +47,9 @@ use crate::config::PortConfig;
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::dql::Dql;
 use crate::forward::{Decision, DropReason, PortId, Switch, flow_hash};
-use crate::frame::{self, MAX_FRAME};
+use crate::frame::{
+    self, Gso, MAX_FRAME, MAX_GSO_FRAME, Offload, OffloadCaps, VNET_F_NEEDS_CSUM, VnetHdr,
+};
 use crate::ring::{
     Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta,
 };
@@ -69,6 +72,14 @@ pub const EV_RING_BASE: u16 = 5;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Frames handled per TX batch before rings are flushed.
 const TX_BATCH: usize = 64;
+/// Back-pressure: TX chains held (not completed) per destination whose ring is full, before
+/// the port stops taking chains from the guest's TX queue altogether.
+pub const HOLD_CAP: usize = 64;
+/// Back-pressure: a held chain older than this is dropped as `ring_full` (a destination that
+/// does not drain its ring, e.g. a hung child, cannot stall the sender for longer).
+pub const HOLD_TIMEOUT_NS: u64 = 100_000_000;
+/// Back-pressure: re-check of held chains while holding (in case the wakeup cannot come).
+const HOLD_RECHECK_NS: u64 = 1_000_000;
 /// With the `fuzzing` feature: iterations of the guest-driven loops allowed per event before
 /// the backend panics, so that a loop a guest can keep going forever is reported by the fuzzer
 /// instead of hanging it. Honest work per event is bounded by the queue sizes and the egress
@@ -82,6 +93,12 @@ pub type Handler = VringEpollHandler<Arc<NetBackend>>;
 /// Virtio feature bits offered to the frontend.
 pub const OFFERED_FEATURES: u64 = (1 << VIRTIO_NET_F_CSUM)
     | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_GUEST_ECN)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -117,6 +134,9 @@ impl Default for PortParams {
 pub struct Frame {
     data: Vec<u8>,
     meta: SlotMeta,
+    /// Scheduler source and flow hash it was queued under (to requeue its segments).
+    source: u32,
+    hash: u32,
 }
 
 impl Packet for Frame {
@@ -171,6 +191,29 @@ struct Peer {
     slot: u16,
     tx: Option<Producer>,
     rx: Option<Consumer>,
+    /// TX chains for this peer that did not fit its ring, oldest first: not yet completed to
+    /// the guest, so its TX queue fills up and its own queueing (qdisc, TSQ) sees the
+    /// back-pressure, as with a tap.
+    held: VecDeque<Held>,
+}
+
+/// A frame whose TX chain is held until the destination's ring has room.
+#[derive(Debug)]
+struct Held {
+    head: u16,
+    meta: SlotMeta,
+    data: Vec<u8>,
+}
+
+/// What happened to a frame from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Forwarded or dropped: its chain can be completed.
+    Done,
+    /// A proxy reply was queued locally; the chain can be completed.
+    Reply,
+    /// Held for back-pressure: the chain is completed later.
+    Held,
 }
 
 /// State of the guest's RX ring for DQL accounting.
@@ -198,7 +241,27 @@ struct Negotiated {
     hdr_len: usize,
     mrg_rxbuf: bool,
     guest_csum: bool,
+    /// GUEST_TSO4 (segments are handed to the guest whole).
+    guest_tso4: bool,
+    /// GUEST_TSO6.
+    guest_tso6: bool,
+    /// GUEST_ECN (segments with CWR whole).
+    guest_ecn: bool,
     event_idx: bool,
+    /// What the guest may put into its TX headers (CSUM, HOST_TSO4/6, HOST_ECN).
+    host: OffloadCaps,
+}
+
+impl Negotiated {
+    /// Whether this guest takes the (validated) frame with offload `off` as it is.
+    fn accepts(&self, off: &Offload) -> bool {
+        let gso = match off.gso {
+            Gso::None => true,
+            Gso::Tcp4 => self.guest_tso4,
+            Gso::Tcp6 => self.guest_tso6,
+        };
+        gso && (!off.ecn || self.guest_ecn) && (off.gso == Gso::None || self.guest_csum)
+    }
 }
 
 struct Port {
@@ -210,7 +273,9 @@ struct Port {
     slots: Vec<Option<PortId>>,
     egress: FqCodel<Frame>,
     dql: Dql,
-    pending: Option<Frame>,
+    /// Frames taken from the scheduler that wait for RX buffers: one frame, or the frames
+    /// software segmentation made of a segment.
+    pending: VecDeque<Frame>,
     rx: RxTrack,
     neg: Negotiated,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -222,6 +287,7 @@ struct Port {
     perturb: u64,
     reply: Vec<u8>,
     buf: Vec<u8>,
+    segs: Vec<crate::gso::Segment>,
     log_limit: RateLimit,
     /// Guest queues stopped for a driver error (index: RX_QUEUE, TX_QUEUE), until the guest
     /// resets the device (the frontend then stops the ring with GET_VRING_BASE) or the frontend
@@ -234,6 +300,10 @@ struct Port {
     exit_requested: bool,
     buffers_requested: bool,
     relay: Arc<RelaySlot>,
+    /// Held TX chains to complete with the next used-ring update (a peer went away).
+    released: Vec<u16>,
+    /// TX processing is paused: a destination holds [`HOLD_CAP`] chains.
+    tx_paused: bool,
 }
 
 /// Relay sockets delivered by the main process, waited for by the serving thread.
@@ -287,7 +357,7 @@ impl NetBackend {
             slots: Vec::new(),
             egress: FqCodel::new(params.sched),
             dql: Dql::new(params.dql_min, params.dql_max, 1_000_000_000),
-            pending: None,
+            pending: VecDeque::new(),
             rx: RxTrack {
                 backoff_ns: params.recheck_ns,
                 ..RxTrack::default()
@@ -305,6 +375,7 @@ impl NetBackend {
             perturb: u64::from_ne_bytes(perturb) ^ u64::from(id).wrapping_mul(0x9e37_79b9),
             reply: Vec::with_capacity(128),
             buf: Vec::with_capacity(MAX_FRAME + 64),
+            segs: Vec::new(),
             log_limit: RateLimit::new(),
             broken: [false; NUM_QUEUES],
             fault_log: RateLimit::new(),
@@ -313,6 +384,8 @@ impl NetBackend {
             exit_requested: false,
             buffers_requested: false,
             relay: relay.clone(),
+            released: Vec::new(),
+            tx_paused: false,
         };
         port.stats.set(Counter::DqlLimit, port.dql.limit());
         Ok(Arc::new(NetBackend {
@@ -430,21 +503,42 @@ impl NetBackend {
         }
         let hash = flow_hash(&data, p.perturb);
         let stats = p.stats.clone();
-        p.egress
-            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
-                stats.count_drop(cause_reason(c), 1)
-            });
+        p.egress.enqueue(
+            source,
+            hash,
+            Frame {
+                data,
+                meta,
+                source,
+                hash,
+            },
+            &mut |_, c| stats.count_drop(cause_reason(c), 1),
+        );
     }
 }
 
 impl Port {
+    /// Forgets every held TX chain (the TX queue was reset or stopped: its heads mean nothing
+    /// any more), counting the frames as `port_down`.
+    fn drop_held(&mut self) {
+        let mut n = 0;
+        for p in self.peers.values_mut() {
+            n += p.held.len() as u64;
+            p.held.clear();
+        }
+        self.released.clear();
+        self.tx_paused = false;
+        self.stats.count_drop(DropReason::PortDown, n);
+    }
+
     fn reset_connection(&mut self) {
+        self.drop_held();
         let stats = self.stats.clone();
         self.egress
             .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-        if self.pending.take().is_some() {
-            stats.count_drop(DropReason::PortDown, 1);
-        }
+        let n = self.pending.len() as u64;
+        self.pending.clear();
+        stats.count_drop(DropReason::PortDown, n);
         self.reset_rx();
         self.broken = [false; NUM_QUEUES];
         self.stats.set(Counter::Backlog, 0);
@@ -465,13 +559,16 @@ impl Port {
         }
         *b = true;
         self.stats.add(Counter::QueueErrors, 1);
+        if index == TX_QUEUE {
+            self.drop_held();
+        }
         if index == RX_QUEUE {
             let stats = self.stats.clone();
             self.egress
                 .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-            if self.pending.take().is_some() {
-                stats.count_drop(DropReason::PortDown, 1);
-            }
+            let n = self.pending.len() as u64;
+            self.pending.clear();
+            stats.count_drop(DropReason::PortDown, n);
             self.stats.set(Counter::Backlog, 0);
         }
         if self.fault_log.allow() {
@@ -486,7 +583,12 @@ impl Port {
 
     /// Bytes waiting for the guest: the egress scheduler plus a frame waiting for RX buffers.
     fn backlog_bytes(&self) -> u64 {
-        self.egress.backlog_bytes() + self.pending.as_ref().map_or(0, |f| f.data.len() as u64)
+        self.egress.backlog_bytes()
+            + self
+                .pending
+                .iter()
+                .map(|f| f.data.len() as u64)
+                .sum::<u64>()
     }
 
     fn is_broken(&self, index: u16) -> bool {
@@ -537,6 +639,7 @@ impl Port {
                             slot: slot as u16,
                             tx: None,
                             rx: None,
+                            held: VecDeque::new(),
                         },
                     );
                 }
@@ -570,6 +673,12 @@ impl Port {
     fn remove_peer(&mut self, id: PortId) {
         self.switch.remove(id);
         if let Some(peer) = self.peers.remove(&id) {
+            self.stats
+                .count_drop(DropReason::PortDown, peer.held.len() as u64);
+            self.released.extend(peer.held.iter().map(|h| h.head));
+            if peer.held.len() >= HOLD_CAP {
+                self.tx_paused = false;
+            }
             if let Some(rx) = &peer.rx {
                 self.unregister(rx, peer.slot);
             }
@@ -712,6 +821,10 @@ impl Port {
         if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
             return Ok(());
         }
+        self.retry_held(vrings)?;
+        if self.tx_paused {
+            return Ok(());
+        }
         let mem = self.mem.memory();
         let hdr_len = self.neg.hdr_len;
         let mut used_any = false;
@@ -754,7 +867,7 @@ impl Port {
                         let total = r.available_bytes();
                         if total < hdr_len {
                             verdict = Err(DropReason::Malformed);
-                        } else if total - hdr_len > MAX_FRAME {
+                        } else if total - hdr_len > MAX_GSO_FRAME {
                             verdict = Err(DropReason::Oversize);
                         } else if r.read_exact(&mut hdr[..hdr_len]).is_err() {
                             verdict = Err(DropReason::Malformed);
@@ -772,29 +885,38 @@ impl Port {
                     }
                     Err(_) => verdict = Err(DropReason::Malformed),
                 }
-                let added = {
-                    let mut state = vring.get_mut();
-                    state.get_queue_mut().add_used(&*mem, head, 0)
-                };
-                if let Err(source) = added {
-                    fault = Some(QueueFault::Queue {
-                        what: "its used ring is not writable",
-                        source,
-                    });
-                    break 'passes;
-                }
-                used_any = true;
-                match verdict {
-                    Ok(()) => {
-                        if self.forward(&hdr, ts) {
-                            local_replies = true;
-                        }
+                let fate = match verdict {
+                    Ok(()) => self.forward(&hdr, ts, head),
+                    Err(r) => {
+                        self.stats.count_drop(r, 1);
+                        Fate::Done
                     }
-                    Err(r) => self.stats.count_drop(r, 1),
+                };
+                if fate == Fate::Reply {
+                    local_replies = true;
+                }
+                if fate != Fate::Held {
+                    let added = {
+                        let mut state = vring.get_mut();
+                        state.get_queue_mut().add_used(&*mem, head, 0)
+                    };
+                    if let Err(source) = added {
+                        fault = Some(QueueFault::Queue {
+                            what: "its used ring is not writable",
+                            source,
+                        });
+                        break 'passes;
+                    }
+                    used_any = true;
                 }
                 n += 1;
                 if n % TX_BATCH == 0 {
                     self.flush_rings();
+                }
+                if self.tx_paused {
+                    // A destination holds HOLD_CAP chains: leave the rest in the guest's
+                    // queue (kicks stay off) until it drains; `retry_held` resumes.
+                    break 'passes;
                 }
             }
             // Re-enable kicks, then look again: a chain published in between would otherwise
@@ -836,6 +958,17 @@ impl Port {
         Ok(())
     }
 
+    /// Retries held chains; when TX was paused and no longer is, takes the chains the guest
+    /// queued meanwhile (it does not kick again for them).
+    fn resume_tx(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let was_paused = self.tx_paused;
+        self.retry_held(vrings)?;
+        if was_paused && !self.tx_paused {
+            self.process_tx(vrings)?;
+        }
+        Ok(())
+    }
+
     fn flush_rings(&mut self) {
         for p in self.peers.values_mut() {
             if let Some(tx) = &mut p.tx {
@@ -845,34 +978,44 @@ impl Port {
     }
 
     /// Forwards the frame in `self.buf`. Returns true when a reply was queued locally.
-    fn forward(&mut self, hdr: &[u8; 12], ts: u64) -> bool {
-        let flags = u32::from(hdr[0]);
-        let gso = u32::from(hdr[1]);
-        if gso != VIRTIO_NET_HDR_GSO_NONE {
+    fn forward(&mut self, hdr: &[u8; 12], ts: u64, head: u16) -> Fate {
+        // A legacy 10-byte header leaves the last two bytes zero: the same fields.
+        let vnet = VnetHdr::from_bytes(hdr);
+        let off = match frame::check_offload(&vnet, &self.buf, self.neg.host) {
+            Ok(off) => off,
+            Err(e) => {
+                self.stats.count_drop(DropReason::BadHeader, 1);
+                if self.log_limit.allow() {
+                    debug!("port {}: bad virtio-net header: {e}", self.cfg.name);
+                }
+                return Fate::Done;
+            }
+        };
+        if off.gso == Gso::None && self.buf.len() > MAX_FRAME {
             self.stats.count_drop(DropReason::Oversize, 1);
-            return false;
+            return Fate::Done;
         }
         let mut meta = SlotMeta {
             ts_ns: ts,
             ..SlotMeta::default()
         };
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-            meta.flags |= FLAG_NEEDS_CSUM;
-            meta.csum_start = u16::from_le_bytes([hdr[6], hdr[7]]);
-            meta.csum_offset = u16::from_le_bytes([hdr[8], hdr[9]]);
-        }
-        let decision = self.switch.decide(self.id, &mut self.buf, &mut self.reply);
+        let v = off.to_vnet();
+        meta.flags = u32::from(v.flags);
+        meta.csum_start = v.csum_start;
+        meta.csum_offset = v.csum_offset;
+        meta.gso_type = v.gso_type;
+        meta.gso_size = v.gso_size;
+        let decision =
+            self.switch
+                .decide_len(self.id, &mut self.buf, &mut self.reply, MAX_GSO_FRAME);
         match decision {
-            Decision::Unicast(to) => {
-                self.push_to(to, meta);
-                false
-            }
+            Decision::Unicast(to) => self.push_to(to, meta, Some(head)),
             Decision::Broadcast => {
                 let targets: Vec<PortId> = self.switch.broadcast_targets(self.id).collect();
                 for to in targets {
-                    self.push_to(to, meta);
+                    self.push_to(to, meta, None);
                 }
-                false
+                Fate::Done
             }
             Decision::Reply => {
                 self.stats.add(Counter::ProxyReplies, 1);
@@ -888,10 +1031,12 @@ impl Port {
                             ts_ns: ts,
                             ..SlotMeta::default()
                         },
+                        source: 0,
+                        hash,
                     },
                     &mut |_, c| stats.count_drop(cause_reason(c), 1),
                 );
-                true
+                Fate::Reply
             }
             Decision::Drop(r) => {
                 self.stats.count_drop(r, 1);
@@ -903,23 +1048,45 @@ impl Port {
                         r.key()
                     );
                 }
-                false
+                Fate::Done
             }
         }
     }
 
-    fn push_to(&mut self, to: PortId, meta: SlotMeta) {
+    /// Pushes `self.buf` into the ring to `to`. With `head` (a unicast frame), a full ring
+    /// holds the frame and its TX chain instead of dropping it (back-pressure); frames for a
+    /// peer that already holds some are held behind them, in order.
+    fn push_to(&mut self, to: PortId, meta: SlotMeta, head: Option<u16>) -> Fate {
         let Some(peer) = self.peers.get_mut(&to) else {
             self.stats.count_drop(DropReason::PortDown, 1);
-            return;
+            return Fate::Done;
         };
         let Some(tx) = &mut peer.tx else {
             self.stats.count_drop(DropReason::PortDown, 1);
-            return;
+            return Fate::Done;
         };
-        match tx.push(meta, &self.buf) {
+        let result = if peer.held.is_empty() {
+            match tx.push(meta, &self.buf) {
+                Err(PushError::Full) if tx.want_space(self.buf.len()) => tx.push(meta, &self.buf),
+                r => r,
+            }
+        } else {
+            Err(PushError::Full)
+        };
+        match result {
             Ok(()) => {}
-            Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
+            Err(PushError::Full) => match head {
+                Some(head) => {
+                    let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME + 64));
+                    peer.held.push_back(Held { head, meta, data });
+                    if peer.held.len() >= HOLD_CAP {
+                        self.tx_paused = true;
+                    }
+                    self.arm_hold_timer();
+                    return Fate::Held;
+                }
+                None => self.stats.count_drop(DropReason::RingFull, 1),
+            },
             Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
             Err(PushError::Corrupt) => {
                 self.stats.count_drop(DropReason::PortDown, 1);
@@ -947,6 +1114,93 @@ impl Port {
                 }
             }
         }
+        Fate::Done
+    }
+
+    /// Arms the timer for a re-check of held chains (unless it is armed already).
+    fn arm_hold_timer(&mut self) {
+        if self.timer_armed {
+            return;
+        }
+        let ts = TimeSpec::new(0, HOLD_RECHECK_NS as i64);
+        if self
+            .timer
+            .set(Expiration::OneShot(ts), TimerSetTimeFlags::empty())
+            .is_ok()
+        {
+            self.timer_armed = true;
+        }
+    }
+
+    /// Pushes held frames whose destination ring has room again, drops those held longer than
+    /// [`HOLD_TIMEOUT_NS`] (`ring_full`), completes their TX chains, and resumes TX processing
+    /// when no destination holds [`HOLD_CAP`] chains any more.
+    fn retry_held(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        if self.released.is_empty() && self.peers.values().all(|p| p.held.is_empty()) {
+            self.tx_paused = false;
+            return Ok(());
+        }
+        let now = now_ns();
+        let mut done = std::mem::take(&mut self.released);
+        let mut still_held = false;
+        let mut full = false;
+        for peer in self.peers.values_mut() {
+            while let Some(h) = peer.held.front() {
+                let pushed = match &mut peer.tx {
+                    Some(tx) => match tx.push(h.meta, &h.data) {
+                        Err(PushError::Full) if tx.want_space(h.data.len()) => {
+                            tx.push(h.meta, &h.data)
+                        }
+                        r => r,
+                    },
+                    None => Err(PushError::Corrupt),
+                };
+                match pushed {
+                    Ok(()) => {}
+                    Err(PushError::Full) if now.saturating_sub(h.meta.ts_ns) < HOLD_TIMEOUT_NS => {
+                        break;
+                    }
+                    Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
+                    Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
+                    Err(PushError::Corrupt) => self.stats.count_drop(DropReason::PortDown, 1),
+                }
+                if let Some(h) = peer.held.pop_front() {
+                    done.push(h.head);
+                }
+            }
+            if let Some(tx) = &mut peer.tx {
+                tx.notify();
+            }
+            still_held |= !peer.held.is_empty();
+            full |= peer.held.len() >= HOLD_CAP;
+        }
+        self.tx_paused = full;
+        if still_held {
+            self.arm_hold_timer();
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(usize::from(TX_QUEUE)) else {
+            return Ok(());
+        };
+        if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
+            return Ok(());
+        }
+        let mem = self.mem.memory();
+        let mut state = vring.get_mut();
+        let q = state.get_queue_mut();
+        for head in done {
+            if let Err(source) = q.add_used(&*mem, head, 0) {
+                drop(state);
+                self.stop_queue(TX_QUEUE, &used_fault(source));
+                return Ok(());
+            }
+        }
+        if q.needs_notification(&*mem).is_ok_and(|n| n) {
+            state.signal_used_queue()?;
+        }
+        Ok(())
     }
 
     /// Moves everything from the incoming rings into the egress scheduler.
@@ -966,17 +1220,39 @@ impl Port {
                             stats.count_drop(DropReason::PortDown, 1);
                             continue;
                         }
+                        // A peer child is not trusted either: its offload request is checked
+                        // again (against everything vm-switch offers) before the frame counts.
+                        if frame::check_offload(&slot_vnet(&meta), &data, OffloadCaps::ALL).is_err()
+                        {
+                            stats.count_drop(DropReason::BadHeader, 1);
+                            continue;
+                        }
                         // A peer cannot make its frames look younger than now.
                         meta.ts_ns = meta.ts_ns.min(now);
                         data.shrink_to_fit();
                         let hash = flow_hash(&data, self.perturb);
-                        self.egress
-                            .enqueue(source, hash, Frame { data, meta }, &mut |_, c| {
-                                stats.count_drop(cause_reason(c), 1)
-                            });
+                        self.egress.enqueue(
+                            source,
+                            hash,
+                            Frame {
+                                data,
+                                meta,
+                                source,
+                                hash,
+                            },
+                            &mut |_, c| stats.count_drop(cause_reason(c), 1),
+                        );
                     }
                     Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
                     Ok(None) => {
+                        if rx.take_producer_wait() {
+                            // The sender holds frames for this ring: tell it there is room
+                            // (through the eventfd of the opposite ring, which it watches).
+                            // Without a ring back to it, it re-checks on its timer.
+                            if let Some(tx) = &peer.tx {
+                                tx.wake_consumer();
+                            }
+                        }
                         if rx.arm() {
                             break;
                         }
@@ -1113,7 +1389,7 @@ impl Port {
         let mut fault = None;
         loop {
             self.step();
-            if self.pending.is_none() && self.egress.is_empty() {
+            if self.pending.is_empty() && self.egress.is_empty() {
                 break;
             }
             if self.dql.avail() <= 0 {
@@ -1121,7 +1397,7 @@ impl Port {
                 break;
             }
             let now = now_ns();
-            let frame = match self.pending.take() {
+            let frame = match self.pending.pop_front() {
                 Some(f) => f,
                 None => match self
                     .egress
@@ -1131,6 +1407,59 @@ impl Port {
                     None => break,
                 },
             };
+            let off = match frame::check_offload(
+                &slot_vnet(&frame.meta),
+                &frame.data,
+                OffloadCaps::ALL,
+            ) {
+                Ok(off) => off,
+                Err(_) => {
+                    stats.count_drop(DropReason::BadHeader, 1);
+                    continue;
+                }
+            };
+            if off.gso != Gso::None
+                && (!self.neg.accepts(&off) || frame.data.len() as i64 > self.dql.avail())
+            {
+                // Segment in software: for a guest without the offload, and for one with it
+                // whenever the whole segment does not fit what DQL allows now (so DQL never
+                // learns segment-sized bursts and the RX ring stays short while the guest is
+                // slow). The frames go back to the head of their flow in the scheduler, so
+                // other flows can be served between them.
+                self.segs.clear();
+                if !crate::gso::segment(&frame.data, &off, self.neg.guest_csum, &mut self.segs) {
+                    stats.count_drop(DropReason::BadHeader, 1);
+                    continue;
+                }
+                let frames = self
+                    .segs
+                    .drain(..)
+                    .map(|seg| {
+                        let mut meta = SlotMeta {
+                            ts_ns: frame.meta.ts_ns,
+                            ..SlotMeta::default()
+                        };
+                        if let Some((start, offset)) = seg.csum {
+                            meta.flags = u32::from(VNET_F_NEEDS_CSUM);
+                            meta.csum_start = start;
+                            meta.csum_offset = offset;
+                        }
+                        Frame {
+                            data: seg.data,
+                            meta,
+                            source: frame.source,
+                            hash: frame.hash,
+                        }
+                    })
+                    .collect();
+                self.egress.requeue_front(
+                    frame.source,
+                    frame.hash,
+                    frames,
+                    frame.data.len() as u32,
+                );
+                continue;
+            }
             if let Some((at, cap)) = self.rx.full_ring
                 && self.neg.hdr_len + frame.data.len() > cap
                 && vring.get_ref().get_queue().next_avail() == at
@@ -1173,9 +1502,9 @@ impl Port {
                         continue;
                     }
                     match moved {
-                        Ok(true) => self.pending = Some(frame),
+                        Ok(true) => self.pending.push_front(frame),
                         Ok(false) => {
-                            self.pending = Some(frame);
+                            self.pending.push_front(frame);
                             break;
                         }
                         Err(f) => {
@@ -1220,17 +1549,22 @@ impl Port {
         mem: &GuestMemoryMmap,
         mut frame: Frame,
     ) -> WriteResult {
-        let mut hdr = [0u8; 12];
+        // The offload request was validated when the frame left the scheduler, and segments
+        // reach here only for a guest that accepts them.
+        let mut vnet = VnetHdr::default();
+        if frame.meta.gso_type != 0 {
+            vnet.gso_type = frame.meta.gso_type;
+            vnet.gso_size = frame.meta.gso_size;
+            match frame::check_offload(&slot_vnet(&frame.meta), &frame.data, OffloadCaps::ALL) {
+                Ok(off) => vnet.hdr_len = off.hdr_len,
+                Err(_) => return WriteResult::Dropped(DropReason::BadHeader),
+            }
+        }
         if frame.meta.flags & FLAG_NEEDS_CSUM != 0 {
             if self.neg.guest_csum {
-                hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
-                hdr[6..8].copy_from_slice(&frame.meta.csum_start.to_le_bytes());
-                hdr[8..10].copy_from_slice(&frame.meta.csum_offset.to_le_bytes());
-                let end =
-                    usize::from(frame.meta.csum_start) + usize::from(frame.meta.csum_offset) + 2;
-                if end > frame.data.len() {
-                    return WriteResult::Dropped(DropReason::Malformed);
-                }
+                vnet.flags = VNET_F_NEEDS_CSUM;
+                vnet.csum_start = frame.meta.csum_start;
+                vnet.csum_offset = frame.meta.csum_offset;
             } else if !frame::finish_partial_csum(
                 &mut frame.data,
                 usize::from(frame.meta.csum_start),
@@ -1288,7 +1622,7 @@ impl Port {
         if writers.len() > usize::from(u16::MAX) {
             return WriteResult::Dropped(DropReason::NoBuffer);
         }
-        hdr[10..12].copy_from_slice(&(writers.len() as u16).to_le_bytes());
+        let hdr = vnet.to_bytes(writers.len() as u16);
         let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &frame.data];
         for (head, w) in writers.iter_mut() {
             let mut written = 0usize;
@@ -1314,6 +1648,19 @@ impl Port {
         }
         let used_end = q.next_used();
         WriteResult::Written(frame.data.len() as u64, used_end)
+    }
+}
+
+/// The virtio-net header fields a ring slot carries.
+fn slot_vnet(meta: &SlotMeta) -> VnetHdr {
+    VnetHdr {
+        // Flags beyond a byte are impossible from an honest peer: make them fail validation.
+        flags: u8::try_from(meta.flags).unwrap_or(u8::MAX),
+        gso_type: meta.gso_type,
+        hdr_len: 0,
+        gso_size: meta.gso_size,
+        csum_start: meta.csum_start,
+        csum_offset: meta.csum_offset,
     }
 }
 
@@ -1489,7 +1836,17 @@ impl VhostUserBackend for NetBackend {
         let mrg = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         p.neg.mrg_rxbuf = mrg;
         p.neg.hdr_len = if version_1 || mrg { 12 } else { 10 };
-        p.neg.guest_csum = features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0;
+        let has = |bit: u32| features & (1 << bit) != 0;
+        p.neg.guest_csum = has(VIRTIO_NET_F_GUEST_CSUM);
+        p.neg.guest_tso4 = has(VIRTIO_NET_F_GUEST_TSO4);
+        p.neg.guest_tso6 = has(VIRTIO_NET_F_GUEST_TSO6);
+        p.neg.guest_ecn = has(VIRTIO_NET_F_GUEST_ECN);
+        p.neg.host = OffloadCaps {
+            csum: has(VIRTIO_NET_F_CSUM),
+            tso4: has(VIRTIO_NET_F_HOST_TSO4),
+            tso6: has(VIRTIO_NET_F_HOST_TSO6),
+            ecn: has(VIRTIO_NET_F_HOST_ECN),
+        };
         p.reset_rx();
         info!(
             "port {}: features negotiated: {features:#x} (header {} bytes, mergeable {mrg})",
@@ -1549,11 +1906,14 @@ impl VhostUserBackend for NetBackend {
         if let Some(b) = p.broken.get_mut(queue_index as usize) {
             *b = false;
         }
+        if queue_index == u32::from(TX_QUEUE) {
+            p.drop_held();
+        }
         if queue_index == u32::from(RX_QUEUE) {
             p.reset_rx();
-            if p.pending.take().is_some() {
-                p.stats.count_drop(DropReason::PortDown, 1);
-            }
+            let n = p.pending.len() as u64;
+            p.pending.clear();
+            p.stats.count_drop(DropReason::PortDown, n);
         }
         Ok(())
     }
@@ -1585,10 +1945,12 @@ impl VhostUserBackend for NetBackend {
                 let _ = nix::unistd::read(p.timer.as_fd(), &mut b);
                 p.timer_armed = false;
                 p.deliver(vrings)?;
+                p.resume_tx(vrings)?;
             }
             ev if ev >= EV_RING_BASE => {
                 p.drain_rings(connected);
                 p.deliver(vrings)?;
+                p.resume_tx(vrings)?;
             }
             other => debug!("port {}: unexpected event {other}", p.cfg.name),
         }

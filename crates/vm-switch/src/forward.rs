@@ -32,7 +32,8 @@ pub type PortId = u32;
 pub enum DropReason {
     /// Not a parseable Ethernet/IP/ARP frame.
     Malformed,
-    /// Larger than [`MAX_FRAME`] (or the guest used GSO, which is not offered).
+    /// Larger than [`MAX_FRAME`] without being a TSO segment, or a segment larger than
+    /// [`frame::MAX_GSO_FRAME`].
     Oversize,
     /// Ethernet or ARP source MAC is not the port's MAC.
     SpoofMac,
@@ -60,11 +61,14 @@ pub enum DropReason {
     Codel,
     /// The destination guest had no usable receive buffer for it.
     NoBuffer,
+    /// The virtio-net header (checksum and segmentation offload fields) is invalid or asks for
+    /// an offload that was not negotiated ([`frame::check_offload`]).
+    BadHeader,
 }
 
 impl DropReason {
     /// Every reason, in stats order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Oversize,
         DropReason::SpoofMac,
@@ -78,6 +82,7 @@ impl DropReason {
         DropReason::Overflow,
         DropReason::Codel,
         DropReason::NoBuffer,
+        DropReason::BadHeader,
     ];
 
     /// The stats key.
@@ -96,6 +101,7 @@ impl DropReason {
             DropReason::Overflow => "overflow",
             DropReason::Codel => "codel",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::BadHeader => "bad_header",
         }
     }
 
@@ -199,7 +205,20 @@ impl Switch {
     /// Decides what to do with `frame`, sent by port `src`. May rewrite the destination MAC of
     /// `frame`; a proxy reply is written into `reply`.
     pub fn decide(&self, src: PortId, frame: &mut [u8], reply: &mut Vec<u8>) -> Decision {
-        match self.decide_inner(src, frame, reply) {
+        self.decide_len(src, frame, reply, MAX_FRAME)
+    }
+
+    /// [`Switch::decide`] for a frame of up to `max_len` bytes: a TSO segment whose header
+    /// [`frame::check_offload`] has validated may be up to [`frame::MAX_GSO_FRAME`]. The IP and
+    /// TCP headers of a segment are checked like any frame's.
+    pub fn decide_len(
+        &self,
+        src: PortId,
+        frame: &mut [u8],
+        reply: &mut Vec<u8>,
+        max_len: usize,
+    ) -> Decision {
+        match self.decide_inner(src, frame, reply, max_len) {
             Ok(d) => d,
             Err(r) => Decision::Drop(r),
         }
@@ -210,8 +229,9 @@ impl Switch {
         src: PortId,
         frame: &mut [u8],
         reply: &mut Vec<u8>,
+        max_len: usize,
     ) -> Result<Decision, DropReason> {
-        if frame.len() > MAX_FRAME {
+        if frame.len() > max_len.min(frame::MAX_GSO_FRAME) {
             return Err(DropReason::Oversize);
         }
         let port = self.port(src).ok_or(DropReason::PortDown)?;

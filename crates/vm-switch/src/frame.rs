@@ -13,9 +13,16 @@ pub type Mac = [u8; 6];
 
 /// Length of an Ethernet header without VLAN tag.
 pub const ETH_HLEN: usize = 14;
-/// Largest Ethernet frame (header included) the switch forwards: a 1500-byte MTU plus the
-/// header and room for one VLAN tag. Guests are not offered TSO, so nothing larger is legal.
+/// Largest Ethernet frame (header included) the switch forwards as one frame on the wire: a
+/// 1500-byte MTU plus the header and room for one VLAN tag. Only a validated TSO segment
+/// ([`check_offload`]) may be larger, up to [`MAX_GSO_FRAME`].
 pub const MAX_FRAME: usize = 1518;
+/// Largest TSO segment (Ethernet header included): an IPv6 fixed header with the largest
+/// payload length, which is also more than the largest IPv4 datagram.
+pub const MAX_GSO_FRAME: usize = ETH_HLEN + 40 + 65535;
+/// Smallest `gso_size` accepted: Linux's `TCP_MIN_MSS`. It bounds how many frames software
+/// segmentation makes of one segment (at most 745 for a 64 KiB one).
+pub const MIN_GSO_SIZE: u16 = 88;
 /// Smallest Ethernet frame the switch emits (replies are padded to it).
 pub const MIN_FRAME: usize = 60;
 /// The broadcast MAC address.
@@ -458,6 +465,299 @@ pub fn finish_partial_csum(frame: &mut [u8], start: usize, offset: usize) -> boo
     }
     frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
     true
+}
+
+/// `virtio_net_hdr.flags`: the L4 checksum is partial (`csum_start`/`csum_offset`).
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.flags`: the checksum was verified (device to driver only).
+pub const VNET_F_DATA_VALID: u8 = 2;
+/// `virtio_net_hdr.gso_type`: not a segment.
+pub const VNET_GSO_NONE: u8 = 0;
+/// `virtio_net_hdr.gso_type`: TCP over IPv4 segment.
+pub const VNET_GSO_TCPV4: u8 = 1;
+/// `virtio_net_hdr.gso_type`: UDP fragmentation offload (never offered).
+pub const VNET_GSO_UDP: u8 = 3;
+/// `virtio_net_hdr.gso_type`: TCP over IPv6 segment.
+pub const VNET_GSO_TCPV6: u8 = 4;
+/// `virtio_net_hdr.gso_type`: UDP segmentation offload (USO; not offered, see docs).
+pub const VNET_GSO_UDP_L4: u8 = 5;
+/// `virtio_net_hdr.gso_type` flag: the segment has TCP CWR set (ECN).
+pub const VNET_GSO_ECN: u8 = 0x80;
+
+/// The guest-controlled fields of a `virtio_net_hdr` (the first 10 bytes; `num_buffers` is
+/// only meaningful from device to driver).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `flags` ([`VNET_F_NEEDS_CSUM`], [`VNET_F_DATA_VALID`]).
+    pub flags: u8,
+    /// `gso_type` ([`VNET_GSO_NONE`] ...; [`VNET_GSO_ECN`] may be or'ed in).
+    pub gso_type: u8,
+    /// `hdr_len`: a hint, the length of the headers (Linux: of the linear part).
+    pub hdr_len: u16,
+    /// `gso_size`: the MSS of a segment.
+    pub gso_size: u16,
+    /// `csum_start`: where the checksummed bytes start.
+    pub csum_start: u16,
+    /// `csum_offset`: where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Reads the header (little-endian, as in VIRTIO 1.0) from its first 10 bytes.
+    pub fn from_bytes(b: &[u8; 12]) -> Self {
+        VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16::from_le_bytes([b[2], b[3]]),
+            gso_size: u16::from_le_bytes([b[4], b[5]]),
+            csum_start: u16::from_le_bytes([b[6], b[7]]),
+            csum_offset: u16::from_le_bytes([b[8], b[9]]),
+        }
+    }
+
+    /// Writes the header (and `num_buffers`) into `b`.
+    pub fn to_bytes(&self, num_buffers: u16) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        b
+    }
+}
+
+/// The offloads a sender negotiated (what it may put into a header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadCaps {
+    /// `VIRTIO_NET_F_CSUM`: partial checksums.
+    pub csum: bool,
+    /// `VIRTIO_NET_F_HOST_TSO4`.
+    pub tso4: bool,
+    /// `VIRTIO_NET_F_HOST_TSO6`.
+    pub tso6: bool,
+    /// `VIRTIO_NET_F_HOST_ECN`: segments with CWR set.
+    pub ecn: bool,
+}
+
+impl OffloadCaps {
+    /// Everything vm-switch offers (used to re-check what a peer child put into a ring).
+    pub const ALL: OffloadCaps = OffloadCaps {
+        csum: true,
+        tso4: true,
+        tso6: true,
+        ecn: true,
+    };
+}
+
+/// Which kind of segment a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gso {
+    /// One frame.
+    None,
+    /// A TCP/IPv4 segment.
+    Tcp4,
+    /// A TCP/IPv6 segment.
+    Tcp6,
+}
+
+/// A validated offload request: what [`check_offload`] found in the header and the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload {
+    /// The L4 checksum is partial: (`csum_start`, `csum_offset`), checked to be the TCP or UDP
+    /// checksum field of this frame.
+    pub csum: Option<(u16, u16)>,
+    /// Segment kind.
+    pub gso: Gso,
+    /// MSS of a segment (0 for [`Gso::None`]).
+    pub gso_size: u16,
+    /// The segment has CWR set ([`VNET_GSO_ECN`]).
+    pub ecn: bool,
+    /// Offset of the L4 header (valid when `csum` is set).
+    pub l4: u16,
+    /// Length of all headers (Ethernet, IP, TCP) of a segment; 0 for [`Gso::None`].
+    pub hdr_len: u16,
+}
+
+impl Offload {
+    /// The header to hand to a guest that accepts this frame as it is.
+    pub fn to_vnet(&self) -> VnetHdr {
+        let mut h = VnetHdr::default();
+        if let Some((start, offset)) = self.csum {
+            h.flags = VNET_F_NEEDS_CSUM;
+            h.csum_start = start;
+            h.csum_offset = offset;
+        }
+        h.gso_type = match self.gso {
+            Gso::None => VNET_GSO_NONE,
+            Gso::Tcp4 => VNET_GSO_TCPV4,
+            Gso::Tcp6 => VNET_GSO_TCPV6,
+        };
+        if self.ecn {
+            h.gso_type |= VNET_GSO_ECN;
+        }
+        h.gso_size = self.gso_size;
+        h.hdr_len = self.hdr_len;
+        h
+    }
+}
+
+/// Why a virtio-net header was refused (all counted as `bad_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// `flags` has a bit other than NEEDS_CSUM (DATA_VALID is device-to-driver only).
+    #[error("flags {0:#x} has bits a driver must not set")]
+    Flags(u8),
+    /// `gso_type` is unknown or was not negotiated (UFO, USO, ECN without HOST_ECN, ...).
+    #[error("gso_type {0:#x} not negotiated")]
+    GsoType(u8),
+    /// NEEDS_CSUM without VIRTIO_NET_F_CSUM, or a segment without NEEDS_CSUM.
+    #[error("checksum offload not negotiated, or a segment without a partial checksum")]
+    Csum,
+    /// `csum_start`/`csum_offset` are not the TCP or UDP checksum field of the frame.
+    #[error("csum_start/csum_offset do not point at the TCP/UDP checksum field")]
+    CsumPlace,
+    /// `hdr_len` is larger than the frame.
+    #[error("hdr_len larger than the frame")]
+    HdrLen,
+    /// A segment that is not a whole, unfragmented TCP packet of the IP version `gso_type`
+    /// names, with lengths that add up (IPv6: without extension headers).
+    #[error("a segment that is not a plain TCP packet of its gso_type")]
+    Segment,
+    /// `gso_size` below [`MIN_GSO_SIZE`], or making frames larger than [`MAX_FRAME`], or a
+    /// segment without payload.
+    #[error("gso_size out of range")]
+    GsoSize,
+}
+
+/// Where the L4 header of an IP frame is: (offset, protocol, fragmented, end of the IP packet).
+fn locate_l4(frame: &[u8]) -> Option<(usize, u8, bool, usize, u16)> {
+    let ethertype = be16(frame, 12).ok()?;
+    let p = frame.get(ETH_HLEN..)?;
+    match ethertype {
+        ETHERTYPE_IPV4 => {
+            let first = *p.first()?;
+            if first >> 4 != 4 {
+                return None;
+            }
+            let ihl = usize::from(first & 0x0f) * 4;
+            let total = usize::from(be16(p, 2).ok()?);
+            if ihl < 20 || total < ihl || total > p.len() {
+                return None;
+            }
+            let frag = be16(p, 6).ok()?;
+            let fragmented = frag & 0x3fff != 0;
+            Some((ETH_HLEN + ihl, p[9], fragmented, ETH_HLEN + total, 4))
+        }
+        ETHERTYPE_IPV6 => {
+            if p.len() < 40 || p[0] >> 4 != 6 {
+                return None;
+            }
+            let payload_len = usize::from(be16(p, 4).ok()?);
+            let payload = p.get(40..40 + payload_len)?;
+            let upper = walk_ipv6_ext(p[6], payload).ok()?;
+            Some((
+                ETH_HLEN + 40 + upper.offset,
+                upper.proto,
+                upper.fragment != Fragment::Whole,
+                ETH_HLEN + 40 + payload_len,
+                6,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Validates the virtio-net header `h` a guest (negotiated `caps`) sent with `frame`.
+///
+/// Every field is checked against the frame, so nothing the header says can make the switch
+/// (or a receiving guest) touch bytes the forwarding decision relied on:
+/// * `flags`: only NEEDS_CSUM, and only with VIRTIO_NET_F_CSUM.
+/// * NEEDS_CSUM: the frame is an unfragmented IPv4/IPv6 TCP or UDP packet, `csum_start` is its
+///   L4 header and `csum_offset` its checksum field (16 or 6), inside the IP packet. So the
+///   two bytes a checksum is written to never overlap an address, a port or an ICMPv6 type.
+/// * `gso_type`: NONE, or TCPV4/TCPV6 when HOST_TSO4/6 was negotiated, with the ECN flag only
+///   when HOST_ECN was; never UDP (UFO) or UDP_L4 (USO).
+/// * A segment: NEEDS_CSUM set, a TCP packet of the version `gso_type` names, not fragmented,
+///   IP lengths equal to the frame's, IPv6 without extension headers, TCP header inside the
+///   frame, some payload, and `gso_size` in [`MIN_GSO_SIZE`]`..` with headers + `gso_size` ≤
+///   [`MAX_FRAME`].
+/// * `hdr_len`: at most the frame's length. It is only a hint (Linux puts the length of its
+///   linear part there); the switch computes the header length itself and never uses it.
+///
+/// Never panics.
+pub fn check_offload(h: &VnetHdr, frame: &[u8], caps: OffloadCaps) -> Result<Offload, HeaderError> {
+    if h.flags & !VNET_F_NEEDS_CSUM != 0 {
+        return Err(HeaderError::Flags(h.flags));
+    }
+    let ecn = h.gso_type & VNET_GSO_ECN != 0;
+    let gso = match h.gso_type & !VNET_GSO_ECN {
+        VNET_GSO_NONE if !ecn => Gso::None,
+        VNET_GSO_TCPV4 if caps.tso4 && (!ecn || caps.ecn) => Gso::Tcp4,
+        VNET_GSO_TCPV6 if caps.tso6 && (!ecn || caps.ecn) => Gso::Tcp6,
+        _ => return Err(HeaderError::GsoType(h.gso_type)),
+    };
+    if usize::from(h.hdr_len) > frame.len() {
+        return Err(HeaderError::HdrLen);
+    }
+    let needs_csum = h.flags & VNET_F_NEEDS_CSUM != 0;
+    if needs_csum && !caps.csum {
+        return Err(HeaderError::Csum);
+    }
+    let mut off = Offload {
+        csum: None,
+        gso,
+        gso_size: 0,
+        ecn,
+        l4: 0,
+        hdr_len: 0,
+    };
+    if needs_csum {
+        let (l4, proto, fragmented, end, _) = locate_l4(frame).ok_or(HeaderError::CsumPlace)?;
+        let field = match proto {
+            IPPROTO_TCP => 16,
+            IPPROTO_UDP => 6,
+            _ => return Err(HeaderError::CsumPlace),
+        };
+        if fragmented
+            || usize::from(h.csum_start) != l4
+            || h.csum_offset != field
+            || l4 + usize::from(field) + 2 > end
+        {
+            return Err(HeaderError::CsumPlace);
+        }
+        off.csum = Some((h.csum_start, h.csum_offset));
+        off.l4 = h.csum_start;
+    }
+    if gso == Gso::None {
+        return Ok(off);
+    }
+    if !needs_csum {
+        return Err(HeaderError::Csum);
+    }
+    let (l4, proto, fragmented, end, version) = locate_l4(frame).ok_or(HeaderError::Segment)?;
+    let want = if gso == Gso::Tcp4 { 4 } else { 6 };
+    if proto != IPPROTO_TCP
+        || fragmented
+        || version != want
+        || end != frame.len()
+        || (version == 6 && l4 != ETH_HLEN + 40)
+    {
+        return Err(HeaderError::Segment);
+    }
+    let doff = usize::from(frame.get(l4 + 12).ok_or(HeaderError::Segment)? >> 4) * 4;
+    let headers = l4 + doff;
+    if doff < 20 || headers >= frame.len() {
+        return Err(HeaderError::Segment);
+    }
+    if h.gso_size < MIN_GSO_SIZE || headers + usize::from(h.gso_size) > MAX_FRAME {
+        return Err(HeaderError::GsoSize);
+    }
+    off.gso_size = h.gso_size;
+    off.hdr_len = headers as u16;
+    Ok(off)
 }
 
 /// Marks a frame Congestion Experienced if its IP header says ECN-capable transport.

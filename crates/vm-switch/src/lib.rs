@@ -11,7 +11,7 @@
 //! moment a frame is written into the guest's RX ring, and a DQL byte limit keeps the guest's
 //! RX ring itself short.
 //!
-//! Layout: sans-IO cores ([`frame`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
+//! Layout: sans-IO cores ([`frame`], [`gso`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
 //! the shared-memory ring ([`ring`]), the backend ([`backend`]) with the vhost-user relay
 //! in front of it (crate `vhost-user-relay`, shared with the test hub), the process model ([`control`], [`child`], [`supervisor`]), the
 //! sandbox ([`sandbox`], [`seccomp`]), statistics ([`stats`]) and logging ([`logger`]). All
@@ -39,6 +39,7 @@ pub mod dql;
 pub mod fib;
 pub mod forward;
 pub mod frame;
+pub mod gso;
 pub mod logger;
 pub mod ring;
 pub mod sandbox;

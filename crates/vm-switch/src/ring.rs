@@ -9,7 +9,12 @@
 //! | 64 | producer index (u32, free-running), written by the producer |
 //! | 128 | consumer index (u32, free-running), written by the consumer |
 //! | 192 | "consumer sleeping" flag (u32): the need-wakeup flag |
+//! | 224 | "producer waiting" flag (u32): the producer found the ring full and wants to hear when the consumer has made room |
 //! | 256 | `slots` slots of `slot_size` bytes: a 32-byte header (length, checksum-offload info, ingress timestamp) and the frame |
+//!
+//! A frame larger than one slot (a TSO segment) takes as many consecutive slots as its header
+//! and bytes need; its bytes run on through the following slots and wrap from the end of the
+//! slot area to its start. The producer publishes all of its slots with one index store.
 //!
 //! Indices live on separate cache lines. The producer publishes a slot with a `Release` store
 //! of its index; the consumer reads it with `Acquire`, copies the frame out and then publishes
@@ -34,6 +39,7 @@ const VERSION: u32 = 1;
 const OFF_PROD: usize = 64;
 const OFF_CONS: usize = 128;
 const OFF_SLEEP: usize = 192;
+const OFF_WAIT: usize = 224;
 const OFF_SLOTS: usize = 256;
 /// Bytes of the per-slot header.
 pub const SLOT_HEADER: usize = 32;
@@ -64,9 +70,20 @@ pub enum RingError {
 }
 
 impl RingSpec {
-    /// The largest frame a slot holds.
+    /// The largest frame the ring holds (in consecutive slots), at most
+    /// [`frame::MAX_GSO_FRAME`](crate::frame::MAX_GSO_FRAME).
     pub fn max_frame(&self) -> usize {
-        self.slot_size as usize - SLOT_HEADER
+        (self.area() - SLOT_HEADER).min(crate::frame::MAX_GSO_FRAME)
+    }
+
+    /// Bytes of the slot area.
+    fn area(&self) -> usize {
+        self.slots as usize * self.slot_size as usize
+    }
+
+    /// Slots a frame of `len` bytes takes.
+    fn slots_for(&self, len: usize) -> u32 {
+        (SLOT_HEADER + len).div_ceil(self.slot_size as usize) as u32
     }
 
     /// Total bytes of the shared memory.
@@ -117,6 +134,10 @@ pub struct SlotMeta {
     pub csum_start: u16,
     /// `csum_offset` of the virtio-net header.
     pub csum_offset: u16,
+    /// `gso_type` of the virtio-net header.
+    pub gso_type: u8,
+    /// `gso_size` of the virtio-net header.
+    pub gso_size: u16,
 }
 
 /// An eventfd received from or shared with another process.
@@ -225,7 +246,8 @@ impl Producer {
         if frame.len() > self.spec.max_frame() {
             return Err(PushError::TooBig);
         }
-        if self.prod.wrapping_sub(self.cached_cons) >= self.spec.slots {
+        let need = self.spec.slots_for(frame.len());
+        if self.prod.wrapping_sub(self.cached_cons) + need > self.spec.slots {
             let cons = self
                 .mem
                 .atomic_u32(OFF_CONS)
@@ -236,7 +258,7 @@ impl Producer {
                 return Err(PushError::Corrupt);
             }
             self.cached_cons = cons;
-            if used == self.spec.slots {
+            if used + need > self.spec.slots {
                 return Err(PushError::Full);
             }
         }
@@ -246,15 +268,50 @@ impl Producer {
         hdr[4..8].copy_from_slice(&meta.flags.to_ne_bytes());
         hdr[8..10].copy_from_slice(&meta.csum_start.to_ne_bytes());
         hdr[10..12].copy_from_slice(&meta.csum_offset.to_ne_bytes());
+        hdr[12] = meta.gso_type;
+        hdr[14..16].copy_from_slice(&meta.gso_size.to_ne_bytes());
         hdr[16..24].copy_from_slice(&meta.ts_ns.to_ne_bytes());
         self.mem.write(off, &hdr);
-        self.mem.write(off + SLOT_HEADER, frame);
-        self.prod = self.prod.wrapping_add(1);
+        // The bytes run on from the header and wrap at the end of the slot area.
+        let start = off - OFF_SLOTS + SLOT_HEADER;
+        let first = frame.len().min(self.spec.area() - start);
+        self.mem.write(OFF_SLOTS + start, &frame[..first]);
+        self.mem.write(OFF_SLOTS, &frame[first..]);
+        self.prod = self.prod.wrapping_add(need);
         if let Some(p) = self.mem.atomic_u32(OFF_PROD) {
             p.store(self.prod, Ordering::Release);
         }
         self.pending = true;
         Ok(())
+    }
+
+    /// After [`PushError::Full`]: asks the consumer to report when it has made room (see
+    /// [`Consumer::take_producer_wait`]), then looks again. Returns true when there is room
+    /// for `len` bytes already (the caller retries at once), false when it must wait.
+    pub fn want_space(&mut self, len: usize) -> bool {
+        let Some(flag) = self.mem.atomic_u32(OFF_WAIT) else {
+            return false;
+        };
+        flag.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let Some(cons) = self
+            .mem
+            .atomic_u32(OFF_CONS)
+            .map(|a| a.load(Ordering::SeqCst))
+        else {
+            return false;
+        };
+        let used = self.prod.wrapping_sub(cons);
+        if used <= self.spec.slots {
+            self.cached_cons = cons;
+        }
+        used.saturating_add(self.spec.slots_for(len)) <= self.spec.slots
+    }
+
+    /// Wakes the consumer's owner through the eventfd (used by the consumer side of the
+    /// opposite ring to say that it made room, see [`Consumer::take_producer_wait`]).
+    pub fn wake_consumer(&self) {
+        self.event.signal();
     }
 
     /// Wakes the consumer if it sleeps and something was pushed since the last call.
@@ -345,25 +402,46 @@ impl Consumer {
         let mut hdr = [0u8; SLOT_HEADER];
         self.mem.read(off, &mut hdr);
         let len = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        let mut taken = 1;
         let result = if len == 0 || len > self.spec.max_frame() {
             Popped::BadSlot
         } else {
+            taken = self.spec.slots_for(len);
+            if taken > avail {
+                // A correct producer publishes all slots of a frame at once.
+                return Err(RingError::Corrupt);
+            }
             buf.resize(len, 0);
-            self.mem.read(off + SLOT_HEADER, buf);
+            let start = off - OFF_SLOTS + SLOT_HEADER;
+            let first = len.min(self.spec.area() - start);
+            self.mem.read(OFF_SLOTS + start, &mut buf[..first]);
+            self.mem.read(OFF_SLOTS, &mut buf[first..]);
             Popped::Frame(SlotMeta {
                 flags: u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
                 csum_start: u16::from_ne_bytes([hdr[8], hdr[9]]),
                 csum_offset: u16::from_ne_bytes([hdr[10], hdr[11]]),
+                gso_type: hdr[12],
+                gso_size: u16::from_ne_bytes([hdr[14], hdr[15]]),
                 ts_ns: u64::from_ne_bytes([
                     hdr[16], hdr[17], hdr[18], hdr[19], hdr[20], hdr[21], hdr[22], hdr[23],
                 ]),
             })
         };
-        self.cons = self.cons.wrapping_add(1);
+        self.cons = self.cons.wrapping_add(taken);
         if let Some(c) = self.mem.atomic_u32(OFF_CONS) {
             c.store(self.cons, Ordering::Release);
         }
         Ok(Some(result))
+    }
+
+    /// Whether the producer waits for room (it found the ring full); clears the flag. Call
+    /// after popping: the caller then tells the producer's child (see [`Producer::want_space`]).
+    pub fn take_producer_wait(&self) -> bool {
+        // Pairs with the producer's fence between setting the flag and reading our index.
+        fence(Ordering::SeqCst);
+        self.mem
+            .atomic_u32(OFF_WAIT)
+            .is_some_and(|f| f.load(Ordering::Relaxed) != 0 && f.swap(0, Ordering::SeqCst) != 0)
     }
 
     /// Prepares to sleep: sets the need-wakeup flag and re-checks. Returns true when the ring
@@ -426,6 +504,7 @@ mod tests {
             flags: FLAG_NEEDS_CSUM,
             csum_start: 34,
             csum_offset: 6,
+            ..SlotMeta::default()
         };
         p.push(meta, b"first").unwrap();
         p.push(SlotMeta::default(), b"second").unwrap();
@@ -451,13 +530,51 @@ mod tests {
     }
 
     #[test]
-    fn test_ring_rejects_frame_larger_than_slot() {
+    fn test_ring_rejects_frame_larger_than_ring() {
         let (mut p, _, _) = pair(SPEC);
         assert_eq!(
-            p.push(SlotMeta::default(), &[0u8; 97]),
+            p.push(SlotMeta::default(), &[0u8; 4 * 128 - 31]),
             Err(PushError::TooBig)
         );
-        p.push(SlotMeta::default(), &[0u8; 96]).unwrap();
+        p.push(SlotMeta::default(), &[0u8; 4 * 128 - 32]).unwrap();
+        assert_eq!(p.push(SlotMeta::default(), &[0u8; 1]), Err(PushError::Full));
+    }
+
+    #[test]
+    fn test_ring_multi_slot_frames_wrap_and_keep_bytes() {
+        let spec = RingSpec {
+            slots: 8,
+            slot_size: 128,
+        };
+        let (mut p, mut c, _) = pair(spec);
+        let mut buf = Vec::new();
+        let mut queued = std::collections::VecDeque::new();
+        for i in 0u32..2000 {
+            let len = 1 + (i as usize * 37) % 700;
+            let data: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
+            let meta = SlotMeta {
+                ts_ns: u64::from(i),
+                gso_type: 1,
+                gso_size: 1448,
+                ..Default::default()
+            };
+            loop {
+                match p.push(meta, &data) {
+                    Ok(()) => break,
+                    Err(PushError::Full) => {
+                        let Some(Popped::Frame(m)) = c.pop(&mut buf).unwrap() else {
+                            panic!("full ring pops a frame")
+                        };
+                        let (ts, want) = queued.pop_front().unwrap();
+                        assert_eq!(m.ts_ns, ts);
+                        assert_eq!((m.gso_type, m.gso_size), (1, 1448));
+                        assert_eq!(buf, want);
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            queued.push_back((u64::from(i), data));
+        }
     }
 
     #[test]

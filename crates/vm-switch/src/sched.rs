@@ -444,6 +444,42 @@ impl<P: Packet> FqCodel<P> {
         }
     }
 
+    /// Puts `packets` back at the head of the flow `flow_hash` of `source`, in order, ahead of
+    /// what that flow still holds: the frames software segmentation made of a segment just
+    /// dequeued from there (`refund` bytes, its size), so that they are scheduled one by one
+    /// and other flows can go between them. The segment's deficit charge is refunded (the
+    /// frames are charged as they go). No byte-limit drops here: the segment was within it.
+    pub fn requeue_front(&mut self, source: u32, flow_hash: u32, packets: Vec<P>, refund: u32) {
+        let s = source as usize;
+        if self.sources.len() <= s {
+            self.sources.resize_with(s + 1, || None);
+        }
+        let flows = self.params.flows_per_source;
+        let quantum = i64::from(self.params.quantum);
+        let src = self.sources[s].get_or_insert_with(|| Source::new(flows));
+        let idx = ((u64::from(flow_hash) * src.flows.len() as u64) >> 32) as usize;
+        let flow = &mut src.flows[idx];
+        for p in packets.into_iter().rev() {
+            let mem = u64::from(p.mem_size());
+            flow.backlog += mem;
+            src.backlog += mem;
+            self.mem += mem;
+            self.bytes += u64::from(p.size());
+            self.packets += 1;
+            flow.queue.push_front(p);
+        }
+        flow.deficit = (flow.deficit + i64::from(refund)).min(quantum);
+        if flow.list == List::None {
+            flow.list = List::New;
+            src.new_flows.push_back(idx as u32);
+        }
+        src.deficit = (src.deficit + i64::from(refund)).min(quantum);
+        if src.list == List::None {
+            src.list = List::New;
+            self.new_sources.push_back(source);
+        }
+    }
+
     /// Drops a batch from the head of the fattest flow of the fattest source. Returns false
     /// when nothing could be dropped.
     fn drop_fattest(&mut self, drop: &mut dyn FnMut(P, DropCause)) -> bool {
@@ -820,5 +856,40 @@ pub(crate) mod tests {
         assert_eq!(n, 1);
         assert_eq!(q.dequeue(0, &mut no_drop).unwrap().tag, 2);
         assert!(q.dequeue(0, &mut no_drop).is_none());
+    }
+
+    #[test]
+    fn test_fq_codel_requeued_frames_go_first_in_their_flow_and_let_sparse_flows_in() {
+        let mut q = FqCodel::new(Params::default());
+        // A bulk flow with a "segment" (tag 1) and a later packet (tag 2).
+        q.enqueue(1, 0x1000_0000, p(30000, 0, 1), &mut no_drop);
+        q.enqueue(1, 0x1000_0000, p(1500, 0, 2), &mut no_drop);
+        let seg = q.dequeue(1, &mut no_drop).expect("segment");
+        assert_eq!(seg.tag, 1);
+        // Software segmentation: 20 frames, back at the head of the flow.
+        let frames: Vec<P> = (0..20).map(|i| p(1500, 0, 100 + i)).collect();
+        q.requeue_front(1, 0x1000_0000, frames, 30000);
+        assert_eq!(q.len(), 21);
+        // A sparse packet from another source arrives.
+        q.enqueue(2, 0x9000_0000, p(100, 0, 7), &mut no_drop);
+        let order: Vec<u32> = std::iter::from_fn(|| q.dequeue(2, &mut no_drop))
+            .map(|p| p.tag)
+            .collect();
+        let sparse_at = order
+            .iter()
+            .position(|&t| t == 7)
+            .expect("sparse delivered");
+        assert!(
+            sparse_at <= 2,
+            "the sparse packet goes between the frames: {order:?}"
+        );
+        let bulk: Vec<u32> = order.into_iter().filter(|&t| t != 7).collect();
+        let mut want: Vec<u32> = (100..120).collect();
+        want.push(2);
+        assert_eq!(
+            bulk, want,
+            "frames in order, before the flow's later packet"
+        );
+        assert_eq!(q.backlog_bytes(), 0);
     }
 }

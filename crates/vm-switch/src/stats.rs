@@ -17,7 +17,7 @@
 //!       "to_guest_frames": 12, "to_guest_bytes": 1100,
 //!       "drops": { "malformed": 0, "oversize": 0, "spoof_mac": 0, "spoof_ip": 1, "no_route": 0,
 //!                  "loop": 0, "unsupported": 0, "control": 3, "ring_full": 0, "port_down": 0,
-//!                  "overflow": 0, "codel": 0, "no_buffer": 0 },
+//!                  "overflow": 0, "codel": 0, "no_buffer": 0, "bad_header": 0 },
 //!       "codel_marks": 0, "max_sojourn_us": 812, "dql_limit_bytes": 6056,
 //!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2,
 //!       "queue_errors": 0, "refused_frontends": 0

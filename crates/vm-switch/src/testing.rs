@@ -17,7 +17,10 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +41,9 @@ pub struct GuestOptions {
     /// Post a full ring of RX buffers when connecting (otherwise see
     /// [`TestGuest::post_rx_buffers`]).
     pub post_rx: bool,
+    /// Negotiate the receive offloads (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN); without them
+    /// vm-switch segments and checksums in software for this guest.
+    pub rx_offloads: bool,
 }
 
 impl Default for GuestOptions {
@@ -47,6 +53,7 @@ impl Default for GuestOptions {
             event_idx: true,
             mrg_rxbuf: true,
             post_rx: true,
+            rx_offloads: true,
         }
     }
 }
@@ -62,6 +69,8 @@ struct Vq {
     free: Vec<u16>,
     kick: EventFd,
     call: EventFd,
+    /// Descriptors chained behind each head (TX frames larger than one buffer).
+    chains: Vec<Vec<u16>>,
 }
 
 impl Vq {
@@ -82,6 +91,7 @@ impl Vq {
             free: (0..size).rev().collect(),
             kick: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
             call: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            chains: vec![Vec::new(); usize::from(size)],
         }
     }
 
@@ -156,6 +166,12 @@ impl TestGuest {
         }
         if !opts.mrg_rxbuf {
             want &= !(1 << VIRTIO_NET_F_MRG_RXBUF);
+        }
+        if !opts.rx_offloads {
+            want &= !((1 << VIRTIO_NET_F_GUEST_CSUM)
+                | (1 << VIRTIO_NET_F_GUEST_TSO4)
+                | (1 << VIRTIO_NET_F_GUEST_TSO6)
+                | (1 << VIRTIO_NET_F_GUEST_ECN));
         }
         let proto = frontend
             .get_protocol_features()
@@ -299,6 +315,8 @@ impl TestGuest {
             let id = self.r16(self.tx.used + 4 + 8 * slot);
             if id < self.tx.size {
                 self.tx.free.push(id);
+                let rest = std::mem::take(&mut self.tx.chains[usize::from(id)]);
+                self.tx.free.extend(rest);
             }
             self.tx.last_used = self.tx.last_used.wrapping_add(1);
         }
@@ -343,6 +361,48 @@ impl TestGuest {
     /// The queue size.
     pub fn queue_size(&self) -> u16 {
         self.tx.size
+    }
+
+    /// Queues one frame with virtio-net header `hdr` (its first `hdr_len` bytes are used) on
+    /// TX without kicking, in a chain of as many buffers as it needs (a TSO segment). Returns
+    /// false when the TX ring has not enough free descriptors.
+    pub fn queue_frame_hdr(&mut self, hdr: [u8; 12], frame: &[u8]) -> bool {
+        self.reclaim_tx();
+        let mut bytes = hdr[..self.hdr_len].to_vec();
+        bytes.extend_from_slice(frame);
+        let need = bytes.len().div_ceil(BUF as usize);
+        if self.tx.free.len() < need || need == 0 {
+            return false;
+        }
+        let ids: Vec<u16> = (0..need).filter_map(|_| self.tx.free.pop()).collect();
+        for (i, (chunk, &id)) in bytes.chunks(BUF as usize).zip(&ids).enumerate() {
+            let addr = self.tx.bufs + u64::from(id) * BUF;
+            let _ = self.mem.write_slice(chunk, GuestAddress(addr));
+            let last = i + 1 == ids.len();
+            self.write_desc(
+                self.tx.desc,
+                id,
+                addr,
+                chunk.len() as u32,
+                if last {
+                    0
+                } else {
+                    1 /* NEXT */
+                },
+            );
+            if !last {
+                let _ = self.mem.write_obj(
+                    ids[i + 1].to_le(),
+                    GuestAddress(self.tx.desc + 16 * u64::from(id) + 14),
+                );
+            }
+        }
+        let head = ids[0];
+        self.tx.chains[usize::from(head)] = ids[1..].to_vec();
+        let slot = u64::from(self.tx.next_avail % self.tx.size);
+        self.w16(self.tx.avail + 4 + 2 * slot, head);
+        self.tx.next_avail = self.tx.next_avail.wrapping_add(1);
+        true
     }
 
     /// Queues one frame on TX without kicking. Returns false when the TX ring is full.
@@ -390,6 +450,20 @@ impl TestGuest {
 
     /// Takes every frame currently in the RX used ring (no waiting), re-posting buffers.
     pub fn poll_frames(&mut self, out: &mut Vec<Vec<u8>>) -> usize {
+        self.poll_inner(out, None)
+    }
+
+    /// [`TestGuest::poll_frames`], also collecting each frame's virtio-net header (12 bytes,
+    /// the last two zero with a 10-byte header).
+    pub fn poll_frames_hdr(&mut self, out: &mut Vec<Vec<u8>>, hdrs: &mut Vec<[u8; 12]>) -> usize {
+        self.poll_inner(out, Some(hdrs))
+    }
+
+    fn poll_inner(
+        &mut self,
+        out: &mut Vec<Vec<u8>>,
+        mut hdrs: Option<&mut Vec<[u8; 12]>>,
+    ) -> usize {
         let mut n = 0;
         loop {
             let used_idx = self.r16(self.rx.used + 2);
@@ -419,6 +493,12 @@ impl TestGuest {
                 if first {
                     if self.mrg && data.len() >= 12 {
                         remaining = u16::from_le_bytes([data[10], data[11]]).max(1);
+                    }
+                    if let Some(h) = hdrs.as_deref_mut() {
+                        let mut b = [0u8; 12];
+                        let k = self.hdr_len.min(data.len());
+                        b[..k].copy_from_slice(&data[..k]);
+                        h.push(b);
                     }
                     frame.extend_from_slice(data.get(self.hdr_len..).unwrap_or(&[]));
                     first = false;
@@ -499,4 +579,103 @@ impl TestGuest {
     pub fn host_base(&self) -> u64 {
         self.host_base
     }
+}
+
+/// A TCP segment as a Linux guest with TSO sends it (for tests and the bench): Ethernet
+/// `src_mac` → `dst_mac`, IPv4 (valid header checksum, id 0x1234, ECT(0)) or IPv6 between
+/// `src` and `dst`, 12 bytes of TCP options, `payload_len` bytes of a known pattern, and the
+/// TCP checksum left partial. Returns the frame and its virtio-net header (12 bytes, with
+/// `gso_size` the MSS of a 1500-byte MTU); with `payload_len` ≤ the MSS the header is a plain
+/// NEEDS_CSUM one.
+pub fn tcp_segment(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    payload_len: usize,
+) -> (Vec<u8>, [u8; 12]) {
+    use crate::frame::{self, VnetHdr};
+    use std::net::IpAddr;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    let tcp_len = 32 + payload_len;
+    let v4 = src.is_ipv4();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&frame::ETHERTYPE_IPV4.to_be_bytes());
+            f.extend_from_slice(&[0x45, 0x02]);
+            f.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+            f.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, frame::IPPROTO_TCP, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            let c = frame::csum_fold(frame::csum_add(0, &f[14..34]));
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&frame::ETHERTYPE_IPV6.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0x20, 0, 0]);
+            f.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+            f.extend_from_slice(&[frame::IPPROTO_TCP, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("tcp_segment: mixed address families"),
+    }
+    let l4 = f.len();
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&5201u16.to_be_bytes());
+    f.extend_from_slice(&1000u32.to_be_bytes());
+    f.extend_from_slice(&7u32.to_be_bytes());
+    f.extend_from_slice(&[0x80, 0x18, 0x01, 0xf5, 0, 0, 0, 0]);
+    f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    f.extend((0..payload_len).map(|i| (i * 7 + i / 251) as u8));
+    let mut sum = if v4 {
+        let s = frame::csum_add(0, &f[26..34]);
+        frame::csum_add(s, &[0, frame::IPPROTO_TCP])
+    } else {
+        let s = frame::csum_add(0, &f[22..54]);
+        frame::csum_add(s, &[0, 0, 0, frame::IPPROTO_TCP])
+    };
+    sum = frame::csum_add(sum, &(tcp_len as u32).to_be_bytes());
+    f[l4 + 16..l4 + 18].copy_from_slice(&(!frame::csum_fold(sum)).to_be_bytes());
+    let mss: u16 = if v4 { 1448 } else { 1428 };
+    let gso = payload_len > usize::from(mss);
+    let h = VnetHdr {
+        flags: frame::VNET_F_NEEDS_CSUM,
+        gso_type: match (gso, v4) {
+            (false, _) => frame::VNET_GSO_NONE,
+            (true, true) => frame::VNET_GSO_TCPV4,
+            (true, false) => frame::VNET_GSO_TCPV6,
+        },
+        hdr_len: if gso { (l4 + 32) as u16 } else { 0 },
+        gso_size: if gso { mss } else { 0 },
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    };
+    (f, h.to_bytes(0))
+}
+
+/// Whether the IPv4 header checksum (if IPv4) and the TCP checksum of `f` verify.
+pub fn tcp_checksums_ok(f: &[u8]) -> bool {
+    use crate::frame::{self, csum_add, csum_fold};
+    if f.len() < 54 {
+        return false;
+    }
+    let v4 = u16::from_be_bytes([f[12], f[13]]) == frame::ETHERTYPE_IPV4;
+    let (sum, l4) = if v4 {
+        let ihl = usize::from(f[14] & 15) * 4;
+        if csum_fold(csum_add(0, &f[14..14 + ihl])) != 0 {
+            return false;
+        }
+        let l4 = 14 + ihl;
+        let s = csum_add(0, &f[26..34]);
+        let s = csum_add(s, &[0, frame::IPPROTO_TCP]);
+        (csum_add(s, &((f.len() - l4) as u16).to_be_bytes()), l4)
+    } else {
+        let s = csum_add(0, &f[22..54]);
+        let s = csum_add(s, &((f.len() - 54) as u32).to_be_bytes());
+        (csum_add(s, &[0, 0, 0, frame::IPPROTO_TCP]), 54)
+    };
+    csum_fold(csum_add(sum, &f[l4..])) == 0
 }

@@ -893,3 +893,201 @@ fn test_default_route_port_cannot_spoof_a_peer_source() {
         p["drops"]["spoof_ip"].as_u64() >= Some(3)
     });
 }
+
+/// A guest with TSO sends TCP segments (IPv4 and IPv6): a receiver with GUEST_TSO gets a
+/// segment that fits its DQL budget whole with its segmentation header (a larger one is split,
+/// with partial checksums); one without gets 64 KiB segments as MSS-sized frames whose
+/// checksums verify and whose payload reassembles to the segment's. A header asking for
+/// something invalid is dropped and counted as `bad_header`.
+#[test]
+fn test_tso_segments_go_whole_or_are_segmented_per_receiver() {
+    use std::net::IpAddr;
+    use vm_switch::frame::VnetHdr;
+    use vm_switch::testing::{tcp_checksums_ok, tcp_segment};
+    let s = SwitchProc::start("tso", &["--buffer-size", "1m"]);
+    s.add_port("a", MAC_A, &["10.0.0.1/24"], &["fd00::a/64"], false, &[]);
+    s.add_port("b", MAC_B, &["10.0.0.2/24"], &["fd00::b/64"], false, &[]);
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &["fd00::c/64"], false, &[]);
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    let mut c = s.guest_with(
+        "c",
+        GuestOptions {
+            rx_offloads: false,
+            ..GuestOptions::default()
+        },
+    );
+    s.wait_mesh(&["a", "b", "c"]);
+    let cases: [(IpAddr, IpAddr, IpAddr, usize, usize); 2] = [
+        (
+            v4("10.0.0.1").into(),
+            v4("10.0.0.2").into(),
+            v4("10.0.0.3").into(),
+            2 * 1448,
+            65535 - 20 - 32,
+        ),
+        (
+            v6("fd00::a").into(),
+            v6("fd00::b").into(),
+            v6("fd00::c").into(),
+            2 * 1428,
+            65535 - 32,
+        ),
+    ];
+    for (src, to_b, to_c, small, len) in cases {
+        // Whole, to b: two MSS, within the initial DQL budget of two MTUs.
+        let (f, h) = tcp_segment(MAC_A, MAC_B, src, to_b, small);
+        assert!(a.queue_frame_hdr(h, &f));
+        a.kick_tx();
+        let (mut got, mut hdrs) = (Vec::new(), Vec::new());
+        let deadline = std::time::Instant::now() + 5 * SECOND;
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            b.poll_frames_hdr(&mut got, &mut hdrs);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(
+            got.len(),
+            1,
+            "b gets the segment whole; stats {}",
+            s.stats()
+        );
+        assert_eq!(got[0], f, "the segment arrives unchanged");
+        let rh = VnetHdr::from_bytes(&hdrs[0]);
+        let sh = VnetHdr::from_bytes(&h);
+        assert_eq!(
+            (
+                rh.flags,
+                rh.gso_type,
+                rh.gso_size,
+                rh.csum_start,
+                rh.csum_offset
+            ),
+            (
+                sh.flags,
+                sh.gso_type,
+                sh.gso_size,
+                sh.csum_start,
+                sh.csum_offset
+            ),
+            "segmentation header passed on"
+        );
+        assert_eq!(rh.hdr_len, sh.hdr_len, "exact header length");
+
+        // A 64 KiB segment to b: beyond its DQL budget while it is idle, so it comes as
+        // MSS frames with partial checksums (GUEST_CSUM); finished, they verify and
+        // reassemble. (Whole, had DQL allowed it.)
+        let (f, h) = tcp_segment(MAC_A, MAC_B, src, to_b, len);
+        let hl = usize::from(VnetHdr::from_bytes(&h).hdr_len);
+        assert!(a.queue_frame_hdr(h, &f));
+        a.kick_tx();
+        let (mut got, mut hdrs) = (Vec::new(), Vec::new());
+        let mut payload = Vec::new();
+        let deadline = std::time::Instant::now() + 5 * SECOND;
+        while payload.len() < len && std::time::Instant::now() < deadline {
+            got.clear();
+            hdrs.clear();
+            b.poll_frames_hdr(&mut got, &mut hdrs);
+            for (g, hb) in got.iter_mut().zip(&hdrs) {
+                let rh = VnetHdr::from_bytes(hb);
+                if rh.gso_type != 0 {
+                    assert_eq!(*g, f, "whole segment unchanged");
+                } else {
+                    assert_eq!(rh.flags, frame::VNET_F_NEEDS_CSUM, "partial checksum kept");
+                    assert!(frame::finish_partial_csum(
+                        g,
+                        usize::from(rh.csum_start),
+                        usize::from(rh.csum_offset)
+                    ));
+                    assert!(g.len() <= 1514);
+                    assert!(tcp_checksums_ok(g), "finished checksums verify");
+                }
+                payload.extend_from_slice(&g[hl..]);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(payload, f[hl..], "payload reassembles at b");
+
+        // Segmented in software, to c (no receive offloads: full checksums).
+        let (f, h) = tcp_segment(MAC_A, MAC_C, src, to_c, len);
+        let mss = usize::from(VnetHdr::from_bytes(&h).gso_size);
+        let want = len.div_ceil(mss);
+        assert!(a.queue_frame_hdr(h, &f));
+        a.kick_tx();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + 5 * SECOND;
+        while got.len() < want && std::time::Instant::now() < deadline {
+            c.poll_frames(&mut got);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(got.len(), want, "c gets MSS frames; stats {}", s.stats());
+        let hl = usize::from(VnetHdr::from_bytes(&h).hdr_len);
+        let mut payload = Vec::new();
+        for g in &got {
+            assert!(g.len() <= 1514);
+            assert!(tcp_checksums_ok(g), "checksums verify");
+            payload.extend_from_slice(&g[hl..]);
+        }
+        assert_eq!(payload, f[hl..], "payload reassembles");
+    }
+
+    // A bad header: gso_size below TCP_MIN_MSS.
+    let before = s.port_stats("b")["to_guest_frames"].as_u64();
+    let (f, mut h) = tcp_segment(
+        MAC_A,
+        MAC_B,
+        v4("10.0.0.1").into(),
+        v4("10.0.0.2").into(),
+        9000,
+    );
+    h[4..6].copy_from_slice(&10u16.to_le_bytes());
+    assert!(a.queue_frame_hdr(h, &f));
+    a.kick_tx();
+    s.wait_stats("a", "bad header counted", |p| {
+        p["drops"]["bad_header"].as_u64() == Some(1)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        s.port_stats("b")["to_guest_frames"].as_u64(),
+        before,
+        "nothing more reached b"
+    );
+}
+
+/// Back-pressure: with a ring of two slots between a and b, a burst far larger than the ring
+/// is not dropped at the sender (`ring_full`): the chains wait in a's TX queue until b's child
+/// has made room, and every frame arrives, in order.
+#[test]
+fn test_full_ring_holds_the_senders_tx_chains_instead_of_dropping() {
+    let s = SwitchProc::start("backpressure", &["--buffer-size", "4k"]);
+    s.add_port("a", MAC_A, &["10.0.0.1/24"], &["fd00::a/64"], false, &[]);
+    s.add_port("b", MAC_B, &["10.0.0.2/24"], &["fd00::b/64"], false, &[]);
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    const N: u32 = 2000;
+    let mut next = 0u32;
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    while (got.len() as u32) < N && std::time::Instant::now() < deadline {
+        let mut queued = false;
+        while next < N && a.queue_frame(&udp4(MAC_A, MAC_B, v4("10.0.0.1"), v4("10.0.0.2"), next)) {
+            next += 1;
+            queued = true;
+        }
+        if queued {
+            a.kick_tx();
+        }
+        let mut frames = Vec::new();
+        b.poll_frames(&mut frames);
+        got.extend(frames.iter().filter_map(|f| tag_of(f)));
+        std::thread::yield_now();
+    }
+    let stats = s.port_stats("a");
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "every frame arrives, in order; a: {stats}, b: {}",
+        s.port_stats("b")
+    );
+    assert_eq!(stats["drops"]["ring_full"].as_u64(), Some(0));
+}

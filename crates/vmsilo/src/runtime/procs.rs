@@ -78,11 +78,15 @@ pub fn spawn(
         } => {
             // It handles guest data: it gets nothing of the runtime's it does not need.
             cmd.env_remove("NOTIFY_SOCKET");
-            // Only real directories (a symlink would move the tmpfs elsewhere).
+            // Only real directories (a symlink would move the tmpfs elsewhere), and never the
+            // one the program itself is installed in (it is found after the mounts).
+            let exe =
+                super::checks::find_program(program).and_then(|p| std::fs::canonicalize(p).ok());
             let hidden: Vec<std::path::PathBuf> = hidden
                 .iter()
                 .map(std::path::PathBuf::from)
                 .filter(|h| std::fs::symlink_metadata(h).is_ok_and(|m| m.is_dir()))
+                .filter(|h| !exe.as_ref().is_some_and(|e| e.starts_with(h)))
                 .collect();
             crate::sys::confine_child(&mut cmd, uid, gid, writable, &hidden)
                 .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
