@@ -209,23 +209,13 @@ impl Guest {
     /// Sends a chord (ctrl+shift+key) through the fake compositor.
     fn chord(&self, fake: &FakeCompositor, key: u32) {
         let conn = self.conn;
-        fake.keyboard(&[
-            KeyCmd::Modifiers {
-                conn,
-                depressed: CTRL | SHIFT,
-            },
-            KeyCmd::Key {
-                conn,
-                key,
-                pressed: true,
-            },
-            KeyCmd::Key {
-                conn,
-                key,
-                pressed: false,
-            },
-            KeyCmd::Modifiers { conn, depressed: 0 },
-        ]);
+        let mut cmds = vec![KeyCmd::Modifiers {
+            conn,
+            depressed: CTRL | SHIFT,
+        }];
+        cmds.extend(tap(conn, key));
+        cmds.push(KeyCmd::Modifiers { conn, depressed: 0 });
+        fake.keyboard(&cmds);
     }
 
     /// Dispatches until `cond` (bounded).
@@ -445,18 +435,22 @@ fn test_over_cap_and_denied_transfers_are_refused_with_a_notification() {
 
 impl Guest {
     fn fake_key(&self, fake: &FakeCompositor, key: u32) {
-        let conn = self.conn;
-        fake.keyboard(&[
-            KeyCmd::Key {
-                conn,
-                key,
-                pressed: true,
-            },
-            KeyCmd::Key {
-                conn,
-                key,
-                pressed: false,
-            },
-        ]);
+        fake.keyboard(&tap(self.conn, key));
     }
+}
+
+/// A key press and release.
+fn tap(conn: u32, key: u32) -> [KeyCmd; 2] {
+    [
+        KeyCmd::Key {
+            conn,
+            key,
+            pressed: true,
+        },
+        KeyCmd::Key {
+            conn,
+            key,
+            pressed: false,
+        },
+    ]
 }
