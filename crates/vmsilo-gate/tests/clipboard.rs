@@ -454,3 +454,35 @@ fn tap(conn: u32, key: u32) -> [KeyCmd; 2] {
         },
     ]
 }
+
+#[test]
+fn test_ask_pastes_only_on_the_second_paste_chord() {
+    let settings = Settings {
+        policy: Policy {
+            rules: vec![Rule::parse("banking:shopping:ask").unwrap()],
+        },
+        ..Settings::default()
+    };
+    let mut w = world("clipask", settings);
+    w.banking.set_selection(SECRET);
+    w.banking.chord(&w.fake, KEY_C);
+    w.banking.pump_until("the copy", || {
+        w.clipd.has(|r| r.starts_with("Clipboard: copied"))
+    });
+    // The first paste chord asks (a notification naming both VMs); nothing arrives.
+    w.shopping.chord(&w.fake, KEY_V);
+    w.shopping.pump_until("the question", || {
+        w.clipd
+            .has(|r| r.starts_with("Clipboard: confirm") && r.contains("banking → shopping"))
+    });
+    w.shopping.c.roundtrip().unwrap();
+    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert_eq!(w.clipd.slot().0, "banking");
+    // The second one pastes.
+    w.shopping.chord(&w.fake, KEY_V);
+    w.shopping.pump_until("the pasted selection", || {
+        w.shopping.seen.borrow().selection.is_some()
+    });
+    assert_eq!(w.shopping.paste(), SECRET);
+    assert_eq!(w.clipd.slot().0, "");
+}
