@@ -140,3 +140,31 @@ fn test_unreachable_compositor_is_a_runtime_failure() {
     );
     assert!(!sock.exists(), "the socket was left behind");
 }
+
+#[test]
+fn test_bad_clipboard_chords_are_usage_errors() {
+    for (copy, paste, why) in [
+        ("shift+c", "ctrl+shift+v", "typing would trigger it"),
+        ("ctrl+shift+nosuchkey", "ctrl+shift+v", "unknown key"),
+        ("ctrl+shift+v", "ctrl+shift+v", "must differ"),
+    ] {
+        let o = run(&[
+            "--vm",
+            "work",
+            "--color",
+            "#2ecc71",
+            "--listen",
+            "/nonexistent/gate.sock",
+            "--compositor",
+            "/nonexistent/compositor",
+            "--clipd",
+            "/nonexistent/clipd.sock",
+            "--copy-chord",
+            copy,
+            "--paste-chord",
+            paste,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{copy} {paste}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    }
+}
