@@ -1,13 +1,12 @@
 //! Support for the frame tests: a headless weston (root only), a minimal gate driver that
 //! wires `frame::start`/`frame::on_bind` the way the connection code does, screenshots
-//! (a small PNG reader on miniz_oxide) and the compositor's protocol trace.
+//! (PNGs read with the test kit's reader) and the compositor's protocol trace.
 #![allow(dead_code)]
 
 pub mod client;
 pub mod sway;
 
 use std::cell::Cell;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -240,89 +239,19 @@ pub struct Shot {
 }
 
 impl Shot {
-    /// Reads an 8-bit RGB or RGBA non-interlaced PNG (what weston-screenshooter writes).
+    /// Reads an 8-bit RGB or RGBA non-interlaced PNG (what weston-screenshooter writes),
+    /// with the test kit's PNG reader.
     pub fn read_png(path: &Path) -> Shot {
-        let mut data = Vec::new();
-        std::fs::File::open(path)
-            .unwrap()
-            .read_to_end(&mut data)
-            .unwrap();
-        assert_eq!(&data[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
-        let (mut pos, mut idat) = (8, Vec::new());
-        let (mut w, mut h, mut bpp) = (0usize, 0usize, 0usize);
-        while pos + 8 <= data.len() {
-            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-            let kind = &data[pos + 4..pos + 8];
-            let body = &data[pos + 8..pos + 8 + len];
-            match kind {
-                b"IHDR" => {
-                    w = u32::from_be_bytes(body[0..4].try_into().unwrap()) as usize;
-                    h = u32::from_be_bytes(body[4..8].try_into().unwrap()) as usize;
-                    assert_eq!(body[8], 8, "bit depth");
-                    bpp = match body[9] {
-                        2 => 3,
-                        6 => 4,
-                        t => panic!("PNG colour type {t} not handled"),
-                    };
-                    assert_eq!(body[12], 0, "interlaced PNG not handled");
-                }
-                b"IDAT" => idat.extend_from_slice(body),
-                b"IEND" => break,
-                _ => {}
-            }
-            pos += 12 + len;
-        }
-        let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&idat).expect("inflate");
-        let stride = w * bpp;
-        assert_eq!(raw.len(), h * (stride + 1), "PNG data size");
-        let mut img = vec![0u8; h * stride];
-        for y in 0..h {
-            let filter = raw[y * (stride + 1)];
-            let line = &raw[y * (stride + 1) + 1..(y + 1) * (stride + 1)];
-            for x in 0..stride {
-                let a = if x >= bpp {
-                    img[y * stride + x - bpp]
-                } else {
-                    0
-                };
-                let b = if y > 0 { img[(y - 1) * stride + x] } else { 0 };
-                let c = if x >= bpp && y > 0 {
-                    img[(y - 1) * stride + x - bpp]
-                } else {
-                    0
-                };
-                let pred = match filter {
-                    0 => 0,
-                    1 => a,
-                    2 => b,
-                    3 => ((u16::from(a) + u16::from(b)) / 2) as u8,
-                    4 => {
-                        let p = i16::from(a) + i16::from(b) - i16::from(c);
-                        let (pa, pb, pc) = (
-                            (p - i16::from(a)).abs(),
-                            (p - i16::from(b)).abs(),
-                            (p - i16::from(c)).abs(),
-                        );
-                        if pa <= pb && pa <= pc {
-                            a
-                        } else if pb <= pc {
-                            b
-                        } else {
-                            c
-                        }
-                    }
-                    f => panic!("PNG filter {f}"),
-                };
-                img[y * stride + x] = line[x].wrapping_add(pred);
-            }
-        }
+        let img = vmsilo_testkit::png::read(path)
+            .unwrap_or_else(|e| panic!("reading the screenshot {}: {e}", path.display()));
         let px = img
-            .chunks_exact(bpp)
+            .rgba
+            .chunks_exact(4)
             .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
             .collect();
         Shot {
-            width: w,
-            height: h,
+            width: img.width,
+            height: img.height,
             px,
         }
     }
