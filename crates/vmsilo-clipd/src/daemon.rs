@@ -206,13 +206,15 @@ impl Daemon {
             if dropped > 0 {
                 eprintln!("vmsilo-clipd: {dropped} log lines suppressed (rate limit)");
             }
-            eprintln!("vmsilo-clipd: {line}");
+            // Lines carry VM names, MIME types and errors a guest may have shaped.
+            eprintln!("vmsilo-clipd: {}", vmsilo_proto::text::escape(line));
         }
     }
 
     /// Tells the user: always the log (and [`Self::records`]), and a desktop notification
     /// when enabled and a session bus exists.
     fn notify(&mut self, summary: &str, body: &str) {
+        let body = &*vmsilo_proto::text::escape(body);
         self.log(&format!("{summary}: {body}"));
         if let Ok(mut r) = self.records.lock()
             && r.len() < 10_000

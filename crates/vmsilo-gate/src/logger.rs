@@ -86,10 +86,13 @@ impl Log for StderrLogger {
                 "vmsilo-gate[{pid}]: warn: {dropped} log lines dropped (rate limit)\n"
             ));
         }
+        // Messages (ours and wl-proxy's) can carry guest-chosen strings: interface names,
+        // protocol error texts. Escaped here, the one place every log line passes.
+        let text = record.args().to_string();
         line.push_str(&format!(
             "vmsilo-gate[{pid}]: {}: {}\n",
             record.level().as_str().to_lowercase(),
-            record.args()
+            vmsilo_proto::text::escape(&text)
         ));
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
