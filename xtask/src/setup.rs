@@ -45,6 +45,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "desktop-file-validate checks vmsilo desktop-entries' output",
     ),
     (
+        "nftables",
+        "nft -j: vmsilo net's NAT table, in the host networking e2e test",
+    ),
+    (
         "libglib2.0-bin",
         "gio launch runs a generated desktop entry with a URL in a test",
     ),

@@ -46,6 +46,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Write the systemd units and the polkit rule the configuration turns into.
     Units(UnitsArgs),
+    /// Set up (`up`) or undo (`down`) the host's TAPs, bridge ports, forwarding and NAT on hosts
+    /// without the NixOS module: what `vmsilo-net.service` runs (as root).
+    Net(NetArgs),
     /// Show the VMs: state, uptime, memory, PID, command socket.
     Status(StatusArgs),
     /// Run a command in a VM, starting the VM if needed (also `vm-run <vm> <command>`).
@@ -92,7 +95,78 @@ pub struct FillHomeArgs {
 
 /// `vmsilo check`.
 #[derive(Debug, Args)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Who sets up the host's network and PCI devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HostSetup {
+    /// The NixOS module when /etc/NIXOS exists, else vmsilo.
+    Auto,
+    /// The NixOS module (`programs.vmsilo`): no vmsilo-net.service.
+    Nixos,
+    /// vmsilo itself: vmsilo-net.service, vfio-pci binding at VM start.
+    Vmsilo,
+}
+
+/// `--host-setup`.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// Who sets up TAPs, bridges, NAT and vfio-pci: the NixOS module, or vmsilo (hosts
+    /// without it). `auto`: the NixOS module when /etc/NIXOS exists.
+    #[arg(
+        long,
+        env = "VMSILO_HOST_SETUP",
+        value_name = "WHO",
+        default_value = "auto"
+    )]
+    pub host_setup: HostSetup,
+}
+
+impl HostArgs {
+    /// Whether vmsilo sets up the host itself (not the NixOS module).
+    pub fn vmsilo_sets_up(&self) -> bool {
+        match self.host_setup {
+            HostSetup::Nixos => false,
+            HostSetup::Vmsilo => true,
+            HostSetup::Auto => !Path::new("/etc/NIXOS").exists(),
+        }
+    }
+}
+
+/// `vmsilo net`.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// up: create what the configuration asks for (idempotent, undoes what it no longer asks
+    /// for); down: undo what `up` did.
+    #[arg(value_enum)]
+    pub action: NetAction,
+
+    /// Print the operations instead of carrying them out.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Directory of the record of what `up` changed (`net.json`).
+    #[arg(long, env = "VMSILO_RUN_DIR", value_name = "DIR", default_value = vmsilo_config::paths::DEFAULT_RUN_DIR)]
+    pub run_dir: String,
+
+    #[command(flatten)]
+    pub user: UserArgs,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// `vmsilo net up|down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetAction {
+    /// Set up TAPs, addresses, bridge ports, forwarding and NAT.
+    Up,
+    /// Undo what `up` set up.
+    Down,
+}
 
 /// The three runtime directories, shared by every command that touches a running VM.
 #[derive(Debug, Clone, Args)]
@@ -169,6 +243,9 @@ pub struct BinArgs {
     /// The vmsilo-balloond executable.
     #[arg(long, env = "VMSILO_BALLOOND_BIN", value_name = "PATH")]
     pub balloond_bin: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// `vmsilo-generator NORMAL [EARLY LATE]` (systemd.generator(7)).

@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config_file;
 pub mod desktop;
 pub mod error;
+pub mod hostnet;
 pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;

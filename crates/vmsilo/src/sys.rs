@@ -1,7 +1,8 @@
 //! The crate's only unsafe code: `pre_exec` hooks for the processes the runtime starts (signal
 //! mask and parent-death signal, passing a descriptor, the network and mount namespaces of the
 //! gate and waypipe), adopting inherited descriptors (the
-//! socket-activation one, the shared home of `fill-home`), and reading a terminal's size.
+//! socket-activation one, the shared home of `fill-home`), reading a terminal's size, and
+//! creating a persistent TAP (the tun ioctls).
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -270,6 +271,61 @@ pub fn confine_child(
             check(libc::setuid(uid).into())?;
             Ok(())
         });
+    }
+    Ok(())
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union).
+#[repr(C)]
+struct TunIfReq {
+    name: [u8; 16],
+    flags: nix::libc::c_short,
+    _pad: [u8; 22],
+}
+
+nix::ioctl_write_ptr_bad!(
+    tunsetiff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<nix::libc::c_int>()),
+    TunIfReq
+);
+nix::ioctl_write_int!(tunsetpersist, b'T', 203);
+nix::ioctl_write_int!(tunsetowner, b'T', 204);
+
+/// Creates the persistent TAP `name` (no packet information header, as `ip tuntap add mode
+/// tap` does) owned by `uid`. Fails with EBUSY-like errors if a device of that name exists and
+/// is in use. `name` must be at most 15 bytes without NUL.
+pub fn create_persistent_tap(name: &str, uid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    const IFF_TAP: nix::libc::c_short = 0x0002;
+    const IFF_NO_PI: nix::libc::c_short = 0x1000;
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 15 || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name"),
+        ));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = TunIfReq {
+        name: [0; 16],
+        flags: IFF_TAP | IFF_NO_PI,
+        _pad: [0; 22],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    let fd = tun.as_raw_fd();
+    // SAFETY: `fd` is an open /dev/net/tun descriptor owned by `tun`, alive for these calls;
+    // TUNSETIFF reads one `struct ifreq` (40 bytes, which TunIfReq is, NUL-terminated name)
+    // from a live local; TUNSETOWNER and TUNSETPERSIST take plain integers.
+    // JUSTIFICATION: nix has no safe wrapper for the tun ioctls, and rtnetlink cannot create
+    // TAPs (the kernel's tun driver refuses RTM_NEWLINK).
+    unsafe {
+        tunsetiff(fd, &req)?;
+        tunsetowner(fd, nix::libc::c_ulong::from(uid))?;
+        tunsetpersist(fd, 1)?;
     }
     Ok(())
 }

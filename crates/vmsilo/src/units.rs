@@ -10,7 +10,11 @@
 //! - `vmsilo-<vm>-vm.service`: `vmsilo vm-service <vm>` as root, `Type=notify`, hardened;
 //!   `autoStart` adds it to `multi-user.target.wants/`, `dependsOn` becomes `Wants=`/`After=`.
 //!
-//! Per vm-switch network `<net>`: `vm-switch-<net>.service`. Once: `vmsilo-balloond.service`.
+//! Per vm-switch network `<net>`: `vm-switch-<net>.service`. Once: `vmsilo-balloond.service`,
+//! and, on hosts without the NixOS module ([`UnitOptions::host_network`]) whose configuration
+//! has TAP interfaces or NAT, `vmsilo-net.service` (`vmsilo net up`/`down`, a oneshot that
+//! stays active; the VM services with TAPs require it). The NixOS module sets up TAPs, bridges
+//! and NAT itself, so it must not be generated there.
 //! The polkit rule (`50-vmsilo.rules`) lets the configured user start, stop and restart exactly
 //! these units, by name; a generator cannot install it (the NixOS module does, `vmsilo units`
 //! writes it for other systems).
@@ -33,6 +37,9 @@ pub struct UnitOptions {
     pub balloond_bin: String,
     /// Absolute path of the configuration the services read (`--config`).
     pub config_path: String,
+    /// Whether vmsilo sets up the host's TAPs, bridge ports and NAT itself
+    /// (`vmsilo-net.service`): true except where the NixOS module does it.
+    pub host_network: bool,
 }
 
 /// What a generated file is.
@@ -84,6 +91,9 @@ pub fn vm_switch_service(net: &str) -> String {
 
 /// Name of the balloon daemon's service.
 pub const BALLOOND_SERVICE: &str = "vmsilo-balloond.service";
+
+/// Name of the host networking service (hosts without the NixOS module).
+pub const NET_SERVICE: &str = "vmsilo-net.service";
 
 /// Quotes one word for an `ExecStart=` line or a path list: `%` and `$` are escaped (systemd
 /// specifiers and variables), and a word with blanks, quotes, backslashes or `;` is put in
@@ -277,6 +287,10 @@ fn vm_service_text(vm: &Vm, opts: &UnitOptions) -> String {
     let nets = networks(vm);
     let mut wants: Vec<String> = vec![BALLOOND_SERVICE.to_owned()];
     let mut after: Vec<String> = vec!["network.target".to_owned()];
+    let needs_net = opts.host_network && !crate::hostnet::vm_taps(vm).is_empty();
+    if needs_net {
+        after.push(NET_SERVICE.to_owned());
+    }
     for n in &nets {
         wants.push(vm_switch_service(n));
         after.push(vm_switch_service(n));
@@ -295,7 +309,7 @@ fn vm_service_text(vm: &Vm, opts: &UnitOptions) -> String {
         "[Unit]
 Description=vmsilo VM {name}
 Documentation=man:vmsilo(1)
-Wants={wants}
+{requires}Wants={wants}
 After={after}
 
 [Service]
@@ -312,6 +326,11 @@ NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHome=read-only
 ",
+        requires = if needs_net {
+            format!("Requires={NET_SERVICE}\n")
+        } else {
+            String::new()
+        },
         wants = wants.join(" "),
         after = after.join(" "),
         exec = command_line(&[
@@ -343,6 +362,19 @@ SystemCallArchitectures=native
     t
 }
 
+/// `RuntimeDirectory=` lines creating `dir` (0755, kept when the unit stops) if it is under
+/// /run (the directive is relative to /run; a directory elsewhere gets none).
+fn runtime_directory(dir: &str) -> String {
+    dir.strip_prefix("/run/")
+        .map(|rel| {
+            format!(
+                "RuntimeDirectory={}\nRuntimeDirectoryMode=0755\nRuntimeDirectoryPreserve=yes\n",
+                quote(rel)
+            )
+        })
+        .unwrap_or_default()
+}
+
 fn vm_switch_text(cfg: &ValidConfig, net: &str, dirs: &Dirs, opts: &UnitOptions) -> String {
     let dir = dirs.vm_switch_net_dir(net);
     let mut argv: Vec<String> = vec![
@@ -355,16 +387,7 @@ fn vm_switch_text(cfg: &ValidConfig, net: &str, dirs: &Dirs, opts: &UnitOptions)
         cfg.vm_switch.log_level.as_str().into(),
     ];
     argv.extend(cfg.vm_switch.extra_args.iter().cloned());
-    // RuntimeDirectory= is relative to /run; only the default vm-switch dir can use it.
-    let runtime_dir = dir
-        .strip_prefix("/run/")
-        .map(|rel| {
-            format!(
-                "RuntimeDirectory={}\nRuntimeDirectoryMode=0755\nRuntimeDirectoryPreserve=yes\n",
-                quote(rel)
-            )
-        })
-        .unwrap_or_default();
+    let runtime_dir = runtime_directory(&dir);
     format!(
         "{header}\
 [Unit]
@@ -417,13 +440,63 @@ Restart=on-failure
     )
 }
 
+/// `vmsilo-net.service`: TAPs, bridge ports, forwarding and NAT, set up once for every VM
+/// (persistent TAPs, as the NixOS module makes them) and undone when it stops. A oneshot that
+/// stays active, so that VM services can require it; `systemctl reload` applies a changed
+/// configuration without touching TAPs that did not change.
+fn net_service_text(dirs: &Dirs, opts: &UnitOptions) -> String {
+    let exec = |verb: &str| {
+        command_line(&[
+            opts.vmsilo_bin.as_str(),
+            "--config",
+            &opts.config_path,
+            "net",
+            verb,
+        ])
+    };
+    let runtime_dir = runtime_directory(&dirs.run_dir);
+    format!(
+        "{header}\
+[Unit]
+Description=vmsilo host networking (TAPs, bridge ports, NAT)
+Documentation=man:vmsilo(1)
+After=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={up}
+ExecReload={up}
+ExecStop={down}
+{runtime_dir}NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={run}
+ProtectHome=yes
+PrivateTmp=yes
+CapabilityBoundingSet=CAP_NET_ADMIN
+RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
+LockPersonality=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+",
+        header = header(opts),
+        up = exec("up"),
+        down = exec("down"),
+        run = quote(&dirs.run_dir),
+    )
+}
+
 /// The names of the units [`render`] writes (not the `.wants/` links), sorted: what the polkit
-/// rule lets the configured user manage.
+/// rule lets the configured user manage. Not `vmsilo-net.service`: stopping it takes every
+/// VM's network away (a VM service the user starts still pulls it in).
 pub fn managed_units(cfg: &ValidConfig, opts: &UnitOptions) -> Vec<String> {
     let mut units: Vec<String> = render(cfg, opts)
         .into_iter()
         .filter(|g| matches!(g.contents, Contents::File(_)))
         .map(|g| g.path)
+        .filter(|p| p != NET_SERVICE)
         .collect();
     units.sort();
     units
@@ -466,6 +539,10 @@ pub fn render(cfg: &ValidConfig, opts: &UnitOptions) -> Vec<Generated> {
         BALLOOND_SERVICE.to_owned(),
         balloond_text(cfg, &dirs, opts),
     ));
+    if opts.host_network && crate::hostnet::needed(cfg) {
+        out.push(file(NET_SERVICE.to_owned(), net_service_text(&dirs, opts)));
+        out.push(link("multi-user.target.wants", NET_SERVICE));
+    }
     out
 }
 
@@ -525,6 +602,7 @@ mod tests {
             vm_switch_bin: "/bin/vm-switch".into(),
             balloond_bin: "/bin/vmsilo-balloond".into(),
             config_path: "/etc/vmsilo/vmsilo.toml".into(),
+            host_network: true,
         }
     }
 
@@ -617,6 +695,81 @@ sharedHome = false
         assert!(
             switch.contains("RuntimeDirectory=vm-switch/lan\n"),
             "{switch}"
+        );
+    }
+
+    const TAPS: &str = r#"
+enable = true
+user = "alice"
+hostNetworking.nat = { enable = true, interface = "eth0" }
+[[nixosVms]]
+name = "a"
+kernel = "/k"
+initramfs = "/i"
+rootDisk = "/r"
+[nixosVms.network.interfaces.wan]
+type = "tap"
+tap.hostAddress = "10.0.0.254/24"
+[[nixosVms]]
+name = "b"
+kernel = "/k"
+initramfs = "/i"
+rootDisk = "/r"
+"#;
+
+    fn text_of(files: &[Generated], path: &str) -> String {
+        match files.iter().find(|f| f.path == path).map(|f| &f.contents) {
+            Some(Contents::File(t)) => t.clone(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_net_service_is_generated_without_nixos_and_required_by_tap_vms() {
+        let files = render(&cfg(TAPS), &opts());
+        let net = text_of(&files, NET_SERVICE);
+        assert!(net.contains("Type=oneshot\nRemainAfterExit=yes\n"), "{net}");
+        assert!(
+            net.contains("ExecStart=/bin/vmsilo --config /etc/vmsilo/vmsilo.toml net up\n"),
+            "{net}"
+        );
+        assert!(
+            net.contains("ExecStop=/bin/vmsilo --config /etc/vmsilo/vmsilo.toml net down\n"),
+            "{net}"
+        );
+        assert!(net.contains("ExecReload=/bin/vmsilo --config /etc/vmsilo/vmsilo.toml net up\n"));
+        assert!(
+            files
+                .iter()
+                .any(|f| f.path == "multi-user.target.wants/vmsilo-net.service")
+        );
+        let a = text_of(&files, "vmsilo-a-vm.service");
+        assert!(a.contains("Requires=vmsilo-net.service\n"), "{a}");
+        assert!(
+            a.contains("After=network.target vmsilo-net.service\n"),
+            "{a}"
+        );
+        // A VM without TAPs does not wait for it.
+        let b = text_of(&files, "vmsilo-b-vm.service");
+        assert!(!b.contains("vmsilo-net.service"), "{b}");
+        // The user may not stop everyone's network through polkit.
+        assert!(!managed_units(&cfg(TAPS), &opts()).contains(&NET_SERVICE.to_owned()));
+    }
+
+    #[test]
+    fn test_net_service_is_not_generated_where_the_nixos_module_sets_up_the_host() {
+        let nixos = UnitOptions {
+            host_network: false,
+            ..opts()
+        };
+        let files = render(&cfg(TAPS), &nixos);
+        assert!(!files.iter().any(|f| f.path.contains(NET_SERVICE)));
+        assert!(!text_of(&files, "vmsilo-a-vm.service").contains(NET_SERVICE));
+        // Nor without TAPs or NAT.
+        assert!(
+            !render(&cfg(VM), &opts())
+                .iter()
+                .any(|f| f.path.contains(NET_SERVICE))
         );
     }
 

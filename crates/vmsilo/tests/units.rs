@@ -28,12 +28,14 @@ fn stderr(o: &Output) -> String {
 }
 
 /// `systemd-analyze verify` only checks that ExecStart= programs exist and are executable, so
-/// all three point at the real vmsilo binary here.
+/// all three point at the real vmsilo binary here. The host is taken as one without the NixOS
+/// module (vmsilo-net.service is generated), whatever this machine is.
 fn bins(cmd: &mut Command) -> &mut Command {
     let b = vmsilo_bin();
     cmd.env("VMSILO_BIN", &b)
         .env("VMSILO_VM_SWITCH_BIN", &b)
         .env("VMSILO_BALLOOND_BIN", &b)
+        .env("VMSILO_HOST_SETUP", "vmsilo")
 }
 
 /// Every file under `dir` (relative path → content, or `-> target` for symlinks).
@@ -268,6 +270,32 @@ fn test_generator_writes_what_vmsilo_units_writes() {
     assert_eq!(tree(&gen_dir.join("normal")), tree(&units.join("systemd")));
     assert!(tree(&gen_dir.join("early")).is_empty());
     assert!(tree(&gen_dir.join("late")).is_empty());
+}
+
+#[test]
+fn test_generator_on_nixos_leaves_host_networking_to_the_module() {
+    let dir = Scratch::new("gen-nixos");
+    let gen_dir = dir.path().join("gen");
+    for d in ["normal", "early", "late"] {
+        std::fs::create_dir_all(gen_dir.join(d)).expect("mkdir");
+    }
+    let o = bins(&mut Command::new(vmsilo_bin()))
+        .env("VMSILO_HOST_SETUP", "nixos")
+        .env("VMSILO_CONFIG", example())
+        .arg("generator")
+        .arg(gen_dir.join("normal"))
+        .output()
+        .expect("generator");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = tree(&gen_dir.join("normal"));
+    assert!(
+        !files.iter().any(|(p, _)| p.contains("vmsilo-net.service")),
+        "{files:?}"
+    );
+    assert!(files.iter().any(|(p, _)| p == "vmsilo-banking-vm.service"));
+    // Without NixOS the same configuration gets it (the seed's VMs have TAPs and NAT).
+    let units = units(&dir, &example());
+    assert!(units.join("systemd/vmsilo-net.service").is_file());
 }
 
 #[test]

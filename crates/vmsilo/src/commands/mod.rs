@@ -15,6 +15,7 @@ pub mod command_service;
 pub mod completions;
 pub mod desktop_entries;
 pub mod generator;
+pub mod net;
 pub mod plan;
 pub mod run;
 pub mod shell;
@@ -31,6 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Clipboard(args) => clipboard::run(config, &args),
         Command::Plan(args) => plan::run(config, &args),
         Command::Units(args) => units::run(config, &args),
+        Command::Net(args) => net::run(config, &args),
         Command::Generator(args) => generator::run(config, &args),
         Command::Status(args) => status::run(config, &args),
         Command::Run(args) => run::run(config, &args),

@@ -48,6 +48,7 @@ pub fn unit_options(bins: &BinArgs, config_path: &Path) -> Result<UnitOptions, C
         vm_switch_bin: path_string(&neighbour(&bins.vm_switch_bin, "vm-switch"))?,
         balloond_bin: path_string(&neighbour(&bins.balloond_bin, "vmsilo-balloond"))?,
         config_path: path_string(&absolute(config_path))?,
+        host_network: bins.host.vmsilo_sets_up(),
     })
 }
 

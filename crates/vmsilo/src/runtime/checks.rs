@@ -75,6 +75,23 @@ pub fn provider(program: &str) -> &'static str {
     }
 }
 
+/// The first of the VM's TAPs missing from `<sys>/class/net`, as a message: the VMM would fail
+/// with a terse error, or (QEMU, as root) create a TAP nobody owns.
+pub fn check_taps(sys: &Path, vm: &Vm) -> Result<(), String> {
+    for t in crate::hostnet::vm_taps(vm) {
+        let dev = sys.join("class/net").join(&t.name);
+        if std::fs::symlink_metadata(&dev).is_err() {
+            return Err(format!(
+                "network.interfaces.{}: the TAP {:?} does not exist: start vmsilo-net.service \
+                 (systemctl reload-or-restart vmsilo-net.service after a configuration change; \
+                 it runs `vmsilo net up`), or on NixOS rebuild the system",
+                t.iface, t.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Drivers a device in a passed-through IOMMU group may have: vfio-pci owns it, pci-stub
 /// parks it, or (for PCI bridges only) the kernel's port driver. A device without a driver is
 /// fine too; the kernel's own viability rule is the same.
@@ -165,6 +182,29 @@ pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_missing_tap_names_the_interface_and_the_service() {
+        let cfg = vmsilo_config::load_str(
+            "enable = true\nuser = \"u\"\n[[nixosVms]]\nname = \"work\"\nkernel = \"/k\"\n\
+             initramfs = \"/i\"\nrootDisk = \"/r\"\n[nixosVms.network.interfaces.wan]\n\
+             type = \"tap\"\ntap.hostAddress = \"10.0.0.254/24\"\n",
+            vmsilo_config::Format::Toml,
+        )
+        .expect("valid");
+        let vm = &cfg.nixos_vms[0];
+        let sys = std::env::temp_dir().join(format!("vmsilo-taps-{}", std::process::id()));
+        std::fs::create_dir_all(sys.join("class/net")).expect("mkdir");
+        let err = check_taps(&sys, vm).expect_err("missing");
+        assert!(
+            err.contains("network.interfaces.wan: the TAP \"work-0\" does not exist"),
+            "{err}"
+        );
+        assert!(err.contains("vmsilo-net.service"), "{err}");
+        std::fs::create_dir_all(sys.join("class/net/work-0")).expect("mkdir");
+        assert_eq!(check_taps(&sys, vm), Ok(()));
+        let _ = std::fs::remove_dir_all(&sys);
+    }
 
     #[test]
     fn test_bridges_may_keep_pcieport_but_other_drivers_may_not() {

@@ -250,6 +250,7 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
 
 fn preflight(o: &RunOptions) -> Result<(), String> {
     checks::check_guest_files(&o.vm)?;
+    checks::check_taps(&o.sysfs_root, &o.vm)?;
     for d in &o.vm.pci_devices {
         checks::check_iommu_group(&o.sysfs_root, &d.address)?;
     }
