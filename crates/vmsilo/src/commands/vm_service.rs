@@ -21,6 +21,7 @@ pub fn run(config: Option<&Path>, args: &RunArgs, debug: bool) -> Result<(), Cli
         vm,
         run_dir: args.dirs.run_dir.clone(),
         sysfs_root: args.sysfs_root.clone(),
+        isolated_pci: cfg.isolated_pci_devices.clone(),
         home_template: args.home_template.clone(),
         shutdown_timeout: args.shutdown_timeout,
         socket_timeout: args.socket_timeout,

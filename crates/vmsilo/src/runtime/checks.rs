@@ -171,8 +171,8 @@ pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
         return Err(format!(
             "PCI device {addr}: IOMMU group {group_name} is not fully bound to vfio-pci; its \
              devices: {}. Every device of the group must be passed through together: add them \
-             all to `isolatedPciDevices` (vfio-pci claims them at boot) and reboot, or unbind \
-             them from their drivers",
+             all to `isolatedPciDevices` (vfio-pci takes them at VM start; on NixOS at boot, \
+             after a rebuild), or unbind them from their drivers",
             described.join(", ")
         ));
     }

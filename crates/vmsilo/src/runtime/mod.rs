@@ -1,9 +1,10 @@
 //! The VM runtime: what `vmsilo vm-service <vm>` (under systemd) and `vm-start-debug <vm>` (in
 //! a terminal) do with a launch plan.
 //!
-//! 1. Checks that create nothing: the guest's kernel, initramfs, disks and shared directories
-//!    exist; every PCI device's IOMMU group is fully owned by vfio-pci; the VMM, the backends
-//!    and `qemu-img` are installed.
+//! 1. Checks: the guest's kernel, initramfs, disks and shared directories exist; its TAPs
+//!    exist; the VMM, the backends and `qemu-img` are installed. Then the VM's PCI devices and
+//!    the isolated members of their IOMMU groups are bound to vfio-pci if nothing did it at
+//!    boot ([`vfio`]), and every device's IOMMU group must be fully owned by vfio-pci.
 //! 2. The run directory (created 0755 if missing), the lock `<vm>.lock` (one runtime per VM)
 //!    and the state file `<vm>.state` (read by `vmsilo status`).
 //! 3. Stale sockets of the plan are removed; a socket something still listens on, or a
@@ -52,6 +53,7 @@ pub mod ports;
 pub mod procs;
 pub mod signals;
 pub mod state;
+pub mod vfio;
 
 use procs::{Identity, Proc, WaitError};
 use signals::Signals;
@@ -121,6 +123,9 @@ pub struct RunOptions {
     pub run_dir: String,
     /// Root of sysfs (`/sys`).
     pub sysfs_root: PathBuf,
+    /// `isolatedPciDevices`: the devices vfio-pci may take (with the VM's own, the members of
+    /// their IOMMU groups that are listed here are moved to vfio-pci at start).
+    pub isolated_pci: Vec<vmsilo_config::pci::PciAddress>,
     /// Shared home template.
     pub home_template: PathBuf,
     /// Time the guest gets to power off.
@@ -251,9 +256,6 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
 fn preflight(o: &RunOptions) -> Result<(), String> {
     checks::check_guest_files(&o.vm)?;
     checks::check_taps(&o.sysfs_root, &o.vm)?;
-    for d in &o.vm.pci_devices {
-        checks::check_iommu_group(&o.sysfs_root, &d.address)?;
-    }
     let mut programs: Vec<&str> = Vec::new();
     if let Some(p) = o.plan.argv.first() {
         programs.push(p);
@@ -277,6 +279,18 @@ fn preflight(o: &RunOptions) -> Result<(), String> {
     }
     if o.plan.vmm == Vmm::Crosvm {
         checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
+    }
+    let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
+    for w in vfio::bind(&o.sysfs_root, &devices, &o.isolated_pci)? {
+        eprintln!(
+            "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
+            o.plan.vm,
+            w.value,
+            w.path.display()
+        );
+    }
+    for d in &devices {
+        checks::check_iommu_group(&o.sysfs_root, d)?;
     }
     Ok(())
 }

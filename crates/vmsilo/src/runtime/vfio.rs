@@ -1,0 +1,498 @@
+//! vfio-pci binding at VM start, for hosts where nothing claimed `isolatedPciDevices` at boot
+//! (the NixOS module does it in early boot and at activation; there every device is already
+//! on vfio-pci and nothing is written).
+//!
+//! For each passed-through device: its IOMMU group is read first, and every member bound to a
+//! driver other than vfio-pci (or pci-stub, or a bridge's pcieport) must be in
+//! `isolatedPciDevices`, else nothing is written. Then the device and the isolated members of
+//! its group that are not on vfio-pci get, in order: `vfio-pci` into `driver_override`, their
+//! address into their current driver's `unbind`, and their address into
+//! `bus/pci/drivers_probe` (which binds them to vfio-pci through the override). Devices stay
+//! on vfio-pci when the VM stops, as after the NixOS module's early-boot claim.
+//!
+//! The sysfs root is a parameter (tests use a fake tree). Root writes only to attribute files
+//! whose directories resolve inside that root: the device directory must resolve under
+//! `<root>/devices/`, a driver's directory under `<root>/bus/pci/drivers/`, the driver's name
+//! comes from the link's last component (never its target path), and every attribute is
+//! opened without following a final symlink and without creating anything.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use vmsilo_config::pci::PciAddress;
+
+/// One write into sysfs: the attribute and the text written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysfsWrite {
+    /// The attribute file.
+    pub path: PathBuf,
+    /// What was written.
+    pub value: String,
+}
+
+/// The drivers a group member may keep without being isolated (see `checks::viable`).
+fn harmless(driver: Option<&str>, class: u32) -> bool {
+    match driver {
+        None | Some("vfio-pci") | Some("pci-stub") => true,
+        Some("pcieport") => class >> 8 == 0x0604,
+        Some(_) => false,
+    }
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, String> {
+    std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+}
+
+/// A device's real directory, checked to lie under `<root>/devices/`.
+fn device_dir(root: &Path, addr: &PciAddress) -> Result<PathBuf, String> {
+    let link = root.join("bus/pci/devices").join(addr.to_string());
+    if std::fs::symlink_metadata(&link).is_err() {
+        return Err(format!(
+            "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
+             `isolatedPciDevices` (lspci -D lists the devices)",
+            link.display()
+        ));
+    }
+    let real = canonical(&link)?;
+    if !real.starts_with(root.join("devices")) {
+        return Err(format!(
+            "PCI device {addr}: {} resolves to {}, outside {}/devices: refusing to write there",
+            link.display(),
+            real.display(),
+            root.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// The name of the driver bound to the device in `dev`, from the link's last component.
+fn driver_name(dev: &Path) -> Result<Option<String>, String> {
+    let link = dev.join("driver");
+    let target = match std::fs::read_link(&link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", link.display())),
+    };
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            !n.is_empty()
+                && *n != "."
+                && *n != ".."
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .ok_or_else(|| {
+            format!(
+                "{} points to {}, which is not a driver name",
+                link.display(),
+                target.display()
+            )
+        })?;
+    Ok(Some(name.to_owned()))
+}
+
+fn read_class(dev: &Path) -> u32 {
+    std::fs::read_to_string(dev.join("class"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
+
+/// The members of a device's IOMMU group, sorted.
+fn group_members(root: &Path, addr: &PciAddress, dev: &Path) -> Result<Vec<PciAddress>, String> {
+    let link = dev.join("iommu_group");
+    let Ok(group) = std::fs::read_link(&link) else {
+        return Err(format!(
+            "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU \
+             (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the \
+             firmware)",
+            link.display()
+        ));
+    };
+    let name = group
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        .ok_or_else(|| {
+            format!(
+                "{} points to {}, which is not an IOMMU group",
+                link.display(),
+                group.display()
+            )
+        })?;
+    let dir = root.join("kernel/iommu_groups").join(name).join("devices");
+    let mut members = Vec::new();
+    for e in std::fs::read_dir(&dir)
+        .map_err(|e| format!("PCI device {addr}: cannot list {}: {e}", dir.display()))?
+    {
+        let e = e.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        let m: PciAddress = n
+            .parse()
+            .map_err(|why| format!("{}: unexpected entry {n:?}: {why}", dir.display()))?;
+        members.push(m);
+    }
+    members.sort();
+    Ok(members)
+}
+
+/// Writes `value` into an existing attribute file, not following a final symlink.
+fn write_attr(path: &Path, value: &str) -> Result<SysfsWrite, String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot open {} for writing: {e}", path.display()))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| format!("cannot write {value:?} into {}: {e}", path.display()))?;
+    Ok(SysfsWrite {
+        path: path.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// One device to move to vfio-pci.
+struct Rebind {
+    addr: PciAddress,
+    dir: PathBuf,
+    driver: Option<String>,
+}
+
+/// Binds `devices` (a VM's `pciDevices`) and the isolated members of their IOMMU groups to
+/// vfio-pci under the sysfs root `root`; returns the writes made, in order (none when all are
+/// on vfio-pci already). Every check is made before the first write.
+pub fn bind(
+    root: &Path,
+    devices: &[PciAddress],
+    isolated: &[PciAddress],
+) -> Result<Vec<SysfsWrite>, String> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = canonical(root)?;
+    let mut todo: Vec<Rebind> = Vec::new();
+    for addr in devices {
+        let dir = device_dir(&root, addr)?;
+        for m in group_members(&root, addr, &dir)? {
+            let mdir = device_dir(&root, &m)?;
+            let driver = driver_name(&mdir)?;
+            let wanted = m == *addr || isolated.contains(&m);
+            if !wanted {
+                if !harmless(driver.as_deref(), read_class(&mdir)) {
+                    return Err(format!(
+                        "PCI device {addr}: its IOMMU group also holds {m}, bound to {}, which \
+                         is not in isolatedPciDevices: every device of a group goes to the VM \
+                         together, so add {m} to isolatedPciDevices (and to this VM's \
+                         pciDevices if the VM should use it), or unbind it from its driver",
+                        driver.as_deref().unwrap_or("a driver")
+                    ));
+                }
+                continue;
+            }
+            if driver.as_deref() == Some("vfio-pci") || todo.iter().any(|t| t.addr == m) {
+                continue;
+            }
+            todo.push(Rebind {
+                addr: m,
+                dir: mdir,
+                driver,
+            });
+        }
+    }
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    let drivers = root.join("bus/pci/drivers");
+    if !drivers.join("vfio-pci").is_dir() {
+        return Err(format!(
+            "the vfio-pci driver is not loaded ({} is missing), so {} cannot be passed \
+             through: load it (modprobe vfio-pci) and list it in /etc/modules-load.d/ so it \
+             loads at boot",
+            drivers.join("vfio-pci").display(),
+            todo.iter()
+                .map(|t| t.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let mut writes = Vec::new();
+    for t in &todo {
+        let bdf = t.addr.to_string();
+        writes.push(write_attr(&t.dir.join("driver_override"), "vfio-pci")?);
+        if let Some(d) = &t.driver {
+            let ddir = canonical(&drivers.join(d))?;
+            if !ddir.starts_with(&drivers) {
+                return Err(format!(
+                    "PCI device {bdf}: its driver {d:?} resolves to {}, outside {}: refusing \
+                     to write there",
+                    ddir.display(),
+                    drivers.display()
+                ));
+            }
+            writes.push(
+                write_attr(&ddir.join("unbind"), &bdf)
+                    .map_err(|e| format!("cannot unbind PCI device {bdf} from {d}: {e}"))?,
+            );
+        }
+        writes.push(
+            write_attr(&root.join("bus/pci/drivers_probe"), &bdf)
+                .map_err(|e| format!("cannot bind PCI device {bdf} to vfio-pci: {e}"))?,
+        );
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake sysfs: devices under `devices/pci0000:00/`, links from `bus/pci/devices/`,
+    /// drivers under `bus/pci/drivers/` with their `unbind` files, IOMMU groups.
+    struct FakeSys {
+        root: PathBuf,
+    }
+
+    impl FakeSys {
+        fn new(name: &str) -> FakeSys {
+            let root =
+                std::env::temp_dir().join(format!("vmsilo-vfio-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            for d in [
+                "devices/pci0000:00",
+                "bus/pci/devices",
+                "kernel/iommu_groups",
+            ] {
+                std::fs::create_dir_all(root.join(d)).expect("mkdir");
+            }
+            std::fs::write(root.join("bus/pci/drivers_probe"), "").expect("probe");
+            FakeSys { root }
+        }
+
+        fn driver(&self, name: &str) -> &Self {
+            let d = self.root.join("bus/pci/drivers").join(name);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("unbind"), "").expect("unbind");
+            std::fs::write(d.join("bind"), "").expect("bind");
+            self
+        }
+
+        fn device(&self, bdf: &str, group: u32, driver: Option<&str>, class: &str) -> &Self {
+            let dev = self.root.join("devices/pci0000:00").join(bdf);
+            std::fs::create_dir_all(&dev).expect("mkdir");
+            std::fs::write(dev.join("driver_override"), "(null)\n").expect("override");
+            std::fs::write(dev.join("class"), format!("{class}\n")).expect("class");
+            let g = self
+                .root
+                .join(format!("kernel/iommu_groups/{group}/devices"));
+            std::fs::create_dir_all(&g).expect("mkdir");
+            std::os::unix::fs::symlink(
+                format!("../../../kernel/iommu_groups/{group}"),
+                dev.join("iommu_group"),
+            )
+            .expect("group link");
+            std::os::unix::fs::symlink(
+                format!("../../../../devices/pci0000:00/{bdf}"),
+                g.join(bdf),
+            )
+            .expect("member link");
+            std::os::unix::fs::symlink(
+                format!("../../../devices/pci0000:00/{bdf}"),
+                self.root.join("bus/pci/devices").join(bdf),
+            )
+            .expect("device link");
+            if let Some(d) = driver {
+                self.driver(d);
+                std::os::unix::fs::symlink(
+                    format!("../../../bus/pci/drivers/{d}"),
+                    dev.join("driver"),
+                )
+                .expect("driver link");
+            }
+            self
+        }
+
+        fn read(&self, rel: &str) -> String {
+            std::fs::read_to_string(self.root.join(rel)).expect("read")
+        }
+    }
+
+    impl Drop for FakeSys {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn addr(s: &str) -> PciAddress {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn test_bound_device_is_overridden_unbound_and_probed_in_order() {
+        let sys = FakeSys::new("bind");
+        sys.driver("vfio-pci")
+            .device("0000:01:00.0", 5, Some("xhci_hcd"), "0x0c0330");
+        let d = addr("01:00.0");
+        let writes = bind(&sys.root, &[d], &[d]).expect("bind");
+        let root = std::fs::canonicalize(&sys.root).expect("root");
+        assert_eq!(
+            writes,
+            vec![
+                SysfsWrite {
+                    path: root.join("devices/pci0000:00/0000:01:00.0/driver_override"),
+                    value: "vfio-pci".into()
+                },
+                SysfsWrite {
+                    path: root.join("bus/pci/drivers/xhci_hcd/unbind"),
+                    value: "0000:01:00.0".into()
+                },
+                SysfsWrite {
+                    path: root.join("bus/pci/drivers_probe"),
+                    value: "0000:01:00.0".into()
+                },
+            ]
+        );
+        assert_eq!(
+            sys.read("devices/pci0000:00/0000:01:00.0/driver_override"),
+            "vfio-pci"
+        );
+        assert_eq!(sys.read("bus/pci/drivers/xhci_hcd/unbind"), "0000:01:00.0");
+        assert_eq!(sys.read("bus/pci/drivers_probe"), "0000:01:00.0");
+    }
+
+    #[test]
+    fn test_device_already_on_vfio_pci_is_left_alone() {
+        let sys = FakeSys::new("done");
+        sys.device("0000:01:00.0", 5, Some("vfio-pci"), "0x0c0330");
+        let d = addr("01:00.0");
+        assert_eq!(bind(&sys.root, &[d], &[d]), Ok(Vec::new()));
+        assert_eq!(
+            sys.read("devices/pci0000:00/0000:01:00.0/driver_override"),
+            "(null)\n"
+        );
+    }
+
+    #[test]
+    fn test_unbound_device_is_probed_without_unbind_and_isolated_group_member_follows() {
+        let sys = FakeSys::new("group");
+        sys.driver("vfio-pci")
+            .device("0000:02:00.0", 7, None, "0x020000")
+            .device("0000:02:00.1", 7, Some("snd_hda_intel"), "0x040300");
+        let (a, b) = (addr("02:00.0"), addr("02:00.1"));
+        let writes = bind(&sys.root, &[a], &[a, b]).expect("bind");
+        let values: Vec<(String, &str)> = writes
+            .iter()
+            .map(|w| {
+                let p = w
+                    .path
+                    .strip_prefix(std::fs::canonicalize(&sys.root).expect("root"))
+                    .expect("under root");
+                (p.display().to_string(), w.value.as_str())
+            })
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                (
+                    "devices/pci0000:00/0000:02:00.0/driver_override".into(),
+                    "vfio-pci"
+                ),
+                ("bus/pci/drivers_probe".into(), "0000:02:00.0"),
+                (
+                    "devices/pci0000:00/0000:02:00.1/driver_override".into(),
+                    "vfio-pci"
+                ),
+                (
+                    "bus/pci/drivers/snd_hda_intel/unbind".into(),
+                    "0000:02:00.1"
+                ),
+                ("bus/pci/drivers_probe".into(), "0000:02:00.1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_group_member_on_another_driver_and_not_isolated_stops_before_any_write() {
+        let sys = FakeSys::new("foreign");
+        sys.driver("vfio-pci")
+            .device("0000:03:00.0", 9, Some("xhci_hcd"), "0x0c0330")
+            .device("0000:03:00.1", 9, Some("e1000e"), "0x020000")
+            .device("0000:00:1c.0", 9, Some("pcieport"), "0x060400");
+        let d = addr("03:00.0");
+        let err = bind(&sys.root, &[d], &[d]).expect_err("foreign member");
+        assert!(
+            err.contains("also holds 0000:03:00.1, bound to e1000e"),
+            "{err}"
+        );
+        assert!(err.contains("isolatedPciDevices"), "{err}");
+        assert_eq!(
+            sys.read("devices/pci0000:00/0000:03:00.0/driver_override"),
+            "(null)\n"
+        );
+        assert_eq!(sys.read("bus/pci/drivers/xhci_hcd/unbind"), "");
+        assert_eq!(sys.read("bus/pci/drivers_probe"), "");
+    }
+
+    #[test]
+    fn test_absent_device_missing_group_and_missing_vfio_driver_are_errors() {
+        let sys = FakeSys::new("errors");
+        let err = bind(&sys.root, &[addr("04:00.0")], &[]).expect_err("absent");
+        assert!(
+            err.contains("PCI device 0000:04:00.0 does not exist"),
+            "{err}"
+        );
+
+        sys.device("0000:05:00.0", 11, Some("xhci_hcd"), "0x0c0330");
+        let d = addr("05:00.0");
+        let err = bind(&sys.root, &[d], &[d]).expect_err("no vfio-pci");
+        assert!(err.contains("modprobe vfio-pci"), "{err}");
+        assert_eq!(sys.read("bus/pci/drivers_probe"), "");
+
+        std::fs::remove_file(sys.root.join("devices/pci0000:00/0000:05:00.0/iommu_group"))
+            .expect("rm");
+        let err = bind(&sys.root, &[d], &[d]).expect_err("no group");
+        assert!(err.contains("has no IOMMU group"), "{err}");
+    }
+
+    #[test]
+    fn test_device_link_leading_outside_the_root_is_refused() {
+        let sys = FakeSys::new("escape");
+        let outside = FakeSys::new("escape-target");
+        outside.device("0000:06:00.0", 13, None, "0x020000");
+        sys.driver("vfio-pci");
+        std::os::unix::fs::symlink(
+            outside.root.join("devices/pci0000:00/0000:06:00.0"),
+            sys.root.join("bus/pci/devices/0000:06:00.0"),
+        )
+        .expect("link");
+        let d = addr("06:00.0");
+        let err = bind(&sys.root, &[d], &[d]).expect_err("outside");
+        assert!(err.contains("refusing to write there"), "{err}");
+        assert_eq!(
+            outside.read("devices/pci0000:00/0000:06:00.0/driver_override"),
+            "(null)\n"
+        );
+    }
+
+    #[test]
+    fn test_attribute_that_is_a_symlink_is_not_followed() {
+        let sys = FakeSys::new("attr-link");
+        sys.driver("vfio-pci")
+            .device("0000:07:00.0", 15, None, "0x020000");
+        let victim = sys.root.join("victim");
+        std::fs::write(&victim, "keep").expect("victim");
+        let attr = sys
+            .root
+            .join("devices/pci0000:00/0000:07:00.0/driver_override");
+        std::fs::remove_file(&attr).expect("rm");
+        std::os::unix::fs::symlink(&victim, &attr).expect("link");
+        let d = addr("07:00.0");
+        let err = bind(&sys.root, &[d], &[d]).expect_err("symlink");
+        assert!(err.contains("driver_override"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
+    }
+}
