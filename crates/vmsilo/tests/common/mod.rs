@@ -45,6 +45,7 @@ pub fn command(program: &Path) -> Command {
         "VMSILO_SYSTEMCTL",
         "VMSILO_SYSTEMD_DIR",
         "VMSILO_ANSWER_TIMEOUT",
+        "VMSILO_HOST_SETUP",
     ] {
         c.env_remove(v);
     }
@@ -370,4 +371,98 @@ pub fn command_activator(
     let guard = Guard(Some(child));
     wait_path(Path::new(&socket), Duration::from_secs(60));
     guard
+}
+
+/// A network namespace for a test (`ip netns add`), deleted on drop with everything in it.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    /// `vmsilo-<label>-<pid>`: unique per test process.
+    pub fn new(label: &str) -> NetNs {
+        let name = format!("vmsilo-{label}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        NetNs(name)
+    }
+
+    /// `ip netns exec <ns> program args...` (with /sys of the namespace).
+    pub fn exec(&self, program: &Path) -> Command {
+        let mut c = command(Path::new("ip"));
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+
+    /// The content of `/sys/<rel>` as the namespace sees it, trimmed; `None` if absent.
+    pub fn sys(&self, rel: &str) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, "cat", &format!("/sys/{rel}")])
+            .stderr(Stdio::null())
+            .output()
+            .expect("ip netns exec cat");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    }
+
+    /// Where `/sys/<rel>` (a symlink) points, as the namespace sees it.
+    pub fn sys_link(&self, rel: &str) -> Option<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, "readlink", &format!("/sys/{rel}")])
+            .stderr(Stdio::null())
+            .output()
+            .expect("ip netns exec readlink");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    }
+
+    /// `net.ipv4.ip_forward` of the namespace.
+    pub fn ip_forward(&self) -> String {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0,
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward",
+            ])
+            .output()
+            .expect("ip netns exec cat");
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    /// The nftables ruleset of the namespace (`nft list ruleset`).
+    pub fn nft_ruleset(&self) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "list", "ruleset"])
+            .output()
+            .expect("ip netns exec nft");
+        assert!(o.status.success(), "nft list ruleset: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs `ip args...`, which must succeed.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// Whether the tests run as root; prints why a test is skipped when not.
+pub fn root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("{test}: skipped: needs root (network namespaces, TAPs, nftables)");
+    }
+    root
 }
