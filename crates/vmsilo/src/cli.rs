@@ -98,6 +98,20 @@ pub struct FillHomeArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub host: HostArgs,
+
+    /// Where vmsilo sets up the host (not NixOS): fail (exit 1) when TAPs, bridges, NAT or
+    /// PCI passthrough cannot work on this host, instead of warning.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Root of the sysfs tree looked at for PCI devices, IOMMU groups and vfio-pci.
+    #[arg(
+        long,
+        env = "VMSILO_SYSFS_ROOT",
+        value_name = "DIR",
+        default_value = "/sys"
+    )]
+    pub sysfs_root: PathBuf,
 }
 
 /// Who sets up the host's network and PCI devices.

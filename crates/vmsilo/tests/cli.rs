@@ -9,13 +9,85 @@ fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
+/// `vmsilo args...`. The host is taken as a NixOS one (no host checks, whose results depend
+/// on this machine's interfaces); the tests of those checks ask for them.
 fn vmsilo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmsilo"))
         .args(args)
         .env_remove("VMSILO_CONFIG")
         .env_remove("VMSILO_RUN_DIR")
+        .env_remove("VMSILO_SYSFS_ROOT")
+        .env("VMSILO_HOST_SETUP", "nixos")
         .output()
         .expect("run vmsilo")
+}
+
+const UNREADY_HOST: &str = r#"
+enable = true
+user = "alice"
+hostNetworking.nat = { enable = true, interface = "vmsilo-noif" }
+isolatedPciDevices = ["7f:1f.7"]
+[[nixosVms]]
+name = "work"
+kernel = "/k"
+initramfs = "/i"
+rootDisk = "/r"
+pciDevices = [{ path = "7f:1f.7" }]
+[nixosVms.network.interfaces.wan]
+type = "tap"
+tap.bridge = "vmsilo-nobr"
+"#;
+
+fn check_host(cfg: &Path, sys: &Path, extra: &[&str]) -> Output {
+    // PATH without nft.
+    let empty = sys.join("empty-path");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    Command::new(env!("CARGO_BIN_EXE_vmsilo"))
+        .args([
+            "check",
+            "--config",
+            path_str(cfg),
+            "--sysfs-root",
+            path_str(sys),
+        ])
+        .args(extra)
+        .env_remove("VMSILO_CONFIG")
+        .env_remove("VMSILO_SYSFS_ROOT")
+        .env("VMSILO_HOST_SETUP", "vmsilo")
+        .env("PATH", &empty)
+        .output()
+        .expect("run vmsilo")
+}
+
+#[test]
+fn test_check_warns_about_taps_bridges_nat_and_pci_that_cannot_work_here() {
+    let cfg = scratch("host.toml", UNREADY_HOST);
+    let sys = cfg.parent().expect("dir").join("sys");
+    std::fs::create_dir_all(sys.join("bus/pci/devices")).expect("fake sysfs");
+    let out = check_host(&cfg, &sys, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    for expected in [
+        "vmsilo: warning: VM \"work\": network.interfaces.wan.tap.bridge: bridge \"vmsilo-nobr\" \
+         does not exist",
+        "vmsilo: warning: hostNetworking.nat: nft is not installed",
+        "vmsilo: warning: hostNetworking.nat.interface: \"vmsilo-noif\" does not exist",
+        "vmsilo: warning: isolatedPciDevices[0]: PCI device 0000:7f:1f.7 does not exist",
+        "vmsilo: warning: isolatedPciDevices: the vfio-pci driver is not loaded",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // --strict turns them into a failure; on NixOS the module's business, nothing is said.
+    let strict = check_host(&cfg, &sys, &["--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", stderr(&strict));
+    assert!(
+        stderr(&strict).contains("host problems (see above)"),
+        "{}",
+        stderr(&strict)
+    );
+    let nixos = check_host(&cfg, &sys, &["--host-setup", "nixos", "--strict"]);
+    assert_eq!(nixos.status.code(), Some(0), "{}", stderr(&nixos));
+    assert!(stderr(&nixos).is_empty(), "{}", stderr(&nixos));
 }
 
 fn stdout(o: &Output) -> String {

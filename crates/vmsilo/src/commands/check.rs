@@ -52,9 +52,17 @@ pub fn summary_line(vm: &Vm, name_width: usize) -> String {
     )
 }
 
-/// Runs `vmsilo check`.
-pub fn run(config: Option<&Path>, _args: &CheckArgs) -> Result<(), CliError> {
+/// Runs `vmsilo check`: the configuration, then (where vmsilo sets up the host itself, not
+/// the NixOS module) whether its TAPs, bridges, NAT and PCI devices can work on this host:
+/// warnings on stderr, or a failure with `--strict`.
+pub fn run(config: Option<&Path>, args: &CheckArgs) -> Result<(), CliError> {
     let (_, cfg) = config_file::resolve_and_load(config)?;
+    let host_problems = if args.host.vmsilo_sets_up() {
+        let facts = crate::hostnet::check::gather(&cfg, &args.sysfs_root);
+        crate::hostnet::check::problems(&cfg, &facts)
+    } else {
+        Vec::new()
+    };
     let width = cfg
         .nixos_vms
         .iter()
@@ -64,6 +72,17 @@ pub fn run(config: Option<&Path>, _args: &CheckArgs) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     for vm in &cfg.nixos_vms {
         writeln!(out, "{}", summary_line(vm, width)).map_err(CliError::Output)?;
+    }
+    let level = if args.strict { "" } else { "warning: " };
+    for p in &host_problems {
+        eprintln!("vmsilo: {level}{p}");
+    }
+    if args.strict && !host_problems.is_empty() {
+        return Err(CliError::Failure(format!(
+            "{} host problem{} (see above): this host cannot run the configuration as it is",
+            host_problems.len(),
+            if host_problems.len() == 1 { "" } else { "s" }
+        )));
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use vmsilo_config::derive;
 use vmsilo_config::net::Cidr;
 use vmsilo_config::{Config, Vm};
 
+pub mod check;
 pub mod io;
 
 /// The nftables table vmsilo owns (family `inet`).
