@@ -29,6 +29,11 @@
 //!    (the rule lists vmsilo's units by name);
 //! 6. `vm-stop demo` as alice is allowed by the rule: the unit stops with `Result=success`
 //!    (the guest powered off); `vm-start demo` as alice starts it again and `vm-run` works.
+//!
+//! A second test boots such a container with its own network namespace (`--private-network`)
+//! and a configuration with a TAP and NAT, to run the generated `vmsilo-net.service` under its
+//! own sandbox: start creates the user's TAP, forwarding and the nftables table; reload keeps
+//! them; stop removes them.
 
 mod common;
 
@@ -54,7 +59,8 @@ struct Container {
 }
 
 impl Container {
-    fn boot(dir: &Path) -> Container {
+    /// Boots the container on `dir`'s layout, with `extra` nspawn options.
+    fn boot(dir: &Path, extra: &[&str]) -> Container {
         let upper = dir.join("etc-upper");
         let log = dir.join("nspawn.log");
         let nspawn = Command::new(find_tool("systemd-nspawn").expect(
@@ -70,6 +76,7 @@ impl Container {
         ])
         .arg(format!("--overlay=/etc:{}:/etc", upper.display()))
         .arg(format!("--bind={}:{INSIDE}", dir.join("share").display()))
+        .args(extra)
         .args(["--boot", "systemd.unit=basic.target"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).expect("log"))
@@ -363,7 +370,7 @@ fn text(o: &Output) -> (String, String) {
 fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     let dir = Scratch::new("systemd");
     prepare(dir.path());
-    let c = Container::boot(dir.path());
+    let c = Container::boot(dir.path(), &[]);
     let bin = |name: &str| format!("{INSIDE}/bin/{name}");
 
     // 1. The generator's socket unit listens where vm-run looks, for alice only.
@@ -550,4 +557,106 @@ fn test_e2e_under_systemd_pid1_generator_socket_activation_polkit_and_stop() {
     assert_eq!(c.vm_state(), "active", "{}", c.journal());
     let o = c.run_as(Some(ALICE), &[&vm_run, "-w", "demo", "echo", "again"]);
     assert_eq!(text(&o).0, "again\n", "{o:?}\n{}", c.journal());
+}
+
+/// The layout for the host networking test: the generator and a configuration with one TAP
+/// (owned by `nobody`) and NAT; no guest is booted.
+fn prepare_net(dir: &Path) {
+    let etc = dir.join("etc-upper");
+    let share = dir.join("share");
+    for d in [
+        etc.join("vmsilo"),
+        etc.join("systemd/system-generators"),
+        share.join("bin"),
+    ] {
+        std::fs::create_dir_all(&d).expect("mkdir");
+    }
+    for d in [dir, &share, &share.join("bin")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    copy_exec(&common::vmsilo_bin(), &share.join("bin/vmsilo"));
+    std::os::unix::fs::symlink("vmsilo", share.join("bin/vmsilo-generator")).expect("symlink");
+    std::os::unix::fs::symlink(
+        format!("{INSIDE}/bin/vmsilo-generator"),
+        etc.join("systemd/system-generators/vmsilo-generator"),
+    )
+    .expect("generator");
+    std::fs::write(
+        etc.join("vmsilo/vmsilo.toml"),
+        "enable = true\n\
+         user = \"nobody\"\n\
+         hostNetworking.nat = { enable = true, interface = \"e2e-up\" }\n\
+         [[nixosVms]]\n\
+         name = \"work\"\n\
+         kernel = \"/nonexistent/k\"\n\
+         initramfs = \"/nonexistent/i\"\n\
+         rootDisk = \"/nonexistent/r\"\n\
+         [nixosVms.network.interfaces.wan]\n\
+         type = \"tap\"\n\
+         tap.name = \"sd-work\"\n\
+         tap.hostAddress = \"10.218.1.254/24\"\n",
+    )
+    .expect("config");
+}
+
+#[test]
+#[ignore = "e2e: boots a systemd container"]
+fn test_e2e_under_systemd_pid1_vmsilo_net_service_sets_up_and_undoes_the_host_network() {
+    if !common::root_or_skip("vmsilo-net.service under systemd") {
+        return;
+    }
+    let dir = Scratch::new("systemd-net");
+    prepare_net(dir.path());
+    let c = Container::boot(dir.path(), &["--private-network"]);
+    let cat = |path: &str| text(&c.sh(&["cat", path])).0.trim().to_owned();
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "0");
+    // The generator wrote the unit (no /etc/NIXOS here) and the VM unit requires it.
+    let requires = c.unit_property("vmsilo-work-vm.service", "Requires");
+    assert!(
+        requires
+            .split_whitespace()
+            .any(|u| u == "vmsilo-net.service"),
+        "{requires}\n{}",
+        c.journal()
+    );
+
+    let o = c.sh(&["systemctl", "start", "vmsilo-net.service"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.journal());
+    assert_eq!(
+        c.unit_property("vmsilo-net.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(
+        cat("/sys/class/net/sd-work/owner"),
+        "65534",
+        "{}",
+        c.journal()
+    );
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "1");
+    let rules = text(&c.sh(&["nft", "list", "ruleset"])).0;
+    assert!(
+        rules.contains("oifname \"e2e-up\" ip saddr 10.218.1.0/24 masquerade"),
+        "{rules}"
+    );
+    let addr = text(&c.sh(&["ip", "-4", "-o", "addr", "show", "dev", "sd-work"])).0;
+    assert!(addr.contains("inet 10.218.1.254/24"), "{addr}");
+
+    // Reload (after a configuration change) is `net up` again: nothing changes here.
+    let o = c.sh(&["systemctl", "reload", "vmsilo-net.service"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.journal());
+    assert_eq!(cat("/sys/class/net/sd-work/owner"), "65534");
+
+    let o = c.sh(&["systemctl", "stop", "vmsilo-net.service"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.journal());
+    let gone = c.sh(&["test", "-e", "/sys/class/net/sd-work"]);
+    assert!(!gone.status.success(), "the TAP is gone\n{}", c.journal());
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "0");
+    let rules = text(&c.sh(&["nft", "list", "ruleset"])).0;
+    assert!(!rules.contains("vmsilo"), "{rules}");
+    assert_eq!(
+        c.unit_property("vmsilo-net.service", "Result"),
+        "success",
+        "{}",
+        c.journal()
+    );
 }

@@ -146,9 +146,31 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
         }
         return Ok(());
     }
+    if args.action == NetAction::Down {
+        // Best effort: everything that can be undone is, even past a failure.
+        let failures: Vec<String> = plan
+            .ops
+            .iter()
+            .filter_map(|op| io::apply(&mut rtnl, op).err())
+            .collect();
+        if failures.is_empty() {
+            return write_record(&path, &plan.record);
+        }
+        for f in &failures {
+            eprintln!("vmsilo: {f}");
+        }
+        // The record stays: `down` again retries what is left (it skips what is gone).
+        return Err(CliError::Failure(format!(
+            "{} operation{} failed; run `vmsilo net down` again once fixed ({} keeps what is \
+             left)",
+            failures.len(),
+            if failures.len() == 1 { "" } else { "s" },
+            path.display()
+        )));
+    }
     match run_ops(&mut rtnl, &plan.ops) {
         Ok(()) => write_record(&path, &plan.record),
-        Err((failed, e)) if args.action == NetAction::Up => {
+        Err((failed, e)) => {
             // Roll back this run's operations, newest first; the earlier record stays true.
             for op in plan.ops[..failed].iter().rev() {
                 if let Some(inv) = hostnet::inverse(op, obs.ip_forward)
@@ -159,13 +181,6 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
             }
             Err(CliError::Failure(format!(
                 "{e}; what this run changed was rolled back"
-            )))
-        }
-        Err((_, e)) => {
-            // The record stays: `down` again retries what is left (it skips what is gone).
-            Err(CliError::Failure(format!(
-                "{e}; run `vmsilo net down` again once fixed ({} keeps what is left)",
-                path.display()
             )))
         }
     }
