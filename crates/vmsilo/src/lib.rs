@@ -1,11 +1,13 @@
 //! The vmsilo host tool and runtime, one multi-call binary: `vmsilo` (`check`, `plan`, `units`,
-//! `status`, `vm-service`, `command-service`, `desktop-entries`, ...), `vm-run`, `vm-start`,
+//! `net`, `status`, `vm-service`, `command-service`, `desktop-entries`, ...), `vm-run`, `vm-start`,
 //! `vm-stop`, `vm-start-debug`, `vm-shell`, `vmsilo-generator`.
 //!
 //! Each subcommand is a module of [`commands`]; [`cli`] holds the argument definitions and the
 //! multi-call entry points, [`config_file`] finds and reads the configuration, [`users`]
 //! resolves the configured user, [`units`] renders the systemd units, [`runtime`] runs a VM
-//! from its launch plan, [`error`] maps failures to the documented exit codes. The
+//! from its launch plan (and binds its PCI devices to vfio-pci), [`hostnet`] plans and carries
+//! out the host's TAPs, bridge ports and NAT on hosts without the NixOS module, [`error`] maps
+//! failures to the documented exit codes. The
 //! configuration logic itself is in the sans-IO `vmsilo-config` crate; this crate is the I/O
 //! edge around it.
 //!

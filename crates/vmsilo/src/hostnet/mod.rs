@@ -12,7 +12,8 @@
 //! networks of the `hostAddress`es out of `hostNetworking.nat.interface`, in the nftables table
 //! `inet vmsilo`, which vmsilo owns whole.
 //!
-//! [`plan_up`] is idempotent (the second `up` plans nothing) and reconciles: what the record
+//! [`plan_up`] is idempotent (the second `up` plans only the same nftables table again, one
+//! transaction) and reconciles: what the record
 //! says an earlier `up` changed and the configuration no longer asks for is undone first.
 //! [`plan_down`] undoes exactly what the record lists, newest first, so a TAP, an address or
 //! a bridge membership that existed before vmsilo, a pre-existing bridge, and forwarding that
