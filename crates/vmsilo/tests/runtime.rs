@@ -3,7 +3,8 @@
 //!
 //! - each way `vmsilo vm-service` can fail to start says what failed, on what, and what to do,
 //!   exits 1, and leaves the run directory as it found it: a missing kernel, a PCI device whose
-//!   IOMMU group is not fully bound to vfio-pci (a fake sysfs tree), a socket still in use, a
+//!   IOMMU group is not fully bound to vfio-pci (a fake sysfs tree), an isolated device moved to
+//!   vfio-pci only once the rest of the start is known good, a socket still in use, a
 //!   non-socket where a socket goes, an unwritable run directory, a VM already running, a VMM
 //!   that exits at once (a stand-in QEMU; the real vhost-device-vsock and qemu-img run);
 //! - `vmsilo status` for running, stopped and failed VMs, as a table (with colours on a
@@ -241,6 +242,59 @@ fn test_iommu_group_not_fully_bound_names_the_device_and_its_members() {
     c.arg("--sysfs-root").arg(&sysfs);
     let (_, err) = text(&c.output().expect("vm-service"));
     assert!(err.contains("crosvm is not installed"), "{err}");
+}
+
+/// Without NixOS nothing claimed the device at boot: vm-service moves it to vfio-pci, but only
+/// once every other check passed (a missing VMM leaves the host's driver alone).
+#[test]
+fn test_isolated_device_is_moved_to_vfio_pci_once_the_rest_of_the_start_is_known_good() {
+    let vm = Vm::new(
+        "vfiobind",
+        "isolatedPciDevices = [\"01:00.0\"]",
+        "vmm = \"crosvm\"\npciDevices = [{ path = \"01:00.0\" }]\n\
+         crosvm.extraRunArgs = [\"--disable-sandbox\"]",
+    );
+    let sys = vm.dir.path().join("fake");
+    fake_sysfs(
+        &sys,
+        &[("0000:01:00.0", Some("xhci_hcd"), "0x0c0330")],
+        true,
+    );
+    let root = sys.join("sys");
+    let dev = root.join("devices/pci0000:00/0000:01:00.0");
+    std::fs::write(dev.join("driver_override"), "(null)\n").expect("override");
+    std::fs::write(root.join("bus/pci/drivers/xhci_hcd/unbind"), "").expect("unbind");
+    std::fs::create_dir_all(root.join("bus/pci/drivers/vfio-pci")).expect("vfio-pci");
+    std::fs::write(root.join("bus/pci/drivers_probe"), "").expect("probe");
+
+    let mut c = vm.service("/nonexistent");
+    c.arg("--sysfs-root").arg(&root);
+    let (_, err) = text(&c.output().expect("vm-service"));
+    assert!(err.contains("crosvm is not installed"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dev.join("driver_override")).expect("read"),
+        "(null)\n",
+        "nothing written while the start cannot succeed"
+    );
+
+    let bin = fake_bin(vm.dir.path(), &[("crosvm", "exit 0")]);
+    let mut c = vm.service(&format!("{}:{}", bin.display(), system_path()));
+    c.arg("--sysfs-root").arg(&root);
+    let o = c.output().expect("vm-service");
+    let (_, err) = text(&o);
+    // The fake kernel does not bind on drivers_probe, so the final group check fails: what
+    // matters is what vm-service wrote, in order.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("vfio-pci: wrote \"vfio-pci\" into"), "{err}");
+    assert!(err.contains("is not fully bound to vfio-pci"), "{err}");
+    let read = |p: &Path| std::fs::read_to_string(p).expect("read");
+    assert_eq!(read(&dev.join("driver_override")), "vfio-pci");
+    assert_eq!(
+        read(&root.join("bus/pci/drivers/xhci_hcd/unbind")),
+        "0000:01:00.0"
+    );
+    assert_eq!(read(&root.join("bus/pci/drivers_probe")), "0000:01:00.0");
+    assert_eq!(entries(&vm.run_dir()), Vec::<String>::new());
 }
 
 #[test]

@@ -256,6 +256,14 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
 fn preflight(o: &RunOptions) -> Result<(), String> {
     checks::check_guest_files(&o.vm)?;
     checks::check_taps(&o.sysfs_root, &o.vm)?;
+    // PCI devices: checked now, moved to vfio-pci only once everything else is known good.
+    let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
+    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci)?;
+    if pci.rebinds.is_empty() {
+        for d in &devices {
+            checks::check_iommu_group(&o.sysfs_root, d)?;
+        }
+    }
     let mut programs: Vec<&str> = Vec::new();
     if let Some(p) = o.plan.argv.first() {
         programs.push(p);
@@ -280,17 +288,18 @@ fn preflight(o: &RunOptions) -> Result<(), String> {
     if o.plan.vmm == Vmm::Crosvm {
         checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
     }
-    let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
-    for w in vfio::bind(&o.sysfs_root, &devices, &o.isolated_pci)? {
-        eprintln!(
-            "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
-            o.plan.vm,
-            w.value,
-            w.path.display()
-        );
-    }
-    for d in &devices {
-        checks::check_iommu_group(&o.sysfs_root, d)?;
+    if !pci.rebinds.is_empty() {
+        for w in vfio::apply(&pci)? {
+            eprintln!(
+                "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
+                o.plan.vm,
+                w.value,
+                w.path.display()
+            );
+        }
+        for d in &devices {
+            checks::check_iommu_group(&o.sysfs_root, d)?;
+        }
     }
     Ok(())
 }

@@ -157,58 +157,88 @@ fn write_attr(path: &Path, value: &str) -> Result<SysfsWrite, String> {
 }
 
 /// One device to move to vfio-pci.
-struct Rebind {
-    addr: PciAddress,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebind {
+    /// The device.
+    pub addr: PciAddress,
+    /// Its real directory in sysfs.
     dir: PathBuf,
-    driver: Option<String>,
+    /// Its current driver, if any.
+    pub driver: Option<String>,
 }
 
-/// Binds `devices` (a VM's `pciDevices`) and the isolated members of their IOMMU groups to
-/// vfio-pci under the sysfs root `root`; returns the writes made, in order (none when all are
-/// on vfio-pci already). Every check is made before the first write.
-pub fn bind(
+/// What [`bind`] will do, found without writing anything: the devices among `devices` (a VM's
+/// `pciDevices`) and the isolated members of their IOMMU groups that are not on vfio-pci yet.
+/// Fails when a device is absent, is in no IOMMU group, or shares its group with a device on
+/// another driver that is not in `isolated`, or when vfio-pci is needed and not loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindPlan {
+    root: PathBuf,
+    /// The devices to move, in order.
+    pub rebinds: Vec<Rebind>,
+}
+
+/// Checks the devices and their groups under the sysfs root `root`; see [`BindPlan`].
+pub fn plan(
     root: &Path,
     devices: &[PciAddress],
     isolated: &[PciAddress],
-) -> Result<Vec<SysfsWrite>, String> {
+) -> Result<BindPlan, String> {
+    let mut todo: Vec<Rebind> = Vec::new();
     if devices.is_empty() {
-        return Ok(Vec::new());
+        return Ok(BindPlan {
+            root: root.to_owned(),
+            rebinds: todo,
+        });
     }
     let root = canonical(root)?;
-    let mut todo: Vec<Rebind> = Vec::new();
     for addr in devices {
         let dir = device_dir(&root, addr)?;
-        for m in group_members(&root, addr, &dir)? {
-            let mdir = device_dir(&root, &m)?;
+        let members = group_members(&root, addr, &dir)?;
+        let mut described = Vec::new();
+        let mut foreign = None;
+        for m in &members {
+            let mdir = device_dir(&root, m)?;
             let driver = driver_name(&mdir)?;
-            let wanted = m == *addr || isolated.contains(&m);
+            described.push(format!(
+                "{m} ({})",
+                driver.as_deref().unwrap_or("no driver")
+            ));
+            let wanted = m == addr || isolated.contains(m);
             if !wanted {
-                if !harmless(driver.as_deref(), read_class(&mdir)) {
-                    return Err(format!(
-                        "PCI device {addr}: its IOMMU group also holds {m}, bound to {}, which \
-                         is not in isolatedPciDevices: every device of a group goes to the VM \
-                         together, so add {m} to isolatedPciDevices (and to this VM's \
-                         pciDevices if the VM should use it), or unbind it from its driver",
-                        driver.as_deref().unwrap_or("a driver")
-                    ));
+                if foreign.is_none() && !harmless(driver.as_deref(), read_class(&mdir)) {
+                    foreign = Some((*m, driver.unwrap_or_default()));
                 }
                 continue;
             }
-            if driver.as_deref() == Some("vfio-pci") || todo.iter().any(|t| t.addr == m) {
+            if driver.as_deref() == Some("vfio-pci") || todo.iter().any(|t| t.addr == *m) {
                 continue;
             }
             todo.push(Rebind {
-                addr: m,
+                addr: *m,
                 dir: mdir,
                 driver,
             });
         }
-    }
-    if todo.is_empty() {
-        return Ok(Vec::new());
+        if let Some((m, driver)) = foreign {
+            let group = dir
+                .join("iommu_group")
+                .read_link()
+                .ok()
+                .and_then(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            return Err(format!(
+                "PCI device {addr}: IOMMU group {group} is not fully bound to vfio-pci; its \
+                 devices: {}. {m} is bound to {driver} and is not in isolatedPciDevices: every \
+                 device of a group goes to the VM together, so add {m} to isolatedPciDevices \
+                 (vmsilo then moves it to vfio-pci when the VM starts), or unbind it from its \
+                 driver",
+                described.join(", ")
+            ));
+        }
     }
     let drivers = root.join("bus/pci/drivers");
-    if !drivers.join("vfio-pci").is_dir() {
+    if !todo.is_empty() && !drivers.join("vfio-pci").is_dir() {
         return Err(format!(
             "the vfio-pci driver is not loaded ({} is missing), so {} cannot be passed \
              through: load it (modprobe vfio-pci) and list it in /etc/modules-load.d/ so it \
@@ -220,8 +250,31 @@ pub fn bind(
                 .join(", ")
         ));
     }
+    Ok(BindPlan {
+        root,
+        rebinds: todo,
+    })
+}
+
+/// Binds `devices` (a VM's `pciDevices`) and the isolated members of their IOMMU groups to
+/// vfio-pci under the sysfs root `root`; returns the writes made, in order (none when all are
+/// on vfio-pci already). Every check is made before the first write.
+pub fn bind(
+    root: &Path,
+    devices: &[PciAddress],
+    isolated: &[PciAddress],
+) -> Result<Vec<SysfsWrite>, String> {
+    apply(&plan(root, devices, isolated)?)
+}
+
+/// Carries out a [`BindPlan`]: for each device, `vfio-pci` into `driver_override`, its address
+/// into its driver's `unbind`, its address into `drivers_probe`.
+pub fn apply(plan: &BindPlan) -> Result<Vec<SysfsWrite>, String> {
+    let root = &plan.root;
+    let todo = &plan.rebinds;
+    let drivers = root.join("bus/pci/drivers");
     let mut writes = Vec::new();
-    for t in &todo {
+    for t in todo {
         let bdf = t.addr.to_string();
         writes.push(write_attr(&t.dir.join("driver_override"), "vfio-pci")?);
         if let Some(d) = &t.driver {
@@ -425,7 +478,11 @@ mod tests {
         let d = addr("03:00.0");
         let err = bind(&sys.root, &[d], &[d]).expect_err("foreign member");
         assert!(
-            err.contains("also holds 0000:03:00.1, bound to e1000e"),
+            err.contains(
+                "IOMMU group 9 is not fully bound to vfio-pci; its devices: 0000:00:1c.0 \
+                 (pcieport), 0000:03:00.0 (xhci_hcd), 0000:03:00.1 (e1000e). 0000:03:00.1 is \
+                 bound to e1000e and is not in isolatedPciDevices"
+            ),
             "{err}"
         );
         assert!(err.contains("isolatedPciDevices"), "{err}");
