@@ -92,6 +92,7 @@ fn guest_on_a_vmsilo_tap_reaches_its_host_address_and_the_internet_through_nat()
     ]);
     ip(&["-n", &inet.0, "link", "set", "e2e-peer", "up"]);
     let host_before = host.nft_ruleset();
+    let links_before = host.links();
     assert_eq!(host.ip_forward(), "0");
 
     let up = net(&host, &dir, &cfg, "up");
@@ -134,8 +135,9 @@ fn guest_on_a_vmsilo_tap_reaches_its_host_address_and_the_internet_through_nat()
     assert_eq!(host.ip_forward(), "0", "forwarding back off");
     assert_eq!(host.nft_ruleset(), host_before, "table gone");
     assert!(!dir.path().join("net.json").exists(), "record gone");
-    assert!(
-        host.sys("class/net/e2e-up/address").is_some(),
-        "uplink kept"
+    assert_eq!(
+        host.links(),
+        links_before,
+        "the host's interfaces as before"
     );
 }

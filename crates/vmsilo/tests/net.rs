@@ -73,6 +73,7 @@ fn test_net_up_creates_taps_bridge_port_forwarding_and_nat_and_down_undoes_exact
     let (ns, dir, cfg) = setup("nt-updown", CONFIG);
     ip(&["-n", &ns.0, "link", "add", "nt-br", "type", "bridge"]);
     assert_eq!(ns.ip_forward(), "0");
+    let links_before = ns.links();
 
     let o = net(&ns, &dir, &cfg, &["up"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -134,6 +135,7 @@ fn test_net_up_creates_taps_bridge_port_forwarding_and_nat_and_down_undoes_exact
     assert_eq!(ns.sys("class/net/nt-work/owner"), None);
     assert_eq!(ns.sys("class/net/nt-lan/owner"), None);
     assert!(ns.sys("class/net/nt-br/bridge/stp_state").is_some());
+    assert_eq!(ns.links(), links_before);
     assert_eq!(ns.ip_forward(), "0");
     assert!(!ns.nft_ruleset().contains("vmsilo"));
     assert!(!dir.path().join("net.json").exists());

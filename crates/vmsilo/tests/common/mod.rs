@@ -420,6 +420,20 @@ impl NetNs {
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     }
 
+    /// The namespace's interfaces (`/sys/class/net`), sorted.
+    pub fn links(&self) -> Vec<String> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, "ls", "/sys/class/net"])
+            .output()
+            .expect("ip netns exec ls");
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// `net.ipv4.ip_forward` of the namespace.
     pub fn ip_forward(&self) -> String {
         let o = Command::new("ip")
