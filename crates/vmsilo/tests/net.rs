@@ -220,13 +220,12 @@ fn test_net_up_refuses_a_tap_owned_by_another_user() {
 }
 
 #[test]
-fn test_net_up_failing_half_way_rolls_back_what_it_did() {
+fn test_net_up_without_nft_changes_nothing_and_a_failing_nft_is_rolled_back() {
     if !root_or_skip("net up rollback") {
         return;
     }
     let (ns, dir, cfg) = setup("nt-rollback", CONFIG);
     ip(&["-n", &ns.0, "link", "add", "nt-br", "type", "bridge"]);
-    // A PATH with `ip` but without `nft`: the NAT table, the last operation, fails.
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).expect("mkdir");
     let ip_path = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
@@ -234,30 +233,54 @@ fn test_net_up_failing_half_way_rolls_back_what_it_did() {
         .find(|p| Path::new(p).exists())
         .expect("ip");
     std::os::unix::fs::symlink(ip_path, bin.join("ip")).expect("symlink");
-    let o = ns
-        .exec(&vmsilo_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .args([
-            "net",
-            "up",
-            "--run-dir",
-            dir.str(),
-            "--uid",
-            "65534",
-            "--gid",
-            "65534",
-        ])
-        .env("VMSILO_HOST_SETUP", "vmsilo")
-        .env("PATH", &bin)
-        .output()
-        .expect("vmsilo net");
+    let up = || {
+        ns.exec(&vmsilo_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args([
+                "net",
+                "up",
+                "--run-dir",
+                dir.str(),
+                "--uid",
+                "65534",
+                "--gid",
+                "65534",
+            ])
+            .env("VMSILO_HOST_SETUP", "vmsilo")
+            .env("PATH", &bin)
+            .output()
+            .expect("vmsilo net")
+    };
+    let nothing_left = || {
+        assert_eq!(ns.sys("class/net/nt-work/owner"), None);
+        assert_eq!(ns.sys("class/net/nt-lan/owner"), None);
+        assert_eq!(ns.ip_forward(), "0");
+        assert!(!dir.path().join("net.json").exists());
+    };
+    // A PATH with `ip` but without `nft`: refused before any change.
+    let o = up();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot run nft"), "{err}");
+    assert!(err.contains("nft is not installed"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    nothing_left();
+    // An `nft` that fails: the table, the last operation, fails after the TAPs and forwarding
+    // were made, and they are rolled back.
+    std::fs::write(
+        bin.join("nft"),
+        "#!/bin/sh\necho 'Error: no nf_tables here' >&2\nexit 1\n",
+    )
+    .expect("fake nft");
+    std::fs::set_permissions(
+        bin.join("nft"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let o = up();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Error: no nf_tables here"), "{err}");
     assert!(err.contains("rolled back"), "{err}");
-    assert_eq!(ns.sys("class/net/nt-work/owner"), None);
-    assert_eq!(ns.sys("class/net/nt-lan/owner"), None);
-    assert_eq!(ns.ip_forward(), "0");
-    assert!(!dir.path().join("net.json").exists());
+    nothing_left();
 }

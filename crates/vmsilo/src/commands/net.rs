@@ -124,6 +124,13 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
         NetAction::Up => {
             let uid = user_ids(&cfg, &args.user)?.uid;
             let desired = hostnet::desired(&cfg, uid);
+            if desired.nat.is_some() && crate::runtime::checks::find_program("nft").is_none() {
+                return Err(CliError::Failure(
+                    "hostNetworking.nat: nft is not installed (not found in PATH): install \
+                     nftables (Debian: apt install nftables); nothing was changed"
+                        .to_owned(),
+                ));
+            }
             match hostnet::plan_up(&desired, &obs, &record) {
                 Ok(p) => p,
                 Err(errors) => {
