@@ -269,20 +269,23 @@ pub fn nft(batch: &serde_json::Value) -> Result<(), String> {
         .map_err(|e| {
             format!("cannot run nft: {e}: install nftables (Debian: apt install nftables)")
         })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(batch.to_string().as_bytes())
-            .map_err(|e| format!("cannot write to nft: {e}"))?;
-    }
+    // An nft that fails early may close its stdin before reading it all: its status and
+    // stderr say why, not the broken pipe.
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(batch.to_string().as_bytes()));
     let out = child
         .wait_with_output()
         .map_err(|e| format!("cannot wait for nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
+    if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let err: String = err.trim().chars().take(2000).collect();
-        Err(format!("nft failed ({}): {err}", out.status))
+        return Err(format!("nft failed ({}): {err}", out.status));
+    }
+    match written {
+        Some(Err(e)) => Err(format!("cannot write to nft: {e}")),
+        _ => Ok(()),
     }
 }
 
