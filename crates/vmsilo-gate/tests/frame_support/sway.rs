@@ -121,6 +121,24 @@ impl Sway {
         Shot::from_ppm(&out)
     }
 
+    /// A screenshot as a PNG file (`grim`'s default format) in the scratch directory, read
+    /// with the test kit's PNG reader.
+    pub fn screenshot_png(&self, name: &str) -> Shot {
+        let path = self.dir.path().join(name);
+        let mut child = Command::new("grim")
+            .arg(&path)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .env("WAYLAND_DISPLAY", &self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("grim");
+        let status = wait_bounded(&mut child, PATIENCE).expect("grim hung");
+        assert!(status.success(), "grim failed: {status}");
+        Shot::read_png(&path)
+    }
+
     /// A virtual keyboard (a `wtype` that sleeps), so that the seat has a keyboard and sway
     /// gives keyboard focus; it ends when the returned child is dropped.
     pub fn keyboard(&self) -> KeyboardProcess {
