@@ -482,3 +482,95 @@ fn band_shot(sway: &Sway, name: &str, label: &str) -> (Shot, bool) {
         |_, _| {},
     )
 }
+
+/// `wl-copy`/`wl-paste` (wl-clipboard) run as a guest app behind the gate of `vm`.
+fn wl(sway: &Sway, vm: &str, program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("XDG_RUNTIME_DIR", sway.dir.path())
+        .env(
+            "WAYLAND_DISPLAY",
+            sway.dir.path().join(format!("{vm}.sock")),
+        )
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Runs `wl-paste --no-newline` behind `vm`'s gate (bounded); its output, or `None` when it
+/// found nothing to paste.
+fn wl_paste(sway: &Sway, vm: &str) -> Option<Vec<u8>> {
+    let mut child = wl(sway, vm, "wl-paste")
+        .args(["--no-newline", "--type", "text/plain;charset=utf-8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wl-paste (apt-get install wl-clipboard)");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let status = frame_support::wait_bounded(&mut child, PATIENCE).expect("wl-paste hung");
+    status.success().then_some(out)
+}
+
+#[test]
+#[ignore = "e2e: needs sway headless (started under another uid, so root) and wl-clipboard"]
+fn test_wl_clipboard_apps_behind_the_gates_cross_only_by_the_chords_on_sway() {
+    if let Some(why) = sway::skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let sway = Sway::start("clip-wl");
+    let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
+    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), Settings::default());
+    let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
+    let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
+    let _host = HostClipboard::set(&sway, "HOST SECRET");
+    let banking = App::open(&sway.dir.path().join("banking.sock"), "bank");
+    banking.pump_until("keyboard focus on banking", || {
+        banking.kb.focus.borrow().is_some()
+    });
+    assert_eq!(
+        wl_paste(&sway, "shopping"),
+        None,
+        "no VM sees the host's clipboard"
+    );
+    let mut copy = wl(&sway, "banking", "wl-copy")
+        .args(["--foreground", "--type", UTF8, "from banking"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("wl-copy");
+    assert_eq!(
+        wl_paste(&sway, "banking").as_deref(),
+        Some(&b"from banking"[..])
+    );
+    assert_eq!(
+        wl_paste(&sway, "shopping"),
+        None,
+        "nothing crosses without the chords"
+    );
+    sway.focus("[title=\"^\\[banking\\] bank\"]");
+    let t0 = Instant::now();
+    while !clipd.has(|r| r.starts_with("Clipboard: copied")) {
+        assert!(t0.elapsed() < PATIENCE, "no copy");
+        vkb.chord(CTRL_SHIFT, KEY_C);
+        banking.pump_until("a copy or refusal", || {
+            clipd.has(|r| r.contains("copy from banking") || r.starts_with("Clipboard: copied"))
+        });
+    }
+    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    shopping.pump_until("keyboard focus on shopping", || {
+        shopping.kb.focus.borrow().is_some()
+    });
+    vkb.chord(CTRL_SHIFT, KEY_V);
+    shopping.pump_until("the paste", || {
+        clipd.has(|r| r.starts_with("Clipboard: pasted"))
+    });
+    assert_eq!(
+        wl_paste(&sway, "shopping").as_deref(),
+        Some(&b"from banking"[..])
+    );
+    assert_eq!(clipd.slot_source(), "");
+    let _ = copy.kill();
+    let _ = copy.wait();
+}

@@ -154,6 +154,18 @@ impl Sway {
         KeyboardProcess(child)
     }
 
+    /// `swaymsg CRITERIA focus`.
+    pub fn focus(&self, criteria: &str) {
+        let out = Command::new("swaymsg")
+            .args(["-s"])
+            .arg(&self.ipc)
+            .arg(format!("{criteria} focus"))
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .output()
+            .expect("swaymsg");
+        assert!(out.status.success(), "swaymsg {criteria} focus: {out:?}");
+    }
+
     /// `swaymsg -t get_tree` (JSON text).
     pub fn tree(&self) -> String {
         let out = Command::new("swaymsg")
