@@ -1113,3 +1113,142 @@ pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One long-lived virtual keyboard on a compositor's seat (sway:
+/// `zwp_virtual_keyboard_manager_v1`), driven by the test. Unlike `wtype`, which uploads a
+/// keymap per call and loses the first key, the keymap is uploaded once, at creation. The
+/// compositor delivers its keys to the focused window, as a real keyboard's.
+pub struct VirtualKeyboard {
+    state: Rc<State>,
+    kb: Rc<wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_v1::ZwpVirtualKeyboardV1>,
+    time: Cell<u32>,
+}
+
+impl std::fmt::Debug for VirtualKeyboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualKeyboard").finish_non_exhaustive()
+    }
+}
+
+/// A round trip on a client `state` (bounded by [`TIMEOUT`]).
+fn client_roundtrip(state: &Rc<State>) -> Result<(), String> {
+    use wl_proxy::protocols::wayland::wl_callback::WlCallbackHandler;
+    struct Done(Rc<Cell<bool>>);
+    impl WlCallbackHandler for Done {
+        fn handle_done(&mut self, _: &Rc<WlCallback>, _: u32) {
+            self.0.set(true);
+        }
+    }
+    let done = Rc::new(Cell::new(false));
+    state
+        .display()
+        .new_send_sync()
+        .set_handler(Done(done.clone()));
+    let t0 = Instant::now();
+    while !done.get() {
+        if t0.elapsed() > TIMEOUT {
+            return Err("the compositor did not answer a round trip".into());
+        }
+        state
+            .dispatch(Some(Duration::from_millis(50)))
+            .map_err(|e| format!("the compositor connection failed: {e}"))?;
+    }
+    Ok(())
+}
+
+impl VirtualKeyboard {
+    /// Connects to the compositor at `socket`, creates the keyboard and uploads `keymap`
+    /// (XKB v1 text).
+    pub fn connect(socket: &Path, keymap: &str) -> Result<VirtualKeyboard, String> {
+        use wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_manager_v1::ZwpVirtualKeyboardManagerV1;
+        struct Globals(Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>);
+        impl WlRegistryHandler for Globals {
+            fn handle_global(&mut self, _: &Rc<WlRegistry>, name: u32, i: ObjectInterface, v: u32) {
+                self.0.borrow_mut().push((name, i, v));
+            }
+        }
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        let state = State::builder(Baseline::ALL_OF_THEM)
+            .with_server_fd(&Rc::new(OwnedFd::from(stream)))
+            .build()
+            .map_err(|e| format!("client state: {e}"))?;
+        state.set_default_forward_to_client(false);
+        let registry = state.display().new_send_get_registry();
+        let globals = Rc::new(RefCell::new(Vec::new()));
+        registry.set_handler(Globals(globals.clone()));
+        client_roundtrip(&state)?;
+        let find = |iface: ObjectInterface| {
+            globals
+                .borrow()
+                .iter()
+                .find(|(_, i, _)| *i == iface)
+                .map(|&(n, _, v)| (n, v))
+                .ok_or_else(|| format!("the compositor offers no {}", iface.name()))
+        };
+        let (n, _) = find(ZwpVirtualKeyboardManagerV1::INTERFACE)?;
+        let mgr = state.create_object::<ZwpVirtualKeyboardManagerV1>(1);
+        registry.send_bind(n, mgr.clone());
+        let (n, v) = find(WlSeat::INTERFACE)?;
+        let seat = state.create_object::<WlSeat>(v.min(5));
+        registry.send_bind(n, seat.clone());
+        let kb = mgr.new_send_create_virtual_keyboard(&seat);
+        let mut bytes = keymap.as_bytes().to_vec();
+        bytes.push(0);
+        let fd =
+            nix::sys::memfd::memfd_create(c"vkb-keymap", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(|e| format!("memfd: {e}"))?;
+        let mut f = std::fs::File::from(fd);
+        f.write_all(&bytes).map_err(|e| format!("keymap: {e}"))?;
+        kb.send_keymap(1, &Rc::new(OwnedFd::from(f)), bytes.len() as u32);
+        client_roundtrip(&state)?;
+        Ok(VirtualKeyboard {
+            state,
+            kb,
+            time: Cell::new(1),
+        })
+    }
+
+    fn tick(&self) -> u32 {
+        let t = self.time.get() + 10;
+        self.time.set(t);
+        t
+    }
+
+    fn sync(&self) {
+        if let Err(e) = client_roundtrip(&self.state) {
+            panic!("virtual keyboard: {e}");
+        }
+    }
+
+    /// Sets the depressed modifiers (XKB mask: 1 shift, 4 control).
+    pub fn modifiers(&self, depressed: u32) {
+        self.kb.send_modifiers(depressed, 0, 0, 0);
+        self.sync();
+    }
+
+    /// Presses and releases `key` (an evdev code).
+    pub fn tap(&self, key: u32) {
+        let t = self.tick();
+        self.kb.send_key(t, key, 1);
+        let t = self.tick();
+        self.kb.send_key(t, key, 0);
+        self.sync();
+    }
+
+    /// Modifiers down, `key` tapped, modifiers up.
+    pub fn chord(&self, depressed: u32, key: u32) {
+        self.modifiers(depressed);
+        self.tap(key);
+        self.modifiers(0);
+    }
+}
+
+/// The US keymap (XKB v1 text) compiled from the system's XKB data.
+pub fn us_keymap() -> Result<String, String> {
+    use xkbcommon::xkb;
+    let ctx = xkb::Context::new(xkb::CONTEXT_NO_FLAGS);
+    xkb::Keymap::new_from_names(&ctx, "evdev", "pc105", "us", "", None, 0)
+        .map(|k| k.get_as_string(xkb::KEYMAP_FORMAT_TEXT_V1))
+        .ok_or_else(|| "the system's XKB data does not compile a US keymap".into())
+}
