@@ -700,8 +700,14 @@ fn clipboard_image() -> GuestImage {
 /// vmsilo-clipd run as the VMs' user at the socket the gates are given
 /// (`/run/user/<uid>/vmsilo-clipd.socket`), its log (metadata lines) in `log`.
 struct ClipdProcess {
-    _guard: Guard,
+    guard: Guard,
     log: PathBuf,
+}
+
+impl Drop for ClipdProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl ClipdProcess {
@@ -730,7 +736,7 @@ impl ClipdProcess {
             .spawn()
             .expect("vmsilo-clipd");
         let c = ClipdProcess {
-            _guard: Guard(Some(child)),
+            guard: Guard(Some(child)),
             log,
         };
         c.wait_for("listening on", "vmsilo-clipd to listen");
@@ -739,6 +745,17 @@ impl ClipdProcess {
 
     fn text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (clipd removes its socket), then waits a little; the guard kills what is left.
+    fn stop(&mut self) {
+        if let Some(c) = self.guard.0.as_mut() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     fn has(&self, needle: &str) -> bool {
