@@ -385,6 +385,54 @@ impl fmt::Display for Transfer {
     }
 }
 
+/// Longest [`band_text`] in characters (the gate cuts anything longer).
+pub const MAX_BAND_TEXT: usize = 96;
+
+/// What the label band of a VM's windows is told about a transfer or refusal that concerns
+/// that VM (see [`band_text`]).
+#[derive(Debug, Clone, Copy)]
+pub enum BandEvent<'a> {
+    /// Its clipboard was copied into the slot, or the slot pasted into it.
+    Done(&'a Transfer),
+    /// A copy from it or a paste into it was refused.
+    Refused(&'a Refusal),
+    /// A copy from it or a paste into it failed (the journal says why).
+    Failed,
+}
+
+/// The short message for a VM's label band: ASCII, at most [`MAX_BAND_TEXT`] characters,
+/// metadata only. It never holds the content, nor any text a VM chose (a MIME type a VM
+/// offered is not repeated): only sizes, the cap and VM names from the configuration.
+pub fn band_text(e: BandEvent<'_>) -> String {
+    let t = match e {
+        BandEvent::Done(t) => {
+            let unit = if t.mime.starts_with("text/") {
+                "chars"
+            } else {
+                "bytes"
+            };
+            match &t.to {
+                None => format!("clipboard: {} {unit} copied to global slot", t.size),
+                Some(_) => format!("clipboard: {} {unit} pasted from {}", t.size, t.from),
+            }
+        }
+        BandEvent::Refused(r) => match r {
+            Refusal::Denied => "clipboard: refused by policy (deny)".into(),
+            Refusal::NeedConfirm => "clipboard: paste again within 10 s to confirm".into(),
+            Refusal::OverCap { cap, .. } => format!("clipboard: refused, over {cap} chars"),
+            Refusal::Mime(_) => "clipboard: refused, type not allowed".into(),
+            Refusal::NotUtf8 => "clipboard: refused, not valid UTF-8".into(),
+            Refusal::Empty => "clipboard: refused, global slot empty".into(),
+            Refusal::NothingToCopy => "clipboard: refused, nothing to copy".into(),
+        },
+        BandEvent::Failed => "clipboard: failed (see the journal)".into(),
+    };
+    t.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .take(MAX_BAND_TEXT)
+        .collect()
+}
+
 /// The slot and the decisions about it.
 #[derive(Debug)]
 pub struct Clipboard {
@@ -507,6 +555,81 @@ impl Clipboard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_band_texts_are_short_ascii_metadata() {
+        let copy = Transfer {
+            from: vm("banking"),
+            to: None,
+            size: 42,
+            mime: UTF8.into(),
+        };
+        assert_eq!(
+            band_text(BandEvent::Done(&copy)),
+            "clipboard: 42 chars copied to global slot"
+        );
+        let paste = Transfer {
+            to: Some(vm("shopping")),
+            mime: "image/png".into(),
+            ..copy.clone()
+        };
+        assert_eq!(
+            band_text(BandEvent::Done(&paste)),
+            "clipboard: 42 bytes pasted from banking"
+        );
+        let from_host = Transfer {
+            from: Endpoint::Host,
+            ..paste
+        };
+        assert_eq!(
+            band_text(BandEvent::Done(&from_host)),
+            "clipboard: 42 bytes pasted from host"
+        );
+        let over = Refusal::OverCap {
+            size: 70_000,
+            cap: 64_000,
+        };
+        assert_eq!(
+            band_text(BandEvent::Refused(&over)),
+            "clipboard: refused, over 64000 chars"
+        );
+        assert_eq!(
+            band_text(BandEvent::Refused(&Refusal::Empty)),
+            "clipboard: refused, global slot empty"
+        );
+        assert_eq!(
+            band_text(BandEvent::Refused(&Refusal::Denied)),
+            "clipboard: refused by policy (deny)"
+        );
+        assert_eq!(
+            band_text(BandEvent::Refused(&Refusal::NeedConfirm)),
+            "clipboard: paste again within 10 s to confirm"
+        );
+        // A MIME type the VM chose never reaches the band.
+        let mime = Refusal::Mime("text/evil\u{202e}SPOOF".into());
+        let t = band_text(BandEvent::Refused(&mime));
+        assert_eq!(t, "clipboard: refused, type not allowed");
+        for e in [
+            BandEvent::Refused(&Refusal::NotUtf8),
+            BandEvent::Refused(&Refusal::NothingToCopy),
+            BandEvent::Failed,
+        ] {
+            let t = band_text(e);
+            assert!(t.starts_with("clipboard: "), "{t}");
+            assert!(t.is_ascii() && t.chars().count() <= MAX_BAND_TEXT, "{t}");
+        }
+        // Long VM names are cut to the bound.
+        let long = Transfer {
+            from: vm(&"x".repeat(200)),
+            to: Some(vm("b")),
+            size: 1,
+            mime: UTF8.into(),
+        };
+        assert_eq!(
+            band_text(BandEvent::Done(&long)).chars().count(),
+            MAX_BAND_TEXT
+        );
+    }
 
     fn vm(s: &str) -> Endpoint {
         Endpoint::Vm(s.into())

@@ -22,7 +22,7 @@ use nix::sys::socket::{
 };
 
 use crate::chan::{self, Recv};
-use crate::core::{Clipboard, Endpoint, Refusal, Settings, Transfer};
+use crate::core::{BandEvent, Clipboard, Endpoint, Refusal, Settings, Transfer, band_text};
 use crate::proto::{Chord, Msg, Outcome};
 
 /// Most peers at once (gates and CLI calls).
@@ -266,7 +266,20 @@ impl Daemon {
         }
     }
 
-    fn refused(&mut self, what: &str, to: Option<u64>, r: &Refusal) {
+    /// Tells the gate of `vm` (if it has one registered) to show the event in the label band
+    /// of the VM's windows. Best effort: a gate that does not take it is not waited for.
+    fn band(&mut self, vm: Option<&str>, e: BandEvent<'_>) {
+        let Some(gate) = vm.and_then(|vm| self.gate_of(vm)) else {
+            return;
+        };
+        let msg = Msg::Notice { text: band_text(e) };
+        if let Some(fd) = self.peer_fd(gate) {
+            let _ = chan::send(fd, &msg, None);
+        }
+    }
+
+    /// `vm`: the VM the refusal concerns (its band shows it).
+    fn refused(&mut self, what: &str, to: Option<u64>, vm: Option<&str>, r: &Refusal) {
         let outcome = if *r == Refusal::NeedConfirm {
             Outcome::NeedConfirm
         } else {
@@ -278,14 +291,18 @@ impl Daemon {
             "Clipboard: refused"
         };
         self.notify(summary, &format!("{what}: {r}"));
+        self.band(vm, BandEvent::Refused(r));
         self.reply(to, outcome, &format!("{what}: {r}"));
     }
 
-    fn failed(&mut self, to: Option<u64>, text: &str) {
+    /// `vm`: the VM the failure concerns (its band shows it).
+    fn failed(&mut self, to: Option<u64>, vm: Option<&str>, text: &str) {
         self.notify("Clipboard: failed", text);
+        self.band(vm, BandEvent::Failed);
         self.reply(to, Outcome::Failed, text);
     }
 
+    /// The band shown: the source VM's for a copy, the destination VM's for a paste.
     fn transferred(&mut self, to: Option<u64>, t: &Transfer) {
         let summary = if t.to.is_none() {
             "Clipboard: copied"
@@ -293,6 +310,11 @@ impl Daemon {
             "Clipboard: pasted"
         };
         self.notify(summary, &t.to_string());
+        let vm = match t.to.as_ref().unwrap_or(&t.from) {
+            Endpoint::Vm(v) => Some(v.clone()),
+            Endpoint::Host => None,
+        };
+        self.band(vm.as_deref(), BandEvent::Done(t));
         self.reply(to, Outcome::Ok, &t.to_string());
     }
 
@@ -301,6 +323,7 @@ impl Daemon {
         let Some(gate) = self.gate_of(vm) else {
             self.failed(
                 requester,
+                Some(vm),
                 &format!("copy from {vm}: its gate is not running (is the VM started with gpu?)"),
             );
             return;
@@ -308,6 +331,7 @@ impl Daemon {
         if self.pending.len() >= MAX_PENDING {
             self.failed(
                 requester,
+                Some(vm),
                 &format!("copy from {vm}: too many copies in flight"),
             );
             return;
@@ -317,6 +341,7 @@ impl Daemon {
             Err(e) => {
                 self.failed(
                     requester,
+                    Some(vm),
                     &format!("copy from {vm}: could not create a pipe: {e}"),
                 );
                 return;
@@ -335,6 +360,7 @@ impl Daemon {
         if !matches!(sent, Some(Ok(()))) {
             self.failed(
                 requester,
+                Some(vm),
                 &format!("copy from {vm}: its gate did not take the request"),
             );
             return;
@@ -360,19 +386,25 @@ impl Daemon {
         };
         let what = format!("copy from {}", p.vm);
         if mime.is_empty() {
-            self.refused(&what, p.requester, &Refusal::NothingToCopy);
+            self.refused(&what, p.requester, Some(&p.vm), &Refusal::NothingToCopy);
             return;
         }
         if !self.opts.settings.mimes.iter().any(|m| m == mime) {
-            self.refused(&what, p.requester, &Refusal::Mime(mime.to_string()));
+            self.refused(
+                &what,
+                p.requester,
+                Some(&p.vm),
+                &Refusal::Mime(mime.to_string()),
+            );
             return;
         }
         let max = self.opts.settings.max_bytes();
         match chan::read_pipe(p.read, max, self.opts.fetch_timeout) {
-            Err(e) => self.failed(p.requester, &format!("{what}: {e}")),
+            Err(e) => self.failed(p.requester, Some(&p.vm), &format!("{what}: {e}")),
             Ok(Err(seen)) => self.refused(
                 &what,
                 p.requester,
+                Some(&p.vm),
                 &Refusal::OverCap {
                     size: seen,
                     cap: self.opts.settings.max_size,
@@ -384,7 +416,7 @@ impl Daemon {
                     .copy(Endpoint::Vm(p.vm.clone()), mime, data, Instant::now())
                 {
                     Ok(t) => self.transferred(p.requester, &t),
-                    Err(r) => self.refused(&what, p.requester, &r),
+                    Err(r) => self.refused(&what, p.requester, Some(&p.vm), &r),
                 }
             }
         }
@@ -393,11 +425,16 @@ impl Daemon {
     /// Pastes the slot into `dest` (a VM through its gate; the host through the CLI).
     fn paste(&mut self, dest: Endpoint, confirm: bool, requester: Option<u64>) {
         let what = format!("paste into {dest}");
+        let band_vm = match &dest {
+            Endpoint::Vm(vm) => Some(vm.clone()),
+            Endpoint::Host => None,
+        };
+        let band_vm = band_vm.as_deref();
         let gate = match &dest {
             Endpoint::Vm(vm) => match self.gate_of(vm) {
                 Some(g) => Some(g),
                 None => {
-                    self.failed(requester, &format!("{what}: its gate is not running"));
+                    self.failed(requester, None, &format!("{what}: its gate is not running"));
                     return;
                 }
             },
@@ -410,7 +447,7 @@ impl Daemon {
                     Some(s) => format!("paste {} → {dest}", s.source),
                     None => what,
                 };
-                self.refused(&what, requester, &r);
+                self.refused(&what, requester, band_vm, &r);
                 return;
             }
         };
@@ -419,6 +456,7 @@ impl Daemon {
             Err(e) => {
                 self.failed(
                     requester,
+                    band_vm,
                     &format!("{what}: could not hold the content: {e}"),
                 );
                 return;
@@ -445,11 +483,13 @@ impl Daemon {
         if !matches!(sent, Some(Ok(()))) {
             self.failed(
                 requester,
+                band_vm,
                 &format!("{what}: could not hand the content over"),
             );
             return;
         }
         self.notify("Clipboard: pasted", &t.to_string());
+        self.band(band_vm, BandEvent::Done(&t));
         if gate.is_some() {
             self.reply(requester, Outcome::Ok, &t.to_string());
         }
@@ -496,10 +536,11 @@ impl Daemon {
                 let Some(fd) = fd else { return false };
                 let what = "copy from host";
                 match chan::read_memfd(fd, self.opts.settings.max_bytes()) {
-                    Err(e) => self.failed(Some(id), &format!("{what}: {e}")),
+                    Err(e) => self.failed(Some(id), None, &format!("{what}: {e}")),
                     Ok(Err(seen)) => self.refused(
                         what,
                         Some(id),
+                        None,
                         &Refusal::OverCap {
                             size: seen,
                             cap: self.opts.settings.max_size,
@@ -508,7 +549,7 @@ impl Daemon {
                     Ok(Ok(data)) => {
                         match self.clip.copy(Endpoint::Host, &mime, data, Instant::now()) {
                             Ok(t) => self.transferred(Some(id), &t),
-                            Err(r) => self.refused(what, Some(id), &r),
+                            Err(r) => self.refused(what, Some(id), None, &r),
                         }
                     }
                 }
@@ -613,9 +654,11 @@ impl Daemon {
             .collect();
         for r in stale {
             if let Some(p) = self.pending.remove(&r) {
+                let vm = p.vm.clone();
                 self.failed(
                     p.requester,
-                    &format!("copy from {}: its gate did not answer in time", p.vm),
+                    Some(&vm),
+                    &format!("copy from {vm}: its gate did not answer in time"),
                 );
             }
         }

@@ -94,6 +94,13 @@ pub enum Msg {
         /// Its MIME type.
         mime: String,
     },
+    /// clipd → gate: show `text` (metadata only: never content) in the label band of the
+    /// VM's windows for a few seconds. Sent to the gate of the VM a transfer or refusal is
+    /// about (the source of a copy, the destination of a paste).
+    Notice {
+        /// The short message (ASCII; see `core::band_text`).
+        text: String,
+    },
     /// clipd → CLI: how a request ended.
     Reply {
         /// The outcome.
@@ -240,6 +247,10 @@ impl Msg {
                 o.push(22);
                 put_str(&mut o, mime);
             }
+            Msg::Notice { text } => {
+                o.push(23);
+                put_str(&mut o, text);
+            }
             Msg::Reply { outcome, text } => {
                 o.push(30);
                 o.push(*outcome as u8);
@@ -288,6 +299,7 @@ impl Msg {
                 mime: r.str()?,
             },
             22 => Msg::Put { mime: r.str()? },
+            23 => Msg::Notice { text: r.str()? },
             30 => Msg::Reply {
                 outcome: match r.u8()? {
                     0 => Outcome::Ok,
@@ -355,6 +367,9 @@ mod tests {
                 mime: String::new(),
             },
             Msg::Put { mime: "x".into() },
+            Msg::Notice {
+                text: "clipboard: 5 chars copied to global slot".into(),
+            },
             Msg::Reply {
                 outcome: Outcome::NeedConfirm,
                 text: "t".into(),

@@ -329,3 +329,117 @@ fn helper_connect_as_other_user() {
     };
     println!("HELPER: {outcome}");
 }
+
+/// A fake gate for `vm` that answers every `Fetch` with `content` and collects the band
+/// notices it is sent (until the returned sender is dropped or the daemon closes).
+fn notice_gate(
+    socket: &Path,
+    vm: &str,
+    content: &'static [u8],
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let sock = chan::connect_to(socket).unwrap();
+    chan::send(sock.as_fd(), &Msg::Hello { vm: vm.into() }, None).unwrap();
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let n = notices.clone();
+    std::thread::spawn(move || {
+        while matches!(
+            stopped.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Empty)
+        ) {
+            if !chan::wait_readable(sock.as_fd(), Duration::from_millis(50)) {
+                continue;
+            }
+            match chan::recv(sock.as_fd()) {
+                Recv::Msg(Msg::Fetch { req, mimes }, Some(fd)) => {
+                    std::fs::File::from(fd).write_all(content).unwrap();
+                    let mime = mimes[0].clone();
+                    chan::send(sock.as_fd(), &Msg::Fetched { req, mime }, None).unwrap();
+                }
+                Recv::Msg(Msg::Notice { text }, None) => n.lock().unwrap().push(text),
+                Recv::Closed => return,
+                _ => {}
+            }
+        }
+    });
+    (notices, stop)
+}
+
+fn wait_notice(notices: &std::sync::Mutex<Vec<String>>, want: &str) {
+    let deadline = std::time::Instant::now() + T;
+    while !notices.lock().unwrap().iter().any(|n| n == want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notice {want:?}: {:?}",
+            notices.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn test_band_notices_go_to_the_gate_of_the_vm_concerned_only() {
+    let settings = Settings {
+        max_size: 20,
+        ..Settings::default()
+    };
+    let d = start("notices", settings);
+    let (banking, _b) = notice_gate(&d.socket, "banking", b"hello from banking");
+    let (shopping, _s) = notice_gate(&d.socket, "shopping", b"this is more than twenty chars");
+    let c = Client::connect(&d.socket).unwrap();
+    // A copy from banking: banking's band.
+    let (o, text) = reply_when_registered(
+        &c,
+        Msg::Copy {
+            vm: "banking".into(),
+        },
+    );
+    assert_eq!(o, Outcome::Ok, "{text}");
+    wait_notice(&banking, "clipboard: 18 chars copied to global slot");
+    // A paste into shopping: shopping's band, with the source VM's name.
+    let (o, text) = reply_when_registered(
+        &c,
+        Msg::Paste {
+            vm: "shopping".into(),
+            confirm: false,
+        },
+    );
+    assert_eq!(o, Outcome::Ok, "{text}");
+    wait_notice(&shopping, "clipboard: 18 chars pasted from banking");
+    // Refusals: an empty-slot paste into banking, an over-cap copy from shopping.
+    let (o, _) = reply(
+        &c,
+        Msg::Paste {
+            vm: "banking".into(),
+            confirm: false,
+        },
+    );
+    assert_eq!(o, Outcome::Refused);
+    wait_notice(&banking, "clipboard: refused, global slot empty");
+    let (o, _) = reply(
+        &c,
+        Msg::Copy {
+            vm: "shopping".into(),
+        },
+    );
+    assert_eq!(o, Outcome::Refused);
+    wait_notice(&shopping, "clipboard: refused, over 20 chars");
+    // Each gate heard only about its own VM, and never the content.
+    assert_eq!(
+        *banking.lock().unwrap(),
+        [
+            "clipboard: 18 chars copied to global slot",
+            "clipboard: refused, global slot empty"
+        ]
+    );
+    assert_eq!(
+        *shopping.lock().unwrap(),
+        [
+            "clipboard: 18 chars pasted from banking",
+            "clipboard: refused, over 20 chars"
+        ]
+    );
+}

@@ -29,7 +29,13 @@ pub struct ClipdLink {
     sock: Option<OwnedFd>,
     held: Option<Held>,
     next_serial: u64,
+    /// Notices clipd sent for the label band, not yet taken by the parent (at most
+    /// [`MAX_NOTICES`]; the oldest are dropped).
+    notices: std::collections::VecDeque<String>,
 }
+
+/// Most notices kept between two [`ClipdLink::take_notices`].
+pub const MAX_NOTICES: usize = 16;
 
 impl std::fmt::Debug for ClipdLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +55,7 @@ impl ClipdLink {
             sock: None,
             held: None,
             next_serial: 1,
+            notices: std::collections::VecDeque::new(),
         };
         l.connect();
         l
@@ -151,6 +158,12 @@ impl ClipdLink {
                         warn_limited("clipd", "could not read the content vmsilo-clipd pasted")
                     }
                 },
+                Recv::Msg(ClipMsg::Notice { text }, None) => {
+                    if self.notices.len() >= MAX_NOTICES {
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back(crate::notice::sanitize(&text));
+                }
                 Recv::Msg(_, _) | Recv::Bad => {
                     warn_limited("clipd", "unexpected message from vmsilo-clipd (ignored)")
                 }
@@ -166,6 +179,11 @@ impl ClipdLink {
             }
         }
         routes
+    }
+
+    /// The notices clipd sent since the last call, oldest first (for the label band).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.notices.drain(..).collect()
     }
 
     /// A hub message for the gate's own selection: a paste of it (write the content into

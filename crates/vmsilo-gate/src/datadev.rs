@@ -111,6 +111,12 @@ pub enum Msg {
         /// Copy, else paste.
         copy: bool,
     },
+    /// Parent → child: the label band of every window shows this clipboard notice (empty:
+    /// the VM name alone again). See `notice`.
+    Notice {
+        /// The notice (printable ASCII, at most `notice::MAX_CHARS`).
+        text: String,
+    },
 }
 
 /// A [`Msg`] that does not decode.
@@ -223,6 +229,10 @@ impl Msg {
                 out.push(7);
                 out.push(*copy as u8);
             }
+            Msg::Notice { text } => {
+                out.push(8);
+                put_str(&mut out, text);
+            }
         }
         out
     }
@@ -261,6 +271,7 @@ impl Msg {
                     _ => return Err(BadMsg("bad flag")),
                 },
             },
+            8 => Msg::Notice { text: r.str()? },
             _ => return Err(BadMsg("unknown tag")),
         };
         r.end()?;
@@ -411,9 +422,11 @@ impl Hub {
             },
             // Parent → child messages are not accepted from a child; chords go to clipd, not
             // to the hub.
-            Msg::Selection { .. } | Msg::Send { .. } | Msg::Cancel { .. } | Msg::Chord { .. } => {
-                Vec::new()
-            }
+            Msg::Selection { .. }
+            | Msg::Send { .. }
+            | Msg::Cancel { .. }
+            | Msg::Chord { .. }
+            | Msg::Notice { .. } => Vec::new(),
         }
     }
 }
@@ -686,7 +699,8 @@ impl DataDev {
             Msg::SetSelection { .. }
             | Msg::ClearSelection { .. }
             | Msg::Receive { .. }
-            | Msg::Chord { .. } => {}
+            | Msg::Chord { .. }
+            | Msg::Notice { .. } => {}
         }
     }
 
@@ -988,6 +1002,12 @@ mod tests {
             Msg::Cancel { serial: 9 },
             Msg::Chord { copy: true },
             Msg::Chord { copy: false },
+            Msg::Notice {
+                text: "clipboard: refused, over 64000 chars".into(),
+            },
+            Msg::Notice {
+                text: String::new(),
+            },
         ];
         for m in all {
             let b = m.encode();

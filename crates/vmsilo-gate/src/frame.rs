@@ -147,6 +147,8 @@ struct Shared {
     /// One pixel in the VM colour and one transparent pixel, shared by every window's
     /// plain strips (scaled with wp_viewporter).
     pixels: RefCell<Option<(Rc<WlBuffer>, Rc<WlBuffer>)>>,
+    /// The clipboard notice the label band shows after the VM name (see `notice.rs`).
+    notice: RefCell<Option<String>>,
 }
 
 /// The gate's own globals, bound on its own registry (server-side only).
@@ -161,6 +163,11 @@ struct Globals {
 }
 
 impl Shared {
+    /// The band's text: the VM label, and the clipboard notice while one shows.
+    fn label(&self) -> String {
+        crate::notice::label(&self.identity.label(), self.notice.borrow().as_deref())
+    }
+
     /// Logs a warning, at most 20 times per connection and then every 10 000th time.
     fn warn(&self, msg: &str) {
         let n = self.warnings.get() + 1;
@@ -261,6 +268,29 @@ pub fn is_gate_surface(surface: &Rc<WlSurface>) -> bool {
     })
 }
 
+/// Sets the clipboard notice the label band of every window of `conn` shows after the VM
+/// name (`None`: the name alone), and redraws the mapped windows' bands. The parent bounds
+/// how often this happens (`notice::MIN_GAP`).
+pub fn set_notice(conn: &Rc<Conn>, notice: Option<String>) {
+    let Some(sh) = shared_for(conn) else {
+        return;
+    };
+    if *sh.notice.borrow() == notice {
+        return;
+    }
+    *sh.notice.borrow_mut() = notice;
+    let windows: Vec<Rc<Window>> = {
+        let mut w = sh.windows.borrow_mut();
+        w.retain(|w| w.strong_count() > 0);
+        w.iter().filter_map(Weak::upgrade).collect()
+    };
+    for w in windows {
+        if let Err(e) = w.redraw_label() {
+            sh.warn(&format!("could not redraw the label band: {e}"));
+        }
+    }
+}
+
 /// Prepares the frame machinery for one client connection: binds the gate's own globals on
 /// a registry of its own on the compositor connection of `state`. The client is suspended
 /// at its first bind until the gate's registry round trip has completed, so that no guest
@@ -276,6 +306,7 @@ pub fn start(conn: &Rc<Conn>, state: &Rc<State>) {
         windows: RefCell::new(Vec::new()),
         warnings: Cell::new(0),
         pixels: RefCell::new(None),
+        notice: RefCell::new(None),
     });
     SHARED.with(|s| {
         let mut s = s.borrow_mut();
@@ -494,6 +525,11 @@ struct FrameBuffers {
     full: Option<[Option<Rc<WlBuffer>>; 3]>,
     /// With it: the label part of the band, and its width.
     label: Option<(i32, Rc<WlBuffer>)>,
+    /// The text drawn in the band.
+    text: String,
+    /// Without wp_viewporter, after a notice changed the text: the band the fill strip
+    /// shows (F keeps the band of `full`, hidden under the fill strip).
+    fill: Option<Rc<WlBuffer>>,
 }
 
 impl FrameBuffers {
@@ -502,6 +538,9 @@ impl FrameBuffers {
             b.send_destroy();
         }
         if let Some((_, b)) = self.label {
+            b.send_destroy();
+        }
+        if let Some(b) = self.fill {
             b.send_destroy();
         }
     }
@@ -767,7 +806,7 @@ impl Window {
     /// Draws and commits the frame for `l`.
     fn relayout(&self, l: Layout) -> std::io::Result<()> {
         let color = self.sh.identity.color;
-        let label = self.sh.identity.label();
+        let label = self.sh.label();
         let (positions, sizes) = strip_geometry(&l);
         let old = self.buffers.borrow_mut().take();
         let new = match &self.viewport {
@@ -777,8 +816,9 @@ impl Window {
                 let (label_buf, old) = match old {
                     Some(FrameBuffers {
                         label: Some((w, b)),
+                        text,
                         ..
-                    }) if w == lw => (Some((w, b)), None),
+                    }) if w == lw && text == label => (Some((w, b)), None),
                     o => {
                         let img = draw::label_strip(l.width, color, &label);
                         (shm_buffer(&self.shm, &img)?.map(|b| (lw, b)), o)
@@ -809,6 +849,8 @@ impl Window {
                     layout: l,
                     full: None,
                     label: label_buf,
+                    text: label,
+                    fill: None,
                 }
             }
             None => {
@@ -834,6 +876,8 @@ impl Window {
                     layout: l,
                     full: Some([band, side, bottom]),
                     label: None,
+                    text: label,
+                    fill: None,
                 }
             }
         };
@@ -842,6 +886,52 @@ impl Window {
         self.f.send_damage(0, 0, i32::MAX, i32::MAX);
         self.f.send_commit();
         *self.buffers.borrow_mut() = Some(new);
+        Ok(())
+    }
+
+    /// Redraws the band's text (a clipboard notice came or went) without touching the rest
+    /// of the frame: only the strip that shows the text is committed, desynchronised for
+    /// that one commit so that it shows without a commit of F (which could apply a
+    /// configure the guest acked but has not drawn yet).
+    fn redraw_label(&self) -> std::io::Result<()> {
+        if self.destroyed.get() || self.phase.get() != Phase::Mapped {
+            return Ok(());
+        }
+        let label = self.sh.label();
+        let mut buffers = self.buffers.borrow_mut();
+        let Some(b) = buffers.as_mut() else {
+            return Ok(());
+        };
+        if b.text == label {
+            return Ok(());
+        }
+        let color = self.sh.identity.color;
+        let (img, strip) = match self.viewport {
+            Some(_) => (draw::label_strip(b.layout.width, color, &label), LABEL),
+            None => (draw::band(b.layout.width, color, &label), FILL),
+        };
+        let buf = shm_buffer(&self.shm, &img)?;
+        let (s, ss, _) = &self.strips[strip];
+        ss.send_set_desync();
+        s.send_attach(buf.as_ref(), 0, 0);
+        s.send_damage(0, 0, i32::MAX, i32::MAX);
+        s.send_commit();
+        ss.send_set_sync();
+        // The old buffer had memory of its own (see `relayout`).
+        match self.viewport {
+            Some(_) => {
+                if let Some((_, old)) = b.label.take() {
+                    old.send_destroy();
+                }
+                b.label = buf.map(|n| (img.width, n));
+            }
+            None => {
+                if let Some(old) = std::mem::replace(&mut b.fill, buf) {
+                    old.send_destroy();
+                }
+            }
+        }
+        b.text = label;
         Ok(())
     }
 

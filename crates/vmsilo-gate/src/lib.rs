@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod layout;
 pub mod logger;
+pub mod notice;
 pub mod policy;
 pub mod registry;
 pub mod sandbox;

@@ -516,6 +516,10 @@ impl Session {
             worked = true;
             for _ in 0..64 {
                 match recv_msg(c.fd.as_raw_fd()) {
+                    Recv::Msg(Msg::Notice { text }, _) => {
+                        let text = crate::notice::sanitize(&text);
+                        frame::set_notice(&self.conn, (!text.is_empty()).then_some(text));
+                    }
                     Recv::Msg(m, fd) => self.dd.handle_parent(m, fd),
                     Recv::Bad => warn_limited("clipboard", "malformed message from the parent"),
                     Recv::Empty => break,
@@ -652,6 +656,8 @@ pub struct Parent {
     /// The connection to vmsilo-clipd and the content the gate holds as the VM's
     /// selection (see `clipd.rs`).
     clipd: crate::clipd::ClipdLink,
+    /// The clipboard notice in the label band (see `notice.rs`).
+    notices: crate::notice::Board,
 }
 
 impl Parent {
@@ -674,6 +680,7 @@ impl Parent {
             refused: 0,
             pid: std::process::id(),
             clipd,
+            notices: crate::notice::Board::default(),
         }
     }
 
@@ -722,6 +729,44 @@ impl Parent {
                     &format!("could not reach client process {child}: {e}"),
                 );
             }
+        }
+    }
+
+    /// Tells every child (or only `only`) what the label band shows.
+    fn send_notice(&self, text: &str, only: Option<i32>) {
+        let msg = Msg::Notice {
+            text: text.to_string(),
+        };
+        for (pid, info) in &self.children {
+            if only.is_some_and(|o| o != *pid) {
+                continue;
+            }
+            if let Err(e) = send_msg(info.chan.as_raw_fd(), &msg, None) {
+                warn_limited(
+                    "clipboard",
+                    &format!("could not reach client process {}: {e}", info.id),
+                );
+            }
+        }
+    }
+
+    /// Applies the notice changes due now.
+    fn notices_due(&mut self) {
+        let now = std::time::Instant::now();
+        for text in self.clipd.take_notices() {
+            if let Some(c) = self.notices.post(&text, now) {
+                self.apply_notice(c);
+            }
+        }
+        while let Some(c) = self.notices.tick(now) {
+            self.apply_notice(c);
+        }
+    }
+
+    fn apply_notice(&self, c: crate::notice::Change) {
+        match c {
+            crate::notice::Change::Show(t) => self.send_notice(&t, None),
+            crate::notice::Change::Clear => self.send_notice("", None),
         }
     }
 
@@ -813,6 +858,9 @@ impl Parent {
                 self.children.insert(pid, ChildInfo { id, chan: mine });
                 let outs = self.hub.child_added(id);
                 self.route(outs, None);
+                if let Some(t) = self.notices.current() {
+                    self.send_notice(t, Some(pid));
+                }
             }
         }
     }
@@ -880,7 +928,16 @@ impl Parent {
                         PollFlags::POLLIN,
                     ));
                 }
-                match poll(&mut fds, PollTimeout::NONE) {
+                let timeout = match self.notices.deadline() {
+                    None => PollTimeout::NONE,
+                    Some(d) => {
+                        let wait = d.saturating_duration_since(std::time::Instant::now());
+                        // Rounded up, so that the wake-up is not before the deadline.
+                        PollTimeout::try_from(wait + Duration::from_millis(1))
+                            .unwrap_or(PollTimeout::MAX)
+                    }
+                };
+                match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => return Err(ServerError::Runtime(format!("poll failed: {e}"))),
@@ -904,6 +961,7 @@ impl Parent {
                     self.route(outs, fd);
                 }
             }
+            self.notices_due();
             if signal_ready {
                 while let Ok(Some(info)) = signals.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {

@@ -6,7 +6,9 @@
 //! `bind`s, the requests of the security-context manager and context (and accepts clients on
 //! the `listen_fd` it is given), `wl_compositor.create_surface`/`create_region` and any
 //! `wl_data_device_manager` request. Trace lines are `c<N> <what>`, N counting connections
-//! from 1.
+//! from 1. It also keeps the pixels of every `wl_shm` buffer committed on a surface
+//! ([`FakeCompositor::commits`]: what the gate draws, such as its label band), and answers an
+//! xdg_toplevel's initial commit with a configure, so that windows map.
 #![forbid(unsafe_code)]
 #![allow(missing_docs)]
 
@@ -31,6 +33,7 @@ use wl_proxy::protocols::security_context_v1::wp_security_context_manager_v1::{
 use wl_proxy::protocols::security_context_v1::wp_security_context_v1::{
     WpSecurityContextV1, WpSecurityContextV1Handler,
 };
+use wl_proxy::protocols::wayland::wl_buffer::WlBuffer;
 use wl_proxy::protocols::wayland::wl_callback::WlCallback;
 use wl_proxy::protocols::wayland::wl_compositor::{WlCompositor, WlCompositorHandler};
 use wl_proxy::protocols::wayland::wl_data_device::WlDataDevice;
@@ -46,7 +49,12 @@ use wl_proxy::protocols::wayland::wl_output::WlOutput;
 use wl_proxy::protocols::wayland::wl_region::WlRegion;
 use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
 use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
-use wl_proxy::protocols::wayland::wl_surface::WlSurface;
+use wl_proxy::protocols::wayland::wl_shm::{WlShm, WlShmFormat, WlShmHandler};
+use wl_proxy::protocols::wayland::wl_shm_pool::{WlShmPool, WlShmPoolHandler};
+use wl_proxy::protocols::wayland::wl_surface::{WlSurface, WlSurfaceHandler};
+use wl_proxy::protocols::xdg_shell::xdg_surface::{XdgSurface, XdgSurfaceHandler};
+use wl_proxy::protocols::xdg_shell::xdg_toplevel::XdgToplevel;
+use wl_proxy::protocols::xdg_shell::xdg_wm_base::{XdgWmBase, XdgWmBaseHandler};
 use wl_proxy::state::{State, StateHandler};
 
 use crate::secctx::{Done, Globals};
@@ -54,11 +62,35 @@ use crate::secctx::{Done, Globals};
 /// The shared trace.
 pub type Trace = Arc<Mutex<Vec<String>>>;
 
+/// A `wl_shm` buffer the fake saw committed on a surface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The connection (as in the trace: `c<N>`).
+    pub conn: u32,
+    /// The surface (its wl-proxy unique id in the fake).
+    pub surface: u64,
+    /// Width in pixels.
+    pub width: i32,
+    /// Height in pixels.
+    pub height: i32,
+    /// ARGB8888 pixels, row-major.
+    pub pixels: Vec<u32>,
+}
+
+/// The committed buffers, oldest first (at most [`MAX_COMMITS`]; the oldest are dropped).
+pub type Commits = Arc<Mutex<std::collections::VecDeque<Committed>>>;
+
+/// Most committed buffers the fake keeps.
+pub const MAX_COMMITS: usize = 4096;
+/// Largest buffer (in pixels) whose content the fake keeps.
+const MAX_KEPT_PIXELS: i64 = 1 << 22;
+
 /// A fake compositor running in a thread of the test process.
 #[derive(Debug)]
 pub struct FakeCompositor {
     path: PathBuf,
     trace: Trace,
+    commits: Commits,
     keys: Arc<Mutex<Vec<KeyCmd>>>,
     stop: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -74,6 +106,27 @@ struct Ctx {
     keyboards: RefCell<Vec<(u32, Rc<WlKeyboard>)>>,
     /// The last surface each client created (keyboard focus goes there).
     surfaces: RefCell<std::collections::HashMap<u32, Rc<WlSurface>>>,
+    commits: Commits,
+    /// `wl_shm` buffers by unique id: (pool fd, offset, width, height, stride).
+    buffers: RefCell<std::collections::HashMap<u64, ShmBuf>>,
+    /// xdg_surfaces by their wl_surface's unique id, and whether they were configured.
+    xdg: RefCell<std::collections::HashMap<u64, XdgRole>>,
+    serial: Cell<u32>,
+}
+
+#[derive(Clone)]
+struct ShmBuf {
+    fd: Rc<OwnedFd>,
+    offset: i32,
+    width: i32,
+    height: i32,
+    stride: i32,
+}
+
+struct XdgRole {
+    xdg: Rc<XdgSurface>,
+    toplevel: Option<Rc<XdgToplevel>>,
+    configured: bool,
 }
 
 /// Keyboard events the threaded fake sends to connection `conn`'s keyboards (see
@@ -121,10 +174,16 @@ impl FakeCompositor {
         let t = trace.clone();
         let keys: Arc<Mutex<Vec<KeyCmd>>> = Arc::default();
         let k = keys.clone();
-        let thread = std::thread::spawn(move || run_fake(listener, stop_r, t, globals, flood, k));
+        let commits: Commits = Arc::default();
+        let c = commits.clone();
+        let thread = std::thread::spawn(move || {
+            let server = FakeServer::with_commits(globals, flood, t, c);
+            run_fake(server, listener, stop_r, k)
+        });
         FakeCompositor {
             path,
             trace,
+            commits,
             keys,
             stop: Some(stop_w),
             thread: Some(thread),
@@ -134,6 +193,14 @@ impl FakeCompositor {
     /// The socket the gate connects to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The `wl_shm` buffers committed on surfaces so far, oldest first.
+    pub fn commits(&self) -> Vec<Committed> {
+        self.commits
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A copy of the trace so far.
@@ -193,6 +260,16 @@ impl FakeServer {
     /// A fake offering `globals` (see [`FakeCompositor::start_flooding`] for `flood`),
     /// recording into `trace`.
     pub fn new(globals: Vec<(ObjectInterface, u32)>, flood: usize, trace: Trace) -> FakeServer {
+        Self::with_commits(globals, flood, trace, Commits::default())
+    }
+
+    /// Like [`Self::new`], keeping committed buffers in `commits`.
+    pub fn with_commits(
+        globals: Vec<(ObjectInterface, u32)>,
+        flood: usize,
+        trace: Trace,
+        commits: Commits,
+    ) -> FakeServer {
         let state = State::builder(Baseline::ALL_OF_THEM)
             .without_server()
             .with_logging(false)
@@ -207,6 +284,10 @@ impl FakeServer {
             extra: RefCell::new(Vec::new()),
             keyboards: RefCell::new(Vec::new()),
             surfaces: RefCell::default(),
+            commits,
+            buffers: RefCell::default(),
+            xdg: RefCell::default(),
+            serial: Cell::new(100),
         });
         FakeServer { state, ctx }
     }
@@ -320,14 +401,11 @@ impl Drop for FakeServer {
 }
 
 fn run_fake(
+    server: FakeServer,
     listener: UnixListener,
     stop: OwnedFd,
-    trace: Trace,
-    globals: Vec<(ObjectInterface, u32)>,
-    flood: usize,
     keys: Arc<Mutex<Vec<KeyCmd>>>,
 ) {
-    let server = FakeServer::new(globals, flood, trace);
     loop {
         server.before_poll();
         let extra = server.listeners();
@@ -410,6 +488,12 @@ impl WlRegistryHandler for FakeRegistry {
             m.set_handler(FakeSecMgr { ctx, n });
         } else if let Some(c) = downcast::<WlCompositor>(&id) {
             c.set_handler(FakeCompositorH { ctx, n });
+        } else if let Some(shm) = downcast::<WlShm>(&id) {
+            shm.set_handler(FakeShm { ctx });
+            shm.send_format(WlShmFormat::ARGB8888);
+            shm.send_format(WlShmFormat::XRGB8888);
+        } else if let Some(wm) = downcast::<XdgWmBase>(&id) {
+            wm.set_handler(FakeWmBase { ctx });
         } else if let Some(d) = downcast::<WlDataDeviceManager>(&id) {
             d.set_handler(FakeDdm { ctx, n });
         } else if let Some(s) = downcast::<WlSeat>(&id) {
@@ -497,9 +581,181 @@ impl WlCompositorHandler for FakeCompositorH {
     fn handle_create_surface(&mut self, _slf: &Rc<WlCompositor>, id: &Rc<WlSurface>) {
         self.ctx.log(format!("c{} create_surface", self.n));
         self.ctx.surfaces.borrow_mut().insert(self.n, id.clone());
+        id.set_handler(FakeSurface {
+            ctx: self.ctx.clone(),
+            n: self.n,
+            pending: None,
+        });
     }
     fn handle_create_region(&mut self, _slf: &Rc<WlCompositor>, _id: &Rc<WlRegion>) {
         self.ctx.log(format!("c{} create_region", self.n));
+    }
+}
+
+struct FakeShm {
+    ctx: Rc<Ctx>,
+}
+
+impl WlShmHandler for FakeShm {
+    fn handle_create_pool(
+        &mut self,
+        _slf: &Rc<WlShm>,
+        id: &Rc<WlShmPool>,
+        fd: &Rc<OwnedFd>,
+        _size: i32,
+    ) {
+        id.set_handler(FakePool {
+            ctx: self.ctx.clone(),
+            fd: fd.clone(),
+        });
+    }
+}
+
+struct FakePool {
+    ctx: Rc<Ctx>,
+    fd: Rc<OwnedFd>,
+}
+
+impl WlShmPoolHandler for FakePool {
+    fn handle_create_buffer(
+        &mut self,
+        _slf: &Rc<WlShmPool>,
+        id: &Rc<WlBuffer>,
+        offset: i32,
+        width: i32,
+        height: i32,
+        stride: i32,
+        _format: WlShmFormat,
+    ) {
+        let mut b = self.ctx.buffers.borrow_mut();
+        if b.len() < 100_000 {
+            b.insert(
+                id.unique_id(),
+                ShmBuf {
+                    fd: self.fd.clone(),
+                    offset,
+                    width,
+                    height,
+                    stride,
+                },
+            );
+        }
+    }
+}
+
+/// Keeps the pixels of each committed `wl_shm` buffer, and configures an xdg_toplevel at its
+/// initial (bufferless) commit.
+struct FakeSurface {
+    ctx: Rc<Ctx>,
+    n: u32,
+    pending: Option<Option<u64>>,
+}
+
+impl WlSurfaceHandler for FakeSurface {
+    fn handle_attach(
+        &mut self,
+        _slf: &Rc<WlSurface>,
+        buffer: Option<&Rc<WlBuffer>>,
+        _x: i32,
+        _y: i32,
+    ) {
+        self.pending = Some(buffer.map(|b| b.unique_id()));
+    }
+
+    fn handle_commit(&mut self, slf: &Rc<WlSurface>) {
+        let attached = self.pending.take();
+        if let Some(Some(id)) = attached {
+            let buf = self.ctx.buffers.borrow().get(&id).cloned();
+            if let Some(b) = buf
+                && let Some(pixels) = read_shm(&b)
+                && let Ok(mut c) = self.ctx.commits.lock()
+            {
+                if c.len() >= MAX_COMMITS {
+                    c.pop_front();
+                }
+                c.push_back(Committed {
+                    conn: self.n,
+                    surface: slf.unique_id(),
+                    width: b.width,
+                    height: b.height,
+                    pixels,
+                });
+            }
+        }
+        let mut xdg = self.ctx.xdg.borrow_mut();
+        if let Some(role) = xdg.get_mut(&slf.unique_id())
+            && !role.configured
+            && let Some(t) = &role.toplevel
+        {
+            role.configured = true;
+            let serial = self.ctx.serial.get() + 1;
+            self.ctx.serial.set(serial);
+            t.send_configure(0, 0, &[]);
+            role.xdg.send_configure(serial);
+        }
+    }
+}
+
+/// The pixels of an ARGB/XRGB8888 buffer (`None` when it does not fit its pool's fd).
+fn read_shm(b: &ShmBuf) -> Option<Vec<u32>> {
+    let (w, h) = (i64::from(b.width), i64::from(b.height));
+    if w <= 0 || h <= 0 || w * h > MAX_KEPT_PIXELS || i64::from(b.stride) < w * 4 {
+        return None;
+    }
+    let len = usize::try_from(i64::from(b.stride) * h).ok()?;
+    let mut bytes = vec![0u8; len];
+    let n = nix::sys::uio::pread(b.fd.as_fd(), &mut bytes, i64::from(b.offset)).ok()?;
+    if n < len {
+        return None;
+    }
+    let mut px = Vec::with_capacity((w * h) as usize);
+    for row in bytes.chunks_exact(b.stride as usize) {
+        for p in row[..(w as usize) * 4].chunks_exact(4) {
+            px.push(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+        }
+    }
+    Some(px)
+}
+
+struct FakeWmBase {
+    ctx: Rc<Ctx>,
+}
+
+impl XdgWmBaseHandler for FakeWmBase {
+    fn handle_get_xdg_surface(
+        &mut self,
+        _slf: &Rc<XdgWmBase>,
+        id: &Rc<XdgSurface>,
+        surface: &Rc<WlSurface>,
+    ) {
+        id.set_handler(FakeXdgSurface {
+            ctx: self.ctx.clone(),
+            surface: surface.unique_id(),
+        });
+        let mut xdg = self.ctx.xdg.borrow_mut();
+        if xdg.len() < 100_000 {
+            xdg.insert(
+                surface.unique_id(),
+                XdgRole {
+                    xdg: id.clone(),
+                    toplevel: None,
+                    configured: false,
+                },
+            );
+        }
+    }
+}
+
+struct FakeXdgSurface {
+    ctx: Rc<Ctx>,
+    surface: u64,
+}
+
+impl XdgSurfaceHandler for FakeXdgSurface {
+    fn handle_get_toplevel(&mut self, _slf: &Rc<XdgSurface>, id: &Rc<XdgToplevel>) {
+        if let Some(role) = self.ctx.xdg.borrow_mut().get_mut(&self.surface) {
+            role.toplevel = Some(id.clone());
+        }
     }
 }
 
@@ -856,4 +1112,143 @@ pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One long-lived virtual keyboard on a compositor's seat (sway:
+/// `zwp_virtual_keyboard_manager_v1`), driven by the test. Unlike `wtype`, which uploads a
+/// keymap per call and loses the first key, the keymap is uploaded once, at creation. The
+/// compositor delivers its keys to the focused window, as a real keyboard's.
+pub struct VirtualKeyboard {
+    state: Rc<State>,
+    kb: Rc<wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_v1::ZwpVirtualKeyboardV1>,
+    time: Cell<u32>,
+}
+
+impl std::fmt::Debug for VirtualKeyboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualKeyboard").finish_non_exhaustive()
+    }
+}
+
+/// A round trip on a client `state` (bounded by [`TIMEOUT`]).
+fn client_roundtrip(state: &Rc<State>) -> Result<(), String> {
+    use wl_proxy::protocols::wayland::wl_callback::WlCallbackHandler;
+    struct Done(Rc<Cell<bool>>);
+    impl WlCallbackHandler for Done {
+        fn handle_done(&mut self, _: &Rc<WlCallback>, _: u32) {
+            self.0.set(true);
+        }
+    }
+    let done = Rc::new(Cell::new(false));
+    state
+        .display()
+        .new_send_sync()
+        .set_handler(Done(done.clone()));
+    let t0 = Instant::now();
+    while !done.get() {
+        if t0.elapsed() > TIMEOUT {
+            return Err("the compositor did not answer a round trip".into());
+        }
+        state
+            .dispatch(Some(Duration::from_millis(50)))
+            .map_err(|e| format!("the compositor connection failed: {e}"))?;
+    }
+    Ok(())
+}
+
+impl VirtualKeyboard {
+    /// Connects to the compositor at `socket`, creates the keyboard and uploads `keymap`
+    /// (XKB v1 text).
+    pub fn connect(socket: &Path, keymap: &str) -> Result<VirtualKeyboard, String> {
+        use wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_manager_v1::ZwpVirtualKeyboardManagerV1;
+        struct Globals(Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>);
+        impl WlRegistryHandler for Globals {
+            fn handle_global(&mut self, _: &Rc<WlRegistry>, name: u32, i: ObjectInterface, v: u32) {
+                self.0.borrow_mut().push((name, i, v));
+            }
+        }
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        let state = State::builder(Baseline::ALL_OF_THEM)
+            .with_server_fd(&Rc::new(OwnedFd::from(stream)))
+            .build()
+            .map_err(|e| format!("client state: {e}"))?;
+        state.set_default_forward_to_client(false);
+        let registry = state.display().new_send_get_registry();
+        let globals = Rc::new(RefCell::new(Vec::new()));
+        registry.set_handler(Globals(globals.clone()));
+        client_roundtrip(&state)?;
+        let find = |iface: ObjectInterface| {
+            globals
+                .borrow()
+                .iter()
+                .find(|(_, i, _)| *i == iface)
+                .map(|&(n, _, v)| (n, v))
+                .ok_or_else(|| format!("the compositor offers no {}", iface.name()))
+        };
+        let (n, _) = find(ZwpVirtualKeyboardManagerV1::INTERFACE)?;
+        let mgr = state.create_object::<ZwpVirtualKeyboardManagerV1>(1);
+        registry.send_bind(n, mgr.clone());
+        let (n, v) = find(WlSeat::INTERFACE)?;
+        let seat = state.create_object::<WlSeat>(v.min(5));
+        registry.send_bind(n, seat.clone());
+        let kb = mgr.new_send_create_virtual_keyboard(&seat);
+        let mut bytes = keymap.as_bytes().to_vec();
+        bytes.push(0);
+        let fd =
+            nix::sys::memfd::memfd_create(c"vkb-keymap", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(|e| format!("memfd: {e}"))?;
+        let mut f = std::fs::File::from(fd);
+        f.write_all(&bytes).map_err(|e| format!("keymap: {e}"))?;
+        kb.send_keymap(1, &Rc::new(OwnedFd::from(f)), bytes.len() as u32);
+        client_roundtrip(&state)?;
+        Ok(VirtualKeyboard {
+            state,
+            kb,
+            time: Cell::new(1),
+        })
+    }
+
+    fn tick(&self) -> u32 {
+        let t = self.time.get() + 10;
+        self.time.set(t);
+        t
+    }
+
+    fn sync(&self) {
+        if let Err(e) = client_roundtrip(&self.state) {
+            panic!("virtual keyboard: {e}");
+        }
+    }
+
+    /// Sets the depressed modifiers (XKB mask: 1 shift, 4 control).
+    pub fn modifiers(&self, depressed: u32) {
+        self.kb.send_modifiers(depressed, 0, 0, 0);
+        self.sync();
+    }
+
+    /// Presses and releases `key` (an evdev code).
+    pub fn tap(&self, key: u32) {
+        let t = self.tick();
+        self.kb.send_key(t, key, 1);
+        let t = self.tick();
+        self.kb.send_key(t, key, 0);
+        self.sync();
+    }
+
+    /// Modifiers down, `key` tapped, modifiers up.
+    pub fn chord(&self, depressed: u32, key: u32) {
+        self.modifiers(depressed);
+        self.tap(key);
+        self.modifiers(0);
+    }
+}
+
+/// The US keymap (XKB v1 text) compiled from the system's XKB data.
+pub fn us_keymap() -> Result<String, String> {
+    use xkbcommon::xkb;
+    let ctx = xkb::Context::new(xkb::CONTEXT_NO_FLAGS);
+    xkb::Keymap::new_from_names(&ctx, "evdev", "pc105", "us", "", None, 0)
+        .map(|k| k.get_as_string(xkb::KEYMAP_FORMAT_TEXT_V1))
+        .ok_or_else(|| "the system's XKB data does not compile a US keymap".into())
 }

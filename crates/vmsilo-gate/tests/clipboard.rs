@@ -1,7 +1,10 @@
 //! Component tests of the two-level clipboard: one in-process vmsilo-clipd, two real gate
 //! processes (`banking`, `shopping`) on the in-process fake compositor, a guest client behind
 //! each. The chords are wl_keyboard events the fake sends to the focused guest surface, with
-//! a real XKB keymap: no keyboard and no compositor needed.
+//! a real XKB keymap: no keyboard and no compositor needed. One test maps framed windows on
+//! the fake and reads the label band's pixels from the buffers the gate commits.
+
+mod frame_support;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -208,14 +211,7 @@ impl Guest {
 
     /// Sends a chord (ctrl+shift+key) through the fake compositor.
     fn chord(&self, fake: &FakeCompositor, key: u32) {
-        let conn = self.conn;
-        let mut cmds = vec![KeyCmd::Modifiers {
-            conn,
-            depressed: CTRL | SHIFT,
-        }];
-        cmds.extend(tap(conn, key));
-        cmds.push(KeyCmd::Modifiers { conn, depressed: 0 });
-        fake.keyboard(&cmds);
+        fake.keyboard(&chord(self.conn, key));
     }
 
     /// Dispatches until `cond` (bounded).
@@ -439,6 +435,17 @@ impl Guest {
     }
 }
 
+/// Ctrl+Shift+`key` on connection `conn`'s keyboards.
+fn chord(conn: u32, key: u32) -> Vec<KeyCmd> {
+    let mut cmds = vec![KeyCmd::Modifiers {
+        conn,
+        depressed: CTRL | SHIFT,
+    }];
+    cmds.extend(tap(conn, key));
+    cmds.push(KeyCmd::Modifiers { conn, depressed: 0 });
+    cmds
+}
+
 /// A key press and release.
 fn tap(conn: u32, key: u32) -> [KeyCmd; 2] {
     [
@@ -485,4 +492,126 @@ fn test_ask_pastes_only_on_the_second_paste_chord() {
     });
     assert_eq!(w.shopping.paste(), SECRET);
     assert_eq!(w.clipd.slot().0, "");
+}
+
+/// The newest label-band strip the gate committed on connection `conn` (the fake offers
+/// wp_viewporter, so the band's text is a buffer of its own, `BAND` pixels high; the plain
+/// strips are single pixels).
+fn band_of(fake: &FakeCompositor, conn: u32) -> Option<vmsilo_gate::testing::Committed> {
+    fake.commits()
+        .into_iter()
+        .rev()
+        .find(|c| c.conn == conn && c.height == vmsilo_gate::layout::BAND && c.width > 1)
+}
+
+#[test]
+fn test_a_refused_over_cap_copy_shows_in_the_label_band_then_the_name_returns() {
+    use vmsilo_gate::draw;
+    use vmsilo_gate::identity::Rgb;
+    use vmsilo_gate::layout::{BAND, EXTRA_W};
+    let settings = Settings {
+        max_size: 10,
+        ..Settings::default()
+    };
+    let dir = TempDir::new("clipband");
+    let clipd = Clipd::start(dir.path(), settings);
+    let fake = FakeCompositor::start(dir.path(), &standard_globals());
+    let comp = fake.path().to_str().unwrap().to_string();
+    let sock = clipd.socket.to_str().unwrap().to_string();
+    // A framed gate (no --no-frame).
+    let _gate = Gate::start(
+        Path::new(EXE),
+        &dir.path().join("banking.sock"),
+        &[
+            "--vm",
+            "banking",
+            "--color",
+            "#2ecc71",
+            "--compositor",
+            &comp,
+            "--clipd",
+            &sock,
+        ],
+    )
+    .expect("start the gate");
+    let green = Rgb {
+        r: 0x2e,
+        g: 0xcc,
+        b: 0x71,
+    };
+
+    // A guest app: a 200×100 window, a keyboard, a data device.
+    let before = keyboards(&fake).len();
+    let c = frame_support::client::TestClient::connect(&dir.path().join("banking.sock"));
+    let _kb = c.keyboard();
+    let top = c.toplevel(Some("bank"), Some("org.example.clip"));
+    top.surface
+        .send_attach(Some(&c.buffer(200, 100, 0xff00_00ff)), 0, 0);
+    top.surface.send_commit();
+    let ddm: Rc<WlDataDeviceManager> = c.bind_optional(3).expect("a data device manager");
+    let seat: Rc<WlSeat> = c.bind_optional(5).expect("a seat");
+    let dev = ddm.new_send_get_data_device(&seat);
+    c.roundtrip();
+    let pump_until = |what: &str, cond: &dyn Fn() -> bool| {
+        assert!(c.dispatch_until(cond), "timed out waiting for {what}");
+    };
+    pump_until("the keyboard at the compositor", &|| {
+        keyboards(&fake).len() > before
+    });
+    let conn = keyboards(&fake)[before];
+    fake.keyboard(&[
+        KeyCmd::Keymap {
+            conn,
+            text: us_keymap(),
+        },
+        KeyCmd::Enter { conn },
+    ]);
+
+    // The band shows the VM name, exactly as drawn for a 208-pixel-wide frame.
+    let name = draw::label_strip(200 + EXTRA_W, green, "banking");
+    pump_until("the band with the VM name", &|| {
+        band_of(&fake, conn).is_some_and(|b| b.pixels == name.pixels)
+    });
+
+    // An over-cap copy: refused, and the band says so next to the name.
+    let src = ddm.new_send_create_data_source();
+    src.set_handler(Source(SECRET));
+    src.send_offer(UTF8);
+    dev.send_set_selection(Some(&src), 1);
+    c.roundtrip();
+    fake.keyboard(&chord(conn, KEY_C));
+    pump_until("the refusal", &|| {
+        clipd.has(|r| r.starts_with("Clipboard: refused") && r.contains("too large"))
+    });
+    let notice = draw::label_strip(
+        200 + EXTRA_W,
+        green,
+        "banking | clipboard: refused, over 10 chars",
+    );
+    assert_ne!(notice.pixels, name.pixels);
+    // (Looked up in the history of committed bands, so that a slow test thread cannot miss
+    // the few seconds it shows.)
+    let shown_at = || {
+        fake.commits()
+            .iter()
+            .rposition(|b| b.conn == conn && b.width == notice.width && b.pixels == notice.pixels)
+    };
+    pump_until("the band with the refusal", &|| shown_at().is_some());
+    assert!(
+        notice.pixels.iter().filter(|&&p| p == 0xff00_0000).count()
+            > name.pixels.iter().filter(|&&p| p == 0xff00_0000).count(),
+        "the notice adds text to the band"
+    );
+    assert_eq!(clipd.slot().0, "", "the slot stays empty");
+
+    // A few seconds later the band shows the name alone again.
+    pump_until("the band with the name again", &|| {
+        let commits = fake.commits();
+        let notice_at = shown_at().unwrap_or(usize::MAX);
+        commits.iter().enumerate().any(|(i, b)| {
+            i > notice_at && b.conn == conn && b.height == BAND && b.pixels == name.pixels
+        })
+    });
+    drop(top);
+    drop(dir);
 }

@@ -29,6 +29,8 @@ window (the default):
   --color '#rrggbb'  fill colour (default #ff00ff)
   --exit-after N     exit 0 after N frames were shown
   --report-ms MS     print frames=N every MS milliseconds (default 1000)
+  --keyboard         bind wl_seat's keyboard and print `keyboard-enter`, `keyboard-leave` and
+                     `key=K state=S` (evdev code, 1 pressed 0 released) as they come
 probes:
   --list-globals     print `global name=N interface=I version=V` per global, then exit
   --bind IFACE       bind IFACE (at the advertised version, or an unadvertised name when
@@ -68,6 +70,7 @@ struct Options {
     bind_version: Option<u32>,
     bind_name: Option<u32>,
     bench: Option<u32>,
+    keyboard: bool,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             bind_version: None,
             bind_name: None,
             bench: None,
+            keyboard: false,
         }
     }
 }
@@ -136,6 +140,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>>
                 o.report = Duration::from_millis(ms.max(10));
             }
             "--list-globals" => o.list_globals = true,
+            "--keyboard" => o.keyboard = true,
             "--bind" => o.bind = Some(value("--bind")?),
             "--version" => {
                 let v = value("--version")?;
@@ -462,9 +467,20 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// `wl_seat` version this client speaks (v1: get_keyboard, no name event).
+const SEAT_VERSION: u32 = 1;
+
 fn run_window(o: &Options) -> Result<()> {
     let mut c = Client::connect()?;
     let w = Window::open(&mut c, o)?;
+    let keyboard = if o.keyboard {
+        let seat = c.bind("wl_seat", SEAT_VERSION)?;
+        let kb = c.conn.new_id();
+        c.conn.send(Msg::new(seat, 1).uint(kb))?;
+        Some(kb)
+    } else {
+        None
+    };
     let mut cb = w.draw(&mut c)?;
     say(&format!(
         "shown title={:?} app_id={:?} size={}x{}",
@@ -483,6 +499,18 @@ fn run_window(o: &Options) -> Result<()> {
                 }
                 cb = w.draw(&mut c)?;
             }
+            // wl_keyboard: 1 enter, 2 leave, 3 key (serial, time, key, state).
+            Some(ev) if Some(ev.object) == keyboard => match ev.opcode {
+                1 => say("keyboard-enter"),
+                2 => say("keyboard-leave"),
+                3 => {
+                    let mut a = Args::new(&ev, "wl_keyboard.key");
+                    let (_serial, _time) = (a.uint()?, a.uint()?);
+                    let (key, state) = (a.uint()?, a.uint()?);
+                    say(&format!("key={key} state={state}"));
+                }
+                _ => {}
+            },
             Some(ev) if !w.event(&mut c, &ev)? => {
                 say(&format!("frames={frames}"));
                 say("closed");
@@ -646,6 +674,8 @@ mod tests {
         assert_eq!((o.width, o.height), (320, 200));
         assert_eq!(o.color, [0x2e, 0xcc, 0x71]);
         assert_eq!(o.exit_after, Some(5));
+        assert!(!o.keyboard);
+        assert!(args("--keyboard").unwrap().unwrap().keyboard);
         assert!(args("--help").unwrap().is_none());
     }
 

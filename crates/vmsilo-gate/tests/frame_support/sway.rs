@@ -121,6 +121,24 @@ impl Sway {
         Shot::from_ppm(&out)
     }
 
+    /// A screenshot as a PNG file (`grim`'s default format) in the scratch directory, read
+    /// with the test kit's PNG reader.
+    pub fn screenshot_png(&self, name: &str) -> Shot {
+        let path = self.dir.path().join(name);
+        let mut child = Command::new("grim")
+            .arg(&path)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .env("WAYLAND_DISPLAY", &self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("grim");
+        let status = wait_bounded(&mut child, PATIENCE).expect("grim hung");
+        assert!(status.success(), "grim failed: {status}");
+        Shot::read_png(&path)
+    }
+
     /// A virtual keyboard (a `wtype` that sleeps), so that the seat has a keyboard and sway
     /// gives keyboard focus; it ends when the returned child is dropped.
     pub fn keyboard(&self) -> KeyboardProcess {
@@ -134,6 +152,18 @@ impl Sway {
             .spawn()
             .expect("wtype");
         KeyboardProcess(child)
+    }
+
+    /// `swaymsg CRITERIA focus`.
+    pub fn focus(&self, criteria: &str) {
+        let out = Command::new("swaymsg")
+            .args(["-s"])
+            .arg(&self.ipc)
+            .arg(format!("{criteria} focus"))
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .output()
+            .expect("swaymsg");
+        assert!(out.status.success(), "swaymsg {criteria} focus: {out:?}");
     }
 
     /// `swaymsg -t get_tree` (JSON text).
@@ -271,103 +301,13 @@ fn roundtrip(state: &std::rc::Rc<wl_proxy::state::State>) {
     }
 }
 
-/// One long-lived virtual keyboard on sway's seat, driven by the test (a wl-proxy client of
-/// sway binding `zwp_virtual_keyboard_manager_v1`). Unlike `wtype`, which uploads a keymap
-/// per call and loses the first key, the keymap is uploaded once, at creation.
-pub struct VirtualKeyboard {
-    state: std::rc::Rc<wl_proxy::state::State>,
-    kb: std::rc::Rc<wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_v1::ZwpVirtualKeyboardV1>,
-    time: std::cell::Cell<u32>,
-}
+/// One long-lived virtual keyboard on sway's seat (see `vmsilo_gate::testing`).
+pub struct VirtualKeyboard;
 
 impl VirtualKeyboard {
-    /// Connects, creates the keyboard and uploads `keymap` (XKB v1 text).
-    pub fn connect(sway: &Sway, keymap: &str) -> VirtualKeyboard {
-        use std::cell::{Cell, RefCell};
-        use std::io::Write;
-        use std::rc::Rc;
-        use wl_proxy::object::ConcreteObject;
-        use wl_proxy::protocols::ObjectInterface;
-        use wl_proxy::protocols::virtual_keyboard_unstable_v1::zwp_virtual_keyboard_manager_v1::ZwpVirtualKeyboardManagerV1;
-        use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
-        use wl_proxy::protocols::wayland::wl_seat::WlSeat;
-
-        struct Globals(Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>);
-        impl WlRegistryHandler for Globals {
-            fn handle_global(&mut self, _: &Rc<WlRegistry>, name: u32, i: ObjectInterface, v: u32) {
-                self.0.borrow_mut().push((name, i, v));
-            }
-        }
-        let stream = std::os::unix::net::UnixStream::connect(&sway.socket).unwrap();
-        let state = wl_proxy::state::State::builder(wl_proxy::baseline::Baseline::ALL_OF_THEM)
-            .with_server_fd(&Rc::new(std::os::fd::OwnedFd::from(stream)))
-            .build()
-            .unwrap();
-        state.set_default_forward_to_client(false);
-        let registry = state.display().new_send_get_registry();
-        let globals = Rc::new(RefCell::new(Vec::new()));
-        registry.set_handler(Globals(globals.clone()));
-        roundtrip(&state);
-        let find = |iface: ObjectInterface| {
-            globals
-                .borrow()
-                .iter()
-                .find(|(_, i, _)| *i == iface)
-                .map(|&(n, _, v)| (n, v))
-                .unwrap_or_else(|| panic!("sway offers no {}", iface.name()))
-        };
-        let (n, _) = find(ZwpVirtualKeyboardManagerV1::INTERFACE);
-        let mgr = state.create_object::<ZwpVirtualKeyboardManagerV1>(1);
-        registry.send_bind(n, mgr.clone());
-        let (n, v) = find(WlSeat::INTERFACE);
-        let seat = state.create_object::<WlSeat>(v.min(5));
-        registry.send_bind(n, seat.clone());
-        let kb = mgr.new_send_create_virtual_keyboard(&seat);
-        let mut bytes = keymap.as_bytes().to_vec();
-        bytes.push(0);
-        let fd =
-            nix::sys::memfd::memfd_create(c"vkb-keymap", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .unwrap();
-        let mut f = std::fs::File::from(fd);
-        f.write_all(&bytes).unwrap();
-        kb.send_keymap(
-            1,
-            &Rc::new(std::os::fd::OwnedFd::from(f)),
-            bytes.len() as u32,
-        );
-        roundtrip(&state);
-        VirtualKeyboard {
-            state,
-            kb,
-            time: Cell::new(1),
-        }
-    }
-
-    fn tick(&self) -> u32 {
-        let t = self.time.get() + 10;
-        self.time.set(t);
-        t
-    }
-
-    /// Sets the depressed modifiers (XKB mask: 1 shift, 4 control).
-    pub fn modifiers(&self, depressed: u32) {
-        self.kb.send_modifiers(depressed, 0, 0, 0);
-        roundtrip(&self.state);
-    }
-
-    /// Presses and releases `key` (an evdev code).
-    pub fn tap(&self, key: u32) {
-        let t = self.tick();
-        self.kb.send_key(t, key, 1);
-        let t = self.tick();
-        self.kb.send_key(t, key, 0);
-        roundtrip(&self.state);
-    }
-
-    /// Modifiers down, `key` tapped, modifiers up.
-    pub fn chord(&self, depressed: u32, key: u32) {
-        self.modifiers(depressed);
-        self.tap(key);
-        self.modifiers(0);
+    /// Connects to `sway`, creates the keyboard and uploads `keymap`.
+    pub fn connect(sway: &Sway, keymap: &str) -> vmsilo_gate::testing::VirtualKeyboard {
+        vmsilo_gate::testing::VirtualKeyboard::connect(&sway.socket, keymap)
+            .expect("a virtual keyboard on sway")
     }
 }
