@@ -256,7 +256,7 @@ let
       sound = mkOption {
         type = types.either types.bool kvTable;
         default = true;
-        description = "Sound: false = disabled, true = default (vhost-device-sound, PipeWire), attrset = custom.";
+        description = "Sound: false = disabled, true = default (vhost-device-sound, PipeWire, playback only), attrset = custom: { backend = \"pulse\" | \"pipewire\" | \"alsa\" | \"null\"; capture = bool (default false: the guest cannot record); }.";
       };
       sharedDirectories = mkOption {
         type = types.listOf (types.submodule {

@@ -733,7 +733,8 @@ impl Runtime {
                 },
                 (RunAs::User, _, _) => Identity::User { uid, gid },
             };
-            let proc = procs::spawn(&b.kind, &b.argv, &b.env, who).map_err(|m| self.fail(m))?;
+            let argv = resolve_sound_argv(b);
+            let proc = procs::spawn(&b.kind, &argv, &b.env, who).map_err(|m| self.fail(m))?;
             self.backends.push(proc);
             let socket = PathBuf::from(&b.socket);
             let timeout = self.o.socket_timeout;
@@ -1235,4 +1236,24 @@ enum Input {
     Ok,
     Closed,
     Escape,
+}
+
+/// A backend's argv as started: vhost-device-sound's `--backend pulse` becomes `pipewire`
+/// when the user's PipeWire socket (`$XDG_RUNTIME_DIR/pipewire-0`) exists, else `alsa`
+/// (ALSA's default device, PulseAudio's on a PulseAudio desktop).
+fn resolve_sound_argv(b: &vmsilo_config::plan::Backend) -> Vec<String> {
+    let mut argv = b.argv.clone();
+    if b.kind != "vhost-device-sound" {
+        return argv;
+    }
+    let pipewire = b
+        .env
+        .get("XDG_RUNTIME_DIR")
+        .is_some_and(|d| Path::new(d).join("pipewire-0").exists());
+    if let Some(i) = argv.iter().position(|a| a == "--backend")
+        && let Some(v) = argv.get_mut(i + 1)
+    {
+        *v = vmsilo_config::plan::resolve_sound_backend(v, pipewire).to_owned();
+    }
+    argv
 }
