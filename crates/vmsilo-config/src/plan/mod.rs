@@ -98,6 +98,18 @@ pub enum PlanError {
         /// Every VM the configuration has (named when there is no close one).
         known: Vec<String>,
     },
+    /// The VM is in the file but was left out for its own problems
+    /// ([`crate::load_str_lenient`]).
+    #[error(
+        "VM {name:?} is left out: its configuration is invalid (`vmsilo check` lists every \
+         problem; fix them and run `systemctl daemon-reload`):\n{problems}"
+    )]
+    LeftOut {
+        /// The VM.
+        name: String,
+        /// Its problems, one per line.
+        problems: String,
+    },
     /// A derived socket path does not fit in `sun_path`.
     #[error(
         "VM {vm:?}: socket path {path:?} is {} bytes; unix sockets allow {MAX_SOCKET_PATH}: use a shorter run directory or VM name",
@@ -425,6 +437,12 @@ fn unknown_vm_hint(suggestion: Option<&str>, known: &[String]) -> String {
 }
 
 fn unknown_vm(cfg: &ValidConfig, name: &str) -> PlanError {
+    if let Some(l) = cfg.left_out_vm(name) {
+        return PlanError::LeftOut {
+            name: name.to_owned(),
+            problems: l.problems.to_string(),
+        };
+    }
     let names: Vec<&str> = cfg.nixos_vms.iter().map(|v| v.name.as_str()).collect();
     PlanError::UnknownVm {
         name: name.to_owned(),

@@ -54,7 +54,7 @@ pub fn summary_line(vm: &Vm, name_width: usize) -> String {
 
 /// Runs `vmsilo check`.
 pub fn run(config: Option<&Path>, _args: &CheckArgs) -> Result<(), CliError> {
-    let (_, cfg) = config_file::resolve_and_load(config)?;
+    let cfg = config_file::load_strict(&config_file::resolve(config)?)?;
     let width = cfg
         .nixos_vms
         .iter()
