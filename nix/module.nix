@@ -13,6 +13,11 @@ let
 
   cfg = config.programs.vmsilo;
   vmsilo = cfg.package;
+  # The vhost-user backends: nixpkgs' where it has them, else built from crates.io
+  # (nix/vhost-device.nix; nixpkgs 24.05 has neither).
+  vhostDevice = pkgs.callPackage ./vhost-device.nix { };
+  vhostDeviceSound = pkgs.vhost-device-sound or vhostDevice.vhost-device-sound;
+  vhostDeviceVsock = pkgs.vhost-device-vsock or vhostDevice.vhost-device-vsock;
 
   # ---------------------------------------------------------------------------------------
   # Option types
@@ -688,15 +693,15 @@ in
 
     runtimePackages = mkOption {
       type = types.listOf types.package;
-      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd pkgs.waypipe ]
-        ++ lib.optional (pkgs ? vhost-device-vsock) pkgs.vhost-device-vsock
-        ++ lib.optional (pkgs ? vhost-device-sound) pkgs.vhost-device-sound;
-      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd waypipe ] (+ vhost-device-vsock, vhost-device-sound where nixpkgs has them)";
+      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd pkgs.waypipe
+        vhostDeviceVsock vhostDeviceSound ];
+      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd waypipe vhost-device-vsock vhost-device-sound ] (the last two from nixpkgs, else built from crates.io by nix/vhost-device.nix)";
       description = ''
         Programs on the PATH of the VM services: the VMMs, qemu-img, and the backends the launch
         plans start (virtiofsd, vhost-device-vsock and waypipe for QEMU VMs, vhost-device-sound
         for crosvm VMs with sound). vmsilo-gate comes from `package` and is always on that PATH.
-        Add your own builds of backends nixpkgs lacks here.
+        Where nixpkgs lacks vhost-device-sound or vhost-device-vsock (24.05), the default builds
+        them from crates.io (nix/vhost-device.nix).
       '';
     };
 
