@@ -1257,3 +1257,42 @@ fn resolve_sound_argv(b: &vmsilo_config::plan::Backend) -> Vec<String> {
     }
     argv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use vmsilo_config::plan::{Backend, RunAs};
+
+    fn sound(runtime_dir: &Path, backend: &str) -> Backend {
+        Backend {
+            kind: "vhost-device-sound".into(),
+            argv: ["vhost-device-sound", "--socket", "/s", "--backend", backend]
+                .map(String::from)
+                .to_vec(),
+            socket: "/s".into(),
+            run_as: RunAs::User,
+            env: BTreeMap::from([(
+                "XDG_RUNTIME_DIR".to_owned(),
+                runtime_dir.display().to_string(),
+            )]),
+            sandbox: None,
+        }
+    }
+
+    #[test]
+    fn test_pulse_becomes_pipewire_only_where_pipewire_listens() {
+        let dir = std::env::temp_dir().join(format!("vmsilo-pulse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let last = |b: &Backend| resolve_sound_argv(b).last().cloned();
+        assert_eq!(last(&sound(&dir, "pulse")).as_deref(), Some("alsa"));
+        std::fs::write(dir.join("pipewire-0"), "").expect("stand-in socket");
+        assert_eq!(last(&sound(&dir, "pulse")).as_deref(), Some("pipewire"));
+        assert_eq!(last(&sound(&dir, "alsa")).as_deref(), Some("alsa"));
+        // Other backends' argv is left alone, even with the same words in it.
+        let mut other = sound(&dir, "pulse");
+        other.kind = "virtiofsd".into();
+        assert_eq!(last(&other).as_deref(), Some("pulse"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
