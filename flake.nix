@@ -23,7 +23,11 @@
       };
     in
     {
-      packages.${system}.default = pkgs.callPackage ./nix/package.nix { };
+      packages.${system} = {
+        default = pkgs.callPackage ./nix/package.nix { };
+        # The vhost-user backends nixpkgs 24.05 lacks (the module uses these there).
+        inherit (pkgs.callPackage ./nix/vhost-device.nix { }) vhost-device-sound vhost-device-vsock;
+      };
 
       nixosModules.default = { lib, pkgs, ... }: {
         imports = [ ./nix/module.nix ];
@@ -33,6 +37,7 @@
 
       checks.${system} = {
         package = self.packages.${system}.default;
+        inherit (self.packages.${system}) vhost-device-sound vhost-device-vsock;
         # The seed's example evaluates and builds as a NixOS system.
         seed-example = seedSystem.config.system.build.toplevel;
         # The JSON the module writes is accepted by the Rust side, and the generator

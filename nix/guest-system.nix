@@ -21,7 +21,9 @@ let
           gpu = vm.gpu != false;
           # QEMU VMs show windows through waypipe over vsock instead of a virtual GPU.
           waypipe = vm.gpu != false && (vm.vmm or "crosvm") == "qemu";
-          sharedDirectories = map (d: if d.tag != null then d.tag else d.id) vm.sharedDirectories;
+          # Directories without a tag are left to `vmsilo check`, which rejects them.
+          sharedDirectories = lib.filter (t: t != null)
+            (map (d: if d.tag != null then d.tag else d.id) vm.sharedDirectories);
         };
         environment.systemPackages = vm.guestPrograms;
         # The guest follows the host's nixpkgs configuration (overlays, allowUnfree).

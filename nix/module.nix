@@ -13,6 +13,11 @@ let
 
   cfg = config.programs.vmsilo;
   vmsilo = cfg.package;
+  # The vhost-user backends: nixpkgs' where it has them, else built from crates.io
+  # (nix/vhost-device.nix; nixpkgs 24.05 has neither).
+  vhostDevice = pkgs.callPackage ./vhost-device.nix { };
+  vhostDeviceSound = pkgs.vhost-device-sound or vhostDevice.vhost-device-sound;
+  vhostDeviceVsock = pkgs.vhost-device-vsock or vhostDevice.vhost-device-vsock;
 
   # ---------------------------------------------------------------------------------------
   # Option types
@@ -256,7 +261,7 @@ let
       sound = mkOption {
         type = types.either types.bool kvTable;
         default = true;
-        description = "Sound: false = disabled, true = default (vhost-device-sound, PipeWire), attrset = custom.";
+        description = "Sound: false = disabled, true = default (vhost-device-sound, PipeWire, playback only), attrset = custom: { backend = \"pulse\" | \"pipewire\" | \"alsa\" | \"null\"; capture = bool (default false: the guest cannot record); }.";
       };
       sharedDirectories = mkOption {
         type = types.listOf (types.submodule {
@@ -389,10 +394,13 @@ let
       initramfs = if vm.initramfs != null then toString vm.initramfs else g.initramfs;
       rootDisk = if vm.rootDisk != null then vm.rootDisk else g.rootDisk;
       kernelParams = (lib.optionals built g.kernelParams) ++ vm.kernelParams;
-      # `id` is the seed's spelling of `tag`: the JSON carries one `tag` (the assertions below
-      # reject a directory with neither, or with both set to different values).
+      # `id` is the seed's spelling of `tag`: the JSON carries one `tag` when they agree, both
+      # when they differ, and neither when neither is set, so that `vmsilo check` reports the
+      # last two with its own messages.
       sharedDirectories = map
-        (d: (builtins.removeAttrs d [ "id" "tag" ]) // { tag = sharedDirTag d; })
+        (d: (builtins.removeAttrs d [ "id" "tag" ]) // (
+          if d.tag != null && d.id != null && d.tag != d.id then { inherit (d) tag id; }
+          else lib.optionalAttrs (sharedDirTag d != null) { tag = sharedDirTag d; }))
         vm.sharedDirectories;
     };
 
@@ -479,7 +487,24 @@ let
       --out $out/share/applications
   '';
 
-  duplicates = xs: lib.unique (lib.filter (x: lib.count (y: y == x) xs > 1) xs);
+  # `vmsilo check` on the JSON, as a build step of the system (system.checks): an invalid
+  # configuration fails nixos-rebuild with vmsilo's own messages. The JSON's store paths (the
+  # guest builds) are not read by the check, so their context is dropped: the check does not
+  # wait for the guest images, and leaves no trace in the system.
+  configCheck = pkgs.runCommand "vmsilo-config-check"
+    {
+      nativeBuildInputs = [ vmsilo ];
+      json = builtins.unsafeDiscardStringContext cfg.configJson;
+      passAsFile = [ "json" ];
+    } ''
+    cp "$jsonPath" vmsilo.json
+    if ! vmsilo --config vmsilo.json check; then
+      echo "programs.vmsilo is invalid: vmsilo check found the problems above" \
+        "(nixosVms[N] counts programs.vmsilo.nixosVms from 0)" >&2
+      exit 1
+    fi
+    touch "$out"
+  '';
   vmNames = map (vm: vm.name) cfg.nixosVms;
   allInterfaces = lib.concatMap
     (vm: map (n: { vm = vm.name; name = n; iface = vm.network.interfaces.${n}; })
@@ -668,15 +693,15 @@ in
 
     runtimePackages = mkOption {
       type = types.listOf types.package;
-      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd pkgs.waypipe ]
-        ++ lib.optional (pkgs ? vhost-device-vsock) pkgs.vhost-device-vsock
-        ++ lib.optional (pkgs ? vhost-device-sound) pkgs.vhost-device-sound;
-      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd waypipe ] (+ vhost-device-vsock, vhost-device-sound where nixpkgs has them)";
+      default = [ pkgs.crosvm pkgs.qemu_kvm pkgs.qemu-utils pkgs.virtiofsd pkgs.waypipe
+        vhostDeviceVsock vhostDeviceSound ];
+      defaultText = literalExpression "[ crosvm qemu_kvm qemu-utils virtiofsd waypipe vhost-device-vsock vhost-device-sound ] (the last two from nixpkgs, else built from crates.io by nix/vhost-device.nix)";
       description = ''
         Programs on the PATH of the VM services: the VMMs, qemu-img, and the backends the launch
         plans start (virtiofsd, vhost-device-vsock and waypipe for QEMU VMs, vhost-device-sound
         for crosvm VMs with sound). vmsilo-gate comes from `package` and is always on that PATH.
-        Add your own builds of backends nixpkgs lacks here.
+        Where nixpkgs lacks vhost-device-sound or vhost-device-vsock (24.05), the default builds
+        them from crates.io (nix/vhost-device.nix).
       '';
     };
 
@@ -712,56 +737,11 @@ in
         assertion = !(config.users.users ? ${cfg.user}) || config.users.users.${cfg.user}.uid != null;
         message = "programs.vmsilo.user: users.users.${cfg.user}.uid must be set explicitly (vmsilo maps it into the VMs)";
       }
-      {
-        assertion = !cfg.hostNetworking.nat.enable || cfg.hostNetworking.nat.interface != "";
-        message = "programs.vmsilo.hostNetworking.nat.interface must be set when nat.enable is true";
-      }
-      {
-        assertion = duplicates vmNames == [ ];
-        message = "programs.vmsilo.nixosVms: duplicate VM names: ${toString (duplicates vmNames)}";
-      }
-    ] ++ map
-      (x: {
-        assertion = !(x.iface.tap.hostAddress != null && x.iface.tap.bridge != null);
-        message = "programs.vmsilo: VM \"${x.vm}\": network.interfaces.${x.name}.tap: hostAddress and bridge are mutually exclusive";
-      })
-      allInterfaces
-    ++ map
-      (x: {
-        assertion = x.iface.type != "vm-switch" || x.iface.vmNetwork.name != null;
-        message = "programs.vmsilo: VM \"${x.vm}\": network.interfaces.${x.name}.vmNetwork.name is required for type \"vm-switch\"";
-      })
-      allInterfaces
-    ++ lib.concatMap
-      (vm: lib.imap0
-        (i: d: {
-          assertion = sharedDirTag d != null;
-          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): set tag (or its alias id), the mount tag the guest uses, e.g. tag = \"data\"";
-        })
-        vm.sharedDirectories)
-      cfg.nixosVms
-    ++ lib.concatMap
-      (vm: lib.imap0
-        (i: d: {
-          assertion = d.tag == null || d.id == null || d.tag == d.id;
-          message = "programs.vmsilo: VM \"${vm.name}\": sharedDirectories[${toString i}] (${d.path}): tag = \"${toString d.tag}\" and id = \"${toString d.id}\" differ; id is an alias of tag: set only one";
-        })
-        vm.sharedDirectories)
-      cfg.nixosVms
-    ++ lib.concatMap
-      (vm: map
-        (d: {
-          assertion = lib.elem (normPci d.path) isolatedPci;
-          message = "programs.vmsilo: VM \"${vm.name}\": pciDevices: ${d.path} is not in isolatedPciDevices";
-        })
-        vm.pciDevices)
-      cfg.nixosVms
-    ++ map
-      (vm: {
-        assertion = lib.all (d: lib.elem d vmNames) vm.dependsOn;
-        message = "programs.vmsilo: VM \"${vm.name}\": dependsOn names unknown VMs: ${toString (lib.filter (d: !lib.elem d vmNames) vm.dependsOn)}";
-      })
-      cfg.nixosVms;
+    ];
+    # Every other rule is vmsilo's own: `vmsilo check` runs on the JSON while the system is
+    # built (system.checks), so nixos-rebuild fails with vmsilo's messages, and the Nix side
+    # repeats none of them. The two assertions above are what only Nix can know.
+    system.checks = [ configCheck ];
 
     # The configuration for the Rust tools, and the generator that turns it into units
     # (vmsilo-<vm>.socket, vmsilo-<vm>-vm.service, vm-switch-<net>.service,

@@ -15,12 +15,6 @@
 # The shared-directory examples mount their directory with tag "home" (`id = "home"`), the tag
 # of the default shared home (sharedHome = true), which vmsilo check rejects ("tag \"home\" is
 # used by the shared home"): their frames set sharedHome = false, as that message says.
-#
-# Left out, with the reason:
-# - `sound = { backend = "pulse"; capture = true; }; # Custom`: vmsilo check rejects it (sound
-#   goes through vhost-device-sound, which has no PulseAudio backend option and no capture
-#   switch); accepting it is part of issue 14 item "sound" (mapping and a capture test with the
-#   real vhost-device-sound), not a small change in vmsilo-config.
 { lib, ... }:
 let
   # seed: Quick Start. Verbatim but for the `imports` line: eval-json.nix imports the module
@@ -133,11 +127,12 @@ let
     ];
   };
 
-  # seed: Sound Configuration, the first two forms (the third is left out: see the top).
+  # seed: Sound Configuration, the three forms.
   sound = {
     programs.vmsilo.nixosVms = [
       { name = "sound-off"; /* frame */ sound = false; } # Disabled
       { name = "sound-default"; /* frame */ sound = true; } # Default PulseAudio config
+      { name = "sound-custom"; /* frame */ sound = { backend = "pulse"; capture = true; }; } # Custom
     ];
   };
 

@@ -14,6 +14,14 @@
 //!
 //! Users: vm-switch's port children, whose daemon end is a connection the main process
 //! created (the sandboxed child cannot create sockets), and the test hub of `vmsilo-testkit`.
+//!
+//! [`Filter::SoundNoCapture`] also makes the relay a virtio-sound capture filter
+//! (`vmsilo sound-filter`, used for VMs with `sound.capture = false`): the backend never sees
+//! the capture ring (`rxq`, ring 3), so no recorded sample can reach guest memory whatever the
+//! guest driver asks for on the control queue, and the device configuration the frontend reads
+//! (`GET_CONFIG`) announces no jacks, one stream and one channel map, so a well-behaved driver
+//! creates a playback-only PCM. The stream and channel-map counts rely on vhost-device-sound's
+//! layout (0.3: stream 0 and channel map 0 are the output ones, 1 the input ones).
 
 #![deny(unsafe_code)]
 
@@ -44,7 +52,17 @@ pub fn adopt_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
 const MAX_PAYLOAD: usize = 64 * 1024;
 const MAX_FDS: usize = 32;
 const SET_FEATURES: u32 = 2;
+const SET_VRING_NUM: u32 = 8;
+const SET_VRING_ADDR: u32 = 9;
+const SET_VRING_BASE: u32 = 10;
+const GET_VRING_BASE: u32 = 11;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
+const SET_VRING_ERR: u32 = 14;
 const SET_VRING_ENABLE: u32 = 18;
+const GET_CONFIG: u32 = 24;
+/// virtio-sound's capture ring (`rxq`).
+const SOUND_RX_RING: u32 = 3;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
 /// Ring indices below this are held back before `SET_FEATURES`.
@@ -143,6 +161,17 @@ fn send_msg(sock: &UnixStream, msg: &Msg) -> io::Result<()> {
     Ok(())
 }
 
+/// What the relay changes on the way, beyond the early-enable fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filter {
+    /// Nothing else: a pass-through.
+    #[default]
+    None,
+    /// A virtio-sound device without capture: the capture ring is withheld from the backend
+    /// and the configuration read by the frontend shows only the playback stream.
+    SoundNoCapture,
+}
+
 /// A running relay. Dropping or [`Relay::stop`] closes both connections and joins the threads.
 #[derive(Debug)]
 pub struct Relay {
@@ -154,7 +183,19 @@ pub struct Relay {
 impl Relay {
     /// Relays between `frontend` (QEMU or crosvm) and `daemon` (the backend's connection).
     pub fn start(frontend: UnixStream, daemon: UnixStream) -> io::Result<Relay> {
-        let state = Arc::new(Mutex::new(EnableState::default()));
+        Relay::start_filtered(frontend, daemon, Filter::None)
+    }
+
+    /// [`Relay::start`] with a [`Filter`].
+    pub fn start_filtered(
+        frontend: UnixStream,
+        daemon: UnixStream,
+        filter: Filter,
+    ) -> io::Result<Relay> {
+        let state = Arc::new(Mutex::new(EnableState {
+            filter,
+            ..EnableState::default()
+        }));
         let (f1, d1) = (frontend.try_clone()?, daemon.try_clone()?);
         let (f2, d2) = (frontend.try_clone()?, daemon.try_clone()?);
         let down = std::thread::Builder::new()
@@ -167,7 +208,10 @@ impl Relay {
         let up = std::thread::Builder::new()
             .name("vu-relay-up".into())
             .spawn(move || {
-                while let Ok(Some(m)) = recv_msg(&d2) {
+                while let Ok(Some(mut m)) = recv_msg(&d2) {
+                    if filter == Filter::SoundNoCapture {
+                        hide_capture_in_config(&mut m);
+                    }
                     if send_msg(&f2, &m).is_err() {
                         break;
                     }
@@ -180,6 +224,13 @@ impl Relay {
             daemon,
             threads: vec![down, up],
         })
+    }
+
+    /// Waits until either side closes its connection (the relay then closes the other).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 
     /// Closes both connections and waits for the relay threads.
@@ -204,8 +255,81 @@ impl Drop for Relay {
 
 #[derive(Default)]
 struct EnableState {
+    filter: Filter,
     features_sent: bool,
     held: BTreeMap<u32, Msg>,
+    /// The last `SET_VRING_BASE` of a withheld ring, returned by `GET_VRING_BASE`.
+    withheld_base: u32,
+}
+
+/// The ring a ring message is about: the state's or address's index, or for the descriptor
+/// messages (`KICK`, `CALL`, `ERR`) the low byte of their u64.
+fn ring_of(m: &Msg) -> Option<u32> {
+    match m.request() {
+        SET_VRING_NUM | SET_VRING_ADDR | SET_VRING_BASE | GET_VRING_BASE | SET_VRING_ENABLE => {
+            Some(m.word(HDR))
+        }
+        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => Some(m.word(HDR) & 0xff),
+        _ => None,
+    }
+}
+
+fn reply(request: u32, payload: &[u8]) -> Msg {
+    let mut b = Vec::with_capacity(HDR + payload.len());
+    b.extend_from_slice(&request.to_le_bytes());
+    b.extend_from_slice(&(1u32 | FLAG_REPLY).to_le_bytes());
+    b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(payload);
+    Msg {
+        bytes: b,
+        fds: Vec::new(),
+    }
+}
+
+/// Answers a message about the withheld capture ring in the backend's place: the backend
+/// never learns the ring's memory, descriptors or state. Its file descriptors are dropped.
+fn answer_withheld(frontend: &UnixStream, m: &Msg, st: &mut EnableState) -> io::Result<()> {
+    match m.request() {
+        GET_VRING_BASE => {
+            let mut p = [0u8; 8];
+            p[..4].copy_from_slice(&SOUND_RX_RING.to_le_bytes());
+            p[4..].copy_from_slice(&st.withheld_base.to_le_bytes());
+            send_msg(frontend, &reply(GET_VRING_BASE, &p))
+        }
+        r => {
+            if r == SET_VRING_BASE {
+                st.withheld_base = m.word(HDR + 4);
+            }
+            if m.flags() & FLAG_NEED_REPLY != 0 {
+                send_msg(frontend, &reply(r, &0u64.to_le_bytes()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// In a `GET_CONFIG` reply (`VhostUserConfig`: offset, size, flags, then the bytes of
+/// `virtio_snd_config` from `offset`), sets `jacks` to 0 and `streams` and `chmaps` to at
+/// most 1. Bytes outside those fields are left alone; a short or odd reply passes unchanged.
+fn hide_capture_in_config(m: &mut Msg) {
+    if m.request() != GET_CONFIG || m.flags() & FLAG_REPLY == 0 {
+        return;
+    }
+    let offset = m.word(HDR) as usize;
+    let size = m.word(HDR + 4) as usize;
+    let data = HDR + 12;
+    if m.bytes.len() < data + size {
+        return;
+    }
+    // (field offset in virtio_snd_config, largest value shown)
+    for (field, max) in [(0usize, 0u32), (4, 1), (8, 1)] {
+        if field < offset || field + 4 > offset + size {
+            continue;
+        }
+        let at = data + field - offset;
+        let v = m.word(at);
+        m.bytes[at..at + 4].copy_from_slice(&v.min(max).to_le_bytes());
+    }
 }
 
 fn forward_requests(
@@ -215,6 +339,10 @@ fn forward_requests(
 ) -> io::Result<()> {
     while let Some(mut m) = recv_msg(frontend)? {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.filter == Filter::SoundNoCapture && ring_of(&m) == Some(SOUND_RX_RING) {
+            answer_withheld(frontend, &m, &mut st)?;
+            continue;
+        }
         // Only plausible ring indices are held (a net device has a handful of rings), so a
         // misbehaving frontend cannot grow the map; anything else goes to the daemon, which
         // rejects it.
@@ -334,5 +462,99 @@ mod tests {
         qemu.write_all(&hdr).unwrap();
         // The relay gives up on the connection: both ends see EOF.
         assert!(recv_msg(&backend).unwrap().is_none());
+    }
+
+    #[test]
+    fn test_sound_filter_withholds_the_capture_ring_and_answers_for_it() {
+        use std::io::Write;
+        let (mut qemu, f) = UnixStream::pair().unwrap();
+        let (d, backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start_filtered(f, d, Filter::SoundNoCapture).unwrap();
+        let ring = |r: u32, extra: &[u8]| {
+            let mut p = r.to_le_bytes().to_vec();
+            p.extend_from_slice(extra);
+            p
+        };
+        // Ring 3 (capture): none of these may reach the backend.
+        qemu.write_all(&msg(SET_VRING_NUM, 1, &ring(3, &[0, 1, 0, 0])))
+            .unwrap();
+        qemu.write_all(&msg(SET_VRING_ADDR, 1, &ring(3, &[0; 36])))
+            .unwrap();
+        qemu.write_all(&msg(SET_VRING_BASE, 1, &ring(3, &[42, 0, 0, 0])))
+            .unwrap();
+        qemu.write_all(&msg(SET_VRING_KICK, 1, &[3, 1, 0, 0, 0, 0, 0, 0]))
+            .unwrap();
+        qemu.write_all(&msg(
+            SET_VRING_CALL,
+            1 | FLAG_NEED_REPLY,
+            &[3, 1, 0, 0, 0, 0, 0, 0],
+        ))
+        .unwrap();
+        assert_eq!(
+            read_msg(&qemu),
+            msg(SET_VRING_CALL, 1 | FLAG_REPLY, &[0; 8]),
+            "acked by the filter"
+        );
+        qemu.write_all(&msg(SET_VRING_ENABLE, 1, &ring(3, &[1, 0, 0, 0])))
+            .unwrap();
+        qemu.write_all(&msg(GET_VRING_BASE, 1, &ring(3, &[0; 4])))
+            .unwrap();
+        assert_eq!(
+            read_msg(&qemu),
+            msg(GET_VRING_BASE, 1 | FLAG_REPLY, &ring(3, &[42, 0, 0, 0])),
+            "the base the frontend set"
+        );
+        // Ring 2 (playback) passes: it is the first thing the backend sees.
+        let tx = msg(SET_VRING_NUM, 1, &ring(2, &[0, 1, 0, 0]));
+        qemu.write_all(&tx).unwrap();
+        assert_eq!(read_msg(&backend), tx);
+    }
+
+    #[test]
+    fn test_sound_filter_shows_only_the_playback_stream_in_the_config() {
+        use std::io::Write;
+        let (qemu, f) = UnixStream::pair().unwrap();
+        let (d, mut backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start_filtered(f, d, Filter::SoundNoCapture).unwrap();
+        let config = |offset: u32, fields: &[u32]| {
+            let mut p = offset.to_le_bytes().to_vec();
+            p.extend_from_slice(&((fields.len() * 4) as u32).to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            for f in fields {
+                p.extend_from_slice(&f.to_le_bytes());
+            }
+            p
+        };
+        // jacks, streams, chmaps, controls as vhost-device-sound reports them.
+        backend
+            .write_all(&msg(GET_CONFIG, 1 | FLAG_REPLY, &config(0, &[0, 2, 2, 0])))
+            .unwrap();
+        assert_eq!(
+            read_msg(&qemu),
+            msg(GET_CONFIG, 1 | FLAG_REPLY, &config(0, &[0, 1, 1, 0]))
+        );
+        // A read of `streams` alone, at its offset.
+        backend
+            .write_all(&msg(GET_CONFIG, 1 | FLAG_REPLY, &config(4, &[2])))
+            .unwrap();
+        assert_eq!(
+            read_msg(&qemu),
+            msg(GET_CONFIG, 1 | FLAG_REPLY, &config(4, &[1]))
+        );
+        // A truncated reply passes unchanged, without a panic.
+        let short = msg(GET_CONFIG, 1 | FLAG_REPLY, &[0, 0, 0, 0, 16, 0, 0, 0]);
+        backend.write_all(&short).unwrap();
+        assert_eq!(read_msg(&qemu), short);
+    }
+
+    #[test]
+    fn test_plain_relay_passes_the_capture_ring() {
+        use std::io::Write;
+        let (mut qemu, f) = UnixStream::pair().unwrap();
+        let (d, backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start(f, d).unwrap();
+        let rx = msg(SET_VRING_NUM, 1, &[3, 0, 0, 0, 0, 1, 0, 0]);
+        qemu.write_all(&rx).unwrap();
+        assert_eq!(read_msg(&backend), rx);
     }
 }

@@ -38,4 +38,6 @@ pub use diag::{Diagnostic, Diagnostics, Scope};
 pub use model::{Config, ConfigError, Format, Vm, Vmm};
 pub use paths::Dirs;
 pub use plan::{LaunchPlan, PlanError, PlanOptions};
-pub use validate::{ValidConfig, load_str, load_tree, validate};
+pub use validate::{
+    LeftOutVm, ValidConfig, load_str, load_str_lenient, load_tree, load_tree_lenient, validate,
+};

@@ -178,6 +178,11 @@ string_enum!(
     SoundBackend, "sound backend" {
         /// PipeWire of the configured user (the default).
         Pipewire = "pipewire",
+        /// The desktop's sound server, whatever it is: vhost-device-sound's PipeWire backend
+        /// when the user's PipeWire socket exists at VM start (PipeWire desktops, with or
+        /// without pipewire-pulse), else its ALSA backend on the default device, which a
+        /// PulseAudio desktop routes to PulseAudio (alsa-plugins' pulse plugin).
+        Pulse = "pulse",
         /// ALSA.
         Alsa = "alsa",
         /// Discard output, silent input.
@@ -910,22 +915,26 @@ impl Default for Gate {
     }
 }
 
-/// `sound`: false, true (PipeWire) or `{ backend = ... }`.
+/// `sound`: false, true (PipeWire, playback only) or `{ backend = ...; capture = ...; }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sound {
     /// Whether the VM has sound.
     pub enabled: bool,
     /// The vhost-device-sound backend.
     pub backend: SoundBackend,
+    /// Whether the guest may record (microphone). Without it the VMM reaches
+    /// vhost-device-sound through `vmsilo sound-filter`, which withholds the capture ring.
+    pub capture: bool,
 }
 
 impl Serialize for Sound {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if !self.enabled || self.backend == SoundBackend::Pipewire {
+        if !self.enabled || (self.backend == SoundBackend::Pipewire && !self.capture) {
             return s.serialize_bool(self.enabled);
         }
-        let mut m = s.serialize_map(Some(1))?;
+        let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("backend", &self.backend)?;
+        m.serialize_entry("capture", &self.capture)?;
         m.end()
     }
 }
@@ -1374,6 +1383,7 @@ impl Vm {
             sound: r.field(o, "sound").unwrap_or(Sound {
                 enabled: true,
                 backend: SoundBackend::Pipewire,
+                capture: false,
             }),
             shared_directories: r.field_or(o, "sharedDirectories", Vec::new()),
             pci_devices: r.field_or(o, "pciDevices", Vec::new()),
@@ -1609,45 +1619,41 @@ impl FromValue for Sound {
             Value::Bool(b) => Some(Sound {
                 enabled: *b,
                 backend: SoundBackend::Pipewire,
+                capture: false,
             }),
             Value::Object(o) => {
                 for (k, val) in o {
-                    if k == "backend" {
-                        continue;
-                    }
-                    let msg = if k == "capture" {
-                        "vhost-device-sound has no capture switch (crosvm's PulseAudio \
-                         options are gone): remove it"
-                            .to_owned()
-                    } else {
-                        format!("unknown option {k:?}; the only sound option is \"backend\"")
-                    };
-                    r.at_key(k, |r| r.error(Some(val), msg));
-                }
-                let backend = match o.get("backend") {
-                    Some(Value::String(s)) if s == "pulse" || s == "pulseaudio" => {
-                        r.at_key("backend", |r| {
+                    if k != "backend" && k != "capture" {
+                        r.at_key(k, |r| {
                             r.error(
-                                o.get("backend"),
-                                "crosvm has no PulseAudio backend; vmsilo plays sound through \
-                                 vhost-device-sound: use backend = \"pipewire\" (also serves \
-                                 PulseAudio clients via pipewire-pulse) or \"alsa\"",
+                                Some(val),
+                                format!(
+                                    "unknown option {k:?}; the sound options are \"backend\" \
+                                     and \"capture\""
+                                ),
                             )
                         });
-                        None
                     }
+                }
+                let backend = match o.get("backend") {
+                    Some(Value::String(s)) if s == "pulseaudio" => Some(SoundBackend::Pulse),
                     Some(_) => r.field(o, "backend"),
                     None => Some(SoundBackend::Pipewire),
+                };
+                let capture = match o.get("capture") {
+                    Some(_) => r.field(o, "capture"),
+                    None => Some(false),
                 };
                 Some(Sound {
                     enabled: true,
                     backend: backend.unwrap_or(SoundBackend::Pipewire),
+                    capture: capture.unwrap_or(false),
                 })
             }
             _ => {
                 r.type_error(
                     v,
-                    "true, false or a table such as { backend = \"pipewire\" }",
+                    "true, false or a table such as { backend = \"pulse\", capture = false }",
                 );
                 None
             }

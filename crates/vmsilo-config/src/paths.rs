@@ -87,10 +87,17 @@ impl Dirs {
     pub fn user_dir(&self, vm: &str) -> String {
         join(&self.run_dir, &format!("{vm}.user"))
     }
-    /// `<run>/<vm>.user/<vm>-sound.socket`: vhost-device-sound's vhost-user socket (the backend
-    /// runs as the configured user, so the socket lives in [`Dirs::user_dir`]).
+    /// `<run>/<vm>.user/<vm>-sound.socket`: the VM's vhost-user sound socket, the one the VMM
+    /// connects to: vhost-device-sound's own, or with `capture = false` the socket of
+    /// `vmsilo sound-filter` (both run as the configured user, so the socket lives in
+    /// [`Dirs::user_dir`]).
     pub fn sound_socket(&self, vm: &str) -> String {
         join(&self.user_dir(vm), &format!("{vm}-sound.socket"))
+    }
+    /// `<run>/<vm>.user/<vm>-sound-device.socket`: with `capture = false`, vhost-device-sound's
+    /// socket behind `vmsilo sound-filter` (only the filter connects to it).
+    pub fn sound_device_socket(&self, vm: &str) -> String {
+        join(&self.user_dir(vm), &format!("{vm}-sound-device.socket"))
     }
     /// `<run>/<vm>.gate`: the directory of the VM's vmsilo-gate (and, for QEMU, waypipe). The
     /// runtime creates it owned by the configured user (mode 0700), the only directory those

@@ -28,6 +28,18 @@ pub const MAX_TAG: usize = 36;
 pub struct ValidConfig {
     config: Config,
     cids: BTreeMap<String, u32>,
+    left_out: Vec<LeftOutVm>,
+}
+
+/// A VM [`load_str_lenient`] left out of a configuration because of its own problems.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOutVm {
+    /// Its name, when one could be read and is a valid VM name (usable in unit names).
+    pub name: Option<String>,
+    /// Its position in the file's `nixosVms`.
+    pub index: usize,
+    /// Its problems (paths relative to the file, as `vmsilo check` prints them).
+    pub problems: Diagnostics,
 }
 
 impl ValidConfig {
@@ -42,6 +54,16 @@ impl ValidConfig {
     /// Every VM's CID, by name.
     pub fn cids(&self) -> &BTreeMap<String, u32> {
         &self.cids
+    }
+    /// The VMs left out by [`load_str_lenient`] (empty after a strict load).
+    pub fn left_out(&self) -> &[LeftOutVm] {
+        &self.left_out
+    }
+    /// The left-out VM called `name`.
+    pub fn left_out_vm(&self, name: &str) -> Option<&LeftOutVm> {
+        self.left_out
+            .iter()
+            .find(|v| v.name.as_deref() == Some(name))
     }
     /// Gives the configuration back.
     pub fn into_inner(self) -> Config {
@@ -64,6 +86,86 @@ impl Deref for ValidConfig {
 pub fn load_str(text: &str, format: Format) -> Result<ValidConfig, ConfigError> {
     let tree = model::parse_tree(text, format)?;
     load_tree(&tree)
+}
+
+/// [`load_str`], but a VM whose problems are all its own (every problem of the configuration
+/// is either global or belongs to one VM) is left out instead of failing the whole
+/// configuration: the rest is validated again without it, until what is left is valid. What
+/// the generator and the runtime use, so that one broken VM does not take the others down;
+/// `vmsilo check` stays strict. Global problems (or a syntax error) fail as [`load_str`] does,
+/// with every problem of the file.
+pub fn load_str_lenient(text: &str, format: Format) -> Result<ValidConfig, ConfigError> {
+    let tree = model::parse_tree(text, format)?;
+    load_tree_lenient(&tree)
+}
+
+/// [`load_str_lenient`] for an already parsed tree.
+pub fn load_tree_lenient(tree: &serde_json::Value) -> Result<ValidConfig, ConfigError> {
+    let first = match load_tree(tree) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut tree = tree.clone();
+    // Positions in the file of the VMs still in `tree`.
+    let mut positions: Vec<usize> = match tree.get("nixosVms") {
+        Some(serde_json::Value::Array(a)) => (0..a.len()).collect(),
+        _ => return Err(first),
+    };
+    let mut left_out = Vec::new();
+    let mut err = first.clone();
+    // Each round leaves out at least one VM, so this ends.
+    loop {
+        let ConfigError::Invalid(Diagnostics(diags)) = &err else {
+            return Err(first);
+        };
+        let mut broken: BTreeMap<usize, Vec<Diagnostic>> = BTreeMap::new();
+        for d in diags {
+            match &d.scope {
+                Scope::Vm { index, .. } if *index < positions.len() => {
+                    broken.entry(*index).or_default().push(d.clone());
+                }
+                _ => return Err(first),
+            }
+        }
+        if broken.is_empty() {
+            return Err(first);
+        }
+        let Some(serde_json::Value::Array(vms)) = tree.get_mut("nixosVms") else {
+            return Err(first);
+        };
+        for (index, problems) in broken.into_iter().rev() {
+            let vm = vms.remove(index);
+            let name = vm
+                .get("name")
+                .and_then(|n| n.as_str())
+                .filter(|n| check_name(n, "VM name", MAX_VM_NAME).is_ok())
+                .map(str::to_owned);
+            let file_index = positions.remove(index);
+            let problems = problems
+                .into_iter()
+                .map(|mut d| {
+                    d.scope = Scope::Vm {
+                        index: file_index,
+                        name: name.clone(),
+                    };
+                    d
+                })
+                .collect();
+            left_out.push(LeftOutVm {
+                name,
+                index: file_index,
+                problems: Diagnostics(problems),
+            });
+        }
+        match load_tree(&tree) {
+            Ok(mut v) => {
+                left_out.sort_by_key(|l| l.index);
+                v.left_out = left_out;
+                return Ok(v);
+            }
+            Err(e) => err = e,
+        }
+    }
 }
 
 /// [`load_str`] for an already parsed tree.
@@ -131,7 +233,11 @@ pub fn validate(config: Config) -> Result<ValidConfig, Diagnostics> {
         return Err(Diagnostics(diags));
     }
     let cids = derive::assign_cids(config.nixos_vms.iter().map(|v| v.name.as_str()));
-    Ok(ValidConfig { config, cids })
+    Ok(ValidConfig {
+        config,
+        cids,
+        left_out: Vec::new(),
+    })
 }
 
 struct Checker<'c> {

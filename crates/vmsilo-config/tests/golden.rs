@@ -77,6 +77,7 @@ golden_tests!(
     crosvm_shared_dirs,
     crosvm_gpu_custom,
     crosvm_sound_alsa,
+    crosvm_sound_pulse_capture,
     crosvm_pci_passthrough,
     crosvm_vhost_user_manual,
     crosvm_log_and_extra_args,

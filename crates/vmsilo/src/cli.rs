@@ -83,6 +83,21 @@ pub enum Command {
     /// user, with the home directory on descriptor 3.
     #[command(hide = true)]
     FillHome(FillHomeArgs),
+    /// Relay a VM's vhost-user sound connection to vhost-device-sound without the capture
+    /// stream: what vm-service runs for a VM with `sound.capture = false`.
+    #[command(hide = true)]
+    SoundFilter(SoundFilterArgs),
+}
+
+/// `vmsilo sound-filter` (internal).
+#[derive(Debug, Args)]
+pub struct SoundFilterArgs {
+    /// The socket the VMM connects to.
+    #[arg(long, value_name = "SOCKET")]
+    pub listen: PathBuf,
+    /// vhost-device-sound's socket.
+    #[arg(long, value_name = "SOCKET")]
+    pub device: PathBuf,
 }
 
 /// `vmsilo fill-home` (internal).

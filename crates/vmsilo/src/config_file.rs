@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use vmsilo_config::{Format, ValidConfig, load_str};
+use vmsilo_config::{Format, ValidConfig, load_str, load_str_lenient};
 
 use crate::CliError;
 
@@ -28,9 +28,28 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, CliError> {
     })
 }
 
-/// Reads and validates the configuration at `path` (format from the extension).
+/// Reads and validates the configuration at `path` (format from the extension). A VM whose
+/// problems are all its own is left out ([`vmsilo_config::load_str_lenient`]; the others keep
+/// working, and asking for the left-out one says why); `vmsilo check` uses [`load_strict`].
 pub fn load(path: &Path) -> Result<ValidConfig, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = read(path)?;
+    load_str_lenient(&text, Format::from_path(path)).map_err(|error| CliError::Config {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// [`load`] without leaving anything out: every problem fails the configuration.
+pub fn load_strict(path: &Path) -> Result<ValidConfig, CliError> {
+    let text = read(path)?;
+    load_str(&text, Format::from_path(path)).map_err(|error| CliError::Config {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == ErrorKind::NotFound {
             CliError::ConfigMissing {
                 path: path.to_owned(),
@@ -41,10 +60,6 @@ pub fn load(path: &Path) -> Result<ValidConfig, CliError> {
                 source,
             }
         }
-    })?;
-    load_str(&text, Format::from_path(path)).map_err(|error| CliError::Config {
-        path: path.to_owned(),
-        error,
     })
 }
 

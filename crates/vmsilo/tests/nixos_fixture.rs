@@ -244,10 +244,10 @@ fn test_seed_readme_examples_pass_check_and_get_units_for_every_vm() {
             "gpu-off",
             "gpu-default",
             "gpu-custom",
-            // sound = false and true (the seed's `{ backend = "pulse"; capture = true; }` is
-            // left out: see nix/tests/seed-readme-examples.nix).
+            // sound, the three forms.
             "sound-off",
             "sound-default",
+            "sound-custom",
             // The PCI passthrough example.
             "sys-usb",
             "sys-net",

@@ -597,8 +597,25 @@ fn pids_of(program: &str, needle: &str) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn test_real_vhost_device_sound_started_by_vm_service_answers_a_vhost_user_frontend() {
+/// What a vhost-user frontend saw of the VM's sound socket.
+struct SoundProbe {
+    features: u64,
+    queues: u64,
+    /// jacks, streams, chmaps.
+    config: (u32, u32, u32),
+    /// Whether the connection survived `SET_VRING_NUM` of size 0 (invalid: vhost-user-backend
+    /// rejects it and drops the connection) for the capture ring 3.
+    alive_after_bad_rx: bool,
+    /// The same for the playback ring 2 (only probed when the connection was still up).
+    alive_after_bad_tx: Option<bool>,
+    /// vhost-device-sound processes, and sound-filter processes, serving the VM.
+    devices: usize,
+    filters: usize,
+}
+
+/// Starts a crosvm VM with `sound = { backend = "null"; capture = CAPTURE; }` through the
+/// real vm-service and the real vhost-device-sound, and probes the socket crosvm would use.
+fn probe_real_sound(name: &str, capture: bool) -> SoundProbe {
     use vhost::VhostBackend;
     use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -608,10 +625,12 @@ fn test_real_vhost_device_sound_started_by_vm_service_answers_a_vhost_user_front
     let real = vmsilo_testkit::find_tool("vhost-device-sound")
         .expect("vhost-device-sound is not installed: run `cargo xtask setup`");
     let vm = Vm::new(
-        "realsound",
+        name,
         "",
-        "vmm = \"crosvm\"\nsound = { backend = \"null\" }\n\
-         crosvm.extraRunArgs = [\"--pivot-root\", \"/tmp\"]",
+        &format!(
+            "vmm = \"crosvm\"\nsound = {{ backend = \"null\", capture = {capture} }}\n\
+             crosvm.extraRunArgs = [\"--pivot-root\", \"/tmp\"]"
+        ),
     );
     let d = vm.dir.str().to_owned();
     // The stand-in crosvm says it runs, waits for the test's handshake, then fails, so that
@@ -649,7 +668,8 @@ fn test_real_vhost_device_sound_started_by_vm_service_answers_a_vhost_user_front
 
     // vm-service started crosvm only once the backend's socket existed: speak vhost-user to it.
     let socket = format!("{d}/run/t.user/t-sound.socket");
-    let handshake = || -> Result<(u64, u64, [u32; 4]), String> {
+    type Seen = (u64, u64, [u32; 4], bool, Option<bool>);
+    let handshake = || -> Result<Seen, String> {
         let mut f = Frontend::connect(&socket, 1).map_err(|e| format!("connect: {e}"))?;
         f.set_owner().map_err(|e| format!("SET_OWNER: {e}"))?;
         let features = f.get_features().map_err(|e| format!("GET_FEATURES: {e}"))?;
@@ -672,52 +692,100 @@ fn test_real_vhost_device_sound_started_by_vm_service_answers_a_vhost_user_front
             .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0; 16])
             .map_err(|e| format!("GET_CONFIG: {e}"))?;
         let word = |i: usize| u32::from_le_bytes(cfg[i * 4..i * 4 + 4].try_into().expect("4"));
-        Ok((features, queues, [word(0), word(1), word(2), word(3)]))
+        // The capture ring: an invalid size, which vhost-device-sound refuses by dropping the
+        // connection; behind the filter it never gets there.
+        let _ = f.set_vring_num(3, 0);
+        let alive_rx = f.get_features().is_ok();
+        let alive_tx = alive_rx.then(|| {
+            let _ = f.set_vring_num(2, 0);
+            f.get_features().is_ok()
+        });
+        Ok((
+            features,
+            queues,
+            [word(0), word(1), word(2), word(3)],
+            alive_rx,
+            alive_tx,
+        ))
     };
     // (Read before the handshake: after a frontend leaves, vhost-device-sound removes and
     // re-creates its socket.)
     let owner = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    let backends = pids_of("vhost-device-sound", &socket);
+    let devices = pids_of("vhost-device-sound", &d).len();
+    let filters = pids_of("exe", &socket).len();
     let result = handshake();
 
     std::fs::write(format!("{d}/done"), "").expect("done");
     let o = service.wait_with_output().expect("vm-service");
     let (_, err) = text(&o);
-    let (features, queues, [jacks, streams, chmaps, _controls]) = result
+    let (features, queues, [jacks, streams, chmaps, _controls], alive_rx, alive_tx) = result
         .unwrap_or_else(|e| panic!("vhost-user handshake with vhost-device-sound: {e}\n{err}"));
-    assert_ne!(
-        features & (1 << 32),
-        0,
-        "VIRTIO_F_VERSION_1 offered: {features:#x}"
-    );
-    assert_eq!(queues, 4, "control, event, tx and rx queues");
-    assert_eq!(
-        (jacks, streams, chmaps),
-        (0, 2, 1),
-        "an output and an input stream"
-    );
     assert_eq!(
         owner.ok(),
         Some(65534),
-        "the backend runs as the configured user"
+        "the VM's sound socket belongs to the configured user"
     );
-    assert_eq!(
-        backends.len(),
-        1,
-        "one vhost-device-sound for the VM: {backends:?}"
-    );
-    // The stand-in crosvm failed: vm-service says so, stops the backend and removes its files.
+    // The stand-in crosvm failed: vm-service says so, stops the backends and removes files.
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("crosvm exited with status 1 before the VM was up"),
         "{err}"
     );
     assert_eq!(
-        pids_of("vhost-device-sound", &socket),
-        Vec::<u32>::new(),
-        "backend left running"
+        pids_of("vhost-device-sound", &d).len() + pids_of("exe", &socket).len(),
+        0,
+        "backends left running"
     );
     assert_eq!(entries(&vm.run_dir()), Vec::<String>::new(), "{err}");
+    SoundProbe {
+        features,
+        queues,
+        config: (jacks, streams, chmaps),
+        alive_after_bad_rx: alive_rx,
+        alive_after_bad_tx: alive_tx,
+        devices,
+        filters,
+    }
+}
+
+#[test]
+fn test_real_vhost_device_sound_with_capture_offers_the_capture_stream() {
+    let p = probe_real_sound("soundcap", true);
+    assert_ne!(
+        p.features & (1 << 32),
+        0,
+        "VIRTIO_F_VERSION_1 offered: {:#x}",
+        p.features
+    );
+    assert_eq!(p.queues, 4, "control, event, tx and rx queues");
+    assert_eq!(p.config, (0, 2, 1), "an output and an input stream");
+    assert!(
+        !p.alive_after_bad_rx,
+        "vhost-device-sound itself sees (and refuses) the bad capture ring"
+    );
+    assert_eq!((p.devices, p.filters), (1, 0), "no filter with capture");
+}
+
+#[test]
+fn test_real_vhost_device_sound_without_capture_sits_behind_the_filter() {
+    let p = probe_real_sound("soundnocap", false);
+    assert_ne!(p.features & (1 << 32), 0, "{:#x}", p.features);
+    assert_eq!(p.queues, 4, "the frontend still sets up four queues");
+    assert_eq!(
+        p.config,
+        (0, 1, 1),
+        "the guest driver is shown the output stream only"
+    );
+    assert!(
+        p.alive_after_bad_rx,
+        "the capture ring never reaches vhost-device-sound"
+    );
+    assert_eq!(
+        p.alive_after_bad_tx,
+        Some(false),
+        "the playback ring does reach it (the probe detects a refusal)"
+    );
+    assert_eq!((p.devices, p.filters), (1, 1));
 }
 
 // ---------------------------------------------------------------------------------------------

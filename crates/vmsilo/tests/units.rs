@@ -302,15 +302,17 @@ fn test_generator_on_nixos_leaves_host_networking_to_the_module() {
 fn test_generator_reports_an_invalid_configuration_with_a_failing_unit_and_exit_0() {
     let dir = Scratch::new("gen-bad");
     let cfg = dir.path().join("vmsilo.toml");
+    // A global problem: no VM can be trusted, so none gets units.
     std::fs::write(
         &cfg,
-        "enable = true\nuser = \"x\"\n[[nixosVms]]\nname = \"a\"\nmemroy = 1\n",
+        "enable = true\nuser = \"x\"\nisolatedPciDevices = [\"zz\"]\n[[nixosVms]]\nname = \"a\"\n\
+         kernel = \"/k\"\ninitramfs = \"/i\"\nrootDisk = \"/r\"\n",
     )
     .expect("config");
     let (o, gen_dir) = generator(&dir, Some(&cfg));
     assert_eq!(o.status.code(), Some(0), "a generator never fails the boot");
     let err = stderr(&o);
-    assert!(err.contains("did you mean \"memory\""), "{err}");
+    assert!(err.contains("isolatedPciDevices"), "{err}");
     assert!(err.contains("vmsilo-config-error.service"), "{err}");
     let normal = gen_dir.join("normal");
     let files: Vec<String> = tree(&normal).into_iter().map(|(r, _)| r).collect();
@@ -333,6 +335,77 @@ fn test_generator_reports_an_invalid_configuration_with_a_failing_unit_and_exit_
         .output()
         .expect("check");
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn test_generator_leaves_out_only_the_broken_vm() {
+    let dir = Scratch::new("gen-one-bad");
+    let cfg = dir.path().join("vmsilo.toml");
+    std::fs::write(
+        &cfg,
+        "enable = true\nuser = \"x\"\n\
+         [[nixosVms]]\nname = \"good\"\nkernel = \"/k\"\ninitramfs = \"/i\"\nrootDisk = \"/r\"\n\
+         sound = { backend = \"pulse\", capture = true }\n\
+         [[nixosVms]]\nname = \"bad\"\nkernel = \"/k\"\ninitramfs = \"/i\"\nrootDisk = \"/r\"\n\
+         memroy = 1\n",
+    )
+    .expect("config");
+    let (o, gen_dir) = generator(&dir, Some(&cfg));
+    assert_eq!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(err.contains("did you mean \"memory\""), "{err}");
+    assert!(err.contains("VM bad (nixosVms[1]) is left out"), "{err}");
+    let normal = gen_dir.join("normal");
+    let files: Vec<String> = tree(&normal).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        files,
+        [
+            "multi-user.target.wants/vmsilo-bad-config-error.service",
+            "sockets.target.wants/vmsilo-good.socket",
+            "vmsilo-bad-config-error.service",
+            "vmsilo-balloond.service",
+            "vmsilo-good-command.service",
+            "vmsilo-good-vm.service",
+            "vmsilo-good.socket",
+        ],
+        "the good VM keeps its units; the bad one has only its error unit"
+    );
+    let unit =
+        std::fs::read_to_string(normal.join("vmsilo-bad-config-error.service")).expect("unit");
+    assert!(
+        unit.contains("# VM \"bad\": memroy: unknown option \"memroy\""),
+        "the unit says why: {unit}"
+    );
+    assert!(
+        unit.contains(&format!("--config {} check", cfg.display())),
+        "{unit}"
+    );
+    verify(&normal);
+    // Its command fails with the problems; the strict check still fails the file.
+    let o = vmsilo()
+        .args(["--config", cfg.to_str().expect("utf-8"), "check"])
+        .output()
+        .expect("check");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("memroy"), "{}", stderr(&o));
+    // The good VM plans; asking for the bad one says why it is not there.
+    let plan = |vm: &str| {
+        vmsilo()
+            .args(["--config", cfg.to_str().expect("utf-8"), "plan", vm])
+            .args(["--uid", "1000", "--gid", "1000"])
+            .output()
+            .expect("plan")
+    };
+    let o = plan("good");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = plan("bad");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("VM \"bad\" is left out: its configuration is invalid")
+            && err.contains("memroy"),
+        "{err}"
+    );
 }
 
 #[test]

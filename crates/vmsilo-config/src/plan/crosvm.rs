@@ -10,7 +10,7 @@ use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
 use crate::model::{OptValue, Options, OverlayType, Vm};
 use crate::plan::{
     DEFAULT_GPU_OPTIONS, LaunchPlan, PlanOptions, VM_SWITCH_QUEUE_SIZE, gate_backend, push_extra,
-    sound_backend,
+    sound_backends,
 };
 use crate::validate::ValidConfig;
 
@@ -144,13 +144,14 @@ pub(super) fn fill(cfg: &ValidConfig, vm: &Vm, opts: &PlanOptions, plan: &mut La
         }
     }
 
-    // Sound: crosvm has no PulseAudio/PipeWire backend; vhost-device-sound serves it.
-    if let Some(b) = sound_backend(vm, opts) {
+    // Sound: crosvm has no PulseAudio/PipeWire backend; vhost-device-sound serves it
+    // (behind `vmsilo sound-filter` unless the VM may record).
+    if let Some((socket, backends)) = sound_backends(vm, opts) {
         g.push(vec![
             "--vhost-user".into(),
-            format!("sound,socket={}", b.socket),
+            format!("sound,socket={socket}"),
         ]);
-        plan.backends.push(b);
+        plan.backends.extend(backends);
     }
     for v in &vm.vhost_user {
         let mut parts = vec![v.kind.clone(), format!("socket={}", v.socket)];

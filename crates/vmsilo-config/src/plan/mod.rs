@@ -98,6 +98,18 @@ pub enum PlanError {
         /// Every VM the configuration has (named when there is no close one).
         known: Vec<String>,
     },
+    /// The VM is in the file but was left out for its own problems
+    /// ([`crate::load_str_lenient`]).
+    #[error(
+        "VM {name:?} is left out: its configuration is invalid (`vmsilo check` lists every \
+         problem; fix them and run `systemctl daemon-reload`):\n{problems}"
+    )]
+    LeftOut {
+        /// The VM.
+        name: String,
+        /// Its problems, one per line.
+        problems: String,
+    },
     /// A derived socket path does not fit in `sun_path`.
     #[error(
         "VM {vm:?}: socket path {path:?} is {} bytes; unix sockets allow {MAX_SOCKET_PATH}: use a shorter run directory or VM name",
@@ -425,6 +437,12 @@ fn unknown_vm_hint(suggestion: Option<&str>, known: &[String]) -> String {
 }
 
 fn unknown_vm(cfg: &ValidConfig, name: &str) -> PlanError {
+    if let Some(l) = cfg.left_out_vm(name) {
+        return PlanError::LeftOut {
+            name: name.to_owned(),
+            problems: l.problems.to_string(),
+        };
+    }
     let names: Vec<&str> = cfg.nixos_vms.iter().map(|v| v.name.as_str()).collect();
     PlanError::UnknownVm {
         name: name.to_owned(),
@@ -593,28 +611,73 @@ fn push_extra<'a>(groups: &mut Vec<Vec<String>>, args: impl IntoIterator<Item = 
     }
 }
 
-/// The vhost-device-sound backend of a VM with sound.
-fn sound_backend(vm: &Vm, opts: &PlanOptions) -> Option<Backend> {
+/// The program name a backend uses for "this vmsilo binary" (`vmsilo sound-filter`): the
+/// runtime executes it by this path, which is the running vmsilo itself.
+pub const SELF_EXE: &str = "/proc/self/exe";
+
+/// The sound backends of a VM with sound, in start order, and the socket the VMM connects
+/// to. vhost-device-sound always offers a capture stream, so with `capture = false`
+/// `vmsilo sound-filter` stands between the VMM and it and withholds the capture ring
+/// (`vhost_user_relay::Filter::SoundNoCapture`).
+pub(crate) fn sound_backends(vm: &Vm, opts: &PlanOptions) -> Option<(String, Vec<Backend>)> {
     if !vm.sound.enabled {
         return None;
     }
-    let socket = opts.dirs.sound_socket(&vm.name);
+    let vmm_socket = opts.dirs.sound_socket(&vm.name);
+    let device_socket = if vm.sound.capture {
+        vmm_socket.clone()
+    } else {
+        opts.dirs.sound_device_socket(&vm.name)
+    };
     let mut env = BTreeMap::new();
     env.insert("XDG_RUNTIME_DIR".to_owned(), opts.user_runtime_dir());
-    Some(Backend {
+    let mut backends = vec![Backend {
         kind: "vhost-device-sound".into(),
         argv: vec![
             "vhost-device-sound".into(),
             "--socket".into(),
-            socket.clone(),
+            device_socket.clone(),
             "--backend".into(),
+            // `pulse` is resolved by the runtime at start ([`SoundBackend::Pulse`]).
             vm.sound.backend.as_str().into(),
         ],
-        socket,
+        socket: device_socket.clone(),
         run_as: RunAs::User,
         env,
         sandbox: None,
-    })
+    }];
+    if !vm.sound.capture {
+        backends.push(Backend {
+            kind: SOUND_FILTER.into(),
+            argv: vec![
+                SELF_EXE.into(),
+                "sound-filter".into(),
+                "--listen".into(),
+                vmm_socket.clone(),
+                "--device".into(),
+                device_socket,
+            ],
+            socket: vmm_socket.clone(),
+            run_as: RunAs::User,
+            env: BTreeMap::new(),
+            sandbox: None,
+        });
+    }
+    Some((vmm_socket, backends))
+}
+
+/// The `kind` of the capture filter backend.
+pub const SOUND_FILTER: &str = "vmsilo-sound-filter";
+
+/// What vhost-device-sound's `--backend` becomes for `backend`: `pulse` is PipeWire when the
+/// user's PipeWire socket exists (`pipewire_running`), else ALSA's default device; the others
+/// are passed as they are.
+pub fn resolve_sound_backend(backend: &str, pipewire_running: bool) -> &str {
+    match backend {
+        "pulse" if pipewire_running => "pipewire",
+        "pulse" => "alsa",
+        b => b,
+    }
 }
 
 /// The VM's vmsilo-gate (with `gpu`): runs as the configured user, listens on the gate socket
@@ -695,7 +758,8 @@ fn check_socket_paths(plan: &LaunchPlan) -> Result<(), PlanError> {
         .into_iter()
         .flatten()
         .chain(p.fs_sockets.values())
-        .chain(p.vm_switch.iter().map(|s| &s.socket));
+        .chain(p.vm_switch.iter().map(|s| &s.socket))
+        .chain(plan.backends.iter().map(|b| &b.socket));
     for s in all {
         if s.len() > MAX_SOCKET_PATH {
             return Err(PlanError::SocketPathTooLong {
@@ -724,5 +788,13 @@ mod tests {
         assert_eq!(s.hidden, Vec::<String>::new());
         let s = sandbox("/run/vmsilo/a.gate".into(), &["/run/user/1000".into()], &[]);
         assert_eq!(s.hidden, ["/home", "/root", "/run/user/1000"]);
+    }
+
+    #[test]
+    fn test_pulse_is_pipewire_when_it_runs_else_alsa() {
+        assert_eq!(resolve_sound_backend("pulse", true), "pipewire");
+        assert_eq!(resolve_sound_backend("pulse", false), "alsa");
+        assert_eq!(resolve_sound_backend("pipewire", false), "pipewire");
+        assert_eq!(resolve_sound_backend("null", true), "null");
     }
 }

@@ -56,7 +56,7 @@ pub fn summary_line(vm: &Vm, name_width: usize) -> String {
 /// the NixOS module) whether its TAPs, bridges, NAT and PCI devices can work on this host:
 /// warnings on stderr, or a failure with `--strict`.
 pub fn run(config: Option<&Path>, args: &CheckArgs) -> Result<(), CliError> {
-    let (_, cfg) = config_file::resolve_and_load(config)?;
+    let cfg = config_file::load_strict(&config_file::resolve(config)?)?;
     let host_problems = if args.host.vmsilo_sets_up() {
         let facts = crate::hostnet::check::gather(&cfg, &args.sysfs_root);
         crate::hostnet::check::problems(&cfg, &facts)

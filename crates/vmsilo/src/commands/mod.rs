@@ -19,6 +19,7 @@ pub mod net;
 pub mod plan;
 pub mod run;
 pub mod shell;
+pub mod sound_filter;
 pub mod status;
 pub mod systemctl;
 pub mod units;
@@ -46,6 +47,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Completions(args) => completions::completions(&args),
         Command::Man(args) => completions::man(&args),
         Command::ListVms => completions::list_vms(config),
+        Command::SoundFilter(args) => sound_filter::run(&args),
         Command::FillHome(args) => {
             let home = crate::runtime::home::inherited_home().map_err(CliError::Failure)?;
             crate::runtime::home::fill(&args.template, &home).map_err(CliError::Failure)

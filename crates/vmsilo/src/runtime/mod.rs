@@ -757,7 +757,8 @@ impl Runtime {
                 },
                 (RunAs::User, _, _) => Identity::User { uid, gid },
             };
-            let proc = procs::spawn(&b.kind, &b.argv, &b.env, who).map_err(|m| self.fail(m))?;
+            let argv = resolve_sound_argv(b);
+            let proc = procs::spawn(&b.kind, &argv, &b.env, who).map_err(|m| self.fail(m))?;
             self.backends.push(proc);
             let socket = PathBuf::from(&b.socket);
             let timeout = self.o.socket_timeout;
@@ -1259,4 +1260,63 @@ enum Input {
     Ok,
     Closed,
     Escape,
+}
+
+/// A backend's argv as started: vhost-device-sound's `--backend pulse` becomes `pipewire`
+/// when the user's PipeWire socket (`$XDG_RUNTIME_DIR/pipewire-0`) exists, else `alsa`
+/// (ALSA's default device, PulseAudio's on a PulseAudio desktop).
+fn resolve_sound_argv(b: &vmsilo_config::plan::Backend) -> Vec<String> {
+    let mut argv = b.argv.clone();
+    if b.kind != "vhost-device-sound" {
+        return argv;
+    }
+    let pipewire = b
+        .env
+        .get("XDG_RUNTIME_DIR")
+        .is_some_and(|d| Path::new(d).join("pipewire-0").exists());
+    if let Some(i) = argv.iter().position(|a| a == "--backend")
+        && let Some(v) = argv.get_mut(i + 1)
+    {
+        *v = vmsilo_config::plan::resolve_sound_backend(v, pipewire).to_owned();
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use vmsilo_config::plan::{Backend, RunAs};
+
+    fn sound(runtime_dir: &Path, backend: &str) -> Backend {
+        Backend {
+            kind: "vhost-device-sound".into(),
+            argv: ["vhost-device-sound", "--socket", "/s", "--backend", backend]
+                .map(String::from)
+                .to_vec(),
+            socket: "/s".into(),
+            run_as: RunAs::User,
+            env: BTreeMap::from([(
+                "XDG_RUNTIME_DIR".to_owned(),
+                runtime_dir.display().to_string(),
+            )]),
+            sandbox: None,
+        }
+    }
+
+    #[test]
+    fn test_pulse_becomes_pipewire_only_where_pipewire_listens() {
+        let dir = std::env::temp_dir().join(format!("vmsilo-pulse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let last = |b: &Backend| resolve_sound_argv(b).last().cloned();
+        assert_eq!(last(&sound(&dir, "pulse")).as_deref(), Some("alsa"));
+        std::fs::write(dir.join("pipewire-0"), "").expect("stand-in socket");
+        assert_eq!(last(&sound(&dir, "pulse")).as_deref(), Some("pipewire"));
+        assert_eq!(last(&sound(&dir, "alsa")).as_deref(), Some("alsa"));
+        // Other backends' argv is left alone, even with the same words in it.
+        let mut other = sound(&dir, "pulse");
+        other.kind = "virtiofsd".into();
+        assert_eq!(last(&other).as_deref(), Some("pulse"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
