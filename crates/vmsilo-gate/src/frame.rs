@@ -205,15 +205,19 @@ impl Shared {
         if let Some(p) = self.pixels.borrow().as_ref() {
             return Ok(p.clone());
         }
-        let one = |px: u32| -> std::io::Result<Rc<WlBuffer>> {
+        let tile = |px: u32, side: i32| -> std::io::Result<Rc<WlBuffer>> {
             let img = draw::Image {
-                width: 1,
-                height: 1,
-                pixels: vec![px],
+                width: side,
+                height: side,
+                pixels: vec![px; side.unsigned_abs() as usize * side.unsigned_abs() as usize],
             };
             shm_buffer(shm, &img)?.ok_or_else(|| std::io::Error::other("empty pixel"))
         };
-        let p = (one(self.identity.color.argb())?, one(0)?);
+        // The colour is a COLOUR_TILE-pixel square, not one pixel: pixman (sway's and weston's
+        // software renderers) scales with a 16.16 fixed-point transform, and a one-pixel
+        // source stretched to a 700-pixel strip came out a few pixels short of the frame's
+        // right edge. The transparent buffer under the guest may be one pixel.
+        let p = (tile(self.identity.color.argb(), COLOUR_TILE)?, tile(0, 1)?);
         *self.pixels.borrow_mut() = Some(p.clone());
         Ok(p)
     }
@@ -235,6 +239,10 @@ impl Shared {
         None
     }
 }
+
+/// The side of the square colour buffer the strips are scaled from (64 KiB): at most half a
+/// pixel of rounding over an 8192-pixel strip under a 16.16 fixed-point scale.
+const COLOUR_TILE: i32 = 128;
 
 fn shared_for(conn: &Rc<Conn>) -> Option<Rc<Shared>> {
     SHARED.with(|s| {

@@ -369,6 +369,10 @@ fn test_over_cap_and_denied_transfers_are_refused_on_sway() {
     let notice = "banking | clipboard: refused, over 10 chars";
     let (shot, ok) = band_shot(&sway, "before", name);
     assert!(ok, "{:?}", band_check(&shot, name));
+    // The bottom ring of a wide frame reaches the right edge too (no scaling shortfall).
+    let (x0, _, x1, y1) = shot.bbox(GREEN).expect("banking's frame on screen");
+    let short: Vec<usize> = (x0..x1).filter(|&x| shot.get(x, y1 - 1) != GREEN).collect();
+    assert!(short.is_empty(), "bottom ring not green at x = {short:?}");
     banking.copy(SECRET);
     vkb.chord(CTRL_SHIFT, KEY_C);
     banking.pump_until("the over-cap refusal", || {
@@ -415,21 +419,15 @@ const GREEN: u32 = 0x002e_cc71;
 /// The width of banking's frame in the over-cap test (a 700-pixel window).
 const WIDE_FRAME: i32 = 700 + vmsilo_gate::layout::EXTRA_W;
 
-/// Columns at the band's right end left out of the comparison: sway 1.7's pixman renderer
-/// scales the band's one-pixel fill with a 16.16 fixed-point transform, which at 700+ pixels
-/// falls a few pixels short of the frame's right edge (the background shows there; the
-/// frame tests use narrow windows). The text is far from there.
-const RIGHT_SLACK: usize = 2 * vmsilo_gate::layout::BORDER as usize;
-
-/// The band rows of banking's frame (located by the bounding box of its colour), but the
-/// [`RIGHT_SLACK`] columns, or none.
+/// The band rows of banking's frame (located by the bounding box of its colour), to its right
+/// edge (a 700-pixel band is drawn whole: the colour buffer is not one pixel), or none.
 fn band_pixels(shot: &Shot) -> Vec<u32> {
     let Some((x0, y0, x1, _)) = shot.bbox(GREEN) else {
         return Vec::new();
     };
     let mut px = Vec::new();
     for y in y0..(y0 + vmsilo_gate::layout::BAND as usize).min(shot.height) {
-        for x in x0..x1.saturating_sub(RIGHT_SLACK) {
+        for x in x0..x1 {
             px.push(shot.get(x, y));
         }
     }
@@ -459,7 +457,7 @@ fn band_check(shot: &Shot, label: &str) -> Result<(), String> {
     let want: Vec<u32> = band
         .pixels
         .chunks_exact(band.width as usize)
-        .flat_map(|row| &row[..row.len() - RIGHT_SLACK])
+        .flatten()
         .map(|p| p & 0xff_ffff)
         .collect();
     let got = band_pixels(shot);
