@@ -17,7 +17,7 @@ use vm_switch::sandbox;
 use vm_switch::sched::Params;
 use vm_switch::seccomp::SeccompMode;
 use vm_switch::supervisor::{self, SupervisorConfig};
-use vmsilo_config::units::{parse_duration, parse_size};
+use vmsilo_measure::{parse_duration, parse_size};
 
 /// vhost-user-net L3 switch between VMs: one sandboxed child per VM port, FQ-CoDel at each
 /// destination's egress.
