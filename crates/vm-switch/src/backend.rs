@@ -43,13 +43,13 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use crate::config::PortConfig;
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::dql::Dql;
 use crate::forward::{Decision, DropReason, PortId, Switch, flow_hash};
 use crate::frame::{
     self, Gso, MAX_FRAME, MAX_GSO_FRAME, Offload, OffloadCaps, VNET_F_NEEDS_CSUM, VnetHdr,
 };
+use crate::port_file::PortConfig;
 use crate::ring::{
     Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta,
 };

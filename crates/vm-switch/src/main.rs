@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             .and_then(|n| n.to_str())
             .map(str::to_owned)
     }) {
-        Some(n) if vm_switch::config::valid_vm_name(&n) => n,
+        Some(n) if vm_switch::port_file::valid_vm_name(&n) => n,
         Some(n) => {
             return usage(format!(
                 "--name {n:?} must be 1-64 characters from A-Z a-z 0-9 _ . -"

@@ -910,7 +910,7 @@ fn test_port_file_is_read_by_vm_switch_and_a_missing_switch_is_reported() {
         .expect("vm-service");
     common::wait_path(&port, Duration::from_secs(10));
     // vm-switch's own parser reads what the runtime wrote.
-    let parsed = vm_switch::config::PortConfig::load(&port).expect("vm-switch accepts it");
+    let parsed = vm_switch::port_file::PortConfig::load(&port).expect("vm-switch accepts it");
     assert_eq!(parsed.name, "t");
     assert!(parsed.receive_broadcast);
     let addrs: Vec<String> = parsed.addresses.iter().map(ToString::to_string).collect();
