@@ -687,7 +687,7 @@ fn write_state(run: &Path, vm: &str, pid: u32, started_ago: u64) {
 }
 
 /// A stand-in for vmsilo-balloond's status socket: serves one document per connection.
-fn balloond_status(path: &Path, doc: &'static str) -> std::thread::JoinHandle<()> {
+fn balloond_status(path: &Path, doc: String) -> std::thread::JoinHandle<()> {
     let l = UnixListener::bind(path).expect("bind");
     std::thread::spawn(move || {
         for s in l.incoming().take(2) {
@@ -697,8 +697,31 @@ fn balloond_status(path: &Path, doc: &'static str) -> std::thread::JoinHandle<()
     })
 }
 
-const BALLOOND_DOC: &str = r#"{"version":1,"daemon":{"pid":1},"host":null,"vms":[{"name":"banking","vmm":"crosvm","socket":"/run/vmsilo/banking-control.socket","generation":1,"state":"ok","balloon_actual":536870912,"ram_size":4294967296}]}
-"#;
+/// A status document as vmsilo-balloond writes it: one VM, `banking`, with a 512 MiB balloon.
+fn balloond_doc() -> String {
+    use vmsilo_balloond::status::{DaemonStatus, STATUS_VERSION, StatusDoc, VmStatus};
+    let doc = StatusDoc {
+        version: STATUS_VERSION,
+        daemon: DaemonStatus {
+            pid: 1,
+            ..DaemonStatus::default()
+        },
+        host: None,
+        vms: vec![VmStatus {
+            name: "banking".into(),
+            vmm: "crosvm".into(),
+            socket: "/run/vmsilo/banking-control.socket".into(),
+            generation: 1,
+            state: "ok".into(),
+            balloon_actual: Some(512 << 20),
+            ram_size: Some(4 << 30),
+            ..VmStatus::default()
+        }],
+    };
+    let mut text = serde_json::to_string(&doc).expect("json");
+    text.push('\n');
+    text
+}
 
 #[test]
 fn test_status_shows_running_stopped_and_failed_vms() {
@@ -711,7 +734,7 @@ fn test_status_shows_running_stopped_and_failed_vms() {
     let dead_pid = dead.id();
     dead.wait().expect("wait");
     write_state(&run, "personal", dead_pid, 10);
-    let server = balloond_status(&run.join("balloond.status"), BALLOOND_DOC);
+    let server = balloond_status(&run.join("balloond.status"), balloond_doc());
 
     let status = |json: bool| {
         let mut c = vmsilo();
