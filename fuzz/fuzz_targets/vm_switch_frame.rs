@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vm_switch::config::PortConfig;
+use vm_switch::port_file::PortConfig;
 use vm_switch::forward::{Decision, Switch, flow_hash};
 use vm_switch::frame::{self, Gso, MAX_FRAME, MAX_GSO_FRAME, OffloadCaps, VnetHdr};
 use vm_switch::gso;

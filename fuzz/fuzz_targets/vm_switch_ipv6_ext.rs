@@ -9,7 +9,7 @@
 use std::net::Ipv6Addr;
 
 use libfuzzer_sys::fuzz_target;
-use vm_switch::config::PortConfig;
+use vm_switch::port_file::PortConfig;
 use vm_switch::forward::{Decision, Switch};
 use vm_switch::frame::{self, Fragment, IPPROTO_ICMPV6, L3, MAX_EXT_HEADERS};
 

@@ -26,7 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vm_switch::backend::{EV_TIMER, NetBackend, PortParams, RX_QUEUE, TX_QUEUE};
-use vm_switch::config::PortConfig;
+use vm_switch::port_file::PortConfig;
 use vm_switch::control::ToChild;
 use vm_switch::sched::Params;
 use vm_switch::stats::PortStats;

@@ -47,9 +47,10 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use serde_json::Value;
 use vmsilo_balloond::vmm::VmmClient;
-use vmsilo_balloond::vmm::crosvm::{CrosvmClient, Reply};
+use vmsilo_balloond::vmm::crosvm::CrosvmClient;
 use vmsilo_config::plan::{self, PlanOptions};
 use vmsilo_config::{Dirs, Format, load_str};
+use vmsilo_vmm::crosvm::{CrosvmControl, Reply, Request};
 
 use crate::demo::is_root;
 use crate::util::{cargo, section, sh, workspace_root};
@@ -531,8 +532,8 @@ fn crosvm_errors(log: &str) -> String {
 
 /// Asks crosvm to exit through its control socket, then waits; SIGKILL after 10 s.
 fn exit_crosvm(proc: &mut Proc, control: &Path) -> (Result<Reply, String>, Option<i32>) {
-    let reply = CrosvmClient::new(control, Duration::from_secs(5))
-        .request("Exit", b"\"Exit\"")
+    let reply = CrosvmControl::new(control, Duration::from_secs(5))
+        .request(Request::Exit)
         .map_err(|e| e.to_string());
     let code = proc.wait(Duration::from_secs(10));
     if code.is_none() {
@@ -1202,7 +1203,7 @@ fn check_control(ctx: &Ctx, bins: &Bins, report: &mut Report) -> Result<()> {
     drop(daemon);
 
     // The power button, as vm-service presses it (a connection of its own).
-    let r = CrosvmClient::new(&sock, Duration::from_secs(5)).request("Powerbtn", b"\"Powerbtn\"");
+    let r = CrosvmControl::new(&sock, Duration::from_secs(5)).request(Request::Powerbtn);
     report.add(
         "control: \"Powerbtn\"",
         matches!(r, Ok(Reply::Ok)),

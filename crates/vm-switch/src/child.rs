@@ -26,8 +26,8 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::backend::{NetBackend, PortParams};
-use crate::config::PortConfig;
 use crate::forward::PortId;
+use crate::port_file::PortConfig;
 use crate::seccomp::{self, SeccompMode};
 use crate::stats::{Counter, PortStats};
 use crate::sys;

@@ -31,8 +31,8 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::PortConfig;
 use crate::forward::PortId;
+use crate::port_file::PortConfig;
 use crate::ring::RingSpec;
 
 /// Largest control datagram.

@@ -17,12 +17,12 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::config::PortConfig;
 use crate::fib::{Cidr, Fib};
 use crate::frame::{
     self, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Fragment, IPPROTO_ICMPV6, L3,
     MAX_FRAME, Mac, ND_NEIGHBOR_SOLICIT,
 };
+use crate::port_file::PortConfig;
 
 /// Identifies a port within one switch instance. Assigned by the main process.
 pub type PortId = u32;

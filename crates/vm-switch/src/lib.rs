@@ -11,7 +11,7 @@
 //! moment a frame is written into the guest's RX ring, and a DQL byte limit keeps the guest's
 //! RX ring itself short.
 //!
-//! Layout: sans-IO cores ([`frame`], [`gso`], [`fib`], [`forward`], [`sched`], [`dql`], [`config`]),
+//! Layout: sans-IO cores ([`frame`], [`gso`], [`fib`], [`forward`], [`sched`], [`dql`], [`port_file`]),
 //! the shared-memory ring ([`ring`]), the backend ([`backend`]) with the vhost-user relay
 //! in front of it (crate `vhost-user-relay`, shared with the test hub), the process model ([`control`], [`child`], [`supervisor`]), the
 //! sandbox ([`sandbox`], [`seccomp`]), statistics ([`stats`]) and logging ([`logger`]). All
@@ -33,7 +33,6 @@
 
 pub mod backend;
 pub mod child;
-pub mod config;
 pub mod control;
 pub mod dql;
 pub mod fib;
@@ -41,6 +40,7 @@ pub mod forward;
 pub mod frame;
 pub mod gso;
 pub mod logger;
+pub mod port_file;
 pub mod ring;
 pub mod sandbox;
 pub mod sched;

@@ -17,7 +17,7 @@ use vm_switch::sandbox;
 use vm_switch::sched::Params;
 use vm_switch::seccomp::SeccompMode;
 use vm_switch::supervisor::{self, SupervisorConfig};
-use vmsilo_config::units::{parse_duration, parse_size};
+use vmsilo_measure::{parse_duration, parse_size};
 
 /// vhost-user-net L3 switch between VMs: one sandboxed child per VM port, FQ-CoDel at each
 /// destination's egress.
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             .and_then(|n| n.to_str())
             .map(str::to_owned)
     }) {
-        Some(n) if vm_switch::config::valid_vm_name(&n) => n,
+        Some(n) if vm_switch::port_file::valid_vm_name(&n) => n,
         Some(n) => {
             return usage(format!(
                 "--name {n:?} must be 1-64 characters from A-Z a-z 0-9 _ . -"

@@ -30,9 +30,9 @@ use nix::unistd::Pid;
 
 use crate::backend::PortParams;
 use crate::child::{ChildSetup, child_main};
-use crate::config::{PORT_SUFFIX, PortConfig, SOCK_SUFFIX, valid_vm_name};
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::forward::PortId;
+use crate::port_file::{PORT_SUFFIX, PortConfig, SOCK_SUFFIX, valid_vm_name};
 use crate::ring::{self, Event, RingSpec};
 use crate::sandbox::{self, MainSandbox, SandboxError, SandboxIds};
 use crate::seccomp::{self, SeccompMode};

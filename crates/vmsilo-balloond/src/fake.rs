@@ -3,8 +3,8 @@
 //! records the raw requests it received and can misbehave on demand (no reply, an errno, garbage,
 //! hanging up mid-request).
 //!
-//! Not used by the daemon itself; it lives in the library so that integration tests and
-//! `cargo xtask bench balloond` can share it.
+//! Not used by the daemon itself; it lives in the library, behind the `sim` feature, so that
+//! integration tests and `cargo xtask bench balloond` can share it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -8,6 +8,8 @@
 //!   run exactly this code.
 //! - [`host`]: `/proc/meminfo` and PSI readings.
 //! - [`stats`]: the guest statistics every VMM client produces.
+//! - `fake` and `sim` (cargo feature `sim`, off in the shipped binary): in-process fake VMM
+//!   peers for the tests and the policy simulator behind `cargo xtask bench balloond`.
 //!
 //! Threading model and trust: see `docs/vmsilo-balloond.md`. Everything a guest reports is
 //! treated as hostile: no value it sends can panic or overflow the daemon.
@@ -18,10 +20,12 @@ pub mod balancer;
 pub mod cli;
 pub mod daemon;
 pub mod discovery;
+#[cfg(feature = "sim")]
 pub mod fake;
 pub mod host;
 pub mod logger;
 pub mod policy;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod stall;
 pub mod stats;

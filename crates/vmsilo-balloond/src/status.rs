@@ -4,6 +4,8 @@
 //! daemon writes one JSON document (schema below, `version` 1) followed by a newline and closes
 //! the connection. Nothing is read from the client. The schema is documented field by field in
 //! `docs/vmsilo-balloond.md`; additions keep `version` 1, incompatible changes bump it.
+//! [`StatusDoc`] is the one type of the document: the daemon writes it, `vmsilo-balloond
+//! --status` and `vmsilo status` read it.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,7 +20,7 @@ use crate::stats::GuestStats;
 pub const STATUS_VERSION: u32 = 1;
 
 /// The whole status document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusDoc {
     /// Schema version ([`STATUS_VERSION`]).
     pub version: u32,
@@ -31,7 +33,7 @@ pub struct StatusDoc {
 }
 
 /// The daemon and its configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// Process id.
     pub pid: u32,
@@ -85,7 +87,7 @@ pub struct HostStatus {
 }
 
 /// Stall detection state of one VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StallStatus {
     /// An inflation is being watched.
     pub checking: bool,
@@ -100,7 +102,7 @@ pub struct StallStatus {
 }
 
 /// One VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VmStatus {
     /// VM name.
     pub name: String,

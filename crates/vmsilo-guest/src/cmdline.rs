@@ -34,7 +34,7 @@ pub fn parse(cmdline: &str) -> KernelSettings {
         };
         match value.parse::<u64>() {
             Ok(0) => s.autoshutdown = None,
-            Ok(secs) if Duration::from_secs(secs) > vmsilo_config::units::MAX_DURATION => {
+            Ok(secs) if Duration::from_secs(secs) > vmsilo_measure::MAX_DURATION => {
                 s.warnings.push(format!(
                     "ignoring vmsilo.autoshutdown={value} on the kernel command line: longer than \
                      100 years"

@@ -77,7 +77,7 @@ fn parse_idle(text: &str, what: &str) -> Result<Option<Duration>, Failure> {
     } else {
         t
     };
-    vmsilo_config::units::parse_duration(t)
+    vmsilo_measure::parse_duration(t)
         .map(Some)
         .map_err(|e| usage(format!("{what} {text:?}: {e}")))
 }

@@ -5,7 +5,9 @@
 //!   changes so that mismatched peers can always say so;
 //! - [`client`]: a small blocking client for the host side (`run_detached`, `run_attached`);
 //! - [`hybrid`]: the `CONNECT <port>` handshake of hybrid vsock (vhost-device-vsock under QEMU);
-//! - [`text`]: escaping guest-chosen text before the host prints it.
+//! - [`text`]: escaping guest-chosen text before the host prints it;
+//! - [`port_file`]: the vm-switch port file, shared by the runtime that writes it and vm-switch
+//!   that reads it (host-only; its TOML text behind the `port-file` feature).
 //!
 //! The format is described in `docs/protocol.md`. A connection looks like this:
 //!
@@ -25,6 +27,7 @@ pub mod client;
 pub mod frame;
 pub mod hybrid;
 pub mod message;
+pub mod port_file;
 pub mod text;
 
 pub use frame::{FrameDecoder, FrameError, MAX_DATA_CHUNK, MAX_FRAME_LEN, RawFrame};

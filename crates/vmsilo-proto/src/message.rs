@@ -44,6 +44,13 @@ pub mod kind {
     pub const STDERR: u8 = 0x22;
     /// agent -> client: how the command ended (postcard); the last frame of a connection.
     pub const EXIT: u8 = 0x23;
+    /// First kind reserved for the command service's status exchange (`vmsilo command-service`
+    /// → `vm-run`, before the agent protocol starts on the same socket; see
+    /// `docs/protocol.md`). The agent never sends these and rejects them as unknown.
+    pub const COMMAND_SERVICE_FIRST: u8 = 0x30;
+    /// Last kind reserved for the command service (`0x38..=0x3F` of the range are
+    /// informational: clients skip the ones they do not know).
+    pub const COMMAND_SERVICE_LAST: u8 = 0x3F;
 }
 
 /// Whether the client waits for the command.
@@ -723,6 +730,33 @@ mod tests {
             payload: Vec::new(),
         };
         assert_eq!(Message::decode(&frame), Err(DecodeError::UnknownKind(0x7f)));
+    }
+
+    #[test]
+    fn command_service_kinds_are_reserved_and_unknown_to_the_agent() {
+        let agent_kinds = [
+            kind::HELLO,
+            kind::HELLO_REPLY,
+            kind::ERROR,
+            kind::REQUEST,
+            kind::STDIN,
+            kind::STDIN_EOF,
+            kind::RESIZE,
+            kind::SIGNAL,
+            kind::STARTED,
+            kind::STDOUT,
+            kind::STDERR,
+            kind::EXIT,
+        ];
+        let reserved = kind::COMMAND_SERVICE_FIRST..=kind::COMMAND_SERVICE_LAST;
+        assert!(agent_kinds.iter().all(|k| !reserved.contains(k)));
+        for k in reserved {
+            let frame = RawFrame {
+                kind: k,
+                payload: vec![1, 2, 3],
+            };
+            assert_eq!(Message::decode(&frame), Err(DecodeError::UnknownKind(k)));
+        }
     }
 
     #[test]

@@ -140,13 +140,11 @@ pub enum Error {
         detail: String,
     },
     /// QEMU answered a QMP command with an error, or QMP itself failed.
-    #[error("QMP {command}: {message}")]
-    Qmp {
-        /// The command.
-        command: String,
-        /// QEMU's error class and description, or what went wrong.
-        message: String,
-    },
+    #[error("QMP: {0}")]
+    Qmp(#[from] vmsilo_vmm::VmmError),
+    /// QEMU's balloon did not reach the size asked for in time.
+    #[error("QMP query-balloon: {0}")]
+    BalloonTimeout(String),
     /// A vhost-user backend started by the test kit failed.
     #[error("vhost-user backend: {0}")]
     Backend(String),

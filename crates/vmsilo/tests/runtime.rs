@@ -809,7 +809,7 @@ fn write_state(run: &Path, vm: &str, pid: u32, started_ago: u64) {
 }
 
 /// A stand-in for vmsilo-balloond's status socket: serves one document per connection.
-fn balloond_status(path: &Path, doc: &'static str) -> std::thread::JoinHandle<()> {
+fn balloond_status(path: &Path, doc: String) -> std::thread::JoinHandle<()> {
     let l = UnixListener::bind(path).expect("bind");
     std::thread::spawn(move || {
         for s in l.incoming().take(2) {
@@ -819,8 +819,31 @@ fn balloond_status(path: &Path, doc: &'static str) -> std::thread::JoinHandle<()
     })
 }
 
-const BALLOOND_DOC: &str = r#"{"version":1,"daemon":{"pid":1},"host":null,"vms":[{"name":"banking","vmm":"crosvm","socket":"/run/vmsilo/banking-control.socket","generation":1,"state":"ok","balloon_actual":536870912,"ram_size":4294967296}]}
-"#;
+/// A status document as vmsilo-balloond writes it: one VM, `banking`, with a 512 MiB balloon.
+fn balloond_doc() -> String {
+    use vmsilo_balloond::status::{DaemonStatus, STATUS_VERSION, StatusDoc, VmStatus};
+    let doc = StatusDoc {
+        version: STATUS_VERSION,
+        daemon: DaemonStatus {
+            pid: 1,
+            ..DaemonStatus::default()
+        },
+        host: None,
+        vms: vec![VmStatus {
+            name: "banking".into(),
+            vmm: "crosvm".into(),
+            socket: "/run/vmsilo/banking-control.socket".into(),
+            generation: 1,
+            state: "ok".into(),
+            balloon_actual: Some(512 << 20),
+            ram_size: Some(4 << 30),
+            ..VmStatus::default()
+        }],
+    };
+    let mut text = serde_json::to_string(&doc).expect("json");
+    text.push('\n');
+    text
+}
 
 #[test]
 fn test_status_shows_running_stopped_and_failed_vms() {
@@ -833,7 +856,7 @@ fn test_status_shows_running_stopped_and_failed_vms() {
     let dead_pid = dead.id();
     dead.wait().expect("wait");
     write_state(&run, "personal", dead_pid, 10);
-    let server = balloond_status(&run.join("balloond.status"), BALLOOND_DOC);
+    let server = balloond_status(&run.join("balloond.status"), balloond_doc());
 
     let status = |json: bool| {
         let mut c = vmsilo();
@@ -1032,7 +1055,7 @@ fn test_port_file_is_read_by_vm_switch_and_a_missing_switch_is_reported() {
         .expect("vm-service");
     common::wait_path(&port, Duration::from_secs(10));
     // vm-switch's own parser reads what the runtime wrote.
-    let parsed = vm_switch::config::PortConfig::load(&port).expect("vm-switch accepts it");
+    let parsed = vm_switch::port_file::PortConfig::load(&port).expect("vm-switch accepts it");
     assert_eq!(parsed.name, "t");
     assert!(parsed.receive_broadcast);
     let addrs: Vec<String> = parsed.addresses.iter().map(ToString::to_string).collect();

@@ -23,10 +23,12 @@ use std::io::{self, ErrorKind, Read};
 
 use vmsilo_proto::frame::{LEN_BYTES, encode_frame};
 
-/// Frame kinds of the status exchange.
+/// Frame kinds of the status exchange, inside the range `vmsilo-proto` reserves for it.
 pub mod kind {
+    use vmsilo_proto::message::kind::{COMMAND_SERVICE_FIRST, COMMAND_SERVICE_LAST};
+
     /// Progress while the VM starts.
-    pub const STATUS: u8 = 0x30;
+    pub const STATUS: u8 = COMMAND_SERVICE_FIRST;
     /// The guest agent answered: the agent protocol starts with the next byte.
     pub const READY: u8 = 0x31;
     /// The command service cannot reach the guest agent.
@@ -34,7 +36,8 @@ pub mod kind {
     /// First kind of the informational range (skipped when unknown).
     pub const INFO_FIRST: u8 = 0x38;
     /// Last kind of the informational range.
-    pub const INFO_LAST: u8 = 0x3F;
+    pub const INFO_LAST: u8 = COMMAND_SERVICE_LAST;
+    const _: () = assert!(FAILED < INFO_FIRST && INFO_FIRST <= INFO_LAST);
 }
 
 /// Largest length prefix (type byte + payload) of a service frame.

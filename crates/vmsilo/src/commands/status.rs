@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
+use vmsilo_balloond::status::{self, STATUS_VERSION, StatusDoc};
 use vmsilo_config::{Dirs, Vm, plan};
 
 use crate::CliError;
@@ -88,30 +88,24 @@ fn systemd_states(units: &[String]) -> Option<Vec<String>> {
     (lines.len() == units.len()).then_some(lines)
 }
 
-/// Balloon sizes by VM from vmsilo-balloond's status document.
-pub fn balloons(doc: &Value) -> Vec<(String, u64)> {
-    doc.get("vms")
-        .and_then(Value::as_array)
-        .map(|vms| {
-            vms.iter()
-                .filter_map(|v| {
-                    Some((
-                        v.get("name")?.as_str()?.to_owned(),
-                        v.get("balloon_actual")?.as_u64()?,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Balloon sizes by VM from vmsilo-balloond's status document (VMs without a sample yet are
+/// left out).
+pub fn balloons(doc: &StatusDoc) -> Vec<(String, u64)> {
+    doc.vms
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), v.balloon_actual?)))
+        .collect()
 }
 
-fn fetch_balloond(path: &Path) -> Option<Value> {
-    use std::io::Read;
-    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let mut text = String::new();
-    s.take(16 << 20).read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).ok()
+/// The status document in `text`, if it is one of the version this build reads.
+pub fn parse_balloond(text: &str) -> Option<StatusDoc> {
+    serde_json::from_str::<StatusDoc>(text)
+        .ok()
+        .filter(|d| d.version == STATUS_VERSION)
+}
+
+fn fetch_balloond(path: &Path) -> Option<StatusDoc> {
+    parse_balloond(&status::fetch(path, Duration::from_secs(1)).ok()?)
 }
 
 /// Collects every VM's status.
@@ -315,10 +309,32 @@ mod tests {
 
     #[test]
     fn test_balloons_from_the_balloond_document() {
-        let doc: Value = serde_json::from_str(
-            r#"{"version":1,"vms":[{"name":"a","balloon_actual":536870912},{"name":"b","balloon_actual":null}]}"#,
-        )
-        .expect("json");
-        assert_eq!(balloons(&doc), vec![("a".to_owned(), 512 << 20)]);
+        use vmsilo_balloond::status::VmStatus;
+        let mut doc = StatusDoc {
+            version: STATUS_VERSION,
+            vms: vec![
+                VmStatus {
+                    name: "a".into(),
+                    balloon_actual: Some(512 << 20),
+                    ..VmStatus::default()
+                },
+                VmStatus {
+                    name: "b".into(),
+                    ..VmStatus::default()
+                },
+            ],
+            ..StatusDoc::default()
+        };
+        // Through the text the daemon writes on its socket.
+        let text = serde_json::to_string(&doc).expect("json");
+        let read = parse_balloond(&text).expect("a status document");
+        assert_eq!(balloons(&read), vec![("a".to_owned(), 512 << 20)]);
+        doc.version = STATUS_VERSION + 1;
+        let text = serde_json::to_string(&doc).expect("json");
+        assert!(
+            parse_balloond(&text).is_none(),
+            "another version is not read"
+        );
+        assert!(parse_balloond("{\"version\":1}").is_none());
     }
 }

@@ -1,93 +1,44 @@
 //! Asking the VMM to stop: QMP (`system_powerdown`, `quit`) for QEMU, the crosvm control socket
-//! (`"Powerbtn"`, `"Exit"`: one JSON datagram on SOCK_SEQPACKET) for crosvm.
+//! (`"Powerbtn"`, `"Exit"`) for crosvm; both clients are `vmsilo-vmm`'s. Also the stale-socket
+//! probe.
 //!
 //! Each request opens its own connection with timeouts: QEMU serves one QMP client at a time
 //! and vmsilo-balloond uses the same sockets.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, recv, send, setsockopt, socket,
-    sockopt,
-};
-use nix::sys::time::TimeVal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
 use serde_json::Value;
+use vmsilo_vmm::VmmError;
+use vmsilo_vmm::crosvm::{CrosvmControl, Request};
+use vmsilo_vmm::qmp::QmpSession;
 
-/// Longest QMP line accepted.
-const MAX_LINE: u64 = 1 << 20;
-/// Most asynchronous events skipped while waiting for a reply.
-const MAX_EVENTS: usize = 1000;
-
-fn read_line(r: &mut BufReader<UnixStream>) -> Result<Value, String> {
-    let mut line = String::new();
-    let n = r
-        .by_ref()
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading QMP: {e}"))?;
-    if n == 0 {
-        return Err("QMP closed the connection".into());
+/// The error with its causes, for the runtime's log.
+fn describe(e: &VmmError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
     }
-    serde_json::from_str(&line).map_err(|e| format!("QMP sent malformed JSON: {e}"))
+    text
 }
 
-fn qmp_reply(r: &mut BufReader<UnixStream>) -> Result<Value, String> {
-    for _ in 0..MAX_EVENTS {
-        let v = read_line(r)?;
-        if let Some(ret) = v.get("return") {
-            return Ok(ret.clone());
-        }
-        if let Some(err) = v.get("error") {
-            return Err(format!("QMP error: {err}"));
-        }
-    }
-    Err("QMP sent only events".into())
+/// Runs one QMP command without arguments (after the greeting and `qmp_capabilities`).
+pub fn qmp(socket: &Path, command: &'static str, timeout: Duration) -> Result<Value, String> {
+    let mut session = QmpSession::connect(socket, timeout).map_err(|e| describe(&e))?;
+    session.execute(command, None).map_err(|e| describe(&e))
 }
 
-/// Runs one QMP command (after the greeting and `qmp_capabilities`).
-pub fn qmp(socket: &Path, command: &str, timeout: Duration) -> Result<Value, String> {
-    let s = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to QMP at {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let mut r = BufReader::new(s);
-    let greeting = read_line(&mut r)?;
-    if greeting.get("QMP").is_none() {
-        return Err(format!("no QMP greeting on {}", socket.display()));
+/// Sends one request to crosvm's control socket; `Ok` when crosvm answers `"Ok"`.
+pub fn crosvm(socket: &Path, request: Request, timeout: Duration) -> Result<(), String> {
+    let mut c = CrosvmControl::new(socket, timeout);
+    match c.request(request).map_err(|e| describe(&e))? {
+        vmsilo_vmm::crosvm::Reply::Ok => Ok(()),
+        other => Err(format!("crosvm answered {other:?} to {}", request.what())),
     }
-    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .map_err(|e| format!("writing to QMP: {e}"))?;
-    qmp_reply(&mut r)?;
-    w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
-        .map_err(|e| format!("writing to QMP: {e}"))?;
-    qmp_reply(&mut r)
-}
-
-/// Sends one request to crosvm's control socket and returns the reply text.
-pub fn crosvm(socket: &Path, request: &str, timeout: Duration) -> Result<String, String> {
-    let fd = socket_seqpacket().map_err(|e| format!("socket: {e}"))?;
-    let addr = UnixAddr::new(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
-    use std::os::fd::AsRawFd;
-    connect(fd.as_raw_fd(), &addr)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    let tv = TimeVal::new(
-        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-        i64::from(timeout.subsec_micros()),
-    );
-    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(|e| e.to_string())?;
-    setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(|e| e.to_string())?;
-    send(fd.as_raw_fd(), request.as_bytes(), MsgFlags::empty())
-        .map_err(|e| format!("sending {request} to crosvm: {e}"))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-        .map_err(|e| format!("waiting for crosvm's reply to {request}: {e}"))?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 fn socket_seqpacket() -> nix::Result<std::os::fd::OwnedFd> {
@@ -125,6 +76,7 @@ fn libc_eprototype() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
 
     #[test]
@@ -142,17 +94,26 @@ mod tests {
             let mut line = String::new();
             r.read_line(&mut line).expect("caps");
             assert!(line.contains("qmp_capabilities"));
-            w.write_all(b"{\"return\":{}}\n").expect("w");
+            let caps: Value = serde_json::from_str(&line).expect("JSON");
+            w.write_all(format!("{{\"return\":{{}},\"id\":{}}}\n", caps["id"]).as_bytes())
+                .expect("w");
             line.clear();
             r.read_line(&mut line).expect("cmd");
-            w.write_all(b"{\"event\":\"POWERDOWN\"}\n{\"return\":{\"ok\":1}}\n")
-                .expect("w");
-            line
+            let cmd: Value = serde_json::from_str(&line).expect("JSON");
+            w.write_all(
+                format!(
+                    "{{\"event\":\"POWERDOWN\"}}\n{{\"return\":{{\"ok\":1}},\"id\":{}}}\n",
+                    cmd["id"]
+                )
+                .as_bytes(),
+            )
+            .expect("w");
+            cmd
         });
         let v = qmp(&path, "system_powerdown", Duration::from_secs(5)).expect("qmp");
         assert_eq!(v["ok"], 1);
         let sent = server.join().expect("server");
-        assert_eq!(sent.trim(), "{\"execute\":\"system_powerdown\"}");
+        assert_eq!(sent["execute"], "system_powerdown");
         assert!(path.exists());
         assert!(
             !listening(&path).expect("probe"),

@@ -931,14 +931,11 @@ impl Runtime {
             (Some(qmp), _) => {
                 control::qmp(Path::new(qmp), "system_powerdown", CONTROL_TIMEOUT).map(|_| ())
             }
-            (None, Some(ctl)) => control::crosvm(Path::new(ctl), "\"Powerbtn\"", CONTROL_TIMEOUT)
-                .and_then(|r| {
-                    if r.trim() == "\"Ok\"" {
-                        Ok(())
-                    } else {
-                        Err(format!("crosvm answered {r}"))
-                    }
-                }),
+            (None, Some(ctl)) => control::crosvm(
+                Path::new(ctl),
+                vmsilo_vmm::crosvm::Request::Powerbtn,
+                CONTROL_TIMEOUT,
+            ),
             (None, None) => Err("the VMM has no control socket".into()),
         };
         match result {
@@ -963,9 +960,12 @@ impl Runtime {
         let p = self.o.plan.paths.clone();
         let asked = match (&p.qmp_socket, &p.control_socket) {
             (Some(qmp), _) => control::qmp(Path::new(qmp), "quit", CONTROL_TIMEOUT).is_ok(),
-            (None, Some(ctl)) => {
-                control::crosvm(Path::new(ctl), "\"Exit\"", CONTROL_TIMEOUT).is_ok()
-            }
+            (None, Some(ctl)) => control::crosvm(
+                Path::new(ctl),
+                vmsilo_vmm::crosvm::Request::Exit,
+                CONTROL_TIMEOUT,
+            )
+            .is_ok(),
             _ => false,
         };
         if let Some(vmm) = self.vmm.as_mut() {

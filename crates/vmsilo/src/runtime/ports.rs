@@ -1,36 +1,24 @@
-//! vm-switch port files (`<vm-switch>/<net>/<vm>.port`), in the format vm-switch reads
-//! (`crates/vm-switch/src/config.rs`): TOML with `name`, `mac`, `addresses`, `v6Addresses`,
-//! `receiveBroadcast`, `routes`.
+//! vm-switch port files (`<vm-switch>/<net>/<vm>.port`): `vmsilo_proto::port_file::PortFile`,
+//! the type vm-switch reads them with, filled from the launch plan.
 
-use serde::Serialize;
 use vmsilo_config::plan::PlanInterface;
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PortFile<'a> {
-    name: &'a str,
-    mac: &'a str,
-    addresses: Vec<&'a str>,
-    v6_addresses: Vec<&'a str>,
-    receive_broadcast: bool,
-    routes: Vec<&'a str>,
-}
+use vmsilo_proto::port_file::PortFile;
 
 /// The port file text for VM `vm`'s interface `iface`; `None` for non-vm-switch interfaces.
 pub fn port_file(vm: &str, iface: &PlanInterface) -> Option<String> {
     let sw = iface.vm_switch.as_ref()?;
-    let (v6, v4): (Vec<&str>, Vec<&str>) = iface
+    let (v6, v4): (Vec<String>, Vec<String>) = iface
         .addresses
         .iter()
-        .map(String::as_str)
+        .cloned()
         .partition(|a| a.contains(':'));
     let f = PortFile {
-        name: vm,
-        mac: &iface.mac,
+        name: vm.to_owned(),
+        mac: iface.mac.clone(),
         addresses: v4,
         v6_addresses: v6,
         receive_broadcast: sw.receive_broadcast,
-        routes: sw.routes.iter().map(String::as_str).collect(),
+        routes: sw.routes.clone(),
     };
-    toml::to_string(&f).ok()
+    Some(f.to_toml())
 }

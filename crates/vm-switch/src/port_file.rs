@@ -1,17 +1,7 @@
-//! Port files: `<config-dir>/<vm>.port`, one per VM port, written by the vmsilo runtime.
-//!
-//! The format is TOML with the field names of the vmsilo interface options:
-//!
-//! ```toml
-//! name = "banking"                 # VM name; must equal the file name without ".port"
-//! mac = "52:54:00:12:34:56"         # the guest interface's MAC (unicast)
-//! addresses = ["10.0.0.2/24"]      # IPv4 addresses with prefix (may be empty)
-//! v6Addresses = ["fd00::2/64"]     # IPv6 addresses with prefix (may be empty)
-//! receiveBroadcast = false         # deliver broadcast/multicast to this port
-//! routes = ["0.0.0.0/0"]           # prefixes this VM routes for (v4 or v6)
-//! ```
-//!
-//! Unknown keys are errors, so a typo cannot silently change behaviour.
+//! Port files, `<config-dir>/<vm>.port`, one per VM port, written by the vmsilo runtime: read
+//! and validated into a [`PortConfig`]. The file's shape and TOML text ([`PortFile`]) are
+//! `vmsilo-proto`'s, shared with the runtime that writes them; see `vmsilo_proto::port_file`
+//! for the format.
 
 #![forbid(unsafe_code)]
 
@@ -19,16 +9,13 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+pub use vmsilo_proto::port_file::{MAX_PORT_FILE, PORT_SUFFIX, PortFile};
 
 use crate::fib::Cidr;
 use crate::frame::{Mac, format_mac, parse_mac};
 
-/// File name suffix of port files.
-pub const PORT_SUFFIX: &str = ".port";
 /// File name suffix of the vhost-user sockets.
 pub const SOCK_SUFFIX: &str = ".sock";
-/// Largest port file accepted.
-pub const MAX_PORT_FILE: u64 = 64 * 1024;
 
 /// Why a port file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -53,22 +40,6 @@ pub enum PortConfigError {
         /// What is wrong and how to fix it.
         message: String,
     },
-}
-
-/// The raw TOML shape.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PortFile {
-    name: String,
-    mac: String,
-    #[serde(default)]
-    addresses: Vec<String>,
-    #[serde(default)]
-    v6_addresses: Vec<String>,
-    #[serde(default)]
-    receive_broadcast: bool,
-    #[serde(default)]
-    routes: Vec<String>,
 }
 
 /// A validated port description.
@@ -176,10 +147,13 @@ impl From<PortConfig> for PortFile {
 impl PortConfig {
     /// Parses the text of a port file; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Self, PortConfigError> {
-        toml::from_str::<PortConfig>(text).map_err(|e| PortConfigError::Invalid {
+        let invalid = |message: String| PortConfigError::Invalid {
             path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+            message,
+        };
+        PortFile::from_toml(text)
+            .map_err(invalid)
+            .and_then(|f| PortConfig::try_from(f).map_err(invalid))
     }
 
     /// Reads and validates `<dir>/<vm>.port`, checking that `name` matches the file name.
@@ -221,7 +195,7 @@ impl PortConfig {
 
     /// Renders the port file text (what the runtime writes).
     pub fn to_toml(&self) -> String {
-        toml::to_string(&PortFile::from(self.clone())).unwrap_or_default()
+        PortFile::from(self.clone()).to_toml()
     }
 }
 
