@@ -189,6 +189,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `RssAnon`, `RssFile` and `RssShmem` of `pid` in KiB (what the `VmRSS` is made of).
+fn rss_parts(pid: u32) -> Option<[u64; 3]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some([field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?])
+}
+
 /// Every descendant of `pid` (from each process's `PPid` in /proc).
 fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
@@ -266,6 +276,15 @@ fn gate_rss(
         .context("the client showed no frames through the gate within 60 s")?;
     let parent = rss_kib(gate_pid).context("reading the gate's VmRSS")?;
     let kids = descendants(gate_pid);
+    for (what, pid) in
+        std::iter::once(("parent", gate_pid)).chain(kids.iter().map(|&p| ("child", p)))
+    {
+        if let Some([anon, file, shmem]) = rss_parts(pid) {
+            println!(
+                "gate {what} {pid}: RssAnon {anon} KiB, RssFile {file} KiB, RssShmem {shmem} KiB"
+            );
+        }
+    }
     let children: u64 = kids.iter().filter_map(|&p| rss_kib(p)).sum();
     drop(client_proc);
     Ok((parent, children, kids.len()))
