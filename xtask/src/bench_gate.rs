@@ -472,7 +472,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_client_line_and_medians() {
+    fn test_parses_the_client_line_and_medians() {
         let r = parse_run(
             "frames=120 fps=38.83 frame_p50_us=25208 frame_p99_us=29881 sync_p50_us=10 sync_p99_us=27",
         )
@@ -488,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn args() {
+    fn test_args() {
         let a = parse_args(&["3".into(), "50".into(), "--gate".into(), "/x".into()]).unwrap();
         assert_eq!((a.rounds, a.frames), (3, 50));
         assert_eq!(a.gate, Some(PathBuf::from("/x")));

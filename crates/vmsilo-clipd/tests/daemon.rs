@@ -296,7 +296,7 @@ fn test_a_peer_of_another_uid_is_refused() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_connect_as_other_user",
+            "test_helper_connect_as_other_user",
             "--nocapture",
             "--include-ignored",
         ])
@@ -316,7 +316,7 @@ fn test_a_peer_of_another_uid_is_refused() {
 /// Run by the test above as another user: connects and reports what happened.
 #[test]
 #[ignore = "helper of test_a_peer_of_another_uid_is_refused"]
-fn helper_connect_as_other_user() {
+fn test_helper_connect_as_other_user() {
     let Some(socket) = std::env::var_os("CLIPD_HELPER_SOCKET") else {
         return;
     };

@@ -67,7 +67,7 @@ fn sway_socket(rt: &Path) -> Option<PathBuf> {
 
 #[test]
 #[ignore = "e2e: runs sway headless, foot and wl-clipboard as nobody (needs root)"]
-fn e2e_sway_foot_starts_and_the_clipboard_stays_in_the_vm() {
+fn test_e2e_sway_foot_starts_and_the_clipboard_stays_in_the_vm() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root (to run sway and the clients as nobody)");
         return;

@@ -13,7 +13,7 @@ const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
 
 #[test]
 #[ignore = "e2e: runs weston headless as root"]
-fn e2e_weston_sees_no_hidden_global_through_the_gate() {
+fn test_e2e_weston_sees_no_hidden_global_through_the_gate() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root (weston headless)");
         return;

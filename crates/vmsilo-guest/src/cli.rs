@@ -282,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn no_arguments_serve_on_the_agent_port() {
+    fn test_no_arguments_serve_on_the_agent_port() {
         assert_eq!(serve(&[]), ServeArgs::default());
         assert_eq!(serve(&["serve"]), ServeArgs::default());
         assert_eq!(ServeArgs::default().port, 5000);
@@ -290,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn values_separate_or_inline() {
+    fn test_values_separate_or_inline() {
         let s = serve(&[
             "--port",
             "5001",
@@ -317,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_subcommand() {
+    fn test_watchdog_subcommand() {
         let Command::IdleWatchdog(w) = parse([
             "idle-watchdog",
             "--cgroup-root",
@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn usage_errors_say_what_is_wrong() {
+    fn test_usage_errors_say_what_is_wrong() {
         let e = |args: &[&str]| parse(args.iter().copied()).unwrap_err().0;
         assert_eq!(e(&["--port"]), "--port needs a value");
         assert_eq!(e(&["--port", "x"]), "--port \"x\": expected a number");
@@ -356,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn help_and_version_print() {
+    fn test_help_and_version_print() {
         assert!(matches!(parse(["--help"]).unwrap(), Command::Print(t) if t.contains("Usage:")));
         assert!(
             matches!(parse(["idle-watchdog", "-V"]).unwrap(), Command::Print(t) if t.starts_with("vmsilo-guest "))

@@ -54,7 +54,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_autoshutdown_seconds() {
+    fn test_reads_autoshutdown_seconds() {
         let s =
             parse("console=ttyS0 vmsilo.ifname=wan,02:00:00:00:00:01 vmsilo.autoshutdown=5 quiet");
         assert_eq!(s.autoshutdown, Some(Duration::from_secs(5)));
@@ -62,7 +62,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_waypipe_port() {
+    fn test_reads_the_waypipe_port() {
         assert_eq!(parse("console=ttyS0").waypipe_port, None);
         let s = parse("panic=-1 vmsilo.waypipe=6000 quiet");
         assert_eq!(s.waypipe_port, Some(6000));
@@ -80,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn absent_zero_and_garbage_mean_disabled() {
+    fn test_absent_zero_and_garbage_mean_disabled() {
         assert_eq!(parse("console=ttyS0").autoshutdown, None);
         assert_eq!(parse("vmsilo.autoshutdown=0").autoshutdown, None);
         let s = parse("vmsilo.autoshutdown=5m");

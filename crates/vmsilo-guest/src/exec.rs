@@ -499,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_requests_are_refused() {
+    fn test_malformed_requests_are_refused() {
         let c = cfg();
         assert_eq!(
             code(prepare(&Request::attached([""]), &c)),
@@ -531,7 +531,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_unexecutable_commands_are_127_and_126() {
+    fn test_missing_and_unexecutable_commands_are_127_and_126() {
         let c = cfg();
         let e = prepare(&Request::attached(["no-such-command-xyz"]), &c).unwrap_err();
         assert_eq!(e.code, ErrorCode::CommandNotFound);
@@ -555,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn environment_layers_base_then_request() {
+    fn test_environment_layers_base_then_request() {
         let c = cfg();
         let p = prepare(
             &Request::attached(["sh"])
@@ -573,7 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_users_are_refused() {
+    fn test_unknown_users_are_refused() {
         let c = cfg();
         let e = prepare(&Request::attached(["true"]).user("bob"), &c).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownUser);
@@ -586,7 +586,7 @@ mod tests {
     }
 
     #[test]
-    fn base_environment_drops_socket_activation_variables() {
+    fn test_base_environment_drops_socket_activation_variables() {
         let c = ExecConfig::from_process(None);
         assert!(
             c.base_env

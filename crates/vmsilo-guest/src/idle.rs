@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_expires_only_after_an_idle_period() {
+    fn test_watchdog_expires_only_after_an_idle_period() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         let mut w = IdleWatchdog::new(5 * s, t0);
@@ -233,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_start_time_even_with_odd_command_names() {
+    fn test_parses_start_time_even_with_odd_command_names() {
         let stat =
             "1234 (a) b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(parse_start_time(stat), Some(987654));
@@ -242,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn markers_count_live_processes_and_drop_stale_ones() {
+    fn test_markers_count_live_processes_and_drop_stale_ones() {
         let dir = tmpdir("markers");
         let mut m = BusyMarker::new(&dir);
         assert_eq!(live_markers(&dir), 0);
@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_populated_vmsilo_units_in_a_cgroup_tree() {
+    fn test_finds_populated_vmsilo_units_in_a_cgroup_tree() {
         let root = tmpdir("cgroup");
         let app = root.join("user.slice/user-1000.slice/user@1000.service/app.slice");
         for (unit, populated) in [

@@ -165,7 +165,7 @@ mod tests {
     use vmsilo_proto::Mode;
 
     #[test]
-    fn parses_manager_environment_and_skips_escaped_values() {
+    fn test_parses_manager_environment_and_skips_escaped_values() {
         let env = parse_environment(
             b"HOME=/home/user\nWAYLAND_DISPLAY=wayland-0\nODD=$'a\\nb'\n=x\nnoequals\n",
         );
@@ -179,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn unit_names_are_valid_and_distinct() {
+    fn test_unit_names_are_valid_and_distinct() {
         let a = unit_name(OsStr::new("/run/current-system/sw/bin/fire fox"), 1);
         let b = unit_name(OsStr::new("firefox"), 2);
         assert!(a.starts_with("vmsilo-run-fire_fox-"), "{a}");
@@ -191,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn systemd_run_command_line() {
+    fn test_systemd_run_command_line() {
         let p = Prepared {
             program: PathBuf::from("/run/current-system/sw/bin/firefox"),
             argv: vec!["firefox".into(), "--new-window".into()],

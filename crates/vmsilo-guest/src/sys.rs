@@ -179,7 +179,7 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
-    fn pidfd_becomes_readable_when_the_child_exits() {
+    fn test_pidfd_becomes_readable_when_the_child_exits() {
         let mut child = Command::new("true").spawn().unwrap();
         let fd = pidfd_open(child.id()).unwrap();
         let mut fds = [nix::poll::PollFd::new(
@@ -192,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn adopting_is_refused_the_second_time() {
+    fn test_adopting_is_refused_the_second_time() {
         // Descriptor 1_000_000 is not open: the first call fails on F_GETFD, the second
         // before looking at it. Only one test may call adopt_inherited_fd (TAKEN is global).
         let first = adopt_inherited_fd(1_000_000).unwrap_err();

@@ -87,7 +87,7 @@ mod tests {
         "root:x:0:\nusers:x:100:user\nvideo:x:26:user,other\naudio:x:17:user\nwheel:x:1:root\n";
 
     #[test]
-    fn finds_an_account_with_its_groups() {
+    fn test_finds_an_account_with_its_groups() {
         let mut a = parse_passwd(PASSWD, "user").unwrap();
         a.groups = parse_groups(GROUP, "user", a.gid);
         assert_eq!(a.uid, 1000);
@@ -97,7 +97,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_malformed_entries_are_none() {
+    fn test_missing_and_malformed_entries_are_none() {
         assert_eq!(parse_passwd(PASSWD, "nobody"), None);
         assert_eq!(parse_passwd(PASSWD, "broken"), None);
         assert_eq!(parse_passwd("user:x:1000", "user"), None);
@@ -105,7 +105,7 @@ mod tests {
     }
 
     #[test]
-    fn lookup_without_passwd_file_is_none() {
+    fn test_lookup_without_passwd_file_is_none() {
         assert_eq!(
             lookup(Path::new("/nonexistent-etc-dir"), "root").unwrap(),
             None

@@ -463,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_wrapper_command_line() {
+    fn test_parses_the_wrapper_command_line() {
         let a = parse(&os(&["--port", "6000", "--", "sh", "-c", "exit 3"])).expect("valid");
         assert_eq!(
             a.target,
@@ -490,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn wrapper_argv_keeps_the_command_after_the_separator() {
+    fn test_wrapper_argv_keeps_the_command_after_the_separator() {
         let argv = wrapper_argv(
             Path::new("/bin/vmsilo-guest"),
             6000,

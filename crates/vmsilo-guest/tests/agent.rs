@@ -72,7 +72,7 @@ fn attached(
 }
 
 #[test]
-fn exit_status_is_passed_through() {
+fn test_exit_status_is_passed_through() {
     let r = attached(Request::attached(["sh", "-c", "exit 3"]), None, None);
     assert_eq!(r.result.unwrap(), ExitStatus::Exited(3));
     assert_eq!(r.outcome, Outcome::Finished);
@@ -81,7 +81,7 @@ fn exit_status_is_passed_through() {
 }
 
 #[test]
-fn stdin_is_piped_to_the_command() {
+fn test_stdin_is_piped_to_the_command() {
     let r = attached(Request::attached(["cat"]), Some(b"hi\n".to_vec()), None);
     assert_eq!(r.result.unwrap(), ExitStatus::Exited(0));
     assert_eq!(r.stdout.text(), "hi\n");
@@ -89,7 +89,7 @@ fn stdin_is_piped_to_the_command() {
 }
 
 #[test]
-fn stderr_is_kept_separate() {
+fn test_stderr_is_kept_separate() {
     let r = attached(
         Request::attached(["sh", "-c", "echo out; echo err >&2; echo out2"]),
         None,
@@ -101,7 +101,7 @@ fn stderr_is_kept_separate() {
 }
 
 #[test]
-fn large_streams_arrive_intact_both_ways() {
+fn test_large_streams_arrive_intact_both_ways() {
     let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let r = attached(Request::attached(["cat"]), Some(input.clone()), None);
     assert_eq!(r.result.unwrap(), ExitStatus::Exited(0));
@@ -109,7 +109,7 @@ fn large_streams_arrive_intact_both_ways() {
 }
 
 #[test]
-fn missing_command_is_127_with_a_clear_message() {
+fn test_missing_command_is_127_with_a_clear_message() {
     let r = attached(Request::attached(["no-such-command-vmsilo"]), None, None);
     let e = r.result.unwrap_err();
     assert_eq!(e.exit_code(), 127);
@@ -121,7 +121,7 @@ fn missing_command_is_127_with_a_clear_message() {
 }
 
 #[test]
-fn non_executable_file_is_126() {
+fn test_non_executable_file_is_126() {
     let dir = std::env::temp_dir().join(format!("vmsilo-guest-noexec-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let script = dir.join("script.sh");
@@ -141,7 +141,7 @@ fn non_executable_file_is_126() {
 }
 
 #[test]
-fn environment_and_working_directory_are_applied() {
+fn test_environment_and_working_directory_are_applied() {
     let r = attached(
         Request::attached(["sh", "-c", "echo \"$VMSILO_TEST\"; pwd"])
             .env("VMSILO_TEST", "hello")
@@ -154,7 +154,7 @@ fn environment_and_working_directory_are_applied() {
 }
 
 #[test]
-fn signals_are_forwarded_and_reported_as_128_plus_n() {
+fn test_signals_are_forwarded_and_reported_as_128_plus_n() {
     let (tx, rx) = mpsc::channel();
     tx.send(Control::Signal(Signal::Term)).unwrap();
     let r = attached(Request::attached(["sleep", "60"]), None, Some(rx));
@@ -208,7 +208,7 @@ fn control_when_ready(req: Request, control: Control) -> (ExitStatus, String) {
 }
 
 #[test]
-fn signals_reach_the_whole_process_group() {
+fn test_signals_reach_the_whole_process_group() {
     // The outer shell waits for an inner process that announces itself once it runs; SIGINT
     // to the group then ends both, as Ctrl-C in a terminal would. (Signalling before the
     // inner process exists would only test the shell's own deferred-signal handling.)
@@ -223,7 +223,7 @@ fn signals_reach_the_whole_process_group() {
 }
 
 #[test]
-fn tty_mode_gives_a_terminal_that_follows_resizes() {
+fn test_tty_mode_gives_a_terminal_that_follows_resizes() {
     let script =
         "tty; stty size; trap 'stty size; exit 7' WINCH; echo ready; while :; do sleep 0.05; done";
     let req = Request::attached(["sh", "-c", script]).tty(WindowSize { rows: 24, cols: 80 });
@@ -239,7 +239,7 @@ fn tty_mode_gives_a_terminal_that_follows_resizes() {
 }
 
 #[test]
-fn tty_stdin_eof_ends_a_line_reading_command() {
+fn test_tty_stdin_eof_ends_a_line_reading_command() {
     let r = attached(
         Request::attached(["cat"]).tty(WindowSize { rows: 10, cols: 40 }),
         Some(b"typed\n".to_vec()),
@@ -256,7 +256,7 @@ fn tty_stdin_eof_ends_a_line_reading_command() {
 }
 
 #[test]
-fn detached_command_runs_after_the_connection_ends_and_is_reaped() {
+fn test_detached_command_runs_after_the_connection_ends_and_is_reaped() {
     let dir = std::env::temp_dir().join(format!("vmsilo-guest-detached-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let marker = dir.join("ran");
@@ -277,7 +277,7 @@ fn detached_command_runs_after_the_connection_ends_and_is_reaped() {
 }
 
 #[test]
-fn lost_host_hangs_up_the_attached_command() {
+fn test_lost_host_hangs_up_the_attached_command() {
     let (mut host, agent) = one_shot(config());
     let mut wire = Vec::new();
     Message::Hello {
@@ -331,7 +331,7 @@ fn error_code(msgs: &[Message]) -> Option<ErrorCode> {
 }
 
 #[test]
-fn version_mismatch_gets_the_agent_version_and_an_error() {
+fn test_version_mismatch_gets_the_agent_version_and_an_error() {
     let mut wire = hello(PROTOCOL_VERSION + 1);
     Message::Request(Request::attached(["true"]))
         .encode(&mut wire)
@@ -359,7 +359,7 @@ fn version_mismatch_gets_the_agent_version_and_an_error() {
 }
 
 #[test]
-fn malformed_and_oversized_frames_are_refused_with_an_error_frame() {
+fn test_malformed_and_oversized_frames_are_refused_with_an_error_frame() {
     // Garbage instead of Hello.
     let msgs = raw_exchange(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(error_code(&msgs), Some(ErrorCode::Malformed), "{msgs:?}");
@@ -402,7 +402,7 @@ fn malformed_and_oversized_frames_are_refused_with_an_error_frame() {
 }
 
 #[test]
-fn random_garbage_never_kills_the_agent() {
+fn test_random_garbage_never_kills_the_agent() {
     // xorshift, fixed seed.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..50 {
@@ -426,7 +426,7 @@ fn random_garbage_never_kills_the_agent() {
 }
 
 #[test]
-fn silent_connections_are_dropped_after_the_handshake_timeout() {
+fn test_silent_connections_are_dropped_after_the_handshake_timeout() {
     let mut cfg = config();
     cfg.handshake_timeout = Duration::from_millis(200);
     let (mut host, agent) = one_shot(cfg);
@@ -442,7 +442,7 @@ fn silent_connections_are_dropped_after_the_handshake_timeout() {
 }
 
 #[test]
-fn unknown_user_is_refused_and_known_user_is_switched_to() {
+fn test_unknown_user_is_refused_and_known_user_is_switched_to() {
     let r = attached(
         Request::attached(["id", "-u"]).user("nobody-here"),
         None,
@@ -488,7 +488,7 @@ fn unknown_user_is_refused_and_known_user_is_switched_to() {
 }
 
 #[test]
-fn several_connections_are_served_at_once() {
+fn test_several_connections_are_served_at_once() {
     let path = std::env::temp_dir().join(format!("vmsilo-guest-multi-{}.sock", std::process::id()));
     let _ = fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -547,7 +547,7 @@ impl Read for ChannelReader {
 }
 
 #[test]
-fn idle_watchdog_fires_without_commands() {
+fn test_idle_watchdog_fires_without_commands() {
     let mut cfg = config();
     cfg.idle_shutdown = Some(Duration::from_millis(200));
     let path = std::env::temp_dir().join(format!("vmsilo-guest-idle0-{}.sock", std::process::id()));
@@ -560,7 +560,7 @@ fn idle_watchdog_fires_without_commands() {
 }
 
 #[test]
-fn idle_watchdog_waits_for_running_commands() {
+fn test_idle_watchdog_waits_for_running_commands() {
     let mut cfg = config();
     cfg.idle_shutdown = Some(Duration::from_millis(500));
     let path = std::env::temp_dir().join(format!("vmsilo-guest-idle-{}.sock", std::process::id()));
@@ -597,7 +597,7 @@ fn idle_watchdog_waits_for_running_commands() {
 }
 
 #[test]
-fn connection_queued_when_the_idle_time_runs_out_is_served() {
+fn test_connection_queued_when_the_idle_time_runs_out_is_served() {
     // The idle time has run out before the agent first looks, and a host connection already
     // waits in the listener's queue: it must be served, not dropped by powering off.
     let mut cfg = config();

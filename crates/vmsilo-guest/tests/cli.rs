@@ -62,7 +62,7 @@ fn finish(child: Child) -> Output {
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn test_usage_errors_exit_2() {
     let out = Command::new(BIN)
         .arg("--listen-fd")
         .env_remove("LISTEN_FDS")
@@ -88,7 +88,7 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn idle_agent_powers_off_after_its_last_command() {
+fn test_idle_agent_powers_off_after_its_last_command() {
     let dir = scratch("idle");
     let sock = dir.join("agent.sock");
     // The idle time runs from the agent's start, before this test can connect: generous, so
@@ -120,7 +120,7 @@ fn idle_agent_powers_off_after_its_last_command() {
 }
 
 #[test]
-fn kernel_command_line_enables_idle_shutdown() {
+fn test_kernel_command_line_enables_idle_shutdown() {
     let dir = scratch("cmdline");
     let sock = dir.join("agent.sock");
     let cmdline = dir.join("cmdline");
@@ -144,7 +144,7 @@ fn kernel_command_line_enables_idle_shutdown() {
 }
 
 #[test]
-fn socket_activation_accept_yes_serves_one_connection_per_process() {
+fn test_socket_activation_accept_yes_serves_one_connection_per_process() {
     let dir = scratch("accept");
     let sock = dir.join("agent.sock");
     let state = dir.join("state");
@@ -183,7 +183,7 @@ fn socket_activation_accept_yes_serves_one_connection_per_process() {
 }
 
 #[test]
-fn socket_activation_with_a_listening_socket() {
+fn test_socket_activation_with_a_listening_socket() {
     let dir = scratch("listen");
     let sock = dir.join("agent.sock");
     // The agent starts only once both connections wait in the socket's queue (a shell that
@@ -221,7 +221,7 @@ fn socket_activation_with_a_listening_socket() {
 }
 
 #[test]
-fn idle_watchdog_mode_waits_for_busy_agents() {
+fn test_idle_watchdog_mode_waits_for_busy_agents() {
     let dir = scratch("watchdog");
     let state = dir.join("state");
     fs::create_dir_all(&state).unwrap();
@@ -273,7 +273,7 @@ fn idle_watchdog_mode_waits_for_busy_agents() {
 }
 
 #[test]
-fn agent_logs_why_it_drops_a_connection() {
+fn test_agent_logs_why_it_drops_a_connection() {
     let dir = scratch("drops");
     let sock = dir.join("agent.sock");
     let child = Command::new(BIN)

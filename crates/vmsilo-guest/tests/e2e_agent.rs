@@ -49,7 +49,7 @@ fn agent_image() -> vmsilo_testkit::GuestImage {
 
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn agent_runs_commands_sent_over_hybrid_vsock() {
+fn test_agent_runs_commands_sent_over_hybrid_vsock() {
     let image = agent_image();
     let guest = QemuBuilder::new(&image)
         .name("agent")
@@ -181,7 +181,7 @@ fn agent_runs_commands_sent_over_hybrid_vsock() {
 
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn idle_guest_powers_off_after_its_last_command_and_not_during_it() {
+fn test_idle_guest_powers_off_after_its_last_command_and_not_during_it() {
     let image = agent_image();
     let mut guest = QemuBuilder::new(&image)
         .name("idle")

@@ -73,7 +73,7 @@ fn system_path() -> String {
 }
 
 #[test]
-fn command_output_and_status_pass_through_with_a_display() {
+fn test_command_output_and_status_pass_through_with_a_display() {
     if !have_waypipe() {
         return;
     }
@@ -102,7 +102,7 @@ fn command_output_and_status_pass_through_with_a_display() {
 }
 
 #[test]
-fn a_command_killed_by_a_signal_kills_the_wrapper_the_same_way() {
+fn test_a_command_killed_by_a_signal_kills_the_wrapper_the_same_way() {
     if !have_waypipe() {
         return;
     }
@@ -117,7 +117,7 @@ fn a_command_killed_by_a_signal_kills_the_wrapper_the_same_way() {
 }
 
 #[test]
-fn without_waypipe_the_command_runs_without_a_display_after_one_warning() {
+fn test_without_waypipe_the_command_runs_without_a_display_after_one_warning() {
     let s = Scratch::new("missing");
     // PATH without waypipe; the command is given by its absolute path.
     let o = wrapper(
@@ -145,7 +145,7 @@ fn without_waypipe_the_command_runs_without_a_display_after_one_warning() {
 }
 
 #[test]
-fn a_wayland_client_reaches_the_target_through_waypipe_and_the_relay() {
+fn test_a_wayland_client_reaches_the_target_through_waypipe_and_the_relay() {
     if !have_waypipe() || vmsilo_guest::waypipe::find_in_path("wayland-info").is_none() {
         eprintln!("skipped: needs waypipe and wayland-info (apt-get install wayland-utils)");
         return;
@@ -176,7 +176,7 @@ fn a_wayland_client_reaches_the_target_through_waypipe_and_the_relay() {
 }
 
 #[test]
-fn the_agent_wraps_commands_when_waypipe_is_configured() {
+fn test_the_agent_wraps_commands_when_waypipe_is_configured() {
     if !have_waypipe() {
         return;
     }

@@ -159,14 +159,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_little_endian_length_then_type() {
+    fn test_encodes_little_endian_length_then_type() {
         let mut out = Vec::new();
         encode_frame(0x21, b"hi", &mut out).unwrap();
         assert_eq!(out, [3, 0, 0, 0, 0x21, b'h', b'i']);
     }
 
     #[test]
-    fn decodes_frames_fed_one_byte_at_a_time() {
+    fn test_decodes_frames_fed_one_byte_at_a_time() {
         let mut wire = Vec::new();
         encode_frame(1, b"abc", &mut wire).unwrap();
         encode_frame(2, b"", &mut wire).unwrap();
@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_oversized_prefix_before_the_payload_arrives() {
+    fn test_rejects_oversized_prefix_before_the_payload_arrives() {
         let mut dec = FrameDecoder::new();
         dec.push(&((MAX_FRAME_LEN as u32) + 1).to_le_bytes());
         assert_eq!(
@@ -212,14 +212,14 @@ mod tests {
     }
 
     #[test]
-    fn rejects_zero_length() {
+    fn test_rejects_zero_length() {
         let mut dec = FrameDecoder::new();
         dec.push(&[0, 0, 0, 0]);
         assert_eq!(dec.next_frame(), Err(FrameError::Empty));
     }
 
     #[test]
-    fn largest_frame_round_trips_and_one_more_byte_is_refused() {
+    fn test_largest_frame_round_trips_and_one_more_byte_is_refused() {
         let payload = vec![7u8; MAX_FRAME_LEN - 1];
         let mut out = Vec::new();
         encode_frame(9, &payload, &mut out).unwrap();

@@ -291,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_ok_and_leaves_the_rest_unread() {
+    fn test_accepts_ok_and_leaves_the_rest_unread() {
         let mut s = script(b"OK 5000\nrest");
         connect(&mut s, 5000).unwrap();
         assert_eq!(s.written, b"CONNECT 5000\n");
@@ -301,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn close_is_refused_and_garbage_is_a_bad_reply() {
+    fn test_close_is_refused_and_garbage_is_a_bad_reply() {
         assert!(matches!(
             connect(&mut script(b""), 5000),
             Err(HybridError::Refused { port: 5000 })

@@ -618,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn every_message_round_trips() {
+    fn test_every_message_round_trips() {
         let msgs = [
             Message::Hello { version: 1 },
             Message::HelloReply { version: 65535 },
@@ -658,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn hello_layout_is_fixed() {
+    fn test_hello_layout_is_fixed() {
         let mut out = Vec::new();
         Message::Hello { version: 0x0102 }.encode(&mut out).unwrap();
         assert_eq!(out, [7, 0, 0, 0, kind::HELLO, b'V', b'M', b'S', b'L', 2, 1]);
@@ -670,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn oversized_data_is_refused_both_ways() {
+    fn test_oversized_data_is_refused_both_ways() {
         let mut out = Vec::new();
         assert!(matches!(
             Message::Stdout(vec![0; MAX_DATA_CHUNK + 1]).encode(&mut out),
@@ -688,7 +688,7 @@ mod tests {
     }
 
     #[test]
-    fn encode_data_splits_into_chunks() {
+    fn test_encode_data_splits_into_chunks() {
         let data = vec![5u8; MAX_DATA_CHUNK * 2 + 10];
         let mut out = Vec::new();
         encode_data(kind::STDOUT, &data, &mut out);
@@ -705,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_payloads_are_errors() {
+    fn test_bad_payloads_are_errors() {
         let cases: [(u8, &[u8]); 7] = [
             (kind::HELLO, b"VMSL\x01"),
             (kind::HELLO, b"XXXX\x01\x00"),
@@ -733,7 +733,7 @@ mod tests {
     }
 
     #[test]
-    fn command_service_kinds_are_reserved_and_unknown_to_the_agent() {
+    fn test_command_service_kinds_are_reserved_and_unknown_to_the_agent() {
         let agent_kinds = [
             kind::HELLO,
             kind::HELLO_REPLY,
@@ -760,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn long_error_messages_are_cut_at_a_char_boundary() {
+    fn test_long_error_messages_are_cut_at_a_char_boundary() {
         let long = "é".repeat(MAX_ERROR_MESSAGE);
         let back = round_trip(&Message::Error(ErrorFrame::new(ErrorCode::Internal, long)));
         let Message::Error(e) = back else { panic!() };
@@ -769,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_follow_the_shell_convention() {
+    fn test_exit_codes_follow_the_shell_convention() {
         assert_eq!(ExitStatus::Exited(1).code(), 1);
         assert_eq!(
             ExitStatus::Signaled {
@@ -788,7 +788,7 @@ mod tests {
     }
 
     #[test]
-    fn signal_numbers_round_trip() {
+    fn test_signal_numbers_round_trip() {
         for n in 0..64 {
             if let Some(s) = Signal::from_number(n) {
                 assert_eq!(s.number(), n);

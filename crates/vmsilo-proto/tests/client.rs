@@ -72,7 +72,7 @@ fn io_with(stdin: &'static [u8], out: &Shared, err: &Shared) -> AttachedIo {
 }
 
 #[test]
-fn detached_returns_the_started_pid() {
+fn test_detached_returns_the_started_pid() {
     let host = scripted_agent(|mut s| {
         let (_, req) = expect_hello_and_request(&s);
         assert_eq!(req, Request::detached(["firefox"]));
@@ -95,7 +95,7 @@ fn detached_returns_the_started_pid() {
 }
 
 #[test]
-fn version_mismatch_names_both_versions() {
+fn test_version_mismatch_names_both_versions() {
     let host = scripted_agent(|mut s| {
         let _ = expect_hello_and_request(&s);
         send(&mut s, &Message::HelloReply { version: 99 });
@@ -122,7 +122,7 @@ fn version_mismatch_names_both_versions() {
 }
 
 #[test]
-fn attached_streams_stdout_and_stderr_separately_and_returns_the_status() {
+fn test_attached_streams_stdout_and_stderr_separately_and_returns_the_status() {
     let host = scripted_agent(|mut s| {
         let (mut reader, req) = expect_hello_and_request(&s);
         assert_eq!(req.argv, [b"cat".to_vec()]);
@@ -161,7 +161,7 @@ fn attached_streams_stdout_and_stderr_separately_and_returns_the_status() {
 }
 
 #[test]
-fn controls_are_forwarded_while_the_command_runs() {
+fn test_controls_are_forwarded_while_the_command_runs() {
     let host = scripted_agent(|mut s| {
         let (mut reader, req) = expect_hello_and_request(&s);
         assert!(req.tty.is_none());
@@ -200,7 +200,7 @@ fn controls_are_forwarded_while_the_command_runs() {
 }
 
 #[test]
-fn agent_refusals_carry_the_agent_message_and_exit_code() {
+fn test_agent_refusals_carry_the_agent_message_and_exit_code() {
     let host = scripted_agent(|mut s| {
         let _ = expect_hello_and_request(&s);
         send(
@@ -231,7 +231,7 @@ fn agent_refusals_carry_the_agent_message_and_exit_code() {
 }
 
 #[test]
-fn garbage_and_early_close_from_the_agent_are_errors_not_panics() {
+fn test_garbage_and_early_close_from_the_agent_are_errors_not_panics() {
     // An oversized length prefix instead of HelloReply.
     let host = scripted_agent(|mut s| {
         let _ = expect_hello_and_request(&s);
@@ -285,7 +285,7 @@ fn garbage_and_early_close_from_the_agent_are_errors_not_panics() {
 }
 
 #[test]
-fn mode_mismatch_is_refused_locally() {
+fn test_mode_mismatch_is_refused_locally() {
     let (a, _b) = UnixStream::pair().unwrap();
     assert!(matches!(
         run_detached(a, &Request::attached(["x"])),
@@ -294,7 +294,7 @@ fn mode_mismatch_is_refused_locally() {
 }
 
 #[test]
-fn agent_error_text_is_shown_with_terminal_controls_escaped() {
+fn test_agent_error_text_is_shown_with_terminal_controls_escaped() {
     let host = scripted_agent(|mut s| {
         let _ = expect_hello_and_request(&s);
         send(
@@ -320,7 +320,7 @@ fn agent_error_text_is_shown_with_terminal_controls_escaped() {
 }
 
 #[test]
-fn silent_agent_is_no_answer_once_the_read_timeout_passes() {
+fn test_silent_agent_is_no_answer_once_the_read_timeout_passes() {
     // The agent takes the connection and says nothing, with the connection open.
     let (host, guest) = UnixStream::pair().unwrap();
     host.set_read_timeout(Some(std::time::Duration::from_millis(200)))

@@ -97,7 +97,7 @@ fn assert_stable(msg: &Message) {
 }
 
 #[test]
-fn random_bytes_never_panic() {
+fn test_random_bytes_never_panic() {
     let mut rng = Rng(0x5eed_0001);
     for _ in 0..20_000 {
         let len = rng.below(256);
@@ -115,7 +115,7 @@ fn random_bytes_never_panic() {
 }
 
 #[test]
-fn random_payloads_for_every_kind_never_panic() {
+fn test_random_payloads_for_every_kind_never_panic() {
     let mut rng = Rng(0x5eed_0002);
     for _ in 0..20_000 {
         let kind = rng.next() as u8;
@@ -131,7 +131,7 @@ fn random_payloads_for_every_kind_never_panic() {
 }
 
 #[test]
-fn every_truncation_of_a_valid_frame_waits_for_more() {
+fn test_every_truncation_of_a_valid_frame_waits_for_more() {
     for msg in samples() {
         let wire = encode(&msg);
         for cut in 0..wire.len() {
@@ -146,7 +146,7 @@ fn every_truncation_of_a_valid_frame_waits_for_more() {
 }
 
 #[test]
-fn truncated_payloads_inside_a_well_formed_frame_are_errors() {
+fn test_truncated_payloads_inside_a_well_formed_frame_are_errors() {
     // The frame is complete but its payload is cut. Fixed-layout and postcard payloads must
     // refuse every strict prefix; data frames and an Error's message are prefixes of
     // themselves and stay valid.
@@ -176,7 +176,7 @@ fn truncated_payloads_inside_a_well_formed_frame_are_errors() {
 }
 
 #[test]
-fn mutated_frames_never_panic() {
+fn test_mutated_frames_never_panic() {
     let mut rng = Rng(0x5eed_0003);
     let samples = samples();
     for _ in 0..20_000 {
@@ -193,7 +193,7 @@ fn mutated_frames_never_panic() {
 }
 
 #[test]
-fn oversized_length_prefixes_are_refused_without_buffering() {
+fn test_oversized_length_prefixes_are_refused_without_buffering() {
     let mut rng = Rng(0x5eed_0004);
     let mut lens = vec![MAX_FRAME_LEN as u32 + 1, u32::MAX, 0x8000_0000];
     lens.extend((0..1000).map(|_| (MAX_FRAME_LEN as u32 + 1).max(rng.next() as u32)));
@@ -213,7 +213,7 @@ fn oversized_length_prefixes_are_refused_without_buffering() {
 }
 
 #[test]
-fn oversized_data_frames_and_huge_sequence_lengths_are_refused() {
+fn test_oversized_data_frames_and_huge_sequence_lengths_are_refused() {
     let mut wire = Vec::new();
     encode_frame(kind::STDOUT, &vec![0; 64 * 1024 + 1], &mut wire).unwrap();
     let mut dec = FrameDecoder::new();
@@ -229,7 +229,7 @@ fn oversized_data_frames_and_huge_sequence_lengths_are_refused() {
 }
 
 #[test]
-fn streams_of_many_valid_frames_decode_in_order() {
+fn test_streams_of_many_valid_frames_decode_in_order() {
     let mut rng = Rng(0x5eed_0005);
     let samples = samples();
     let mut expected = Vec::new();

@@ -666,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_window_options() {
+    fn test_parses_the_window_options() {
         let o = args("--title t --app-id a --size 320x200 --color #2ecc71 --exit-after 5")
             .unwrap()
             .unwrap();
@@ -680,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_values_with_usage_errors() {
+    fn test_rejects_bad_values_with_usage_errors() {
         for bad in [
             "--size 0x10",
             "--size 5000x10",
@@ -698,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_nearest_rank() {
+    fn test_percentiles_are_nearest_rank() {
         let mut v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
         assert_eq!(percentile_us(&mut v, 0.5), 50);
         assert_eq!(percentile_us(&mut v, 0.99), 99);

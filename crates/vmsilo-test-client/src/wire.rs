@@ -385,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_encode_size_opcode_and_padded_strings() {
+    fn test_requests_encode_size_opcode_and_padded_strings() {
         let m = Msg::new(7, 2).uint(9).string("abc").finish().unwrap();
         assert_eq!(m.len(), 8 + 4 + 4 + 4);
         assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 7);
@@ -400,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn args_decode_and_reject_truncation() {
+    fn test_args_decode_and_reject_truncation() {
         let body = Msg::new(0, 0)
             .uint(5)
             .string("wl_shm")
@@ -431,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_reused_after_delete_id() {
+    fn test_ids_are_reused_after_delete_id() {
         let (a, _b) = UnixStream::pair().unwrap();
         let mut c = Connection {
             stream: a,
@@ -451,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn events_split_and_bad_sizes_are_errors() {
+    fn test_events_split_and_bad_sizes_are_errors() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let mut c = Connection {
             stream: a,

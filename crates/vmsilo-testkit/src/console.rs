@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_consumed_in_order_and_partial_lines_wait() {
+    fn test_lines_are_consumed_in_order_and_partial_lines_wait() {
         let c = Console::default();
         c.pump(&b"boot\r\nVMSILO-READY uptime=3.1\r\nfoo\nbar"[..], None);
         let soon = Instant::now() + Duration::from_millis(10);
@@ -176,14 +176,14 @@ mod tests {
     }
 
     #[test]
-    fn timeout_when_nothing_matches() {
+    fn test_timeout_when_nothing_matches() {
         let c = Console::default();
         let soon = Instant::now() + Duration::from_millis(20);
         assert_eq!(c.next_line(soon, |_| Some(())), Err(WaitEnd::Timeout));
     }
 
     #[test]
-    fn escape_sequences_are_not_part_of_lines() {
+    fn test_escape_sequences_are_not_part_of_lines() {
         assert_eq!(strip_escapes("\x1b[6ndelayed"), "delayed");
         assert_eq!(strip_escapes("a\x1b[1;32mb\x1b[0m\x1b7c"), "abc");
         assert_eq!(strip_escapes("plain \u{e9}"), "plain \u{e9}");
@@ -197,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn tail_shows_control_characters() {
+    fn test_tail_shows_control_characters() {
         let t = tail_lines("a\nb\x1b[6n\r\nc\n", 2);
         assert_eq!(t, "  | b^[[6n\n  | c\n");
     }

@@ -124,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn layout_is_aligned_and_ends_with_trailer() {
+    fn test_layout_is_aligned_and_ends_with_trailer() {
         let out = sample();
         assert!(out.len().is_multiple_of(4));
         assert!(out.starts_with(b"070701"));
@@ -134,7 +134,7 @@ mod tests {
 
     /// The real peer: GNU cpio lists and extracts what we wrote.
     #[test]
-    fn gnu_cpio_reads_the_archive() {
+    fn test_gnu_cpio_reads_the_archive() {
         let out = sample();
         let mut child = Command::new("cpio")
             .args(["-t", "-v", "--quiet"])

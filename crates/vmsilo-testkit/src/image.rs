@@ -724,7 +724,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_versions_compare_numerically() {
+    fn test_kernel_versions_compare_numerically() {
         let mut v = vec![
             "6.1.0-9-amd64",
             "6.10.0-1-amd64",
@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn newest_kernel_with_modules_is_picked() {
+    fn test_newest_kernel_with_modules_is_picked() {
         let d = crate::ScratchDir::new("kernels").unwrap();
         let boot = d.path().join("boot");
         let mods = d.path().join("modules");
@@ -782,7 +782,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
 ";
 
     #[test]
-    fn modules_load_after_their_dependencies() {
+    fn test_modules_load_after_their_dependencies() {
         let dep = parse_modules_dep(DEP);
         let wanted: Vec<String> = [
             "virtio_pci",
@@ -821,7 +821,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
     }
 
     #[test]
-    fn ldd_output_is_parsed() {
+    fn test_ldd_output_is_parsed() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
                     \tlibssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x00007f)\n\
                     \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
@@ -842,7 +842,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
     }
 
     #[test]
-    fn real_ldd_finds_the_loader_of_a_dynamic_program() {
+    fn test_real_ldd_finds_the_loader_of_a_dynamic_program() {
         let libs = ldd_libraries(Path::new("/bin/sh")).unwrap();
         assert!(
             libs.iter()
@@ -854,7 +854,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
     }
 
     #[test]
-    fn guest_paths_must_be_plain_and_absolute() {
+    fn test_guest_paths_must_be_plain_and_absolute() {
         assert_eq!(guest_rel("/usr/bin/x").unwrap(), "usr/bin/x");
         for bad in ["usr/bin/x", "/", "/a/../b", "/a//b", "/a/./b"] {
             assert!(guest_rel(bad).is_err(), "{bad}");
@@ -862,7 +862,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
     }
 
     #[test]
-    fn old_images_are_pruned_and_recent_ones_kept() {
+    fn test_old_images_are_pruned_and_recent_ones_kept() {
         let d = crate::ScratchDir::new("prune").unwrap();
         let (old, new) = (d.path().join("old"), d.path().join("new"));
         for dir in [&old, &new] {
@@ -880,7 +880,7 @@ kernel/net/vmw_vsock/vmw-vsock-virtio-transport.ko.xz: kernel/net/vmw_vsock/vmw_
     }
 
     #[test]
-    fn tree_creates_parents_before_children() {
+    fn test_tree_creates_parents_before_children() {
         let mut t = Tree::default();
         t.file("a/b/c", vec![1], 0o644);
         t.dir("a-x");

@@ -189,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_rgb_with_filters() {
+    fn test_decodes_rgb_with_filters() {
         let img = decode(&tiny_png()).expect("decodes");
         assert_eq!((img.width, img.height), (2, 2));
         assert_eq!(img.pixel(0, 0), Some([255, 0, 0, 255]));
@@ -201,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_an_error_not_a_panic() {
+    fn test_garbage_is_an_error_not_a_panic() {
         let png = tiny_png();
         assert!(decode(b"not a png").is_err());
         for cut in [8, 20, 33, png.len() - 20] {

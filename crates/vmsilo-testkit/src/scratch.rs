@@ -83,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scratch_dirs_are_short_unique_and_removed() {
+    fn test_scratch_dirs_are_short_unique_and_removed() {
         let a = ScratchDir::new("a/b c with a very long label indeed").unwrap();
         let b = ScratchDir::new("a").unwrap();
         assert_ne!(a.path(), b.path());

@@ -133,7 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_sh_and_reports_missing_tools_with_the_fix() {
+    fn test_finds_sh_and_reports_missing_tools_with_the_fix() {
         assert!(find_tool("sh").is_ok());
         let err = find_tool("vmsilo-no-such-tool").unwrap_err().to_string();
         assert!(err.contains("vmsilo-no-such-tool"), "{err}");
@@ -142,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_package_is_reported_as_such() {
+    fn test_unknown_package_is_reported_as_such() {
         let err = workspace_binary("vmsilo-no-such-package", "x").unwrap_err();
         assert!(matches!(err, Error::NoSuchPackage(_)), "{err}");
     }

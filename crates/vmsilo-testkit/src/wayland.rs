@@ -941,7 +941,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_hex_colours_and_rejects_others() {
+    fn test_parses_hex_colours_and_rejects_others() {
         assert_eq!(parse_rgb("#2ecc71"), Some([0x2e, 0xcc, 0x71]));
         assert_eq!(parse_rgb("3498DB"), Some([0x34, 0x98, 0xdb]));
         for bad in ["", "#", "#12345", "#1234567", "#gg0000", "red", "#+12345"] {
@@ -950,7 +950,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_boxes_exact_colours() {
+    fn test_counts_and_boxes_exact_colours() {
         let img = sample();
         let green = [0x2e, 0xcc, 0x71];
         assert_eq!(img.count(green), 4);
@@ -1007,7 +1007,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_rgba_pngs_to_rgb() {
+    fn test_decodes_rgba_pngs_to_rgb() {
         let img = Image::from_png(&rgba_png()).unwrap();
         assert_eq!((img.width(), img.height()), (2, 1));
         assert_eq!(img.pixel(0, 0), Some([1, 2, 3]));
@@ -1019,7 +1019,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_is_an_error_not_a_panic() {
+    fn test_garbage_is_an_error_not_a_panic() {
         assert!(Image::from_png(b"").is_err());
         assert!(Image::from_png(b"\x89PNG\r\n\x1a\nxxxxxxxxxxxxxxxx").is_err());
         let png = rgba_png();
@@ -1027,7 +1027,7 @@ mod tests {
     }
 
     #[test]
-    fn trace_client_ids() {
+    fn test_trace_client_ids() {
         let line =
             "[2026-12-06 04:50:14.198][proto] client 0x561c0e294810 rq wl_surface@3.commit()";
         assert_eq!(trace_client(line), Some("0x561c0e294810"));

@@ -10,7 +10,7 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn guest_boots_runs_commands_and_powers_off() {
+fn test_guest_boots_runs_commands_and_powers_off() {
     let image = ImageSpec::new().build().unwrap();
     let spawned = Instant::now();
     let guest = QemuBuilder::new(&image).name("boot").start().unwrap();
@@ -77,7 +77,7 @@ fn assert_gone(pid: u32) {
 /// line: the harness gives up after its timeout, kills QEMU, and shows the console.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn guest_without_readiness_line_times_out_with_console_and_is_killed() {
+fn test_guest_without_readiness_line_times_out_with_console_and_is_killed() {
     let image = ImageSpec::new().build().unwrap();
     let mut guest = QemuBuilder::new(&image)
         .name("hang")
@@ -101,7 +101,7 @@ fn guest_without_readiness_line_times_out_with_console_and_is_killed() {
 /// `-no-reboot` end QEMU, and the harness reports it at once instead of waiting.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn guest_with_bad_init_fails_fast_and_leaves_no_qemu() {
+fn test_guest_with_bad_init_fails_fast_and_leaves_no_qemu() {
     let image = ImageSpec::new().build().unwrap();
     let mut guest = QemuBuilder::new(&image)
         .name("panic")
@@ -120,7 +120,7 @@ fn guest_with_bad_init_fails_fast_and_leaves_no_qemu() {
 /// without waiting for the timeout.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn init_reports_bad_vmsilo_parameters() {
+fn test_init_reports_bad_vmsilo_parameters() {
     let image = ImageSpec::new().build().unwrap();
     let err = QemuBuilder::new(&image)
         .name("badparam")

@@ -23,7 +23,7 @@ fn mem_total_kib(guest: &Guest) -> u64 {
 /// the vmsilo.* kernel parameters; one pings the other over IPv4 and IPv6.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn two_guests_on_a_vhost_user_net_hub_ping_each_other() {
+fn test_two_guests_on_a_vhost_user_net_hub_ping_each_other() {
     let dir = ScratchDir::new("hub").unwrap();
     // Declared before the guests, so it outlives them.
     let hub = VhostNetHub::start(dir.path(), 2).unwrap();
@@ -99,7 +99,7 @@ fn two_guests_on_a_vhost_user_net_hub_ping_each_other() {
 /// to a guest listener (hybrid vsock CONNECT), and a guest program connects to the host.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn vsock_carries_bytes_both_ways() {
+fn test_vsock_carries_bytes_both_ways() {
     let image = ImageSpec::new().program("socat").build().unwrap();
     let guest = QemuBuilder::new(&image)
         .name("vsock")
@@ -173,7 +173,7 @@ fn vsock_carries_bytes_both_ways() {
 /// deflating gives it back.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn balloon_inflation_through_qmp_shrinks_guest_memory() {
+fn test_balloon_inflation_through_qmp_shrinks_guest_memory() {
     let image = ImageSpec::new().build().unwrap();
     let guest = QemuBuilder::new(&image)
         .name("balloon")
@@ -258,7 +258,7 @@ fn ip(args: &[&str]) {
 /// made, so the host's own network is untouched) and a host directory through virtiofsd.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn tap_network_and_virtiofs_share_reach_the_host() {
+fn test_tap_network_and_virtiofs_share_reach_the_host() {
     let ns = NetNs::new();
     let share = ScratchDir::new("share").unwrap();
     std::fs::write(share.path().join("hello.txt"), "hello from the host\n").unwrap();

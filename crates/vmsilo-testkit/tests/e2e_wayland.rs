@@ -41,7 +41,7 @@ fn shot_until(take: impl Fn() -> Image, found: impl Fn(&Image) -> bool) -> Image
 
 #[test]
 #[ignore = "e2e: runs weston headless"]
-fn weston_shows_a_client_window_in_screenshots_and_traces_it() {
+fn test_weston_shows_a_client_window_in_screenshots_and_traces_it() {
     if !is_root() {
         eprintln!("skipped: needs root (weston headless as root)");
         return;
@@ -102,7 +102,7 @@ fn weston_shows_a_client_window_in_screenshots_and_traces_it() {
 
 #[test]
 #[ignore = "e2e: runs sway headless as a test user"]
-fn sway_runs_as_the_test_user_and_grim_sees_its_output() {
+fn test_sway_runs_as_the_test_user_and_grim_sees_its_output() {
     if !is_root() {
         eprintln!("skipped: needs root (creates the test user)");
         return;

@@ -46,7 +46,7 @@ fn extract(image: &GuestImage, path: &str) -> Vec<u8> {
 }
 
 #[test]
-fn base_image_has_init_busybox_and_virtio_modules_in_load_order() {
+fn test_base_image_has_init_busybox_and_virtio_modules_in_load_order() {
     let image = ImageSpec::new().build().unwrap();
     assert!(image.kernel.is_file() && image.initrd.is_file());
     assert_eq!(image.dir, images_dir().join(&image.hash));
@@ -89,7 +89,7 @@ fn base_image_has_init_busybox_and_virtio_modules_in_load_order() {
 }
 
 #[test]
-fn programs_bring_their_libraries_and_files_and_hooks_land_where_asked() {
+fn test_programs_bring_their_libraries_and_files_and_hooks_land_where_asked() {
     let image = ImageSpec::new()
         .program("socat")
         .file("/etc/vmsilo/test-data", b"abc".to_vec(), 0o600)
@@ -112,7 +112,7 @@ fn programs_bring_their_libraries_and_files_and_hooks_land_where_asked() {
 }
 
 #[test]
-fn identical_specs_share_one_image_and_any_change_makes_another() {
+fn test_identical_specs_share_one_image_and_any_change_makes_another() {
     let a = ImageSpec::new().file("/etc/marker", b"1".to_vec(), 0o644);
     let b = ImageSpec::new().file("/etc/marker", b"2".to_vec(), 0o644);
     let (ia, ib) = (a.build().unwrap(), b.build().unwrap());
@@ -123,7 +123,7 @@ fn identical_specs_share_one_image_and_any_change_makes_another() {
 /// Several processes (threads here) building the same new image at once all get the same,
 /// complete image, and no temporary directory is left behind.
 #[test]
-fn concurrent_builds_of_a_new_image_agree() {
+fn test_concurrent_builds_of_a_new_image_agree() {
     let unique = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
     let spec = ImageSpec::new().file("/etc/unique", unique.into_bytes(), 0o644);
     let images: Vec<GuestImage> = std::thread::scope(|s| {
@@ -144,7 +144,7 @@ fn concurrent_builds_of_a_new_image_agree() {
 }
 
 #[test]
-fn missing_programs_and_bad_paths_are_reported() {
+fn test_missing_programs_and_bad_paths_are_reported() {
     let err = ImageSpec::new()
         .program("vmsilo-no-such-program")
         .build()

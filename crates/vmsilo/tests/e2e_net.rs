@@ -56,7 +56,7 @@ fn text(o: &Output) -> String {
 /// host namespace as it was.
 #[test]
 #[ignore = "e2e: boots QEMU guests"]
-fn guest_on_a_vmsilo_tap_reaches_its_host_address_and_the_internet_through_nat() {
+fn test_guest_on_a_vmsilo_tap_reaches_its_host_address_and_the_internet_through_nat() {
     if !root_or_skip("guest on a vmsilo TAP") {
         return;
     }
