@@ -69,16 +69,6 @@ impl Diagnostic {
             }
         }
     }
-
-    /// The VM's name, if the problem is inside a named VM.
-    pub fn vm_name(&self) -> Option<&str> {
-        match &self.scope {
-            Scope::Vm {
-                name: Some(name), ..
-            } => Some(name),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for Diagnostic {

@@ -355,16 +355,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Commands started by this agent that are still running.
-    pub fn running_commands(&self) -> usize {
-        self.orphans.len()
-            + self
-                .conns
-                .iter()
-                .filter(|c| matches!(&c.state, State::Running(r) if r.exit.is_none()))
-                .count()
-    }
-
     fn busy(&self) -> bool {
         !self.conns.is_empty() || !self.orphans.is_empty()
     }
