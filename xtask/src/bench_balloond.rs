@@ -1,7 +1,7 @@
 //! `cargo xtask bench balloond`: the memory balancer, in three parts.
 //!
-//! 1. The policy simulator (`vmsilo_balloond::sim`): the scenarios of the balloon reference
-//!    (§9) with metrics M1–M9, the daemon's policy core (`vmsilo`) beside three baselines run on
+//! 1. The policy simulator (`vmsilo_balloond::sim`): the scenarios of `docs/vmsilo-balloond.md`
+//!    ("The simulator") with metrics M1–M9, the daemon's policy core (`vmsilo`) beside three baselines run on
 //!    the same traces: ChromeOS as shipped (`chromeos`: shared host sample, 1 s, bias 0, no stall
 //!    detection), a qmemman-style policy and a MOM-style policy; then the goals.
 //! 2. CPU of one policy-core tick for 16 VMs, in process (baseline: the ChromeOS-faithful
@@ -219,7 +219,7 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         return Ok(());
     }
-    section("balloond: policy simulator (scenarios of balloon reference §9)");
+    section("balloond: policy simulator (scenarios of docs/vmsilo-balloond.md)");
     let started = Instant::now();
     let rows = sim::run_all();
     print!("{}", sim::render(&rows));

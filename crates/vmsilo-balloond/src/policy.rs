@@ -3,8 +3,9 @@
 //! The policy moves a balloon so that the guest's headroom above its critical level (minus a bias
 //! that grows with balloon fullness) equals the host's headroom above its critical level, taking
 //! half of the difference each tick (inflating by X gives the host X and takes X from the guest).
-//! See `docs/vmsilo-balloond.md` and the pseudo-specification in the project's balloon reference
-//! (§8.4) for the step-by-step description this follows.
+//! The steps follow ChromiumOS platform2 `vm_tools/concierge/balloon_policy.cc`
+//! (`BalanceAvailableBalloonPolicy::ComputeBalloonDeltaImpl`); `docs/vmsilo-balloond.md`
+//! ("BalanceAvailable") lists them and where vmsilo deviates.
 //!
 //! Everything here is signed 64-bit byte arithmetic with truncating division, as in ChromeOS, but
 //! saturating: the numbers come from a guest and a guest is hostile, so nothing may overflow or
@@ -201,7 +202,7 @@ fn significant(raw: i64, headroom: i64) -> bool {
     raw.saturating_abs().saturating_mul(100) / headroom.max(1) > DEADBAND_QUOTIENT
 }
 
-/// One BalanceAvailable evaluation (reference §8.4). Updates `state` (largest balloon, learned
+/// One BalanceAvailable evaluation (the steps of `balloon_policy.cc`, see the module docs). Updates `state` (largest balloon, learned
 /// critical level, previous sample) and returns the move with every intermediate value.
 pub fn balance_available(
     state: &mut PolicyState,
@@ -610,7 +611,7 @@ mod tests {
         }
     }
 
-    /// §8.7 invariants over a deterministic sweep of inputs: no negative target, deadband means
+    /// The policy's invariants over a deterministic sweep of inputs: no negative target, deadband means
     /// no move, critical never rises, equal inputs give equal outputs.
     #[test]
     fn test_invariants_over_a_sweep() {

@@ -250,7 +250,8 @@ struct Checker<'c> {
 /// The log levels crosvm's `--log-level` filter understands.
 const CROSVM_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
-/// crosvm flags removed upstream (crosvm.md §3.2, §8): crosvm exits 35 on them.
+/// crosvm flags removed upstream (`google/crosvm` `src/crosvm/cmdline.rs`): crosvm's argument
+/// parser rejects them with exit status 35.
 const REMOVED_CROSVM_FLAGS: &[(&str, &str)] = &[
     ("--vhost-user-fs", "--vhost-user fs,socket=PATH"),
     ("--vhost-user-net", "--vhost-user net,socket=PATH"),

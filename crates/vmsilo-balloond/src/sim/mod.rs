@@ -1,5 +1,5 @@
 //! The policy simulator behind `cargo xtask bench balloond`: the host/guest memory model of
-//! [`model`], the scenarios of the balloon reference (§9) in [`scenarios`], and the metrics
+//! [`model`], the evaluation scenarios of `docs/vmsilo-balloond.md` ("The simulator") in [`scenarios`], and the metrics
 //! M1–M9 computed for every (scenario, policy) run. The `vmsilo` and `chromeos` policies are
 //! the daemon's policy core, unchanged; `qmemman` and `mom` are the baselines of [`policies`].
 
@@ -147,7 +147,7 @@ pub fn make_policy(label: &str) -> (Box<dyn SimPolicy>, HostMode) {
     }
 }
 
-/// Metrics of one run (reference §9).
+/// Metrics of one run (M1–M9, defined in `docs/vmsilo-balloond.md`, "The simulator").
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     /// M1: lowest host MemAvailable (MiB).

@@ -1,4 +1,4 @@
-//! The host/guest memory model of the simulator (reference §9), in MiB as `f64`.
+//! The host/guest memory model of the simulator (`docs/vmsilo-balloond.md`, "The simulator"), in MiB as `f64`.
 //!
 //! Host: `MemTotal` = kernel + host processes' anon (resident or swapped) + host file cache +
 //! every guest's resident set + free. `MemAvailable` = free above the low watermark + file cache.

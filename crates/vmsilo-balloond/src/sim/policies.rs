@@ -1,6 +1,7 @@
 //! The policies compared by the simulator. `vmsilo` and `chromeos` run the real policy core
 //! ([`crate::balancer::Balancer`]) unchanged; `qmemman` and `mom` are small re-implementations of
-//! Qubes' qmemman and oVirt MOM as described in the balloon reference (§3, §4.1), adapted to a
+//! Qubes' qmemman (`QubesOS/qubes-core-admin`, `qubes/qmemman/algo.py`) and oVirt MOM
+//! (`oVirt/mom`, `doc/balloon.rules`), adapted to a
 //! host whose free memory is `MemAvailable` above the critical level.
 
 use std::collections::{BTreeMap, VecDeque};

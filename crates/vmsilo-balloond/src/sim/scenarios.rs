@@ -1,4 +1,5 @@
-//! The evaluation scenarios of the balloon reference (§9). Sizes in MiB, times in seconds.
+//! The simulator's evaluation scenarios (`docs/vmsilo-balloond.md`, "The simulator"). Sizes in
+//! MiB, times in seconds.
 //! Guests are "warm" (every page touched once, as a guest that has been up for a while) unless
 //! noted, have `DEFLATE_ON_OOM` (crosvm always offers it) and no swap.
 

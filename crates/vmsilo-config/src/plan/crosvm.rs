@@ -1,4 +1,5 @@
-//! The crosvm command line, in crosvm's current syntax (crosvm.md §3, reference commit f1e797a6).
+//! The crosvm command line, in crosvm's current syntax (`google/crosvm` `src/crosvm/cmdline.rs`
+//! at f1e797a6, where every flag used here was checked to parse).
 //!
 //! Order: global options (`--log-level`, `--extended-status`, `crosvm.extraArgs`), `run`, the
 //! machine (`--name`, `--mem`, `--cpus`), disks (root first, then the qcow2 overlay, then

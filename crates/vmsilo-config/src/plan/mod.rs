@@ -27,8 +27,9 @@ pub use render::{render_text, shell_quote};
 /// Version of the plan's JSON form; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Queue size announced for vm-switch ports. crosvm's default (32768) exceeds what rust-vmm
-/// backends accept (crosvm.md §4.2 point 6).
+/// Queue size announced for vm-switch ports. crosvm offers the guest `max-queue-size` from
+/// `--vhost-user` (default 32768, `Queue::MAX_SIZE`), and rust-vmm's vhost-user-backend refuses a
+/// `SET_VRING_NUM` above its own maximum, so the size is passed explicitly.
 pub const VM_SWITCH_QUEUE_SIZE: u32 = 256;
 
 /// The default GPU options (`gpu = true`).
