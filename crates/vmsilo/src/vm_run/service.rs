@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmsilo_config::units::format_duration;
+use vmsilo_config::measure::format_duration;
 use vmsilo_proto::AGENT_PORT;
 use vmsilo_proto::hybrid::{self, PendingConnect};
 use vmsilo_proto::text::escape;
