@@ -512,9 +512,9 @@ let
       (lib.attrNames vm.network.interfaces))
     cfg.nixosVms;
 
-  # The units the generator writes (crates/vmsilo/src/units.rs `managed_units`, the same list
-  # `vmsilo units` puts into its polkit rule): the configured user may start, stop and restart
-  # exactly these, not every unit whose name starts with "vmsilo-".
+  # The units the generator writes (crates/vmsilo/src/systemd_units.rs `managed_units`, the same
+  # list `vmsilo units` puts into its polkit rule): the configured user may start, stop and
+  # restart exactly these, not every unit whose name starts with "vmsilo-".
   vmSwitchNetworks = lib.unique (map (x: x.iface.vmNetwork.name)
     (lib.filter (x: x.iface.type == "vm-switch" && x.iface.vmNetwork.name != null)
       allInterfaces));

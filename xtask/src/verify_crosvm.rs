@@ -105,7 +105,7 @@ pub struct VerifyCrosvmArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    vmsilo_config::units::parse_duration(text).map_err(|e| e.to_string())
+    vmsilo_config::measure::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// One line of the report.

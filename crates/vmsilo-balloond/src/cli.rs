@@ -1,6 +1,6 @@
 //! Command line: flags, their defaults, and validation into a [`DaemonConfig`].
 //!
-//! Sizes and durations are parsed with `vmsilo_config::units`, like every vmsilo component; a
+//! Sizes and durations are parsed with `vmsilo_config::measure`, like every vmsilo component; a
 //! bad value is a usage error (exit status 2), never silently replaced by a default.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use log::LevelFilter;
-use vmsilo_config::units::{parse_duration, parse_size};
+use vmsilo_config::measure::{parse_duration, parse_size};
 
 use crate::balancer::{BalancerParams, MultiVmMode};
 use crate::daemon::DaemonConfig;
@@ -214,14 +214,14 @@ impl Cli {
         if poll < Duration::from_millis(50) || poll > Duration::from_secs(3600) {
             return Err(format!(
                 "--poll-interval {}: expected 50ms to 1h",
-                vmsilo_config::units::format_duration(poll)
+                vmsilo_config::measure::format_duration(poll)
             ));
         }
         let request_timeout = match self.request_timeout {
             Some(t) if t.is_zero() || t > poll => {
                 return Err(format!(
                     "--request-timeout {}: expected more than 0 and at most the poll interval",
-                    vmsilo_config::units::format_duration(t)
+                    vmsilo_config::measure::format_duration(t)
                 ));
             }
             Some(t) => t,
@@ -234,7 +234,7 @@ impl Cli {
         if stall.block_max_ms < stall.block_ms {
             return Err(format!(
                 "--stall-block-max {}: expected at least 10s",
-                vmsilo_config::units::format_duration(self.stall_block_max)
+                vmsilo_config::measure::format_duration(self.stall_block_max)
             ));
         }
         let balancer = BalancerParams {

@@ -27,7 +27,7 @@ use nix::sys::socket::{getsockopt, sockopt};
 use crate::balancer::{Balancer, BalancerParams, Decision, Reason, TickReport, VmInput};
 use crate::discovery::{self, Change, Found, Watcher};
 use crate::host::{HostSample, read_host_sample};
-use crate::logger::RateLimiter;
+use crate::logger::{self, RateLimiter};
 use crate::stall::Millis;
 use crate::stats::BalloonSample;
 use crate::status::{DaemonStatus, HostStatus, STATUS_VERSION, StallStatus, StatusDoc, VmStatus};
@@ -310,8 +310,8 @@ impl Daemon {
             next_tick: now,
             host: None,
             host_error: None,
-            host_limiter: RateLimiter::default(),
-            status_limiter: RateLimiter::default(),
+            host_limiter: logger::rate_limiter(),
+            status_limiter: logger::rate_limiter(),
             last_report: None,
             last_rescan: None,
         })
@@ -332,7 +332,11 @@ impl Daemon {
         let fresh = match discovery::scan(&self.cfg.run_dir) {
             Ok(f) => f,
             Err(e) => {
-                if self.host_limiter.allow(self.now_ms()).is_some() {
+                if self
+                    .host_limiter
+                    .allow(Duration::from_millis(self.now_ms()))
+                    .is_some()
+                {
                     warn!("cannot list {}: {e}", self.cfg.run_dir.display());
                 }
                 return Ok(());
@@ -395,7 +399,7 @@ impl Daemon {
                 jobs,
                 busy: false,
                 last_error: None,
-                limiter: RateLimiter::default(),
+                limiter: logger::rate_limiter(),
             },
         );
         Ok(())
@@ -417,7 +421,7 @@ impl Daemon {
     fn vm_warn(&mut self, name: &str, msg: &str) {
         let now = self.now_ms();
         if let Some(vm) = self.vms.get_mut(name)
-            && let Some(suppressed) = vm.limiter.allow(now)
+            && let Some(suppressed) = vm.limiter.allow(Duration::from_millis(now))
         {
             if suppressed > 0 {
                 warn!("VM {name:?}: {msg} ({suppressed} similar messages suppressed)");
@@ -494,7 +498,11 @@ impl Daemon {
             }
             Err(e) => {
                 let text = e.to_string();
-                if self.host_limiter.allow(now).is_some() {
+                if self
+                    .host_limiter
+                    .allow(Duration::from_millis(now))
+                    .is_some()
+                {
                     warn!("skipping this tick: {text}");
                 }
                 self.host_error = Some(text);
@@ -590,7 +598,7 @@ impl Daemon {
         }
         for who in refused {
             let now = self.now_ms();
-            if let Some(suppressed) = self.status_limiter.allow(now) {
+            if let Some(suppressed) = self.status_limiter.allow(Duration::from_millis(now)) {
                 let more = if suppressed > 0 {
                     format!(" ({suppressed} similar messages suppressed)")
                 } else {

@@ -1,13 +1,12 @@
-//! A tiny stderr logger for the `log` facade, and a per-VM log rate limiter.
+//! A tiny stderr logger for the `log` facade, and the daemon's log rate limiter.
 //!
 //! Lines look like `warn: VM "banking": ...`. Under systemd (`JOURNAL_STREAM` set) each line is
 //! prefixed with its syslog priority (`<4>`), so the journal records the right level.
 
 use std::io::Write;
+use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-
-use crate::stall::Millis;
 
 struct StderrLogger {
     level: LevelFilter,
@@ -65,68 +64,18 @@ pub fn init(level: LevelFilter) {
     }
 }
 
-/// Allows `burst` lines per `window_ms`; counts what it suppresses so the next allowed line can
-/// say how many were dropped.
-#[derive(Debug, Clone)]
-pub struct RateLimiter {
-    window_ms: Millis,
-    burst: u32,
-    window_start: Millis,
-    used: u32,
-    suppressed: u64,
-}
+/// balloond's log limiter, per VM and for host-wide trouble: [`vmsilo_log::Limiter`] on the
+/// daemon's clock (a [`Duration`] since it started, so the simulator's clock works too).
+pub type RateLimiter = vmsilo_log::Limiter<Duration>;
 
-impl RateLimiter {
-    /// `burst` lines per `window_ms`.
-    pub fn new(burst: u32, window_ms: Millis) -> Self {
-        Self {
-            window_ms,
-            burst,
-            window_start: 0,
-            used: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether a line may be logged at `now`. `Some(n)`: yes, and `n` lines were suppressed
-    /// since the last one logged.
-    pub fn allow(&mut self, now: Millis) -> Option<u64> {
-        if now.saturating_sub(self.window_start) >= self.window_ms {
-            self.window_start = now;
-            self.used = 0;
-        }
-        if self.used < self.burst {
-            self.used += 1;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
-    }
-}
-
-impl Default for RateLimiter {
-    /// 10 lines a minute.
-    fn default() -> Self {
-        Self::new(10, 60_000)
-    }
+/// 10 lines a minute.
+pub fn rate_limiter() -> RateLimiter {
+    RateLimiter::new(10, Duration::from_secs(60))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_rate_limiter_bursts_then_counts_suppressed() {
-        let mut r = RateLimiter::new(2, 1000);
-        assert_eq!(r.allow(0), Some(0));
-        assert_eq!(r.allow(10), Some(0));
-        assert_eq!(r.allow(20), None);
-        assert_eq!(r.allow(30), None);
-        assert_eq!(r.allow(1000), Some(2));
-        assert_eq!(r.allow(1001), Some(0));
-        assert_eq!(r.allow(1002), None);
-    }
 
     #[test]
     fn test_parse_level() {

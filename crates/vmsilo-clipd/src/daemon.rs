@@ -20,6 +20,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, getsockopt, listen,
     socket, sockopt,
 };
+use vmsilo_log::Limiter;
 
 use crate::chan::{self, Recv};
 use crate::core::{BandEvent, Clipboard, Endpoint, Refusal, Settings, Transfer, band_text};
@@ -95,29 +96,6 @@ struct Pending {
     started: Instant,
 }
 
-/// Rate limit of the log.
-#[derive(Debug)]
-struct Limiter {
-    second: Instant,
-    count: u32,
-    dropped: u64,
-}
-
-impl Limiter {
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if now.saturating_duration_since(self.second) >= Duration::from_secs(1) {
-            self.second = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        if self.count > LOG_PER_SECOND {
-            self.dropped += 1;
-            return None;
-        }
-        Some(std::mem::take(&mut self.dropped))
-    }
-}
-
 /// The daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -187,11 +165,7 @@ impl Daemon {
             pending: HashMap::new(),
             uid: nix::unistd::getuid().as_raw(),
             records: Records::default(),
-            limiter: Limiter {
-                second: Instant::now(),
-                count: 0,
-                dropped: 0,
-            },
+            limiter: Limiter::new(LOG_PER_SECOND, Duration::from_secs(1)),
             notifiers: Vec::new(),
         })
     }

@@ -25,12 +25,12 @@
 pub mod color;
 pub mod derive;
 pub mod diag;
+pub mod measure;
 pub mod model;
 pub mod net;
 pub mod paths;
 pub mod pci;
 pub mod plan;
-pub mod units;
 pub mod validate;
 mod value;
 

@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 
 use crate::color::Color;
 use crate::diag::{Diagnostic, Diagnostics, Seg, did_you_mean};
+use crate::measure::{ByteSize, format_duration, parse_duration, parse_image_size};
 use crate::net::{Cidr, MacAddr};
 use crate::pci::PciAddress;
-use crate::units::{ByteSize, format_duration, parse_duration, parse_image_size};
 use crate::value::{FromValue, Reader, read_ranged, render};
 
 /// Declares a string-valued enum option: its spellings, parsing with suggestions, Display and
@@ -1038,7 +1038,7 @@ pub struct RootOverlay {
     #[serde(rename = "type")]
     pub kind: OverlayType,
     /// Maximum size of the qcow2 upper layer ("10G", "10.5G": what `qemu-img` accepts, see
-    /// [`crate::units::parse_image_size`]).
+    /// [`crate::measure::parse_image_size`]).
     pub size: ByteSize,
 }
 

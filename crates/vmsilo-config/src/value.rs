@@ -291,7 +291,10 @@ from_str_value!(
     crate::color::Color,
     "a colour such as \"red\" or \"#2ecc71\""
 );
-from_str_value!(crate::units::ByteSize, "a size such as \"10G\" or \"300m\"");
+from_str_value!(
+    crate::measure::ByteSize,
+    "a size such as \"10G\" or \"300m\""
+);
 
 impl FromValue for IpAddr {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {

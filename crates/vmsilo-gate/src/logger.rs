@@ -10,54 +10,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use log::{LevelFilter, Log, Metadata, Record};
+use vmsilo_log::Limiter;
 
 /// Lines allowed per window.
 pub const BURST: u32 = 20;
 /// The window.
 pub const WINDOW: Duration = Duration::from_secs(10);
-
-/// A token bucket in whole windows: pure, so it is testable.
-#[derive(Debug, Default)]
-pub struct Limiter {
-    window_start: Option<Instant>,
-    used: u32,
-    dropped: u64,
-}
-
-/// What to do with one line.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Print it; if `dropped` > 0, first say that many lines were dropped.
-    Print {
-        /// Lines dropped since the last printed one.
-        dropped: u64,
-    },
-    /// Drop it.
-    Drop,
-}
-
-impl Limiter {
-    /// Decides about one line at `now`.
-    pub fn check(&mut self, now: Instant) -> Verdict {
-        let fresh = match self.window_start {
-            Some(start) => now.saturating_duration_since(start) >= WINDOW,
-            None => true,
-        };
-        if fresh {
-            self.window_start = Some(now);
-            self.used = 0;
-        }
-        if self.used < BURST {
-            self.used += 1;
-            Verdict::Print {
-                dropped: std::mem::take(&mut self.dropped),
-            }
-        } else {
-            self.dropped += 1;
-            Verdict::Drop
-        }
-    }
-}
 
 struct StderrLogger {
     limiter: Mutex<Limiter>,
@@ -73,10 +31,10 @@ impl Log for StderrLogger {
             return;
         }
         let verdict = match self.limiter.lock() {
-            Ok(mut l) => l.check(Instant::now()),
-            Err(_) => Verdict::Print { dropped: 0 },
+            Ok(mut l) => l.allow(Instant::now()),
+            Err(_) => Some(0),
         };
-        let Verdict::Print { dropped } = verdict else {
+        let Some(dropped) = verdict else {
             return;
         };
         let pid = std::process::id();
@@ -101,11 +59,7 @@ impl Log for StderrLogger {
 }
 
 static LOGGER: StderrLogger = StderrLogger {
-    limiter: Mutex::new(Limiter {
-        window_start: None,
-        used: 0,
-        dropped: 0,
-    }),
+    limiter: Mutex::new(Limiter::new(BURST, WINDOW)),
 };
 
 /// Installs the logger with `level` (idempotent).
@@ -118,23 +72,4 @@ pub fn init(level: LevelFilter) {
 /// kind for grepping).
 pub fn warn_limited(what: &str, msg: &str) {
     log::warn!("{what}: {msg}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_limiter_allows_a_burst_then_counts_drops() {
-        let mut l = Limiter::default();
-        let t0 = Instant::now();
-        for _ in 0..BURST {
-            assert_eq!(l.check(t0), Verdict::Print { dropped: 0 });
-        }
-        for _ in 0..5 {
-            assert_eq!(l.check(t0 + Duration::from_secs(1)), Verdict::Drop);
-        }
-        assert_eq!(l.check(t0 + WINDOW), Verdict::Print { dropped: 5 });
-        assert_eq!(l.check(t0 + WINDOW), Verdict::Print { dropped: 0 });
-    }
 }

@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal as NixSignal, killpg};
 use nix::unistd::Pid;
+use vmsilo_log::Sampler;
 use vmsilo_proto::frame::MAX_DATA_CHUNK;
 use vmsilo_proto::{
     ErrorCode, ErrorFrame, ExitStatus, FrameDecoder, Message, Mode, PROTOCOL_VERSION, Request,
@@ -302,8 +303,8 @@ pub struct Agent {
     marker: Option<BusyMarker>,
     scratch: Vec<u8>,
     was_busy: bool,
-    /// Connections dropped before they ended normally (for rate-limiting the log).
-    dropped: u64,
+    /// Connections dropped before they ended normally (counted, and sampled for the log).
+    dropped: Sampler,
 }
 
 impl std::fmt::Debug for Agent {
@@ -329,7 +330,7 @@ impl Agent {
             orphans: Vec::new(),
             scratch: Vec::new(),
             was_busy: false,
-            dropped: 0,
+            dropped: Sampler::new(5, 100),
         }
     }
 
@@ -434,14 +435,12 @@ impl Agent {
             }
             conn.flush();
             if conn.gone {
-                self.dropped += 1;
                 // The first few and then every 100th, so a noisy host cannot flood the log.
-                if self.dropped <= 5 || self.dropped.is_multiple_of(100) {
+                if let Some(dropped) = self.dropped.hit() {
                     log(&format!(
-                        "dropping a connection {}: {} ({} dropped so far)",
+                        "dropping a connection {}: {} ({dropped} dropped so far)",
                         conn.stage(),
                         conn.why.as_deref().unwrap_or("no reason recorded"),
-                        self.dropped
                     ));
                 }
                 if let State::Running(_) = conn.state

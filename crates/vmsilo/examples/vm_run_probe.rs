@@ -17,7 +17,7 @@
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vmsilo::command::wire::{FrameReader, ServiceFrame};
+use vmsilo::vm_run::wire::{FrameReader, ServiceFrame};
 use vmsilo_proto::client::{AttachedIo, run_attached};
 use vmsilo_proto::{AGENT_PORT, Request, hybrid};
 

@@ -337,7 +337,7 @@ pub struct RunArgs {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    vmsilo_config::units::parse_duration(text).map_err(|e| e.to_string())
+    vmsilo_config::measure::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `vmsilo command-service`.

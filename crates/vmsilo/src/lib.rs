@@ -4,15 +4,15 @@
 //!
 //! Each subcommand is a module of [`commands`]; [`cli`] holds the argument definitions and the
 //! multi-call entry points, [`config_file`] finds and reads the configuration, [`users`]
-//! resolves the configured user, [`units`] renders the systemd units, [`runtime`] runs a VM
-//! from its launch plan (and binds its PCI devices to vfio-pci), [`hostnet`] plans and carries
+//! resolves the configured user, [`systemd_units`] renders the systemd units, [`runtime`] runs a
+//! VM from its launch plan (and binds its PCI devices to vfio-pci), [`hostnet`] plans and carries
 //! out the host's TAPs, bridge ports and NAT on hosts without the NixOS module, [`error`] maps
 //! failures to the documented exit codes. The
 //! configuration logic itself is in the sans-IO `vmsilo-config` crate; this crate is the I/O
 //! edge around it.
 //!
 //! Threading: the runtime is one poll loop (signals through a signalfd, the console relay).
-//! The command service ([`command::service`]) accepts on its main thread and serves each
+//! The command service ([`vm_run::service`]) accepts on its main thread and serves each
 //! connection on a thread of its own; `vm-run` has a signal thread and the agent client's stdin
 //! and control threads. Trust: the configuration file, `/etc/passwd` and `.desktop` files are
 //! read as untrusted text (malformed content is an error, never a panic); console bytes and
@@ -25,7 +25,6 @@
 use std::process::ExitCode;
 
 pub mod cli;
-pub mod command;
 pub mod commands;
 pub mod config_file;
 pub mod desktop;
@@ -34,9 +33,10 @@ pub mod hostnet;
 pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;
+pub mod systemd_units;
 pub mod term;
-pub mod units;
 pub mod users;
+pub mod vm_run;
 
 pub use error::CliError;
 

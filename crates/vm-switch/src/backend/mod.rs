@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use nix::sys::time::TimeSpec;
@@ -170,28 +170,12 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Allows a burst of log lines, then one per second, so a guest cannot flood the log.
-#[derive(Debug)]
-struct RateLimit {
-    window: Instant,
-    count: u32,
-}
+/// A port's log limiter on [`now_ns`]'s clock: a burst of 5 lines a second, so a guest cannot
+/// flood the log.
+type RateLimit = vmsilo_log::Limiter<Duration>;
 
-impl RateLimit {
-    fn new() -> Self {
-        RateLimit {
-            window: Instant::now(),
-            count: 0,
-        }
-    }
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed().as_secs() >= 1 {
-            self.window = Instant::now();
-            self.count = 0;
-        }
-        self.count = self.count.saturating_add(1);
-        self.count <= 5
-    }
+fn rate_limit() -> RateLimit {
+    RateLimit::new(5, Duration::from_secs(1))
 }
 
 #[derive(Debug)]
@@ -384,9 +368,9 @@ impl NetBackend {
             reply: Vec::with_capacity(128),
             buf: Vec::with_capacity(MAX_FRAME + 64),
             segs: Vec::new(),
-            log_limit: RateLimit::new(),
+            log_limit: rate_limit(),
             broken: [false; NUM_QUEUES],
-            fault_log: RateLimit::new(),
+            fault_log: rate_limit(),
             #[cfg(feature = "fuzzing")]
             steps: 0,
             exit_requested: false,
@@ -579,7 +563,11 @@ impl Port {
             stats.count_drop(DropReason::PortDown, n);
             self.stats.set(Counter::Backlog, 0);
         }
-        if self.fault_log.allow() {
+        if self
+            .fault_log
+            .allow(Duration::from_nanos(now_ns()))
+            .is_some()
+        {
             warn!(
                 "port {}: the guest broke its {} queue: {fault}; the queue is stopped until the \
                  guest resets the device (a buggy or hostile driver; counted in queue_errors)",

@@ -179,7 +179,7 @@ impl Port {
             Ok(off) => off,
             Err(e) => {
                 self.stats.count_drop(DropReason::BadHeader, 1);
-                if self.log_limit.allow() {
+                if self.log_limit.allow(Duration::from_nanos(ts)).is_some() {
                     debug!("port {}: bad virtio-net header: {e}", self.cfg.name);
                 }
                 return Fate::Done;
@@ -234,7 +234,8 @@ impl Port {
             }
             Decision::Drop(r) => {
                 self.stats.count_drop(r, 1);
-                if matches!(r, DropReason::SpoofMac | DropReason::SpoofIp) && self.log_limit.allow()
+                if matches!(r, DropReason::SpoofMac | DropReason::SpoofIp)
+                    && self.log_limit.allow(Duration::from_nanos(ts)).is_some()
                 {
                     warn!(
                         "port {}: dropped a frame with a spoofed source ({})",

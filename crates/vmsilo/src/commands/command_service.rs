@@ -1,6 +1,6 @@
 //! `vmsilo command-service <vm>`: what `vmsilo-<vm>-command.service` runs, with the command
 //! socket passed by socket activation (`LISTEN_FDS`). The work is in
-//! [`crate::command::service`]; this module finds the socket, the configuration and the way to
+//! [`crate::vm_run::service`]; this module finds the socket, the configuration and the way to
 //! start the VM.
 
 use std::ffi::OsString;
@@ -9,18 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt};
+use vmsilo_config::measure::format_duration;
 use vmsilo_config::plan;
-use vmsilo_config::units::format_duration;
 
 use crate::CliError;
 use crate::cli::{CommandServiceArgs, RunArgs};
-use crate::command::guest::GuestAddr;
-use crate::command::service::{Refusal, Service, ServiceOptions, Starter};
-use crate::command::wire::FailCode;
 use crate::commands::systemctl;
 use crate::config_file;
 use crate::runtime::signals::Signals;
-use crate::units::vm_service;
+use crate::systemd_units::vm_service;
+use crate::vm_run::guest::GuestAddr;
+use crate::vm_run::service::{Refusal, Service, ServiceOptions, Starter};
+use crate::vm_run::wire::FailCode;
 
 /// Extra time a vm-service child gets to stop, beyond the guest's shutdown timeout.
 const STOP_MARGIN: Duration = Duration::from_secs(30);

@@ -1,8 +1,8 @@
 //! `vmsilo-generator NORMAL [EARLY LATE]`: the systemd generator (systemd.generator(7)).
 //!
 //! systemd runs it at boot and at every `daemon-reload`, before any unit starts, with three
-//! output directories. It writes the units of [`crate::units::render`] into NORMAL, exactly what
-//! `vmsilo units` writes into `DIR/systemd/`; EARLY and LATE stay empty.
+//! output directories. It writes the units of [`crate::systemd_units::render`] into NORMAL,
+//! exactly what `vmsilo units` writes into `DIR/systemd/`; EARLY and LATE stay empty.
 //!
 //! A generator must never break the boot, so:
 //! - no configuration file, or `enable = false`: write nothing, exit 0;
@@ -23,7 +23,7 @@ use crate::CliError;
 use crate::cli::GeneratorArgs;
 use crate::commands::units::{unit_options, write_files};
 use crate::config_file;
-use crate::units::{self, Contents, Generated, UnitOptions, quote};
+use crate::systemd_units::{self, Contents, Generated, UnitOptions, quote};
 use vmsilo_config::ValidConfig;
 
 /// The unit written when the configuration is invalid.
@@ -95,7 +95,7 @@ fn error_unit(vmsilo: &str, config: &str, problems: &str) -> Vec<Generated> {
 /// The units of a configuration, with a failing unit for each VM left out (and the global
 /// error unit for those without a usable name).
 pub fn generate(cfg: &ValidConfig, opts: &UnitOptions) -> Vec<Generated> {
-    let mut files = units::render(cfg, opts);
+    let mut files = systemd_units::render(cfg, opts);
     if !cfg.enable {
         return files;
     }

@@ -22,8 +22,8 @@ use vmsilo_proto::{Request, WindowSize};
 
 use crate::CliError;
 use crate::cli::VmRunArgs;
-use crate::command::client::{CLEAR_LINE, Progress, WaitError, wait_ready};
 use crate::config_file;
+use crate::vm_run::client::{CLEAR_LINE, Progress, WaitError, wait_ready};
 
 /// How long vm-run waits without hearing from the command service before the command starts
 /// (the service sends a status frame twice a second while the VM starts).
@@ -160,7 +160,7 @@ fn client_error(vm: &str, e: &ClientError, answer_timeout: Duration) -> CliError
             "vmsilo: VM {vm:?}: the guest agent accepted the connection but did not {what} \
              within {}: the guest may be overloaded or its agent stuck; look at its console \
              (`vm-shell {vm}`); the limit is vm-run's --answer-timeout (VMSILO_ANSWER_TIMEOUT)",
-            vmsilo_config::units::format_duration(answer_timeout)
+            vmsilo_config::measure::format_duration(answer_timeout)
         ),
         other => eprintln!("vmsilo: VM {vm:?}: {other}"),
     }

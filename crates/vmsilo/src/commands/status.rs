@@ -21,7 +21,7 @@ use crate::cli::StatusArgs;
 use crate::commands::systemctl::{systemctl, systemd_running};
 use crate::config_file;
 use crate::runtime::state::{self, State};
-use crate::units::vm_service;
+use crate::systemd_units::vm_service;
 
 /// One VM's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

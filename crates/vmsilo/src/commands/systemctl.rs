@@ -11,7 +11,7 @@ use vmsilo_config::plan;
 
 use crate::CliError;
 use crate::config_file;
-use crate::units::vm_service;
+use crate::systemd_units::vm_service;
 
 /// What to do with the unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::CliError;
 use crate::cli::{BinArgs, UnitsArgs};
 use crate::config_file;
-use crate::units::{self, Contents, Generated, UnitOptions};
+use crate::systemd_units::{self, Contents, Generated, UnitOptions};
 
 /// Makes `p` absolute (relative to the current directory), without resolving symlinks.
 pub fn absolute(p: &Path) -> PathBuf {
@@ -84,7 +84,7 @@ pub fn write_files(dir: &Path, files: &[Generated]) -> Result<(), CliError> {
 pub fn run(config: Option<&Path>, args: &UnitsArgs) -> Result<(), CliError> {
     let (path, cfg) = config_file::resolve_and_load(config)?;
     let opts = unit_options(&args.bins, &path)?;
-    let files = units::render(&cfg, &opts);
+    let files = systemd_units::render(&cfg, &opts);
     if files.is_empty() {
         eprintln!(
             "vmsilo: {}: enable = false: no units to write",
@@ -97,6 +97,6 @@ pub fn run(config: Option<&Path>, args: &UnitsArgs) -> Result<(), CliError> {
     let polkit = args.out.join("polkit");
     std::fs::create_dir_all(&polkit).map_err(io("create", &polkit))?;
     let rule = polkit.join("50-vmsilo.rules");
-    std::fs::write(&rule, units::polkit_rule(&cfg, &opts)).map_err(io("write", &rule))?;
+    std::fs::write(&rule, systemd_units::polkit_rule(&cfg, &opts)).map_err(io("write", &rule))?;
     Ok(())
 }

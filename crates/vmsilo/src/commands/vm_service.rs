@@ -34,7 +34,7 @@ pub fn run(config: Option<&Path>, args: &RunArgs, debug: bool) -> Result<(), Cli
                 "vmsilo: VM {:?}: stopped hard: the guest did not power off within {} (exit \
                  status {})",
                 args.vm,
-                vmsilo_config::units::format_duration(args.shutdown_timeout),
+                vmsilo_config::measure::format_duration(args.shutdown_timeout),
                 exit::STOPPED_HARD
             );
             Err(CliError::Exit(exit::STOPPED_HARD))

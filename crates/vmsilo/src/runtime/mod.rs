@@ -76,7 +76,7 @@ pub mod exit {
     pub const WATCHDOG: u8 = 36;
     /// Stopped on request, but the guest did not power off within the shutdown timeout: the VMM
     /// was stopped hard. Counted as success by the unit (`SuccessExitStatus=37`).
-    pub const STOPPED_HARD: u8 = crate::units::EXIT_STOPPED_HARD;
+    pub const STOPPED_HARD: u8 = crate::systemd_units::EXIT_STOPPED_HARD;
 }
 
 /// Why running a VM failed.
@@ -733,7 +733,7 @@ impl Runtime {
                         "vm-switch did not create {} within {}: is vm-switch-{net}.service \
                          running? (systemctl status vm-switch-{net}.service)",
                         socket.display(),
-                        vmsilo_config::units::format_duration(self.o.socket_timeout),
+                        vmsilo_config::measure::format_duration(self.o.socket_timeout),
                         net = sw.network,
                     )));
                 }
@@ -779,7 +779,7 @@ impl Runtime {
                         "{} did not create its socket {} within {}",
                         b.kind,
                         socket.display(),
-                        vmsilo_config::units::format_duration(timeout)
+                        vmsilo_config::measure::format_duration(timeout)
                     )));
                 }
                 Err(WaitError::Interrupted) => {
@@ -877,7 +877,7 @@ impl Runtime {
                 "{} did not create its {what} {} within {}",
                 vmm_name(self.o.plan.vmm),
                 path.display(),
-                vmsilo_config::units::format_duration(timeout)
+                vmsilo_config::measure::format_duration(timeout)
             ))),
         }
     }
@@ -917,7 +917,7 @@ impl Runtime {
                 return Err(self.fail(format!(
                     "{} did not connect its console {socket} within {}",
                     vmm_name(self.o.plan.vmm),
-                    vmsilo_config::units::format_duration(self.o.socket_timeout)
+                    vmsilo_config::measure::format_duration(self.o.socket_timeout)
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -942,7 +942,7 @@ impl Runtime {
             Ok(()) => {
                 self.log(&format!(
                     "stopping: ACPI power button pressed; the guest has {} to power off",
-                    vmsilo_config::units::format_duration(self.o.shutdown_timeout)
+                    vmsilo_config::measure::format_duration(self.o.shutdown_timeout)
                 ));
                 true
             }

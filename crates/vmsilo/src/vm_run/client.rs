@@ -105,7 +105,7 @@ pub enum WaitError {
     #[error(transparent)]
     Wire(#[from] WireError),
     /// Nothing came for too long.
-    #[error("the command service sent nothing for {}", vmsilo_config::units::format_duration(*.0))]
+    #[error("the command service sent nothing for {}", vmsilo_config::measure::format_duration(*.0))]
     Silent(Duration),
 }
 

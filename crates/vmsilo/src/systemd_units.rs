@@ -22,8 +22,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use vmsilo_config::measure::format_duration;
 use vmsilo_config::model::{InterfaceType, Vm};
-use vmsilo_config::units::format_duration;
 use vmsilo_config::{Dirs, ValidConfig, derive};
 
 /// Where the units' programs and the configuration are.

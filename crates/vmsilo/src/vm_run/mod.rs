@@ -1,5 +1,5 @@
-//! The command path: `vm-run <vm> <command>` on the host to the guest agent in the VM
-//! (`docs/vm-run.md`).
+//! The vm-run data path (the command path): `vm-run <vm> <command>` on the host to the guest
+//! agent in the VM (`docs/vm-run.md`).
 //!
 //! ```text
 //! vm-run ──► <run>/<vm>-command.socket ──► vmsilo command-service <vm> (socket-activated)

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmsilo_config::units::format_duration;
+use vmsilo_config::measure::format_duration;
+use vmsilo_log::Sampler;
 use vmsilo_proto::AGENT_PORT;
 use vmsilo_proto::hybrid::{self, PendingConnect};
 use vmsilo_proto::text::escape;
@@ -158,17 +159,6 @@ struct Slot {
     seen_up: bool,
 }
 
-/// Counts events and says which ones to log: the first five, then every hundredth.
-#[derive(Debug, Default)]
-struct RateLimit(AtomicU64);
-
-impl RateLimit {
-    fn allow(&self) -> bool {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
-        n < 5 || n.is_multiple_of(100)
-    }
-}
-
 /// The command service.
 #[derive(Debug)]
 pub struct Service {
@@ -177,7 +167,8 @@ pub struct Service {
     stopping: AtomicBool,
     active: AtomicUsize,
     next_id: AtomicU64,
-    failures: RateLimit,
+    /// Failures to log: the first five, then every hundredth.
+    failures: Sampler,
 }
 
 /// How a connection ended before the splice.
@@ -300,7 +291,7 @@ impl Service {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            failures: RateLimit::default(),
+            failures: Sampler::new(5, 100),
         })
     }
 
@@ -351,7 +342,7 @@ impl Service {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if self.failures.allow() {
+                    if self.failures.hit().is_some() {
                         self.log(&format!("cannot accept a connection: {e}"));
                     }
                     // EMFILE and friends: give the other threads a moment.
@@ -385,7 +376,7 @@ impl Service {
                 });
             if let Err(e) = spawned {
                 self.active.fetch_sub(1, Ordering::SeqCst);
-                if self.failures.allow() {
+                if self.failures.hit().is_some() {
                     self.log(&format!("cannot start a thread for a connection: {e}"));
                 }
             }
@@ -402,13 +393,13 @@ impl Service {
                 }
                 let _ = client.set_write_timeout(None);
                 if let Err(e) = splice(OwnedFd::from(client), guest)
-                    && self.failures.allow()
+                    && self.failures.hit().is_some()
                 {
                     self.log(&format!("connection {id}: relaying failed: {e}"));
                 }
             }
             Err(Refused::Failed(r)) => {
-                if self.failures.allow() {
+                if self.failures.hit().is_some() {
                     self.log(&format!(
                         "connection {id}: {}",
                         escape(r.message.lines().next().unwrap_or(""))
@@ -451,7 +442,7 @@ impl Service {
         if !w.pending.is_empty() {
             let n = w.pending.len();
             if let Err(e) = hybrid::linger(std::mem::take(&mut w.pending))
-                && self.failures.allow()
+                && self.failures.hit().is_some()
             {
                 self.log(&format!(
                     "connection {id}: cannot keep {n} unanswered vsock attempt(s) open: {e}"
@@ -523,7 +514,7 @@ impl Service {
             if let Some(age) = w.oldest_pending()
                 && age >= SLOW_ANSWER
                 && !slow_logged
-                && self.failures.allow()
+                && self.failures.hit().is_some()
             {
                 slow_logged = true;
                 self.log(&format!(
@@ -898,13 +889,6 @@ mod tests {
         );
         assert_eq!(pause_after(&ConnectError::NotListening("x".into())), RETRY);
         assert_eq!(pause_after(&ConnectError::NoVm("x".into())), RETRY);
-    }
-
-    #[test]
-    fn test_rate_limit_allows_the_first_five_then_every_hundredth() {
-        let r = RateLimit::default();
-        let allowed: Vec<u64> = (0..250).filter(|_| r.allow()).collect();
-        assert_eq!(allowed.len(), 5 + 2);
     }
 
     /// A service whose VM starter is `sh -c script`, and the failure its first start ends in.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use common::{Guard, Scratch, Term, multi_call};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use vmsilo::command::wire::{FrameReader, ServiceFrame};
+use vmsilo::vm_run::wire::{FrameReader, ServiceFrame};
 use vmsilo_guest::exec::ExecConfig;
 use vmsilo_guest::transport::{Listener, Transport};
 use vmsilo_guest::{Agent, AgentConfig};
@@ -918,7 +918,7 @@ fn test_vm_run_escapes_terminal_controls_in_the_services_failure() {
             let Ok(mut c) = c else { return };
             let _ = c.write_all(
                 &ServiceFrame::Failed {
-                    code: vmsilo::command::wire::FailCode::StartFailed,
+                    code: vmsilo::vm_run::wire::FailCode::StartFailed,
                     message: format!("VM \"t\" failed to start:\n  {HOSTILE}"),
                 }
                 .encode(),
