@@ -16,7 +16,7 @@ use crate::runtime::state::{LockError, VmLock};
 
 /// `<run>/net.json`: what `vmsilo net up` changed.
 pub fn record_path(run_dir: &str) -> PathBuf {
-    Path::new(run_dir).join("net.json")
+    PathBuf::from(vmsilo_config::Dirs::with_run_dir(run_dir).net_record())
 }
 
 /// Largest record read.
@@ -102,7 +102,7 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
     let _lock = if args.dry_run {
         None
     } else {
-        let lock = dir.join("net.lock");
+        let lock = PathBuf::from(vmsilo_config::Dirs::with_run_dir(&args.run_dir).net_lock());
         Some(VmLock::take(&lock).map_err(|e| match e {
             LockError::Held => CliError::Failure(format!(
                 "another `vmsilo net` is running ({} is locked): wait for it",
