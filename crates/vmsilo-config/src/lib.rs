@@ -30,6 +30,7 @@ pub mod net;
 pub mod paths;
 pub mod pci;
 pub mod plan;
+mod qemu_caps;
 pub mod units;
 pub mod validate;
 mod value;
