@@ -45,6 +45,7 @@ use vmsilo_config::plan::LaunchPlan;
 pub mod checks;
 pub mod console;
 pub mod control;
+mod error;
 pub mod home;
 pub mod notify;
 pub mod ports;
@@ -55,6 +56,7 @@ pub mod state;
 mod supervise;
 pub mod vfio;
 
+pub use error::{EndReason, StartError};
 use prepare::{ensure_run_dir, preflight, take_lock};
 use procs::Proc;
 use signals::Signals;
@@ -84,22 +86,22 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The VM could not be started (nothing is left behind).
-    #[error("VM {vm:?}: {message}")]
+    #[error("VM {vm:?}")]
     Start {
         /// The VM.
         vm: String,
         /// What failed, on what, and what to do.
-        message: String,
+        #[source]
+        error: StartError,
     },
     /// The VM ran and ended abnormally.
-    #[error("VM {vm:?}: {message}")]
+    #[error("VM {vm:?}")]
     Ended {
         /// The VM.
         vm: String,
-        /// What happened.
-        message: String,
-        /// The exit status (see [`exit`]).
-        code: u8,
+        /// What happened (and the exit status, [`EndReason::code`]).
+        #[source]
+        reason: EndReason,
     },
 }
 
@@ -108,7 +110,7 @@ impl RuntimeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RuntimeError::Start { .. } => 1,
-            RuntimeError::Ended { code, .. } => *code,
+            RuntimeError::Ended { reason, .. } => reason.code(),
         }
     }
 }
@@ -158,16 +160,17 @@ struct Runtime {
     stopping: bool,
     state: State,
 }
+
 /// Runs the VM until it stops. `Ok(0)` when the guest powered off, `Ok(STOPPED_HARD)` when a
 /// requested stop needed a hard stop.
 pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
     let vm = o.plan.vm.clone();
-    let fail = |message: String| RuntimeError::Start {
+    let fail = |error: StartError| RuntimeError::Start {
         vm: vm.clone(),
-        message,
+        error,
     };
     preflight(&o).map_err(fail)?;
-    let signals = Signals::block().map_err(|e| fail(format!("cannot block signals: {e}")))?;
+    let signals = Signals::block().map_err(|e| fail(StartError::BlockSignals(e)))?;
     ensure_run_dir(Path::new(&o.run_dir)).map_err(fail)?;
     let lock = take_lock(&o).map_err(fail)?;
     let state = State {
@@ -199,11 +202,11 @@ pub fn run(o: RunOptions) -> Result<u8, RuntimeError> {
     let state_path = state::state_path(&rt.o.run_dir, &vm);
     let result = match rt.write_state() {
         Ok(()) => rt.run_loop(),
-        Err(e) => Err(rt.fail(format!(
-            "the run directory {} is not writable: cannot write {}: {e}",
-            rt.o.run_dir,
-            state_path.display()
-        ))),
+        Err(source) => Err(rt.fail(StartError::WriteState {
+            run_dir: rt.o.run_dir.clone(),
+            path: state_path.clone(),
+            source,
+        })),
     };
     rt.teardown();
     for dir in [rt.user_dir.take(), rt.gate_dir.take()]
@@ -240,11 +243,12 @@ fn remove_file_quiet(p: &Path) {
         eprintln!("vmsilo: cannot remove {}: {e}", p.display());
     }
 }
+
 impl Runtime {
-    fn fail(&self, message: String) -> RuntimeError {
+    fn fail(&self, error: StartError) -> RuntimeError {
         RuntimeError::Start {
             vm: self.o.plan.vm.clone(),
-            message,
+            error,
         }
     }
 
@@ -272,34 +276,31 @@ impl Runtime {
             notify::notify(msg);
         }
     }
+
     fn run_loop(&mut self) -> Result<u8, RuntimeError> {
         let mut reboots: Vec<Instant> = Vec::new();
         let mut first = true;
         loop {
             self.sd_notify("STATUS=Preparing");
-            self.remove_stale_sockets().map_err(|m| self.fail(m))?;
-            self.create_overlay().map_err(|m| self.fail(m))?;
+            self.prepare().map_err(|e| self.fail(e))?;
             if first {
-                self.prepare_home().map_err(|m| self.fail(m))?;
-                self.prepare_user_dir().map_err(|m| self.fail(m))?;
+                self.prepare_home().map_err(|e| self.fail(e))?;
+                self.prepare_user_dir().map_err(|e| self.fail(e))?;
                 first = false;
             }
-            self.write_port_files()?;
-            self.prepare_gate_dir().map_err(|m| self.fail(m))?;
-            self.start_backends()?;
-            self.seal_gate_dir().map_err(|m| self.fail(m))?;
-            let ended = self.run_vmm()?;
+            self.prepare_backends().map_err(|e| self.fail(e))?;
+            let ended = self.run_vmm().map_err(|e| self.fail(e))?;
             match self.outcome(ended) {
-                Err(reboot) if reboot.exit_code() == exit::REBOOT_LOOP && !self.stopping => {
+                Err(RuntimeError::Ended {
+                    reason: EndReason::Rebooted,
+                    ..
+                }) if !self.stopping => {
                     reboots.retain(|t| t.elapsed() < Duration::from_secs(60));
                     reboots.push(Instant::now());
                     if reboots.len() > 5 {
                         return Err(RuntimeError::Ended {
                             vm: self.o.plan.vm.clone(),
-                            message: "the guest rebooted more than 5 times within a minute: \
-                                      giving up"
-                                .into(),
-                            code: exit::REBOOT_LOOP,
+                            reason: EndReason::RebootLoop,
                         });
                     }
                     self.log("the guest rebooted: starting it again");

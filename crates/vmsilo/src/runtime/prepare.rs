@@ -9,19 +9,20 @@ use std::path::{Path, PathBuf};
 use vmsilo_config::model::Vmm;
 use vmsilo_config::plan::RunAs;
 
+use super::error::StartError;
 use super::procs::{Identity, WaitError};
 use super::state::{LockError, VmLock};
-use super::{RunOptions, Runtime, RuntimeError, checks, control, home, ports, procs, state, vfio};
+use super::{RunOptions, Runtime, checks, control, home, ports, procs, state, vfio};
 
-pub(super) fn preflight(o: &RunOptions) -> Result<(), String> {
-    checks::check_guest_files(&o.vm)?;
-    checks::check_taps(&o.sysfs_root, &o.vm)?;
+pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
+    checks::check_guest_files(&o.vm).map_err(StartError::Check)?;
+    checks::check_taps(&o.sysfs_root, &o.vm).map_err(StartError::Check)?;
     // PCI devices: checked now, moved to vfio-pci only once everything else is known good.
     let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
-    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci)?;
+    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci).map_err(StartError::Check)?;
     if pci.rebinds.is_empty() {
         for d in &devices {
-            checks::check_iommu_group(&o.sysfs_root, d)?;
+            checks::check_iommu_group(&o.sysfs_root, d).map_err(StartError::Check)?;
         }
     }
     let mut programs: Vec<&str> = Vec::new();
@@ -39,17 +40,18 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), String> {
     }
     for p in programs {
         if checks::find_program(p).is_none() {
-            return Err(format!(
-                "{p} is not installed (not found in PATH): {}",
-                checks::provider(p)
-            ));
+            return Err(StartError::NotInstalled {
+                program: p.to_owned(),
+                hint: checks::provider(p),
+            });
         }
     }
     if o.plan.vmm == Vmm::Crosvm {
-        checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
+        checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))
+            .map_err(StartError::Check)?;
     }
     if !pci.rebinds.is_empty() {
-        for w in vfio::apply(&pci)? {
+        for w in vfio::apply(&pci).map_err(StartError::Check)? {
             eprintln!(
                 "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
                 o.plan.vm,
@@ -58,71 +60,76 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), String> {
             );
         }
         for d in &devices {
-            checks::check_iommu_group(&o.sysfs_root, d)?;
+            checks::check_iommu_group(&o.sysfs_root, d).map_err(StartError::Check)?;
         }
     }
     Ok(())
 }
 
-pub(super) fn ensure_run_dir(dir: &Path) -> Result<(), String> {
+pub(super) fn ensure_run_dir(dir: &Path) -> Result<(), StartError> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "the run directory {} is not a directory: remove it, or pass --run-dir",
-            dir.display()
-        )),
+        Ok(_) => Err(StartError::RunDirNotDir {
+            dir: dir.to_owned(),
+        }),
         Err(e) if e.kind() == ErrorKind::NotFound => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create the run directory {}: {e}: run vm-service as root, or pass \
-                     --run-dir",
-                    dir.display()
-                )
+            .map_err(|error| StartError::CreateRunDir {
+                dir: dir.to_owned(),
+                error,
             }),
-        Err(e) => Err(format!(
-            "cannot use the run directory {}: {e}",
-            dir.display()
-        )),
+        Err(source) => Err(StartError::UseRunDir {
+            dir: dir.to_owned(),
+            source,
+        }),
     }
 }
 
-pub(super) fn take_lock(o: &RunOptions) -> Result<VmLock, String> {
+pub(super) fn take_lock(o: &RunOptions) -> Result<VmLock, StartError> {
     let vm = &o.plan.vm;
     let path = state::lock_path(&o.run_dir, vm);
     VmLock::take(&path).map_err(|e| match e {
-        LockError::Held => {
-            let who = state::read(&state::state_path(&o.run_dir, vm))
-                .map(|s| format!(" (pid {})", s.pid))
-                .unwrap_or_default();
-            format!(
-                "is already running{who}: stop it first (vm-stop {vm}, or `vmsilo status {vm}` to \
-                 see it)"
-            )
-        }
-        LockError::Io(e) => format!(
-            "the run directory {} is not writable: cannot create {}: {e}: run vm-service as \
-             root, or pass --run-dir",
-            o.run_dir,
-            path.display()
-        ),
+        LockError::Held => StartError::AlreadyRunning {
+            vm: vm.clone(),
+            pid: state::read(&state::state_path(&o.run_dir, vm)).map(|s| s.pid),
+        },
+        LockError::Io(error) => StartError::CreateLock {
+            run_dir: o.run_dir.clone(),
+            path,
+            error,
+        },
     })
 }
 
 /// Gives the directory `dir` (a path only root can replace) to `uid`/`gid` with `mode`.
-fn give_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+fn give_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), StartError> {
     std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
         .and_then(|()| {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
         })
-        .map_err(|e| {
-            format!(
-                "cannot give {} to uid {uid} gid {gid} (mode {mode:o}): {e}",
-                dir.display()
-            )
+        .map_err(|source| StartError::GiveDir {
+            dir: dir.to_owned(),
+            uid,
+            gid,
+            mode,
+            source,
         })
+}
+
+/// A failed file operation `what` on `path`.
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StartError {
+    let path = path.to_owned();
+    move |source| StartError::Io { what, path, source }
+}
+
+/// Something other than `expected` at `path`.
+fn in_the_way(path: &Path, expected: &'static str) -> StartError {
+    StartError::InTheWay {
+        path: path.to_owned(),
+        expected,
+    }
 }
 
 impl Runtime {
@@ -147,55 +154,55 @@ impl Runtime {
         out
     }
 
-    pub(super) fn remove_stale_sockets(&mut self) -> Result<(), String> {
+    /// What is prepared afresh at every start: stale sockets removed, the overlay created.
+    pub(super) fn prepare(&mut self) -> Result<(), StartError> {
+        self.remove_stale_sockets()?;
+        self.create_overlay()
+    }
+
+    /// The vm-switch ports, the gate's directory and the backends, in that order.
+    pub(super) fn prepare_backends(&mut self) -> Result<(), StartError> {
+        self.write_port_files()?;
+        self.prepare_gate_dir()?;
+        self.start_backends()?;
+        self.seal_gate_dir()
+    }
+
+    fn remove_stale_sockets(&mut self) -> Result<(), StartError> {
         let sockets = self.plan_sockets();
         let mut stale = Vec::new();
         for s in &sockets {
             let meta = match std::fs::symlink_metadata(s) {
                 Ok(m) => m,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot check {}: {e}", s.display())),
+                Err(e) => return Err(io("check", s)(e)),
             };
             if !meta.file_type().is_socket() {
-                return Err(format!(
-                    "{} exists and is not a socket: refusing to remove it; move it away",
-                    s.display()
-                ));
+                return Err(in_the_way(s, "a socket"));
             }
             match control::listening(s) {
                 Ok(false) => stale.push(s.clone()),
-                Ok(true) => {
-                    return Err(format!(
-                        "socket {} is in use by a running process (another VMM or backend of \
-                         this VM?): stop it first",
-                        s.display()
-                    ));
-                }
-                Err(e) => return Err(format!("cannot check socket {}: {e}", s.display())),
+                Ok(true) => return Err(StartError::SocketInUse { path: s.clone() }),
+                Err(e) => return Err(io("check socket", s)(e)),
             }
         }
         for s in stale {
-            std::fs::remove_file(&s)
-                .map_err(|e| format!("cannot remove the stale socket {}: {e}", s.display()))?;
+            std::fs::remove_file(&s).map_err(io("remove the stale socket", &s))?;
             self.log(&format!("removed stale socket {}", s.display()));
         }
         let link = PathBuf::from(&self.o.plan.paths.console);
         if let Ok(m) = std::fs::symlink_metadata(&link) {
             if !m.file_type().is_symlink() {
-                return Err(format!(
-                    "{} exists and is not a console link: refusing to remove it; move it away",
-                    link.display()
-                ));
+                return Err(in_the_way(&link, "a console link"));
             }
-            std::fs::remove_file(&link)
-                .map_err(|e| format!("cannot remove the stale link {}: {e}", link.display()))?;
+            std::fs::remove_file(&link).map_err(io("remove the stale link", &link))?;
         }
         // From here on these are ours: remove them at teardown.
         self.files.extend(sockets);
         Ok(())
     }
 
-    pub(super) fn create_overlay(&mut self) -> Result<(), String> {
+    fn create_overlay(&mut self) -> Result<(), StartError> {
         let Some(path) = self.o.plan.overlay.path.clone() else {
             return Ok(());
         };
@@ -205,17 +212,12 @@ impl Runtime {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(io("create", dir))?;
         }
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(format!(
-                    "cannot remove the old overlay {}: {e}",
-                    path.display()
-                ));
-            }
+            Err(e) => return Err(io("remove the old overlay", &path)(e)),
         }
         self.files.push(path.clone());
         let out = std::process::Command::new("qemu-img")
@@ -224,19 +226,18 @@ impl Runtime {
             .arg(self.o.plan.overlay.size_bytes.to_string())
             .stdin(std::process::Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+            .map_err(StartError::RunQemuImg)?;
         if !out.status.success() {
-            return Err(format!(
-                "cannot create the overlay {}: qemu-img failed ({}): {}",
-                path.display(),
-                procs::describe(out.status),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(StartError::CreateOverlay {
+                path,
+                status: procs::describe(out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         Ok(())
     }
 
-    pub(super) fn prepare_home(&mut self) -> Result<(), String> {
+    pub(super) fn prepare_home(&mut self) -> Result<(), StartError> {
         let Some(home) = vmsilo_config::derive::shared_home_dir(&self.o.vm) else {
             return Ok(());
         };
@@ -256,32 +257,27 @@ impl Runtime {
             }
             Ok(_) => Ok(()),
             // prepare leaves no half-created home behind.
-            Err(e) => Err(format!("cannot prepare the shared home: {e}")),
+            Err(e) => Err(StartError::Home(e)),
         }
     }
 
     /// Creates `<run>/<vm>.user` for the backends that run as the configured user (their
     /// sockets go there: the run directory belongs to root), owned by the user, mode 0700. A
     /// directory left by a crashed run is reused and its owner and mode reset.
-    pub(super) fn prepare_user_dir(&mut self) -> Result<(), String> {
+    pub(super) fn prepare_user_dir(&mut self) -> Result<(), StartError> {
         let Some(dir) = self.o.plan.paths.user_dir.clone().map(PathBuf::from) else {
             return Ok(());
         };
         match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "{} exists and is not a directory: refusing to remove it; move it away",
-                    dir.display()
-                ));
-            }
+            Ok(_) => return Err(in_the_way(&dir, "a directory")),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    .map_err(io("create", &dir))?;
             }
-            Err(e) => return Err(format!("cannot check {}: {e}", dir.display())),
+            Err(e) => return Err(io("check", &dir)(e)),
         }
         self.user_dir = Some(dir.clone());
         let u = &self.o.plan.user;
@@ -292,26 +288,22 @@ impl Runtime {
     /// mode 0700: the only directory they may write (their mount namespace has everything
     /// else read-only). What an earlier run left there (stale sockets) is removed first; the
     /// run directory is root's, so the path itself cannot have been replaced.
-    pub(super) fn prepare_gate_dir(&mut self) -> Result<(), String> {
+    fn prepare_gate_dir(&mut self) -> Result<(), StartError> {
         let Some(dir) = self.o.plan.paths.gate_dir.clone().map(PathBuf::from) else {
             return Ok(());
         };
         match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(&dir)
-                .map_err(|e| format!("cannot remove the old {}: {e}", dir.display()))?,
-            Ok(_) => {
-                return Err(format!(
-                    "{} exists and is not a directory: refusing to remove it; move it away",
-                    dir.display()
-                ));
+            Ok(m) if m.file_type().is_dir() => {
+                std::fs::remove_dir_all(&dir).map_err(io("remove the old", &dir))?;
             }
+            Ok(_) => return Err(in_the_way(&dir, "a directory")),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot check {}: {e}", dir.display())),
+            Err(e) => return Err(io("check", &dir)(e)),
         }
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(io("create", &dir))?;
         self.gate_dir = Some(dir.clone());
         let u = &self.o.plan.user;
         give_dir(&dir, u.uid, u.gid, 0o700)?;
@@ -320,7 +312,7 @@ impl Runtime {
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&state)
-                .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+                .map_err(io("create", &state))?;
             give_dir(&state, u.uid, u.gid, 0o700)?;
         }
         Ok(())
@@ -330,7 +322,7 @@ impl Runtime {
     /// from now on nobody, the user included, can replace the sockets the VMM and
     /// vhost-device-vsock (both root) connect to, e.g. by a symlink to a root-only socket.
     /// Then checks that they are sockets and (QEMU) links `<vsock>_6000` to waypipe's.
-    pub(super) fn seal_gate_dir(&mut self) -> Result<(), String> {
+    fn seal_gate_dir(&mut self) -> Result<(), StartError> {
         let Some(dir) = self.gate_dir.clone() else {
             return Ok(());
         };
@@ -344,40 +336,33 @@ impl Runtime {
         for s in [&p.gate_socket, &p.waypipe_socket].into_iter().flatten() {
             match std::fs::symlink_metadata(s) {
                 Ok(m) if m.file_type().is_socket() => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "{s} is not a socket (something replaced it while the gate started): \
-                         refusing to start the VM"
-                    ));
-                }
-                Err(e) => return Err(format!("cannot check {s}: {e}")),
+                Ok(_) => return Err(StartError::GateSocketReplaced { path: s.clone() }),
+                Err(e) => return Err(io("check", Path::new(s))(e)),
             }
         }
         if let (Some(link), Some(target)) = (&p.waypipe_vsock_link, &p.waypipe_socket) {
             let link = PathBuf::from(link);
             match std::fs::symlink_metadata(&link) {
                 Ok(m) if m.file_type().is_symlink() || m.file_type().is_socket() => {
-                    std::fs::remove_file(&link)
-                        .map_err(|e| format!("cannot remove the stale {}: {e}", link.display()))?;
+                    std::fs::remove_file(&link).map_err(io("remove the stale", &link))?;
                 }
-                Ok(_) => {
-                    return Err(format!(
-                        "{} exists and is not a socket or link: refusing to remove it; move it \
-                         away",
-                        link.display()
-                    ));
-                }
+                Ok(_) => return Err(in_the_way(&link, "a socket or link")),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot check {}: {e}", link.display())),
+                Err(e) => return Err(io("check", &link)(e)),
             }
             self.files.push(link.clone());
-            std::os::unix::fs::symlink(target, &link)
-                .map_err(|e| format!("cannot link {} to {target}: {e}", link.display()))?;
+            std::os::unix::fs::symlink(target, &link).map_err(|source| {
+                StartError::LinkWaypipe {
+                    link: link.clone(),
+                    target: target.clone(),
+                    source,
+                }
+            })?;
         }
         Ok(())
     }
 
-    pub(super) fn write_port_files(&mut self) -> Result<(), RuntimeError> {
+    fn write_port_files(&mut self) -> Result<(), StartError> {
         let vm = self.o.plan.vm.clone();
         let ifaces = self.o.plan.interfaces.clone();
         for iface in &ifaces {
@@ -390,7 +375,7 @@ impl Runtime {
                     .recursive(true)
                     .mode(0o755)
                     .create(dir)
-                    .map_err(|e| self.fail(format!("cannot create {}: {e}", dir.display())))?;
+                    .map_err(io("create", dir))?;
             }
             let tmp = port.with_extension("port.tmp");
             self.files.push(port.clone());
@@ -398,32 +383,25 @@ impl Runtime {
                 .and_then(|()| std::fs::rename(&tmp, &port))
                 .map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
-                    self.fail(format!(
-                        "cannot write the vm-switch port file {}: {e}",
-                        port.display()
-                    ))
+                    io("write the vm-switch port file", &port)(e)
                 })?;
             let socket = PathBuf::from(&sw.socket);
             match procs::wait_for_path(&socket, None, self.o.socket_timeout, &self.signals) {
                 Ok(()) => {}
-                Err(WaitError::Interrupted) => {
-                    return Err(self.fail("stopped while starting".into()));
-                }
+                Err(WaitError::Interrupted) => return Err(StartError::Interrupted),
                 Err(_) => {
-                    return Err(self.fail(format!(
-                        "vm-switch did not create {} within {}: is vm-switch-{net}.service \
-                         running? (systemctl status vm-switch-{net}.service)",
-                        socket.display(),
-                        vmsilo_config::units::format_duration(self.o.socket_timeout),
-                        net = sw.network,
-                    )));
+                    return Err(StartError::VmSwitchTimeout {
+                        socket,
+                        timeout: self.o.socket_timeout,
+                        network: sw.network.clone(),
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    pub(super) fn start_backends(&mut self) -> Result<(), RuntimeError> {
+    fn start_backends(&mut self) -> Result<(), StartError> {
         let backends = self.o.plan.backends.clone();
         for b in &backends {
             let (uid, gid) = (self.o.plan.user.uid, self.o.plan.user.gid);
@@ -439,7 +417,7 @@ impl Runtime {
                 (RunAs::User, _, _) => Identity::User { uid, gid },
             };
             let argv = resolve_sound_argv(b);
-            let proc = procs::spawn(&b.kind, &argv, &b.env, who).map_err(|m| self.fail(m))?;
+            let proc = procs::spawn(&b.kind, &argv, &b.env, who).map_err(StartError::Spawn)?;
             self.backends.push(proc);
             let socket = PathBuf::from(&b.socket);
             let timeout = self.o.socket_timeout;
@@ -447,25 +425,20 @@ impl Runtime {
             match procs::wait_for_path(&socket, Some(proc), timeout, &self.signals) {
                 Ok(()) => {}
                 Err(WaitError::Exited(s)) => {
-                    return Err(self.fail(format!(
-                        "{} exited with {} before creating its socket {} (its messages are \
-                         above, or in the journal)",
-                        b.kind,
-                        procs::describe(s),
-                        socket.display()
-                    )));
+                    return Err(StartError::BackendExited {
+                        kind: b.kind.clone(),
+                        status: procs::describe(s),
+                        socket,
+                    });
                 }
                 Err(WaitError::Timeout) => {
-                    return Err(self.fail(format!(
-                        "{} did not create its socket {} within {}",
-                        b.kind,
-                        socket.display(),
-                        vmsilo_config::units::format_duration(timeout)
-                    )));
+                    return Err(StartError::BackendTimeout {
+                        kind: b.kind.clone(),
+                        socket,
+                        timeout,
+                    });
                 }
-                Err(WaitError::Interrupted) => {
-                    return Err(self.fail("stopped while starting".into()));
-                }
+                Err(WaitError::Interrupted) => return Err(StartError::Interrupted),
             }
         }
         Ok(())
@@ -491,6 +464,7 @@ fn resolve_sound_argv(b: &vmsilo_config::plan::Backend) -> Vec<String> {
     }
     argv
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 use vmsilo_config::model::Vmm;
 use vmsilo_config::plan::ConsoleListener;
 
+use super::error::{EndReason, StartError};
 use super::procs::{Identity, Proc, WaitError};
 use super::state::Phase;
 use super::{ESCAPE, Runtime, RuntimeError, console, control, exit, procs, remove_file_quiet};
@@ -36,41 +37,41 @@ fn vmm_name(vmm: Vmm) -> &'static str {
         Vmm::Qemu => "QEMU",
     }
 }
+
 impl Runtime {
     /// Starts the VMM, connects its console, reports readiness and relays until it exits.
-    pub(super) fn run_vmm(&mut self) -> Result<Ended, RuntimeError> {
+    pub(super) fn run_vmm(&mut self) -> Result<Ended, StartError> {
         let paths = self.o.plan.paths.clone();
         let name = vmm_name(self.o.plan.vmm);
         if !self.o.debug {
             let u = &self.o.plan.user;
-            let pty = console::Pty::open(u.uid, u.gid).map_err(|m| self.fail(m))?;
+            let pty = console::Pty::open(u.uid, u.gid).map_err(StartError::Pty)?;
             let link = PathBuf::from(&paths.console);
             self.files.push(link.clone());
-            console::link(&pty.path, &link).map_err(|e| {
-                self.fail(format!(
-                    "cannot link the console at {}: {e}",
-                    link.display()
-                ))
+            console::link(&pty.path, &link).map_err(|source| StartError::Io {
+                what: "link the console at",
+                path: link.clone(),
+                source,
             })?;
             self.pty = Some(pty);
         }
         let listener = match paths.console_listener {
             ConsoleListener::Runtime => {
-                let l = UnixListener::bind(&paths.console_socket).map_err(|e| {
-                    self.fail(format!(
-                        "cannot listen on the console socket {}: {e}",
-                        paths.console_socket
-                    ))
+                let l = UnixListener::bind(&paths.console_socket).map_err(|source| {
+                    StartError::Console {
+                        what: "listen on the console socket",
+                        path: paths.console_socket.clone(),
+                        source,
+                    }
                 })?;
-                l.set_nonblocking(true)
-                    .map_err(|e| self.fail(format!("console socket: {e}")))?;
+                l.set_nonblocking(true).map_err(StartError::ConsoleSocket)?;
                 Some(l)
             }
             ConsoleListener::Vmm => None,
         };
         let argv = self.o.plan.argv.clone();
         let vmm = procs::spawn(name, &argv, &Default::default(), Identity::Inherit)
-            .map_err(|m| self.fail(m))?;
+            .map_err(StartError::Spawn)?;
         self.vmm = Some(vmm);
         self.set_phase(Phase::Starting);
         self.sd_notify("STATUS=Starting the VMM");
@@ -78,7 +79,7 @@ impl Runtime {
         let stream = self.connect_console(listener, &paths.console_socket)?;
         stream
             .set_nonblocking(true)
-            .map_err(|e| self.fail(format!("console socket: {e}")))?;
+            .map_err(StartError::ConsoleSocket)?;
         self.console = Some(stream);
         let control = paths
             .control_socket
@@ -103,29 +104,27 @@ impl Runtime {
         Ok(self.supervise())
     }
 
-    fn vmm_exited_early(&mut self, status: ExitStatus) -> RuntimeError {
-        let name = vmm_name(self.o.plan.vmm);
-        self.fail(format!(
-            "{name} exited with {} before the VM was up (its messages are above, or in \
-             `journalctl -u vmsilo-{}-vm.service`)",
-            procs::describe(status),
-            self.o.plan.vm
-        ))
+    fn vmm_exited_early(&self, status: ExitStatus) -> StartError {
+        StartError::VmmExitedEarly {
+            vmm: vmm_name(self.o.plan.vmm),
+            status: procs::describe(status),
+            vm: self.o.plan.vm.clone(),
+        }
     }
 
-    fn wait_vmm_path(&mut self, path: &Path, what: &str) -> Result<(), RuntimeError> {
+    fn wait_vmm_path(&mut self, path: &Path, what: &'static str) -> Result<(), StartError> {
         let timeout = self.o.socket_timeout;
         let vmm = self.vmm.as_mut().expect("VMM started");
         match procs::wait_for_path(path, Some(vmm), timeout, &self.signals) {
             Ok(()) => Ok(()),
             Err(WaitError::Exited(s)) => Err(self.vmm_exited_early(s)),
-            Err(WaitError::Interrupted) => Err(self.fail("stopped while starting".into())),
-            Err(WaitError::Timeout) => Err(self.fail(format!(
-                "{} did not create its {what} {} within {}",
-                vmm_name(self.o.plan.vmm),
-                path.display(),
-                vmsilo_config::units::format_duration(timeout)
-            ))),
+            Err(WaitError::Interrupted) => Err(StartError::Interrupted),
+            Err(WaitError::Timeout) => Err(StartError::VmmTimeout {
+                vmm: vmm_name(self.o.plan.vmm),
+                what,
+                path: path.to_owned(),
+                timeout,
+            }),
         }
     }
 
@@ -133,7 +132,7 @@ impl Runtime {
         &mut self,
         listener: Option<UnixListener>,
         socket: &str,
-    ) -> Result<UnixStream, RuntimeError> {
+    ) -> Result<UnixStream, StartError> {
         let deadline = Instant::now() + self.o.socket_timeout;
         if listener.is_none() {
             self.wait_vmm_path(Path::new(socket), "console socket")?;
@@ -150,22 +149,26 @@ impl Runtime {
                         e.kind(),
                         ErrorKind::WouldBlock | ErrorKind::ConnectionRefused | ErrorKind::NotFound
                     ) => {}
-                Err(e) => {
-                    return Err(self.fail(format!("cannot connect the console {socket}: {e}")));
+                Err(source) => {
+                    return Err(StartError::Console {
+                        what: "connect the console",
+                        path: socket.to_owned(),
+                        source,
+                    });
                 }
             }
             if let Some(s) = self.vmm.as_mut().and_then(Proc::poll) {
                 return Err(self.vmm_exited_early(s));
             }
             if self.signals.stop_requested() {
-                return Err(self.fail("stopped while starting".into()));
+                return Err(StartError::Interrupted);
             }
             if Instant::now() >= deadline {
-                return Err(self.fail(format!(
-                    "{} did not connect its console {socket} within {}",
-                    vmm_name(self.o.plan.vmm),
-                    vmsilo_config::units::format_duration(self.o.socket_timeout)
-                )));
+                return Err(StartError::ConsoleTimeout {
+                    vmm: vmm_name(self.o.plan.vmm),
+                    socket: socket.to_owned(),
+                    timeout: self.o.socket_timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -431,11 +434,10 @@ impl Runtime {
 
     pub(super) fn outcome(&mut self, ended: Ended) -> Result<u8, RuntimeError> {
         let vm = self.o.plan.vm.clone();
-        let ended_with = |code: u8, message: String| {
+        let ended_with = |reason: EndReason| {
             Err(RuntimeError::Ended {
                 vm: vm.clone(),
-                message,
-                code,
+                reason,
             })
         };
         let status = match ended {
@@ -448,15 +450,11 @@ impl Runtime {
                 self.log(&format!("{name} exited: the guest powered off"));
                 Ok(0)
             }
-            (Vmm::Crosvm, Some(32)) => ended_with(exit::REBOOT_LOOP, "the guest rebooted".into()),
-            (Vmm::Crosvm, Some(33)) => ended_with(exit::CRASH, "crosvm crashed (status 33)".into()),
-            (Vmm::Crosvm, Some(34)) => {
-                ended_with(exit::GUEST_PANIC, "the guest kernel panicked".into())
-            }
-            (Vmm::Crosvm, Some(36)) => {
-                ended_with(exit::WATCHDOG, "the guest's watchdog reset it".into())
-            }
-            (Vmm::Crosvm, Some(c)) => ended_with(1, format!("crosvm exited with status {c}")),
+            (Vmm::Crosvm, Some(32)) => ended_with(EndReason::Rebooted),
+            (Vmm::Crosvm, Some(33)) => ended_with(EndReason::CrosvmCrashed),
+            (Vmm::Crosvm, Some(34)) => ended_with(EndReason::GuestPanic),
+            (Vmm::Crosvm, Some(36)) => ended_with(EndReason::Watchdog),
+            (Vmm::Crosvm, Some(c)) => ended_with(EndReason::CrosvmStatus(c)),
             (_, _) if self.stopping => {
                 self.log(&format!(
                     "{name} exited with {} while stopping",
@@ -464,13 +462,10 @@ impl Runtime {
                 ));
                 Ok(0)
             }
-            (_, _) => ended_with(
-                exit::CRASH,
-                format!(
-                    "{name} exited with {} while the VM ran (a crash)",
-                    procs::describe(status)
-                ),
-            ),
+            (_, _) => ended_with(EndReason::VmmCrashed {
+                vmm: name,
+                status: procs::describe(status),
+            }),
         }
     }
 
