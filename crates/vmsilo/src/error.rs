@@ -82,9 +82,6 @@ pub enum CliError {
     /// A usage error with its explanation (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// A runtime failure with its explanation (exit 1).
-    #[error("{0}")]
-    Failure(String),
     /// Running a VM failed.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
@@ -137,6 +134,15 @@ pub enum CliError {
     /// `vmsilo sound-filter` failed.
     #[error(transparent)]
     SoundFilter(#[from] crate::commands::sound_filter::SoundFilterError),
+    /// `vmsilo clipboard` failed.
+    #[error(transparent)]
+    Clipboard(#[from] crate::commands::clipboard::ClipboardError),
+    /// `vm-shell` failed.
+    #[error(transparent)]
+    Shell(#[from] crate::commands::shell::ShellError),
+    /// `vm-run` failed.
+    #[error(transparent)]
+    VmRun(#[from] crate::commands::run::VmRunError),
     /// `vmsilo net` failed.
     #[error(transparent)]
     Net(#[from] crate::commands::net::NetError),
@@ -164,7 +170,6 @@ impl CliError {
             | CliError::ReadPasswd { .. }
             | CliError::Output(_)
             | CliError::Io { .. }
-            | CliError::Failure(_)
             | CliError::Net(_)
             | CliError::BlockSignals(_)
             | CliError::HostProblems { .. }
@@ -173,7 +178,10 @@ impl CliError {
             | CliError::Systemctl(_)
             | CliError::FillHome(_)
             | CliError::CommandService(_)
-            | CliError::SoundFilter(_) => EXIT_FAILURE,
+            | CliError::SoundFilter(_)
+            | CliError::VmRun(_)
+            | CliError::Shell(_)
+            | CliError::Clipboard(_) => EXIT_FAILURE,
             CliError::Runtime(e) => e.exit_code(),
             CliError::Exit(code) => *code,
         }
