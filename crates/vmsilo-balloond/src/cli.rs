@@ -201,7 +201,7 @@ impl Cli {
         let status_socket = self
             .status_socket
             .clone()
-            .unwrap_or_else(|| self.run_dir.join("balloond.status"));
+            .unwrap_or_else(|| self.run_dir.join(vmsilo_config::paths::BALLOOND_STATUS));
         if self.status {
             return Ok(Mode::Status {
                 socket: status_socket,

@@ -898,10 +898,10 @@ pub fn render_report(r: &TickReport) -> String {
 impl VmmKind {
     /// The socket file name of `vm` for this VMM.
     pub fn socket_name(self, vm: &str) -> String {
-        match self {
-            Self::Crosvm => format!("{vm}{}", discovery::CROSVM_SUFFIX),
-            Self::Qemu => format!("{vm}{}", discovery::QMP_SUFFIX),
-        }
+        format!(
+            "{vm}{}",
+            vmsilo_config::paths::vmm_socket_suffix(vmsilo_config::Vmm::from(self))
+        )
     }
 }
 

@@ -14,10 +14,6 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::vmm::VmmKind;
 
-/// Suffix of crosvm control sockets.
-pub const CROSVM_SUFFIX: &str = "-control.socket";
-/// Suffix of QEMU QMP sockets.
-pub const QMP_SUFFIX: &str = "-qmp.socket";
 /// Longest VM name accepted from a file name.
 pub const MAX_NAME: usize = 64;
 
@@ -43,15 +39,12 @@ pub enum Change {
     Removed(String),
 }
 
-/// Splits a file name into VM name and VMM kind, or `None` for other files.
+/// Splits a file name into VM name and VMM kind, or `None` for other files. The names are
+/// vmsilo-config's ([`vmsilo_config::paths::parse_vmm_socket_name`]), the ones the runtime
+/// creates.
 pub fn parse_socket_name(file: &str) -> Option<(&str, VmmKind)> {
-    let (name, kind) = if let Some(n) = file.strip_suffix(CROSVM_SUFFIX) {
-        (n, VmmKind::Crosvm)
-    } else if let Some(n) = file.strip_suffix(QMP_SUFFIX) {
-        (n, VmmKind::Qemu)
-    } else {
-        return None;
-    };
+    let (name, vmm) = vmsilo_config::paths::parse_vmm_socket_name(file)?;
+    let kind = VmmKind::from(vmm);
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME
         && name

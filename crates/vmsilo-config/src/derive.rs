@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha1::{Digest, Sha1};
 
-use crate::model::{Interface, InterfaceType, OverlayType, SharedHome, Vm};
+use crate::model::{Interface, InterfaceType, OverlayType, SharedHome, Vm, Vmm};
 use crate::net::MacAddr;
 
 /// The uid and gid of the guest's desktop user (`user` in the NixOS guest). Shared homes map
@@ -22,6 +22,12 @@ pub const HOME_TAG: &str = "home";
 pub const MIN_CID: u32 = 3;
 /// CIDs are drawn from `MIN_CID..MIN_CID + CID_SPAN` (below 2³¹, far from `VMADDR_CID_ANY`).
 pub const CID_SPAN: u32 = 0x7fff_ffff - MIN_CID;
+
+/// The vsock port a QEMU guest's waypipe stream connects to on the host (CID 2): the guest
+/// agent passes each `waypipe server` connection there; vhost-device-vsock turns it into a
+/// connection to `<vsock socket>_6000`, which leads to `waypipe client`. (The agent's own port
+/// is 5000.) The guest learns it from the kernel parameter `vmsilo.waypipe=<port>`.
+pub const WAYPIPE_VSOCK_PORT: u32 = 6000;
 
 fn sha1(text: &str) -> [u8; 20] {
     let digest = Sha1::digest(text.as_bytes());
@@ -137,7 +143,7 @@ pub const OVERLAY_DEVICE: &str = "/dev/vdb";
 /// - `vmsilo.autoshutdown=<seconds>` when auto-shutdown is enabled;
 /// - `vmsilo.overlay=tmpfs` or `vmsilo.overlay=qcow2,/dev/vdb`.
 ///
-/// The VMM adds its own (`root=`, `console=`); see the plan modules.
+/// The VMM adds its own (`root=`, `console=`); see [`kernel_cmdline`].
 pub fn kernel_params(vm: &Vm) -> Vec<String> {
     let mut p = Vec::new();
     for i in interfaces(vm) {
@@ -163,6 +169,25 @@ pub fn kernel_params(vm: &Vm) -> Vec<String> {
         OverlayType::Qcow2 => format!("vmsilo.overlay=qcow2,{OVERLAY_DEVICE}"),
     });
     p.extend(vm.kernel_params.iter().cloned());
+    p
+}
+
+/// The whole kernel command line the guest sees for this VM (vmsilo's parameters plus what the
+/// VMM adds), for the 2048-byte limit.
+pub fn kernel_cmdline(vm: &Vm) -> Vec<String> {
+    let mut p = vec![
+        "root=/dev/vda".to_owned(),
+        if vm.root_disk_readonly { "ro" } else { "rw" }.to_owned(),
+        "console=ttyS0".to_owned(),
+    ];
+    if vm.vmm == Vmm::Qemu {
+        p.push("panic=-1".to_owned());
+    }
+    p.extend(kernel_params(vm));
+    if vm.vmm == Vmm::Qemu && vm.gpu.enabled {
+        // The guest agent wraps commands in `waypipe server` and carries its stream here.
+        p.push(format!("vmsilo.waypipe={WAYPIPE_VSOCK_PORT}"));
+    }
     p
 }
 

@@ -31,6 +31,7 @@ pub mod net;
 pub mod paths;
 pub mod pci;
 pub mod plan;
+mod qemu_caps;
 pub mod validate;
 mod value;
 

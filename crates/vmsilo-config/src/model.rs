@@ -19,7 +19,7 @@ use crate::diag::{Diagnostic, Diagnostics, Seg, did_you_mean};
 use crate::measure::{ByteSize, format_duration, parse_duration, parse_image_size};
 use crate::net::{Cidr, MacAddr};
 use crate::pci::PciAddress;
-use crate::value::{FromValue, Reader, read_ranged, render};
+use crate::value::{Fields, FromValue, Reader, read_ranged, render};
 
 /// Declares a string-valued enum option: its spellings, parsing with suggestions, Display and
 /// Serialize.
@@ -487,50 +487,42 @@ impl Clipboard {
 
 impl FromValue for Clipboard {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(
-            v,
-            &[
-                "enable",
-                "policy",
-                "maxSize",
-                "mimeTypes",
-                "wipeAfter",
-                "chords",
-            ],
-        )?;
-        let d = Clipboard::default_value();
-        let wipe_after: Duration = r.field_or(o, "wipeAfter", d.wipe_after);
-        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&wipe_after) {
-            r.at_key("wipeAfter", |r| {
-                r.error(o.get("wipeAfter"), "is out of range: expected 1s to 24h")
-            });
-        }
-        let mime_types: Vec<String> = r.field_or(o, "mimeTypes", d.mime_types.clone());
-        for m in &mime_types {
-            if !CLIPBOARD_MIME_TYPES.contains(&m.as_str()) {
-                r.at_key("mimeTypes", |r| {
-                    r.error(
-                        o.get("mimeTypes"),
-                        format!(
-                            "{m:?} cannot be allowed: choose from {}",
-                            CLIPBOARD_MIME_TYPES.join(", ")
-                        ),
-                    )
+        r.object(v, |r, o| {
+            let d = Clipboard::default_value();
+            let wipe_after: Duration = r.field_or(o, "wipeAfter", d.wipe_after);
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&wipe_after) {
+                r.at_key("wipeAfter", |r| {
+                    r.error(o.get("wipeAfter"), "is out of range: expected 1s to 24h")
                 });
             }
-        }
-        if mime_types.is_empty() {
-            r.at_key("mimeTypes", |r| {
-                r.error(o.get("mimeTypes"), "is empty: allow at least text/plain")
-            });
-        }
-        Some(Clipboard {
-            enable: r.field_or(o, "enable", d.enable),
-            policy: r.field_or(o, "policy", d.policy),
-            max_size: ranged(r, o, "maxSize", 1, 16 << 20, " (characters)").unwrap_or(d.max_size),
-            mime_types,
-            wipe_after,
-            chords: r.field_or(o, "chords", d.chords),
+            let mime_types: Vec<String> = r.field_or(o, "mimeTypes", d.mime_types.clone());
+            for m in &mime_types {
+                if !CLIPBOARD_MIME_TYPES.contains(&m.as_str()) {
+                    r.at_key("mimeTypes", |r| {
+                        r.error(
+                            o.get("mimeTypes"),
+                            format!(
+                                "{m:?} cannot be allowed: choose from {}",
+                                CLIPBOARD_MIME_TYPES.join(", ")
+                            ),
+                        )
+                    });
+                }
+            }
+            if mime_types.is_empty() {
+                r.at_key("mimeTypes", |r| {
+                    r.error(o.get("mimeTypes"), "is empty: allow at least text/plain")
+                });
+            }
+            Some(Clipboard {
+                enable: r.field_or(o, "enable", d.enable),
+                policy: r.field_or(o, "policy", d.policy),
+                max_size: ranged(r, o, "maxSize", 1, 16 << 20, " (characters)")
+                    .unwrap_or(d.max_size),
+                mime_types,
+                wipe_after,
+                chords: r.field_or(o, "chords", d.chords),
+            })
         })
     }
 }
@@ -546,39 +538,42 @@ fn is_endpoint(s: &str) -> bool {
 
 impl FromValue for ClipboardRule {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["from", "to", "action"])?;
-        let get = |r: &mut Reader, key: &str| -> Option<String> {
-            let s: Option<String> = r.field(o, key);
-            if s.is_none() && !o.contains_key(key) {
-                r.error(
-                    Some(v),
-                    format!("{key} is required: a VM name, \"*\" (any VM) or \"host\""),
-                );
+        r.object(v, |r, o| {
+            // Every key is looked up before the first early return: these are the keys accepted.
+            let _ = (o.get("from"), o.get("to"), o.get("action"));
+            let get = |r: &mut Reader, key: &str| -> Option<String> {
+                let s: Option<String> = r.field(o, key);
+                if s.is_none() && !o.contains_key(key) {
+                    r.error(
+                        Some(v),
+                        format!("{key} is required: a VM name, \"*\" (any VM) or \"host\""),
+                    );
+                }
+                s
+            };
+            let from = get(r, "from")?;
+            let to = get(r, "to")?;
+            for (key, val) in [("from", &from), ("to", &to)] {
+                if !is_endpoint(val) {
+                    r.at_key(key, |r| {
+                        r.error(o.get(key), "is not a VM name, \"*\" (any VM) or \"host\"")
+                    });
+                }
             }
-            s
-        };
-        let from = get(r, "from")?;
-        let to = get(r, "to")?;
-        for (key, val) in [("from", &from), ("to", &to)] {
-            if !is_endpoint(val) {
-                r.at_key(key, |r| {
-                    r.error(o.get(key), "is not a VM name, \"*\" (any VM) or \"host\"")
+            let action: String = match r.field(o, "action") {
+                Some(a) => a,
+                None => {
+                    r.error(Some(v), "action is required: allow, ask or deny");
+                    return None;
+                }
+            };
+            if !["allow", "ask", "deny"].contains(&action.as_str()) {
+                r.at_key("action", |r| {
+                    r.error(o.get("action"), "is not allow, ask or deny")
                 });
             }
-        }
-        let action: String = match r.field(o, "action") {
-            Some(a) => a,
-            None => {
-                r.error(Some(v), "action is required: allow, ask or deny");
-                return None;
-            }
-        };
-        if !["allow", "ask", "deny"].contains(&action.as_str()) {
-            r.at_key("action", |r| {
-                r.error(o.get("action"), "is not allow, ask or deny")
-            });
-        }
-        Some(ClipboardRule { from, to, action })
+            Some(ClipboardRule { from, to, action })
+        })
     }
 }
 
@@ -608,21 +603,22 @@ fn check_chord(s: &str) -> Result<(), String> {
 
 impl FromValue for ClipboardChords {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["copy", "paste"])?;
-        let d = Clipboard::default_value().chords;
-        let c = ClipboardChords {
-            copy: r.field_or(o, "copy", d.copy),
-            paste: r.field_or(o, "paste", d.paste),
-        };
-        for (key, val) in [("copy", &c.copy), ("paste", &c.paste)] {
-            if let Err(e) = check_chord(val) {
-                r.at_key(key, |r| r.error(o.get(key), e.clone()));
+        r.object(v, |r, o| {
+            let d = Clipboard::default_value().chords;
+            let c = ClipboardChords {
+                copy: r.field_or(o, "copy", d.copy),
+                paste: r.field_or(o, "paste", d.paste),
+            };
+            for (key, val) in [("copy", &c.copy), ("paste", &c.paste)] {
+                if let Err(e) = check_chord(val) {
+                    r.at_key(key, |r| r.error(o.get(key), e.clone()));
+                }
             }
-        }
-        if c.copy.eq_ignore_ascii_case(&c.paste) {
-            r.error(Some(v), "copy and paste must be different chords");
-        }
-        Some(c)
+            if c.copy.eq_ignore_ascii_case(&c.paste) {
+                r.error(Some(v), "copy and paste must be different chords");
+            }
+            Some(c)
+        })
     }
 }
 
@@ -1053,64 +1049,6 @@ pub struct QemuVm {
 // ---------------------------------------------------------------------------------------------
 // Reading.
 
-const GLOBAL_KEYS: &[&str] = &[
-    "enable",
-    "user",
-    "hostNetworking",
-    "nixosVms",
-    "enableBashIntegration",
-    "crosvm",
-    "vm-switch",
-    "vmsilo-balloond",
-    "qemu",
-    "isolatedPciDevices",
-    "clipboard",
-];
-
-const VM_KEYS: &[&str] = &[
-    "name",
-    "memory",
-    "cpus",
-    "color",
-    "network",
-    "autoShutdown",
-    "autoStart",
-    "dependsOn",
-    "additionalDisks",
-    "rootDisk",
-    "kernel",
-    "initramfs",
-    "rootDiskReadonly",
-    "sharedHome",
-    "kernelParams",
-    "gpu",
-    "gate",
-    "sound",
-    "sharedDirectories",
-    "pciDevices",
-    "guestPrograms",
-    "guestConfig",
-    "guestDesktopEntries",
-    "vhostUser",
-    "crosvm",
-    "rootOverlay",
-    "waylandProxy",
-    "vmm",
-    "qemu",
-];
-
-const INTERFACE_KEYS: &[&str] = &[
-    "type",
-    "macAddress",
-    "tap",
-    "vmNetwork",
-    "dhcp",
-    "addresses",
-    "routes",
-    "v6Addresses",
-    "v6Routes",
-];
-
 impl FromValue for Duration {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
         let Value::String(s) = v else {
@@ -1130,92 +1068,95 @@ impl FromValue for Duration {
 /// Reads a whole number and checks it is within `min..=max`; the message names the unit.
 fn ranged(
     r: &mut Reader,
-    obj: &Map<String, Value>,
+    obj: &impl Fields,
     key: &str,
     min: u64,
     max: u64,
     unit: &str,
 ) -> Option<u64> {
-    let v = obj.get(key)?;
+    let v = obj.lookup(key)?;
     r.at_key(key, |r| read_ranged(r, v, min, max, unit))
 }
 
 impl FromValue for Config {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, GLOBAL_KEYS)?;
-        let user = match o.get("user") {
-            None => {
-                r.at_key("user", |r| {
-                    r.error(
-                        None,
-                        "is required: the desktop user who runs the VMs, e.g. user = \"alice\"",
-                    )
-                });
-                String::new()
-            }
-            Some(_) => r.field_or(o, "user", String::new()),
-        };
-        let host_networking = r
-            .field::<HostNetworking>(o, "hostNetworking")
-            .unwrap_or_default();
-        let nixos_vms = match o.get("nixosVms") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut vms = Vec::new();
-                for (i, item) in items.iter().enumerate() {
-                    r.enter_vm(i);
-                    // A VM that cannot be read at all keeps its place (with defaults), so that
-                    // the positions in later messages stay right; its problem is reported.
-                    let vm = Vm::read(r, item).unwrap_or_else(Vm::placeholder);
-                    vms.push(vm);
-                    r.leave_vm();
+        r.object(v, |r, o| {
+            let user = match o.get("user") {
+                None => {
+                    r.at_key("user", |r| {
+                        r.error(
+                            None,
+                            "is required: the desktop user who runs the VMs, e.g. user = \"alice\"",
+                        )
+                    });
+                    String::new()
                 }
-                vms
-            }
-            Some(other) => {
-                r.at_key("nixosVms", |r| r.type_error(other, "a list of VMs"));
-                Vec::new()
-            }
-        };
-        Some(Config {
-            enable: r.field_or(o, "enable", false),
-            user,
-            host_networking,
-            nixos_vms,
-            enable_bash_integration: r.field_or(o, "enableBashIntegration", true),
-            crosvm: r
-                .field(o, "crosvm")
-                .unwrap_or_else(CrosvmGlobal::default_value),
-            vm_switch: r
-                .field(o, "vm-switch")
-                .unwrap_or_else(VmSwitchGlobal::default_value),
-            balloond: r
-                .field(o, "vmsilo-balloond")
-                .unwrap_or_else(Balloond::default_value),
-            qemu: r.field(o, "qemu").unwrap_or_else(QemuGlobal::default_value),
-            isolated_pci_devices: r.field_or(o, "isolatedPciDevices", Vec::new()),
-            clipboard: r
-                .field(o, "clipboard")
-                .unwrap_or_else(Clipboard::default_value),
+                Some(_) => r.field_or(o, "user", String::new()),
+            };
+            let host_networking = r
+                .field::<HostNetworking>(o, "hostNetworking")
+                .unwrap_or_default();
+            let nixos_vms = match o.get("nixosVms") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => {
+                    let mut vms = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        r.enter_vm(i);
+                        // A VM that cannot be read at all keeps its place (with defaults), so that
+                        // the positions in later messages stay right; its problem is reported.
+                        let vm = Vm::read(r, item).unwrap_or_else(Vm::placeholder);
+                        vms.push(vm);
+                        r.leave_vm();
+                    }
+                    vms
+                }
+                Some(other) => {
+                    r.at_key("nixosVms", |r| r.type_error(other, "a list of VMs"));
+                    Vec::new()
+                }
+            };
+            Some(Config {
+                enable: r.field_or(o, "enable", false),
+                user,
+                host_networking,
+                nixos_vms,
+                enable_bash_integration: r.field_or(o, "enableBashIntegration", true),
+                crosvm: r
+                    .field(o, "crosvm")
+                    .unwrap_or_else(CrosvmGlobal::default_value),
+                vm_switch: r
+                    .field(o, "vm-switch")
+                    .unwrap_or_else(VmSwitchGlobal::default_value),
+                balloond: r
+                    .field(o, "vmsilo-balloond")
+                    .unwrap_or_else(Balloond::default_value),
+                qemu: r.field(o, "qemu").unwrap_or_else(QemuGlobal::default_value),
+                isolated_pci_devices: r.field_or(o, "isolatedPciDevices", Vec::new()),
+                clipboard: r
+                    .field(o, "clipboard")
+                    .unwrap_or_else(Clipboard::default_value),
+            })
         })
     }
 }
 
 impl FromValue for HostNetworking {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["nat"])?;
-        Some(HostNetworking {
-            nat: r.field(o, "nat").unwrap_or_default(),
+        r.object(v, |r, o| {
+            Some(HostNetworking {
+                nat: r.field(o, "nat").unwrap_or_default(),
+            })
         })
     }
 }
 
 impl FromValue for Nat {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["enable", "interface"])?;
-        Some(Nat {
-            enable: r.field_or(o, "enable", false),
-            interface: r.field_or(o, "interface", String::new()),
+        r.object(v, |r, o| {
+            Some(Nat {
+                enable: r.field_or(o, "enable", false),
+                interface: r.field_or(o, "interface", String::new()),
+            })
         })
     }
 }
@@ -1232,11 +1173,12 @@ impl CrosvmGlobal {
 
 impl FromValue for CrosvmGlobal {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["logLevel", "extraArgs", "extraRunArgs"])?;
-        Some(CrosvmGlobal {
-            log_level: r.field_or(o, "logLevel", "info".into()),
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
-            extra_run_args: r.field_or(o, "extraRunArgs", Vec::new()),
+        r.object(v, |r, o| {
+            Some(CrosvmGlobal {
+                log_level: r.field_or(o, "logLevel", "info".into()),
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+                extra_run_args: r.field_or(o, "extraRunArgs", Vec::new()),
+            })
         })
     }
 }
@@ -1252,10 +1194,11 @@ impl VmSwitchGlobal {
 
 impl FromValue for VmSwitchGlobal {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["logLevel", "extraArgs"])?;
-        Some(VmSwitchGlobal {
-            log_level: r.field_or(o, "logLevel", LogLevel::Info),
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
+        r.object(v, |r, o| {
+            Some(VmSwitchGlobal {
+                log_level: r.field_or(o, "logLevel", LogLevel::Info),
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+            })
         })
     }
 }
@@ -1274,36 +1217,28 @@ impl Balloond {
 
 impl FromValue for Balloond {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(
-            v,
-            &[
-                "logLevel",
-                "pollInterval",
-                "criticalHostPercent",
-                "guestAvailableBias",
-                "extraArgs",
-            ],
-        )?;
-        let d = Balloond::default_value();
-        let poll_interval = r.field_or(o, "pollInterval", d.poll_interval);
-        // vmsilo-balloond's own range for --poll-interval: caught here rather than at its start.
-        if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&poll_interval) {
-            r.at_key("pollInterval", |r| {
-                r.error(
-                    o.get("pollInterval"),
-                    "is out of range: expected 50ms to 1h",
-                )
-            });
-        }
-        let critical = ranged(r, o, "criticalHostPercent", 0, 100, " (percent)")
-            .and_then(|n| u8::try_from(n).ok())
-            .unwrap_or(d.critical_host_percent);
-        Some(Balloond {
-            log_level: r.field_or(o, "logLevel", d.log_level),
-            poll_interval,
-            critical_host_percent: critical,
-            guest_available_bias: r.field_or(o, "guestAvailableBias", d.guest_available_bias),
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
+        r.object(v, |r, o| {
+            let d = Balloond::default_value();
+            let poll_interval = r.field_or(o, "pollInterval", d.poll_interval);
+            // vmsilo-balloond's own range for --poll-interval: caught here rather than at its start.
+            if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&poll_interval) {
+                r.at_key("pollInterval", |r| {
+                    r.error(
+                        o.get("pollInterval"),
+                        "is out of range: expected 50ms to 1h",
+                    )
+                });
+            }
+            let critical = ranged(r, o, "criticalHostPercent", 0, 100, " (percent)")
+                .and_then(|n| u8::try_from(n).ok())
+                .unwrap_or(d.critical_host_percent);
+            Some(Balloond {
+                log_level: r.field_or(o, "logLevel", d.log_level),
+                poll_interval,
+                critical_host_percent: critical,
+                guest_available_bias: r.field_or(o, "guestAvailableBias", d.guest_available_bias),
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+            })
         })
     }
 }
@@ -1319,10 +1254,11 @@ impl QemuGlobal {
 
 impl FromValue for QemuGlobal {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["accel", "extraArgs"])?;
-        Some(QemuGlobal {
-            accel: r.field_or(o, "accel", Accel::Kvm),
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
+        r.object(v, |r, o| {
+            Some(QemuGlobal {
+                accel: r.field_or(o, "accel", Accel::Kvm),
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+            })
         })
     }
 }
@@ -1341,82 +1277,84 @@ impl Vm {
         if let Some(Value::String(name)) = v.get("name") {
             r.set_vm_name(name);
         }
-        let o = r.object(v, VM_KEYS)?;
-        let name = match o.get("name") {
-            Some(_) => r.field_or(o, "name", String::new()),
-            None => {
-                r.at_key("name", |r| {
-                    r.error(
-                        None,
-                        "is required: every VM needs a name, e.g. name = \"banking\"",
-                    )
-                });
-                String::new()
-            }
-        };
-        let memory = ranged(r, o, "memory", 64, 1 << 20, " MiB").map_or(1024, |n| n as u32);
-        let cpus = ranged(r, o, "cpus", 1, 255, " vCPUs").map_or(2, |n| n as u32);
-        Some(Vm {
-            name,
-            memory,
-            cpus,
-            color: r.field(o, "color").unwrap_or_default(),
-            network: r.field(o, "network").unwrap_or_default(),
-            auto_shutdown: r.field(o, "autoShutdown").unwrap_or(AutoShutdown {
-                enable: false,
-                after: 60,
-            }),
-            auto_start: r.field_or(o, "autoStart", false),
-            depends_on: r.field_or(o, "dependsOn", Vec::new()),
-            additional_disks: r.field_or(o, "additionalDisks", Vec::new()),
-            root_disk: r.nullable(o, "rootDisk"),
-            kernel: r.nullable(o, "kernel"),
-            initramfs: r.nullable(o, "initramfs"),
-            root_disk_readonly: r.field_or(o, "rootDiskReadonly", true),
-            shared_home: r.field(o, "sharedHome").unwrap_or(SharedHome::Default),
-            kernel_params: r.field_or(o, "kernelParams", Vec::new()),
-            gpu: r.field(o, "gpu").unwrap_or(Gpu {
-                enabled: true,
-                options: None,
-            }),
-            gate: r.field(o, "gate").unwrap_or_default(),
-            sound: r.field(o, "sound").unwrap_or(Sound {
-                enabled: true,
-                backend: SoundBackend::Pipewire,
-                capture: false,
-            }),
-            shared_directories: r.field_or(o, "sharedDirectories", Vec::new()),
-            pci_devices: r.field_or(o, "pciDevices", Vec::new()),
-            guest_programs: r.field_or(o, "guestPrograms", Vec::new()),
-            guest_config: r
-                .field(o, "guestConfig")
-                .unwrap_or_else(|| Value::Array(Vec::new())),
-            guest_desktop_entries: r.field_or(o, "guestDesktopEntries", Vec::new()),
-            vhost_user: r.field_or(o, "vhostUser", Vec::new()),
-            crosvm: r.field(o, "crosvm").unwrap_or_default(),
-            root_overlay: r.field(o, "rootOverlay").unwrap_or(RootOverlay {
-                kind: OverlayType::Qcow2,
-                size: ByteSize(10 << 30),
-            }),
-            wayland_proxy: r.field_or(o, "waylandProxy", WaylandProxy::WaylandProxyVirtwl),
-            vmm: r.field_or(o, "vmm", Vmm::Crosvm),
-            qemu: r.field(o, "qemu").unwrap_or_default(),
+        r.object(v, |r, o| {
+            let name = match o.get("name") {
+                Some(_) => r.field_or(o, "name", String::new()),
+                None => {
+                    r.at_key("name", |r| {
+                        r.error(
+                            None,
+                            "is required: every VM needs a name, e.g. name = \"banking\"",
+                        )
+                    });
+                    String::new()
+                }
+            };
+            let memory = ranged(r, o, "memory", 64, 1 << 20, " MiB").map_or(1024, |n| n as u32);
+            let cpus = ranged(r, o, "cpus", 1, 255, " vCPUs").map_or(2, |n| n as u32);
+            Some(Vm {
+                name,
+                memory,
+                cpus,
+                color: r.field(o, "color").unwrap_or_default(),
+                network: r.field(o, "network").unwrap_or_default(),
+                auto_shutdown: r.field(o, "autoShutdown").unwrap_or(AutoShutdown {
+                    enable: false,
+                    after: 60,
+                }),
+                auto_start: r.field_or(o, "autoStart", false),
+                depends_on: r.field_or(o, "dependsOn", Vec::new()),
+                additional_disks: r.field_or(o, "additionalDisks", Vec::new()),
+                root_disk: r.nullable(o, "rootDisk"),
+                kernel: r.nullable(o, "kernel"),
+                initramfs: r.nullable(o, "initramfs"),
+                root_disk_readonly: r.field_or(o, "rootDiskReadonly", true),
+                shared_home: r.field(o, "sharedHome").unwrap_or(SharedHome::Default),
+                kernel_params: r.field_or(o, "kernelParams", Vec::new()),
+                gpu: r.field(o, "gpu").unwrap_or(Gpu {
+                    enabled: true,
+                    options: None,
+                }),
+                gate: r.field(o, "gate").unwrap_or_default(),
+                sound: r.field(o, "sound").unwrap_or(Sound {
+                    enabled: true,
+                    backend: SoundBackend::Pipewire,
+                    capture: false,
+                }),
+                shared_directories: r.field_or(o, "sharedDirectories", Vec::new()),
+                pci_devices: r.field_or(o, "pciDevices", Vec::new()),
+                guest_programs: r.field_or(o, "guestPrograms", Vec::new()),
+                guest_config: r
+                    .field(o, "guestConfig")
+                    .unwrap_or_else(|| Value::Array(Vec::new())),
+                guest_desktop_entries: r.field_or(o, "guestDesktopEntries", Vec::new()),
+                vhost_user: r.field_or(o, "vhostUser", Vec::new()),
+                crosvm: r.field(o, "crosvm").unwrap_or_default(),
+                root_overlay: r.field(o, "rootOverlay").unwrap_or(RootOverlay {
+                    kind: OverlayType::Qcow2,
+                    size: ByteSize(10 << 30),
+                }),
+                wayland_proxy: r.field_or(o, "waylandProxy", WaylandProxy::WaylandProxyVirtwl),
+                vmm: r.field_or(o, "vmm", Vmm::Crosvm),
+                qemu: r.field(o, "qemu").unwrap_or_default(),
+            })
         })
     }
 }
 
 impl FromValue for Network {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["nameservers", "interfaces"])?;
-        Some(Network {
-            nameservers: r.field_or(o, "nameservers", Vec::new()),
-            interfaces: r.field_or(o, "interfaces", BTreeMap::new()),
+        r.object(v, |r, o| {
+            Some(Network {
+                nameservers: r.field_or(o, "nameservers", Vec::new()),
+                interfaces: r.field_or(o, "interfaces", BTreeMap::new()),
+            })
         })
     }
 }
 
-fn read_routes(r: &mut Reader, o: &Map<String, Value>, key: &str) -> BTreeMap<Cidr, Route> {
-    let Some(v) = o.get(key) else {
+fn read_routes(r: &mut Reader, o: &impl Fields, key: &str) -> BTreeMap<Cidr, Route> {
+    let Some(v) = o.lookup(key) else {
         return BTreeMap::new();
     };
     r.at_key(key, |r| {
@@ -1453,8 +1391,7 @@ fn read_routes(r: &mut Reader, o: &Map<String, Value>, key: &str) -> BTreeMap<Ci
 
 impl FromValue for Route {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["via"])?;
-        match r.field::<IpAddr>(o, "via") {
+        r.object(v, |r, o| match r.field::<IpAddr>(o, "via") {
             Some(via) => Some(Route { via }),
             None => {
                 if !o.contains_key("via") {
@@ -1464,88 +1401,92 @@ impl FromValue for Route {
                 }
                 None
             }
-        }
+        })
     }
 }
 
 impl FromValue for Interface {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, INTERFACE_KEYS)?;
-        Some(Interface {
-            kind: r.field_or(o, "type", InterfaceType::VmSwitch),
-            mac_address: r.nullable(o, "macAddress"),
-            tap: r.field(o, "tap").unwrap_or_default(),
-            vm_network: r.field(o, "vmNetwork").unwrap_or_default(),
-            dhcp: r.field_or(o, "dhcp", false),
-            addresses: r.field_or(o, "addresses", Vec::new()),
-            routes: read_routes(r, o, "routes"),
-            v6_addresses: r.field_or(o, "v6Addresses", Vec::new()),
-            v6_routes: read_routes(r, o, "v6Routes"),
+        r.object(v, |r, o| {
+            Some(Interface {
+                kind: r.field_or(o, "type", InterfaceType::VmSwitch),
+                mac_address: r.nullable(o, "macAddress"),
+                tap: r.field(o, "tap").unwrap_or_default(),
+                vm_network: r.field(o, "vmNetwork").unwrap_or_default(),
+                dhcp: r.field_or(o, "dhcp", false),
+                addresses: r.field_or(o, "addresses", Vec::new()),
+                routes: read_routes(r, o, "routes"),
+                v6_addresses: r.field_or(o, "v6Addresses", Vec::new()),
+                v6_routes: read_routes(r, o, "v6Routes"),
+            })
         })
     }
 }
 
 impl FromValue for Tap {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["name", "hostAddress", "bridge"])?;
-        Some(Tap {
-            name: r.nullable(o, "name"),
-            host_address: r.nullable(o, "hostAddress"),
-            bridge: r.nullable(o, "bridge"),
+        r.object(v, |r, o| {
+            Some(Tap {
+                name: r.nullable(o, "name"),
+                host_address: r.nullable(o, "hostAddress"),
+                bridge: r.nullable(o, "bridge"),
+            })
         })
     }
 }
 
 impl FromValue for VmNetwork {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["name", "receiveBroadcast", "routes"])?;
-        Some(VmNetwork {
-            name: r.nullable(o, "name"),
-            receive_broadcast: r.field_or(o, "receiveBroadcast", false),
-            routes: r.field_or(o, "routes", Vec::new()),
+        r.object(v, |r, o| {
+            Some(VmNetwork {
+                name: r.nullable(o, "name"),
+                receive_broadcast: r.field_or(o, "receiveBroadcast", false),
+                routes: r.field_or(o, "routes", Vec::new()),
+            })
         })
     }
 }
 
 impl FromValue for AutoShutdown {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["enable", "after"])?;
-        // At most a year, whichever way it is written.
-        const MAX_AFTER: u64 = 31_536_000;
-        let after = match o.get("after") {
-            None => 60,
-            // Seconds as a number (as in the NixOS module), or a duration such as "2min".
-            Some(Value::String(s)) => r.at_key("after", |r| match parse_duration(s) {
-                Ok(d) if (1..=MAX_AFTER).contains(&d.as_secs()) && d.subsec_nanos() == 0 => {
-                    d.as_secs()
-                }
-                Ok(_) => {
-                    r.error(
+        r.object(v, |r, o| {
+            // At most a year, whichever way it is written.
+            const MAX_AFTER: u64 = 31_536_000;
+            let after = match o.get("after") {
+                None => 60,
+                // Seconds as a number (as in the NixOS module), or a duration such as "2min".
+                Some(Value::String(s)) => r.at_key("after", |r| match parse_duration(s) {
+                    Ok(d) if (1..=MAX_AFTER).contains(&d.as_secs()) && d.subsec_nanos() == 0 => {
+                        d.as_secs()
+                    }
+                    Ok(_) => {
+                        r.error(
                         o.get("after"),
                         format!(
                             "{s:?} is out of range: expected a whole number of seconds from 1s to \
                              {MAX_AFTER}s (365 days)"
                         ),
                     );
-                    60
-                }
-                Err(e) => {
-                    r.error(o.get("after"), e.to_string());
-                    60
-                }
-            }),
-            Some(_) => ranged(r, o, "after", 1, MAX_AFTER, " seconds").unwrap_or(60),
-        };
-        Some(AutoShutdown {
-            enable: r.field_or(o, "enable", false),
-            after,
+                        60
+                    }
+                    Err(e) => {
+                        r.error(o.get("after"), e.to_string());
+                        60
+                    }
+                }),
+                Some(_) => ranged(r, o, "after", 1, MAX_AFTER, " seconds").unwrap_or(60),
+            };
+            Some(AutoShutdown {
+                enable: r.field_or(o, "enable", false),
+                after,
+            })
         })
     }
 }
 
 /// Reads a required string key of a free-form table.
-fn required_str(r: &mut Reader, o: &Map<String, Value>, key: &str, why: &str) -> Option<String> {
-    if o.contains_key(key) {
+fn required_str(r: &mut Reader, o: &impl Fields, key: &str, why: &str) -> Option<String> {
+    if o.lookup(key).is_some() {
         r.field(o, key)
     } else {
         r.at_key(key, |r| r.error(None, format!("is required: {why}")));
@@ -1756,75 +1697,80 @@ impl FromValue for VhostUser {
 
 impl FromValue for DesktopEntry {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["name", "exec", "icon", "categories"])?;
-        let name = required_str(r, o, "name", "the entry's display name");
-        let exec = required_str(r, o, "exec", "the command to run in the guest");
-        Some(DesktopEntry {
-            name: name?,
-            exec: exec?,
-            icon: r.nullable(o, "icon"),
-            categories: r.field_or(o, "categories", Vec::new()),
+        r.object(v, |r, o| {
+            let name = required_str(r, o, "name", "the entry's display name");
+            let exec = required_str(r, o, "exec", "the command to run in the guest");
+            Some(DesktopEntry {
+                name: name?,
+                exec: exec?,
+                icon: r.nullable(o, "icon"),
+                categories: r.field_or(o, "categories", Vec::new()),
+            })
         })
     }
 }
 
 impl FromValue for CrosvmVm {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["logLevel", "extraArgs", "extraRunArgs"])?;
-        Some(CrosvmVm {
-            log_level: r.nullable(o, "logLevel"),
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
-            extra_run_args: r.field_or(o, "extraRunArgs", Vec::new()),
+        r.object(v, |r, o| {
+            Some(CrosvmVm {
+                log_level: r.nullable(o, "logLevel"),
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+                extra_run_args: r.field_or(o, "extraRunArgs", Vec::new()),
+            })
         })
     }
 }
 
 impl FromValue for RootOverlay {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["type", "size"])?;
-        let size = match o.get("size") {
-            None => ByteSize(10 << 30),
-            Some(sv) => r.at_key("size", |r| match sv {
-                Value::String(s) => match parse_image_size(s) {
-                    Ok(0) => {
-                        r.error(Some(sv), "must be larger than 0");
+        r.object(v, |r, o| {
+            let size = match o.get("size") {
+                None => ByteSize(10 << 30),
+                Some(sv) => r.at_key("size", |r| match sv {
+                    Value::String(s) => match parse_image_size(s) {
+                        Ok(0) => {
+                            r.error(Some(sv), "must be larger than 0");
+                            ByteSize(10 << 30)
+                        }
+                        Ok(n) => ByteSize(n),
+                        Err(e) => {
+                            r.error(Some(sv), e.to_string());
+                            ByteSize(10 << 30)
+                        }
+                    },
+                    _ => {
+                        r.type_error(sv, "a size such as \"10G\" or \"10.5G\"");
                         ByteSize(10 << 30)
                     }
-                    Ok(n) => ByteSize(n),
-                    Err(e) => {
-                        r.error(Some(sv), e.to_string());
-                        ByteSize(10 << 30)
-                    }
-                },
-                _ => {
-                    r.type_error(sv, "a size such as \"10G\" or \"10.5G\"");
-                    ByteSize(10 << 30)
-                }
-            }),
-        };
-        Some(RootOverlay {
-            kind: r.field_or(o, "type", OverlayType::Qcow2),
-            size,
+                }),
+            };
+            Some(RootOverlay {
+                kind: r.field_or(o, "type", OverlayType::Qcow2),
+                size,
+            })
         })
     }
 }
 
 impl FromValue for Gate {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["frame", "allowGlobals", "denyGlobals"])?;
-        Some(Gate {
-            frame: r.field_or(o, "frame", true),
-            allow_globals: r.field_or(o, "allowGlobals", Vec::new()),
-            deny_globals: r.field_or(o, "denyGlobals", Vec::new()),
+        r.object(v, |r, o| {
+            Some(Gate {
+                frame: r.field_or(o, "frame", true),
+                allow_globals: r.field_or(o, "allowGlobals", Vec::new()),
+                deny_globals: r.field_or(o, "denyGlobals", Vec::new()),
+            })
         })
     }
 }
 
 impl FromValue for QemuVm {
     fn from_value(r: &mut Reader, v: &Value) -> Option<Self> {
-        let o = r.object(v, &["extraArgs"])?;
-        Some(QemuVm {
-            extra_args: r.field_or(o, "extraArgs", Vec::new()),
+        r.object(v, |r, o| {
+            Some(QemuVm {
+                extra_args: r.field_or(o, "extraArgs", Vec::new()),
+            })
         })
     }
 }

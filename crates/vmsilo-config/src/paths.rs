@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Vmm;
+
 /// The directories every runtime path is derived from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +40,30 @@ impl Default for Dirs {
     }
 }
 
+/// Suffix of a VM's crosvm control socket in the run directory: `<vm>-control.socket`.
+pub const CONTROL_SOCKET_SUFFIX: &str = "-control.socket";
+/// Suffix of a VM's QEMU QMP socket in the run directory: `<vm>-qmp.socket`.
+pub const QMP_SOCKET_SUFFIX: &str = "-qmp.socket";
+/// File name of vmsilo-balloond's status socket in the run directory.
+pub const BALLOOND_STATUS: &str = "balloond.status";
+
+/// The suffix of the socket `vmm` is controlled through (in the run directory).
+pub fn vmm_socket_suffix(vmm: Vmm) -> &'static str {
+    match vmm {
+        Vmm::Crosvm => CONTROL_SOCKET_SUFFIX,
+        Vmm::Qemu => QMP_SOCKET_SUFFIX,
+    }
+}
+
+/// Splits a run-directory file name into the VM name and its VMM when it is a VMM control
+/// socket ([`Dirs::control_socket`] or [`Dirs::qmp_socket`]); `None` for other files. The VM
+/// name is not checked here (it may be empty).
+pub fn parse_vmm_socket_name(file: &str) -> Option<(&str, Vmm)> {
+    [Vmm::Crosvm, Vmm::Qemu]
+        .into_iter()
+        .find_map(|vmm| file.strip_suffix(vmm_socket_suffix(vmm)).map(|n| (n, vmm)))
+}
+
 fn join(dir: &str, file: &str) -> String {
     let dir = dir.trim_end_matches('/');
     format!("{dir}/{file}")
@@ -66,11 +92,36 @@ impl Dirs {
     }
     /// `<run>/<vm>-control.socket`: crosvm's control socket.
     pub fn control_socket(&self, vm: &str) -> String {
-        join(&self.run_dir, &format!("{vm}-control.socket"))
+        self.vmm_socket(vm, Vmm::Crosvm)
     }
     /// `<run>/<vm>-qmp.socket`: QEMU's QMP socket.
     pub fn qmp_socket(&self, vm: &str) -> String {
-        join(&self.run_dir, &format!("{vm}-qmp.socket"))
+        self.vmm_socket(vm, Vmm::Qemu)
+    }
+    /// The socket `vmm` is controlled through: [`Dirs::control_socket`] or [`Dirs::qmp_socket`]
+    /// (vmsilo-balloond finds VMs by these names, [`parse_vmm_socket_name`]).
+    pub fn vmm_socket(&self, vm: &str, vmm: Vmm) -> String {
+        join(&self.run_dir, &format!("{vm}{}", vmm_socket_suffix(vmm)))
+    }
+    /// `<run>/<vm>.state`: the runtime's state file (JSON), read by `vmsilo status`.
+    pub fn state_file(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}.state"))
+    }
+    /// `<run>/<vm>.lock`: the lock that keeps a second runtime off the VM.
+    pub fn lock_file(&self, vm: &str) -> String {
+        join(&self.run_dir, &format!("{vm}.lock"))
+    }
+    /// `<run>/net.lock`: the lock that keeps two `vmsilo net` off the host network.
+    pub fn net_lock(&self) -> String {
+        join(&self.run_dir, "net.lock")
+    }
+    /// `<run>/net.json`: what `vmsilo net up` created on the host, for `vmsilo net down`.
+    pub fn net_record(&self) -> String {
+        join(&self.run_dir, "net.json")
+    }
+    /// `<run>/balloond.status`: vmsilo-balloond's status socket.
+    pub fn balloond_status(&self) -> String {
+        join(&self.run_dir, BALLOOND_STATUS)
     }
     /// `<run>/<vm>-vsock.socket`: the hybrid-vsock socket of vhost-device-vsock (QEMU):
     /// connect and send `CONNECT <port>\n`.
@@ -217,6 +268,47 @@ mod tests {
             d.overlay_image("banking"),
             "/var/lib/vmsilo/overlays/banking.qcow2"
         );
+        assert_eq!(d.state_file("banking"), "/run/vmsilo/banking.state");
+        assert_eq!(d.lock_file("banking"), "/run/vmsilo/banking.lock");
+        assert_eq!(d.net_lock(), "/run/vmsilo/net.lock");
+        assert_eq!(d.net_record(), "/run/vmsilo/net.json");
+        assert_eq!(d.balloond_status(), "/run/vmsilo/balloond.status");
+    }
+
+    /// vmsilo-balloond recognises VMs by [`parse_vmm_socket_name`]: exactly the sockets
+    /// [`Dirs`] gives each VMM, and none of the other files in the run directory.
+    #[test]
+    fn test_recognised_vmm_suffixes_are_the_ones_dirs_produces() {
+        let d = Dirs::with_run_dir("/run/x");
+        let file = |p: String| p.rsplit('/').next().unwrap_or_default().to_owned();
+        for vmm in [Vmm::Crosvm, Vmm::Qemu] {
+            let socket = file(d.vmm_socket("banking", vmm));
+            assert_eq!(parse_vmm_socket_name(&socket), Some(("banking", vmm)));
+        }
+        assert_eq!(d.control_socket("a"), d.vmm_socket("a", Vmm::Crosvm));
+        assert_eq!(d.qmp_socket("a"), d.vmm_socket("a", Vmm::Qemu));
+        let recognised: Vec<&str> = [Vmm::Crosvm, Vmm::Qemu]
+            .into_iter()
+            .map(vmm_socket_suffix)
+            .collect();
+        assert_eq!(recognised, [CONTROL_SOCKET_SUFFIX, QMP_SOCKET_SUFFIX]);
+        for other in [
+            d.command_socket("banking"),
+            d.console("banking"),
+            d.console_socket("banking"),
+            d.vsock_socket("banking"),
+            d.vhost_vsock_socket("banking"),
+            d.fs_socket("banking", "home"),
+            d.state_file("banking"),
+            d.lock_file("banking"),
+            d.net_lock(),
+            d.net_record(),
+            d.balloond_status(),
+            d.user_dir("banking"),
+            d.gate_dir("banking"),
+        ] {
+            assert_eq!(parse_vmm_socket_name(&file(other.clone())), None, "{other}");
+        }
     }
 
     #[test]

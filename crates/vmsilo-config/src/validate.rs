@@ -547,7 +547,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let cmdline = crate::plan::kernel_cmdline(vm);
+        let cmdline = derive::kernel_cmdline(vm);
         let len = derive::cmdline_len(&cmdline);
         if len > derive::CMDLINE_MAX {
             self.vm(
@@ -1278,7 +1278,7 @@ impl Checker<'_> {
     }
 
     fn check_qemu(&mut self, i: usize, vm: &Vm) {
-        for (path, message, value) in crate::plan::qemu::unsupported(vm) {
+        for (path, message, value) in crate::qemu_caps::unsupported(vm) {
             self.vm(i, vm, &path, value, message);
         }
     }

@@ -3,7 +3,12 @@
 //!
 //! serde's own `deny_unknown_fields` stops at the first unknown key and cannot suggest the
 //! intended one; this reader reports them all, each with a "did you mean" hint.
+//!
+//! A table's accepted keys are not listed anywhere: they are the keys its reader looks up
+//! ([`Reader::object`] hands the reader a [`Table`] that records them), so the keys the code
+//! reads and the keys the configuration may hold cannot drift apart.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -73,24 +78,37 @@ impl Reader {
         self.diags.push(d);
     }
 
-    /// Checks that `v` is a table/object whose keys are all in `known`; reports each unknown key
-    /// (with a suggestion when one is close). Returns the map even when some keys are unknown,
-    /// so that the known ones are still read and checked.
-    pub(crate) fn object<'v>(
+    /// Reads the table `v` with `read`, then reports each key of `v` that `read` did not look up
+    /// as unknown (with a suggestion among the keys it did look up). The unknown keys are
+    /// reported before whatever `read` reported, as if checked first. A reader must look up
+    /// every key it accepts whatever the input (before any early return), so that its keys
+    /// are the same for every table.
+    pub(crate) fn object<'v, T>(
         &mut self,
         v: &'v Value,
-        known: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
+        read: impl FnOnce(&mut Self, &Table<'v>) -> Option<T>,
+    ) -> Option<T> {
         let Value::Object(map) = v else {
             self.type_error(v, "a table (object)");
             return None;
         };
+        let start = self.diags.len();
+        let table = Table {
+            map,
+            read: RefCell::default(),
+        };
+        let out = read(self, &table);
+        let read_keys = table.read.into_inner();
+        let known: Vec<&str> = read_keys.iter().map(String::as_str).collect();
+        let before = self.diags.len();
         for (key, val) in map {
             if !known.contains(&key.as_str()) {
-                self.unknown_key(key, val, known);
+                self.unknown_key(key, val, &known);
             }
         }
-        Some(map)
+        let added = self.diags.len() - before;
+        self.diags[start..].rotate_right(added);
+        out
     }
 
     /// Reports `key` as an unknown option among `known`.
@@ -116,31 +134,65 @@ impl Reader {
     }
 
     /// Reads an optional field: `None` when it is absent (or unreadable, which is reported).
-    pub(crate) fn field<T: FromValue>(&mut self, obj: &Map<String, Value>, key: &str) -> Option<T> {
-        let v = obj.get(key)?;
+    pub(crate) fn field<T: FromValue>(&mut self, obj: &impl Fields, key: &str) -> Option<T> {
+        let v = obj.lookup(key)?;
         self.at_key(key, |r| T::from_value(r, v))
     }
 
     /// Reads a field with a default for when it is absent or unreadable.
-    pub(crate) fn field_or<T: FromValue>(
-        &mut self,
-        obj: &Map<String, Value>,
-        key: &str,
-        default: T,
-    ) -> T {
+    pub(crate) fn field_or<T: FromValue>(&mut self, obj: &impl Fields, key: &str, default: T) -> T {
         self.field(obj, key).unwrap_or(default)
     }
 
     /// Reads a field that may be absent or `null` (both give `None`).
-    pub(crate) fn nullable<T: FromValue>(
-        &mut self,
-        obj: &Map<String, Value>,
-        key: &str,
-    ) -> Option<T> {
-        match obj.get(key) {
+    pub(crate) fn nullable<T: FromValue>(&mut self, obj: &impl Fields, key: &str) -> Option<T> {
+        match obj.lookup(key) {
             None | Some(Value::Null) => None,
             Some(v) => self.at_key(key, |r| T::from_value(r, v)),
         }
+    }
+}
+
+/// A table being read by [`Reader::object`]: every key looked up in it is one it accepts.
+#[derive(Debug)]
+pub(crate) struct Table<'v> {
+    map: &'v Map<String, Value>,
+    /// The keys looked up so far, in order.
+    read: RefCell<Vec<String>>,
+}
+
+impl<'v> Table<'v> {
+    /// The value at `key`, if any; `key` is accepted.
+    pub(crate) fn get(&self, key: &str) -> Option<&'v Value> {
+        let mut read = self.read.borrow_mut();
+        if !read.iter().any(|k| k == key) {
+            read.push(key.to_owned());
+        }
+        self.map.get(key)
+    }
+
+    /// Whether the table has `key`; `key` is accepted.
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+/// Something fields are read from: a [`Table`], or a free-form map whose keys the caller
+/// checks itself.
+pub(crate) trait Fields {
+    /// The value at `key`, if any.
+    fn lookup(&self, key: &str) -> Option<&Value>;
+}
+
+impl Fields for Table<'_> {
+    fn lookup(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Fields for Map<String, Value> {
+    fn lookup(&self, key: &str) -> Option<&Value> {
+        self.get(key)
     }
 }
 
@@ -346,8 +398,12 @@ mod tests {
         let mut r = Reader::default();
         let v = json!({"memroy": 5, "cpus": 2, "zzz": true});
         r.at_key("nixosVms", |r| {
-            let obj = r.object(&v, &["memory", "cpus"]).expect("object");
-            assert_eq!(r.field::<u32>(obj, "cpus"), Some(2));
+            r.object(&v, |r, obj| {
+                let _: Option<u32> = r.field(obj, "memory");
+                assert_eq!(r.field::<u32>(obj, "cpus"), Some(2));
+                Some(())
+            })
+            .expect("object");
         });
         let msgs: Vec<String> = r.diags.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -363,10 +419,13 @@ mod tests {
     fn test_reader_type_errors_name_the_value() {
         let mut r = Reader::default();
         let v = json!({"a": "yes", "b": -3, "c": [1, "x"]});
-        let obj = r.object(&v, &["a", "b", "c"]).expect("object");
-        assert_eq!(r.field::<bool>(obj, "a"), None);
-        assert_eq!(r.field::<u32>(obj, "b"), None);
-        assert_eq!(r.field::<Vec<String>>(obj, "c"), Some(vec!["x".to_owned()]));
+        r.object(&v, |r, obj| {
+            assert_eq!(r.field::<bool>(obj, "a"), None);
+            assert_eq!(r.field::<u32>(obj, "b"), None);
+            assert_eq!(r.field::<Vec<String>>(obj, "c"), Some(vec!["x".to_owned()]));
+            Some(())
+        })
+        .expect("object");
         let msgs: Vec<String> = r.diags.iter().map(ToString::to_string).collect();
         assert_eq!(
             msgs,
@@ -374,6 +433,30 @@ mod tests {
                 "a: expected true or false, found a string (\"yes\")",
                 "b: -3 is out of range: expected 0 to 4294967295",
                 "c[0]: expected a string, found a number (1)",
+            ]
+        );
+    }
+
+    /// The accepted keys are the ones looked up, wherever the lookup is; unknown keys come
+    /// first even though they are found last.
+    #[test]
+    fn test_unknown_keys_are_the_ones_the_reader_did_not_look_up() {
+        let mut r = Reader::default();
+        let v = json!({"a": 1, "b": true, "late": 2, "zzz": 3});
+        r.object(&v, |r, obj| {
+            let _: Option<String> = r.field(obj, "a");
+            if obj.contains_key("b") {
+                let _: Option<bool> = r.field(obj, "b");
+            }
+            let _ = obj.get("late");
+            Some(())
+        });
+        let msgs: Vec<String> = r.diags.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "zzz: unknown option \"zzz\"; known options here: a, b, late",
+                "a: expected a string, found a number (1)",
             ]
         );
     }

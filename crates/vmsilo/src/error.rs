@@ -82,12 +82,70 @@ pub enum CliError {
     /// A usage error with its explanation (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// A runtime failure with its explanation (exit 1).
-    #[error("{0}")]
-    Failure(String),
     /// Running a VM failed.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// Blocking the stop signals failed.
+    #[error("cannot block signals")]
+    BlockSignals(#[source] nix::Error),
+    /// `vmsilo check --strict` found host problems (printed before).
+    #[error(
+        "{count} host problem{} (see above): this host cannot run the configuration as it is",
+        if *count == 1 { "" } else { "s" }
+    )]
+    HostProblems {
+        /// How many.
+        count: usize,
+    },
+    /// systemd is not running, so a VM cannot be started or stopped through it.
+    #[error(
+        "cannot {verb} VM {vm:?}: systemd is not running on this machine ({} does not exist); \
+         {instead}",
+        dir.display()
+    )]
+    NoSystemd {
+        /// `start` or `stop`.
+        verb: &'static str,
+        /// The VM.
+        vm: String,
+        /// systemd's runtime directory.
+        dir: PathBuf,
+        /// What to do instead.
+        instead: String,
+    },
+    /// A program could not be run.
+    #[error("cannot run {program}")]
+    RunProgram {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// systemctl refused (its error, explained for this VM).
+    #[error("{0}")]
+    Systemctl(String),
+    /// `vmsilo fill-home` failed (the message is the home module's).
+    #[error("{0}")]
+    FillHome(String),
+    /// The command service stopped on an error (the message is the service's).
+    #[error("{0}")]
+    CommandService(String),
+    /// `vmsilo sound-filter` failed.
+    #[error(transparent)]
+    SoundFilter(#[from] crate::commands::sound_filter::SoundFilterError),
+    /// `vmsilo clipboard` failed.
+    #[error(transparent)]
+    Clipboard(#[from] crate::commands::clipboard::ClipboardError),
+    /// `vm-shell` failed.
+    #[error(transparent)]
+    Shell(#[from] crate::commands::shell::ShellError),
+    /// `vm-run` failed.
+    #[error(transparent)]
+    VmRun(#[from] crate::commands::run::VmRunError),
+    /// `vmsilo net` failed.
+    #[error(transparent)]
+    Net(#[from] crate::commands::net::NetError),
     /// A command ran but asks for this exit status (vm-service's documented codes).
     #[error("exit status {0}")]
     Exit(u8),
@@ -112,7 +170,18 @@ impl CliError {
             | CliError::ReadPasswd { .. }
             | CliError::Output(_)
             | CliError::Io { .. }
-            | CliError::Failure(_) => EXIT_FAILURE,
+            | CliError::Net(_)
+            | CliError::BlockSignals(_)
+            | CliError::HostProblems { .. }
+            | CliError::NoSystemd { .. }
+            | CliError::RunProgram { .. }
+            | CliError::Systemctl(_)
+            | CliError::FillHome(_)
+            | CliError::CommandService(_)
+            | CliError::SoundFilter(_)
+            | CliError::VmRun(_)
+            | CliError::Shell(_)
+            | CliError::Clipboard(_) => EXIT_FAILURE,
             CliError::Runtime(e) => e.exit_code(),
             CliError::Exit(code) => *code,
         }

@@ -36,6 +36,24 @@ impl VmmKind {
     }
 }
 
+impl From<vmsilo_config::Vmm> for VmmKind {
+    fn from(vmm: vmsilo_config::Vmm) -> Self {
+        match vmm {
+            vmsilo_config::Vmm::Crosvm => Self::Crosvm,
+            vmsilo_config::Vmm::Qemu => Self::Qemu,
+        }
+    }
+}
+
+impl From<VmmKind> for vmsilo_config::Vmm {
+    fn from(kind: VmmKind) -> Self {
+        match kind {
+            VmmKind::Crosvm => Self::Crosvm,
+            VmmKind::Qemu => Self::Qemu,
+        }
+    }
+}
+
 pub use vmsilo_vmm::VmmError;
 
 /// A connection to one VM's VMM. Implementations apply their timeout to every request.

@@ -38,11 +38,7 @@ pub const DEFAULT_GPU_OPTIONS: &str = "context-types=cross-domain:virgl2";
 /// The gate's program (`crates/vmsilo-gate`), looked up in `PATH`.
 pub const GATE: &str = "vmsilo-gate";
 
-/// The vsock port a QEMU guest's waypipe stream connects to on the host (CID 2): the guest
-/// agent passes each `waypipe server` connection there; vhost-device-vsock turns it into a
-/// connection to `<vsock socket>_6000`, which leads to `waypipe client`. (The agent's own port
-/// is 5000.) The guest learns it from the kernel parameter `vmsilo.waypipe=<port>`.
-pub const WAYPIPE_VSOCK_PORT: u32 = 6000;
+pub use crate::derive::{WAYPIPE_VSOCK_PORT, kernel_cmdline};
 
 /// Inputs of a plan that are not in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,25 +400,6 @@ pub struct LaunchPlan {
     /// argv split into option groups, for display only.
     #[serde(skip)]
     pub argv_groups: Vec<Vec<String>>,
-}
-
-/// The whole kernel command line the guest sees for this VM (vmsilo's parameters plus what the
-/// VMM adds), for the 2048-byte limit.
-pub fn kernel_cmdline(vm: &Vm) -> Vec<String> {
-    let mut p = vec![
-        "root=/dev/vda".to_owned(),
-        if vm.root_disk_readonly { "ro" } else { "rw" }.to_owned(),
-        "console=ttyS0".to_owned(),
-    ];
-    if vm.vmm == Vmm::Qemu {
-        p.push("panic=-1".to_owned());
-    }
-    p.extend(derive::kernel_params(vm));
-    if vm.vmm == Vmm::Qemu && vm.gpu.enabled {
-        // The guest agent wraps commands in `waypipe server` and carries its stream here.
-        p.push(format!("vmsilo.waypipe={WAYPIPE_VSOCK_PORT}"));
-    }
-    p
 }
 
 /// What to try instead of an unknown VM: the closest name, else the names there are.

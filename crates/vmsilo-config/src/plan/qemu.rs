@@ -5,7 +5,8 @@
 //! first: vhost-device-vsock (host↔guest vsock as a hybrid-vsock unix socket) and one virtiofsd
 //! per shared directory. Guest RAM is a shared memfd (`share=on`), which vhost-user needs.
 //! Everything QEMU cannot do here (GPU/Wayland forwarding, sound, PCI passthrough, some disk and
-//! shared-directory options) is rejected by [`unsupported`] during validation, never dropped.
+//! shared-directory options) is rejected during validation (`qemu_caps::unsupported`),
+//! never dropped.
 //!
 //! Windows (`gpu = true`) take waypipe instead of crosvm's cross-domain GPU: the guest agent
 //! runs each command under `waypipe server`, whose stream reaches the host over vsock port
@@ -13,12 +14,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::derive::{self, GUEST_USER_ID, HOME_TAG};
-use crate::model::{Accel, Disk, OptValue, Options, OverlayType, SharedDir, Vm};
+use crate::derive::{self, GUEST_USER_ID, HOME_TAG, WAYPIPE_VSOCK_PORT, kernel_cmdline};
+use crate::model::{Accel, Disk, Options, OverlayType, SharedDir, Vm};
 use crate::plan::{
-    Backend, ConsoleListener, LaunchPlan, PlanOptions, RunAs, WAYPIPE_VSOCK_PORT, gate_backend,
-    kernel_cmdline, push_extra, sandbox,
+    Backend, ConsoleListener, LaunchPlan, PlanOptions, RunAs, gate_backend, push_extra, sandbox,
 };
+use crate::qemu_caps::{IdRange, QEMU_VHOST_USER, opt_bool, parse_id_map};
 use crate::validate::ValidConfig;
 
 /// `argv[0]`.
@@ -26,232 +27,6 @@ pub const QEMU: &str = "qemu-system-x86_64";
 
 /// Queue size of vhost-user-fs devices.
 pub const FS_QUEUE_SIZE: u32 = 1024;
-
-/// Disk keys QEMU honours (see [`drive_value`]).
-const QEMU_DISK_KEYS: &[&str] = &["ro", "sparse", "direct", "o_direct", "lock", "format"];
-
-/// Shared-directory keys QEMU (virtiofsd) honours. `uid`/`gid` pick crosvm's device-process
-/// identity; virtiofsd runs as root and takes each request's mapped ID, so they add nothing.
-const QEMU_SHARED_DIR_KEYS: &[&str] = &[
-    "type",
-    "uid",
-    "gid",
-    "uidmap",
-    "gidmap",
-    "cache",
-    "cache_policy",
-    "writeback",
-    "posix_acl",
-];
-
-/// vhost-user device types QEMU 7.2 has a frontend for, and its device name.
-const QEMU_VHOST_USER: &[(&str, &str)] = &[
-    ("net", "virtio-net-pci"),
-    ("block", "vhost-user-blk-pci"),
-    ("rng", "vhost-user-rng-pci"),
-    ("input", "vhost-user-input-pci"),
-    ("scsi", "vhost-user-scsi-pci"),
-];
-
-/// One thing a QEMU VM asks for that QEMU cannot do: (field path, message, offending value).
-pub(crate) type Unsupported = (String, String, Option<String>);
-
-fn opt_bool(v: &OptValue) -> Option<bool> {
-    match v {
-        OptValue::Bool(b) => Some(*b),
-        OptValue::Str(s) if s == "true" || s == "on" => Some(true),
-        OptValue::Str(s) if s == "false" || s == "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Everything in `vm` that a QEMU VM cannot honour, each with a way out.
-pub(crate) fn unsupported(vm: &Vm) -> Vec<Unsupported> {
-    let mut out: Vec<Unsupported> = Vec::new();
-    let mut no = |path: &str, msg: String, value: Option<String>| {
-        out.push((path.to_owned(), msg, value));
-    };
-    if vm.gpu.enabled && vm.gpu.options.is_some() {
-        // QEMU VMs show windows through waypipe over vsock; there is no virtual GPU to tune.
-        no(
-            "gpu",
-            "QEMU VMs have no virtual GPU (their windows reach the host through waypipe over \
-             vsock), so crosvm's --gpu options do not apply: set gpu = true, or use vmm = \
-             \"crosvm\""
-                .into(),
-            None,
-        );
-    }
-    if vm.sound.enabled {
-        no(
-            "sound",
-            "QEMU 7.2 has no vhost-user sound device: set sound = false, or use vmm = \"crosvm\""
-                .into(),
-            None,
-        );
-    }
-    if !vm.pci_devices.is_empty() {
-        no(
-            "pciDevices",
-            "PCI passthrough is only planned for crosvm VMs: remove pciDevices, or use vmm = \
-             \"crosvm\""
-                .into(),
-            None,
-        );
-    }
-    for (key, set) in [
-        ("crosvm.logLevel", vm.crosvm.log_level.is_some()),
-        ("crosvm.extraArgs", !vm.crosvm.extra_args.is_empty()),
-        ("crosvm.extraRunArgs", !vm.crosvm.extra_run_args.is_empty()),
-    ] {
-        if set {
-            no(
-                key,
-                "only applies to crosvm VMs: this VM uses QEMU (use qemu.extraArgs)".into(),
-                None,
-            );
-        }
-    }
-    let disks = vm
-        .root_disk
-        .iter()
-        .map(|d| ("rootDisk".to_owned(), d))
-        .chain(
-            vm.additional_disks
-                .iter()
-                .enumerate()
-                .map(|(n, d)| (format!("additionalDisks[{n}]"), d)),
-        );
-    for (path, d) in disks {
-        for (k, v) in &d.options {
-            if !QEMU_DISK_KEYS.contains(&k.as_str()) {
-                no(
-                    &format!("{path}.{k}"),
-                    format!(
-                        "QEMU VMs do not support the disk option {k:?} (supported: {}): remove it",
-                        QEMU_DISK_KEYS.join(", ")
-                    ),
-                    Some(v.to_string()),
-                );
-            }
-        }
-    }
-    for (n, s) in vm.shared_directories.iter().enumerate() {
-        let base = format!("sharedDirectories[{n}]");
-        for (k, v) in &s.options {
-            if !QEMU_SHARED_DIR_KEYS.contains(&k.as_str()) {
-                no(
-                    &format!("{base}.{k}"),
-                    format!(
-                        "virtiofsd (QEMU VMs) has no equivalent of {k:?}: remove it (supported: {})",
-                        QEMU_SHARED_DIR_KEYS.join(", ")
-                    ),
-                    Some(v.to_string()),
-                );
-            }
-        }
-        if let Some(t) = s.options.get("type")
-            && t.to_string() != "fs"
-        {
-            no(
-                &format!("{base}.type"),
-                format!(
-                    "QEMU VMs share directories over virtio-fs only: use type = \"fs\", not {t}"
-                ),
-                Some(t.to_string()),
-            );
-        }
-        if let Some(v) = s.options.get("posix_acl")
-            && opt_bool(v) != Some(false)
-        {
-            no(
-                &format!("{base}.posix_acl"),
-                "virtiofsd cannot combine POSIX ACLs with the uid/gid translation vmsilo uses: \
-                 remove posix_acl or set it to false"
-                    .into(),
-                Some(v.to_string()),
-            );
-        }
-        for key in ["uidmap", "gidmap"] {
-            if let Some(v) = s.options.get(key)
-                && let Err(e) = parse_id_map(&v.to_string())
-            {
-                no(&format!("{base}.{key}"), e, Some(v.to_string()));
-            }
-        }
-    }
-    for (n, v) in vm.vhost_user.iter().enumerate() {
-        let base = format!("vhostUser[{n}]");
-        if !QEMU_VHOST_USER.iter().any(|(t, _)| *t == v.kind) {
-            let why = match v.kind.as_str() {
-                "fs" => "use sharedDirectories (vmsilo starts virtiofsd itself)",
-                "vsock" => "vmsilo already attaches vhost-device-vsock to every QEMU VM",
-                "sound" => "QEMU 7.2 has no vhost-user sound device",
-                _ => "QEMU 7.2 has no frontend for it",
-            };
-            no(
-                &format!("{base}.type"),
-                format!(
-                    "vhost-user type {:?} is not available for QEMU VMs: {why} (QEMU VMs take: {})",
-                    v.kind,
-                    QEMU_VHOST_USER
-                        .iter()
-                        .map(|(t, _)| *t)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                Some(format!("{:?}", v.kind)),
-            );
-        }
-        for (k, val) in &v.options {
-            no(
-                &format!("{base}.{k}"),
-                format!("{k:?} is a crosvm --vhost-user option; QEMU VMs take none: remove it"),
-                Some(val.to_string()),
-            );
-        }
-    }
-    out
-}
-
-/// One `inner outer count` range of a crosvm uid/gid map: guest IDs `inner..inner+count` are
-/// host IDs `outer..outer+count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IdRange {
-    pub(crate) guest: u32,
-    pub(crate) host: u32,
-    pub(crate) count: u32,
-}
-
-/// Parses crosvm's `"inner outer count[,inner outer count...]"`; ranges must not overlap.
-pub(crate) fn parse_id_map(text: &str) -> Result<Vec<IdRange>, String> {
-    let mut out: Vec<IdRange> = Vec::new();
-    for part in text.split(',') {
-        let nums: Vec<u32> = part
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("{text:?} is not a list of \"inner outer count\" ranges"))?;
-        let [guest, host, count] = nums[..] else {
-            return Err(format!(
-                "{text:?} is not a list of \"inner outer count\" ranges"
-            ));
-        };
-        if count == 0 || guest.checked_add(count).is_none() || host.checked_add(count).is_none() {
-            return Err(format!(
-                "{text:?}: the range {part:?} is empty or overflows"
-            ));
-        }
-        if out
-            .iter()
-            .any(|r| guest < r.guest + r.count && r.guest < guest + count)
-        {
-            return Err(format!("{text:?}: guest ranges overlap"));
-        }
-        out.push(IdRange { guest, host, count });
-    }
-    Ok(out)
-}
 
 /// virtiofsd `--translate-uid`/`--translate-gid` values reproducing a crosvm-style map: each
 /// range maps both ways, and every guest ID outside the ranges is forbidden (crosvm's user
@@ -620,6 +395,7 @@ fn waypipe_backend(vm: &Vm, opts: &PlanOptions, gate_socket: &str) -> Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OptValue;
 
     #[test]
     fn test_parse_id_map() {

@@ -78,11 +78,9 @@ pub fn run(config: Option<&Path>, args: &CheckArgs) -> Result<(), CliError> {
         eprintln!("vmsilo: {level}{p}");
     }
     if args.strict && !host_problems.is_empty() {
-        return Err(CliError::Failure(format!(
-            "{} host problem{} (see above): this host cannot run the configuration as it is",
-            host_problems.len(),
-            if host_problems.len() == 1 { "" } else { "s" }
-        )));
+        return Err(CliError::HostProblems {
+            count: host_problems.len(),
+        });
     }
     Ok(())
 }

@@ -82,12 +82,85 @@ fn socket(args: &ClipboardArgs) -> Result<PathBuf, CliError> {
         })
 }
 
+/// Why `vmsilo clipboard` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClipboardError {
+    /// vmsilo-clipd's socket does not answer.
+    #[error(
+        "could not reach vmsilo-clipd at {}: {error} (is it running? systemctl --user status \
+         vmsilo-clipd)",
+        path.display()
+    )]
+    Unreachable {
+        /// Its socket.
+        path: PathBuf,
+        /// Why (in the message, before the advice).
+        error: std::io::Error,
+    },
+    /// A request to vmsilo-clipd failed.
+    #[error("vmsilo-clipd")]
+    Request(#[source] std::io::Error),
+    /// vmsilo-clipd asked for a confirmation nobody gave.
+    #[error("{text} (not confirmed; pass --yes to confirm without a terminal)")]
+    NotConfirmed {
+        /// Its question.
+        text: String,
+    },
+    /// vmsilo-clipd refused (its own words).
+    #[error("{0}")]
+    Refused(String),
+    /// vmsilo-clipd answered with a message that does not answer the request.
+    #[error("vmsilo-clipd answered with an unexpected {0}")]
+    Unexpected(String),
+    /// The content vmsilo-clipd handed over could not be read.
+    #[error("could not read the content from vmsilo-clipd")]
+    ReadContent,
+    /// The host's content could not be put in a memfd.
+    #[error("could not hold the content")]
+    HoldContent(#[source] std::io::Error),
+    /// wl-copy or wl-paste could not be run.
+    #[error(
+        "could not run {program}: {error} (install wl-clipboard; it reaches the host clipboard \
+         through your Wayland session)"
+    )]
+    RunWl {
+        /// wl-copy or wl-paste.
+        program: &'static str,
+        /// Why (in the message, before the advice).
+        error: std::io::Error,
+    },
+    /// Talking to wl-copy or wl-paste failed.
+    #[error("{what}")]
+    Wl {
+        /// What failed ("could not write to wl-copy", "wl-paste", ...).
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// wl-copy failed.
+    #[error("wl-copy failed ({0})")]
+    WlCopyFailed(std::process::ExitStatus),
+    /// wl-paste failed: nothing of that type on the clipboard.
+    #[error("wl-paste failed ({status}): the host clipboard holds nothing as {mime}")]
+    WlPasteFailed {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The type asked for.
+        mime: String,
+    },
+    /// vmsilo-clipd could not be run.
+    #[error("could not run vmsilo-clipd: {0} (is it on PATH? it is in the vmsilo package)")]
+    RunClipd(std::io::Error),
+}
+
 fn connect(path: &Path) -> Result<Client, CliError> {
-    Client::connect(path).map_err(|e| {
-        CliError::Failure(format!(
-            "could not reach vmsilo-clipd at {}: {e} (is it running? systemctl --user status vmsilo-clipd)",
-            path.display()
-        ))
+    Client::connect(path).map_err(|error| {
+        ClipboardError::Unreachable {
+            path: path.to_owned(),
+            error,
+        }
+        .into()
     })
 }
 
@@ -107,7 +180,7 @@ fn request(
     msg: Msg,
     confirmed: Option<Msg>,
 ) -> Result<(Msg, Option<std::os::fd::OwnedFd>), CliError> {
-    let io = |e: std::io::Error| CliError::Failure(format!("vmsilo-clipd: {e}"));
+    let io = |e: std::io::Error| CliError::from(ClipboardError::Request(e));
     let (reply, fd) = c.request(&msg, None, REPLY_TIMEOUT).map_err(io)?;
     if let (
         Msg::Reply {
@@ -120,9 +193,7 @@ fn request(
         if ask(text) {
             return c.request(&confirmed, None, REPLY_TIMEOUT).map_err(io);
         }
-        return Err(CliError::Failure(format!(
-            "{text} (not confirmed; pass --yes to confirm without a terminal)"
-        )));
+        return Err(ClipboardError::NotConfirmed { text: text.clone() }.into());
     }
     Ok((reply, fd))
 }
@@ -136,10 +207,8 @@ fn outcome(reply: Msg) -> Result<(), CliError> {
             println!("{text}");
             Ok(())
         }
-        Msg::Reply { text, .. } => Err(CliError::Failure(text)),
-        other => Err(CliError::Failure(format!(
-            "vmsilo-clipd answered with an unexpected {other:?}"
-        ))),
+        Msg::Reply { text, .. } => Err(ClipboardError::Refused(text).into()),
+        other => Err(ClipboardError::Unexpected(format!("{other:?}")).into()),
     }
 }
 
@@ -176,9 +245,7 @@ pub fn run(config: Option<&Path>, args: &ClipboardArgs) -> Result<(), CliError> 
             let data = match chan::read_memfd(fd, MAX_HOST as usize) {
                 Ok(Ok(d)) => d,
                 _ => {
-                    return Err(CliError::Failure(
-                        "could not read the content from vmsilo-clipd".into(),
-                    ));
+                    return Err(ClipboardError::ReadContent.into());
                 }
             };
             wl_copy(mime, &data)?;
@@ -187,8 +254,7 @@ pub fn run(config: Option<&Path>, args: &ClipboardArgs) -> Result<(), CliError> 
         }
         ClipboardAction::FromHost { mime } => {
             let data = wl_paste(mime)?;
-            let memfd = chan::memfd_with(&data)
-                .map_err(|e| CliError::Failure(format!("could not hold the content: {e}")))?;
+            let memfd = chan::memfd_with(&data).map_err(ClipboardError::HoldContent)?;
             let c = connect(&socket(args)?)?;
             let (reply, _) = c
                 .request(
@@ -196,7 +262,7 @@ pub fn run(config: Option<&Path>, args: &ClipboardArgs) -> Result<(), CliError> 
                     Some(memfd.as_fd()),
                     REPLY_TIMEOUT,
                 )
-                .map_err(|e| CliError::Failure(format!("vmsilo-clipd: {e}")))?;
+                .map_err(ClipboardError::Request)?;
             outcome(reply)
         }
         ClipboardAction::Status => {
@@ -227,21 +293,22 @@ fn wl_copy(mime: &str, data: &[u8]) -> Result<(), CliError> {
         .args(["--type", mime])
         .stdin(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            CliError::Failure(format!(
-                "could not run wl-copy: {e} (install wl-clipboard; it reaches the host clipboard through your Wayland session)"
-            ))
+        .map_err(|error| ClipboardError::RunWl {
+            program: "wl-copy",
+            error,
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(data)
-            .map_err(|e| CliError::Failure(format!("could not write to wl-copy: {e}")))?;
+        stdin.write_all(data).map_err(|source| ClipboardError::Wl {
+            what: "could not write to wl-copy",
+            source,
+        })?;
     }
-    let status = child
-        .wait()
-        .map_err(|e| CliError::Failure(format!("wl-copy: {e}")))?;
+    let status = child.wait().map_err(|source| ClipboardError::Wl {
+        what: "wl-copy",
+        source,
+    })?;
     if !status.success() {
-        return Err(CliError::Failure(format!("wl-copy failed ({status})")));
+        return Err(ClipboardError::WlCopyFailed(status).into());
     }
     Ok(())
 }
@@ -252,24 +319,29 @@ fn wl_paste(mime: &str) -> Result<Vec<u8>, CliError> {
         .args(["--no-newline", "--type", mime])
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            CliError::Failure(format!(
-                "could not run wl-paste: {e} (install wl-clipboard; it reaches the host clipboard through your Wayland session)"
-            ))
+        .map_err(|error| ClipboardError::RunWl {
+            program: "wl-paste",
+            error,
         })?;
     let mut data = Vec::new();
     if let Some(out) = child.stdout.take() {
         out.take(MAX_HOST)
             .read_to_end(&mut data)
-            .map_err(|e| CliError::Failure(format!("could not read from wl-paste: {e}")))?;
+            .map_err(|source| ClipboardError::Wl {
+                what: "could not read from wl-paste",
+                source,
+            })?;
     }
-    let status = child
-        .wait()
-        .map_err(|e| CliError::Failure(format!("wl-paste: {e}")))?;
+    let status = child.wait().map_err(|source| ClipboardError::Wl {
+        what: "wl-paste",
+        source,
+    })?;
     if !status.success() {
-        return Err(CliError::Failure(format!(
-            "wl-paste failed ({status}): the host clipboard holds nothing as {mime}"
-        )));
+        return Err(ClipboardError::WlPasteFailed {
+            status,
+            mime: mime.to_owned(),
+        }
+        .into());
     }
     Ok(data)
 }
@@ -289,7 +361,5 @@ fn daemon(config: Option<&Path>, args: &ClipboardArgs) -> Result<(), CliError> {
         cmd.arg("--socket").arg(s);
     }
     let e = cmd.exec();
-    Err(CliError::Failure(format!(
-        "could not run vmsilo-clipd: {e} (is it on PATH? it is in the vmsilo package)"
-    )))
+    Err(ClipboardError::RunClipd(e).into())
 }

@@ -142,8 +142,7 @@ pub fn run(config: Option<&Path>, args: &CommandServiceArgs) -> Result<(), CliEr
         starter.describe()
     );
     // Before any thread exists: every thread inherits the blocked stop signals.
-    let signals =
-        Signals::block().map_err(|e| CliError::Failure(format!("cannot block signals: {e}")))?;
+    let signals = Signals::block().map_err(CliError::BlockSignals)?;
     let service = Service::new(ServiceOptions {
         vm,
         target,
@@ -151,5 +150,7 @@ pub fn run(config: Option<&Path>, args: &CommandServiceArgs) -> Result<(), CliEr
         agent_timeout: args.agent_timeout,
         stop_timeout: args.run.shutdown_timeout + STOP_MARGIN,
     });
-    service.serve(listener, &signals).map_err(CliError::Failure)
+    service
+        .serve(listener, &signals)
+        .map_err(CliError::CommandService)
 }

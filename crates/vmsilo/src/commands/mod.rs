@@ -49,8 +49,8 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::ListVms => completions::list_vms(config),
         Command::SoundFilter(args) => sound_filter::run(&args),
         Command::FillHome(args) => {
-            let home = crate::runtime::home::inherited_home().map_err(CliError::Failure)?;
-            crate::runtime::home::fill(&args.template, &home).map_err(CliError::Failure)
+            let home = crate::runtime::home::inherited_home().map_err(CliError::FillHome)?;
+            crate::runtime::home::fill(&args.template, &home).map_err(CliError::FillHome)
         }
     }
 }

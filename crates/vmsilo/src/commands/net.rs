@@ -16,7 +16,77 @@ use crate::runtime::state::{LockError, VmLock};
 
 /// `<run>/net.json`: what `vmsilo net up` changed.
 pub fn record_path(run_dir: &str) -> PathBuf {
-    Path::new(run_dir).join("net.json")
+    PathBuf::from(vmsilo_config::Dirs::with_run_dir(run_dir).net_record())
+}
+
+fn plural(n: &usize) -> &'static str {
+    if *n == 1 { "" } else { "s" }
+}
+
+/// Why `vmsilo net` failed (besides configuration and file errors, which are [`CliError`]'s).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The record is not one `vmsilo net` wrote.
+    #[error(
+        "{} is not a record of vmsilo net ({error}): remove it (what it listed is then left in \
+         place)",
+        path.display()
+    )]
+    BadRecord {
+        /// The record.
+        path: PathBuf,
+        /// Why it does not parse (in the message, before the advice).
+        error: serde_json::Error,
+    },
+    /// The record could not be encoded.
+    #[error(transparent)]
+    EncodeRecord(serde_json::Error),
+    /// Another `vmsilo net` holds the lock.
+    #[error("another `vmsilo net` is running ({} is locked): wait for it", lock.display())]
+    Locked {
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// No rtnetlink socket.
+    #[error("cannot open an rtnetlink socket")]
+    OpenRtnl(#[source] std::io::Error),
+    /// The host's network could not be observed (the message is the observer's).
+    #[error("{0}")]
+    Observe(String),
+    /// NAT is configured but nft is missing.
+    #[error(
+        "hostNetworking.nat: nft is not installed (not found in PATH): install nftables (Debian: \
+         apt install nftables); nothing was changed"
+    )]
+    NoNft,
+    /// The host's network conflicts with the configuration (the problems are printed first).
+    #[error(
+        "{count} problem{} with the host's network: nothing was changed",
+        plural(count)
+    )]
+    Conflicts {
+        /// How many.
+        count: usize,
+    },
+    /// Some operations of `down` failed (printed first); the record keeps them.
+    #[error(
+        "{count} operation{} failed; run `vmsilo net down` again once fixed ({} keeps what is \
+         left)",
+        plural(count),
+        record.display()
+    )]
+    DownFailed {
+        /// How many.
+        count: usize,
+        /// The record.
+        record: PathBuf,
+    },
+    /// An operation of `up` failed; the run's earlier operations were undone.
+    #[error("{error}; what this run changed was rolled back")]
+    RolledBack {
+        /// The failed operation's error.
+        error: String,
+    },
 }
 
 /// Largest record read.
@@ -43,12 +113,12 @@ fn read_record(path: &Path) -> Result<Record, CliError> {
             path: path.to_owned(),
             source,
         })?;
-    serde_json::from_str(&text).map_err(|e| {
-        CliError::Failure(format!(
-            "{} is not a record of vmsilo net ({e}): remove it (what it listed is then left \
-             in place)",
-            path.display()
-        ))
+    serde_json::from_str(&text).map_err(|error| {
+        NetError::BadRecord {
+            path: path.to_owned(),
+            error,
+        }
+        .into()
     })
 }
 
@@ -65,8 +135,7 @@ fn write_record(path: &Path, record: &Record) -> Result<(), CliError> {
         };
     }
     let tmp = path.with_extension("json.tmp");
-    let text =
-        serde_json::to_string_pretty(record).map_err(|e| CliError::Failure(e.to_string()))?;
+    let text = serde_json::to_string_pretty(record).map_err(NetError::EncodeRecord)?;
     std::fs::write(&tmp, text + "\n").map_err(io_err)?;
     std::fs::rename(&tmp, path).map_err(io_err)
 }
@@ -102,12 +171,9 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
     let _lock = if args.dry_run {
         None
     } else {
-        let lock = dir.join("net.lock");
+        let lock = PathBuf::from(vmsilo_config::Dirs::with_run_dir(&args.run_dir).net_lock());
         Some(VmLock::take(&lock).map_err(|e| match e {
-            LockError::Held => CliError::Failure(format!(
-                "another `vmsilo net` is running ({} is locked): wait for it",
-                lock.display()
-            )),
+            LockError::Held => NetError::Locked { lock }.into(),
             LockError::Io(source) => CliError::Io {
                 what: "create the lock",
                 path: lock,
@@ -117,19 +183,14 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
     };
     let path = record_path(&args.run_dir);
     let record = read_record(&path)?;
-    let mut rtnl = io::Rtnl::open()
-        .map_err(|e| CliError::Failure(format!("cannot open an rtnetlink socket: {e}")))?;
-    let obs = io::observe(&mut rtnl).map_err(CliError::Failure)?;
+    let mut rtnl = io::Rtnl::open().map_err(NetError::OpenRtnl)?;
+    let obs = io::observe(&mut rtnl).map_err(NetError::Observe)?;
     let plan: Plan = match args.action {
         NetAction::Up => {
             let uid = user_ids(&cfg, &args.user)?.uid;
             let desired = hostnet::desired(&cfg, uid);
             if desired.nat.is_some() && crate::runtime::checks::find_program("nft").is_none() {
-                return Err(CliError::Failure(
-                    "hostNetworking.nat: nft is not installed (not found in PATH): install \
-                     nftables (Debian: apt install nftables); nothing was changed"
-                        .to_owned(),
-                ));
+                return Err(NetError::NoNft.into());
             }
             match hostnet::plan_up(&desired, &obs, &record) {
                 Ok(p) => p,
@@ -137,11 +198,10 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
                     for e in &errors {
                         eprintln!("vmsilo: {e}");
                     }
-                    return Err(CliError::Failure(format!(
-                        "{} problem{} with the host's network: nothing was changed",
-                        errors.len(),
-                        if errors.len() == 1 { "" } else { "s" }
-                    )));
+                    return Err(NetError::Conflicts {
+                        count: errors.len(),
+                    }
+                    .into());
                 }
             }
         }
@@ -167,13 +227,11 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
             eprintln!("vmsilo: {f}");
         }
         // The record stays: `down` again retries what is left (it skips what is gone).
-        return Err(CliError::Failure(format!(
-            "{} operation{} failed; run `vmsilo net down` again once fixed ({} keeps what is \
-             left)",
-            failures.len(),
-            if failures.len() == 1 { "" } else { "s" },
-            path.display()
-        )));
+        return Err(NetError::DownFailed {
+            count: failures.len(),
+            record: path,
+        }
+        .into());
     }
     match run_ops(&mut rtnl, &plan.ops) {
         Ok(()) => write_record(&path, &plan.record),
@@ -186,9 +244,7 @@ pub fn run(config: Option<&Path>, args: &NetArgs) -> Result<(), CliError> {
                     eprintln!("vmsilo: rolling back: {e2}");
                 }
             }
-            Err(CliError::Failure(format!(
-                "{e}; what this run changed was rolled back"
-            )))
+            Err(NetError::RolledBack { error: e }.into())
         }
     }
 }

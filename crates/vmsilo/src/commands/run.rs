@@ -54,8 +54,7 @@ fn start_signal_thread(progress_shown: Arc<AtomicBool>) -> Result<Arc<Relay>, Cl
         set.add(s);
     }
     set.add(Signal::SIGWINCH);
-    set.thread_block()
-        .map_err(|e| CliError::Failure(format!("cannot block signals: {e}")))?;
+    set.thread_block().map_err(CliError::BlockSignals)?;
     let relay = Arc::new(Relay::default());
     let r = Arc::clone(&relay);
     std::thread::Builder::new()
@@ -96,8 +95,90 @@ fn start_signal_thread(progress_shown: Arc<AtomicBool>) -> Result<Arc<Relay>, Cl
                 }
             }
         })
-        .map_err(|e| CliError::Failure(format!("cannot start the signal thread: {e}")))?;
+        .map_err(VmRunError::SignalThread)?;
     Ok(relay)
+}
+
+/// Why `vm-run` could not run the command (the command's own failures are its exit status).
+#[derive(Debug, thiserror::Error)]
+pub enum VmRunError {
+    /// The signal relay thread could not start.
+    #[error("cannot start the signal thread")]
+    SignalThread(#[source] std::io::Error),
+    /// The VM is configured, but its command socket does not exist.
+    #[error(
+        "VM {vm:?}: its command socket {socket} does not exist: the socket unit \
+         vmsilo-{vm}.socket is not listening (`systemctl start vmsilo-{vm}.socket`; on NixOS the \
+         module enables it); without systemd run the command service with \
+         systemd-socket-activate (see docs/vm-run.md)"
+    )]
+    SocketNotListening {
+        /// The VM.
+        vm: String,
+        /// Its command socket.
+        socket: String,
+    },
+    /// No command socket, and no configuration to tell whether the VM exists.
+    #[error(
+        "VM {vm:?}: no command socket {socket}: is {vm:?} a configured VM (`vmsilo check` lists \
+         them), and is vmsilo-{vm}.socket listening?"
+    )]
+    NoSocket {
+        /// The VM.
+        vm: String,
+        /// Its command socket.
+        socket: String,
+    },
+    /// The command socket is not this user's.
+    #[error(
+        "VM {vm:?}: permission denied on {socket}: the command socket belongs to the \
+         configuration's user; run vm-run as that user"
+    )]
+    PermissionDenied {
+        /// The VM.
+        vm: String,
+        /// Its command socket.
+        socket: String,
+    },
+    /// A stale command socket.
+    #[error(
+        "VM {vm:?}: nothing listens on {socket} (a stale socket?): restart vmsilo-{vm}.socket \
+         (`systemctl restart vmsilo-{vm}.socket`)"
+    )]
+    NothingListens {
+        /// The VM.
+        vm: String,
+        /// Its command socket.
+        socket: String,
+    },
+    /// Connecting the command socket failed otherwise.
+    #[error("VM {vm:?}: cannot connect to {socket}")]
+    Connect {
+        /// The VM.
+        vm: String,
+        /// Its command socket.
+        socket: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An operation on the connected command socket failed.
+    #[error("VM {vm:?}: command socket")]
+    CommandSocket {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command service did not become ready.
+    #[error("VM {vm:?}: {error} (systemctl status vmsilo-{vm}-command.service)")]
+    NotReady {
+        /// The VM.
+        vm: String,
+        /// Why (in the message, before the advice).
+        error: WaitError,
+    },
 }
 
 /// The size of the terminal on stdin or stdout.
@@ -118,33 +199,40 @@ fn check_vm_name(vm: &str) -> Result<(), CliError> {
 }
 
 /// Explains why the command socket could not be reached.
-fn connect_error(config: Option<&Path>, vm: &str, socket: &str, e: &std::io::Error) -> CliError {
+fn connect_error(config: Option<&Path>, vm: &str, socket: &str, e: std::io::Error) -> CliError {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::NotFound => match config_file::resolve_and_load(config) {
             Ok((_, cfg)) => match plan::find_vm(&cfg, vm) {
                 Err(unknown) => CliError::Plan(unknown),
-                Ok(_) => CliError::Failure(format!(
-                    "VM {vm:?}: its command socket {socket} does not exist: the socket unit \
-                     vmsilo-{vm}.socket is not listening (`systemctl start vmsilo-{vm}.socket`; \
-                     on NixOS the module enables it); without systemd run the command service \
-                     with systemd-socket-activate (see docs/vm-run.md)"
-                )),
+                Ok(_) => VmRunError::SocketNotListening {
+                    vm: vm.to_owned(),
+                    socket: socket.to_owned(),
+                }
+                .into(),
             },
-            Err(_) => CliError::Failure(format!(
-                "VM {vm:?}: no command socket {socket}: is {vm:?} a configured VM (`vmsilo \
-                 check` lists them), and is vmsilo-{vm}.socket listening?"
-            )),
+            Err(_) => VmRunError::NoSocket {
+                vm: vm.to_owned(),
+                socket: socket.to_owned(),
+            }
+            .into(),
         },
-        ErrorKind::PermissionDenied => CliError::Failure(format!(
-            "VM {vm:?}: permission denied on {socket}: the command socket belongs to the \
-             configuration's user; run vm-run as that user"
-        )),
-        ErrorKind::ConnectionRefused => CliError::Failure(format!(
-            "VM {vm:?}: nothing listens on {socket} (a stale socket?): restart \
-             vmsilo-{vm}.socket (`systemctl restart vmsilo-{vm}.socket`)"
-        )),
-        _ => CliError::Failure(format!("VM {vm:?}: cannot connect to {socket}: {e}")),
+        ErrorKind::PermissionDenied => VmRunError::PermissionDenied {
+            vm: vm.to_owned(),
+            socket: socket.to_owned(),
+        }
+        .into(),
+        ErrorKind::ConnectionRefused => VmRunError::NothingListens {
+            vm: vm.to_owned(),
+            socket: socket.to_owned(),
+        }
+        .into(),
+        _ => VmRunError::Connect {
+            vm: vm.to_owned(),
+            socket: socket.to_owned(),
+            source: e,
+        }
+        .into(),
     }
 }
 
@@ -175,7 +263,16 @@ fn bound_start(stream: &UnixStream, limit: Duration, vm: &str) -> Result<(), Cli
     stream
         .set_read_timeout(limit)
         .and_then(|()| stream.set_write_timeout(limit))
-        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))
+        .map_err(|source| command_socket(vm, source))
+}
+
+/// A failed operation on `vm`'s connected command socket.
+fn command_socket(vm: &str, source: std::io::Error) -> CliError {
+    VmRunError::CommandSocket {
+        vm: vm.to_owned(),
+        source,
+    }
+    .into()
 }
 
 fn request(args: &VmRunArgs, tty: Option<WindowSize>) -> Request {
@@ -210,8 +307,7 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     let progress = Progress::new(vm, std::io::stderr().is_terminal(), args.verbose);
     let relay = start_signal_thread(progress.shown())?;
     let socket = Dirs::with_run_dir(args.run_dir.clone()).command_socket(vm);
-    let stream =
-        UnixStream::connect(&socket).map_err(|e| connect_error(config, vm, &socket, &e))?;
+    let stream = UnixStream::connect(&socket).map_err(|e| connect_error(config, vm, &socket, e))?;
     match wait_ready(&stream, &progress, SILENCE) {
         Ok(_) => {}
         Err(WaitError::Failed { code, message }) => {
@@ -225,9 +321,11 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
             return Err(CliError::Exit(code.exit_code()));
         }
         Err(e) => {
-            return Err(CliError::Failure(format!(
-                "VM {vm:?}: {e} (systemctl status vmsilo-{vm}-command.service)"
-            )));
+            return Err(VmRunError::NotReady {
+                vm: vm.to_owned(),
+                error: e,
+            }
+            .into());
         }
     }
 
@@ -262,7 +360,7 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     };
     let reader = stream
         .try_clone()
-        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))?;
+        .map_err(|source| command_socket(vm, source))?;
     let raw = if tty.is_some() {
         crate::term::RawMode::enter(std::io::stdin().as_fd())
     } else {
@@ -270,7 +368,7 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
     };
     let unbound = stream
         .try_clone()
-        .map_err(|e| CliError::Failure(format!("VM {vm:?}: command socket: {e}")))?;
+        .map_err(|source| command_socket(vm, source))?;
     let result = client::run_attached_then(reader, stream, &request(args, tty), io, move || {
         // The timeouts belong to the socket, shared by every clone. Clearing them on an open
         // socket does not fail.

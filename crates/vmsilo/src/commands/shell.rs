@@ -146,21 +146,92 @@ fn ssh(vm: &Vm, args: &ShellArgs) -> Result<(), CliError> {
                 format!("{} ({}): {why}", c.addr, c.iface)
             })
             .collect();
-        CliError::Failure(format!(
-            "VM {:?}: no address answers on ssh port {port}: {}. Is the VM running (vmsilo \
-             status) and sshd enabled with your key in its guestConfig (docs/runtime.md, \
-             \"ssh into a VM\")? The console needs no setup: vm-shell {}",
-            vm.name,
-            tried.join("; "),
-            vm.name
-        ))
+        CliError::from(ShellError::NoSsh {
+            vm: vm.name.clone(),
+            port,
+            tried: tried.join("; "),
+        })
     })?;
     let login = if args.root { "root" } else { GUEST_USER };
     let err = std::process::Command::new("ssh")
         .arg(format!("{login}@{}", chosen.addr))
         .args(&args.ssh_args)
         .exec();
-    Err(CliError::Failure(format!("cannot run ssh: {err}")))
+    Err(ShellError::RunSsh(err).into())
+}
+
+/// Why `vm-shell` could not attach (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// No address of the VM answers on the ssh port.
+    #[error(
+        "VM {vm:?}: no address answers on ssh port {port}: {tried}. Is the VM running (vmsilo \
+         status) and sshd enabled with your key in its guestConfig (docs/runtime.md, \
+         \"ssh into a VM\")? The console needs no setup: vm-shell {vm}"
+    )]
+    NoSsh {
+        /// The VM.
+        vm: String,
+        /// The port.
+        port: u16,
+        /// What was tried, and why each failed.
+        tried: String,
+    },
+    /// ssh could not be run.
+    #[error("cannot run ssh")]
+    RunSsh(#[source] std::io::Error),
+    /// The VM has no console link: it is not running.
+    #[error("VM {vm:?} is not running (no console at {link}): start it with `vm-start {vm}`")]
+    NotRunning {
+        /// The VM.
+        vm: String,
+        /// Its console link.
+        link: String,
+    },
+    /// The console belongs to the configured user.
+    #[error(
+        "cannot open the console {link}: permission denied: it belongs to the configured user \
+         ({user}); run vm-shell as them, or as root"
+    )]
+    NotYourConsole {
+        /// The console link.
+        link: String,
+        /// The configured user.
+        user: String,
+    },
+    /// The console could not be opened.
+    #[error("cannot open the console {link}")]
+    OpenConsole {
+        /// The console link.
+        link: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another vm-shell holds the console.
+    #[error("another vm-shell is attached to VM {vm:?}'s console: detach it first (CTRL+])")]
+    ConsoleBusy {
+        /// The VM.
+        vm: String,
+    },
+    /// The console could not be locked.
+    #[error("cannot lock the console {link}")]
+    LockConsole {
+        /// The console link.
+        link: String,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// Relaying the console failed.
+    #[error("console of VM {vm:?}")]
+    Relay {
+        /// The VM.
+        vm: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `vm-shell`.
@@ -177,26 +248,30 @@ pub fn run(config: Option<&Path>, args: &ShellArgs) -> Result<(), CliError> {
         .custom_flags((OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits())
         .open(&link)
         .map_err(|e| match e.kind() {
-            ErrorKind::NotFound => CliError::Failure(format!(
-                "VM {:?} is not running (no console at {link}): start it with `vm-start {}`",
-                vm.name, vm.name
-            )),
-            ErrorKind::PermissionDenied => CliError::Failure(format!(
-                "cannot open the console {link}: permission denied: it belongs to the \
-                 configured user ({}); run vm-shell as them, or as root",
-                cfg.user
-            )),
-            _ => CliError::Failure(format!("cannot open the console {link}: {e}")),
+            ErrorKind::NotFound => ShellError::NotRunning {
+                vm: vm.name.clone(),
+                link: link.clone(),
+            },
+            ErrorKind::PermissionDenied => ShellError::NotYourConsole {
+                link: link.clone(),
+                user: cfg.user.clone(),
+            },
+            _ => ShellError::OpenConsole {
+                link: link.clone(),
+                source: e,
+            },
         })?;
     let console = Flock::lock(console, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        CliError::Failure(if e == nix::errno::Errno::EWOULDBLOCK {
-            format!(
-                "another vm-shell is attached to VM {:?}'s console: detach it first (CTRL+])",
-                vm.name
-            )
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            ShellError::ConsoleBusy {
+                vm: vm.name.clone(),
+            }
         } else {
-            format!("cannot lock the console {link}: {e}")
-        })
+            ShellError::LockConsole {
+                link: link.clone(),
+                source: e,
+            }
+        }
     })?;
     eprintln!(
         "vm-shell: connected to the console of VM {:?}; CTRL+] detaches",
@@ -218,10 +293,11 @@ pub fn run(config: Option<&Path>, args: &ShellArgs) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Err(e) => Err(CliError::Failure(format!(
-            "console of VM {:?}: {e}",
-            vm.name
-        ))),
+        Err(source) => Err(ShellError::Relay {
+            vm: vm.name.clone(),
+            source,
+        }
+        .into()),
     }
 }
 

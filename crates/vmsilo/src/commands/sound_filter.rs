@@ -9,31 +9,65 @@
 //! does not pass through the filter: the rings live in guest memory shared with the backend.
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vhost_user_relay::{Filter, Relay};
 
 use crate::CliError;
 use crate::cli::SoundFilterArgs;
 
+/// Why `vmsilo sound-filter` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SoundFilterError {
+    /// Accepting a VMM connection failed.
+    #[error("sound-filter: accepting on {} failed", path.display())]
+    Accept {
+        /// The listening socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// vhost-device-sound's socket does not answer.
+    #[error(
+        "sound-filter: cannot connect to vhost-device-sound at {}: {error} (is it running?)",
+        path.display()
+    )]
+    ConnectDevice {
+        /// vhost-device-sound's socket.
+        path: PathBuf,
+        /// Why (in the message, before the advice).
+        error: std::io::Error,
+    },
+    /// The relay could not start.
+    #[error("sound-filter: cannot start the relay")]
+    StartRelay(#[source] std::io::Error),
+    /// The listening socket could not be created.
+    #[error("sound-filter: cannot listen on {}", path.display())]
+    Listen {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Serves the listening socket until the process is stopped: one VMM connection at a time.
 pub fn run(args: &SoundFilterArgs) -> Result<(), CliError> {
     let listener = listen(&args.listen)?;
     for conn in listener.incoming() {
-        let frontend = conn.map_err(|e| {
-            CliError::Failure(format!(
-                "sound-filter: accepting on {} failed: {e}",
-                args.listen.display()
-            ))
+        let frontend = conn.map_err(|source| SoundFilterError::Accept {
+            path: args.listen.clone(),
+            source,
         })?;
-        let device = UnixStream::connect(&args.device).map_err(|e| {
-            CliError::Failure(format!(
-                "sound-filter: cannot connect to vhost-device-sound at {}: {e} (is it running?)",
-                args.device.display()
-            ))
-        })?;
+        let device =
+            UnixStream::connect(&args.device).map_err(|error| SoundFilterError::ConnectDevice {
+                path: args.device.clone(),
+                error,
+            })?;
         let relay = Relay::start_filtered(frontend, device, Filter::SoundNoCapture)
-            .map_err(|e| CliError::Failure(format!("sound-filter: cannot start the relay: {e}")))?;
+            .map_err(SoundFilterError::StartRelay)?;
         relay.join();
     }
     Ok(())
@@ -47,10 +81,11 @@ fn listen(path: &Path) -> Result<UnixListener, CliError> {
     }) {
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|e| {
-        CliError::Failure(format!(
-            "sound-filter: cannot listen on {}: {e}",
-            path.display()
-        ))
+    UnixListener::bind(path).map_err(|source| {
+        SoundFilterError::Listen {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
     })
 }

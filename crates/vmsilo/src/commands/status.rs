@@ -243,10 +243,9 @@ pub fn run(config: Option<&Path>, args: &StatusArgs) -> Result<(), CliError> {
         Some(name) => vec![plan::find_vm(&cfg, name)?],
         None => cfg.nixos_vms.iter().collect(),
     };
-    let balloond = args
-        .balloond_status
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&args.run_dir).join("balloond.status"));
+    let balloond = args.balloond_status.clone().unwrap_or_else(|| {
+        PathBuf::from(vmsilo_config::Dirs::with_run_dir(&args.run_dir).balloond_status())
+    });
     let rows = collect(&vms, &args.run_dir, &balloond);
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&serde_json::json!({ "vms": rows }))

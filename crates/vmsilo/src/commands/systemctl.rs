@@ -117,26 +117,27 @@ pub fn run(config: Option<&Path>, verb: Verb, vm: &str) -> Result<(), CliError> 
                  `vmsilo vm-service {vm}` when that process gets SIGTERM"
             ),
         };
-        return Err(CliError::Failure(format!(
-            "cannot {} VM {vm:?}: systemd is not running on this machine ({} does not exist); \
-             {instead}",
-            verb.as_str(),
-            systemd_dir().display()
-        )));
+        return Err(CliError::NoSystemd {
+            verb: verb.as_str(),
+            vm: vm.to_owned(),
+            dir: systemd_dir(),
+            instead,
+        });
     }
     let out = Command::new(systemctl())
         .arg(verb.as_str())
         .arg(&unit)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| {
-            CliError::Failure(format!("cannot run {}: {e}", systemctl().to_string_lossy()))
+        .map_err(|source| CliError::RunProgram {
+            program: systemctl().to_string_lossy().into_owned(),
+            source,
         })?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(CliError::Failure(explain(
+    Err(CliError::Systemctl(explain(
         verb.as_str(),
         &unit,
         vm,

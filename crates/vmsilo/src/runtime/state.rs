@@ -62,12 +62,12 @@ pub struct State {
 
 /// `<run>/<vm>.state`.
 pub fn state_path(run_dir: &str, vm: &str) -> PathBuf {
-    Path::new(run_dir).join(format!("{vm}.state"))
+    PathBuf::from(vmsilo_config::Dirs::with_run_dir(run_dir).state_file(vm))
 }
 
 /// `<run>/<vm>.lock`.
 pub fn lock_path(run_dir: &str, vm: &str) -> PathBuf {
-    Path::new(run_dir).join(format!("{vm}.lock"))
+    PathBuf::from(vmsilo_config::Dirs::with_run_dir(run_dir).lock_file(vm))
 }
 
 /// Largest state file read.
