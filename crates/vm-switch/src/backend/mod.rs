@@ -178,6 +178,25 @@ fn rate_limit() -> RateLimit {
     RateLimit::new(5, Duration::from_secs(1))
 }
 
+/// The only way the per-frame paths (`tx.rs`, `rx.rs`) log: through a port's limiter, with the
+/// number of lines it suppressed since the last one. Those modules deny
+/// `clippy::disallowed_macros`, and `crates/vm-switch/clippy.toml` lists the raw log macros, so
+/// an unlimited `warn!` in a path a guest drives per frame fails `cargo clippy -D warnings`.
+fn log_limited(
+    limit: &mut RateLimit,
+    ts_ns: u64,
+    level: log::Level,
+    args: std::fmt::Arguments<'_>,
+) {
+    if let Some(suppressed) = limit.allow(Duration::from_nanos(ts_ns)) {
+        if suppressed > 0 {
+            log::log!(level, "{args} ({suppressed} similar lines suppressed)");
+        } else {
+            log::log!(level, "{args}");
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Peer {
     slot: u16,

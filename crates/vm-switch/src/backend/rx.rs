@@ -1,6 +1,8 @@
 //! RX (switch → guest): drains the incoming rings into FQ-CoDel, tracks RX completions for
 //! DQL, and delivers frames into the guest's RX buffers with the negotiated virtio-net header.
 
+// Per-frame code: no raw log macros (clippy.toml); log through `log_limited`.
+#![deny(clippy::disallowed_macros)]
 #![forbid(unsafe_code)]
 
 use super::*;
@@ -68,9 +70,14 @@ impl Port {
             }
         }
         for id in corrupt {
-            warn!(
-                "port {}: ring from peer {id} is corrupt; dropping it",
-                self.cfg.name
+            log_limited(
+                &mut self.log_limit,
+                now_ns(),
+                log::Level::Warn,
+                format_args!(
+                    "port {}: ring from peer {id} is corrupt; dropping it",
+                    self.cfg.name
+                ),
             );
             if let Some(peer) = self.peers.get_mut(&id)
                 && let Some(rx) = peer.rx.take()

@@ -2,6 +2,8 @@
 //! memory, decides (validate, route, proxy-answer) and pushes into the destination's ring or
 //! holds the frame while that ring is full.
 
+// Per-frame code: no raw log macros (clippy.toml); log through `log_limited`.
+#![deny(clippy::disallowed_macros)]
 #![forbid(unsafe_code)]
 
 use super::*;
@@ -179,9 +181,12 @@ impl Port {
             Ok(off) => off,
             Err(e) => {
                 self.stats.count_drop(DropReason::BadHeader, 1);
-                if self.log_limit.allow(Duration::from_nanos(ts)).is_some() {
-                    debug!("port {}: bad virtio-net header: {e}", self.cfg.name);
-                }
+                log_limited(
+                    &mut self.log_limit,
+                    ts,
+                    log::Level::Debug,
+                    format_args!("port {}: bad virtio-net header: {e}", self.cfg.name),
+                );
                 return Fate::Done;
             }
         };
@@ -234,13 +239,16 @@ impl Port {
             }
             Decision::Drop(r) => {
                 self.stats.count_drop(r, 1);
-                if matches!(r, DropReason::SpoofMac | DropReason::SpoofIp)
-                    && self.log_limit.allow(Duration::from_nanos(ts)).is_some()
-                {
-                    warn!(
-                        "port {}: dropped a frame with a spoofed source ({})",
-                        self.cfg.name,
-                        r.key()
+                if matches!(r, DropReason::SpoofMac | DropReason::SpoofIp) {
+                    log_limited(
+                        &mut self.log_limit,
+                        ts,
+                        log::Level::Warn,
+                        format_args!(
+                            "port {}: dropped a frame with a spoofed source ({})",
+                            self.cfg.name,
+                            r.key()
+                        ),
                     );
                 }
                 Fate::Done
@@ -285,9 +293,14 @@ impl Port {
             Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
             Err(PushError::Corrupt) => {
                 self.stats.count_drop(DropReason::PortDown, 1);
-                warn!(
-                    "port {}: ring to peer {to} is corrupt; dropping it",
-                    self.cfg.name
+                log_limited(
+                    &mut self.log_limit,
+                    now_ns(),
+                    log::Level::Warn,
+                    format_args!(
+                        "port {}: ring to peer {to} is corrupt; dropping it",
+                        self.cfg.name
+                    ),
                 );
                 peer.tx = None;
                 let n = self
