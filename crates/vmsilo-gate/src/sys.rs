@@ -89,11 +89,3 @@ pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
         }
     }
 }
-
-/// Takes ownership of a descriptor the kernel just passed in an `SCM_RIGHTS` message.
-pub fn owned_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` was installed in this process by recvmsg(2) for this message; nothing
-    // else refers to it, so this is its only owner.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
