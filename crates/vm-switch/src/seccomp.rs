@@ -14,12 +14,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
+use vmsilo_sys::seccomp::{self, Rules, allow};
 
 /// What happens on a system call outside the allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,16 +43,8 @@ pub enum SeccompError {
     Install(#[source] seccompiler::Error),
 }
 
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
-
-fn allow(rules: &mut Rules, nrs: &[libc::c_long]) {
-    for nr in nrs {
-        rules.insert(*nr, vec![]);
-    }
-}
-
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+    seccomp::cond(arg, SeccompCmpArgLen::Qword, op, value)
         .expect("static seccomp condition is valid")
 }
 
@@ -164,12 +154,6 @@ const MAIN_ONLY: &[libc::c_long] = &[
     libc::SYS_unlink,
 ];
 
-fn arch() -> TargetArch {
-    std::env::consts::ARCH
-        .try_into()
-        .unwrap_or(TargetArch::x86_64)
-}
-
 fn mismatch(mode: SeccompMode) -> SeccompAction {
     match mode {
         SeccompMode::Kill | SeccompMode::Disabled => SeccompAction::KillProcess,
@@ -183,8 +167,7 @@ fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
-    let f = SeccompFilter::new(rules, mismatch, matched, arch()).map_err(SeccompError::Build)?;
-    f.try_into().map_err(SeccompError::Build)
+    seccomp::compile(rules, mismatch, matched).map_err(SeccompError::Build)
 }
 
 /// The main process's filter.
@@ -276,8 +259,7 @@ pub fn apply_main(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
         return Ok(());
     }
-    let prog = main_filter(mode)?;
-    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+    install(&[main_filter(mode)?])
 }
 
 /// Installs the outer process's filter for the calling (only) thread.
@@ -285,8 +267,7 @@ pub fn apply_outer(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
         return Ok(());
     }
-    let prog = outer_filter(mode)?;
-    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+    install(&[outer_filter(mode)?])
 }
 
 /// Installs the child filters for the calling thread (threads created later inherit them).
@@ -299,10 +280,7 @@ pub fn apply_child(mode: SeccompMode) -> Result<(), SeccompError> {
 
 /// Installs compiled filters, in order, for the calling thread.
 pub fn install(progs: &[BpfProgram]) -> Result<(), SeccompError> {
-    for prog in progs {
-        seccompiler::apply_filter(prog).map_err(SeccompError::Install)?;
-    }
-    Ok(())
+    seccomp::install(progs).map_err(SeccompError::Install)
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ fn recv_with<M: Message>(sock: BorrowedFd<'_>, flags: MsgFlags) -> Recv<M> {
             if let Ok(cmsgs) = r.cmsgs() {
                 for c in cmsgs {
                     if let ControlMessageOwned::ScmRights(v) = c {
-                        fds.extend(v.into_iter().map(crate::sys::owned_fd));
+                        fds.extend(v.into_iter().map(vmsilo_sys::owned_fd));
                     }
                 }
             }

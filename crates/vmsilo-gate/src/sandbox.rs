@@ -14,14 +14,10 @@
 //! the runtime also starts the gate in an empty network namespace).
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
-
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+use vmsilo_sys::seccomp::{self, Rules};
 
 /// What a running gate (parent or child) calls.
 const ALLOWED: &[libc::c_long] = &[
@@ -105,19 +101,13 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_seccomp,
 ];
 
-fn arch() -> TargetArch {
-    std::env::consts::ARCH
-        .try_into()
-        .unwrap_or(TargetArch::x86_64)
-}
-
 fn cond(
     arg: u8,
     len: SeccompCmpArgLen,
     op: SeccompCmpOp,
     value: u64,
 ) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, len, op, value).map_err(|e| e.to_string())
+    seccomp::cond(arg, len, op, value).map_err(|e| e.to_string())
 }
 
 fn compile(
@@ -125,9 +115,7 @@ fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, String> {
-    let f = SeccompFilter::new(rules, mismatch, matched, arch()).map_err(|e| e.to_string())?;
-    f.try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
+    seccomp::compile(rules, mismatch, matched).map_err(|e| e.to_string())
 }
 
 /// The three filters, in installation order.
@@ -236,16 +224,13 @@ pub fn child_filter() -> Result<BpfProgram, String> {
 
 /// Installs [`child_filter`] in a client child.
 pub fn apply_child() -> Result<(), String> {
-    seccompiler::apply_filter(&child_filter()?).map_err(|e| e.to_string())
+    seccomp::install(&[child_filter()?]).map_err(|e| e.to_string())
 }
 
 /// Installs the filters for the calling thread (the parent is single-threaded; children
 /// inherit them). Sets no-new-privs first (seccompiler does).
 pub fn apply() -> Result<(), String> {
-    for prog in filters()? {
-        seccompiler::apply_filter(&prog).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    seccomp::install(&filters()?).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
