@@ -174,52 +174,6 @@ impl Shot {
         Shot { width, height, px }
     }
 
-    /// Reads an 8-bit RGB or RGBA non-interlaced PNG (what weston-screenshooter writes),
-    /// with the test kit's PNG reader.
-    pub fn read_png(path: &Path) -> Shot {
-        let img = vmsilo_testkit::png::read(path)
-            .unwrap_or_else(|e| panic!("reading the screenshot {}: {e}", path.display()));
-        let px = img
-            .rgba
-            .chunks_exact(4)
-            .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
-            .collect();
-        Shot {
-            width: img.width,
-            height: img.height,
-            px,
-        }
-    }
-
-    /// Reads a binary PPM (P6, maxval 255), what `grim -t ppm` writes.
-    pub fn from_ppm(data: &[u8]) -> Shot {
-        let mut fields = Vec::new();
-        let mut pos = 0;
-        while fields.len() < 4 {
-            while data[pos].is_ascii_whitespace() {
-                pos += 1;
-            }
-            let start = pos;
-            while !data[pos].is_ascii_whitespace() {
-                pos += 1;
-            }
-            fields.push(std::str::from_utf8(&data[start..pos]).unwrap().to_string());
-        }
-        pos += 1;
-        assert_eq!(fields[0], "P6", "not a binary PPM");
-        assert_eq!(fields[3], "255", "PPM maxval");
-        let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-        let px = data[pos..pos + w * h * 3]
-            .chunks_exact(3)
-            .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
-            .collect();
-        Shot {
-            width: w,
-            height: h,
-            px,
-        }
-    }
-
     pub fn get(&self, x: usize, y: usize) -> u32 {
         self.px[y * self.width + x]
     }
