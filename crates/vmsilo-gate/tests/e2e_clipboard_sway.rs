@@ -535,10 +535,15 @@ fn test_wl_clipboard_apps_behind_the_gates_cross_only_by_the_chords_on_sway() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("wl-copy");
-    assert_eq!(
-        wl_paste(&sway, "banking").as_deref(),
-        Some(&b"from banking"[..])
-    );
+    // wl-copy sets the selection some time after it starts: wait for it (bounded) rather
+    // than race it.
+    let t0 = Instant::now();
+    let mut pasted = wl_paste(&sway, "banking");
+    while pasted.is_none() && t0.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pasted = wl_paste(&sway, "banking");
+    }
+    assert_eq!(pasted.as_deref(), Some(&b"from banking"[..]));
     assert_eq!(
         wl_paste(&sway, "shopping"),
         None,
