@@ -6,11 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use vmsilo_testkit::wayland::{self, Compositor, Image, SwayOptions};
 
-use super::{PATIENCE, Shot};
+use super::Shot;
 
 /// Why sway tests cannot run here, or `None`.
 pub fn skip_reason() -> Option<String> {
@@ -204,27 +203,8 @@ impl VirtualPointer {
 }
 
 fn roundtrip(state: &std::rc::Rc<wl_proxy::state::State>) {
-    use std::cell::Cell;
-    use std::rc::Rc;
-    use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
-    struct Done(Rc<Cell<bool>>);
-    impl WlCallbackHandler for Done {
-        fn handle_done(&mut self, _: &Rc<WlCallback>, _: u32) {
-            self.0.set(true);
-        }
-    }
-    let done = Rc::new(Cell::new(false));
-    state
-        .display()
-        .new_send_sync()
-        .set_handler(Done(done.clone()));
-    let t0 = Instant::now();
-    while !done.get() {
-        assert!(
-            t0.elapsed() < PATIENCE,
-            "virtual pointer round trip timed out"
-        );
-        state.dispatch(Some(Duration::from_millis(50))).unwrap();
+    if let Err(e) = vmsilo_gate::testing::client_roundtrip(state) {
+        panic!("virtual pointer round trip: {e}");
     }
 }
 
