@@ -352,6 +352,20 @@ mod tests {
     }
 
     #[test]
+    fn test_wire_bytes_are_pinned() {
+        let paste = Msg::Paste {
+            vm: "b".into(),
+            confirm: true,
+        };
+        assert_eq!(paste.encode(), [4, 1, 0, b'b', 1]);
+        let fetch = Msg::Fetch {
+            req: 258,
+            mimes: vec!["t".into()],
+        };
+        assert_eq!(fetch.encode(), [20, 2, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, b't']);
+    }
+
+    #[test]
     fn test_long_strings_and_lists_are_cut_on_encode_and_refused_on_decode() {
         let long = "é".repeat(MAX_STR);
         match Msg::decode(&Msg::Hello { vm: long }.encode()).unwrap() {

@@ -128,6 +128,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     wire::put_str(out, s, MAX_MIME_BYTES);
 }
 
+fn put_mimes(out: &mut Vec<u8>, m: &[String]) {
+    wire::put_list(out, m, MAX_MIMES, MAX_MIME_BYTES);
+}
+
 /// The child ⇄ parent messages, encoded as [`wire`] encodes every clipboard seam.
 impl Message for Msg {
     const MAX_BYTES: usize = MAX_MSG_BYTES;
@@ -136,14 +140,11 @@ impl Message for Msg {
     /// [`MAX_MIME_BYTES`]).
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
-        let mimes = |out: &mut Vec<u8>, m: &[String]| {
-            wire::put_list(out, m, MAX_MIMES, MAX_MIME_BYTES);
-        };
         match self {
             Msg::SetSelection { serial, mimes: m } => {
                 out.push(1);
                 wire::put_u64(&mut out, *serial);
-                mimes(&mut out, m);
+                put_mimes(&mut out, m);
             }
             Msg::ClearSelection { serial } => {
                 out.push(2);
@@ -165,7 +166,7 @@ impl Message for Msg {
                 if let Some(serial) = own {
                     wire::put_u64(&mut out, *serial);
                 }
-                mimes(&mut out, m);
+                put_mimes(&mut out, m);
             }
             Msg::Send { serial, mime } => {
                 out.push(5);
@@ -972,6 +973,22 @@ mod tests {
             Msg::SetSelection { mimes, .. } => assert_eq!(mimes.len(), MAX_MIMES),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn test_wire_bytes_are_pinned() {
+        let m = Msg::Selection {
+            generation: 3,
+            mimes: mimes(&["a"]),
+            own: Some(4),
+        };
+        assert_eq!(
+            m.encode(),
+            [
+                4, 3, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, b'a'
+            ]
+        );
+        assert_eq!(Msg::Chord { copy: false }.encode(), [7, 0]);
     }
 
     #[test]
