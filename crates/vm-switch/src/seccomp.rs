@@ -236,21 +236,9 @@ pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError>
     // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so glibc uses
     // clone, whose flags the filter above checks. Installed first: installing a filter needs
     // prctl and seccomp(2), which the main child filter no longer allows.
-    let mut refused = Rules::new();
-    refused.insert(libc::SYS_clone3, vec![]);
-    let clone3 = compile(
-        refused,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    let mut refused = Rules::new();
-    refused.insert(libc::SYS_open, vec![]);
-    refused.insert(libc::SYS_openat, vec![]);
-    let no_open = compile(
-        refused,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )?;
+    let clone3 = seccomp::refuse(&[libc::SYS_clone3], libc::ENOSYS).map_err(SeccompError::Build)?;
+    let no_open = seccomp::refuse(&[libc::SYS_open, libc::SYS_openat], libc::EACCES)
+        .map_err(SeccompError::Build)?;
     Ok(vec![clone3, no_open, main])
 }
 
@@ -296,26 +284,18 @@ mod tests {
         }
     }
 
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::WaitStatus;
 
-    use crate::sys::{self, Forked};
+    use crate::sys;
 
     /// Forks; the child installs the child filters of `mode`, runs `attempt` and exits 0 if it
     /// survived (or `attempt`'s own code). Returns how the child ended.
     fn in_filtered_child(mode: SeccompMode, attempt: fn() -> i32) -> WaitStatus {
-        let progs = child_filters(mode).unwrap();
-        match sys::fork().unwrap() {
-            Forked::Child => {
-                if mode == SeccompMode::Trap {
-                    let _ = sys::install_sigsys_handler();
-                }
-                if install(&progs).is_err() {
-                    sys::exit_now(99);
-                }
-                sys::exit_now(attempt());
-            }
-            Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
+        fn sigsys_handler() {
+            let _ = sys::install_sigsys_handler();
         }
+        let setup = (mode == SeccompMode::Trap).then_some(sigsys_handler as fn());
+        seccomp::in_filtered_child(&child_filters(mode).unwrap(), setup, attempt).unwrap()
     }
 
     fn make_socket() -> i32 {

@@ -143,14 +143,8 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         SeccompAction::Errno(libc::EPERM as u32),
     )?;
     // 2. open/openat: EACCES.
-    let mut opens = Rules::new();
-    opens.insert(libc::SYS_open, vec![]);
-    opens.insert(libc::SYS_openat, vec![]);
-    let no_open = compile(
-        opens,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )?;
+    let no_open = seccomp::refuse(&[libc::SYS_open, libc::SYS_openat], libc::EACCES)
+        .map_err(|e| e.to_string())?;
     // 3. The allow-list; ioctl only for FIONBIO (std's set_nonblocking) and FIOCLEX.
     let mut rules = Rules::new();
     for nr in ALLOWED {
@@ -236,24 +230,12 @@ pub fn apply() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys;
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::WaitStatus;
 
     /// Runs `attempt` in a forked child under the filters; the child only makes
     /// async-signal-safe calls (the filters are compiled before the fork).
     fn in_filtered_child(attempt: fn() -> i32) -> WaitStatus {
-        let progs = filters().unwrap();
-        match sys::fork().unwrap() {
-            sys::Forked::Child => {
-                for p in &progs {
-                    if seccompiler::apply_filter(p).is_err() {
-                        sys::exit_now(99);
-                    }
-                }
-                sys::exit_now(attempt());
-            }
-            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
-        }
+        seccomp::in_filtered_child(&filters().unwrap(), None, attempt).unwrap()
     }
 
     #[test]
@@ -312,19 +294,9 @@ mod tests {
             );
             8
         }
-        let child = child_filter().unwrap();
-        let progs = filters().unwrap();
-        let st = match sys::fork().unwrap() {
-            sys::Forked::Child => {
-                for p in progs.iter().chain(std::iter::once(&child)) {
-                    if seccompiler::apply_filter(p).is_err() {
-                        sys::exit_now(99);
-                    }
-                }
-                sys::exit_now(attempt());
-            }
-            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
-        };
+        let mut progs = filters().unwrap();
+        progs.push(child_filter().unwrap());
+        let st = seccomp::in_filtered_child(&progs, None, attempt).unwrap();
         assert!(
             matches!(
                 st,
