@@ -23,7 +23,7 @@
 //! creates a playback-only PCM. The stream and channel-map counts rely on vhost-device-sound's
 //! layout (0.3: stream 0 and channel map 0 are the output ones, 1 the input ones).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice, IoSliceMut, Read};
@@ -38,15 +38,12 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 const HDR: usize = 12;
 
 /// Takes ownership of file descriptors the kernel just installed in this process (received
-/// with `SCM_RIGHTS`). Negative entries are skipped.
-#[allow(unsafe_code)]
+/// with `SCM_RIGHTS`, by the `recvmsg` call that just returned them). Negative entries are
+/// skipped.
 pub fn adopt_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
-    use std::os::fd::FromRawFd;
     raw.iter()
         .filter(|fd| **fd >= 0)
-        // SAFETY: the kernel created these descriptors for this process in the recvmsg call
-        // that returned them; nothing else owns them yet, so each gets exactly one owner.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .map(|fd| vmsilo_sys::owned_fd(*fd))
         .collect()
 }
 const MAX_PAYLOAD: usize = 64 * 1024;

@@ -14,12 +14,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
+use vmsilo_sys::seccomp::{self, Rules, allow};
 
 /// What happens on a system call outside the allow-list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,16 +43,8 @@ pub enum SeccompError {
     Install(#[source] seccompiler::Error),
 }
 
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
-
-fn allow(rules: &mut Rules, nrs: &[libc::c_long]) {
-    for nr in nrs {
-        rules.insert(*nr, vec![]);
-    }
-}
-
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+    seccomp::cond(arg, SeccompCmpArgLen::Qword, op, value)
         .expect("static seccomp condition is valid")
 }
 
@@ -164,12 +154,6 @@ const MAIN_ONLY: &[libc::c_long] = &[
     libc::SYS_unlink,
 ];
 
-fn arch() -> TargetArch {
-    std::env::consts::ARCH
-        .try_into()
-        .unwrap_or(TargetArch::x86_64)
-}
-
 fn mismatch(mode: SeccompMode) -> SeccompAction {
     match mode {
         SeccompMode::Kill | SeccompMode::Disabled => SeccompAction::KillProcess,
@@ -183,8 +167,7 @@ fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
-    let f = SeccompFilter::new(rules, mismatch, matched, arch()).map_err(SeccompError::Build)?;
-    f.try_into().map_err(SeccompError::Build)
+    seccomp::compile(rules, mismatch, matched).map_err(SeccompError::Build)
 }
 
 /// The main process's filter.
@@ -253,21 +236,9 @@ pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError>
     // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so glibc uses
     // clone, whose flags the filter above checks. Installed first: installing a filter needs
     // prctl and seccomp(2), which the main child filter no longer allows.
-    let mut refused = Rules::new();
-    refused.insert(libc::SYS_clone3, vec![]);
-    let clone3 = compile(
-        refused,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    let mut refused = Rules::new();
-    refused.insert(libc::SYS_open, vec![]);
-    refused.insert(libc::SYS_openat, vec![]);
-    let no_open = compile(
-        refused,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )?;
+    let clone3 = seccomp::refuse(&[libc::SYS_clone3], libc::ENOSYS).map_err(SeccompError::Build)?;
+    let no_open = seccomp::refuse(&[libc::SYS_open, libc::SYS_openat], libc::EACCES)
+        .map_err(SeccompError::Build)?;
     Ok(vec![clone3, no_open, main])
 }
 
@@ -276,8 +247,7 @@ pub fn apply_main(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
         return Ok(());
     }
-    let prog = main_filter(mode)?;
-    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+    install(&[main_filter(mode)?])
 }
 
 /// Installs the outer process's filter for the calling (only) thread.
@@ -285,8 +255,7 @@ pub fn apply_outer(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Disabled {
         return Ok(());
     }
-    let prog = outer_filter(mode)?;
-    seccompiler::apply_filter(&prog).map_err(SeccompError::Install)
+    install(&[outer_filter(mode)?])
 }
 
 /// Installs the child filters for the calling thread (threads created later inherit them).
@@ -299,10 +268,7 @@ pub fn apply_child(mode: SeccompMode) -> Result<(), SeccompError> {
 
 /// Installs compiled filters, in order, for the calling thread.
 pub fn install(progs: &[BpfProgram]) -> Result<(), SeccompError> {
-    for prog in progs {
-        seccompiler::apply_filter(prog).map_err(SeccompError::Install)?;
-    }
-    Ok(())
+    seccomp::install(progs).map_err(SeccompError::Install)
 }
 
 #[cfg(test)]
@@ -318,26 +284,18 @@ mod tests {
         }
     }
 
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::WaitStatus;
 
-    use crate::sys::{self, Forked};
+    use crate::sys;
 
     /// Forks; the child installs the child filters of `mode`, runs `attempt` and exits 0 if it
     /// survived (or `attempt`'s own code). Returns how the child ended.
     fn in_filtered_child(mode: SeccompMode, attempt: fn() -> i32) -> WaitStatus {
-        let progs = child_filters(mode).unwrap();
-        match sys::fork().unwrap() {
-            Forked::Child => {
-                if mode == SeccompMode::Trap {
-                    let _ = sys::install_sigsys_handler();
-                }
-                if install(&progs).is_err() {
-                    sys::exit_now(99);
-                }
-                sys::exit_now(attempt());
-            }
-            Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
+        fn sigsys_handler() {
+            let _ = sys::install_sigsys_handler();
         }
+        let setup = (mode == SeccompMode::Trap).then_some(sigsys_handler as fn());
+        seccomp::in_filtered_child(&child_filters(mode).unwrap(), setup, attempt).unwrap()
     }
 
     fn make_socket() -> i32 {

@@ -1,6 +1,7 @@
 //! Every `unsafe` operation of vm-switch: shared memory (memfd + mmap, atomics and copies on
-//! memory another process writes), `fork`, closing inherited descriptors, the new mount API
-//! (`open_tree`, `move_mount`) for the sandbox, the process title, and the SIGSYS handler.
+//! memory another process writes), the new mount API (`open_tree`, `move_mount`) for the
+//! sandbox, the process title, and the SIGSYS handler. `fork`, `_exit` and closing inherited
+//! descriptors are vmsilo-sys's (shared with the gate), re-exported here.
 //!
 //! Each block carries a `// SAFETY:` comment. Callers get safe wrappers that check bounds and
 //! alignment before touching memory.
@@ -13,6 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+pub use vmsilo_sys::{Forked, close_fds_except, exit_now, fork};
 
 /// A `MAP_SHARED` mapping of a memfd that another process maps too.
 ///
@@ -160,66 +163,6 @@ impl Drop for SharedMem {
     }
 }
 
-/// Closes every file descriptor of this process except `keep` (and 0, 1, 2). Used right after
-/// `fork` in a port child, which must not hold other ports' sockets and memory.
-///
-/// Descriptors owned by Rust objects inherited from the parent are closed behind their
-/// backs, so the caller must never drop those objects (the child never returns into the
-/// parent's code; it exits).
-pub fn close_fds_except(keep: &[std::os::fd::RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|fd| **fd > 2)
-        .map(|fd| *fd as u32)
-        .collect();
-    keep.sort_unstable();
-    keep.dedup();
-    let close_range = |first: u32, last: u32| {
-        // SAFETY: close_range(2) takes integers and flags and touches no memory; see the
-        // function documentation for the descriptors it closes behind Rust objects.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                libc::c_long::from(first),
-                libc::c_long::from(last),
-                0 as libc::c_long,
-            ) == 0
-        }
-    };
-    let mut first = 3u32;
-    let mut ok = true;
-    // `keep` is sorted, unique and above 2, so every k >= first.
-    for &k in &keep {
-        if k > first {
-            ok &= close_range(first, k - 1);
-        }
-        first = k + 1;
-    }
-    ok &= close_range(first, u32::MAX);
-    if ok {
-        return;
-    }
-    // Kernels before 5.9 have no close_range: walk /proc/self/fd instead.
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
-    for fd in fds {
-        if fd > 2 && !keep.contains(&(fd as u32)) {
-            // SAFETY: see the function documentation: the objects owning these fds in the
-            // parent's copy of memory are never used or dropped in this process. The fd of
-            // the directory iterator itself is already closed (iterator dropped), so closing
-            // it again only yields EBADF.
-            unsafe {
-                libc::close(fd);
-            }
-        }
-    }
-}
-
 /// A detached copy of the mount tree at a directory (`open_tree(2)` with `OPEN_TREE_CLONE`,
 /// recursive), to attach elsewhere with [`attach_tree`] even after the directory itself has
 /// been mounted over. Needs mount privileges in the current mount namespace (Linux 5.2).
@@ -315,39 +258,6 @@ pub fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(file)
-}
-
-/// Ends the process at once with `code`, without running exit handlers (for forked children
-/// of a multi-threaded process, such as the test harness).
-pub fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit(2) takes no pointers and never returns.
-    unsafe { libc::_exit(code) }
-}
-
-/// Result of [`fork`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forked {
-    /// In the parent, with the child's pid.
-    Parent(i32),
-    /// In the child.
-    Child,
-}
-
-/// Forks the process.
-///
-/// Must only be called while the process has a single thread (the main process of vm-switch
-/// never starts threads; children start theirs after forking), or, in a multi-threaded
-/// process, with a child that only makes async-signal-safe calls before it exits or execs
-/// (the seccomp tests, which fork from the test harness: the child installs a filter, makes
-/// one system call and calls [`exit_now`]).
-pub fn fork() -> std::io::Result<Forked> {
-    // SAFETY: vm-switch's callers (`supervisor`, `sandbox`) run single-threaded, so the child
-    // cannot inherit locks held by other threads; the only multi-threaded callers are the
-    // seccomp tests, whose children keep to async-signal-safe calls as documented above.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
-        nix::unistd::ForkResult::Child => Ok(Forked::Child),
-    }
 }
 
 /// Sets the process title shown by `ps` (the argv area) and the thread name (`comm`,

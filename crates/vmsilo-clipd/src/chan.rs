@@ -1,94 +1,31 @@
-//! Sending and receiving [`Msg`]s over `SOCK_SEQPACKET` with at most one fd
-//! (`SCM_RIGHTS`, received close-on-exec), and the memfd/pipe helpers for the content.
+//! vmsilo-clipd's side of its socket: sending and receiving [`Msg`]s (through
+//! [`crate::seqpacket`]), connecting, the blocking CLI client, and the memfd/pipe helpers for
+//! the content.
 #![forbid(unsafe_code)]
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-    connect, recvmsg, sendmsg, socket,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
 
-use crate::proto::{MAX_MSG_BYTES, Msg};
+use crate::proto::Msg;
+use crate::seqpacket;
 
-/// Sends one message (with `fd` for the kinds that carry one).
+/// Sends one message (with `fd` for the kinds that carry one); see [`seqpacket::send`].
 pub fn send(sock: BorrowedFd<'_>, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
-    let bytes = msg.encode();
-    let iov = [IoSlice::new(&bytes)];
-    let fds;
-    let cmsgs: &[ControlMessage] = match fd {
-        Some(f) => {
-            fds = [f.as_raw_fd()];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
-    loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Err(Errno::EINTR) => continue,
-            r => return r.map(|_| ()),
-        }
-    }
+    seqpacket::send(sock, msg, fd)
 }
 
-/// What one receive gave.
-#[derive(Debug)]
-pub enum Recv {
-    /// A message and its fd, if any.
-    Msg(Msg, Option<OwnedFd>),
-    /// A datagram that did not decode, or a wrong fd count (dropped).
-    Bad,
-    /// Nothing to read now (non-blocking sockets).
-    Empty,
-    /// The peer is gone.
-    Closed,
-}
+/// What one receive of a [`Msg`] gave.
+pub type Recv = seqpacket::Recv<Msg>;
 
-/// Receives one message. Extra fds are closed; a message missing its fd, or carrying one it
-/// should not, is [`Recv::Bad`].
+/// Receives one message; see [`seqpacket::recv`].
 pub fn recv(sock: BorrowedFd<'_>) -> Recv {
-    let mut buf = vec![0u8; MAX_MSG_BYTES + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let (len, flags, mut fds) = match recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    ) {
-        Ok(r) => {
-            let mut fds = Vec::new();
-            if let Ok(cmsgs) = r.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(v) = c {
-                        fds.extend(v.into_iter().map(crate::sys::owned_fd));
-                    }
-                }
-            }
-            (r.bytes, r.flags, fds)
-        }
-        Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Recv::Empty,
-        Err(_) => return Recv::Closed,
-    };
-    if len == 0 && fds.is_empty() {
-        return Recv::Closed;
-    }
-    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > 1 {
-        return Recv::Bad;
-    }
-    let Ok(msg) = Msg::decode(&buf[..len]) else {
-        return Recv::Bad;
-    };
-    let fd = fds.pop();
-    if msg.has_fd() != fd.is_some() {
-        return Recv::Bad;
-    }
-    Recv::Msg(msg, fd)
+    seqpacket::recv(sock)
 }
 
 /// Connects to the daemon's socket (blocking, close-on-exec).
@@ -237,12 +174,7 @@ impl Client {
     }
 }
 
-/// A connected pair of `SOCK_SEQPACKET` sockets (tests, in-process peers).
+/// A connected pair of blocking `SOCK_SEQPACKET` sockets (tests, in-process peers).
 pub fn pair() -> nix::Result<(OwnedFd, OwnedFd)> {
-    nix::sys::socket::socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
+    seqpacket::pair(false)
 }

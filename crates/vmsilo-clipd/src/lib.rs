@@ -8,17 +8,25 @@
 //! host's own clipboard.
 //!
 //! Layout:
+//! - [`wire`]: the encoding every clipboard seam shares (clipd's and the gate's parent ⇄
+//!   child messages), sans-IO, std only.
 //! - [`proto`]: the wire messages (gate ⇄ clipd, CLI ⇄ clipd), sans-IO, std only.
 //! - [`core`]: sans-IO: the slot, the policy, the size cap, the MIME allowlist, the wipe.
-//! - [`chan`]: `SOCK_SEQPACKET` + `SCM_RIGHTS` send and receive of [`proto::Msg`].
+//! - [`seqpacket`]: `SOCK_SEQPACKET` + `SCM_RIGHTS` send and receive of any
+//!   [`wire::Message`], for clipd and the gate alike.
+//! - [`chan`]: clipd's socket: [`proto::Msg`] over [`seqpacket`], the CLI client, content
+//!   fds.
 //! - [`daemon`]: the daemon's loop (socket, peer checks, transfers, notifications).
-//! - [`sys`]: the unsafe system calls, with `// SAFETY:` comments.
+//!
+//! The crate has no unsafe code: adopting received descriptors is vmsilo-sys's.
+#![forbid(unsafe_code)]
 
 pub mod chan;
 pub mod core;
 pub mod daemon;
 pub mod proto;
-pub mod sys;
+pub mod seqpacket;
+pub mod wire;
 
 /// The socket's file name in the user's runtime directory.
 pub const SOCKET_NAME: &str = "vmsilo-clipd.socket";

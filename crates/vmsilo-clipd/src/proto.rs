@@ -3,10 +3,14 @@
 //!
 //! Encoding: a tag byte, then the fields in order; integers little-endian, strings as a u16
 //! length and UTF-8 bytes (at most [`MAX_STR`]), string lists as a u8 count (at most
-//! [`MAX_LIST`]). Anything else (unknown tag, truncation, trailing bytes) is [`BadMsg`].
+//! [`MAX_LIST`]), as [`crate::wire`] encodes every clipboard seam. Anything else (unknown
+//! tag, truncation, trailing bytes) is [`BadMsg`].
 //! Clipboard content never travels in a datagram: it goes through the fd (a pipe or a
 //! memfd), so that datagrams stay small and bounded.
 #![forbid(unsafe_code)]
+
+pub use crate::wire::BadMsg;
+use crate::wire::{self, Message, Reader};
 
 /// Longest string field in bytes.
 pub const MAX_STR: usize = 1024;
@@ -126,81 +130,19 @@ pub enum Msg {
     },
 }
 
-/// A [`Msg`] that does not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed clipd message: {0}")]
-pub struct BadMsg(pub &'static str);
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut end = s.len().min(MAX_STR);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let b = &s.as_bytes()[..end];
-    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
-    out.extend_from_slice(b);
+    wire::put_str(out, s, MAX_STR);
 }
 
 fn put_list(out: &mut Vec<u8>, l: &[String]) {
-    let l = &l[..l.len().min(MAX_LIST)];
-    out.push(l.len() as u8);
-    for s in l {
-        put_str(out, s);
-    }
+    wire::put_list(out, l, MAX_LIST, MAX_STR);
 }
 
-struct Reader<'a>(&'a [u8]);
+impl Message for Msg {
+    const MAX_BYTES: usize = MAX_MSG_BYTES;
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], BadMsg> {
-        if self.0.len() < n {
-            return Err(BadMsg("truncated"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, BadMsg> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, BadMsg> {
-        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| BadMsg("u64"))?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn bool(&mut self) -> Result<bool, BadMsg> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(BadMsg("bad flag")),
-        }
-    }
-    fn str(&mut self) -> Result<String, BadMsg> {
-        let l = self.take(2)?;
-        let len = u16::from_le_bytes([l[0], l[1]]) as usize;
-        if len > MAX_STR {
-            return Err(BadMsg("string too long"));
-        }
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| BadMsg("string not UTF-8"))
-    }
-    fn list(&mut self) -> Result<Vec<String>, BadMsg> {
-        let n = self.u8()? as usize;
-        if n > MAX_LIST {
-            return Err(BadMsg("list too long"));
-        }
-        (0..n).map(|_| self.str()).collect()
-    }
-    fn end(&self) -> Result<(), BadMsg> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(BadMsg("trailing bytes"))
-        }
-    }
-}
-
-impl Msg {
     /// The datagram (strings cut to [`MAX_STR`], lists to [`MAX_LIST`]).
-    pub fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         let mut o = Vec::with_capacity(32);
         match self {
             Msg::Hello { vm } => {
@@ -221,11 +163,11 @@ impl Msg {
             Msg::Paste { vm, confirm } => {
                 o.push(4);
                 put_str(&mut o, vm);
-                o.push(*confirm as u8);
+                wire::put_bool(&mut o, *confirm);
             }
             Msg::ToHost { confirm } => {
                 o.push(5);
-                o.push(*confirm as u8);
+                wire::put_bool(&mut o, *confirm);
             }
             Msg::FromHost { mime } => {
                 o.push(6);
@@ -235,12 +177,12 @@ impl Msg {
             Msg::Wipe => o.push(8),
             Msg::Fetch { req, mimes } => {
                 o.push(20);
-                o.extend_from_slice(&req.to_le_bytes());
+                wire::put_u64(&mut o, *req);
                 put_list(&mut o, mimes);
             }
             Msg::Fetched { req, mime } => {
                 o.push(21);
-                o.extend_from_slice(&req.to_le_bytes());
+                wire::put_u64(&mut o, *req);
                 put_str(&mut o, mime);
             }
             Msg::Put { mime } => {
@@ -265,41 +207,50 @@ impl Msg {
                 o.push(32);
                 put_str(&mut o, source);
                 put_str(&mut o, mime);
-                o.extend_from_slice(&size.to_le_bytes());
+                wire::put_u64(&mut o, *size);
             }
         }
         o
     }
 
-    /// Decodes one datagram.
-    pub fn decode(b: &[u8]) -> Result<Msg, BadMsg> {
-        let mut r = Reader(b);
+    fn decode(b: &[u8]) -> Result<Msg, BadMsg> {
+        let mut r = Reader::new(b);
         let m = match r.u8()? {
-            1 => Msg::Hello { vm: r.str()? },
+            1 => Msg::Hello {
+                vm: r.str(MAX_STR)?,
+            },
             2 => Msg::Chord(match r.u8()? {
                 0 => Chord::Copy,
                 1 => Chord::Paste,
                 _ => return Err(BadMsg("unknown chord")),
             }),
-            3 => Msg::Copy { vm: r.str()? },
+            3 => Msg::Copy {
+                vm: r.str(MAX_STR)?,
+            },
             4 => Msg::Paste {
-                vm: r.str()?,
+                vm: r.str(MAX_STR)?,
                 confirm: r.bool()?,
             },
             5 => Msg::ToHost { confirm: r.bool()? },
-            6 => Msg::FromHost { mime: r.str()? },
+            6 => Msg::FromHost {
+                mime: r.str(MAX_STR)?,
+            },
             7 => Msg::Query,
             8 => Msg::Wipe,
             20 => Msg::Fetch {
                 req: r.u64()?,
-                mimes: r.list()?,
+                mimes: r.list(MAX_LIST, MAX_STR)?,
             },
             21 => Msg::Fetched {
                 req: r.u64()?,
-                mime: r.str()?,
+                mime: r.str(MAX_STR)?,
             },
-            22 => Msg::Put { mime: r.str()? },
-            23 => Msg::Notice { text: r.str()? },
+            22 => Msg::Put {
+                mime: r.str(MAX_STR)?,
+            },
+            23 => Msg::Notice {
+                text: r.str(MAX_STR)?,
+            },
             30 => Msg::Reply {
                 outcome: match r.u8()? {
                     0 => Outcome::Ok,
@@ -308,15 +259,15 @@ impl Msg {
                     3 => Outcome::Failed,
                     _ => return Err(BadMsg("unknown outcome")),
                 },
-                text: r.str()?,
+                text: r.str(MAX_STR)?,
             },
             31 => Msg::Data {
-                mime: r.str()?,
-                source: r.str()?,
+                mime: r.str(MAX_STR)?,
+                source: r.str(MAX_STR)?,
             },
             32 => Msg::Status {
-                source: r.str()?,
-                mime: r.str()?,
+                source: r.str(MAX_STR)?,
+                mime: r.str(MAX_STR)?,
                 size: r.u64()?,
             },
             _ => return Err(BadMsg("unknown tag")),
@@ -325,8 +276,7 @@ impl Msg {
         Ok(m)
     }
 
-    /// Whether the message carries an fd (it must, and others must not).
-    pub fn has_fd(&self) -> bool {
+    fn has_fd(&self) -> bool {
         matches!(
             self,
             Msg::FromHost { .. } | Msg::Fetch { .. } | Msg::Put { .. } | Msg::Data { .. }
@@ -399,6 +349,20 @@ mod tests {
         assert!(Msg::decode(&[99]).is_err());
         assert!(Msg::decode(&[2, 7]).is_err());
         assert!(Msg::decode(&[4, 0, 0, 2]).is_err(), "a flag is 0 or 1");
+    }
+
+    #[test]
+    fn test_wire_bytes_are_pinned() {
+        let paste = Msg::Paste {
+            vm: "b".into(),
+            confirm: true,
+        };
+        assert_eq!(paste.encode(), [4, 1, 0, b'b', 1]);
+        let fetch = Msg::Fetch {
+            req: 258,
+            mimes: vec!["t".into()],
+        };
+        assert_eq!(fetch.encode(), [20, 2, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, b't']);
     }
 
     #[test]

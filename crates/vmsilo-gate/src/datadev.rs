@@ -7,7 +7,9 @@
 //! [`Selection`] (owner child, MIME types) and routes a paste (`receive(mime, fd)`) to the
 //! owner child, whose [`DataDev`] passes it to the owning `wl_data_source` as `send(mime, fd)`.
 //! The child ⇄ parent messages are [`Msg`], one per `SOCK_SEQPACKET` datagram, with at most
-//! one fd.
+//! one fd: the framing and transport are vmsilo-clipd's ([`vmsilo_clipd::wire`],
+//! [`vmsilo_clipd::seqpacket`]), shared by every clipboard seam; the message set is this
+//! module's.
 //!
 //! As a compositor does, the gate sends a client the selection only while it has keyboard
 //! focus: immediately before `wl_keyboard.enter`, and on every change while focused (clients
@@ -35,6 +37,9 @@ use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
 use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatHandler};
 
 use wl_proxy::protocols::wayland::wl_surface::WlSurface;
+
+use vmsilo_clipd::wire::{self, Reader};
+pub use vmsilo_clipd::wire::{BadMsg, Message};
 
 /// Most MIME types a selection carries (more are ignored).
 pub const MAX_MIMES: usize = 64;
@@ -119,85 +124,35 @@ pub enum Msg {
     },
 }
 
-/// A [`Msg`] that does not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed clipboard message: {0}")]
-pub struct BadMsg(pub &'static str);
-
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let b = &s.as_bytes()[..s.len().min(MAX_MIME_BYTES)];
-    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
-    out.extend_from_slice(b);
+    wire::put_str(out, s, MAX_MIME_BYTES);
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], BadMsg> {
-        if self.0.len() < n {
-            return Err(BadMsg("truncated"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u64(&mut self) -> Result<u64, BadMsg> {
-        let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| BadMsg("u64"))?))
-    }
-    fn u8(&mut self) -> Result<u8, BadMsg> {
-        Ok(self.take(1)?[0])
-    }
-    fn str(&mut self) -> Result<String, BadMsg> {
-        let len = self.take(2)?;
-        let len = u16::from_le_bytes([len[0], len[1]]) as usize;
-        if len > MAX_MIME_BYTES {
-            return Err(BadMsg("MIME type too long"));
-        }
-        let b = self.take(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| BadMsg("MIME type not UTF-8"))
-    }
-    fn mimes(&mut self) -> Result<Vec<String>, BadMsg> {
-        let n = self.u8()? as usize;
-        if n > MAX_MIMES {
-            return Err(BadMsg("too many MIME types"));
-        }
-        (0..n).map(|_| self.str()).collect()
-    }
-    fn end(&self) -> Result<(), BadMsg> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(BadMsg("trailing bytes"))
-        }
-    }
+fn put_mimes(out: &mut Vec<u8>, m: &[String]) {
+    wire::put_list(out, m, MAX_MIMES, MAX_MIME_BYTES);
 }
 
-impl Msg {
+/// The child ⇄ parent messages, encoded as [`wire`] encodes every clipboard seam.
+impl Message for Msg {
+    const MAX_BYTES: usize = MAX_MSG_BYTES;
+
     /// The datagram bytes (MIME lists are cut to [`MAX_MIMES`], strings to
     /// [`MAX_MIME_BYTES`]).
-    pub fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
-        let mimes = |out: &mut Vec<u8>, m: &[String]| {
-            let m = &m[..m.len().min(MAX_MIMES)];
-            out.push(m.len() as u8);
-            for s in m {
-                put_str(out, s);
-            }
-        };
         match self {
             Msg::SetSelection { serial, mimes: m } => {
                 out.push(1);
-                out.extend_from_slice(&serial.to_le_bytes());
-                mimes(&mut out, m);
+                wire::put_u64(&mut out, *serial);
+                put_mimes(&mut out, m);
             }
             Msg::ClearSelection { serial } => {
                 out.push(2);
-                out.extend_from_slice(&serial.to_le_bytes());
+                wire::put_u64(&mut out, *serial);
             }
             Msg::Receive { generation, mime } => {
                 out.push(3);
-                out.extend_from_slice(&generation.to_le_bytes());
+                wire::put_u64(&mut out, *generation);
                 put_str(&mut out, mime);
             }
             Msg::Selection {
@@ -206,28 +161,25 @@ impl Msg {
                 own,
             } => {
                 out.push(4);
-                out.extend_from_slice(&generation.to_le_bytes());
-                match own {
-                    None => out.push(0),
-                    Some(serial) => {
-                        out.push(1);
-                        out.extend_from_slice(&serial.to_le_bytes());
-                    }
+                wire::put_u64(&mut out, *generation);
+                wire::put_bool(&mut out, own.is_some());
+                if let Some(serial) = own {
+                    wire::put_u64(&mut out, *serial);
                 }
-                mimes(&mut out, m);
+                put_mimes(&mut out, m);
             }
             Msg::Send { serial, mime } => {
                 out.push(5);
-                out.extend_from_slice(&serial.to_le_bytes());
+                wire::put_u64(&mut out, *serial);
                 put_str(&mut out, mime);
             }
             Msg::Cancel { serial } => {
                 out.push(6);
-                out.extend_from_slice(&serial.to_le_bytes());
+                wire::put_u64(&mut out, *serial);
             }
             Msg::Chord { copy } => {
                 out.push(7);
-                out.push(*copy as u8);
+                wire::put_bool(&mut out, *copy);
             }
             Msg::Notice { text } => {
                 out.push(8);
@@ -237,49 +189,42 @@ impl Msg {
         out
     }
 
-    /// Decodes one datagram.
-    pub fn decode(b: &[u8]) -> Result<Msg, BadMsg> {
-        let mut r = Reader(b);
+    fn decode(b: &[u8]) -> Result<Msg, BadMsg> {
+        let mut r = Reader::new(b);
         let msg = match r.u8()? {
             1 => Msg::SetSelection {
                 serial: r.u64()?,
-                mimes: r.mimes()?,
+                mimes: r.list(MAX_MIMES, MAX_MIME_BYTES)?,
             },
             2 => Msg::ClearSelection { serial: r.u64()? },
             3 => Msg::Receive {
                 generation: r.u64()?,
-                mime: r.str()?,
+                mime: r.str(MAX_MIME_BYTES)?,
             },
             4 => Msg::Selection {
                 generation: r.u64()?,
-                own: match r.u8()? {
-                    0 => None,
-                    1 => Some(r.u64()?),
-                    _ => return Err(BadMsg("bad flag")),
+                own: match r.bool()? {
+                    false => None,
+                    true => Some(r.u64()?),
                 },
-                mimes: r.mimes()?,
+                mimes: r.list(MAX_MIMES, MAX_MIME_BYTES)?,
             },
             5 => Msg::Send {
                 serial: r.u64()?,
-                mime: r.str()?,
+                mime: r.str(MAX_MIME_BYTES)?,
             },
             6 => Msg::Cancel { serial: r.u64()? },
-            7 => Msg::Chord {
-                copy: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(BadMsg("bad flag")),
-                },
+            7 => Msg::Chord { copy: r.bool()? },
+            8 => Msg::Notice {
+                text: r.str(MAX_MIME_BYTES)?,
             },
-            8 => Msg::Notice { text: r.str()? },
             _ => return Err(BadMsg("unknown tag")),
         };
         r.end()?;
         Ok(msg)
     }
 
-    /// Whether the message carries an fd.
-    pub fn has_fd(&self) -> bool {
+    fn has_fd(&self) -> bool {
         matches!(self, Msg::Receive { .. } | Msg::Send { .. })
     }
 }
@@ -1028,6 +973,22 @@ mod tests {
             Msg::SetSelection { mimes, .. } => assert_eq!(mimes.len(), MAX_MIMES),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn test_wire_bytes_are_pinned() {
+        let m = Msg::Selection {
+            generation: 3,
+            mimes: mimes(&["a"]),
+            own: Some(4),
+        };
+        assert_eq!(
+            m.encode(),
+            [
+                4, 3, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, b'a'
+            ]
+        );
+        assert_eq!(Msg::Chord { copy: false }.encode(), [7, 0]);
     }
 
     #[test]

@@ -14,14 +14,10 @@
 //! the runtime also starts the gate in an empty network namespace).
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
-
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
-
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+use vmsilo_sys::seccomp::{self, Rules};
 
 /// What a running gate (parent or child) calls.
 const ALLOWED: &[libc::c_long] = &[
@@ -105,19 +101,13 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_seccomp,
 ];
 
-fn arch() -> TargetArch {
-    std::env::consts::ARCH
-        .try_into()
-        .unwrap_or(TargetArch::x86_64)
-}
-
 fn cond(
     arg: u8,
     len: SeccompCmpArgLen,
     op: SeccompCmpOp,
     value: u64,
 ) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, len, op, value).map_err(|e| e.to_string())
+    seccomp::cond(arg, len, op, value).map_err(|e| e.to_string())
 }
 
 fn compile(
@@ -125,9 +115,7 @@ fn compile(
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, String> {
-    let f = SeccompFilter::new(rules, mismatch, matched, arch()).map_err(|e| e.to_string())?;
-    f.try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
+    seccomp::compile(rules, mismatch, matched).map_err(|e| e.to_string())
 }
 
 /// The three filters, in installation order.
@@ -155,14 +143,8 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         SeccompAction::Errno(libc::EPERM as u32),
     )?;
     // 2. open/openat: EACCES.
-    let mut opens = Rules::new();
-    opens.insert(libc::SYS_open, vec![]);
-    opens.insert(libc::SYS_openat, vec![]);
-    let no_open = compile(
-        opens,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-    )?;
+    let no_open = seccomp::refuse(&[libc::SYS_open, libc::SYS_openat], libc::EACCES)
+        .map_err(|e| e.to_string())?;
     // 3. The allow-list; ioctl only for FIONBIO (std's set_nonblocking) and FIOCLEX.
     let mut rules = Rules::new();
     for nr in ALLOWED {
@@ -236,39 +218,24 @@ pub fn child_filter() -> Result<BpfProgram, String> {
 
 /// Installs [`child_filter`] in a client child.
 pub fn apply_child() -> Result<(), String> {
-    seccompiler::apply_filter(&child_filter()?).map_err(|e| e.to_string())
+    seccomp::install(&[child_filter()?]).map_err(|e| e.to_string())
 }
 
 /// Installs the filters for the calling thread (the parent is single-threaded; children
 /// inherit them). Sets no-new-privs first (seccompiler does).
 pub fn apply() -> Result<(), String> {
-    for prog in filters()? {
-        seccompiler::apply_filter(&prog).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    seccomp::install(&filters()?).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys;
-    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::sys::wait::WaitStatus;
 
     /// Runs `attempt` in a forked child under the filters; the child only makes
     /// async-signal-safe calls (the filters are compiled before the fork).
     fn in_filtered_child(attempt: fn() -> i32) -> WaitStatus {
-        let progs = filters().unwrap();
-        match sys::fork().unwrap() {
-            sys::Forked::Child => {
-                for p in &progs {
-                    if seccompiler::apply_filter(p).is_err() {
-                        sys::exit_now(99);
-                    }
-                }
-                sys::exit_now(attempt());
-            }
-            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
-        }
+        seccomp::in_filtered_child(&filters().unwrap(), None, attempt).unwrap()
     }
 
     #[test]
@@ -327,19 +294,9 @@ mod tests {
             );
             8
         }
-        let child = child_filter().unwrap();
-        let progs = filters().unwrap();
-        let st = match sys::fork().unwrap() {
-            sys::Forked::Child => {
-                for p in progs.iter().chain(std::iter::once(&child)) {
-                    if seccompiler::apply_filter(p).is_err() {
-                        sys::exit_now(99);
-                    }
-                }
-                sys::exit_now(attempt());
-            }
-            sys::Forked::Parent(pid) => waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap(),
-        };
+        let mut progs = filters().unwrap();
+        progs.push(child_filter().unwrap());
+        let st = seccomp::in_filtered_child(&progs, None, attempt).unwrap();
         assert!(
             matches!(
                 st,

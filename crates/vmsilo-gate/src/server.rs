@@ -9,8 +9,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,10 +20,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use wl_proxy::baseline::Baseline;
@@ -33,7 +29,9 @@ use wl_proxy::object::Object;
 use wl_proxy::state::State;
 
 use crate::conn::{Conn, Limits};
-use crate::datadev::{self, DataDev, Hub, Link, Msg, Out};
+use vmsilo_clipd::seqpacket::{self, Recv};
+
+use crate::datadev::{self, DataDev, Hub, Link, Message, Msg, Out};
 use crate::identity::Identity;
 use crate::logger::warn_limited;
 use crate::policy::Policy;
@@ -192,103 +190,12 @@ impl Chan {
 
 /// A new channel pair (non-blocking, close-on-exec).
 pub fn chan_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-    )
-}
-
-/// Sends one message (non-blocking; a full peer drops it, closing the fd).
-pub fn send_msg(fd: RawFd, msg: &Msg, pass: Option<RawFd>) -> nix::Result<()> {
-    let bytes = msg.encode();
-    let iov = [IoSlice::new(&bytes)];
-    let fds;
-    let cmsgs: &[ControlMessage] = match pass {
-        Some(f) => {
-            fds = [f];
-            &[ControlMessage::ScmRights(&fds)]
-        }
-        None => &[],
-    };
-    sendmsg::<()>(
-        fd,
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(|_| ())
-}
-
-/// What one receive gave.
-#[derive(Debug)]
-pub enum Recv {
-    /// A message (and its fd, if any).
-    Msg(Msg, Option<OwnedFd>),
-    /// A datagram that did not decode (dropped).
-    Bad,
-    /// Nothing more to read now.
-    Empty,
-    /// The peer is gone.
-    Closed,
-}
-
-/// Receives one message (non-blocking). Extra fds are closed; a message without its fd, or
-/// with one it should not carry, is [`Recv::Bad`].
-pub fn recv_msg(fd: RawFd) -> Recv {
-    let mut buf = vec![0u8; datadev::MAX_MSG_BYTES + 1];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let res = recvmsg::<()>(
-        fd,
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    );
-    let (len, flags, mut fds) = match res {
-        Ok(r) => {
-            let mut fds = Vec::new();
-            if let Ok(cmsgs) = r.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(v) = c {
-                        for f in v {
-                            // The kernel just gave us these descriptors; nothing else owns them.
-                            fds.push(owned_from_received(f));
-                        }
-                    }
-                }
-            }
-            (r.bytes, r.flags, fds)
-        }
-        Err(Errno::EAGAIN) => return Recv::Empty,
-        Err(Errno::EINTR) => return Recv::Empty,
-        Err(_) => return Recv::Closed,
-    };
-    if len == 0 && fds.is_empty() {
-        return Recv::Closed;
-    }
-    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) || fds.len() > 1 {
-        return Recv::Bad;
-    }
-    let Ok(msg) = Msg::decode(&buf[..len]) else {
-        return Recv::Bad;
-    };
-    let fd = fds.pop();
-    if msg.has_fd() != fd.is_some() {
-        return Recv::Bad;
-    }
-    Recv::Msg(msg, fd)
-}
-
-fn owned_from_received(fd: RawFd) -> OwnedFd {
-    crate::sys::owned_fd(fd)
+    seqpacket::pair(true)
 }
 
 impl Link for Chan {
     fn send(&self, msg: &Msg, fd: Option<&OwnedFd>) {
-        if let Err(e) = send_msg(self.fd.as_raw_fd(), msg, fd.map(|f| f.as_raw_fd())) {
+        if let Err(e) = seqpacket::try_send(self.fd.as_fd(), msg, fd.map(|f| f.as_fd())) {
             warn_limited(
                 "clipboard",
                 &format!("could not reach the gate's parent: {e}"),
@@ -515,7 +422,7 @@ impl Session {
         if chan_ready && let Some(c) = &self.chan {
             worked = true;
             for _ in 0..64 {
-                match recv_msg(c.fd.as_raw_fd()) {
+                match seqpacket::try_recv(c.fd.as_fd()) {
                     Recv::Msg(Msg::Notice { text }, _) => {
                         let text = crate::notice::sanitize(&text);
                         frame::set_notice(&self.conn, (!text.is_empty()).then_some(text));
@@ -719,11 +626,9 @@ impl Parent {
             if msg.has_fd() && pass.is_none() {
                 continue;
             }
-            if let Err(e) = send_msg(
-                info.chan.as_raw_fd(),
-                &msg,
-                pass.as_ref().map(|f| f.as_raw_fd()),
-            ) {
+            if let Err(e) =
+                seqpacket::try_send(info.chan.as_fd(), &msg, pass.as_ref().map(|f| f.as_fd()))
+            {
                 warn_limited(
                     "clipboard",
                     &format!("could not reach client process {child}: {e}"),
@@ -741,7 +646,7 @@ impl Parent {
             if only.is_some_and(|o| o != *pid) {
                 continue;
             }
-            if let Err(e) = send_msg(info.chan.as_raw_fd(), &msg, None) {
+            if let Err(e) = seqpacket::try_send(info.chan.as_fd(), &msg, None) {
                 warn_limited(
                     "clipboard",
                     &format!("could not reach client process {}: {e}", info.id),
@@ -1000,7 +905,7 @@ impl Parent {
                 return;
             };
             let id = info.id;
-            match recv_msg(info.chan.as_raw_fd()) {
+            match seqpacket::try_recv(info.chan.as_fd()) {
                 Recv::Msg(Msg::Chord { copy }, _) => self.clipd.chord(copy),
                 Recv::Msg(msg, fd) => {
                     let outs = self.hub.handle(id, msg);

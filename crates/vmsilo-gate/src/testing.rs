@@ -1131,7 +1131,7 @@ impl std::fmt::Debug for VirtualKeyboard {
 }
 
 /// A round trip on a client `state` (bounded by [`TIMEOUT`]).
-fn client_roundtrip(state: &Rc<State>) -> Result<(), String> {
+pub fn client_roundtrip(state: &Rc<State>) -> Result<(), String> {
     use wl_proxy::protocols::wayland::wl_callback::WlCallbackHandler;
     struct Done(Rc<Cell<bool>>);
     impl WlCallbackHandler for Done {

@@ -199,7 +199,7 @@ fn gate(sway: &Sway, vm: &str, color: &str, clipd: &Clipd) -> vmsilo_gate::testi
     let clipd = clipd.socket.to_str().unwrap().to_string();
     vmsilo_gate::testing::Gate::start(
         Path::new(EXE),
-        &sway.dir.path().join(format!("{vm}.sock")),
+        &sway.dir().join(format!("{vm}.sock")),
         &[
             "--vm",
             vm,
@@ -221,16 +221,16 @@ fn test_chords_on_a_virtual_keyboard_move_banking_text_to_shopping_on_sway() {
         eprintln!("skipped: {why}");
         return;
     }
-    let sway = Sway::start("clip-sway");
+    let sway = Sway::start();
     let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
-    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), Settings::default());
+    let clipd = Clipd::start(sway.dir().join("clipd.sock"), Settings::default());
     let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
     let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
     // The host's own clipboard holds a secret (set by a host client of sway).
     let _host = HostClipboard::set(&sway, "HOST SECRET");
 
     // banking's window gets the focus (the only window); its app copies (its own clipboard).
-    let banking = App::open(&sway.dir.path().join("banking.sock"), "bank");
+    let banking = App::open(&sway.dir().join("banking.sock"), "bank");
     banking.pump_until("keyboard focus on banking", || {
         banking.kb.focus.borrow().is_some()
     });
@@ -248,7 +248,7 @@ fn test_chords_on_a_virtual_keyboard_move_banking_text_to_shopping_on_sway() {
     assert_eq!(clipd.slot_source(), "banking");
 
     // shopping's window opens and takes the focus; nothing crossed yet.
-    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    let shopping = App::open(&sway.dir().join("shopping.sock"), "shop");
     shopping.pump_until("keyboard focus on shopping", || {
         shopping.kb.focus.borrow().is_some()
     });
@@ -294,7 +294,7 @@ impl HostClipboard {
     fn set(sway: &Sway, text: &str) -> HostClipboard {
         let mut child = std::process::Command::new("wl-copy")
             .args(["--foreground", "--type", UTF8])
-            .env("XDG_RUNTIME_DIR", sway.dir.path())
+            .env("XDG_RUNTIME_DIR", sway.dir())
             .env("WAYLAND_DISPLAY", &sway.socket)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -312,7 +312,7 @@ impl HostClipboard {
         loop {
             let out = std::process::Command::new("wl-paste")
                 .args(["--no-newline"])
-                .env("XDG_RUNTIME_DIR", sway.dir.path())
+                .env("XDG_RUNTIME_DIR", sway.dir())
                 .env("WAYLAND_DISPLAY", &sway.socket)
                 .output()
                 .expect("wl-paste");
@@ -344,7 +344,7 @@ fn test_over_cap_and_denied_transfers_are_refused_on_sway() {
         return;
     }
     use vmsilo_clipd::core::{Policy, Rule};
-    let sway = Sway::start("clip-deny");
+    let sway = Sway::start();
     let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
     let settings = Settings {
         policy: Policy {
@@ -356,11 +356,11 @@ fn test_over_cap_and_denied_transfers_are_refused_on_sway() {
         max_size: 10,
         ..Settings::default()
     };
-    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), settings);
+    let clipd = Clipd::start(sway.dir().join("clipd.sock"), settings);
     let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
     let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
     // Wide enough for the whole notice in the band.
-    let banking = App::open_sized(&sway.dir.path().join("banking.sock"), "bank", 700);
+    let banking = App::open_sized(&sway.dir().join("banking.sock"), "bank", 700);
     banking.pump_until("keyboard focus on banking", || {
         banking.kb.focus.borrow().is_some()
     });
@@ -396,7 +396,7 @@ fn test_over_cap_and_denied_transfers_are_refused_on_sway() {
     banking.pump_until("the copy", || {
         clipd.has(|r| r.starts_with("Clipboard: copied"))
     });
-    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    let shopping = App::open(&sway.dir().join("shopping.sock"), "shop");
     shopping.pump_until("keyboard focus on shopping", || {
         shopping.kb.focus.borrow().is_some()
     });
@@ -486,11 +486,8 @@ fn wl(sway: &Sway, vm: &str, program: &str) -> std::process::Command {
     let mut c = std::process::Command::new(program);
     c.env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .env("XDG_RUNTIME_DIR", sway.dir.path())
-        .env(
-            "WAYLAND_DISPLAY",
-            sway.dir.path().join(format!("{vm}.sock")),
-        )
+        .env("XDG_RUNTIME_DIR", sway.dir())
+        .env("WAYLAND_DISPLAY", sway.dir().join(format!("{vm}.sock")))
         .stdin(std::process::Stdio::null());
     c
 }
@@ -517,13 +514,13 @@ fn test_wl_clipboard_apps_behind_the_gates_cross_only_by_the_chords_on_sway() {
         eprintln!("skipped: {why}");
         return;
     }
-    let sway = Sway::start("clip-wl");
+    let sway = Sway::start();
     let vkb = VirtualKeyboard::connect(&sway, &us_keymap());
-    let clipd = Clipd::start(sway.dir.path().join("clipd.sock"), Settings::default());
+    let clipd = Clipd::start(sway.dir().join("clipd.sock"), Settings::default());
     let _gb = gate(&sway, "banking", "#2ecc71", &clipd);
     let _gs = gate(&sway, "shopping", "#e74c3c", &clipd);
     let _host = HostClipboard::set(&sway, "HOST SECRET");
-    let banking = App::open(&sway.dir.path().join("banking.sock"), "bank");
+    let banking = App::open(&sway.dir().join("banking.sock"), "bank");
     banking.pump_until("keyboard focus on banking", || {
         banking.kb.focus.borrow().is_some()
     });
@@ -538,10 +535,15 @@ fn test_wl_clipboard_apps_behind_the_gates_cross_only_by_the_chords_on_sway() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("wl-copy");
-    assert_eq!(
-        wl_paste(&sway, "banking").as_deref(),
-        Some(&b"from banking"[..])
-    );
+    // wl-copy sets the selection some time after it starts: wait for it (bounded) rather
+    // than race it.
+    let t0 = Instant::now();
+    let mut pasted = wl_paste(&sway, "banking");
+    while pasted.is_none() && t0.elapsed() < PATIENCE {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        pasted = wl_paste(&sway, "banking");
+    }
+    assert_eq!(pasted.as_deref(), Some(&b"from banking"[..]));
     assert_eq!(
         wl_paste(&sway, "shopping"),
         None,
@@ -556,7 +558,7 @@ fn test_wl_clipboard_apps_behind_the_gates_cross_only_by_the_chords_on_sway() {
             clipd.has(|r| r.contains("copy from banking") || r.starts_with("Clipboard: copied"))
         });
     }
-    let shopping = App::open(&sway.dir.path().join("shopping.sock"), "shop");
+    let shopping = App::open(&sway.dir().join("shopping.sock"), "shop");
     shopping.pump_until("keyboard focus on shopping", || {
         shopping.kb.focus.borrow().is_some()
     });

@@ -24,7 +24,7 @@ fn test_simple_shm_is_framed_exactly_and_titled_with_the_vm_prefix() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-shm");
+    let weston = Weston::start();
     let trace = weston.proto_trace();
     let gate = Gate::start(&weston, "gate-0", true);
     let mut client = weston
@@ -40,7 +40,7 @@ fn test_simple_shm_is_framed_exactly_and_titled_with_the_vm_prefix() {
     let _ = client.wait();
     let outcome = gate.stop();
     if !ok || std::env::var_os("VMSILO_TESTKIT_KEEP").is_some() {
-        shot.save_ppm(&weston.dir.path().join("last.ppm"));
+        shot.save_ppm(&weston.dir().join("last.ppm"));
     }
     let result = check_frame(&shot, &layout);
     assert!(result.is_ok(), "{result:?}\nweston log:\n{}", weston.log());
@@ -178,10 +178,10 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-hostile");
+    let weston = Weston::start();
     let trace = weston.proto_trace();
     let gate = Gate::start(&weston, "gate-0", true);
-    let socket = weston.dir.path().join("gate-0");
+    let socket = weston.dir().join("gate-0");
     let (ctl, client) = run_client(socket, |c, side| {
         // RLO would render the prefix reversed after the text; ZWSP and LRI hide things.
         let top = c.toplevel(
@@ -226,7 +226,7 @@ fn test_hostile_subsurface_cannot_cover_the_band_and_titles_are_sanitised() {
     });
     let frame = check_frame(&shot, &layout);
     if frame.is_err() {
-        shot.save_ppm(&weston.dir.path().join("last.ppm"));
+        shot.save_ppm(&weston.dir().join("last.ppm"));
     }
     let (fx, fy) = frame.unwrap();
     let rect = (
@@ -306,10 +306,10 @@ fn test_no_frame_still_rewrites_titles_and_labels_untitled_windows() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-noframe");
+    let weston = Weston::start();
     let trace = weston.proto_trace();
     let gate = Gate::start(&weston, "gate-0", false);
-    let socket = weston.dir.path().join("gate-0");
+    let socket = weston.dir().join("gate-0");
     let (ctl, client) = run_client(socket, |c, side| {
         let top = c.toplevel(None, None);
         top.surface
@@ -360,10 +360,10 @@ fn test_fullscreen_keeps_the_frame_and_the_guest_gets_the_inner_size() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-fullscreen");
+    let weston = Weston::start();
     let trace = weston.proto_trace();
     let gate = Gate::start(&weston, "gate-0", true);
-    let socket = weston.dir.path().join("gate-0");
+    let socket = weston.dir().join("gate-0");
     let (ctl, client) = run_client(socket, |c, side| {
         let top = c.toplevel_with(Some("full"), None, |t| t.send_set_fullscreen(None));
         let (w, h) = top.ev.size.get().unwrap_or((0, 0));
@@ -407,9 +407,9 @@ fn test_a_cached_shrink_of_a_sync_subsurface_does_not_shrink_the_frame() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-shrink");
+    let weston = Weston::start();
     let gate = Gate::start(&weston, "gate-0", true);
-    let socket = weston.dir.path().join("gate-0");
+    let socket = weston.dir().join("gate-0");
     let (ctl, client) = run_client(socket, |c, side| {
         let top = c.toplevel(Some("shrink"), None);
         let child = c.compositor.new_send_create_surface();
@@ -472,13 +472,13 @@ fn test_a_cached_shrink_of_a_sync_subsurface_does_not_shrink_the_frame() {
 
 /// Runs `script` as a client of a fresh gate on weston; returns the script's report and
 /// whether the gate cut the client off.
-fn cut_off_case<F>(label: &str, script: F) -> (String, bool)
+fn cut_off_case<F>(script: F) -> (String, bool)
 where
     F: FnOnce(TestClient, ClientSide) + Send + 'static,
 {
-    let weston = Weston::start(label);
+    let weston = Weston::start();
     let gate = Gate::start(&weston, "gate-0", true);
-    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), script);
+    let (ctl, client) = run_client(weston.dir().join("gate-0"), script);
     let report = ctl.next();
     ctl.go();
     client.join().expect("client thread");
@@ -492,7 +492,7 @@ fn test_clients_breaking_the_frame_rules_are_cut_off() {
         return;
     }
     // The xdg_surface destroyed before its toplevel (xdg-shell's defunct_role_object).
-    let (report, cut) = cut_off_case("frame-cut-1", |c, side| {
+    let (report, cut) = cut_off_case(|c, side| {
         let top = c.toplevel(Some("x"), None);
         top.xdg.send_destroy();
         let alive = c.alive();
@@ -505,7 +505,7 @@ fn test_clients_breaking_the_frame_rules_are_cut_off() {
         "{report}"
     );
     // More subsurfaces on one surface than the frame follows.
-    let (report, cut) = cut_off_case("frame-cut-2", |c, side| {
+    let (report, cut) = cut_off_case(|c, side| {
         let top = c.toplevel(Some("x"), None);
         let mut keep = Vec::new();
         for _ in 0..=vmsilo_gate::frame::MAX_TREE {
@@ -520,7 +520,7 @@ fn test_clients_breaking_the_frame_rules_are_cut_off() {
         "{report}"
     );
     // A second xdg_surface for a surface that has one.
-    let (report, cut) = cut_off_case("frame-cut-3", |c, side| {
+    let (report, cut) = cut_off_case(|c, side| {
         let top = c.toplevel(Some("x"), None);
         let _again = c.wm_base.new_send_get_xdg_surface(&top.surface);
         let alive = c.alive();
@@ -537,9 +537,9 @@ fn test_the_frame_follows_scale_transform_and_viewport() {
     if skip() {
         return;
     }
-    let weston = Weston::start("frame-scale");
+    let weston = Weston::start();
     let gate = Gate::start(&weston, "gate-0", true);
-    let (ctl, client) = run_client(weston.dir.path().join("gate-0"), |c, side| {
+    let (ctl, client) = run_client(weston.dir().join("gate-0"), |c, side| {
         let vp = c
             .bind_optional::<WpViewporter>(1)
             .expect("weston offers wp_viewporter");

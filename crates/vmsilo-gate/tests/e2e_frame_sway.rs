@@ -22,10 +22,10 @@ fn test_frame_decoration_and_keyboard_focus_on_sway() {
         eprintln!("skipped: {why}");
         return;
     }
-    let sway = Sway::start("frame-sway");
+    let sway = Sway::start();
     let _keyboard = sway.keyboard();
-    let gate = Gate::start_at(&sway.dir.path().join("gate-0"), &sway.socket, true);
-    let socket = sway.dir.path().join("gate-0");
+    let gate = Gate::start_at(&sway.dir().join("gate-0"), &sway.socket, true);
+    let socket = sway.dir().join("gate-0");
     let (to_main, from_client) = mpsc::channel::<String>();
     let (to_client, from_main) = mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
@@ -62,7 +62,7 @@ fn test_frame_decoration_and_keyboard_focus_on_sway() {
     let (shot, ok) = wait_for(
         || sway.screenshot(),
         |s| check_frame(s, &layout).is_ok(),
-        |s, n| s.save_ppm(&sway.dir.path().join(format!("shot-{n}.ppm"))),
+        |s, n| s.save_ppm(&sway.dir().join(format!("shot-{n}.ppm"))),
     );
     let tree = sway.tree();
     let _ = to_client.send(());
@@ -101,11 +101,11 @@ fn test_pointer_on_the_frame_stays_with_the_gate_and_the_band_moves_the_window()
         eprintln!("skipped: {why}");
         return;
     }
-    let sway = Sway::start("frame-pointer");
+    let sway = Sway::start();
     let pointer = VirtualPointer::connect(&sway);
     pointer.move_to(5, 595);
-    let gate = Gate::start_at(&sway.dir.path().join("gate-0"), &sway.socket, true);
-    let socket = sway.dir.path().join("gate-0");
+    let gate = Gate::start_at(&sway.dir().join("gate-0"), &sway.socket, true);
+    let socket = sway.dir().join("gate-0");
     let (to_main, from_client) = mpsc::channel::<String>();
     let (to_client, from_main) = mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
@@ -149,7 +149,7 @@ fn test_pointer_on_the_frame_stays_with_the_gate_and_the_band_moves_the_window()
     let (shot, ok) = wait_for(
         || sway.screenshot(),
         |s| check_frame(s, &layout).is_ok(),
-        |s, n| s.save_ppm(&sway.dir.path().join(format!("shot-{n}.ppm"))),
+        |s, n| s.save_ppm(&sway.dir().join(format!("shot-{n}.ppm"))),
     );
     assert!(ok, "{:?}", check_frame(&shot, &layout));
     let (fx, fy) = check_frame(&shot, &layout).unwrap();
@@ -181,7 +181,7 @@ fn test_pointer_on_the_frame_stays_with_the_gate_and_the_band_moves_the_window()
     let (shot, moved) = wait_for(
         || sway.screenshot(),
         |s| check_frame(s, &layout) == Ok((fx as usize + 30, fy as usize + 20)),
-        |s, n| s.save_ppm(&sway.dir.path().join(format!("moved-{n}.ppm"))),
+        |s, n| s.save_ppm(&sway.dir().join(format!("moved-{n}.ppm"))),
     );
     assert!(
         moved,
@@ -217,8 +217,8 @@ fn test_an_offered_decoration_manager_is_served_by_the_gate() {
         eprintln!("skipped: {why}");
         return;
     }
-    let sway = Sway::start("frame-deco");
-    let socket = sway.dir.path().join("gate-0");
+    let sway = Sway::start();
+    let socket = sway.dir().join("gate-0");
     let gate = Gate::start_with(&socket, &sway.socket, true, true);
     let (to_main, from_client) = mpsc::channel::<Vec<u32>>();
     let (to_client, from_main) = mpsc::channel::<()>();
@@ -251,7 +251,7 @@ fn test_an_offered_decoration_manager_is_served_by_the_gate() {
     let (shot, ok) = wait_for(
         || sway.screenshot(),
         |s| check_frame(s, &layout).is_ok(),
-        |s, n| s.save_ppm(&sway.dir.path().join(format!("shot-{n}.ppm"))),
+        |s, n| s.save_ppm(&sway.dir().join(format!("shot-{n}.ppm"))),
     );
     let tree: String = sway.tree().chars().filter(|c| !c.is_whitespace()).collect();
     let _ = to_client.send(());

@@ -1,16 +1,18 @@
-//! End to end with real clients on a real compositor: sway 1.7 headless (which refuses to run
-//! as root, so it runs as `nobody`, and so do the gate and the clients), a wtype virtual
+//! End to end with real clients on a real compositor: sway 1.7 headless (the test kit's,
+//! `vmsilo_testkit::wayland`; it refuses to run as root, so it runs as `nobody`, and so do
+//! the gate and the clients), a wtype virtual
 //! keyboard so that the seat has a keyboard, the gate in front of sway. Checked: foot starts
 //! through the gate (it refuses to without a data device) and runs its command; wl-copy in
 //! one guest client and wl-paste in another move text through the VM's own clipboard; the
 //! host's clipboard never sees it and the host's never reaches the VM. Needs root (to switch
 //! to `nobody`) and the sway, foot, wl-clipboard and wtype packages.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vmsilo_gate::testing::{Gate, Killed, TempDir, wait_until};
+use vmsilo_gate::testing::{Gate, Killed, wait_until};
+use vmsilo_testkit::wayland::{Compositor, Sway, SwayOptions};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
 use vmsilo_gate::testing::TIMEOUT as WAIT;
@@ -55,16 +57,6 @@ fn run_bounded(mut c: Command, timeout: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn sway_socket(rt: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(rt)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            (n.starts_with("wayland-") && !n.ends_with(".lock")).then(|| e.path())
-        })
-}
-
 #[test]
 #[ignore = "e2e: runs sway headless, foot and wl-clipboard as nobody (needs root)"]
 fn test_e2e_sway_foot_starts_and_the_clipboard_stays_in_the_vm() {
@@ -72,25 +64,15 @@ fn test_e2e_sway_foot_starts_and_the_clipboard_stays_in_the_vm() {
         eprintln!("skipped: needs root (to run sway and the clients as nobody)");
         return;
     }
-    let dir = TempDir::new("sway");
-    let rt = dir.path().join("rt");
-    std::fs::create_dir(&rt).unwrap();
-    std::fs::set_permissions(&rt, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let uid = nix::unistd::Uid::from_raw(65534);
-    let gid = nix::unistd::Gid::from_raw(65534);
-    nix::unistd::chown(&rt, Some(uid), Some(gid)).unwrap();
-    let cfg = dir.path().join("sway.cfg");
-    std::fs::write(&cfg, "output HEADLESS-1 resolution 640x480\n").unwrap();
-
-    let mut sway = as_nobody(&rt, None, "sway", &["-c", cfg.to_str().unwrap()]);
-    sway.env("WLR_BACKENDS", "headless")
-        .env("WLR_RENDERER", "pixman")
-        .env("WLR_LIBINPUT_NO_DEVICES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _sway = Killed(sway.spawn().expect("sway (apt-get install sway)"));
-    wait_until("sway's socket", || sway_socket(&rt).is_some());
-    let host = sway_socket(&rt).unwrap();
+    let sway = Sway::start(SwayOptions {
+        width: 640,
+        height: 480,
+        user: "nobody".into(),
+        ..SwayOptions::default()
+    })
+    .expect("sway (apt-get install sway)");
+    let rt = sway.runtime_dir().to_path_buf();
+    let host = rt.join(sway.display());
 
     // A virtual keyboard that stays for the test (wtype sleeps between its two keys).
     let mut wtype = as_nobody(&rt, Some(&host), "wtype", &["-s", "120000", "a", "b"]);

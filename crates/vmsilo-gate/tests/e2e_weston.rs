@@ -1,13 +1,14 @@
 //! End to end with a real compositor: weston 10 headless with `--debug` (which offers
 //! `weston_debug_v1` and `weston_screenshooter`, both must be hidden), the gate in front of
 //! it, `wayland-info` as the guest client, and `weston-debug proto` as the oracle for what
-//! reached weston. Needs root (weston's headless backend as root, see
+//! reached weston (the test kit's weston, `vmsilo_testkit::wayland`). Needs root (weston's headless backend as root, see
 //! /work/shared/reference/wayland.md 3.2) and the weston and wayland-utils packages.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use vmsilo_gate::testing::{Gate, Killed, TempDir, wait_until};
+use vmsilo_gate::testing::{Gate, wait_until};
+use vmsilo_testkit::wayland::{Compositor, Weston, WestonOptions};
 
 const EXE: &str = env!("CARGO_BIN_EXE_vmsilo-gate");
 
@@ -18,42 +19,19 @@ fn test_e2e_weston_sees_no_hidden_global_through_the_gate() {
         eprintln!("skipped: needs root (weston headless)");
         return;
     }
-    let dir = TempDir::new("weston");
-    let rt = dir.path().join("rt");
-    std::fs::create_dir(&rt).unwrap();
-    std::fs::set_permissions(&rt, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let weston = Weston::start(WestonOptions {
+        width: 320,
+        height: 240,
+        socket: "wl-e2e".into(),
+    })
+    .expect("weston (apt-get install weston)");
+    let rt = weston.runtime_dir().to_path_buf();
     let env = |c: &mut Command| {
         c.env("XDG_RUNTIME_DIR", &rt)
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("WAYLAND_SOCKET");
     };
-    let mut weston = Command::new("weston");
-    env(&mut weston);
-    weston
-        .args([
-            "--backend=headless-backend.so",
-            "--use-pixman",
-            "--socket=wl-e2e",
-            "--width=320",
-            "--height=240",
-            "--debug",
-            "--idle-time=0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _weston = Killed(weston.spawn().expect("weston (apt-get install weston)"));
-    wait_until("weston's socket", || rt.join("wl-e2e").exists());
-
-    let proto = dir.path().join("proto.log");
-    let mut debug = Command::new("weston-debug");
-    env(&mut debug);
-    debug
-        .env("WAYLAND_DISPLAY", "wl-e2e")
-        .args(["-o", proto.to_str().unwrap(), "proto"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let debug = Killed(debug.spawn().expect("weston-debug"));
-    wait_until("the proto stream", || proto.exists());
+    let trace = weston.proto_trace().expect("weston-debug proto");
 
     let listen = rt.join("gate-0");
     let gate = Gate::start(
@@ -101,11 +79,12 @@ fn test_e2e_weston_sees_no_hidden_global_through_the_gate() {
 
     // weston saw the gate bind what wayland-info binds (wl_shm, wl_output) and nothing hidden.
     wait_until("the gate's binds in the proto log", || {
-        std::fs::read_to_string(&proto)
-            .is_ok_and(|l| gate_binds(&l).iter().any(|b| b.contains("\"wl_shm\"")))
+        gate_binds(&trace.text())
+            .iter()
+            .any(|b| b.contains("\"wl_shm\""))
     });
-    drop(debug);
-    let log = std::fs::read_to_string(&proto).unwrap();
+    let log = trace.text();
+    drop(trace);
     let binds = gate_binds(&log);
     assert!(!binds.is_empty());
     for l in &binds {

@@ -7,21 +7,19 @@ use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wl_proxy::baseline::Baseline;
+use vmsilo_gate::testing;
 use wl_proxy::fixed::Fixed;
-use wl_proxy::object::{ConcreteObject, Object};
+use wl_proxy::object::ConcreteObject;
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_buffer::WlBuffer;
 use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
 use wl_proxy::protocols::wayland::wl_compositor::WlCompositor;
 use wl_proxy::protocols::wayland::wl_keyboard::{WlKeyboard, WlKeyboardHandler};
 use wl_proxy::protocols::wayland::wl_pointer::{WlPointer, WlPointerButtonState, WlPointerHandler};
-use wl_proxy::protocols::wayland::wl_registry::{WlRegistry, WlRegistryHandler};
 use wl_proxy::protocols::wayland::wl_seat::{WlSeat, WlSeatCapability, WlSeatHandler};
 use wl_proxy::protocols::wayland::wl_shm::{WlShm, WlShmFormat};
 use wl_proxy::protocols::wayland::wl_subcompositor::WlSubcompositor;
@@ -31,35 +29,22 @@ use wl_proxy::protocols::xdg_shell::xdg_positioner::XdgPositioner;
 use wl_proxy::protocols::xdg_shell::xdg_surface::{XdgSurface, XdgSurfaceHandler};
 use wl_proxy::protocols::xdg_shell::xdg_toplevel::{XdgToplevel, XdgToplevelHandler};
 use wl_proxy::protocols::xdg_shell::xdg_wm_base::{XdgWmBase, XdgWmBaseHandler};
-use wl_proxy::state::{State, StateHandler};
+use wl_proxy::state::State;
 
 use super::PATIENCE;
 
-/// A connected client with the core globals bound.
+/// A connected client with the core globals bound: `vmsilo_gate::testing::TestClient` (the
+/// connection, registry, globals and protocol error) plus what the frame tests map windows
+/// with.
 pub struct TestClient {
+    base: testing::TestClient,
     pub state: Rc<State>,
     pub compositor: Rc<WlCompositor>,
     pub subcompositor: Rc<WlSubcompositor>,
     pub shm: Rc<WlShm>,
     pub wm_base: Rc<XdgWmBase>,
-    pub error: Rc<RefCell<Option<String>>>,
-    registry: Rc<WlRegistry>,
-    globals: Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>,
-}
-
-#[derive(Default)]
-struct Globals(Rc<RefCell<Vec<(u32, ObjectInterface, u32)>>>);
-
-impl WlRegistryHandler for Globals {
-    fn handle_global(
-        &mut self,
-        _slf: &Rc<WlRegistry>,
-        name: u32,
-        interface: ObjectInterface,
-        version: u32,
-    ) {
-        self.0.borrow_mut().push((name, interface, version));
-    }
+    /// The protocol error the client got, if any: (code, message).
+    pub error: Rc<RefCell<Option<(u32, String)>>>,
 }
 
 struct Done(Rc<Cell<bool>>);
@@ -78,62 +63,36 @@ impl XdgWmBaseHandler for Pong {
     }
 }
 
-struct Errors(Rc<RefCell<Option<String>>>);
-
-impl StateHandler for Errors {
-    fn display_error(
-        self: Box<Self>,
-        _object: Option<&Rc<dyn Object>>,
-        _server_id: u32,
-        error: u32,
-        msg: &str,
-    ) {
-        *self.0.borrow_mut() = Some(format!("protocol error {error}: {msg}"));
-    }
-}
-
 impl TestClient {
     pub fn connect(socket: &Path) -> TestClient {
-        let stream = UnixStream::connect(socket).expect("connecting to the gate");
-        let state = State::builder(Baseline::ALL_OF_THEM)
-            .with_server_fd(&Rc::new(OwnedFd::from(stream)))
-            .build()
-            .expect("client state");
+        let base = testing::TestClient::connect(socket)
+            .unwrap_or_else(|e| panic!("connecting to the gate: {e}"));
+        let state = base.state.clone();
         state.set_default_forward_to_client(false);
-        let error = Rc::new(RefCell::new(None));
-        state.set_handler(Errors(error.clone()));
-        let registry = state.display().new_send_get_registry();
-        let globals = Rc::new(RefCell::new(Vec::new()));
-        registry.set_handler(Globals(globals.clone()));
-        let c = RoundTrip(state.clone());
-        c.run();
         let bind = |iface: ObjectInterface, max: u32| -> (u32, u32) {
-            let g = globals.borrow();
-            let &(name, _, v) = g
-                .iter()
-                .find(|(_, i, _)| *i == iface)
+            let (name, v) = base
+                .global(iface)
                 .unwrap_or_else(|| panic!("the gate offers no {}", iface.name()));
             (name, v.min(max))
         };
-        fn b<P: ConcreteObject>(state: &Rc<State>, reg: &Rc<WlRegistry>, nv: (u32, u32)) -> Rc<P> {
-            let o = state.create_object::<P>(nv.1);
-            reg.send_bind(nv.0, o.clone());
-            o
-        }
-        let compositor = b(&state, &registry, bind(ObjectInterface::WlCompositor, 4));
-        let subcompositor = b(&state, &registry, bind(ObjectInterface::WlSubcompositor, 1));
-        let shm = b(&state, &registry, bind(ObjectInterface::WlShm, 1));
-        let wm_base: Rc<XdgWmBase> = b(&state, &registry, bind(ObjectInterface::XdgWmBase, 3));
+        let (n, v) = bind(ObjectInterface::WlCompositor, 4);
+        let compositor = base.bind::<WlCompositor>(n, v);
+        let (n, v) = bind(ObjectInterface::WlSubcompositor, 1);
+        let subcompositor = base.bind::<WlSubcompositor>(n, v);
+        let (n, v) = bind(ObjectInterface::WlShm, 1);
+        let shm = base.bind::<WlShm>(n, v);
+        let (n, v) = bind(ObjectInterface::XdgWmBase, 3);
+        let wm_base = base.bind::<XdgWmBase>(n, v);
         wm_base.set_handler(Pong);
+        let error = base.error.clone();
         let c = TestClient {
+            base,
             state,
             compositor,
             subcompositor,
             shm,
             wm_base,
             error,
-            registry,
-            globals,
         };
         c.roundtrip();
         c
@@ -141,30 +100,15 @@ impl TestClient {
 
     /// Binds `iface` (at most version `max`) if the gate offers it.
     pub fn bind_optional<P: ConcreteObject>(&self, max: u32) -> Option<Rc<P>> {
-        let (name, v) = self
-            .globals
-            .borrow()
-            .iter()
-            .find(|(_, i, _)| *i == P::INTERFACE)
-            .map(|&(n, _, v)| (n, v.min(max)))?;
-        let o = self.state.create_object::<P>(v);
-        self.registry.send_bind(name, o.clone());
-        Some(o)
+        let (name, v) = self.base.global(P::INTERFACE)?;
+        Some(self.base.bind::<P>(name, v.min(max)))
     }
 
     /// Binds the seat and its pointer; the log records what the client saw.
     pub fn pointer(&self) -> Rc<PointerLog> {
-        let (name, v) = self
-            .globals
-            .borrow()
-            .iter()
-            .find(|(_, i, _)| *i == ObjectInterface::WlSeat)
-            .map(|&(n, _, v)| (n, v.min(5)))
-            .expect("the gate offers no wl_seat");
-        let seat = self.state.create_object::<WlSeat>(v);
+        let seat = self.seat();
         let caps = Rc::new(Cell::new(0));
         seat.set_handler(SeatCaps(caps.clone()));
-        self.registry.send_bind(name, seat.clone());
         assert!(
             self.dispatch_until(|| caps.get() & WlSeatCapability::POINTER.0 != 0),
             "the seat never got a pointer"
@@ -178,17 +122,9 @@ impl TestClient {
 
     /// Binds the seat and its keyboard; the log records which surface has keyboard focus.
     pub fn keyboard(&self) -> Rc<KeyboardLog> {
-        let (name, v) = self
-            .globals
-            .borrow()
-            .iter()
-            .find(|(_, i, _)| *i == ObjectInterface::WlSeat)
-            .map(|&(n, _, v)| (n, v.min(5)))
-            .expect("the gate offers no wl_seat");
-        let seat = self.state.create_object::<WlSeat>(v);
+        let seat = self.seat();
         let caps = Rc::new(Cell::new(0));
         seat.set_handler(SeatCaps(caps.clone()));
-        self.registry.send_bind(name, seat.clone());
         assert!(
             self.dispatch_until(|| caps.get() & WlSeatCapability::KEYBOARD.0 != 0),
             "the seat never got a keyboard"
@@ -200,11 +136,24 @@ impl TestClient {
         log
     }
 
-    /// A wl_display.sync round trip; panics after [`PATIENCE`] or on a protocol error.
+    /// The seat, bound (at most version 5); its handler is the caller's to set before the
+    /// next dispatch.
+    fn seat(&self) -> Rc<WlSeat> {
+        let (name, v) = self
+            .base
+            .global(ObjectInterface::WlSeat)
+            .expect("the gate offers no wl_seat");
+        self.base.bind::<WlSeat>(name, v.min(5))
+    }
+
+    /// A wl_display.sync round trip; panics after the test kit's timeout or on a protocol
+    /// error.
     pub fn roundtrip(&self) {
-        RoundTrip(self.state.clone()).run();
+        if let Err(e) = self.base.roundtrip() {
+            panic!("round trip through the gate: {e}");
+        }
         if let Some(e) = self.error.borrow().as_ref() {
-            panic!("the client got {e}");
+            panic!("the client got protocol error {}: {}", e.0, e.1);
         }
     }
 
@@ -334,26 +283,6 @@ impl TestClient {
             xdg,
             popup,
             ev,
-        }
-    }
-}
-
-struct RoundTrip(Rc<State>);
-
-impl RoundTrip {
-    fn run(&self) {
-        let done = Rc::new(Cell::new(false));
-        let cb = self.0.display().new_send_sync();
-        cb.set_handler(Done(done.clone()));
-        let t0 = Instant::now();
-        while !done.get() {
-            assert!(
-                t0.elapsed() < PATIENCE,
-                "round trip through the gate timed out"
-            );
-            self.0
-                .dispatch(Some(Duration::from_millis(50)))
-                .expect("client dispatch");
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Support for the frame tests: a headless weston (root only), a minimal gate driver that
-//! wires `frame::start`/`frame::on_bind` the way the connection code does, screenshots
-//! (PNGs read with the test kit's reader) and the compositor's protocol trace.
+//! Support for the frame tests: the test kit's headless weston and sway
+//! (`vmsilo_testkit::wayland`) with the shorthands these tests use, a minimal gate driver that
+//! wires `frame::start`/`frame::on_bind` the way the connection code does, and screenshots as
+//! 0xRRGGBB pixels.
 #![allow(dead_code)]
 
 pub mod client;
@@ -23,7 +24,7 @@ use vmsilo_gate::frame;
 use vmsilo_gate::identity::{Identity, Rgb};
 use vmsilo_gate::layout::Layout;
 use vmsilo_gate::policy::Policy;
-use vmsilo_testkit::ScratchDir;
+use vmsilo_testkit::wayland::{self, Compositor, Image, ProtoTrace, WestonOptions};
 use wl_proxy::baseline::Baseline;
 use wl_proxy::client::ClientHandler;
 use wl_proxy::global_mapper::GlobalMapper;
@@ -75,72 +76,45 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// A headless weston 10 with pixman rendering, its own 0700 runtime directory.
+/// The test kit's headless weston 10 (pixman, black background, no panel) at 800x600, with
+/// the shorthands the frame tests use.
 pub struct Weston {
-    child: Child,
-    pub dir: ScratchDir,
+    inner: wayland::Weston,
+    /// The compositor's socket.
     pub socket: PathBuf,
-    shots: Cell<u32>,
 }
 
 pub const WESTON_SOCKET: &str = "wl-weston";
 
 impl Weston {
-    pub fn start(label: &str) -> Weston {
-        let dir = ScratchDir::new(label).expect("scratch dir");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let log = std::fs::File::create(dir.path().join("weston.log")).unwrap();
-        let child = Command::new("weston")
-            .args([
-                "--backend=headless-backend.so",
-                "--use-pixman",
-                &format!("--socket={WESTON_SOCKET}"),
-                "--width=800",
-                "--height=600",
-                "--debug",
-                "--idle-time=0",
-            ])
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env_remove("WAYLAND_DISPLAY")
-            .env_remove("DISPLAY")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting weston");
-        let socket = dir.path().join(WESTON_SOCKET);
-        let w = Weston {
-            child,
-            dir,
-            socket,
-            shots: Cell::new(0),
-        };
-        let t0 = Instant::now();
-        while UnixStream::connect(&w.socket).is_err() {
-            assert!(
-                t0.elapsed() < PATIENCE,
-                "weston did not open {} (log: {})",
-                w.socket.display(),
-                w.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // The desktop shell maps its background and panel asynchronously; one screenshot
-        // round trip makes sure it is up.
+    pub fn start() -> Weston {
+        let inner = wayland::Weston::start(WestonOptions {
+            width: 800,
+            height: 600,
+            socket: WESTON_SOCKET.into(),
+        })
+        .unwrap_or_else(|e| panic!("starting weston: {e}"));
+        let socket = inner.runtime_dir().join(WESTON_SOCKET);
+        let w = Weston { inner, socket };
+        // The desktop shell maps its background asynchronously; one screenshot round trip
+        // makes sure it is up.
         let _ = w.screenshot();
         w
     }
 
+    /// The runtime directory (gate sockets go here too).
+    pub fn dir(&self) -> &Path {
+        self.inner.runtime_dir()
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("weston.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// A command for a client of `display` (a socket name in the runtime directory).
     pub fn client(&self, program: &str, display: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("WAYLAND_DISPLAY", display)
+        let mut c = self.inner.command(program);
+        c.env("WAYLAND_DISPLAY", display)
             .env_remove("WAYLAND_SOCKET")
             .stdin(Stdio::null());
         c
@@ -148,52 +122,19 @@ impl Weston {
 
     /// A screenshot of the whole output.
     pub fn screenshot(&self) -> Shot {
-        let n = self.shots.get() + 1;
-        self.shots.set(n);
-        let cwd = self.dir.path().join(format!("shot-{n}"));
-        std::fs::create_dir_all(&cwd).unwrap();
-        let mut child = self
-            .client("weston-screenshooter", WESTON_SOCKET)
-            .current_dir(&cwd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("weston-screenshooter");
-        let status = wait_bounded(&mut child, PATIENCE).expect("weston-screenshooter hung");
-        assert!(status.success(), "weston-screenshooter failed: {status}");
-        let png = std::fs::read_dir(&cwd)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "png"))
-            .expect("weston-screenshooter wrote no PNG");
-        let shot = Shot::read_png(&png);
-        let _ = std::fs::remove_dir_all(&cwd);
-        shot
+        Shot::from_image(
+            &self
+                .inner
+                .screenshot()
+                .unwrap_or_else(|e| panic!("weston screenshot: {e}")),
+        )
     }
 
-    /// Starts `weston-debug proto`, streaming into a file.
-    pub fn proto_trace(&self) -> Trace {
-        let path = self.dir.path().join("proto.log");
-        let out = std::fs::File::create(&path).unwrap();
-        let child = self
-            .client("weston-debug", WESTON_SOCKET)
-            .arg("proto")
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weston-debug");
-        // It has subscribed once its first line (the stream's own header) or anything is
-        // there; the subscription request is processed before any later client's requests.
-        std::thread::sleep(Duration::from_millis(200));
-        Trace { child, path }
-    }
-}
-
-impl Drop for Weston {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Starts `weston-debug proto` (the test kit's trace, waited for before it returns).
+    pub fn proto_trace(&self) -> ProtoTrace {
+        self.inner
+            .proto_trace()
+            .unwrap_or_else(|e| panic!("weston-debug proto: {e}"))
     }
 }
 
@@ -212,25 +153,6 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::
     }
 }
 
-/// A running `weston-debug proto`.
-pub struct Trace {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Trace {
-    pub fn text(&self) -> String {
-        std::fs::read_to_string(&self.path).unwrap_or_default()
-    }
-}
-
-impl Drop for Trace {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A screenshot, pixels as 0xRRGGBB.
 pub struct Shot {
     pub width: usize,
@@ -239,50 +161,17 @@ pub struct Shot {
 }
 
 impl Shot {
-    /// Reads an 8-bit RGB or RGBA non-interlaced PNG (what weston-screenshooter writes),
-    /// with the test kit's PNG reader.
-    pub fn read_png(path: &Path) -> Shot {
-        let img = vmsilo_testkit::png::read(path)
-            .unwrap_or_else(|e| panic!("reading the screenshot {}: {e}", path.display()));
-        let px = img
-            .rgba
-            .chunks_exact(4)
-            .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
-            .collect();
-        Shot {
-            width: img.width,
-            height: img.height,
-            px,
-        }
-    }
-
-    /// Reads a binary PPM (P6, maxval 255), what `grim -t ppm` writes.
-    pub fn from_ppm(data: &[u8]) -> Shot {
-        let mut fields = Vec::new();
-        let mut pos = 0;
-        while fields.len() < 4 {
-            while data[pos].is_ascii_whitespace() {
-                pos += 1;
+    /// The test kit's decoded screenshot as 0xRRGGBB pixels.
+    pub fn from_image(img: &Image) -> Shot {
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        let mut px = Vec::with_capacity(width * height);
+        for y in 0..img.height() {
+            for x in 0..img.width() {
+                let [r, g, b] = img.pixel(x, y).unwrap_or_default();
+                px.push((u32::from(r) << 16) | (u32::from(g) << 8) | u32::from(b));
             }
-            let start = pos;
-            while !data[pos].is_ascii_whitespace() {
-                pos += 1;
-            }
-            fields.push(std::str::from_utf8(&data[start..pos]).unwrap().to_string());
         }
-        pos += 1;
-        assert_eq!(fields[0], "P6", "not a binary PPM");
-        assert_eq!(fields[3], "255", "PPM maxval");
-        let (w, h): (usize, usize) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
-        let px = data[pos..pos + w * h * 3]
-            .chunks_exact(3)
-            .map(|p| (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]))
-            .collect();
-        Shot {
-            width: w,
-            height: h,
-            px,
-        }
+        Shot { width, height, px }
     }
 
     pub fn get(&self, x: usize, y: usize) -> u32 {
@@ -336,7 +225,7 @@ pub struct GateOutcome {
 
 impl Gate {
     pub fn start(weston: &Weston, name: &str, frame_on: bool) -> Gate {
-        Gate::start_at(&weston.dir.path().join(name), &weston.socket, frame_on)
+        Gate::start_at(&weston.dir().join(name), &weston.socket, frame_on)
     }
 
     /// A gate listening on `listen`, for the compositor at `compositor`.
@@ -504,7 +393,7 @@ pub fn wait_for_shot(weston: &Weston, check: impl FnMut(&Shot) -> bool) -> (Shot
     wait_for(
         || weston.screenshot(),
         check,
-        |shot, n| shot.save_ppm(&weston.dir.path().join(format!("shot-{n}.ppm"))),
+        |shot, n| shot.save_ppm(&weston.dir().join(format!("shot-{n}.ppm"))),
     )
 }
 

@@ -1,21 +1,15 @@
-//! A headless sway 1.7 (pixman) for the frame tests. sway refuses to run as root, so the test
-//! (root) starts it under an unused uid/gid with a runtime directory of that owner; root
-//! still connects to its sockets. Screenshots with `grim -t ppm`, window state with
-//! `swaymsg -t get_tree`.
+//! The test kit's headless sway (`vmsilo_testkit::wayland::Sway`: pixman, as a non-root test
+//! user with a runtime directory of that owner; root still connects to its sockets) with the
+//! frame tests' window rules and shorthands: screenshots as [`Shot`]s, window state with
+//! `swaymsg -t get_tree`, a virtual keyboard and pointer.
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 
-use vmsilo_testkit::ScratchDir;
+use vmsilo_testkit::wayland::{self, Compositor, Image, SwayOptions};
 
-use super::{PATIENCE, Shot, wait_bounded};
-
-/// The uid/gid sway runs as (no passwd entry needed).
-pub const SWAY_UID: u32 = 4243;
+use super::Shot;
 
 /// Why sway tests cannot run here, or `None`.
 pub fn skip_reason() -> Option<String> {
@@ -32,120 +26,68 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// The test kit's headless sway at 800x600 with the frame tests' window rules (vmsilo
+/// toplevels float, with sway's own 2-pixel title bar around them) and sway's defaults for
+/// borders and focus, with the shorthands these tests use.
 pub struct Sway {
-    child: Child,
-    pub dir: ScratchDir,
+    inner: wayland::Sway,
+    /// The compositor's socket.
     pub socket: PathBuf,
-    ipc: PathBuf,
 }
 
 impl Sway {
-    pub fn start(label: &str) -> Sway {
-        let dir = ScratchDir::new(label).expect("scratch dir");
-        let cfg = dir.path().join("cfg");
-        std::fs::write(
-            &cfg,
-            "output HEADLESS-1 resolution 800x600 position 0 0\n\
-             for_window [app_id=\"^vmsilo\\.\"] floating enable\n\
-             default_floating_border normal 2\n",
-        )
-        .unwrap();
-        for p in [dir.path(), cfg.as_path()] {
-            nix::unistd::chown(
-                p,
-                Some(nix::unistd::Uid::from_raw(SWAY_UID)),
-                Some(nix::unistd::Gid::from_raw(SWAY_UID)),
-            )
-            .unwrap();
-        }
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let log = std::fs::File::create(dir.path().join("sway.log")).unwrap();
-        let child = Command::new("sway")
-            .arg("-c")
-            .arg(&cfg)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", dir.path())
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .env("WLR_BACKENDS", "headless")
-            .env("WLR_RENDERER", "pixman")
-            .env("WLR_LIBINPUT_NO_DEVICES", "1")
-            .uid(SWAY_UID)
-            .gid(SWAY_UID)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting sway");
-        let pid = child.id();
-        let socket = dir.path().join("wayland-1");
-        let ipc = dir.path().join(format!("sway-ipc.{SWAY_UID}.{pid}.sock"));
-        let s = Sway {
-            child,
-            dir,
-            socket,
-            ipc,
-        };
-        let t0 = Instant::now();
-        while !(s.socket.exists() && s.ipc.exists()) {
-            assert!(
-                t0.elapsed() < PATIENCE,
-                "sway did not open {} (log: {})",
-                s.socket.display(),
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
+    pub fn start() -> Sway {
+        let inner = wayland::Sway::start(SwayOptions {
+            width: 800,
+            height: 600,
+            extra_config: "default_border normal 2
+                           default_floating_border normal 2
+                           focus_follows_mouse yes
+                           for_window [app_id=\"^vmsilo\\.\"] floating enable
+"
+            .into(),
+            ..SwayOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("starting sway: {e}"));
+        let socket = inner.runtime_dir().join(inner.display());
+        Sway { inner, socket }
+    }
+
+    /// The runtime directory (gate and clipd sockets go here too).
+    pub fn dir(&self) -> &Path {
+        self.inner.runtime_dir()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sway.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     pub fn screenshot(&self) -> Shot {
-        let mut child = Command::new("grim")
-            .args(["-t", "ppm", "-"])
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("WAYLAND_DISPLAY", &self.socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("grim");
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        let status = wait_bounded(&mut child, PATIENCE).expect("grim hung");
-        assert!(status.success(), "grim failed: {status}");
-        Shot::from_ppm(&out)
+        Shot::from_image(
+            &self
+                .inner
+                .screenshot()
+                .unwrap_or_else(|e| panic!("sway screenshot: {e}")),
+        )
     }
 
-    /// A screenshot as a PNG file (`grim`'s default format) in the scratch directory, read
-    /// with the test kit's PNG reader.
+    /// A screenshot, also kept as the PNG file `name` in the scratch directory.
     pub fn screenshot_png(&self, name: &str) -> Shot {
-        let path = self.dir.path().join(name);
-        let mut child = Command::new("grim")
-            .arg(&path)
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("WAYLAND_DISPLAY", &self.socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("grim");
-        let status = wait_bounded(&mut child, PATIENCE).expect("grim hung");
-        assert!(status.success(), "grim failed: {status}");
-        Shot::read_png(&path)
+        let png = self
+            .inner
+            .screenshot_png()
+            .unwrap_or_else(|e| panic!("sway screenshot: {e}"));
+        let _ = std::fs::write(self.inner.scratch().join(name), &png);
+        Shot::from_image(&Image::from_png(&png).unwrap_or_else(|e| panic!("{name}: {e}")))
     }
 
     /// A virtual keyboard (a `wtype` that sleeps), so that the seat has a keyboard and sway
     /// gives keyboard focus; it ends when the returned child is dropped.
     pub fn keyboard(&self) -> KeyboardProcess {
-        let child = Command::new("wtype")
+        let child = self
+            .inner
+            .command("wtype")
             .args(["-s", "600000", "x"])
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("WAYLAND_DISPLAY", &self.socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -156,32 +98,16 @@ impl Sway {
 
     /// `swaymsg CRITERIA focus`.
     pub fn focus(&self, criteria: &str) {
-        let out = Command::new("swaymsg")
-            .args(["-s"])
-            .arg(&self.ipc)
-            .arg(format!("{criteria} focus"))
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .output()
-            .expect("swaymsg");
-        assert!(out.status.success(), "swaymsg {criteria} focus: {out:?}");
+        if let Err(e) = self.inner.ipc(&[&format!("{criteria} focus")]) {
+            panic!("swaymsg {criteria} focus: {e}");
+        }
     }
 
     /// `swaymsg -t get_tree` (JSON text).
     pub fn tree(&self) -> String {
-        let out = Command::new("swaymsg")
-            .args(["-r", "-t", "get_tree", "-s"])
-            .arg(&self.ipc)
-            .output()
-            .expect("swaymsg");
-        assert!(out.status.success(), "swaymsg failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Sway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner
+            .ipc(&["-r", "-t", "get_tree"])
+            .unwrap_or_else(|e| panic!("swaymsg -t get_tree: {e}"))
     }
 }
 
@@ -277,27 +203,8 @@ impl VirtualPointer {
 }
 
 fn roundtrip(state: &std::rc::Rc<wl_proxy::state::State>) {
-    use std::cell::Cell;
-    use std::rc::Rc;
-    use wl_proxy::protocols::wayland::wl_callback::{WlCallback, WlCallbackHandler};
-    struct Done(Rc<Cell<bool>>);
-    impl WlCallbackHandler for Done {
-        fn handle_done(&mut self, _: &Rc<WlCallback>, _: u32) {
-            self.0.set(true);
-        }
-    }
-    let done = Rc::new(Cell::new(false));
-    state
-        .display()
-        .new_send_sync()
-        .set_handler(Done(done.clone()));
-    let t0 = Instant::now();
-    while !done.get() {
-        assert!(
-            t0.elapsed() < PATIENCE,
-            "virtual pointer round trip timed out"
-        );
-        state.dispatch(Some(Duration::from_millis(50))).unwrap();
+    if let Err(e) = vmsilo_gate::testing::client_roundtrip(state) {
+        panic!("virtual pointer round trip: {e}");
     }
 }
 
