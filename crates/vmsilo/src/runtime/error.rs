@@ -22,9 +22,12 @@ fn pid_note(pid: &Option<u32>) -> String {
 /// What stopped a VM from starting (everything it created is undone).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A check of the host or the guest's files failed (the message is the check's).
+    /// A check of the host or the guest's files failed.
+    #[error(transparent)]
+    Check(#[from] super::checks::CheckError),
+    /// Moving PCI devices to vfio-pci failed (the message is the vfio module's).
     #[error("{0}")]
-    Check(String),
+    Vfio(String),
     /// A program the plan runs is missing.
     #[error("{program} is not installed (not found in PATH): {hint}")]
     NotInstalled {
