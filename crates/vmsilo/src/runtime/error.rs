@@ -25,9 +25,9 @@ pub enum StartError {
     /// A check of the host or the guest's files failed.
     #[error(transparent)]
     Check(#[from] super::checks::CheckError),
-    /// Moving PCI devices to vfio-pci failed (the message is the vfio module's).
-    #[error("{0}")]
-    Vfio(String),
+    /// Moving PCI devices to vfio-pci failed.
+    #[error(transparent)]
+    Vfio(#[from] super::vfio::VfioError),
     /// A program the plan runs is missing.
     #[error("{program} is not installed (not found in PATH): {hint}")]
     NotInstalled {

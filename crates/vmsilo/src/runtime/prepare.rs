@@ -19,7 +19,7 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
     checks::check_taps(&o.sysfs_root, &o.vm)?;
     // PCI devices: checked now, moved to vfio-pci only once everything else is known good.
     let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
-    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci).map_err(StartError::Vfio)?;
+    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci)?;
     if pci.rebinds.is_empty() {
         for d in &devices {
             checks::check_iommu_group(&o.sysfs_root, d)?;
@@ -50,7 +50,7 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
         checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
     }
     if !pci.rebinds.is_empty() {
-        for w in vfio::apply(&pci).map_err(StartError::Vfio)? {
+        for w in vfio::apply(&pci)? {
             eprintln!(
                 "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
                 o.plan.vm,
