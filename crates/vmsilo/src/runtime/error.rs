@@ -199,9 +199,9 @@ pub enum StartError {
     /// A stop was requested before the VM was up.
     #[error("stopped while starting")]
     Interrupted,
-    /// A process could not be started (the message is the spawner's).
-    #[error("{0}")]
-    Spawn(String),
+    /// A process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] super::procs::SpawnError),
     /// A backend exited before creating its socket.
     #[error(
         "{kind} exited with {status} before creating its socket {} (its messages are above, or \
@@ -226,9 +226,9 @@ pub enum StartError {
         /// The time it had.
         timeout: Duration,
     },
-    /// The console PTY could not be opened (the message is the PTY's).
-    #[error("{0}")]
-    Pty(String),
+    /// The console PTY could not be set up.
+    #[error(transparent)]
+    Pty(#[from] super::console::PtyError),
     /// The console socket could not be set up.
     #[error("console socket")]
     ConsoleSocket(#[source] io::Error),
