@@ -16,6 +16,7 @@ use vmsilo_clipd::proto::{Msg, Outcome};
 
 use crate::CliError;
 use crate::config_file;
+use crate::error::ClipboardError;
 
 /// `vmsilo clipboard`.
 #[derive(Debug, Args)]
@@ -80,78 +81,6 @@ fn socket(args: &ClipboardArgs) -> Result<PathBuf, CliError> {
                     .into(),
             )
         })
-}
-
-/// Why `vmsilo clipboard` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClipboardError {
-    /// vmsilo-clipd's socket does not answer.
-    #[error(
-        "could not reach vmsilo-clipd at {}: {error} (is it running? systemctl --user status \
-         vmsilo-clipd)",
-        path.display()
-    )]
-    Unreachable {
-        /// Its socket.
-        path: PathBuf,
-        /// Why (in the message, before the advice).
-        error: std::io::Error,
-    },
-    /// A request to vmsilo-clipd failed.
-    #[error("vmsilo-clipd")]
-    Request(#[source] std::io::Error),
-    /// vmsilo-clipd asked for a confirmation nobody gave.
-    #[error("{text} (not confirmed; pass --yes to confirm without a terminal)")]
-    NotConfirmed {
-        /// Its question.
-        text: String,
-    },
-    /// vmsilo-clipd refused (its own words).
-    #[error("{0}")]
-    Refused(String),
-    /// vmsilo-clipd answered with a message that does not answer the request.
-    #[error("vmsilo-clipd answered with an unexpected {0}")]
-    Unexpected(String),
-    /// The content vmsilo-clipd handed over could not be read.
-    #[error("could not read the content from vmsilo-clipd")]
-    ReadContent,
-    /// The host's content could not be put in a memfd.
-    #[error("could not hold the content")]
-    HoldContent(#[source] std::io::Error),
-    /// wl-copy or wl-paste could not be run.
-    #[error(
-        "could not run {program}: {error} (install wl-clipboard; it reaches the host clipboard \
-         through your Wayland session)"
-    )]
-    RunWl {
-        /// wl-copy or wl-paste.
-        program: &'static str,
-        /// Why (in the message, before the advice).
-        error: std::io::Error,
-    },
-    /// Talking to wl-copy or wl-paste failed.
-    #[error("{what}")]
-    Wl {
-        /// What failed ("could not write to wl-copy", "wl-paste", ...).
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// wl-copy failed.
-    #[error("wl-copy failed ({0})")]
-    WlCopyFailed(std::process::ExitStatus),
-    /// wl-paste failed: nothing of that type on the clipboard.
-    #[error("wl-paste failed ({status}): the host clipboard holds nothing as {mime}")]
-    WlPasteFailed {
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// The type asked for.
-        mime: String,
-    },
-    /// vmsilo-clipd could not be run.
-    #[error("could not run vmsilo-clipd: {0} (is it on PATH? it is in the vmsilo package)")]
-    RunClipd(std::io::Error),
 }
 
 fn connect(path: &Path) -> Result<Client, CliError> {

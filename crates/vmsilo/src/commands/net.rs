@@ -11,82 +11,13 @@ use crate::CliError;
 use crate::cli::{NetAction, NetArgs};
 use crate::commands::user_ids;
 use crate::config_file;
+use crate::error::NetError;
 use crate::hostnet::{self, Op, Plan, Record, io};
 use crate::runtime::state::{LockError, VmLock};
 
 /// `<run>/net.json`: what `vmsilo net up` changed.
 pub fn record_path(run_dir: &str) -> PathBuf {
     PathBuf::from(vmsilo_config::Dirs::with_run_dir(run_dir).net_record())
-}
-
-fn plural(n: &usize) -> &'static str {
-    if *n == 1 { "" } else { "s" }
-}
-
-/// Why `vmsilo net` failed (besides configuration and file errors, which are [`CliError`]'s).
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    /// The record is not one `vmsilo net` wrote.
-    #[error(
-        "{} is not a record of vmsilo net ({error}): remove it (what it listed is then left in \
-         place)",
-        path.display()
-    )]
-    BadRecord {
-        /// The record.
-        path: PathBuf,
-        /// Why it does not parse (in the message, before the advice).
-        error: serde_json::Error,
-    },
-    /// The record could not be encoded.
-    #[error(transparent)]
-    EncodeRecord(serde_json::Error),
-    /// Another `vmsilo net` holds the lock.
-    #[error("another `vmsilo net` is running ({} is locked): wait for it", lock.display())]
-    Locked {
-        /// The lock file.
-        lock: PathBuf,
-    },
-    /// No rtnetlink socket.
-    #[error("cannot open an rtnetlink socket")]
-    OpenRtnl(#[source] std::io::Error),
-    /// The host's network could not be observed (the message is the observer's).
-    #[error("{0}")]
-    Observe(String),
-    /// NAT is configured but nft is missing.
-    #[error(
-        "hostNetworking.nat: nft is not installed (not found in PATH): install nftables (Debian: \
-         apt install nftables); nothing was changed"
-    )]
-    NoNft,
-    /// The host's network conflicts with the configuration (the problems are printed first).
-    #[error(
-        "{count} problem{} with the host's network: nothing was changed",
-        plural(count)
-    )]
-    Conflicts {
-        /// How many.
-        count: usize,
-    },
-    /// Some operations of `down` failed (printed first); the record keeps them.
-    #[error(
-        "{count} operation{} failed; run `vmsilo net down` again once fixed ({} keeps what is \
-         left)",
-        plural(count),
-        record.display()
-    )]
-    DownFailed {
-        /// How many.
-        count: usize,
-        /// The record.
-        record: PathBuf,
-    },
-    /// An operation of `up` failed; the run's earlier operations were undone.
-    #[error("{error}; what this run changed was rolled back")]
-    RolledBack {
-        /// The failed operation's error.
-        error: String,
-    },
 }
 
 /// Largest record read.

@@ -23,6 +23,7 @@ use vmsilo_proto::{Request, WindowSize};
 use crate::CliError;
 use crate::cli::VmRunArgs;
 use crate::config_file;
+use crate::error::VmRunError;
 use crate::vm_run::client::{CLEAR_LINE, Progress, WaitError, wait_ready};
 
 /// How long vm-run waits without hearing from the command service before the command starts
@@ -97,88 +98,6 @@ fn start_signal_thread(progress_shown: Arc<AtomicBool>) -> Result<Arc<Relay>, Cl
         })
         .map_err(VmRunError::SignalThread)?;
     Ok(relay)
-}
-
-/// Why `vm-run` could not run the command (the command's own failures are its exit status).
-#[derive(Debug, thiserror::Error)]
-pub enum VmRunError {
-    /// The signal relay thread could not start.
-    #[error("cannot start the signal thread")]
-    SignalThread(#[source] std::io::Error),
-    /// The VM is configured, but its command socket does not exist.
-    #[error(
-        "VM {vm:?}: its command socket {socket} does not exist: the socket unit \
-         vmsilo-{vm}.socket is not listening (`systemctl start vmsilo-{vm}.socket`; on NixOS the \
-         module enables it); without systemd run the command service with \
-         systemd-socket-activate (see docs/vm-run.md)"
-    )]
-    SocketNotListening {
-        /// The VM.
-        vm: String,
-        /// Its command socket.
-        socket: String,
-    },
-    /// No command socket, and no configuration to tell whether the VM exists.
-    #[error(
-        "VM {vm:?}: no command socket {socket}: is {vm:?} a configured VM (`vmsilo check` lists \
-         them), and is vmsilo-{vm}.socket listening?"
-    )]
-    NoSocket {
-        /// The VM.
-        vm: String,
-        /// Its command socket.
-        socket: String,
-    },
-    /// The command socket is not this user's.
-    #[error(
-        "VM {vm:?}: permission denied on {socket}: the command socket belongs to the \
-         configuration's user; run vm-run as that user"
-    )]
-    PermissionDenied {
-        /// The VM.
-        vm: String,
-        /// Its command socket.
-        socket: String,
-    },
-    /// A stale command socket.
-    #[error(
-        "VM {vm:?}: nothing listens on {socket} (a stale socket?): restart vmsilo-{vm}.socket \
-         (`systemctl restart vmsilo-{vm}.socket`)"
-    )]
-    NothingListens {
-        /// The VM.
-        vm: String,
-        /// Its command socket.
-        socket: String,
-    },
-    /// Connecting the command socket failed otherwise.
-    #[error("VM {vm:?}: cannot connect to {socket}")]
-    Connect {
-        /// The VM.
-        vm: String,
-        /// Its command socket.
-        socket: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// An operation on the connected command socket failed.
-    #[error("VM {vm:?}: command socket")]
-    CommandSocket {
-        /// The VM.
-        vm: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The command service did not become ready.
-    #[error("VM {vm:?}: {error} (systemctl status vmsilo-{vm}-command.service)")]
-    NotReady {
-        /// The VM.
-        vm: String,
-        /// Why (in the message, before the advice).
-        error: WaitError,
-    },
 }
 
 /// The size of the terminal on stdin or stdout.
@@ -323,7 +242,7 @@ pub fn run(config: Option<&Path>, args: &VmRunArgs) -> Result<(), CliError> {
         Err(e) => {
             return Err(VmRunError::NotReady {
                 vm: vm.to_owned(),
-                error: e,
+                error: e.to_string(),
             }
             .into());
         }

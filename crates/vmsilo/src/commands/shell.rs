@@ -18,6 +18,7 @@ use vmsilo_config::{Dirs, Vm, derive, plan};
 use crate::CliError;
 use crate::cli::ShellArgs;
 use crate::config_file;
+use crate::error::ShellError;
 use crate::runtime::ESCAPE;
 use crate::term::RawMode;
 
@@ -158,80 +159,6 @@ fn ssh(vm: &Vm, args: &ShellArgs) -> Result<(), CliError> {
         .args(&args.ssh_args)
         .exec();
     Err(ShellError::RunSsh(err).into())
-}
-
-/// Why `vm-shell` could not attach (or stopped).
-#[derive(Debug, thiserror::Error)]
-pub enum ShellError {
-    /// No address of the VM answers on the ssh port.
-    #[error(
-        "VM {vm:?}: no address answers on ssh port {port}: {tried}. Is the VM running (vmsilo \
-         status) and sshd enabled with your key in its guestConfig (docs/runtime.md, \
-         \"ssh into a VM\")? The console needs no setup: vm-shell {vm}"
-    )]
-    NoSsh {
-        /// The VM.
-        vm: String,
-        /// The port.
-        port: u16,
-        /// What was tried, and why each failed.
-        tried: String,
-    },
-    /// ssh could not be run.
-    #[error("cannot run ssh")]
-    RunSsh(#[source] std::io::Error),
-    /// The VM has no console link: it is not running.
-    #[error("VM {vm:?} is not running (no console at {link}): start it with `vm-start {vm}`")]
-    NotRunning {
-        /// The VM.
-        vm: String,
-        /// Its console link.
-        link: String,
-    },
-    /// The console belongs to the configured user.
-    #[error(
-        "cannot open the console {link}: permission denied: it belongs to the configured user \
-         ({user}); run vm-shell as them, or as root"
-    )]
-    NotYourConsole {
-        /// The console link.
-        link: String,
-        /// The configured user.
-        user: String,
-    },
-    /// The console could not be opened.
-    #[error("cannot open the console {link}")]
-    OpenConsole {
-        /// The console link.
-        link: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Another vm-shell holds the console.
-    #[error("another vm-shell is attached to VM {vm:?}'s console: detach it first (CTRL+])")]
-    ConsoleBusy {
-        /// The VM.
-        vm: String,
-    },
-    /// The console could not be locked.
-    #[error("cannot lock the console {link}")]
-    LockConsole {
-        /// The console link.
-        link: String,
-        /// Why.
-        #[source]
-        source: nix::errno::Errno,
-    },
-    /// Relaying the console failed.
-    #[error("console of VM {vm:?}")]
-    Relay {
-        /// The VM.
-        vm: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Runs `vm-shell`.

@@ -9,49 +9,13 @@
 //! does not pass through the filter: the rings live in guest memory shared with the backend.
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vhost_user_relay::{Filter, Relay};
 
 use crate::CliError;
 use crate::cli::SoundFilterArgs;
-
-/// Why `vmsilo sound-filter` stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum SoundFilterError {
-    /// Accepting a VMM connection failed.
-    #[error("sound-filter: accepting on {} failed", path.display())]
-    Accept {
-        /// The listening socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// vhost-device-sound's socket does not answer.
-    #[error(
-        "sound-filter: cannot connect to vhost-device-sound at {}: {error} (is it running?)",
-        path.display()
-    )]
-    ConnectDevice {
-        /// vhost-device-sound's socket.
-        path: PathBuf,
-        /// Why (in the message, before the advice).
-        error: std::io::Error,
-    },
-    /// The relay could not start.
-    #[error("sound-filter: cannot start the relay")]
-    StartRelay(#[source] std::io::Error),
-    /// The listening socket could not be created.
-    #[error("sound-filter: cannot listen on {}", path.display())]
-    Listen {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
+use crate::error::SoundFilterError;
 
 /// Serves the listening socket until the process is stopped: one VMM connection at a time.
 pub fn run(args: &SoundFilterArgs) -> Result<(), CliError> {

@@ -6,6 +6,98 @@ use std::path::{Path, PathBuf};
 use vmsilo_config::Vm;
 use vmsilo_config::pci::PciAddress;
 
+/// A check that failed: what is wrong, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A file the guest boots from or uses is missing or unreadable.
+    #[error(
+        "{field} {path} cannot be used: {error}: build or install the guest image, or fix \
+         `{field}` in the configuration"
+    )]
+    GuestFile {
+        /// The configuration field.
+        field: String,
+        /// The file.
+        path: String,
+        /// Why (in the message, before the advice).
+        error: std::io::Error,
+    },
+    /// A TAP of the VM does not exist.
+    #[error(
+        "network.interfaces.{iface}: the TAP {tap:?} does not exist: start vmsilo-net.service \
+         (systemctl reload-or-restart vmsilo-net.service after a configuration change; it runs \
+         `vmsilo net up`), or on NixOS rebuild the system"
+    )]
+    MissingTap {
+        /// The interface.
+        iface: String,
+        /// Its TAP.
+        tap: String,
+    },
+    /// A passed-through PCI device does not exist.
+    #[error(
+        "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
+         `isolatedPciDevices`",
+        dev.display()
+    )]
+    NoPciDevice {
+        /// The device.
+        addr: PciAddress,
+        /// Its sysfs directory.
+        dev: PathBuf,
+    },
+    /// A passed-through PCI device has no IOMMU group.
+    #[error(
+        "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU (intel_iommu=on \
+         or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)",
+        link.display()
+    )]
+    NoIommuGroup {
+        /// The device.
+        addr: PciAddress,
+        /// The missing link.
+        link: PathBuf,
+    },
+    /// The members of an IOMMU group could not be listed.
+    #[error("PCI device {addr}: cannot list its IOMMU group {group} ({})", dir.display())]
+    ListGroup {
+        /// The device.
+        addr: PciAddress,
+        /// Its group.
+        group: String,
+        /// The group's device directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A device of the group is bound to another driver.
+    #[error(
+        "PCI device {addr}: IOMMU group {group} is not fully bound to vfio-pci; its devices: \
+         {devices}. Every device of the group must be passed through together: add them all to \
+         `isolatedPciDevices` (vfio-pci takes them at VM start; on NixOS at boot, after a \
+         rebuild), or unbind them from their drivers"
+    )]
+    GroupNotVfio {
+        /// The device.
+        addr: PciAddress,
+        /// Its group.
+        group: String,
+        /// The group's devices and their drivers.
+        devices: String,
+    },
+    /// crosvm's sandbox directory is missing.
+    #[error(
+        "crosvm's sandbox needs the empty directory {dir} and it does not exist: create it \
+         (mkdir -m 0555 {dir}), or pass crosvm.extraRunArgs = [\"--pivot-root\" \"DIR\"]",
+        dir = dir.display()
+    )]
+    NoPivotRoot {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
 /// The files a VM boots from and uses: (configuration field, path).
 pub fn guest_files(vm: &Vm) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -28,13 +120,10 @@ pub fn guest_files(vm: &Vm) -> Vec<(String, String)> {
 }
 
 /// The first missing guest file, as a message.
-pub fn check_guest_files(vm: &Vm) -> Result<(), String> {
+pub fn check_guest_files(vm: &Vm) -> Result<(), CheckError> {
     for (field, path) in guest_files(vm) {
-        if let Err(e) = std::fs::metadata(&path) {
-            return Err(format!(
-                "{field} {path} cannot be used: {e}: build or install the guest image, or fix \
-                 `{field}` in the configuration"
-            ));
+        if let Err(error) = std::fs::metadata(&path) {
+            return Err(CheckError::GuestFile { field, path, error });
         }
     }
     Ok(())
@@ -77,16 +166,14 @@ pub fn provider(program: &str) -> &'static str {
 
 /// The first of the VM's TAPs missing from `<sys>/class/net`, as a message: the VMM would fail
 /// with a terse error, or (QEMU, as root) create a TAP nobody owns.
-pub fn check_taps(sys: &Path, vm: &Vm) -> Result<(), String> {
+pub fn check_taps(sys: &Path, vm: &Vm) -> Result<(), CheckError> {
     for t in crate::hostnet::vm_taps(vm) {
         let dev = sys.join("class/net").join(&t.name);
         if std::fs::symlink_metadata(&dev).is_err() {
-            return Err(format!(
-                "network.interfaces.{}: the TAP {:?} does not exist: start vmsilo-net.service \
-                 (systemctl reload-or-restart vmsilo-net.service after a configuration change; \
-                 it runs `vmsilo net up`), or on NixOS rebuild the system",
-                t.iface, t.name
-            ));
+            return Err(CheckError::MissingTap {
+                iface: t.iface,
+                tap: t.name,
+            });
         }
     }
     Ok(())
@@ -117,23 +204,17 @@ fn driver_of(dev: &Path) -> Option<String> {
 }
 
 /// Checks one device's IOMMU group under the sysfs root `sys` (`/sys`).
-pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
+pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), CheckError> {
     let dev = sys.join("bus/pci/devices").join(addr.to_string());
     if std::fs::symlink_metadata(&dev).is_err() {
-        return Err(format!(
-            "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
-             `isolatedPciDevices`",
-            dev.display()
-        ));
+        return Err(CheckError::NoPciDevice { addr: *addr, dev });
     }
     let group_link = dev.join("iommu_group");
     let Ok(group) = std::fs::read_link(&group_link) else {
-        return Err(format!(
-            "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU \
-             (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the \
-             firmware)",
-            group_link.display()
-        ));
+        return Err(CheckError::NoIommuGroup {
+            addr: *addr,
+            link: group_link,
+        });
     };
     let group_name = group
         .file_name()
@@ -144,11 +225,11 @@ pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
         .join(&group_name)
         .join("devices");
     let mut members: Vec<String> = std::fs::read_dir(&members_dir)
-        .map_err(|e| {
-            format!(
-                "PCI device {addr}: cannot list its IOMMU group {group_name} ({}): {e}",
-                members_dir.display()
-            )
+        .map_err(|source| CheckError::ListGroup {
+            addr: *addr,
+            group: group_name.clone(),
+            dir: members_dir.clone(),
+            source,
         })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -168,13 +249,11 @@ pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), String> {
         ));
     }
     if bad {
-        return Err(format!(
-            "PCI device {addr}: IOMMU group {group_name} is not fully bound to vfio-pci; its \
-             devices: {}. Every device of the group must be passed through together: add them \
-             all to `isolatedPciDevices` (vfio-pci takes them at VM start; on NixOS at boot, \
-             after a rebuild), or unbind them from their drivers",
-            described.join(", ")
-        ));
+        return Err(CheckError::GroupNotVfio {
+            addr: *addr,
+            group: group_name,
+            devices: described.join(", "),
+        });
     }
     Ok(())
 }
@@ -195,14 +274,14 @@ mod tests {
         let vm = &cfg.nixos_vms[0];
         let sys = std::env::temp_dir().join(format!("vmsilo-taps-{}", std::process::id()));
         std::fs::create_dir_all(sys.join("class/net")).expect("mkdir");
-        let err = check_taps(&sys, vm).expect_err("missing");
+        let err = check_taps(&sys, vm).expect_err("missing").to_string();
         assert!(
             err.contains("network.interfaces.wan: the TAP \"work-0\" does not exist"),
             "{err}"
         );
         assert!(err.contains("vmsilo-net.service"), "{err}");
         std::fs::create_dir_all(sys.join("class/net/work-0")).expect("mkdir");
-        assert_eq!(check_taps(&sys, vm), Ok(()));
+        assert!(check_taps(&sys, vm).is_ok());
         let _ = std::fs::remove_dir_all(&sys);
     }
 
@@ -220,7 +299,7 @@ mod tests {
 /// `/var/empty` unless the argv names another with `--pivot-root` or turns the sandbox off
 /// with `--disable-sandbox`. Without it every device fails to start with a terse minijail
 /// error, so say it before starting.
-pub fn check_crosvm_pivot_root(argv: &[String], default_root: &Path) -> Result<(), String> {
+pub fn check_crosvm_pivot_root(argv: &[String], default_root: &Path) -> Result<(), CheckError> {
     if argv
         .iter()
         .any(|a| a == "--disable-sandbox" || a.starts_with("--pivot-root"))
@@ -230,12 +309,9 @@ pub fn check_crosvm_pivot_root(argv: &[String], default_root: &Path) -> Result<(
     if default_root.is_dir() {
         return Ok(());
     }
-    Err(format!(
-        "crosvm's sandbox needs the empty directory {} and it does not exist: create it \
-         (mkdir -m 0555 {}), or pass crosvm.extraRunArgs = [\"--pivot-root\" \"DIR\"]",
-        default_root.display(),
-        default_root.display()
-    ))
+    Err(CheckError::NoPivotRoot {
+        dir: default_root.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +326,8 @@ mod pivot_root_tests {
     fn test_crosvm_without_var_empty_is_a_clear_error() {
         let missing = Path::new("/nonexistent/vmsilo-test/var-empty");
         let err = check_crosvm_pivot_root(&argv(&["crosvm", "run", "k"]), missing)
-            .expect_err("missing pivot root");
+            .expect_err("missing pivot root")
+            .to_string();
         assert!(err.contains("/nonexistent/vmsilo-test/var-empty"), "{err}");
         assert!(err.contains("mkdir -m 0555"), "{err}");
     }

@@ -31,28 +31,81 @@ fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
     Ok(())
 }
 
+/// Why the console PTY could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PtyError {
+    /// No PTY.
+    #[error("cannot open a PTY")]
+    Open(#[source] nix::Error),
+    /// A terminal or descriptor setting failed.
+    #[error("{what}")]
+    Setting {
+        /// `tcgetattr`, `tcsetattr` or `fcntl`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// The PTY's path could not be found.
+    #[error("cannot find the PTY's name")]
+    Name(#[source] std::io::Error),
+    /// The PTY could not be given to the user.
+    #[error("cannot give {} to uid {uid}", path.display())]
+    Chown {
+        /// The PTY.
+        path: std::path::PathBuf,
+        /// The user.
+        uid: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PTY's mode could not be set.
+    #[error("chmod {}", path.display())]
+    Chmod {
+        /// The PTY.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn setting(what: &'static str) -> impl FnOnce(nix::Error) -> PtyError {
+    move |source| PtyError::Setting { what, source }
+}
+
 impl Pty {
     /// Opens a raw PTY whose slave belongs to `uid`/`gid` with mode 0600.
-    pub fn open(uid: u32, gid: u32) -> Result<Pty, String> {
-        let pty = openpty(None, None).map_err(|e| format!("cannot open a PTY: {e}"))?;
-        let mut t = tcgetattr(&pty.slave).map_err(|e| format!("tcgetattr: {e}"))?;
+    pub fn open(uid: u32, gid: u32) -> Result<Pty, PtyError> {
+        let pty = openpty(None, None).map_err(PtyError::Open)?;
+        let mut t = tcgetattr(&pty.slave).map_err(setting("tcgetattr"))?;
         cfmakeraw(&mut t);
-        tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(|e| format!("tcsetattr: {e}"))?;
+        tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(setting("tcsetattr"))?;
         use std::os::fd::AsRawFd;
         let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-            .map_err(|e| format!("cannot find the PTY's name: {e}"))?;
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
+            .map_err(PtyError::Name)?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|source| {
+            PtyError::Chown {
+                path: path.clone(),
+                uid,
+                source,
+            }
+        })?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-        set_nonblocking(&pty.master).map_err(|e| format!("fcntl: {e}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| PtyError::Chmod {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        set_nonblocking(&pty.master).map_err(setting("fcntl"))?;
         for fd in [&pty.master, &pty.slave] {
             fcntl(
                 fd.as_fd(),
                 FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             )
-            .map_err(|e| format!("fcntl: {e}"))?;
+            .map_err(setting("fcntl"))?;
         }
         Ok(Pty {
             master: File::from(pty.master),

@@ -22,9 +22,12 @@ fn pid_note(pid: &Option<u32>) -> String {
 /// What stopped a VM from starting (everything it created is undone).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A check of the host or the guest's files failed (the message is the check's).
-    #[error("{0}")]
-    Check(String),
+    /// A check of the host or the guest's files failed.
+    #[error(transparent)]
+    Check(#[from] super::checks::CheckError),
+    /// Moving PCI devices to vfio-pci failed.
+    #[error(transparent)]
+    Vfio(#[from] super::vfio::VfioError),
     /// A program the plan runs is missing.
     #[error("{program} is not installed (not found in PATH): {hint}")]
     NotInstalled {
@@ -196,9 +199,9 @@ pub enum StartError {
     /// A stop was requested before the VM was up.
     #[error("stopped while starting")]
     Interrupted,
-    /// A process could not be started (the message is the spawner's).
-    #[error("{0}")]
-    Spawn(String),
+    /// A process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] super::procs::SpawnError),
     /// A backend exited before creating its socket.
     #[error(
         "{kind} exited with {status} before creating its socket {} (its messages are above, or \
@@ -223,9 +226,9 @@ pub enum StartError {
         /// The time it had.
         timeout: Duration,
     },
-    /// The console PTY could not be opened (the message is the PTY's).
-    #[error("{0}")]
-    Pty(String),
+    /// The console PTY could not be set up.
+    #[error(transparent)]
+    Pty(#[from] super::console::PtyError),
     /// The console socket could not be set up.
     #[error("console socket")]
     ConsoleSocket(#[source] io::Error),

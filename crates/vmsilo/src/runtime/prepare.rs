@@ -15,14 +15,14 @@ use super::state::{LockError, VmLock};
 use super::{RunOptions, Runtime, checks, control, home, ports, procs, state, vfio};
 
 pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
-    checks::check_guest_files(&o.vm).map_err(StartError::Check)?;
-    checks::check_taps(&o.sysfs_root, &o.vm).map_err(StartError::Check)?;
+    checks::check_guest_files(&o.vm)?;
+    checks::check_taps(&o.sysfs_root, &o.vm)?;
     // PCI devices: checked now, moved to vfio-pci only once everything else is known good.
     let devices: Vec<_> = o.vm.pci_devices.iter().map(|d| d.address).collect();
-    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci).map_err(StartError::Check)?;
+    let pci = vfio::plan(&o.sysfs_root, &devices, &o.isolated_pci)?;
     if pci.rebinds.is_empty() {
         for d in &devices {
-            checks::check_iommu_group(&o.sysfs_root, d).map_err(StartError::Check)?;
+            checks::check_iommu_group(&o.sysfs_root, d)?;
         }
     }
     let mut programs: Vec<&str> = Vec::new();
@@ -47,11 +47,10 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
         }
     }
     if o.plan.vmm == Vmm::Crosvm {
-        checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))
-            .map_err(StartError::Check)?;
+        checks::check_crosvm_pivot_root(&o.plan.argv, Path::new("/var/empty"))?;
     }
     if !pci.rebinds.is_empty() {
-        for w in vfio::apply(&pci).map_err(StartError::Check)? {
+        for w in vfio::apply(&pci)? {
             eprintln!(
                 "vmsilo: VM {:?}: vfio-pci: wrote {:?} into {}",
                 o.plan.vm,
@@ -60,7 +59,7 @@ pub(super) fn preflight(o: &RunOptions) -> Result<(), StartError> {
             );
         }
         for d in &devices {
-            checks::check_iommu_group(&o.sysfs_root, d).map_err(StartError::Check)?;
+            checks::check_iommu_group(&o.sysfs_root, d)?;
         }
     }
     Ok(())

@@ -49,6 +49,38 @@ pub enum Identity<'a> {
     },
 }
 
+/// Why a backend or the VMM could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The plan gave no command line.
+    #[error("{name}: empty command line")]
+    EmptyCommand {
+        /// The process's name.
+        name: String,
+    },
+    /// The confinement of a user process could not be set up.
+    #[error("cannot start {name} ({program}): {why}")]
+    Confine {
+        /// The process's name.
+        name: String,
+        /// Its program.
+        program: String,
+        /// Why.
+        why: String,
+    },
+    /// The process could not be started.
+    #[error("cannot start {name} ({program})")]
+    Start {
+        /// The process's name.
+        name: String,
+        /// Its program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Starts `argv` in its own process group with stdin from /dev/null and the runtime's
 /// stdout/stderr (the journal under systemd); it gets SIGTERM if the runtime dies.
 pub fn spawn(
@@ -56,10 +88,10 @@ pub fn spawn(
     argv: &[String],
     env: &BTreeMap<String, String>,
     who: Identity<'_>,
-) -> Result<Proc, String> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| format!("{name}: empty command line"))?;
+) -> Result<Proc, SpawnError> {
+    let (program, args) = argv.split_first().ok_or_else(|| SpawnError::EmptyCommand {
+        name: name.to_owned(),
+    })?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env)
@@ -88,14 +120,21 @@ pub fn spawn(
                 .filter(|h| std::fs::symlink_metadata(h).is_ok_and(|m| m.is_dir()))
                 .filter(|h| !exe.as_ref().is_some_and(|e| e.starts_with(h)))
                 .collect();
-            crate::sys::confine_child(&mut cmd, uid, gid, writable, &hidden)
-                .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+            crate::sys::confine_child(&mut cmd, uid, gid, writable, &hidden).map_err(|why| {
+                SpawnError::Confine {
+                    name: name.to_owned(),
+                    program: program.clone(),
+                    why,
+                }
+            })?;
         }
     }
     crate::sys::prepare_child(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+    let child = cmd.spawn().map_err(|source| SpawnError::Start {
+        name: name.to_owned(),
+        program: program.clone(),
+        source,
+    })?;
     Ok(Proc {
         name: name.to_owned(),
         child,

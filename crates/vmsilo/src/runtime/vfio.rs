@@ -22,6 +22,205 @@ use std::path::{Path, PathBuf};
 
 use vmsilo_config::pci::PciAddress;
 
+/// Why the PCI devices could not be moved to vfio-pci (nothing is written when a check fails).
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    /// A sysfs path could not be resolved.
+    #[error("cannot resolve {}", path.display())]
+    Resolve {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device does not exist.
+    #[error(
+        "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
+         `isolatedPciDevices` (lspci -D lists the devices)",
+        link.display()
+    )]
+    NoDevice {
+        /// The device.
+        addr: PciAddress,
+        /// Its missing link.
+        link: PathBuf,
+    },
+    /// The device's directory is not where devices are.
+    #[error(
+        "PCI device {addr}: {} resolves to {}, outside {}/devices: refusing to write there",
+        link.display(),
+        real.display(),
+        root.display()
+    )]
+    DeviceOutside {
+        /// The device.
+        addr: PciAddress,
+        /// Its link.
+        link: PathBuf,
+        /// Where it leads.
+        real: PathBuf,
+        /// The sysfs root.
+        root: PathBuf,
+    },
+    /// A device's driver link could not be read.
+    #[error("cannot read {}", link.display())]
+    ReadDriver {
+        /// The link.
+        link: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A driver link's last component is not a driver name.
+    #[error("{} points to {}, which is not a driver name", link.display(), target.display())]
+    NotADriver {
+        /// The link.
+        link: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// The device is in no IOMMU group.
+    #[error(
+        "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU (intel_iommu=on \
+         or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)",
+        link.display()
+    )]
+    NoGroup {
+        /// The device.
+        addr: PciAddress,
+        /// The missing link.
+        link: PathBuf,
+    },
+    /// The group link's last component is not a group number.
+    #[error("{} points to {}, which is not an IOMMU group", link.display(), target.display())]
+    NotAGroup {
+        /// The link.
+        link: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
+    /// The group's members could not be listed.
+    #[error("PCI device {addr}: cannot list {}", dir.display())]
+    ListGroup {
+        /// The device.
+        addr: PciAddress,
+        /// The group's device directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the group's directory failed midway.
+    #[error("cannot list {}", dir.display())]
+    ListEntry {
+        /// The group's device directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The group's directory holds something that is not a PCI address.
+    #[error("{}: unexpected entry {name:?}: {why}", dir.display())]
+    BadEntry {
+        /// The group's device directory.
+        dir: PathBuf,
+        /// The entry.
+        name: String,
+        /// Why it is not an address.
+        why: String,
+    },
+    /// A member of the group is on another driver and not isolated.
+    #[error(
+        "PCI device {addr}: IOMMU group {group} is not fully bound to vfio-pci; its devices: \
+         {devices}. {member} is bound to {driver} and is not in isolatedPciDevices: every device \
+         of a group goes to the VM together, so add {member} to isolatedPciDevices (vmsilo then \
+         moves it to vfio-pci when the VM starts), or unbind it from its driver"
+    )]
+    ForeignMember {
+        /// The device.
+        addr: PciAddress,
+        /// Its group.
+        group: String,
+        /// The group's devices and their drivers.
+        devices: String,
+        /// The member in the way.
+        member: PciAddress,
+        /// Its driver.
+        driver: String,
+    },
+    /// vfio-pci is needed and not loaded.
+    #[error(
+        "the vfio-pci driver is not loaded ({} is missing), so {devices} cannot be passed \
+         through: load it (modprobe vfio-pci) and list it in /etc/modules-load.d/ so it loads at \
+         boot",
+        dir.display()
+    )]
+    NoVfioDriver {
+        /// vfio-pci's missing directory.
+        dir: PathBuf,
+        /// The devices that need it.
+        devices: String,
+    },
+    /// A device's driver is not where drivers are.
+    #[error(
+        "PCI device {bdf}: its driver {driver:?} resolves to {}, outside {}: refusing to write \
+         there",
+        real.display(),
+        drivers.display()
+    )]
+    DriverOutside {
+        /// The device.
+        bdf: String,
+        /// Its driver.
+        driver: String,
+        /// Where the driver's directory leads.
+        real: PathBuf,
+        /// The drivers' directory.
+        drivers: PathBuf,
+    },
+    /// A sysfs attribute could not be opened.
+    #[error("cannot open {} for writing", path.display())]
+    OpenAttr {
+        /// The attribute.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sysfs attribute could not be written.
+    #[error("cannot write {value:?} into {}", path.display())]
+    WriteAttr {
+        /// The attribute.
+        path: PathBuf,
+        /// The text.
+        value: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unbinding a device from its driver failed.
+    #[error("cannot unbind PCI device {bdf} from {driver}")]
+    Unbind {
+        /// The device.
+        bdf: String,
+        /// Its driver.
+        driver: String,
+        /// Why.
+        #[source]
+        source: Box<VfioError>,
+    },
+    /// Binding a device to vfio-pci failed.
+    #[error("cannot bind PCI device {bdf} to vfio-pci")]
+    Bind {
+        /// The device.
+        bdf: String,
+        /// Why.
+        #[source]
+        source: Box<VfioError>,
+    },
+}
+
 /// One write into sysfs: the attribute and the text written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysfsWrite {
@@ -40,39 +239,38 @@ fn harmless(driver: Option<&str>, class: u32) -> bool {
     }
 }
 
-fn canonical(p: &Path) -> Result<PathBuf, String> {
-    std::fs::canonicalize(p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))
+fn canonical(p: &Path) -> Result<PathBuf, VfioError> {
+    std::fs::canonicalize(p).map_err(|source| VfioError::Resolve {
+        path: p.to_owned(),
+        source,
+    })
 }
 
 /// A device's real directory, checked to lie under `<root>/devices/`.
-fn device_dir(root: &Path, addr: &PciAddress) -> Result<PathBuf, String> {
+fn device_dir(root: &Path, addr: &PciAddress) -> Result<PathBuf, VfioError> {
     let link = root.join("bus/pci/devices").join(addr.to_string());
     if std::fs::symlink_metadata(&link).is_err() {
-        return Err(format!(
-            "PCI device {addr} does not exist ({} is missing): check `pciDevices` and \
-             `isolatedPciDevices` (lspci -D lists the devices)",
-            link.display()
-        ));
+        return Err(VfioError::NoDevice { addr: *addr, link });
     }
     let real = canonical(&link)?;
     if !real.starts_with(root.join("devices")) {
-        return Err(format!(
-            "PCI device {addr}: {} resolves to {}, outside {}/devices: refusing to write there",
-            link.display(),
-            real.display(),
-            root.display()
-        ));
+        return Err(VfioError::DeviceOutside {
+            addr: *addr,
+            link,
+            real,
+            root: root.to_owned(),
+        });
     }
     Ok(real)
 }
 
 /// The name of the driver bound to the device in `dev`, from the link's last component.
-fn driver_name(dev: &Path) -> Result<Option<String>, String> {
+fn driver_name(dev: &Path) -> Result<Option<String>, VfioError> {
     let link = dev.join("driver");
     let target = match std::fs::read_link(&link) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", link.display())),
+        Err(source) => return Err(VfioError::ReadDriver { link, source }),
     };
     let name = target
         .file_name()
@@ -84,12 +282,9 @@ fn driver_name(dev: &Path) -> Result<Option<String>, String> {
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
-        .ok_or_else(|| {
-            format!(
-                "{} points to {}, which is not a driver name",
-                link.display(),
-                target.display()
-            )
+        .ok_or_else(|| VfioError::NotADriver {
+            link: link.clone(),
+            target: target.clone(),
         })?;
     Ok(Some(name.to_owned()))
 }
@@ -102,38 +297,37 @@ fn read_class(dev: &Path) -> u32 {
 }
 
 /// The members of a device's IOMMU group, sorted.
-fn group_members(root: &Path, addr: &PciAddress, dev: &Path) -> Result<Vec<PciAddress>, String> {
+fn group_members(root: &Path, addr: &PciAddress, dev: &Path) -> Result<Vec<PciAddress>, VfioError> {
     let link = dev.join("iommu_group");
     let Ok(group) = std::fs::read_link(&link) else {
-        return Err(format!(
-            "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU \
-             (intel_iommu=on or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the \
-             firmware)",
-            link.display()
-        ));
+        return Err(VfioError::NoGroup { addr: *addr, link });
     };
     let name = group
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-        .ok_or_else(|| {
-            format!(
-                "{} points to {}, which is not an IOMMU group",
-                link.display(),
-                group.display()
-            )
+        .ok_or_else(|| VfioError::NotAGroup {
+            link: link.clone(),
+            target: group.clone(),
         })?;
     let dir = root.join("kernel/iommu_groups").join(name).join("devices");
     let mut members = Vec::new();
-    for e in std::fs::read_dir(&dir)
-        .map_err(|e| format!("PCI device {addr}: cannot list {}: {e}", dir.display()))?
-    {
-        let e = e.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for e in std::fs::read_dir(&dir).map_err(|source| VfioError::ListGroup {
+        addr: *addr,
+        dir: dir.clone(),
+        source,
+    })? {
+        let e = e.map_err(|source| VfioError::ListEntry {
+            dir: dir.clone(),
+            source,
+        })?;
         let n = e.file_name();
         let n = n.to_string_lossy();
-        let m: PciAddress = n
-            .parse()
-            .map_err(|why| format!("{}: unexpected entry {n:?}: {why}", dir.display()))?;
+        let m: PciAddress = n.parse::<PciAddress>().map_err(|why| VfioError::BadEntry {
+            dir: dir.clone(),
+            name: n.clone().into_owned(),
+            why: why.to_string(),
+        })?;
         members.push(m);
     }
     members.sort();
@@ -141,15 +335,22 @@ fn group_members(root: &Path, addr: &PciAddress, dev: &Path) -> Result<Vec<PciAd
 }
 
 /// Writes `value` into an existing attribute file, not following a final symlink.
-fn write_attr(path: &Path, value: &str) -> Result<SysfsWrite, String> {
+fn write_attr(path: &Path, value: &str) -> Result<SysfsWrite, VfioError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| format!("cannot open {} for writing: {e}", path.display()))?;
+        .map_err(|source| VfioError::OpenAttr {
+            path: path.to_owned(),
+            source,
+        })?;
     f.write_all(value.as_bytes())
-        .map_err(|e| format!("cannot write {value:?} into {}: {e}", path.display()))?;
+        .map_err(|source| VfioError::WriteAttr {
+            path: path.to_owned(),
+            value: value.to_owned(),
+            source,
+        })?;
     Ok(SysfsWrite {
         path: path.to_owned(),
         value: value.to_owned(),
@@ -183,7 +384,7 @@ pub fn plan(
     root: &Path,
     devices: &[PciAddress],
     isolated: &[PciAddress],
-) -> Result<BindPlan, String> {
+) -> Result<BindPlan, VfioError> {
     let mut todo: Vec<Rebind> = Vec::new();
     if devices.is_empty() {
         return Ok(BindPlan {
@@ -227,28 +428,25 @@ pub fn plan(
                 .ok()
                 .and_then(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default();
-            return Err(format!(
-                "PCI device {addr}: IOMMU group {group} is not fully bound to vfio-pci; its \
-                 devices: {}. {m} is bound to {driver} and is not in isolatedPciDevices: every \
-                 device of a group goes to the VM together, so add {m} to isolatedPciDevices \
-                 (vmsilo then moves it to vfio-pci when the VM starts), or unbind it from its \
-                 driver",
-                described.join(", ")
-            ));
+            return Err(VfioError::ForeignMember {
+                addr: *addr,
+                group,
+                devices: described.join(", "),
+                member: m,
+                driver,
+            });
         }
     }
     let drivers = root.join("bus/pci/drivers");
     if !todo.is_empty() && !drivers.join("vfio-pci").is_dir() {
-        return Err(format!(
-            "the vfio-pci driver is not loaded ({} is missing), so {} cannot be passed \
-             through: load it (modprobe vfio-pci) and list it in /etc/modules-load.d/ so it \
-             loads at boot",
-            drivers.join("vfio-pci").display(),
-            todo.iter()
+        return Err(VfioError::NoVfioDriver {
+            dir: drivers.join("vfio-pci"),
+            devices: todo
+                .iter()
                 .map(|t| t.addr.to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        ));
+                .join(", "),
+        });
     }
     Ok(BindPlan {
         root,
@@ -263,13 +461,13 @@ pub fn bind(
     root: &Path,
     devices: &[PciAddress],
     isolated: &[PciAddress],
-) -> Result<Vec<SysfsWrite>, String> {
+) -> Result<Vec<SysfsWrite>, VfioError> {
     apply(&plan(root, devices, isolated)?)
 }
 
 /// Carries out a [`BindPlan`]: for each device, `vfio-pci` into `driver_override`, its address
 /// into its driver's `unbind`, its address into `drivers_probe`.
-pub fn apply(plan: &BindPlan) -> Result<Vec<SysfsWrite>, String> {
+pub fn apply(plan: &BindPlan) -> Result<Vec<SysfsWrite>, VfioError> {
     let root = &plan.root;
     let todo = &plan.rebinds;
     let drivers = root.join("bus/pci/drivers");
@@ -280,21 +478,26 @@ pub fn apply(plan: &BindPlan) -> Result<Vec<SysfsWrite>, String> {
         if let Some(d) = &t.driver {
             let ddir = canonical(&drivers.join(d))?;
             if !ddir.starts_with(&drivers) {
-                return Err(format!(
-                    "PCI device {bdf}: its driver {d:?} resolves to {}, outside {}: refusing \
-                     to write there",
-                    ddir.display(),
-                    drivers.display()
-                ));
+                return Err(VfioError::DriverOutside {
+                    bdf,
+                    driver: d.clone(),
+                    real: ddir,
+                    drivers,
+                });
             }
             writes.push(
-                write_attr(&ddir.join("unbind"), &bdf)
-                    .map_err(|e| format!("cannot unbind PCI device {bdf} from {d}: {e}"))?,
+                write_attr(&ddir.join("unbind"), &bdf).map_err(|e| VfioError::Unbind {
+                    bdf: bdf.clone(),
+                    driver: d.clone(),
+                    source: Box::new(e),
+                })?,
             );
         }
         writes.push(
-            write_attr(&root.join("bus/pci/drivers_probe"), &bdf)
-                .map_err(|e| format!("cannot bind PCI device {bdf} to vfio-pci: {e}"))?,
+            write_attr(&root.join("bus/pci/drivers_probe"), &bdf).map_err(|e| VfioError::Bind {
+                bdf: bdf.clone(),
+                source: Box::new(e),
+            })?,
         );
     }
     Ok(writes)
@@ -422,7 +625,11 @@ mod tests {
         let sys = FakeSys::new("done");
         sys.device("0000:01:00.0", 5, Some("vfio-pci"), "0x0c0330");
         let d = addr("01:00.0");
-        assert_eq!(bind(&sys.root, &[d], &[d]), Ok(Vec::new()));
+        assert!(
+            bind(&sys.root, &[d], &[d])
+                .expect("nothing to do")
+                .is_empty()
+        );
         assert_eq!(
             sys.read("devices/pci0000:00/0000:01:00.0/driver_override"),
             "(null)\n"
@@ -476,7 +683,9 @@ mod tests {
             .device("0000:03:00.1", 9, Some("e1000e"), "0x020000")
             .device("0000:00:1c.0", 9, Some("pcieport"), "0x060400");
         let d = addr("03:00.0");
-        let err = bind(&sys.root, &[d], &[d]).expect_err("foreign member");
+        let err = bind(&sys.root, &[d], &[d])
+            .expect_err("foreign member")
+            .to_string();
         assert!(
             err.contains(
                 "IOMMU group 9 is not fully bound to vfio-pci; its devices: 0000:00:1c.0 \
@@ -497,7 +706,9 @@ mod tests {
     #[test]
     fn test_absent_device_missing_group_and_missing_vfio_driver_are_errors() {
         let sys = FakeSys::new("errors");
-        let err = bind(&sys.root, &[addr("04:00.0")], &[]).expect_err("absent");
+        let err = bind(&sys.root, &[addr("04:00.0")], &[])
+            .expect_err("absent")
+            .to_string();
         assert!(
             err.contains("PCI device 0000:04:00.0 does not exist"),
             "{err}"
@@ -505,13 +716,17 @@ mod tests {
 
         sys.device("0000:05:00.0", 11, Some("xhci_hcd"), "0x0c0330");
         let d = addr("05:00.0");
-        let err = bind(&sys.root, &[d], &[d]).expect_err("no vfio-pci");
+        let err = bind(&sys.root, &[d], &[d])
+            .expect_err("no vfio-pci")
+            .to_string();
         assert!(err.contains("modprobe vfio-pci"), "{err}");
         assert_eq!(sys.read("bus/pci/drivers_probe"), "");
 
         std::fs::remove_file(sys.root.join("devices/pci0000:00/0000:05:00.0/iommu_group"))
             .expect("rm");
-        let err = bind(&sys.root, &[d], &[d]).expect_err("no group");
+        let err = bind(&sys.root, &[d], &[d])
+            .expect_err("no group")
+            .to_string();
         assert!(err.contains("has no IOMMU group"), "{err}");
     }
 
@@ -527,7 +742,9 @@ mod tests {
         )
         .expect("link");
         let d = addr("06:00.0");
-        let err = bind(&sys.root, &[d], &[d]).expect_err("outside");
+        let err = bind(&sys.root, &[d], &[d])
+            .expect_err("outside")
+            .to_string();
         assert!(err.contains("refusing to write there"), "{err}");
         assert_eq!(
             outside.read("devices/pci0000:00/0000:06:00.0/driver_override"),
@@ -548,7 +765,9 @@ mod tests {
         std::fs::remove_file(&attr).expect("rm");
         std::os::unix::fs::symlink(&victim, &attr).expect("link");
         let d = addr("07:00.0");
-        let err = bind(&sys.root, &[d], &[d]).expect_err("symlink");
+        let err = bind(&sys.root, &[d], &[d])
+            .expect_err("symlink")
+            .to_string();
         assert!(err.contains("driver_override"), "{err}");
         assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
     }
