@@ -1,44 +1,12 @@
-//! A tiny stderr logger for the `log` facade, and the daemon's log rate limiter.
+//! The daemon's stderr logger (`vmsilo_log::stderr`) and its log rate limiter.
 //!
 //! Lines look like `warn: VM "banking": ...`. Under systemd (`JOURNAL_STREAM` set) each line is
 //! prefixed with its syslog priority (`<4>`), so the journal records the right level.
 
-use std::io::Write;
 use std::time::Duration;
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
-
-struct StderrLogger {
-    level: LevelFilter,
-    journal: bool,
-}
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let (prio, name) = match record.level() {
-            Level::Error => (3, "error"),
-            Level::Warn => (4, "warn"),
-            Level::Info => (6, "info"),
-            Level::Debug => (7, "debug"),
-            Level::Trace => (7, "trace"),
-        };
-        let line = if self.journal {
-            format!("<{prio}>{name}: {}\n", record.args())
-        } else {
-            format!("vmsilo-balloond: {name}: {}\n", record.args())
-        };
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
+use log::LevelFilter;
+use vmsilo_log::stderr::Logger;
 
 /// Parses a `--log-level` value.
 pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
@@ -55,11 +23,9 @@ pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
     }
 }
 
-/// Installs the logger. Calling it twice keeps the first logger.
+/// Installs the logger (`vmsilo_log::stderr`). Calling it twice keeps the first logger.
 pub fn init(level: LevelFilter) {
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger { level, journal }));
-    if log::set_logger(logger).is_ok() {
+    if Logger::new("vmsilo-balloond").journal_priority().install() {
         log::set_max_level(level);
     }
 }

@@ -35,6 +35,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 
+use vmsilo_log::Sampler;
 use wl_proxy::client::Client;
 use wl_proxy::fixed::Fixed;
 use wl_proxy::object::{Object, ObjectCoreApi, ObjectRcUtils, ObjectUtils};
@@ -143,7 +144,7 @@ struct Shared {
     ready: Cell<bool>,
     suspended: RefCell<Option<Rc<Client>>>,
     windows: RefCell<Vec<Weak<Window>>>,
-    warnings: Cell<u64>,
+    warnings: Sampler,
     /// One pixel in the VM colour and one transparent pixel, shared by every window's
     /// plain strips (scaled with wp_viewporter).
     pixels: RefCell<Option<(Rc<WlBuffer>, Rc<WlBuffer>)>>,
@@ -170,9 +171,7 @@ impl Shared {
 
     /// Logs a warning, at most 20 times per connection and then every 10 000th time.
     fn warn(&self, msg: &str) {
-        let n = self.warnings.get() + 1;
-        self.warnings.set(n);
-        if n <= 20 || n.is_multiple_of(10_000) {
+        if let Some(n) = self.warnings.hit() {
             log::warn!(
                 "vmsilo-gate frame ({}): {msg} (warning {n})",
                 self.identity.vm
@@ -312,7 +311,7 @@ pub fn start(conn: &Rc<Conn>, state: &Rc<State>) {
         ready: Cell::new(false),
         suspended: RefCell::new(None),
         windows: RefCell::new(Vec::new()),
-        warnings: Cell::new(0),
+        warnings: Sampler::new(20, 10_000),
         pixels: RefCell::new(None),
         notice: RefCell::new(None),
     });

@@ -1,70 +1,29 @@
-//! A small stderr logger for the `log` facade (`vmsilo-gate[pid]: level: message`) that
+//! The gate's stderr logger (`vmsilo_log::stderr`: `vmsilo-gate[pid]: level: message`), which
 //! rate-limits: per process at most [`BURST`] lines per [`WINDOW`], then one line saying how
 //! many were dropped. Guests can make the gate log (refused binds, malformed messages), so
 //! nothing they do may flood the journal. Each client has its own process, hence its own
 //! budget; the parent's budget covers refused connections.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use log::{LevelFilter, Log, Metadata, Record};
-use vmsilo_log::Limiter;
+use log::LevelFilter;
+use vmsilo_log::stderr::Logger;
 
 /// Lines allowed per window.
 pub const BURST: u32 = 20;
 /// The window.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-struct StderrLogger {
-    limiter: Mutex<Limiter>,
-}
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let verdict = match self.limiter.lock() {
-            Ok(mut l) => l.allow(Instant::now()),
-            Err(_) => Some(0),
-        };
-        let Some(dropped) = verdict else {
-            return;
-        };
-        let pid = std::process::id();
-        let mut line = String::new();
-        if dropped > 0 {
-            line.push_str(&format!(
-                "vmsilo-gate[{pid}]: warn: {dropped} log lines dropped (rate limit)\n"
-            ));
-        }
-        // Messages (ours and wl-proxy's) can carry guest-chosen strings: interface names,
-        // protocol error texts. Escaped here, the one place every log line passes.
-        let text = record.args().to_string();
-        line.push_str(&format!(
-            "vmsilo-gate[{pid}]: {}: {}\n",
-            record.level().as_str().to_lowercase(),
-            vmsilo_proto::text::escape(&text)
-        ));
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger {
-    limiter: Mutex::new(Limiter::new(BURST, WINDOW)),
-};
-
-/// Installs the logger with `level` (idempotent).
+/// Installs the logger with `level` (idempotent: a second call only changes the level).
+/// Messages (ours and wl-proxy's) can carry guest-chosen strings: interface names, protocol
+/// error texts; they are escaped in the logger, the one place every line passes.
 pub fn init(level: LevelFilter) {
-    let _ = log::set_logger(&LOGGER);
+    let _ = Logger::new("vmsilo-gate")
+        .with_pid()
+        .escaping(vmsilo_proto::text::escape)
+        .rate_limited(BURST, WINDOW)
+        .install();
     log::set_max_level(level);
 }
 

@@ -8,13 +8,20 @@
 //! - [`Sampler`]: no clock at all; of a stream of like events it lets the first few through,
 //!   then every n-th, and numbers them, so a line can say "(k so far)".
 //!
-//! std only, so the smallest programs (the guest agent) can use it. The crates format and
-//! write their lines themselves.
+//! - [`stderr`] (feature `stderr`, adds the `log` crate): the one stderr logger of the daemons
+//!   that use the `log` facade (vmsilo-balloond, vmsilo-gate, vm-switch): `name[pid]: level:
+//!   message` lines, optionally rate-limited by a [`Limiter`] with a notice of what was dropped,
+//!   guest text escaped, syslog priorities under systemd.
+//!
+//! Without features: std only, so the smallest programs (the guest agent) can use it.
 
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "stderr")]
+pub mod stderr;
 
 /// A point in time a [`Limiter`] can measure windows from.
 pub trait Moment: Copy {
