@@ -512,7 +512,9 @@ fn test_tty_mode_passes_the_terminal_size_and_forwards_resizes() {
             "t",
             "sh",
             "-c",
-            "echo \"size $(stty size)\"; trap 'echo \"resized $(stty size)\"; exit 4' WINCH; \
+            // The trap is set before the size is printed: the test resizes as soon as it
+            // sees the size, and a SIGWINCH before the trap would be ignored (a hang).
+            "trap 'echo \"resized $(stty size)\"; exit 4' WINCH; echo \"size $(stty size)\"; \
              while :; do sleep 0.05; done",
         ])
         .stdin(term.stdio())
