@@ -329,7 +329,7 @@ impl Listener for SlowFront {
 fn test_hybrid_connect_answered_late_is_awaited_not_abandoned() {
     let s = Setup::new("slowconnect");
     let env = fake_systemctl(&s);
-    std::fs::write(s.dir.path().join("unit-state"), "active\n").expect("state");
+    set_unit_state(&s.dir.path().join("unit-state"), "active");
     let l = UnixListener::bind(s.vsock()).expect("bind vsock socket");
     l.set_nonblocking(true).expect("nonblocking");
     let wedged = Arc::new(AtomicBool::new(false));
@@ -687,8 +687,8 @@ fn fake_systemctl(s: &Setup) -> Vec<(String, String)> {
         "#!/bin/sh\necho \"$*\" >> {d}/systemctl.log\ncase \"$1\" in\n\
          is-active) st=$(cat {d}/unit-state 2>/dev/null || echo inactive); echo \"$st\"; \
          [ \"$st\" = active ] ;;\n\
-         start) cat {d}/start-outcome 2>/dev/null > {d}/unit-state || echo activating > \
-         {d}/unit-state; touch {d}/started ;;\n\
+         start) {{ cat {d}/start-outcome 2>/dev/null || echo activating; }} > {d}/unit-state.new; \
+         mv {d}/unit-state.new {d}/unit-state; touch {d}/started ;;\n\
          esac\n"
     );
     let path = s.dir.path().join("systemctl");
@@ -698,6 +698,14 @@ fn fake_systemctl(s: &Setup) -> Vec<(String, String)> {
         ("VMSILO_SYSTEMCTL".into(), path.display().to_string()),
         ("VMSILO_SYSTEMD_DIR".into(), format!("{d}/systemd")),
     ]
+}
+
+/// Sets what the scripted `systemctl is-active` prints, atomically (a new file renamed over the
+/// old): a torn read (an empty file) after "activating" would look like a VM that went down.
+fn set_unit_state(path: &Path, state: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, format!("{state}\n")).expect("unit state");
+    std::fs::rename(&new, path).expect("unit state");
 }
 
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -716,7 +724,7 @@ fn test_systemd_cold_start_shows_progress_then_runs_the_command() {
     let vm = std::thread::spawn(move || {
         common::wait_path(&started, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(1200));
-        std::fs::write(&state, "active\n").expect("state");
+        set_unit_state(&state, "active");
         real_agent(&vsock);
     });
     let mut term = Term::new();
@@ -787,7 +795,7 @@ fn test_systemd_unit_that_fails_is_reported_with_where_to_look() {
 fn test_agent_that_never_answers_times_out() {
     let s = Setup::new("timeout");
     let env = fake_systemctl(&s);
-    std::fs::write(s.dir.path().join("unit-state"), "active\n").expect("state");
+    set_unit_state(&s.dir.path().join("unit-state"), "active");
     // The VM runs, but nothing listens on port 5000: each CONNECT is closed.
     let l = UnixListener::bind(s.vsock()).expect("bind");
     std::thread::spawn(move || {
