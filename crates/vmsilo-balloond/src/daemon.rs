@@ -31,7 +31,7 @@ use crate::logger::{self, RateLimiter};
 use crate::stall::Millis;
 use crate::stats::BalloonSample;
 use crate::status::{DaemonStatus, HostStatus, STATUS_VERSION, StallStatus, StatusDoc, VmStatus};
-use crate::vmm::{VmmClient, VmmError, VmmKind, client_for};
+use crate::vmm::{VmmClient, VmmError, client_for};
 
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
@@ -893,16 +893,6 @@ pub fn render_report(r: &TickReport) -> String {
         );
     }
     out
-}
-
-impl VmmKind {
-    /// The socket file name of `vm` for this VMM.
-    pub fn socket_name(self, vm: &str) -> String {
-        format!(
-            "{vm}{}",
-            vmsilo_config::paths::vmm_socket_suffix(vmsilo_config::Vmm::from(self))
-        )
-    }
 }
 
 #[cfg(test)]
