@@ -15,6 +15,26 @@ use vmsilo_vmm::VmmError;
 use vmsilo_vmm::crosvm::{CrosvmControl, Request};
 use vmsilo_vmm::qmp::QmpSession;
 
+/// Why the VMM could not be asked to stop. Displayed with the causes of the VMM client's error
+/// inline (the runtime's log has one line per event), so it has no `source` to print twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The QMP or crosvm client failed (connect, timeout, protocol, an error reply).
+    #[error("{}", describe(.0))]
+    Vmm(VmmError),
+    /// crosvm answered, but not `"Ok"`.
+    #[error("crosvm answered {reply} to {what}")]
+    Refused {
+        /// The request, as crosvm names it.
+        what: &'static str,
+        /// The reply, as debug text.
+        reply: String,
+    },
+    /// The plan has neither a QMP nor a crosvm control socket.
+    #[error("the VMM has no control socket")]
+    NoSocket,
+}
+
 /// The error with its causes, for the runtime's log.
 fn describe(e: &VmmError) -> String {
     let mut text = e.to_string();
@@ -27,17 +47,20 @@ fn describe(e: &VmmError) -> String {
 }
 
 /// Runs one QMP command without arguments (after the greeting and `qmp_capabilities`).
-pub fn qmp(socket: &Path, command: &'static str, timeout: Duration) -> Result<Value, String> {
-    let mut session = QmpSession::connect(socket, timeout).map_err(|e| describe(&e))?;
-    session.execute(command, None).map_err(|e| describe(&e))
+pub fn qmp(socket: &Path, command: &'static str, timeout: Duration) -> Result<Value, ControlError> {
+    let mut session = QmpSession::connect(socket, timeout).map_err(ControlError::Vmm)?;
+    session.execute(command, None).map_err(ControlError::Vmm)
 }
 
 /// Sends one request to crosvm's control socket; `Ok` when crosvm answers `"Ok"`.
-pub fn crosvm(socket: &Path, request: Request, timeout: Duration) -> Result<(), String> {
+pub fn crosvm(socket: &Path, request: Request, timeout: Duration) -> Result<(), ControlError> {
     let mut c = CrosvmControl::new(socket, timeout);
-    match c.request(request).map_err(|e| describe(&e))? {
+    match c.request(request).map_err(ControlError::Vmm)? {
         vmsilo_vmm::crosvm::Reply::Ok => Ok(()),
-        other => Err(format!("crosvm answered {other:?} to {}", request.what())),
+        other => Err(ControlError::Refused {
+            what: request.what(),
+            reply: format!("{other:?}"),
+        }),
     }
 }
 

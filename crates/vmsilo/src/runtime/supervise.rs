@@ -186,7 +186,7 @@ impl Runtime {
                 vmsilo_vmm::crosvm::Request::Powerbtn,
                 CONTROL_TIMEOUT,
             ),
-            (None, None) => Err("the VMM has no control socket".into()),
+            (None, None) => Err(control::ControlError::NoSocket),
         };
         match result {
             Ok(()) => {
