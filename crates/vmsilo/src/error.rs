@@ -127,7 +127,7 @@ pub enum CliError {
     Systemctl(String),
     /// `vmsilo fill-home` failed (the message is the home module's).
     #[error("{0}")]
-    FillHome(String),
+    FillHome(crate::runtime::home::HomeError),
     /// The command service stopped on an error (the message is the service's).
     #[error("{0}")]
     CommandService(String),

@@ -95,8 +95,9 @@ impl Setup {
     }
 }
 
+/// `home::prepare`, its error as the text vm-service prints (the tests check the messages).
 fn prepare(home: &Path, template: &Path) -> Result<Prepared, String> {
-    home::prepare(home, template, USER, GROUP, &vmsilo_bin())
+    home::prepare(home, template, USER, GROUP, &vmsilo_bin()).map_err(|e| e.to_string())
 }
 
 fn owner_and_mode(p: &Path) -> (u32, u32, u32) {
@@ -167,7 +168,8 @@ fn test_home_copy_does_not_write_through_a_file_symlink_planted_in_the_home() {
     // What the user plants while the copy runs, at the name the copy writes next.
     symlink(&secret, home.join(".bashrc")).expect("plant");
 
-    let r = home::fill_as(&open_dir(&home), &s.template, USER, GROUP, &vmsilo_bin());
+    let r = home::fill_as(&open_dir(&home), &s.template, USER, GROUP, &vmsilo_bin())
+        .map_err(|e| e.to_string());
 
     assert_eq!(
         std::fs::read_to_string(&secret).expect("secret"),
@@ -195,7 +197,8 @@ fn test_home_copy_does_not_write_through_a_directory_symlink_planted_in_the_home
     // The template has .config/x: the user points .config at a root directory with an x.
     symlink(&target, home.join(".config")).expect("plant");
 
-    let r = home::fill_as(&open_dir(&home), &s.template, USER, GROUP, &vmsilo_bin());
+    let r = home::fill_as(&open_dir(&home), &s.template, USER, GROUP, &vmsilo_bin())
+        .map_err(|e| e.to_string());
 
     assert_eq!(std::fs::read_to_string(&secret).expect("x"), "root x\n");
     assert_eq!(owner_and_mode(&secret), (0, 0, 0o600));
@@ -219,7 +222,8 @@ fn test_home_copy_into_a_root_directory_is_refused_by_the_kernel() {
     std::fs::write(&secret, "root x\n").expect("write");
     chmod(&secret, 0o600);
 
-    let r = home::fill_as(&open_dir(&target), &s.template, USER, GROUP, &vmsilo_bin());
+    let r = home::fill_as(&open_dir(&target), &s.template, USER, GROUP, &vmsilo_bin())
+        .map_err(|e| e.to_string());
 
     assert_eq!(common::entries(&target), ["secret"]);
     assert_eq!(std::fs::read_to_string(&secret).expect("x"), "root x\n");
@@ -329,7 +333,7 @@ fn test_removing_a_created_home_leaves_what_the_user_could_not_remove() {
     std::fs::create_dir(&roots).expect("mkdir");
     std::fs::write(roots.join("f"), "root's\n").expect("write");
 
-    let r = home::remove_created(&home, id, USER);
+    let r = home::remove_created(&home, id, USER).map_err(|e| e.to_string());
 
     assert_eq!(
         std::fs::read_to_string(roots.join("f")).expect("kept"),
@@ -354,7 +358,7 @@ fn test_removing_a_created_home_that_was_replaced_by_a_symlink_removes_nothing_b
     std::fs::rename(&home, s.shared.join("old")).expect("rename");
     symlink(&target, &home).expect("symlink");
 
-    let r = home::remove_created(&home, id, USER);
+    let r = home::remove_created(&home, id, USER).map_err(|e| e.to_string());
 
     assert_eq!(common::entries(&target), ["passwd"]);
     let e = r.expect_err("a link is not followed");

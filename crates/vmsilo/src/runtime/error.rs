@@ -145,7 +145,7 @@ pub enum StartError {
     },
     /// The shared home could not be prepared.
     #[error("cannot prepare the shared home: {0}")]
-    Home(String),
+    Home(super::home::HomeError),
     /// A directory could not be given to its owner.
     #[error("cannot give {} to uid {uid} gid {gid} (mode {mode:o})", dir.display())]
     GiveDir {

@@ -42,6 +42,169 @@ const MAX_DEPTH: usize = 64;
 /// How much of the fill child's error output is kept.
 const MAX_CHILD_STDERR: u64 = 4096;
 
+/// Why the shared home could not be prepared, removed or filled. The failed system call's error
+/// is part of each message (a field, not a `source`), because the runtime logs these with
+/// `Display` alone and some messages go on with advice after it.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// A system call on `path` failed (`cannot open /home/x: EACCES`).
+    #[error("cannot {what} {}: {error}", path.display())]
+    Io {
+        /// What was being done, as a verb phrase.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        error: Errno,
+    },
+    /// The directory could not be given to the user.
+    #[error("cannot give {} to uid {uid}: {error}", path.display())]
+    Give {
+        /// The directory.
+        path: PathBuf,
+        /// The user.
+        uid: u32,
+        /// The error.
+        error: Errno,
+    },
+    /// Copying a file's content failed.
+    #[error("cannot copy {}: {error}", path.display())]
+    Copy {
+        /// The file in the template.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A symbolic link on the way to the home, or in its place.
+    #[error(
+        "{} is a symbolic link: refusing to follow it, as root, into a directory the user \
+         picked; replace it with a real directory (or set sharedHome to the real path)",
+        path.display()
+    )]
+    SymbolicLink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// Something other than a directory where a directory must be.
+    #[error("{} is not a directory: move it away or set sharedHome to another path", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The configured home is not an absolute path ending in a name.
+    #[error("{}: a shared home must be an absolute path ending in a name", path.display())]
+    NotAbsolute {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The configured home's path has a `..`.
+    #[error("{}: a shared home's path must not contain \"..\"", path.display())]
+    ParentDir {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The home vmsilo created was replaced since: left alone.
+    #[error("{} is no longer the directory vmsilo created: leaving it", path.display())]
+    NoLongerOurs {
+        /// The home.
+        path: PathBuf,
+    },
+    /// The home was replaced between its creation and its opening.
+    #[error(
+        "{} was replaced while vmsilo created it (now owned by uid {owner}): not touching it",
+        path.display()
+    )]
+    Replaced {
+        /// The home.
+        path: PathBuf,
+        /// Who owns what is there now.
+        owner: u32,
+    },
+    /// `fill-home`'s descriptor 3 could not be inspected.
+    #[error("descriptor {FILL_HOME_FD}: {error}")]
+    Descriptor {
+        /// The error.
+        error: Errno,
+    },
+    /// `fill-home`'s descriptor 3 is not a directory.
+    #[error("descriptor {FILL_HOME_FD} is not a directory (vm-service passes the home there)")]
+    DescriptorNotDir,
+    /// `fill-home` was started without a descriptor 3.
+    #[error(
+        "no directory on descriptor {FILL_HOME_FD}: fill-home is started by vm-service, not by hand"
+    )]
+    NotInherited,
+    /// The template could not be opened.
+    #[error("cannot open the home template {}: {error}", path.display())]
+    OpenTemplate {
+        /// The template.
+        path: PathBuf,
+        /// The error.
+        error: Errno,
+    },
+    /// The template nests too deep.
+    #[error("{}: directories nest deeper than {MAX_DEPTH} levels", path.display())]
+    TooDeep {
+        /// Where.
+        path: PathBuf,
+    },
+    /// The home's descriptor could not be duplicated for the child.
+    #[error("cannot duplicate the home's descriptor: {error}")]
+    Duplicate {
+        /// The error.
+        error: std::io::Error,
+    },
+    /// `fill-home` could not be started.
+    #[error(
+        "cannot start {} fill-home as uid {uid} to copy the home template: {error}",
+        helper.display()
+    )]
+    StartFill {
+        /// This program.
+        helper: PathBuf,
+        /// The user.
+        uid: u32,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Waiting for `fill-home` failed.
+    #[error("cannot wait for fill-home: {error}")]
+    WaitFill {
+        /// The error.
+        error: std::io::Error,
+    },
+    /// `fill-home` failed.
+    #[error("copying the home template {} as uid {uid} failed ({status}): {message}", template.display())]
+    FillFailed {
+        /// The template.
+        template: PathBuf,
+        /// The user.
+        uid: u32,
+        /// Its exit status, described.
+        status: String,
+        /// What it printed (control characters blanked), or "no message".
+        message: String,
+    },
+    /// The copy failed, and so did removing what it left.
+    #[error("{error} (and cannot remove what was copied: {cleanup})")]
+    Cleanup {
+        /// Why the copy failed.
+        error: Box<HomeError>,
+        /// Why the removal failed.
+        cleanup: Errno,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> HomeError {
+    let path = path.to_path_buf();
+    move |error| HomeError::Io { what, path, error }
+}
+
+fn give_err(path: &Path, uid: u32) -> impl FnOnce(Errno) -> HomeError {
+    let path = path.to_path_buf();
+    move |error| HomeError::Give { path, uid, error }
+}
+
 /// The identity of a directory vm-service created (device and inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirId {
@@ -81,16 +244,15 @@ pub fn prepare(
     uid: u32,
     gid: u32,
     helper: &Path,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, HomeError> {
     let (parent, name) = split(home)?;
     let parent_fd = open_dir_path(parent, true)?;
     let (home_fd, outcome) = match open_dir_at(&parent_fd, name) {
         Ok(fd) => {
-            if !is_empty_fd(&fd).map_err(|e| format!("cannot read {}: {e}", home.display()))? {
+            if !is_empty_fd(&fd).map_err(io("read", home))? {
                 return Ok(Prepared::Existing);
             }
-            give(&fd, uid, gid)
-                .map_err(|e| format!("cannot give {} to uid {uid}: {e}", home.display()))?;
+            give(&fd, uid, gid).map_err(give_err(home, uid))?;
             (fd, Prepared::Filled)
         }
         Err(Errno::ENOENT) => {
@@ -110,7 +272,10 @@ pub fn prepare(
         };
         return Err(match cleanup {
             Ok(()) => e,
-            Err(c) => format!("{e} (and cannot remove what was copied: {c})"),
+            Err(c) => HomeError::Cleanup {
+                error: Box::new(e),
+                cleanup: c,
+            },
         });
     }
     Ok(outcome)
@@ -119,70 +284,68 @@ pub fn prepare(
 /// Removes the home [`prepare`] created (`id`) for `uid`, with everything in it, following no
 /// link: a path that now leads elsewhere (or through a symbolic link) is left alone, and so is
 /// anything in it that is not in a directory `uid` owns.
-pub fn remove_created(home: &Path, id: DirId, uid: u32) -> Result<(), String> {
+pub fn remove_created(home: &Path, id: DirId, uid: u32) -> Result<(), HomeError> {
     let (parent, name) = split(home)?;
     let parent_fd = open_dir_path(parent, false)?;
     let fd = open_dir_at(&parent_fd, name).map_err(|e| refusal(&parent_fd, name, home, e))?;
-    let st = fstat(&fd).map_err(|e| format!("cannot stat {}: {e}", home.display()))?;
+    let st = fstat(&fd).map_err(io("stat", home))?;
     if DirId::of(&st) != id {
-        return Err(format!(
-            "{} is no longer the directory vmsilo created: leaving it",
-            home.display()
-        ));
+        return Err(HomeError::NoLongerOurs {
+            path: home.to_path_buf(),
+        });
     }
     clear_dir(&fd, uid, 0)
         .and_then(|()| unlinkat(&parent_fd, name, UnlinkatFlags::RemoveDir))
-        .map_err(|e| format!("cannot remove {}: {e}", home.display()))
+        .map_err(io("remove", home))
 }
 
 /// `vmsilo fill-home`: copies `template` into the directory `home` (descriptor 3 from
 /// vm-service), as whoever runs it (vm-service starts it as the configured user).
-pub fn fill(template: &Path, home: &OwnedFd) -> Result<(), String> {
-    let st = fstat(home).map_err(|e| format!("descriptor {FILL_HOME_FD}: {e}"))?;
+pub fn fill(template: &Path, home: &OwnedFd) -> Result<(), HomeError> {
+    let st = fstat(home).map_err(|error| HomeError::Descriptor { error })?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
-        return Err(format!(
-            "descriptor {FILL_HOME_FD} is not a directory (vm-service passes the home there)"
-        ));
+        return Err(HomeError::DescriptorNotDir);
     }
     let src = nix::fcntl::open(
         template,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("cannot open the home template {}: {e}", template.display()))?;
+    .map_err(|error| HomeError::OpenTemplate {
+        path: template.to_path_buf(),
+        error,
+    })?;
     copy_dir(&src, home, template, 0)
 }
 
 /// `path` as (parent, last component); the last component must be a plain name.
-fn split(path: &Path) -> Result<(&Path, &OsStr), String> {
+fn split(path: &Path) -> Result<(&Path, &OsStr), HomeError> {
     match (path.parent(), path.components().next_back()) {
         (Some(parent), Some(Component::Normal(name))) if path.is_absolute() => Ok((parent, name)),
-        _ => Err(format!(
-            "{}: a shared home must be an absolute path ending in a name",
-            path.display()
-        )),
+        _ => Err(HomeError::NotAbsolute {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
 /// Opens the directory `path` (absolute) walking from `/` without following any link;
 /// `create` makes missing components (root's, mode 0755).
-fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, String> {
+fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, HomeError> {
     let mut fd = nix::fcntl::open(
         "/",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("cannot open /: {e}"))?;
+    .map_err(io("open", Path::new("/")))?;
     let mut so_far = PathBuf::from("/");
     for c in path.components() {
         let name = match c {
             Component::RootDir | Component::CurDir => continue,
             Component::Normal(n) => n,
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!(
-                    "{}: a shared home's path must not contain \"..\"",
-                    path.display()
-                ));
+                return Err(HomeError::ParentDir {
+                    path: path.to_path_buf(),
+                });
             }
         };
         so_far.push(name);
@@ -190,7 +353,7 @@ fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, String> {
             Err(Errno::ENOENT) if create => {
                 match mkdirat(&fd, name, Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(format!("cannot create {}: {e}", so_far.display())),
+                    Err(e) => return Err(io("create", &so_far)(e)),
                 }
                 open_dir_at(&fd, name)
             }
@@ -212,20 +375,17 @@ fn open_dir_at(dir: &impl AsFd, name: &OsStr) -> nix::Result<OwnedFd> {
 }
 
 /// The error for `name` in `dir` (at `path`) that could not be opened as a directory.
-fn refusal(dir: &impl AsFd, name: &OsStr, path: &Path, e: Errno) -> String {
+fn refusal(dir: &impl AsFd, name: &OsStr, path: &Path, e: Errno) -> HomeError {
     let kind = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
         .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
     match kind {
-        Ok(SFlag::S_IFLNK) => format!(
-            "{} is a symbolic link: refusing to follow it, as root, into a directory the user \
-             picked; replace it with a real directory (or set sharedHome to the real path)",
-            path.display()
-        ),
-        Ok(k) if k != SFlag::S_IFDIR => format!(
-            "{} is not a directory: move it away or set sharedHome to another path",
-            path.display()
-        ),
-        _ => format!("cannot open {}: {e}", path.display()),
+        Ok(SFlag::S_IFLNK) => HomeError::SymbolicLink {
+            path: path.to_path_buf(),
+        },
+        Ok(k) if k != SFlag::S_IFDIR => HomeError::NotADirectory {
+            path: path.to_path_buf(),
+        },
+        _ => io("open", path)(e),
     }
 }
 
@@ -237,21 +397,19 @@ fn create_dir_at(
     home: &Path,
     uid: u32,
     gid: u32,
-) -> Result<(OwnedFd, DirId), String> {
-    mkdirat(parent, name, Mode::from_bits_truncate(0o700))
-        .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+) -> Result<(OwnedFd, DirId), HomeError> {
+    mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(io("create", home))?;
     let fd = open_dir_at(parent, name).map_err(|e| refusal(parent, name, home, e))?;
-    let st = fstat(&fd).map_err(|e| format!("cannot stat {}: {e}", home.display()))?;
+    let st = fstat(&fd).map_err(io("stat", home))?;
     if st.st_uid != nix::unistd::geteuid().as_raw() {
-        return Err(format!(
-            "{} was replaced while vmsilo created it (now owned by uid {}): not touching it",
-            home.display(),
-            st.st_uid
-        ));
+        return Err(HomeError::Replaced {
+            path: home.to_path_buf(),
+            owner: st.st_uid,
+        });
     }
     fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
         .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o700)))
-        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", home.display()))?;
+        .map_err(give_err(home, uid))?;
     Ok((fd, DirId::of(&st)))
 }
 
@@ -336,11 +494,11 @@ pub fn fill_as(
     uid: u32,
     gid: u32,
     helper: &Path,
-) -> Result<(), String> {
+) -> Result<(), HomeError> {
     // A duplicate numbered 3 or above (F_DUPFD_CLOEXEC), so the child's stdio cannot clobber it.
     let passed = home
         .try_clone()
-        .map_err(|e| format!("cannot duplicate the home's descriptor: {e}"))?;
+        .map_err(|error| HomeError::Duplicate { error })?;
     let mut cmd = Command::new(helper);
     cmd.arg("fill-home")
         .arg("--template")
@@ -356,11 +514,10 @@ pub fn fill_as(
     crate::sys::prepare_child(&mut cmd);
     // SAFETY of the raw descriptor: `passed` stays open in this process until `spawn` returns.
     crate::sys::pass_fd(&mut cmd, passed.as_raw_fd(), FILL_HOME_FD);
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start {} fill-home as uid {uid} to copy the home template: {e}",
-            helper.display()
-        )
+    let mut child = cmd.spawn().map_err(|error| HomeError::StartFill {
+        helper: helper.to_path_buf(),
+        uid,
+        error,
     })?;
     drop(passed);
     let mut err = Vec::new();
@@ -371,7 +528,7 @@ pub fn fill_as(
     }
     let status = child
         .wait()
-        .map_err(|e| format!("cannot wait for fill-home: {e}"))?;
+        .map_err(|error| HomeError::WaitFill { error })?;
     if status.success() {
         return Ok(());
     }
@@ -380,24 +537,26 @@ pub fn fill_as(
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    Err(format!(
-        "copying the home template {} as uid {uid} failed ({}): {}",
-        template.display(),
-        super::procs::describe(status),
-        if text.is_empty() { "no message" } else { &text }
-    ))
+    Err(HomeError::FillFailed {
+        template: template.to_path_buf(),
+        uid,
+        status: super::procs::describe(status),
+        message: if text.is_empty() {
+            "no message".to_owned()
+        } else {
+            text
+        },
+    })
 }
 
 /// Copies the directory `src` (at `src_path`, for messages) into `dst`, following no link.
-fn copy_dir(src: &OwnedFd, dst: &OwnedFd, src_path: &Path, depth: usize) -> Result<(), String> {
+fn copy_dir(src: &OwnedFd, dst: &OwnedFd, src_path: &Path, depth: usize) -> Result<(), HomeError> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "{}: directories nest deeper than {MAX_DEPTH} levels",
-            src_path.display()
-        ));
+        return Err(HomeError::TooDeep {
+            path: src_path.to_path_buf(),
+        });
     }
-    let names =
-        entries(src, usize::MAX).map_err(|e| format!("cannot read {}: {e}", src_path.display()))?;
+    let names = entries(src, usize::MAX).map_err(io("read", src_path))?;
     for name in names {
         let path = src_path.join(OsStr::from_bytes(name.as_bytes()));
         copy_entry(src, dst, &name, &path, depth)?;
@@ -412,8 +571,8 @@ fn copy_entry(
     name: &CStr,
     path: &Path,
     depth: usize,
-) -> Result<(), String> {
-    let fail = |what: &str, e: Errno| format!("cannot {what} {}: {e}", path.display());
+) -> Result<(), HomeError> {
+    let fail = |what: &'static str, e: Errno| io(what, path)(e);
     let st = match fstatat(src, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
@@ -463,8 +622,10 @@ fn copy_entry(
             .map_err(|e| fail("create the copy of", e))?;
             let mut from = std::fs::File::from(s);
             let mut to = std::fs::File::from(d);
-            std::io::copy(&mut from, &mut to)
-                .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+            std::io::copy(&mut from, &mut to).map_err(|error| HomeError::Copy {
+                path: path.to_path_buf(),
+                error,
+            })?;
             fchmod(&to, Mode::from_bits_truncate(st.st_mode & 0o777))
                 .map_err(|e| fail("set the mode of the copy of", e))?;
         }
@@ -474,13 +635,8 @@ fn copy_entry(
 }
 
 /// Adopts the home descriptor `vmsilo fill-home` inherits.
-pub fn inherited_home() -> Result<OwnedFd, String> {
-    crate::sys::take_inherited_fd(FILL_HOME_FD).ok_or_else(|| {
-        format!(
-            "no directory on descriptor {FILL_HOME_FD}: fill-home is started by vm-service, \
-             not by hand"
-        )
-    })
+pub fn inherited_home() -> Result<OwnedFd, HomeError> {
+    crate::sys::take_inherited_fd(FILL_HOME_FD).ok_or(HomeError::NotInherited)
 }
 
 #[cfg(test)]
@@ -508,8 +664,8 @@ mod tests {
 
         std::fs::write(home.join(".bashrc"), "changed").expect("write");
         assert_eq!(
-            prepare(&home, &none, uid, gid, Path::new("/nonexistent")),
-            Ok(Prepared::Existing)
+            prepare(&home, &none, uid, gid, Path::new("/nonexistent")).expect("existing home"),
+            Prepared::Existing
         );
         assert_eq!(
             std::fs::read_to_string(home.join(".bashrc")).expect("kept"),
@@ -533,7 +689,7 @@ mod tests {
         assert!(open_dir_at(&fd, OsStr::new("real")).is_ok());
         let e = open_dir_at(&fd, OsStr::new("link")).expect_err("a link");
         assert!(matches!(e, Errno::ELOOP | Errno::ENOTDIR), "{e}");
-        let msg = refusal(&fd, OsStr::new("link"), &dir.join("link"), e);
+        let msg = refusal(&fd, OsStr::new("link"), &dir.join("link"), e).to_string();
         assert!(msg.contains("is a symbolic link"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }
