@@ -36,10 +36,11 @@ use wl_proxy::protocols::security_context_v1::wp_security_context_v1::{
 use wl_proxy::protocols::wayland::wl_buffer::WlBuffer;
 use wl_proxy::protocols::wayland::wl_callback::WlCallback;
 use wl_proxy::protocols::wayland::wl_compositor::{WlCompositor, WlCompositorHandler};
-use wl_proxy::protocols::wayland::wl_data_device::WlDataDevice;
+use wl_proxy::protocols::wayland::wl_data_device::{WlDataDevice, WlDataDeviceHandler};
 use wl_proxy::protocols::wayland::wl_data_device_manager::{
     WlDataDeviceManager, WlDataDeviceManagerHandler,
 };
+use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::WlDataSource;
 use wl_proxy::protocols::wayland::wl_display::{WlDisplay, WlDisplayHandler};
 use wl_proxy::protocols::wayland::wl_keyboard::{
@@ -1251,4 +1252,39 @@ pub fn us_keymap() -> Result<String, String> {
     xkb::Keymap::new_from_names(&ctx, "evdev", "pc105", "us", "", None, 0)
         .map(|k| k.get_as_string(xkb::KEYMAP_FORMAT_TEXT_V1))
         .ok_or_else(|| "the system's XKB data does not compile a US keymap".into())
+}
+
+/// What a test client's `wl_data_device` has seen: the current selection's offer, the MIME
+/// types of the newest offer, and how many `selection` events came.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// The current selection (`None` after a `selection(null)`).
+    pub offer: Option<Rc<WlDataOffer>>,
+    /// The MIME types the newest offer announced.
+    pub mimes: Vec<String>,
+    /// How many `selection` events the device received.
+    pub events: u32,
+}
+
+/// A data-device (and data-offer) handler of test clients that records into a shared
+/// [`Selection`].
+#[derive(Debug)]
+pub struct SelectionRecorder(pub Rc<RefCell<Selection>>);
+
+impl WlDataDeviceHandler for SelectionRecorder {
+    fn handle_data_offer(&mut self, _slf: &Rc<WlDataDevice>, id: &Rc<WlDataOffer>) {
+        self.0.borrow_mut().mimes.clear();
+        id.set_handler(SelectionRecorder(self.0.clone()));
+    }
+    fn handle_selection(&mut self, _slf: &Rc<WlDataDevice>, id: Option<&Rc<WlDataOffer>>) {
+        let mut s = self.0.borrow_mut();
+        s.offer = id.cloned();
+        s.events += 1;
+    }
+}
+
+impl WlDataOfferHandler for SelectionRecorder {
+    fn handle_offer(&mut self, _slf: &Rc<WlDataOffer>, mime_type: &str) {
+        self.0.borrow_mut().mimes.push(mime_type.to_string());
+    }
 }

@@ -18,13 +18,13 @@ use vmsilo_clipd::core::{Policy, Rule, Settings};
 use vmsilo_clipd::daemon::{Daemon, Options, Records};
 use vmsilo_clipd::proto::Msg;
 use vmsilo_gate::testing::{
-    FakeCompositor, Gate, KeyCmd, TIMEOUT, TempDir, TestClient, standard_globals,
+    FakeCompositor, Gate, KeyCmd, Selection, SelectionRecorder, TIMEOUT, TempDir, TestClient,
+    standard_globals,
 };
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_compositor::WlCompositor;
-use wl_proxy::protocols::wayland::wl_data_device::{WlDataDevice, WlDataDeviceHandler};
+use wl_proxy::protocols::wayland::wl_data_device::WlDataDevice;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
-use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
 use wl_proxy::protocols::wayland::wl_keyboard::{
     WlKeyboard, WlKeyboardHandler, WlKeyboardKeyState,
@@ -99,34 +99,8 @@ impl Drop for Clipd {
     }
 }
 
-#[derive(Default)]
-struct Seen {
-    selection: Option<Rc<WlDataOffer>>,
-    mimes: Vec<String>,
-    keys: Vec<u32>,
-}
-
-struct Device(Rc<RefCell<Seen>>);
-
-impl WlDataDeviceHandler for Device {
-    fn handle_data_offer(&mut self, _slf: &Rc<WlDataDevice>, id: &Rc<WlDataOffer>) {
-        self.0.borrow_mut().mimes.clear();
-        id.set_handler(Offer(self.0.clone()));
-    }
-    fn handle_selection(&mut self, _slf: &Rc<WlDataDevice>, id: Option<&Rc<WlDataOffer>>) {
-        self.0.borrow_mut().selection = id.cloned();
-    }
-}
-
-struct Offer(Rc<RefCell<Seen>>);
-
-impl WlDataOfferHandler for Offer {
-    fn handle_offer(&mut self, _slf: &Rc<WlDataOffer>, mime_type: &str) {
-        self.0.borrow_mut().mimes.push(mime_type.to_string());
-    }
-}
-
-struct Keys(Rc<RefCell<Seen>>);
+/// Records the keys a guest client is sent (pressed only).
+struct Keys(Rc<RefCell<Vec<u32>>>);
 
 impl WlKeyboardHandler for Keys {
     fn handle_key(
@@ -138,7 +112,7 @@ impl WlKeyboardHandler for Keys {
         state: WlKeyboardKeyState,
     ) {
         if state == WlKeyboardKeyState::PRESSED {
-            self.0.borrow_mut().keys.push(key);
+            self.0.borrow_mut().push(key);
         }
     }
 }
@@ -157,7 +131,9 @@ struct Guest {
     c: TestClient,
     ddm: Rc<WlDataDeviceManager>,
     dev: Rc<WlDataDevice>,
-    seen: Rc<RefCell<Seen>>,
+    seen: Rc<RefCell<Selection>>,
+    /// The keys it was sent.
+    keys: Rc<RefCell<Vec<u32>>>,
     /// Its connection number in the fake's trace.
     conn: u32,
     sources: Vec<Rc<WlDataSource>>,
@@ -172,13 +148,14 @@ impl Guest {
         let _surface = comp.new_send_create_surface();
         let (n, v) = c.global(ObjectInterface::WlSeat).unwrap();
         let seat = c.bind::<WlSeat>(n, v);
-        let seen = Rc::new(RefCell::new(Seen::default()));
+        let seen = Rc::new(RefCell::new(Selection::default()));
+        let keys = Rc::new(RefCell::new(Vec::new()));
         let kb = seat.new_send_get_keyboard();
-        kb.set_handler(Keys(seen.clone()));
+        kb.set_handler(Keys(keys.clone()));
         let (n, v) = c.global(ObjectInterface::WlDataDeviceManager).unwrap();
         let ddm = c.bind::<WlDataDeviceManager>(n, v);
         let dev = ddm.new_send_get_data_device(&seat);
-        dev.set_handler(Device(seen.clone()));
+        dev.set_handler(SelectionRecorder(seen.clone()));
         c.roundtrip().unwrap();
         let deadline = Instant::now() + TIMEOUT;
         while keyboards(fake).len() == before {
@@ -194,6 +171,7 @@ impl Guest {
             ddm,
             dev,
             seen,
+            keys,
             conn,
             sources: Vec::new(),
         }
@@ -225,7 +203,7 @@ impl Guest {
 
     /// Pastes the offered selection as UTF-8 text.
     fn paste(&self) -> Vec<u8> {
-        let offer = self.seen.borrow().selection.clone().expect("a selection");
+        let offer = self.seen.borrow().offer.clone().expect("a selection");
         let (mut r, w) = std::io::pipe().unwrap();
         offer.send_receive(UTF8, &Rc::new(OwnedFd::from(w)));
         self.c.roundtrip().unwrap();
@@ -320,13 +298,13 @@ fn test_copy_chord_in_banking_and_paste_chord_in_shopping_move_the_text_once() {
     // Without a chord nothing crosses: shopping has no selection, and a paste chord with an
     // empty global clipboard is refused with a notification.
     w.shopping.c.roundtrip().unwrap();
-    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert!(w.shopping.seen.borrow().offer.is_none());
     w.shopping.chord(&w.fake, KEY_V);
     w.shopping.pump_until("the empty-slot notification", || {
         w.clipd.has(|r| r.contains("the global clipboard is empty"))
     });
     w.shopping.c.roundtrip().unwrap();
-    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert!(w.shopping.seen.borrow().offer.is_none());
 
     // Ctrl+Shift+C in banking: the slot holds banking's text (metadata in the record).
     w.banking.chord(&w.fake, KEY_C);
@@ -349,12 +327,12 @@ fn test_copy_chord_in_banking_and_paste_chord_in_shopping_move_the_text_once() {
     );
     // Still nothing in shopping.
     w.shopping.c.roundtrip().unwrap();
-    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert!(w.shopping.seen.borrow().offer.is_none());
 
     // Ctrl+Shift+V in shopping: shopping's clipboard offers it, a shopping client reads it.
     w.shopping.chord(&w.fake, KEY_V);
     w.shopping.pump_until("the pasted selection", || {
-        w.shopping.seen.borrow().selection.is_some()
+        w.shopping.seen.borrow().offer.is_some()
     });
     assert!(w.shopping.seen.borrow().mimes.contains(&UTF8.to_string()));
     assert_eq!(w.shopping.paste(), SECRET);
@@ -369,11 +347,11 @@ fn test_copy_chord_in_banking_and_paste_chord_in_shopping_move_the_text_once() {
     w.shopping.c.roundtrip().unwrap();
     w.shopping.fake_key(&w.fake, KEY_A);
     w.shopping.pump_until("the typed key", || {
-        w.shopping.seen.borrow().keys.contains(&KEY_A)
+        w.shopping.keys.borrow().contains(&KEY_A)
     });
     w.banking.c.roundtrip().unwrap();
-    assert_eq!(w.shopping.seen.borrow().keys, vec![KEY_A]);
-    assert!(w.banking.seen.borrow().keys.is_empty());
+    assert_eq!(*w.shopping.keys.borrow(), vec![KEY_A]);
+    assert!(w.banking.keys.borrow().is_empty());
 
     // Neither VM's clipboard ever reached the compositor (so neither can read the host's).
     let trace = w.fake.trace();
@@ -424,7 +402,7 @@ fn test_over_cap_and_denied_transfers_are_refused_with_a_notification() {
         })
     });
     w.shopping.c.roundtrip().unwrap();
-    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert!(w.shopping.seen.borrow().offer.is_none());
     assert_eq!(w.clipd.slot().0, "banking", "a denied paste keeps the slot");
     assert!(!w.clipd.has(|r| r.starts_with("Clipboard: pasted")));
 }
@@ -483,12 +461,12 @@ fn test_ask_pastes_only_on_the_second_paste_chord() {
             .has(|r| r.starts_with("Clipboard: confirm") && r.contains("banking → shopping"))
     });
     w.shopping.c.roundtrip().unwrap();
-    assert!(w.shopping.seen.borrow().selection.is_none());
+    assert!(w.shopping.seen.borrow().offer.is_none());
     assert_eq!(w.clipd.slot().0, "banking");
     // The second one pastes.
     w.shopping.chord(&w.fake, KEY_V);
     w.shopping.pump_until("the pasted selection", || {
-        w.shopping.seen.borrow().selection.is_some()
+        w.shopping.seen.borrow().offer.is_some()
     });
     assert_eq!(w.shopping.paste(), SECRET);
     assert_eq!(w.clipd.slot().0, "");

@@ -19,9 +19,9 @@ use vmsilo_clipd::chan::Client;
 use vmsilo_clipd::core::Settings;
 use vmsilo_clipd::daemon::{Daemon, Options, Records};
 use vmsilo_clipd::proto::Msg;
-use wl_proxy::protocols::wayland::wl_data_device::{WlDataDevice, WlDataDeviceHandler};
+use vmsilo_gate::testing::{Selection, SelectionRecorder};
+use wl_proxy::protocols::wayland::wl_data_device::WlDataDevice;
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
-use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
 use wl_proxy::protocols::wayland::wl_seat::WlSeat;
 
@@ -31,32 +31,6 @@ const SECRET: &[u8] = b"IBAN DE44 5001 0517 5407 3249 31";
 const KEY_C: u32 = 46;
 const KEY_V: u32 = 47;
 const CTRL_SHIFT: u32 = 4 | 1;
-
-#[derive(Default)]
-struct Sel {
-    offer: Option<Rc<WlDataOffer>>,
-    mimes: Vec<String>,
-}
-
-struct Dev(Rc<RefCell<Sel>>);
-
-impl WlDataDeviceHandler for Dev {
-    fn handle_data_offer(&mut self, _: &Rc<WlDataDevice>, id: &Rc<WlDataOffer>) {
-        self.0.borrow_mut().mimes.clear();
-        id.set_handler(Off(self.0.clone()));
-    }
-    fn handle_selection(&mut self, _: &Rc<WlDataDevice>, id: Option<&Rc<WlDataOffer>>) {
-        self.0.borrow_mut().offer = id.cloned();
-    }
-}
-
-struct Off(Rc<RefCell<Sel>>);
-
-impl WlDataOfferHandler for Off {
-    fn handle_offer(&mut self, _: &Rc<WlDataOffer>, mime: &str) {
-        self.0.borrow_mut().mimes.push(mime.to_string());
-    }
-}
 
 struct Src(&'static [u8]);
 
@@ -73,7 +47,7 @@ struct App {
     top: Toplevel,
     ddm: Rc<WlDataDeviceManager>,
     dev: Rc<WlDataDevice>,
-    sel: Rc<RefCell<Sel>>,
+    sel: Rc<RefCell<Selection>>,
     _src: RefCell<Vec<Rc<WlDataSource>>>,
 }
 
@@ -93,8 +67,8 @@ impl App {
         let ddm: Rc<WlDataDeviceManager> = c.bind_optional(3).expect("a data device manager");
         let seat: Rc<WlSeat> = c.bind_optional(5).expect("a seat");
         let dev = ddm.new_send_get_data_device(&seat);
-        let sel = Rc::new(RefCell::new(Sel::default()));
-        dev.set_handler(Dev(sel.clone()));
+        let sel = Rc::new(RefCell::new(Selection::default()));
+        dev.set_handler(SelectionRecorder(sel.clone()));
         c.roundtrip();
         App {
             c,

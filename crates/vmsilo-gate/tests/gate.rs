@@ -10,13 +10,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use vmsilo_gate::testing::{
-    FakeCompositor, Gate, TIMEOUT, TempDir, TestClient, raw_connect, standard_globals, wait_eof,
+    FakeCompositor, Gate, Selection, SelectionRecorder, TIMEOUT, TempDir, TestClient, raw_connect,
+    standard_globals, wait_eof,
 };
 use wl_proxy::protocols::ObjectInterface;
 use wl_proxy::protocols::wayland::wl_compositor::WlCompositor;
-use wl_proxy::protocols::wayland::wl_data_device::{WlDataDevice, WlDataDeviceHandler};
 use wl_proxy::protocols::wayland::wl_data_device_manager::WlDataDeviceManager;
-use wl_proxy::protocols::wayland::wl_data_offer::{WlDataOffer, WlDataOfferHandler};
 use wl_proxy::protocols::wayland::wl_data_source::{WlDataSource, WlDataSourceHandler};
 use wl_proxy::protocols::wayland::wl_seat::WlSeat;
 
@@ -364,43 +363,14 @@ impl WlDataSourceHandler for Source {
     }
 }
 
-#[derive(Default)]
-struct Seen {
-    selection: Option<Rc<WlDataOffer>>,
-    mimes: Vec<String>,
-    selections: u32,
-}
-
-struct Device(Rc<RefCell<Seen>>);
-
-impl WlDataDeviceHandler for Device {
-    fn handle_data_offer(&mut self, _slf: &Rc<WlDataDevice>, id: &Rc<WlDataOffer>) {
-        self.0.borrow_mut().mimes.clear();
-        id.set_handler(Offer(self.0.clone()));
-    }
-    fn handle_selection(&mut self, _slf: &Rc<WlDataDevice>, id: Option<&Rc<WlDataOffer>>) {
-        let mut s = self.0.borrow_mut();
-        s.selection = id.cloned();
-        s.selections += 1;
-    }
-}
-
-struct Offer(Rc<RefCell<Seen>>);
-
-impl WlDataOfferHandler for Offer {
-    fn handle_offer(&mut self, _slf: &Rc<WlDataOffer>, mime_type: &str) {
-        self.0.borrow_mut().mimes.push(mime_type.to_string());
-    }
-}
-
-fn data_device(c: &TestClient, focus: bool) -> (Rc<WlDataDeviceManager>, Rc<RefCell<Seen>>) {
+fn data_device(c: &TestClient, focus: bool) -> (Rc<WlDataDeviceManager>, Rc<RefCell<Selection>>) {
     let (name, v) = c.global(ObjectInterface::WlDataDeviceManager).unwrap();
     let ddm = c.bind::<WlDataDeviceManager>(name, v);
     let (sname, sv) = c.global(ObjectInterface::WlSeat).unwrap();
     let seat = c.bind::<WlSeat>(sname, sv);
-    let seen = Rc::new(RefCell::new(Seen::default()));
+    let seen = Rc::new(RefCell::new(Selection::default()));
     let dev = ddm.new_send_get_data_device(&seat);
-    dev.set_handler(Device(seen.clone()));
+    dev.set_handler(SelectionRecorder(seen.clone()));
     if focus {
         focus_on_new_surface(c, &seat);
     }
@@ -428,9 +398,8 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     a.roundtrip().unwrap();
     b.roundtrip().unwrap();
     // No selection yet: both got a null selection when they got focus.
-    b.dispatch_until(|| seen_b.borrow().selections >= 1)
-        .unwrap();
-    assert!(seen_b.borrow().selection.is_none());
+    b.dispatch_until(|| seen_b.borrow().events >= 1).unwrap();
+    assert!(seen_b.borrow().offer.is_none());
 
     // A copies.
     let cancelled = Rc::new(RefCell::new(false));
@@ -446,7 +415,7 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
         let (sname, sv) = a.global(ObjectInterface::WlSeat).unwrap();
         let seat = a.bind::<WlSeat>(sname, sv);
         let d = ddm_a.new_send_get_data_device(&seat);
-        d.set_handler(Device(seen_a.clone()));
+        d.set_handler(SelectionRecorder(seen_a.clone()));
         d
     };
     dev_a.send_set_selection(Some(&source), 1);
@@ -455,7 +424,7 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     // B sees the offer with both MIME types.
     b.dispatch_until(|| {
         let s = seen_b.borrow();
-        s.selection.is_some() && s.mimes.len() == 2
+        s.offer.is_some() && s.mimes.len() == 2
     })
     .unwrap();
     assert_eq!(
@@ -467,7 +436,7 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     );
     // B pastes: the bytes come from A through the pipe.
     let (mut r, w) = std::io::pipe().unwrap();
-    let offer = seen_b.borrow().selection.clone().unwrap();
+    let offer = seen_b.borrow().offer.clone().unwrap();
     offer.send_receive("text/plain;charset=utf-8", &Rc::new(OwnedFd::from(w)));
     b.roundtrip().unwrap();
     // A must dispatch to get `send`; its handler writes and drops the fd.
@@ -502,11 +471,11 @@ fn test_copy_paste_between_two_clients_of_the_vm_never_reaches_the_compositor() 
     let c = TestClient::connect(&sock).unwrap();
     let (_ddm_c, seen_c) = data_device(&c, false);
     c.roundtrip().unwrap();
-    assert_eq!(seen_c.borrow().selections, 0);
+    assert_eq!(seen_c.borrow().events, 0);
     let (sname, sv) = c.global(ObjectInterface::WlSeat).unwrap();
     let seat_c = c.bind::<WlSeat>(sname, sv);
     focus_on_new_surface(&c, &seat_c);
-    c.dispatch_until(|| seen_c.borrow().selection.is_some())
+    c.dispatch_until(|| seen_c.borrow().offer.is_some())
         .unwrap();
     assert_eq!(seen_c.borrow().mimes.len(), 2);
 
