@@ -1,7 +1,7 @@
 # Builds one VM's guest: a NixOS system from nix/guest.nix, the VM's guestPrograms and its
 # guestConfig, plus the read-only ext4 root image holding its closure. Returns the paths the
 # host configuration needs (all computed without building anything).
-{ pkgs, lib, vm, user }:
+{ pkgs, lib, vm, user, agent }:
 
 let
   system = import (pkgs.path + "/nixos/lib/eval-config.nix") {
@@ -10,8 +10,9 @@ let
       ./guest.nix
       {
         vmsilo.guest = {
-          # The agent, statically linked (smaller resident memory in every VM).
-          vmsilo = pkgs.pkgsStatic.callPackage ./package.nix { guestOnly = true; };
+          # The agent: programs.vmsilo.guestAgentPackage (statically linked by default, and
+          # built with the flake's nixpkgs-rust, as the guest's own nixpkgs may have too old a Rust).
+          vmsilo = agent;
           vmName = vm.name;
           inherit (vm) waylandProxy color network;
           overlay = vm.rootOverlay.type;

@@ -374,6 +374,7 @@ let
   guestFor = vm: import ./guest-system.nix {
     inherit pkgs lib vm;
     inherit (cfg) user;
+    agent = cfg.guestAgentPackage;
   };
   guests = lib.listToAttrs (map (vm: lib.nameValuePair vm.name (guestFor vm)) cfg.nixosVms);
 
@@ -533,8 +534,23 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.callPackage ./package.nix { };
-      defaultText = literalExpression "vmsilo (built from this flake)";
-      description = "The vmsilo package (host tools, guest agent, vm-switch, vmsilo-balloond).";
+      defaultText = literalExpression "the flake's packages.default (built with its nixpkgs-rust input); without the flake, pkgs.callPackage ./nix/package.nix { }";
+      description = ''
+        The vmsilo package (host tools, guest agent, vm-switch, vmsilo-balloond). It needs a
+        nixpkgs whose Rust is at least Cargo.toml's rust-version: nixpkgs 24.05's is too old, so
+        the flake sets this from its `nixpkgs-rust` input (docs/nixos.md).
+      '';
+    };
+
+    guestAgentPackage = mkOption {
+      type = types.package;
+      default = pkgs.pkgsStatic.callPackage ./package.nix { guestOnly = true; };
+      defaultText = literalExpression "the flake's packages.vmsilo-guest (static, built with its nixpkgs-rust input); without the flake, pkgs.pkgsStatic.callPackage ./nix/package.nix { guestOnly = true; }";
+      description = ''
+        The package providing the guest agent `vmsilo-guest` in every NixOS guest. Statically
+        linked by default (less resident memory per VM); like `package`, it needs a nixpkgs with
+        a new enough Rust.
+      '';
     };
 
     user = mkOption {

@@ -13,6 +13,7 @@ let
     inherit system;
     modules = [
       ../module.nix
+      ./eval-only-packages.nix
       configuration
       ({ lib, ... }: {
         boot.loader.grub.enable = false;

@@ -7,9 +7,10 @@
 { nixpkgs, system ? "x86_64-linux" }:
 let
   lib = import (nixpkgs + "/lib");
-  evalWith = useModule: config: (import (nixpkgs + "/nixos/lib/eval-config.nix") {
+  evalWith = useModule: evalWithModules (lib.optionals useModule [ ../module.nix ./eval-only-packages.nix ]);
+  evalWithModules = modules: config: (import (nixpkgs + "/nixos/lib/eval-config.nix") {
     inherit system;
-    modules = lib.optional useModule ../module.nix ++ [
+    modules = modules ++ [
       config
       {
         boot.loader.grub.enable = false;
@@ -75,6 +76,18 @@ let
   provides = bin: p: lib.hasPrefix "${bin}-" (p.name or "");
   vmPath = c: vm: c.systemd.services."vmsilo-${vm.name}-vm".path;
   check = lib.head (lib.filter (p: (p.name or "") == "vmsilo-config-check") withBash.system.checks);
+
+  # package.nix and the Rust it is built with.
+  pkgs = import nixpkgs { inherit system; };
+  rustVersion = (builtins.fromTOML (builtins.readFile ../../Cargo.toml)).workspace.package.rust-version;
+  tooOld = lib.versionOlder pkgs.rustc.version rustVersion;
+  evaluates = drv: (builtins.tryEval drv.drvPath).success;
+  agentMarker = pkgs.writeText "vmsilo-agent-marker" "";
+  # The module alone, without eval-only-packages.nix: its own defaults.
+  moduleDefaults = evalWithModules [ ../module.nix ] {
+    programs.vmsilo = { enable = true; user = "david"; nixosVms = [{ name = "a"; }]; };
+  };
+  withAgent = vmsilo [{ name = "a"; }] { guestAgentPackage = agentMarker; };
 in
 {
   enable_false_writes_nothing = footprint disabled == footprint (evalWith false { });
@@ -99,6 +112,18 @@ in
     && lib.all (vm: lib.any (provides "vhost-device-vsock") (vmPath quickStart vm))
       quickStart.programs.vmsilo.nixosVms;
   # The system's build runs vmsilo check on the JSON /etc/vmsilo/vmsilo.json gets.
+  # With a nixpkgs whose rustc is older than Cargo.toml's rust-version (24.05's 1.77), package.nix
+  # stops evaluation (its message is checked by `cargo xtask nixos-fixture`); with a new enough
+  # one it evaluates. The static guest agent the same.
+  package_refuses_too_old_rust = tooOld == !(evaluates (pkgs.callPackage ../package.nix { }))
+    && tooOld == !(evaluates (pkgs.pkgsStatic.callPackage ../package.nix { guestOnly = true; }));
+  # The module's defaults are those same calls: they fail alike on such a nixpkgs.
+  module_defaults_need_new_rust = tooOld == !(evaluates moduleDefaults.programs.vmsilo.package)
+    && tooOld == !(evaluates moduleDefaults.programs.vmsilo.guestAgentPackage);
+  # Every guest runs programs.vmsilo.guestAgentPackage (the flake sets it from nixpkgs-rust).
+  guest_agent_is_the_option = withAgent.programs.vmsilo.guests.a.system.config.vmsilo.guest.vmsilo == agentMarker
+    && lib.hasInfix "vmsilo-agent-marker"
+      (builtins.unsafeDiscardStringContext withAgent.programs.vmsilo.guests.a.system.config.systemd.services."vmsilo-guest@".serviceConfig.ExecStart);
   the_build_runs_vmsilo_check = lib.hasInfix "vmsilo --config vmsilo.json check" check.buildCommand
     && check.json == builtins.unsafeDiscardStringContext withBash.programs.vmsilo.configJson
     && withBash.environment.etc."vmsilo/vmsilo.json".text == withBash.programs.vmsilo.configJson;

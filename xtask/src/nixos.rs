@@ -1,5 +1,6 @@
 //! The NixOS side: `nix-instantiate --parse` on every `.nix` file, and the JSON fixtures the
-//! module produces for the seed's examples (`cargo xtask nixos-fixture [--check]`).
+//! module produces for the seed's examples (`cargo xtask nixos-fixture [--check]`), with the
+//! module checks and the check that `nix/package.nix` refuses a too-old Rust.
 //!
 //! Evaluating the module needs a nixpkgs tree, which CI machines do not have (no network but the
 //! package registries). Where one exists (`NIXPKGS=PATH`, or `/opt/nixpkgs-24.05`), the fixture
@@ -139,24 +140,127 @@ fn evaluate(nixpkgs: &Path, configuration: &str) -> Result<String> {
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
-/// Evaluates `nix/tests/module-checks.nix` (the module's behaviour no fixture shows: `enable =
-/// false` writes nothing, `enableBashIntegration = false` installs no completion, the
-/// sharedDirectories `id` alias, PCI address forms) and fails naming every check that is false.
-fn module_checks(nixpkgs: &Path) -> Result<()> {
-    const CHECKS: &str = "nix/tests/module-checks.nix";
-    section(&format!("nixos: {CHECKS} against {}", nixpkgs.display()));
-    let stdout = nix_eval_json(nixpkgs, CHECKS, &[], CHECKS)?;
+/// The files of boolean checks evaluated against the tree: the module's behaviour no fixture
+/// shows (`enable = false` writes nothing, `enableBashIntegration = false` installs no completion,
+/// the sharedDirectories `id` alias, PCI address forms, the guest agent option, package.nix's
+/// Rust check), and the flake's wiring of its two nixpkgs inputs (`flake-inputs.nix`: vmsilo's
+/// binaries from `nixpkgs-rust`, the system from `nixpkgs`).
+const CHECK_FILES: &[&str] = &["nix/tests/module-checks.nix", "nix/tests/flake-inputs.nix"];
+
+/// Evaluates one file of `CHECK_FILES` and fails naming every check that is false.
+fn boolean_checks(nixpkgs: &Path, file: &str) -> Result<()> {
+    section(&format!("nixos: {file} against {}", nixpkgs.display()));
+    let stdout = nix_eval_json(nixpkgs, file, &[], file)?;
     let checks: std::collections::BTreeMap<String, bool> =
-        serde_json::from_slice(&stdout).context("module checks are a set of booleans")?;
+        serde_json::from_slice(&stdout).with_context(|| format!("{file}: a set of booleans"))?;
     let failed: Vec<&str> = checks
         .iter()
         .filter(|(_, ok)| !**ok)
         .map(|(name, _)| name.as_str())
         .collect();
     if !failed.is_empty() {
-        bail!("{CHECKS}: failed: {}", failed.join(", "));
+        bail!("{file}: failed: {}", failed.join(", "));
     }
-    eprintln!("{} module checks hold", checks.len());
+    eprintln!("{} checks of {file} hold", checks.len());
+    Ok(())
+}
+
+/// What `nix/tests/package-rust.nix -A versions` reports of a nixpkgs tree's Rust.
+struct RustVersions {
+    /// Cargo.toml's `rust-version`.
+    needed: String,
+    /// The tree's `rustc.version`.
+    rustc: String,
+    /// `rustc` is older than `needed`.
+    too_old: bool,
+}
+
+impl RustVersions {
+    fn parse(json: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        let text = |key: &str| {
+            v[key]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("`{key}` is not a string in {json}"))
+        };
+        Ok(Self {
+            needed: text("needed")?,
+            rustc: text("rustc")?,
+            too_old: v["tooOld"]
+                .as_bool()
+                .with_context(|| format!("`tooOld` is not a boolean in {json}"))?,
+        })
+    }
+}
+
+/// `nix-instantiate --eval --strict --json --readonly-mode nix/tests/package-rust.nix -A attr`;
+/// returns whether it succeeded, its stdout and its stderr.
+fn package_rust_eval(nixpkgs: &Path, attr: &str) -> Result<(bool, String, String)> {
+    let out = Command::new("nix-instantiate")
+        .current_dir(workspace_root())
+        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .arg("nix/tests/package-rust.nix")
+        .args(["--arg", "nixpkgs"])
+        .arg(nixpkgs)
+        .args(["-A", attr])
+        .output()
+        .context("run nix-instantiate")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `nix/package.nix` against the tree: with a rustc older than Cargo.toml's rust-version (as
+/// nixpkgs 24.05's) the package and the static guest agent must stop evaluation with a message
+/// naming both versions and the flake input to use; with a new enough one they must evaluate
+/// (their `.drv` paths are printed; nothing is built).
+fn package_rust(nixpkgs: &Path) -> Result<()> {
+    const FILE: &str = "nix/tests/package-rust.nix";
+    section(&format!(
+        "nixos: nix/package.nix and the Rust of {}",
+        nixpkgs.display()
+    ));
+    let (ok, stdout, stderr) = package_rust_eval(nixpkgs, "versions")?;
+    if !ok {
+        bail!("evaluating {FILE} -A versions failed:\n{stderr}");
+    }
+    let v = RustVersions::parse(&stdout).with_context(|| format!("{FILE} -A versions output"))?;
+    eprintln!(
+        "workspace needs rustc >= {}; this nixpkgs has {}",
+        v.needed, v.rustc
+    );
+    for attr in ["package", "guestAgent"] {
+        let (ok, stdout, stderr) = package_rust_eval(nixpkgs, attr)?;
+        if v.too_old {
+            let expected = [
+                format!("vmsilo needs rustc >= {}", v.needed),
+                format!("has rustc {}", v.rustc),
+                "nixpkgs-rust".to_owned(),
+                "programs.vmsilo.guestAgentPackage".to_owned(),
+            ];
+            let missing: Vec<&String> = expected.iter().filter(|e| !stderr.contains(*e)).collect();
+            if ok || !missing.is_empty() {
+                bail!(
+                    "{FILE} -A {attr}: with rustc {} (< {}) evaluation must stop with package.nix's message; \
+                     succeeded: {ok}, message lacks {missing:?}; stderr:\n{stderr}",
+                    v.rustc,
+                    v.needed
+                );
+            }
+            eprintln!("{attr}: refused with package.nix's message");
+        } else {
+            if !ok {
+                bail!(
+                    "{FILE} -A {attr}: rustc {} is new enough, yet evaluation failed:\n{stderr}",
+                    v.rustc
+                );
+            }
+            eprintln!("{attr}: {}", stdout.trim());
+        }
+    }
     Ok(())
 }
 
@@ -196,7 +300,10 @@ pub fn fixture(args: &FixtureArgs) -> Result<()> {
             eprintln!("wrote {}", f.json);
         }
     }
-    module_checks(&nixpkgs)?;
+    for file in CHECK_FILES {
+        boolean_checks(&nixpkgs, file)?;
+    }
+    package_rust(&nixpkgs)?;
     if !stale.is_empty() {
         bail!(
             "{} out of date: run `cargo xtask nixos-fixture` and commit the result",
