@@ -70,6 +70,14 @@ impl Dql {
         self.limit
     }
 
+    /// Whether an offload segment of `len` bytes may go to the guest whole: only when it fits
+    /// what the limit allows now. Otherwise the caller segments it in software and the frames
+    /// go back to their flow, so DQL never learns segment-sized bursts. The backend and the
+    /// bench's simulation both decide with this.
+    pub fn fits_whole(&self, len: u64) -> bool {
+        self.avail() >= len as i64
+    }
+
     /// Records that the guest consumed `count` more bytes, at time `now` (ns).
     pub fn completed(&mut self, count: u64, now: u64) {
         let num_queued = self.num_queued;

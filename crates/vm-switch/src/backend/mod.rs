@@ -244,6 +244,8 @@ struct RxTrack {
     /// available index) that together hold only this many bytes: a larger frame is dropped
     /// without walking the whole ring again. Stale as soon as the position moves.
     full_ring: Option<(u16, usize)>,
+    /// Used index as of the last interrupt decision ([`rx_needs_notification`]).
+    notified_used: u16,
 }
 
 /// Negotiated per-connection settings.

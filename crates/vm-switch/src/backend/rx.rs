@@ -229,7 +229,7 @@ impl Port {
                 }
             };
             if off.gso != Gso::None
-                && (!self.neg.accepts(&off) || frame.data.len() as i64 > self.dql.avail())
+                && (!self.neg.accepts(&off) || !self.dql.fits_whole(frame.data.len() as u64))
             {
                 // Segment in software: for a guest without the offload, and for one with it
                 // whenever the whole segment does not fit what DQL allows now (so DQL never
@@ -334,12 +334,11 @@ impl Port {
             }
         }
         if delivered_any {
-            let mut state = vring.get_mut();
-            if state
-                .get_queue_mut()
-                .needs_notification(&*mem)
-                .is_ok_and(|n| n)
-            {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            let used = q.next_used();
+            let old = std::mem::replace(&mut self.rx.notified_used, used);
+            if rx_needs_notification(q, &mem, old, used) {
                 state.signal_used_queue()?;
             }
         }
@@ -434,6 +433,7 @@ impl Port {
         }
         let hdr = vnet.to_bytes(writers.len() as u16);
         let mut parts: [&[u8]; 2] = [&hdr[..hdr_len], &frame.data];
+        let mut used = Vec::with_capacity(writers.len());
         for (head, w) in writers.iter_mut() {
             let mut written = 0usize;
             if let Some(w) = w {
@@ -452,13 +452,70 @@ impl Port {
                     }
                 }
             }
-            if let Err(source) = q.add_used(mem, *head, written as u32) {
-                return WriteResult::Broken(frame, used_fault(source));
-            }
+            used.push((*head, written as u32));
+        }
+        if let Err(f) = publish_used(q, mem, &used) {
+            return WriteResult::Broken(frame, f);
         }
         let used_end = q.next_used();
         WriteResult::Written(frame.data.len() as u64, used_end)
     }
+}
+
+/// Puts the used elements of one frame (`used`: head, bytes written; one per buffer) into the
+/// used ring and publishes them together: the driver reads `num_buffers` from the first
+/// buffer's header and then takes that many used elements at once, so it must never see the
+/// used index point inside a frame (Linux drops the frame as "buffers missing" and counts a
+/// length error). The elements before the last are written without moving the used index;
+/// `add_used` of the last one then publishes all of them with one release store.
+fn publish_used(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    used: &[(u16, u32)],
+) -> Result<(), QueueFault> {
+    let Some((&(last_head, last_len), rest)) = used.split_last() else {
+        return Ok(());
+    };
+    let start = q.next_used();
+    let size = q.size();
+    for (i, &(head, len)) in rest.iter().enumerate() {
+        if head >= size {
+            return Err(used_fault(virtio_queue::Error::InvalidDescriptorIndex));
+        }
+        // Used ring: flags (2), idx (2), then `size` elements of id (4) and len (4).
+        let slot = u64::from(start.wrapping_add(i as u16) % size);
+        let addr = q
+            .used_ring()
+            .checked_add(4 + 8 * slot)
+            .ok_or_else(|| used_fault(virtio_queue::Error::AddressOverflow))?;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, GuestAddress(addr))
+            .map_err(|e| used_fault(virtio_queue::Error::GuestMemory(e)))?;
+    }
+    q.set_next_used(start.wrapping_add(rest.len() as u16));
+    q.add_used(mem, last_head, last_len).map_err(used_fault)
+}
+
+/// Whether the driver wants an interrupt for the used elements published since `old` (up to
+/// `used`): with EVENT_IDX when its `used_event` lies in that window, as Linux's
+/// `vring_need_event`; always without. Computed here, not by `Queue::needs_notification`,
+/// because [`publish_used`] moves the used index past elements `add_used` never counted.
+fn rx_needs_notification(q: &Queue, mem: &GuestMemoryMmap, old: u16, used: u16) -> bool {
+    if !q.event_idx_enabled() {
+        return true;
+    }
+    // The used elements and index are visible before the driver's used_event is read.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let Some(addr) = q.avail_ring().checked_add(4 + 2 * u64::from(q.size())) else {
+        return true;
+    };
+    let Ok(raw) = mem.load::<u16>(GuestAddress(addr), Ordering::Acquire) else {
+        return true;
+    };
+    let event = u16::from_le(raw);
+    used.wrapping_sub(event).wrapping_sub(1) < used.wrapping_sub(old)
 }
 
 /// The virtio-net header fields a ring slot carries.
@@ -471,5 +528,87 @@ fn slot_vnet(meta: &SlotMeta) -> VnetHdr {
         gso_size: meta.gso_size,
         csum_start: meta.csum_start,
         csum_offset: meta.csum_offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u16 = 8;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    fn queue() -> (Queue, GuestMemoryMmap) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = Queue::new(SIZE).unwrap();
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        (q, mem)
+    }
+
+    fn used_idx(mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap()
+    }
+
+    fn used_elem(mem: &GuestMemoryMmap, slot: u64) -> (u32, u32) {
+        let a = GuestAddress(USED + 4 + 8 * slot);
+        (
+            mem.read_obj(a).unwrap(),
+            mem.read_obj(GuestAddress(a.0 + 4)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn test_a_frame_s_used_elements_are_published_in_order_with_one_index_move() {
+        let (mut q, mem) = queue();
+        // Start next to the end of the ring, so the frame's elements wrap.
+        q.set_next_used(6);
+        mem.write_obj(6u16, GuestAddress(USED + 2)).unwrap();
+        publish_used(&mut q, &mem, &[(3, 4096), (5, 4096), (1, 100)]).unwrap();
+        assert_eq!(q.next_used(), 9);
+        assert_eq!(used_idx(&mem), 9);
+        assert_eq!(used_elem(&mem, 6), (3, 4096));
+        assert_eq!(used_elem(&mem, 7), (5, 4096));
+        assert_eq!(used_elem(&mem, 0), (1, 100));
+    }
+
+    #[test]
+    fn test_a_frame_is_never_published_in_part() {
+        // The last element is refused (head out of range): the used index must not have
+        // moved for the elements before it, or the driver would see a frame whose
+        // num_buffers names buffers that never come.
+        let (mut q, mem) = queue();
+        assert!(publish_used(&mut q, &mem, &[(0, 4096), (1, 4096), (SIZE, 10)]).is_err());
+        assert_eq!(used_idx(&mem), 0);
+        let (mut q, mem) = queue();
+        assert!(publish_used(&mut q, &mem, &[(0, 4096), (SIZE, 4096), (1, 10)]).is_err());
+        assert_eq!(used_idx(&mem), 0);
+    }
+
+    #[test]
+    fn test_rx_interrupt_follows_the_driver_s_used_event() {
+        let (mut q, mem) = queue();
+        q.set_event_idx(true);
+        let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(SIZE));
+        // The driver wants an interrupt once element 4 (index 5) is used.
+        mem.write_obj(4u16, used_event).unwrap();
+        assert!(!rx_needs_notification(&q, &mem, 0, 4));
+        assert!(rx_needs_notification(&q, &mem, 4, 5));
+        assert!(
+            rx_needs_notification(&q, &mem, 2, 9),
+            "a frame spanning the event"
+        );
+        assert!(!rx_needs_notification(&q, &mem, 5, 9), "already past it");
+        // Across the wrap of the 16-bit indices.
+        mem.write_obj(u16::MAX, used_event).unwrap();
+        assert!(rx_needs_notification(&q, &mem, u16::MAX - 2, 1));
+        assert!(!rx_needs_notification(&q, &mem, u16::MAX - 3, u16::MAX));
+        // Without EVENT_IDX every batch interrupts.
+        q.set_event_idx(false);
+        assert!(rx_needs_notification(&q, &mem, 4, 5));
     }
 }
