@@ -20,7 +20,7 @@
 //!                  "overflow": 0, "codel": 0, "no_buffer": 0, "bad_header": 0 },
 //!       "codel_marks": 0, "max_sojourn_us": 812, "dql_limit_bytes": 6056,
 //!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2,
-//!       "queue_errors": 0, "refused_frontends": 0
+//!       "queue_errors": 0, "refused_frontends": 0, "tx_held": 0
 //!     }
 //!   ]
 //! }
@@ -80,6 +80,9 @@ pub enum Counter {
     QueueErrors,
     /// Frontend connections refused because another frontend held the port.
     RefusedFrontends,
+    /// Guest TX chains held uncompleted because the destination's ring was full
+    /// (back-pressure), counted once each.
+    TxHeld,
     /// First drop counter; drop reason `r` is at `DropBase + r.index()`.
     DropBase,
 }
@@ -180,6 +183,7 @@ impl PortStats {
             linked_peers: self.get(Counter::LinkedPeers),
             queue_errors: self.get(Counter::QueueErrors),
             refused_frontends: self.get(Counter::RefusedFrontends),
+            tx_held: self.get(Counter::TxHeld),
         }
     }
 }
@@ -224,6 +228,9 @@ pub struct PortSnapshot {
     /// Frontend connections refused because another frontend held the port.
     #[serde(default)]
     pub refused_frontends: u64,
+    /// Guest TX chains held back because a destination's ring was full (back-pressure).
+    #[serde(default)]
+    pub tx_held: u64,
 }
 
 /// The whole stats document.

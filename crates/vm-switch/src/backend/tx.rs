@@ -282,6 +282,7 @@ impl Port {
                 Some(head) => {
                     let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME + 64));
                     peer.held.push_back(Held { head, meta, data });
+                    self.stats.add(Counter::TxHeld, 1);
                     if peer.held.len() >= HOLD_CAP {
                         self.tx_paused = true;
                     }
