@@ -330,7 +330,7 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
                     };
                     // As the backend does: a segment larger than what DQL allows now is
                     // segmented in software and its frames go back to the head of their flow.
-                    if p.mtus > 1 && i64::from(p.size) > dql.avail() {
+                    if p.mtus > 1 && !dql.fits_whole(u64::from(p.size)) {
                         let frames = (0..p.mtus)
                             .map(|_| SimPkt {
                                 size: MTU,
@@ -825,6 +825,12 @@ const ROUNDS: usize = 5;
 fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
     let t = Duration::from_secs(120);
     let (a, b, c) = (&guests[0], &guests[1], &guests[2]);
+    // VM_SWITCH_BENCH_GUEST_SETUP: a shell command run in every guest first (experiments).
+    if let Ok(cmd) = std::env::var("VM_SWITCH_BENCH_GUEST_SETUP") {
+        for g in guests {
+            let _ = g.run(&cmd, t);
+        }
+    }
     let idle = c
         .run("fping -C 100 -p 10 -q 10.0.0.2 2>&1", t)
         .map(|o| o.stdout)
@@ -838,8 +844,11 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
     }
     b.run_ok("iperf3 -s -D", t).expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(500));
+    // `--forceflush` and the done marker: the report is read only once the client has
+    // exited (a block-buffered log read while it still ran came back empty).
     a.run_ok(
-        "iperf3 -c 10.0.0.2 -t 20 -i 1 -f m > /tmp/iperf.log 2>&1 &",
+        "rm -f /tmp/iperf.done; (iperf3 -c 10.0.0.2 -t 20 -i 1 -f m --forceflush > /tmp/iperf.log 2>&1; \
+         echo $? > /tmp/iperf.done) &",
         t,
     )
     .expect("iperf3 client");
@@ -849,8 +858,25 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
         .map(|o| o.stdout)
         .unwrap_or_default();
     let (load_rtts, lost) = fping_rtts(&loaded);
-    // The client runs 20 s: 4 s before fping, ~10 s of fping, the rest here.
-    std::thread::sleep(Duration::from_secs(8));
+    // The client runs 20 s: 4 s before fping, ~10 s of fping, the rest here; wait for it
+    // to exit (bounded: a stuck client gives no figure, not a hang).
+    let _ = a.run(
+        "for i in $(seq 1 600); do [ -e /tmp/iperf.done ] && break; sleep 0.1; done",
+        t,
+    );
+    if std::env::var_os("VM_SWITCH_BENCH_DIAG").is_some() {
+        for (name, g) in [("a", a), ("b", b)] {
+            let out = g
+                .run(
+                    "cat /proc/net/snmp /proc/net/netstat; dmesg | tail -n 5; ps | grep iperf3; \
+                     grep lan /proc/net/dev; cat /proc/net/softnet_stat",
+                    t,
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            println!("  DIAG {name}: {}", diag_counters(&out));
+        }
+    }
     let iperf = a
         .run("cat /tmp/iperf.log", t)
         .map(|o| o.stdout)
@@ -866,13 +892,18 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
         .filter(|l| l.contains("receiver"))
         .find_map(rate_of)
         .unwrap_or(f64::NAN);
-    if mbits.is_nan() {
+    if std::env::var_os("VM_SWITCH_BENCH_DIAG").is_some()
+        && let Some(l) = iperf.lines().find(|l| l.contains("sender"))
+    {
+        println!("  DIAG iperf3: {}", l.trim());
+    }
+    if mbits.is_nan() || mbits <= 1.0 {
         println!(
             "  (no iperf3 result: {:?})",
             iperf
                 .chars()
                 .rev()
-                .take(600)
+                .take(3000)
                 .collect::<String>()
                 .chars()
                 .rev()
@@ -891,6 +922,70 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
         mbits,
         series,
     }
+}
+
+/// The nonzero counters of interest from `/proc/net/snmp` + `/proc/net/netstat` text
+/// (header line, value line per protocol), plus any other lines (dmesg, ps).
+fn diag_counters(text: &str) -> String {
+    const KEEP: &[&str] = &[
+        "InCsumErrors",
+        "InErrs",
+        "RetransSegs",
+        "TCPOFOQueue",
+        "TCPOFODrop",
+        "TCPSACKReorder",
+        "TCPTSReorder",
+        "TCPRenoReorder",
+        "TCPLostRetransmit",
+        "TCPTimeouts",
+        "TCPSpuriousRTOs",
+        "TCPRcvQDrop",
+        "TCPZeroWindowDrop",
+        "TCPBacklogDrop",
+        "PruneCalled",
+        "RcvPruned",
+        "TCPRcvCollapsed",
+        "InDiscards",
+        "ReasmFails",
+        "TCPDSACKRecv",
+        "TCPDSACKOldSent",
+        "TCPAbortOnData",
+        "TCPAbortOnTimeout",
+        "InTruncatedPkts",
+        "InHdrErrors",
+        "TCPWqueueTooBig",
+        "TCPDelivered",
+    ];
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if let Some((proto, keys)) = l.split_once(": ")
+            && let Some(vals) = lines
+                .get(i + 1)
+                .and_then(|v| v.strip_prefix(&format!("{proto}: ")))
+            && keys
+                .split_whitespace()
+                .next()
+                .is_some_and(|k| k.parse::<i64>().is_err())
+        {
+            for (k, v) in keys.split_whitespace().zip(vals.split_whitespace()) {
+                if (KEEP.contains(&k) || std::env::var_os("VM_SWITCH_BENCH_DIAG_ALL").is_some())
+                    && v != "0"
+                {
+                    out.push(format!("{proto}.{k}={v}"));
+                }
+            }
+            i += 2;
+            continue;
+        }
+        if !l.trim().is_empty() {
+            out.push(format!("| {l}"));
+        }
+        i += 1;
+    }
+    out.join(" ")
 }
 
 /// Pooled figures of a configuration's rounds.
@@ -984,7 +1079,19 @@ fn qemu(bin: &Path) {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
+    // VM_SWITCH_BENCH_ONLY=vm-switch or =bridge runs one configuration (for experiments).
+    let only = std::env::var("VM_SWITCH_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
+        if only == "bridge" {
+            let r = bridge_round(&image, round == 0);
+            println!(
+                "    round {}: bridge    loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
+                round + 1,
+                percentile(&mut r.load_rtts.clone(), 99),
+                r.mbits
+            );
+            continue;
+        }
         let r = vmswitch_round(bin, &image);
         println!(
             "    round {}: vm-switch loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
@@ -993,6 +1100,9 @@ fn qemu(bin: &Path) {
             r.mbits
         );
         vs.push(r);
+        if only == "vm-switch" {
+            continue;
+        }
         let r = bridge_round(&image, round == 0);
         println!(
             "    round {}: bridge    loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
@@ -1001,6 +1111,9 @@ fn qemu(bin: &Path) {
             r.mbits
         );
         br.push(r);
+    }
+    if !only.is_empty() {
+        return;
     }
     let (vl, bl) = (pool(&vs), pool(&br));
     print_lat("vm-switch", &vl);
@@ -1077,9 +1190,10 @@ fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
             .and_then(|p| p.iter().find(|p| p["vm"] == vm))
         {
             println!(
-                "            port {vm}: from guest {} frames, to guest {} frames, max sojourn {} us, CoDel marks {}, drops {}",
+                "            port {vm}: from guest {} frames, to guest {} frames, TX held {}, max sojourn {} us, CoDel marks {}, drops {}",
                 p["from_guest_frames"],
                 p["to_guest_frames"],
+                p["tx_held"],
                 p["max_sojourn_us"],
                 p["codel_marks"],
                 p["drops"]
