@@ -26,7 +26,16 @@ pub struct Dql {
     min_limit: u64,
     max_limit: u64,
     slack_hold_time: u64,
+    /// Consumption rate seen while the guest had work, bytes per ms (EWMA, 1/8); 0 until
+    /// measured.
+    rate_bpms: u64,
+    /// When completions were last observed (ns), 0 before the first.
+    last_completed_ns: u64,
 }
+
+/// How long an offload segment may overrun the limit and still go whole, in time at the
+/// guest's measured consumption rate ([`Dql::fits_whole`]).
+pub const WHOLE_OVERRUN_NS: u64 = 100_000;
 
 impl Dql {
     /// A limit that starts at `min_limit` and stays within `[min_limit, max_limit]`; slack is
@@ -46,6 +55,8 @@ impl Dql {
             min_limit,
             max_limit: max_limit.max(min_limit),
             slack_hold_time: slack_hold_ns,
+            rate_bpms: 0,
+            last_completed_ns: 0,
         }
     }
 
@@ -70,18 +81,42 @@ impl Dql {
         self.limit
     }
 
-    /// Whether an offload segment of `len` bytes may go to the guest whole: only when it fits
-    /// what the limit allows now. Otherwise the caller segments it in software and the frames
-    /// go back to their flow, so DQL never learns segment-sized bursts. The backend and the
-    /// bench's simulation both decide with this.
+    /// Whether an offload segment of `len` bytes may go to the guest whole: when it fits what
+    /// the limit allows now, or when the limit is not yet reached and the part beyond it
+    /// takes the guest at most [`WHOLE_OVERRUN_NS`] to consume at its measured rate. So a
+    /// fast guest gets its segments whole (splitting would cost it a per-frame path for every
+    /// MSS), while a slow one never sees the limit overrun by more than a quarter millisecond
+    /// of its own work, and DQL does not learn segment-sized bursts there. Otherwise the
+    /// caller segments it in software and the frames go back to their flow. The backend and
+    /// the bench's simulation both decide with this.
     pub fn fits_whole(&self, len: u64) -> bool {
-        self.avail() >= len as i64
+        let avail = self.avail();
+        if avail >= len as i64 {
+            return true;
+        }
+        if avail <= 0 {
+            return false;
+        }
+        let over = len - avail as u64;
+        // over / rate (ms) <= WHOLE_OVERRUN_NS (ns)  <=>  over * 1e6 <= rate * WHOLE_OVERRUN_NS
+        over.saturating_mul(1_000_000) <= self.rate_bpms.saturating_mul(WHOLE_OVERRUN_NS)
     }
 
     /// Records that the guest consumed `count` more bytes, at time `now` (ns).
     pub fn completed(&mut self, count: u64, now: u64) {
         let num_queued = self.num_queued;
         let count = count.min(num_queued - self.num_completed);
+        // The guest had work since the last observation: a sample of how fast it consumes
+        // (low if it ran dry in between, which only makes fits_whole more careful).
+        if self.last_completed_ns != 0 && now > self.last_completed_ns && self.in_flight() > 0 {
+            let sample = count.saturating_mul(1_000_000) / (now - self.last_completed_ns);
+            self.rate_bpms = if self.rate_bpms == 0 {
+                sample
+            } else {
+                (self.rate_bpms * 7 + sample) / 8
+            };
+        }
+        self.last_completed_ns = now;
         let completed = self.num_completed + count;
         let mut limit = self.limit;
         let mut ovlimit = (num_queued - self.num_completed).saturating_sub(limit);
@@ -194,5 +229,46 @@ mod tests {
         d.queued(100);
         d.completed(10_000, 1);
         assert_eq!(d.in_flight(), 0);
+    }
+
+    /// 40 KB of room under a 200 KB limit (100 KB in flight), after the guest consumed at
+    /// `bpms` bytes/ms.
+    fn at_rate(bpms: u64) -> Dql {
+        let mut d = Dql::new(200_000, 200_000, 1000 * MS);
+        d.queued(bpms + 100_000);
+        d.completed(0, MS); // first observation: no rate yet
+        d.completed(bpms, 2 * MS); // one ms of consumption
+        d.queued(60_000);
+        assert_eq!(d.avail(), 40_000);
+        d
+    }
+
+    #[test]
+    fn test_dql_segment_goes_whole_when_it_fits() {
+        let d = at_rate(0);
+        assert!(d.fits_whole(40_000));
+        assert!(!d.fits_whole(40_001), "no measured rate: no overrun");
+    }
+
+    #[test]
+    fn test_dql_segment_overruns_the_limit_only_by_a_fraction_of_a_millisecond_of_work() {
+        // 300 KB/ms (2.4 Gbit/s): 100 us of work is 30 KB, so a 64 KiB segment with 40 KB of
+        // room goes whole (24 KB over), one needing 31 KB more does not.
+        let fast = at_rate(300_000);
+        assert!(fast.fits_whole(65_536));
+        assert!(!fast.fits_whole(71_000));
+        // 6 KB/ms (50 Mbit/s): 100 us is 600 bytes.
+        let slow = at_rate(6_000);
+        assert!(slow.fits_whole(40_600));
+        assert!(!slow.fits_whole(40_601));
+        assert!(!slow.fits_whole(65_536));
+    }
+
+    #[test]
+    fn test_dql_never_overruns_a_full_limit() {
+        let mut d = at_rate(300_000);
+        d.queued(40_000);
+        assert_eq!(d.avail(), 0);
+        assert!(!d.fits_whole(1));
     }
 }
