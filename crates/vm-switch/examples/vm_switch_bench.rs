@@ -1081,36 +1081,25 @@ fn qemu(bin: &Path) {
         .unwrap_or(ROUNDS);
     // VM_SWITCH_BENCH_ONLY=vm-switch or =bridge runs one configuration (for experiments).
     let only = std::env::var("VM_SWITCH_BENCH_ONLY").unwrap_or_default();
+    let round_line = |name: &str, round: usize, r: &Round| {
+        println!(
+            "    round {}: {name:9} loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
+            round + 1,
+            percentile(&mut r.load_rtts.clone(), 99),
+            r.mbits
+        );
+    };
     for round in 0..rounds {
-        if only == "bridge" {
+        if only != "bridge" {
+            let r = vmswitch_round(bin, &image);
+            round_line("vm-switch", round, &r);
+            vs.push(r);
+        }
+        if only != "vm-switch" {
             let r = bridge_round(&image, round == 0);
-            println!(
-                "    round {}: bridge    loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
-                round + 1,
-                percentile(&mut r.load_rtts.clone(), 99),
-                r.mbits
-            );
-            continue;
+            round_line("bridge", round, &r);
+            br.push(r);
         }
-        let r = vmswitch_round(bin, &image);
-        println!(
-            "    round {}: vm-switch loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
-            round + 1,
-            percentile(&mut r.load_rtts.clone(), 99),
-            r.mbits
-        );
-        vs.push(r);
-        if only == "vm-switch" {
-            continue;
-        }
-        let r = bridge_round(&image, round == 0);
-        println!(
-            "    round {}: bridge    loaded p99 {:6.2} ms, bulk {:7.1} Mbit/s",
-            round + 1,
-            percentile(&mut r.load_rtts.clone(), 99),
-            r.mbits
-        );
-        br.push(r);
     }
     if !only.is_empty() {
         return;
@@ -1190,10 +1179,13 @@ fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
             .and_then(|p| p.iter().find(|p| p["vm"] == vm))
         {
             println!(
-                "            port {vm}: from guest {} frames, to guest {} frames, TX held {}, max sojourn {} us, CoDel marks {}, drops {}",
+                "            port {vm}: from guest {} frames, to guest {} frames, TX held {}, queue errors {}, TX rescue irqs {} kicks {}, max sojourn {} us, CoDel marks {}, drops {}",
                 p["from_guest_frames"],
                 p["to_guest_frames"],
                 p["tx_held"],
+                p["queue_errors"],
+                p["tx_rescue_irqs"],
+                p["tx_rescue_kicks"],
                 p["max_sojourn_us"],
                 p["codel_marks"],
                 p["drops"]

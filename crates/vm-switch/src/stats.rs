@@ -83,6 +83,10 @@ pub enum Counter {
     /// Guest TX chains held uncompleted because the destination's ring was full
     /// (back-pressure), counted once each.
     TxHeld,
+    /// TX watchdog (`backend::Port::tx_watchdog`): interrupts sent after 10 ms of TX quiet.
+    TxRescueIrqs,
+    /// TX watchdog: chains found posted without a kick.
+    TxRescueKicks,
     /// First drop counter; drop reason `r` is at `DropBase + r.index()`.
     DropBase,
 }
@@ -184,6 +188,8 @@ impl PortStats {
             queue_errors: self.get(Counter::QueueErrors),
             refused_frontends: self.get(Counter::RefusedFrontends),
             tx_held: self.get(Counter::TxHeld),
+            tx_rescue_irqs: self.get(Counter::TxRescueIrqs),
+            tx_rescue_kicks: self.get(Counter::TxRescueKicks),
         }
     }
 }
@@ -231,6 +237,12 @@ pub struct PortSnapshot {
     /// Guest TX chains held back because a destination's ring was full (back-pressure).
     #[serde(default)]
     pub tx_held: u64,
+    /// TX watchdog: interrupts sent after 10 ms of TX quiet.
+    #[serde(default)]
+    pub tx_rescue_irqs: u64,
+    /// TX watchdog: chains found posted without a kick.
+    #[serde(default)]
+    pub tx_rescue_kicks: u64,
 }
 
 /// The whole stats document.

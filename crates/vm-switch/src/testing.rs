@@ -427,6 +427,13 @@ impl TestGuest {
         true
     }
 
+    /// Publishes queued TX frames without kicking: a driver whose kick was lost on the way.
+    pub fn publish_tx_without_kick(&mut self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.w16(self.tx.avail + 2, self.tx.next_avail);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
     /// Publishes queued TX frames and kicks.
     pub fn kick_tx(&mut self) {
         std::sync::atomic::fence(Ordering::SeqCst);

@@ -86,6 +86,9 @@ pub const HOLD_CAP: usize = 64;
 /// Back-pressure: a held chain older than this is dropped as `ring_full` (a destination that
 /// does not drain its ring, e.g. a hung child, cannot stall the sender for longer).
 pub const HOLD_TIMEOUT_NS: u64 = 100_000_000;
+/// Quiet time of a guest's TX queue after which the watchdog looks at it once more
+/// ([`Port::tx_watchdog`]).
+const TX_RESCUE_NS: u64 = 10_000_000;
 /// Back-pressure: re-check of held chains while holding (in case the wakeup cannot come).
 const HOLD_RECHECK_NS: u64 = 1_000_000;
 /// With the `fuzzing` feature: iterations of the guest-driven loops allowed per event before
@@ -317,6 +320,8 @@ struct Port {
     released: Vec<u16>,
     /// TX processing is paused: a destination holds [`HOLD_CAP`] chains.
     tx_paused: bool,
+    /// Last TX activity (a kick, or chains taken) not yet looked at by the watchdog.
+    tx_active_at: Option<u64>,
 }
 
 /// Relay sockets delivered by the main process, waited for by the serving thread.
@@ -399,6 +404,7 @@ impl NetBackend {
             relay: relay.clone(),
             released: Vec::new(),
             tx_paused: false,
+            tx_active_at: None,
         };
         port.stats.set(Counter::DqlLimit, port.dql.limit());
         Ok(Arc::new(NetBackend {
@@ -922,6 +928,7 @@ impl VhostUserBackend for NetBackend {
                 p.timer_armed = false;
                 p.deliver(vrings)?;
                 p.resume_tx(vrings)?;
+                p.tx_watchdog(vrings)?;
             }
             ev if ev >= EV_RING_BASE => {
                 p.drain_rings(connected);

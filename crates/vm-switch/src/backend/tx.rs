@@ -17,6 +17,8 @@ impl Port {
         if !Self::ready(vring) || self.is_broken(TX_QUEUE) {
             return Ok(());
         }
+        self.tx_active_at = Some(now_ns());
+        self.arm_timer_in(TX_RESCUE_NS);
         self.retry_held(vrings)?;
         if self.tx_paused {
             return Ok(());
@@ -328,10 +330,16 @@ impl Port {
 
     /// Arms the timer for a re-check of held chains (unless it is armed already).
     pub(super) fn arm_hold_timer(&mut self) {
+        self.arm_timer_in(HOLD_RECHECK_NS);
+    }
+
+    /// Arms the port's one-shot timer `ns` from now unless it is armed already (every timer
+    /// event re-checks everything that waits for it).
+    pub(super) fn arm_timer_in(&mut self, ns: u64) {
         if self.timer_armed {
             return;
         }
-        let ts = TimeSpec::new(0, HOLD_RECHECK_NS as i64);
+        let ts = TimeSpec::new((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64);
         if self
             .timer
             .set(Expiration::OneShot(ts), TimerSetTimeFlags::empty())
@@ -410,5 +418,42 @@ impl Port {
             state.signal_used_queue()?;
         }
         Ok(())
+    }
+
+    /// The TX watchdog, run on the port timer: once the guest's TX queue has been quiet for
+    /// [`TX_RESCUE_NS`] after activity, looks at it once more. Chains posted without a kick
+    /// reaching us are taken (`tx_rescue_kicks`); otherwise the guest gets one interrupt
+    /// (`tx_rescue_irqs`), spurious at worst, in case it waits for one to free buffers it
+    /// transmitted (TCP cannot even retransmit a segment whose buffer is "still in host
+    /// queue"). One look per quiet period, so an idle port costs nothing.
+    pub(super) fn tx_watchdog(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
+        let Some(at) = self.tx_active_at else {
+            return Ok(());
+        };
+        let quiet = now_ns().saturating_sub(at);
+        if quiet < TX_RESCUE_NS {
+            self.arm_timer_in(TX_RESCUE_NS - quiet);
+            return Ok(());
+        }
+        self.tx_active_at = None;
+        let Some(vring) = vrings.get(usize::from(TX_QUEUE)) else {
+            return Ok(());
+        };
+        if !Self::ready(vring) || self.is_broken(TX_QUEUE) || self.tx_paused {
+            return Ok(());
+        }
+        let pending = {
+            let mem = self.mem.memory();
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            q.avail_idx(&*mem, Ordering::Acquire)
+                .is_ok_and(|a| a.0 != q.next_avail())
+        };
+        if pending {
+            self.stats.add(Counter::TxRescueKicks, 1);
+            return self.process_tx(vrings);
+        }
+        self.stats.add(Counter::TxRescueIrqs, 1);
+        vring.get_ref().signal_used_queue()
     }
 }
