@@ -234,8 +234,9 @@ impl Port {
                 // Segment in software: for a guest without the offload, and for one with it
                 // whenever the whole segment would overrun what DQL allows now by more than a
                 // sliver of the guest's own work (`Dql::fits_whole`: so DQL never learns
-                // segment-sized bursts and the RX ring stays short while the guest is slow). The frames go back to the head of their flow in the scheduler, so
-                // other flows can be served between them.
+                // segment-sized bursts and the RX ring stays short while the guest is slow).
+                // The frames go back to the head of their flow in the scheduler, so other
+                // flows can be served between them.
                 self.segs.clear();
                 if !crate::gso::segment(&frame.data, &off, self.neg.guest_csum, &mut self.segs) {
                     stats.count_drop(DropReason::BadHeader, 1);
