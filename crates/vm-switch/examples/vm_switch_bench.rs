@@ -895,7 +895,7 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
     if std::env::var_os("VM_SWITCH_BENCH_DIAG").is_some()
         && let Some(l) = iperf.lines().find(|l| l.contains("sender"))
     {
-        println!("  DIAG iperf3: {}", l.trim());
+        println!("  DIAG iperf3: {}", l.trim().escape_debug());
     }
     if mbits.is_nan() || mbits <= 1.0 {
         println!(
@@ -925,7 +925,7 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
 }
 
 /// The nonzero counters of interest from `/proc/net/snmp` + `/proc/net/netstat` text
-/// (header line, value line per protocol), plus any other lines (dmesg, ps).
+/// (header line, value line per protocol), plus any other lines (dmesg, ps), escaped.
 fn diag_counters(text: &str) -> String {
     const KEEP: &[&str] = &[
         "InCsumErrors",
@@ -985,7 +985,8 @@ fn diag_counters(text: &str) -> String {
         }
         i += 1;
     }
-    out.join(" ")
+    // All of it is guest text: escaped before it reaches the terminal.
+    out.join(" ").escape_debug().to_string()
 }
 
 /// Pooled figures of a configuration's rounds.
