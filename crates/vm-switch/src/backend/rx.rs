@@ -117,16 +117,12 @@ impl Port {
         }
         // The driver's used_event (EVENT_IDX) is its last_used_idx when it re-enabled
         // interrupts, i.e. how far it has consumed.
-        if self.neg.event_idx {
-            let addr = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()));
-            if let Some(addr) = addr
-                && let Ok(raw) = mem.load::<u16>(GuestAddress(addr), Ordering::Acquire)
-            {
-                let ue = u16::from_le(raw);
-                if in_window(ue, consumed) && ue.wrapping_sub(consumed) > 0 {
-                    consumed = ue;
-                }
-            }
+        if self.neg.event_idx
+            && let Some(ue) = used_event(q, &mem)
+            && in_window(ue, consumed)
+            && ue.wrapping_sub(consumed) > 0
+        {
+            consumed = ue;
         }
         // Buffers the guest re-posted were consumed first: a lower bound.
         if let Ok(avail) = q.avail_idx(&*mem, Ordering::Acquire) {
@@ -509,14 +505,19 @@ fn rx_needs_notification(q: &Queue, mem: &GuestMemoryMmap, old: u16, used: u16) 
     }
     // The used elements and index are visible before the driver's used_event is read.
     std::sync::atomic::fence(Ordering::SeqCst);
-    let Some(addr) = q.avail_ring().checked_add(4 + 2 * u64::from(q.size())) else {
+    let Some(event) = used_event(q, mem) else {
         return true;
     };
-    let Ok(raw) = mem.load::<u16>(GuestAddress(addr), Ordering::Acquire) else {
-        return true;
-    };
-    let event = u16::from_le(raw);
     used.wrapping_sub(event).wrapping_sub(1) < used.wrapping_sub(old)
+}
+
+/// The driver's `used_event` (EVENT_IDX: the entry after the available ring), `None` when it
+/// is outside guest memory.
+fn used_event(q: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
+    let addr = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()))?;
+    mem.load::<u16>(GuestAddress(addr), Ordering::Acquire)
+        .ok()
+        .map(u16::from_le)
 }
 
 /// The virtio-net header fields a ring slot carries.
