@@ -869,7 +869,7 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
             let out = g
                 .run(
                     "cat /proc/net/snmp /proc/net/netstat; dmesg | tail -n 5; ps | grep iperf3; \
-                     grep lan /proc/net/dev; cat /proc/net/softnet_stat",
+                     grep lan /proc/net/dev; cat /proc/net/softnet_stat; grep -i virtio /proc/interrupts",
                     t,
                 )
                 .map(|o| o.stdout)

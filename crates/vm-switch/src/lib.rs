@@ -40,6 +40,7 @@ pub mod forward;
 pub mod frame;
 pub mod gso;
 pub mod logger;
+pub mod pool;
 pub mod port_file;
 pub mod ring;
 pub mod sandbox;

@@ -384,7 +384,7 @@ impl Consumer {
         &self.event
     }
 
-    /// Copies the next frame into `buf` (resized to the frame). `Ok(None)` when empty.
+    /// Copies the next frame into `buf` (replacing what it held). `Ok(None)` when empty.
     pub fn pop(&mut self, buf: &mut Vec<u8>) -> Result<Option<Popped>, RingError> {
         let prod = self
             .mem
@@ -411,11 +411,15 @@ impl Consumer {
                 // A correct producer publishes all slots of a frame at once.
                 return Err(RingError::Corrupt);
             }
-            buf.resize(len, 0);
+            buf.clear();
             let start = off - OFF_SLOTS + SLOT_HEADER;
             let first = len.min(self.spec.area() - start);
-            self.mem.read(OFF_SLOTS + start, &mut buf[..first]);
-            self.mem.read(OFF_SLOTS, &mut buf[first..]);
+            if !(self.mem.read_append(OFF_SLOTS + start, first, buf)
+                && self.mem.read_append(OFF_SLOTS, len - first, buf))
+            {
+                // The geometry was checked when the ring was mapped: only a bug gets here.
+                return Err(RingError::Corrupt);
+            }
             Popped::Frame(SlotMeta {
                 flags: u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
                 csum_start: u16::from_ne_bytes([hdr[8], hdr[9]]),

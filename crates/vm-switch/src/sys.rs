@@ -141,6 +141,31 @@ impl SharedMem {
         true
     }
 
+    /// Appends `len` bytes at `offset` of the mapping to `out`, without first zeroing the
+    /// room for them (a frame-sized `resize` before every copy cost more than the copy).
+    /// Returns false, leaving `out` as it was, when out of bounds.
+    pub fn read_append(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        if !self.check(offset, len, 1) {
+            return false;
+        }
+        out.reserve(len);
+        let spare = out.spare_capacity_mut();
+        // SAFETY: source range checked in bounds of the live mapping; the destination is the
+        // vector's own spare capacity, at least `len` bytes after `reserve`, distinct from
+        // the mapping. `copy_nonoverlapping` initializes those `len` bytes (a concurrent
+        // write by the peer only changes which bytes they are), so the new length covers
+        // initialized memory only.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                spare.as_mut_ptr().cast::<u8>(),
+                len,
+            );
+            out.set_len(out.len() + len);
+        }
+        true
+    }
+
     /// Copies `data` into the mapping at `offset`. Returns false when out of bounds.
     pub fn write(&self, offset: usize, data: &[u8]) -> bool {
         if !self.check(offset, data.len(), 1) {

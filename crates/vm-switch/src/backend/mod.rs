@@ -303,6 +303,9 @@ struct Port {
     perturb: u64,
     reply: Vec<u8>,
     buf: Vec<u8>,
+    /// Where frames popped from the incoming rings land first.
+    scratch: Vec<u8>,
+    pool: crate::pool::BufPool,
     segs: Vec<crate::gso::Segment>,
     log_limit: RateLimit,
     /// Guest queues stopped for a driver error (index: RX_QUEUE, TX_QUEUE), until the guest
@@ -392,7 +395,9 @@ impl NetBackend {
             timer_armed: false,
             perturb: u64::from_ne_bytes(perturb) ^ u64::from(id).wrapping_mul(0x9e37_79b9),
             reply: Vec::with_capacity(128),
-            buf: Vec::with_capacity(MAX_FRAME + 64),
+            buf: Vec::with_capacity(crate::pool::BIG),
+            scratch: Vec::with_capacity(crate::pool::BIG),
+            pool: crate::pool::BufPool::default(),
             segs: Vec::new(),
             log_limit: rate_limit(),
             broken: [false; NUM_QUEUES],
@@ -688,7 +693,8 @@ fn wait_for_buffers(q: &mut Queue, mem: &GuestMemoryMmap, avail: u16) -> Result<
 }
 
 enum WriteResult {
-    Written(u64, u16),
+    /// Delivered: bytes, the used index after the frame, and the frame's buffer (for reuse).
+    Written(u64, u16, Vec<u8>),
     /// Not enough buffers: those up to available index `avail` hold only `cap` bytes.
     NoBuffers {
         frame: Frame,

@@ -18,8 +18,7 @@ impl Port {
             rx.event().drain();
             let source = u32::from(peer.slot) + 1;
             loop {
-                let mut data = Vec::new();
-                match rx.pop(&mut data) {
+                match rx.pop(&mut self.scratch) {
                     Ok(Some(Popped::Frame(mut meta))) => {
                         if !connected {
                             stats.count_drop(DropReason::PortDown, 1);
@@ -27,14 +26,15 @@ impl Port {
                         }
                         // A peer child is not trusted either: its offload request is checked
                         // again (against everything vm-switch offers) before the frame counts.
-                        if frame::check_offload(&slot_vnet(&meta), &data, OffloadCaps::ALL).is_err()
+                        if frame::check_offload(&slot_vnet(&meta), &self.scratch, OffloadCaps::ALL)
+                            .is_err()
                         {
                             stats.count_drop(DropReason::BadHeader, 1);
                             continue;
                         }
                         // A peer cannot make its frames look younger than now.
                         meta.ts_ns = meta.ts_ns.min(now);
-                        data.shrink_to_fit();
+                        let data = self.pool.detach(&mut self.scratch);
                         let hash = flow_hash(&data, self.perturb);
                         self.egress.enqueue(
                             source,
@@ -265,6 +265,7 @@ impl Port {
                     frames,
                     frame.data.len() as u32,
                 );
+                self.pool.give(frame.data);
                 continue;
             }
             if let Some((at, cap)) = self.rx.full_ring
@@ -275,7 +276,8 @@ impl Port {
                 continue;
             }
             match self.write_frame(vring, &mem, frame) {
-                WriteResult::Written(bytes, used_end) => {
+                WriteResult::Written(bytes, used_end, data) => {
+                    self.pool.give(data);
                     delivered_any = true;
                     self.rx.full_ring = None;
                     self.dql.queued(bytes);
@@ -455,7 +457,7 @@ impl Port {
             return WriteResult::Broken(frame, f);
         }
         let used_end = q.next_used();
-        WriteResult::Written(frame.data.len() as u64, used_end)
+        WriteResult::Written(frame.data.len() as u64, used_end, frame.data)
     }
 }
 

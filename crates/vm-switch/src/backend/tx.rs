@@ -282,7 +282,7 @@ impl Port {
             Ok(()) => {}
             Err(PushError::Full) => match head {
                 Some(head) => {
-                    let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME + 64));
+                    let data = self.pool.detach(&mut self.buf);
                     peer.held.push_back(Held { head, meta, data });
                     self.stats.add(Counter::TxHeld, 1);
                     if peer.held.len() >= HOLD_CAP {
@@ -383,6 +383,7 @@ impl Port {
                 }
                 if let Some(h) = peer.held.pop_front() {
                     done.push(h.head);
+                    self.pool.give(h.data);
                 }
             }
             if let Some(tx) = &mut peer.tx {
