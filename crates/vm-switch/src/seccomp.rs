@@ -170,11 +170,21 @@ fn compile(
     seccomp::compile(rules, mismatch, matched).map_err(SeccompError::Build)
 }
 
+/// The datapath threads ask the scheduler for a short slice for themselves
+/// ([`crate::sys::request_slice`]): `sched_getattr`/`sched_setattr` on the calling thread
+/// (pid 0) only, never on another process.
+fn allow_own_sched_attr(rules: &mut Rules) {
+    for nr in [libc::SYS_sched_getattr, libc::SYS_sched_setattr] {
+        rules.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Eq, 0)])]);
+    }
+}
+
 /// The main process's filter.
 pub fn main_filter(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     let mut rules = Rules::new();
     allow(&mut rules, COMMON);
     allow(&mut rules, MAIN_ONLY);
+    allow_own_sched_attr(&mut rules);
     // std's set_nonblocking on sockets uses ioctl(FIONBIO); nothing else.
     rules.insert(
         libc::SYS_ioctl,
@@ -201,6 +211,7 @@ pub fn outer_filter(mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
 pub fn child_filters(mode: SeccompMode) -> Result<Vec<BpfProgram>, SeccompError> {
     let mut rules = Rules::new();
     allow(&mut rules, COMMON);
+    allow_own_sched_attr(&mut rules);
     // Threads only: clone must carry CLONE_THREAD.
     let thread = libc::CLONE_THREAD as u64;
     rules.insert(
@@ -343,6 +354,33 @@ mod tests {
     fn test_child_filter_log_mode_allows() {
         let st = in_filtered_child(SeccompMode::Log, make_socket);
         assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    }
+
+    #[test]
+    fn test_child_filter_lets_a_thread_ask_for_its_own_slice() {
+        let st = in_filtered_child(SeccompMode::Kill, || {
+            if sys::request_slice(100_000).is_ok() {
+                0
+            } else {
+                6
+            }
+        });
+        assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    }
+
+    #[test]
+    fn test_child_filter_kills_sched_attr_calls_on_other_processes() {
+        let st = in_filtered_child(SeccompMode::Kill, || {
+            let _ = sys::tests::sched_getattr_of(1);
+            0
+        });
+        assert!(
+            matches!(
+                st,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+            ),
+            "{st:?}"
+        );
     }
 
     #[test]

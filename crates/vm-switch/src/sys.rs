@@ -285,6 +285,45 @@ pub fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Asks the scheduler for a short time slice for the calling thread (`sched_attr.sched_runtime`
+/// of a `SCHED_OTHER` thread, Linux 6.12+ EEVDF), keeping its policy and nice value. A thread
+/// with a short slice gets an early deadline and so runs soon after it is woken, instead of
+/// waiting for a busy vCPU thread's longer slice to end; its share of the CPU stays the same.
+/// Kernels before 6.12 accept and ignore the request. The kernel clamps `ns` to 0.1–100 ms.
+pub fn request_slice(ns: u64) -> std::io::Result<()> {
+    let size = std::mem::size_of::<libc::sched_attr>();
+    // SAFETY: all-zero bytes are a valid `sched_attr` (plain integers).
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getattr(2) on the calling thread (pid 0) writes at most `size` bytes into
+    // `attr`, a live local of exactly that size; flags must be 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0 as libc::c_long,
+            &mut attr,
+            size as u32,
+            0u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    attr.size = size as u32;
+    attr.sched_flags = 0;
+    attr.sched_runtime = ns;
+    if attr.sched_policy != libc::SCHED_OTHER as u32 {
+        // An explicit policy (batch, idle or real-time, set by whoever started us) stays.
+        return Ok(());
+    }
+    // SAFETY: sched_setattr(2) on the calling thread reads `size` bytes of `attr`, a live local;
+    // policy and nice are the ones just read, only the slice request changes.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0 as libc::c_long, &attr, 0u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the process title shown by `ps` (the argv area) and the thread name (`comm`,
 /// truncated to 15 bytes). Best effort: does nothing when /proc is unavailable.
 pub fn set_process_title(title: &str) {
@@ -365,7 +404,7 @@ extern "C" fn sigsys_handler(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
@@ -399,5 +438,55 @@ mod tests {
         assert!(SharedMem::map(fd, 4096).is_err());
         let a = SharedMem::create("t", 4096).unwrap();
         assert!(SharedMem::map(a.fd().try_clone().unwrap(), 8192).is_err());
+    }
+
+    #[test]
+    fn test_read_append_appends_without_touching_what_was_there() {
+        let a = SharedMem::create("t", 4096).unwrap();
+        assert!(a.write(10, b"world"));
+        let mut out = b"hello ".to_vec();
+        assert!(a.read_append(10, 5, &mut out));
+        assert_eq!(out, b"hello world");
+        assert!(
+            !a.read_append(4094, 5, &mut out),
+            "out of bounds is refused"
+        );
+        assert_eq!(out, b"hello world", "and leaves the vector as it was");
+    }
+
+    #[test]
+    fn test_request_slice_sets_the_calling_threads_slice() {
+        std::thread::spawn(|| {
+            request_slice(100_000).unwrap();
+            // Kernels with EEVDF custom slices (6.12+) and scheduler debug info show it.
+            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
+            if let Some(line) = sched.lines().find(|l| l.starts_with("se.slice")) {
+                let v: u64 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+                assert_eq!(v, 100_000, "{line}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// `sched_getattr` of another process (for the seccomp test that the filter refuses it).
+    pub fn sched_getattr_of(pid: libc::pid_t) -> std::io::Result<()> {
+        // SAFETY: all-zero bytes are a valid `sched_attr`.
+        let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::sched_attr>() as u32;
+        // SAFETY: writes at most `size` bytes into the live local `attr`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getattr,
+                pid as libc::c_long,
+                &mut attr,
+                size,
+                0u32,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 }

@@ -705,6 +705,28 @@ enum WriteResult {
     Broken(Frame, QueueFault),
 }
 
+/// The time slice the datapath thread asks for ([`crate::sys::request_slice`]): the kernel's
+/// minimum. A wake-up of the worker takes about 55 us of work, and on a host whose cores are
+/// busy with vCPU threads it otherwise waited for the running thread's default slice: perf
+/// sched measured an average wake-up delay of 120 us for the workers under bulk TCP between
+/// two QEMU/TCG guests, against 30 us for QEMU's threads, and 77 us with this slice.
+const DATAPATH_SLICE_NS: u64 = 100_000;
+
+thread_local! {
+    static SLICE_REQUESTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Asks once per thread for [`DATAPATH_SLICE_NS`]; a refusal only costs latency.
+fn request_datapath_slice() {
+    SLICE_REQUESTED.with(|done| {
+        if !done.replace(true)
+            && let Err(e) = crate::sys::request_slice(DATAPATH_SLICE_NS)
+        {
+            log::debug!("could not ask for a short scheduler slice: {e}");
+        }
+    });
+}
+
 /// Why a guest queue was stopped: the driver broke the virtqueue protocol, so the device cannot
 /// tell which buffers are really available (virtio's DEVICE_NEEDS_RESET condition).
 #[derive(Debug, thiserror::Error)]
@@ -917,6 +939,7 @@ impl VhostUserBackend for NetBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        request_datapath_slice();
         let mut p = self.lock();
         #[cfg(feature = "fuzzing")]
         {
