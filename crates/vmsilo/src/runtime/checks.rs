@@ -47,17 +47,8 @@ pub enum CheckError {
         dev: PathBuf,
     },
     /// A passed-through PCI device has no IOMMU group.
-    #[error(
-        "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU (intel_iommu=on \
-         or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)",
-        link.display()
-    )]
-    NoIommuGroup {
-        /// The device.
-        addr: PciAddress,
-        /// The missing link.
-        link: PathBuf,
-    },
+    #[error(transparent)]
+    NoIommuGroup(#[from] super::vfio::NoIommuGroup),
     /// The members of an IOMMU group could not be listed.
     #[error("PCI device {addr}: cannot list its IOMMU group {group} ({})", dir.display())]
     ListGroup {
@@ -211,10 +202,11 @@ pub fn check_iommu_group(sys: &Path, addr: &PciAddress) -> Result<(), CheckError
     }
     let group_link = dev.join("iommu_group");
     let Ok(group) = std::fs::read_link(&group_link) else {
-        return Err(CheckError::NoIommuGroup {
+        return Err(super::vfio::NoIommuGroup {
             addr: *addr,
             link: group_link,
-        });
+        }
+        .into());
     };
     let group_name = group
         .file_name()

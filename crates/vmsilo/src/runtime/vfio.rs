@@ -22,6 +22,20 @@ use std::path::{Path, PathBuf};
 
 use vmsilo_config::pci::PciAddress;
 
+/// A PCI device has no IOMMU group (both the start-up checks and the binding report it).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU (intel_iommu=on \
+     or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)",
+    link.display()
+)]
+pub struct NoIommuGroup {
+    /// The device.
+    pub addr: PciAddress,
+    /// The missing `iommu_group` link.
+    pub link: PathBuf,
+}
+
 /// Why the PCI devices could not be moved to vfio-pci (nothing is written when a check fails).
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
@@ -81,17 +95,8 @@ pub enum VfioError {
         target: PathBuf,
     },
     /// The device is in no IOMMU group.
-    #[error(
-        "PCI device {addr} has no IOMMU group ({} is missing): enable the IOMMU (intel_iommu=on \
-         or amd_iommu=on on the kernel command line, VT-d/AMD-Vi in the firmware)",
-        link.display()
-    )]
-    NoGroup {
-        /// The device.
-        addr: PciAddress,
-        /// The missing link.
-        link: PathBuf,
-    },
+    #[error(transparent)]
+    NoGroup(#[from] NoIommuGroup),
     /// The group link's last component is not a group number.
     #[error("{} points to {}, which is not an IOMMU group", link.display(), target.display())]
     NotAGroup {
@@ -300,7 +305,7 @@ fn read_class(dev: &Path) -> u32 {
 fn group_members(root: &Path, addr: &PciAddress, dev: &Path) -> Result<Vec<PciAddress>, VfioError> {
     let link = dev.join("iommu_group");
     let Ok(group) = std::fs::read_link(&link) else {
-        return Err(VfioError::NoGroup { addr: *addr, link });
+        return Err(NoIommuGroup { addr: *addr, link }.into());
     };
     let name = group
         .file_name()
