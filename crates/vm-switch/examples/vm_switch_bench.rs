@@ -13,6 +13,8 @@
 //! * `qemu <vm-switch binary>`: three QEMU/TCG guests; bulk iperf3 A→B and a sparse fping C→B
 //!   (10 ms), idle and loaded RTT percentiles; through vm-switch, then through a Linux bridge
 //!   with taps under fq_codel (needs root).
+//! * `picture <out.svg>`: draws the QEMU part's picture from made-up rounds (to look at the
+//!   drawing without booting guests).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -38,8 +40,11 @@ fn main() {
         "datapath" => datapath(Path::new(&args[1]), args[2].parse().expect("frame size")),
         "bridge" => bridge(args[1].parse().expect("frame size")),
         "qemu" => qemu(Path::new(&args[1])),
+        "picture" => picture(Path::new(&args[1])),
         _ => {
-            eprintln!("usage: vm_switch_bench sched|sim|datapath BIN SIZE|bridge SIZE|qemu BIN");
+            eprintln!(
+                "usage: vm_switch_bench sched|sim|datapath BIN SIZE|bridge SIZE|qemu BIN|picture OUT.svg"
+            );
             std::process::exit(2);
         }
     }
@@ -1231,17 +1236,51 @@ fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
     r
 }
 
+/// The QEMU part's picture from made-up rounds: two configurations, two rounds each, one of
+/// them stalled.
+fn picture(out: &Path) {
+    let round = |base: f64, slope: f64, stall: Option<u32>| Round {
+        idle_rtts: vec![base; 10],
+        load_rtts: (0..1000)
+            .map(|i| base + slope * f64::from(i) / 1000.0)
+            .collect(),
+        lost: 0,
+        mbits: 3000.0,
+        series: (0..20u32)
+            .map(|i| {
+                if stall.is_some_and(|s| i >= s) {
+                    0.0
+                } else {
+                    2800.0 + 40.0 * f64::from(i % 5)
+                }
+            })
+            .collect(),
+    };
+    let vs = [round(0.6, 2.0, None), round(0.7, 1.8, None)];
+    let br = [round(0.7, 2.2, None), round(0.8, 2.0, Some(8))];
+    std::fs::write(out, svg(&vs, &br)).expect("write the picture");
+    println!("picture: {}", out.display());
+}
+
 /// The sparse flow's loaded RTT CDF and the bulk throughput over time, vm-switch beside the
-/// bridge, as a hand-written SVG (two panels, like flent's plots).
+/// bridge, as an SVG drawn with `plotters` (two panels, like flent's plots).
 fn svg(vs: &[Round], br: &[Round]) -> String {
-    const W: f64 = 1000.0;
-    const H: f64 = 420.0;
-    let (pw, ph) = (400.0, 300.0);
-    let panels = [(70.0, 50.0), (570.0, 50.0)];
-    let colors = [("vm-switch", "#d62728"), ("bridge", "#1f77b4")];
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let mut out = String::new();
+    if let Err(e) = draw_svg(&mut out, vs, br) {
+        println!("  (could not draw the picture: {e})");
+    }
+    out
+}
+
+/// Draws the two panels with `plotters` (SVG backend, no font files: SVG text is laid out by
+/// the viewer): the sparse flow's pooled loaded-RTT CDF, and iperf3's per-second throughput of
+/// every round, vm-switch red, bridge blue.
+fn draw_svg(
+    out: &mut String,
+    vs: &[Round],
+    br: &[Round],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
     let all: Vec<f64> = vs
         .iter()
         .chain(br)
@@ -1262,114 +1301,84 @@ fn svg(vs: &[Round], br: &[Round]) -> String {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    // Frames, axes, titles.
-    for (i, (x0, y0)) in panels.iter().enumerate() {
-        out += &format!(
-            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n"
-        );
-        let (title, xl, yl, xm, ym) = if i == 0 {
-            (
-                "sparse flow (fping C->B, 10 ms) RTT under load: CDF",
-                "RTT (ms)",
-                "fraction",
-                xmax,
-                1.0,
-            )
-        } else {
-            (
-                "bulk (iperf3 A->B) throughput over time, every round",
-                "time (s)",
-                "Mbit/s",
-                tmax,
-                ymax,
-            )
-        };
-        out += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-weight=\"bold\">{title}</text>\n",
-            x0 + pw / 2.0,
-            y0 - 15.0
-        );
-        out += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xl}</text>\n",
-            x0 + pw / 2.0,
-            y0 + ph + 35.0
-        );
-        out += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 {} {})\">{yl}</text>\n",
-            x0 - 50.0,
-            y0 + ph / 2.0,
-            x0 - 50.0,
-            y0 + ph / 2.0
-        );
-        for k in 0..=4 {
-            let f = f64::from(k) / 4.0;
-            out += &format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.*}</text>\n<line x1=\"{x0}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#ddd\"/>\n",
-                x0 + f * pw,
-                y0 + ph + 16.0,
-                f * xm,
-                x0 - 5.0,
-                y0 + ph - f * ph + 4.0,
-                if i == 0 { 2 } else { 0 },
-                f * ym,
-                x0 + pw,
-                y0 + ph - f * ph,
-                y0 + ph - f * ph
-            );
-        }
-    }
-    for (ci, rounds) in [vs, br].iter().enumerate() {
-        let (name, color) = colors[ci];
-        // CDF of the pooled loaded RTTs.
+    let configs = [
+        ("vm-switch", RGBColor(0xd6, 0x27, 0x28), vs),
+        ("bridge", RGBColor(0x1f, 0x77, 0xb4), br),
+    ];
+    let root = SVGBackend::with_string(out, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+
+    let mut cdf = ChartBuilder::on(&left)
+        .caption(
+            "sparse flow (fping C->B, 10 ms) RTT under load: CDF",
+            ("sans-serif", 15),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..xmax, 0f64..1f64)?;
+    cdf.configure_mesh()
+        .x_desc("RTT (ms)")
+        .y_desc("fraction of pings")
+        .draw()?;
+    for (name, color, rounds) in configs {
         let mut rtts: Vec<f64> = rounds.iter().flat_map(|r| r.load_rtts.clone()).collect();
         rtts.sort_by(|a, b| a.total_cmp(b));
-        let (x0, y0) = panels[0];
         let n = rtts.len().max(1) as f64;
-        let pts: Vec<String> = rtts
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    x0 + (v / xmax).min(1.0) * pw,
-                    y0 + ph - (i as f64 + 1.0) / n * ph
-                )
-            })
-            .collect();
-        out += &format!(
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-        // Throughput over time, one thin line per round.
-        let (x0, y0) = panels[1];
-        for r in rounds.iter() {
-            let pts: Vec<String> = r
-                .series
-                .iter()
+        cdf.draw_series(LineSeries::new(
+            rtts.iter()
                 .enumerate()
-                .map(|(i, v)| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x0 + (i as f64 + 1.0) / tmax * pw,
-                        y0 + ph - v / ymax * ph
-                    )
-                })
-                .collect();
-            out += &format!(
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-opacity=\"0.7\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-                pts.join(" ")
-            );
-        }
-        out += &format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
-            70.0 + 150.0 * ci as f64,
-            H - 22.0,
-            90.0 + 150.0 * ci as f64,
-            H - 16.0
-        );
+                .map(|(i, v)| (v.min(xmax), (i as f64 + 1.0) / n)),
+            color.stroke_width(2),
+        ))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
     }
-    out += "</svg>\n";
-    out
+    cdf.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut tput = ChartBuilder::on(&right)
+        .caption(
+            "bulk (iperf3 A->B) throughput over time, every round",
+            ("sans-serif", 15),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..tmax, 0f64..ymax)?;
+    tput.configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("Mbit/s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    for (name, color, rounds) in configs {
+        for (k, r) in rounds.iter().enumerate() {
+            let series = tput.draw_series(LineSeries::new(
+                r.series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as f64 + 1.0, *v)),
+                color.mix(0.7).stroke_width(1),
+            ))?;
+            if k == 0 {
+                series.label(name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            }
+        }
+    }
+    tput.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 /// One round on a Linux bridge + taps (fq_codel where the host kernel has it), with the same
