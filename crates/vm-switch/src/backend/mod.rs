@@ -969,3 +969,25 @@ impl VhostUserBackend for NetBackend {
         Ok(())
     }
 }
+
+/// A split virtqueue laid out at fixed guest addresses, for the RX and TX unit tests.
+#[cfg(test)]
+mod test_queue {
+    use super::*;
+
+    pub const DESC: u64 = 0x1000;
+    pub const AVAIL: u64 = 0x2000;
+    pub const USED: u64 = 0x3000;
+
+    /// A ready queue of `size` entries at [`DESC`], [`AVAIL`] and [`USED`], in `mem_len` bytes
+    /// of guest memory from address 0.
+    pub fn queue(size: u16, mem_len: usize) -> (Queue, GuestMemoryMmap) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_len)]).unwrap();
+        let mut q = Queue::new(size).unwrap();
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        (q, mem)
+    }
+}

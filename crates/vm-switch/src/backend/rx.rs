@@ -539,19 +539,12 @@ fn slot_vnet(meta: &SlotMeta) -> VnetHdr {
 mod tests {
     use super::*;
 
+    use crate::backend::test_queue::{AVAIL, USED};
+
     const SIZE: u16 = 8;
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
 
     fn queue() -> (Queue, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let mut q = Queue::new(SIZE).unwrap();
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
-        (q, mem)
+        crate::backend::test_queue::queue(SIZE, 0x10000)
     }
 
     fn used_idx(mem: &GuestMemoryMmap) -> u16 {

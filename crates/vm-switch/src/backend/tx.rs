@@ -500,21 +500,15 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
+    use crate::backend::test_queue::{AVAIL, DESC};
+
     const DATA: u64 = 0x4000;
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
 
     /// A queue whose one available chain is `descs` (address, length, flags), chained in order.
     fn chain_of(descs: &[(u64, u32, u16)], mem_len: usize) -> (Queue, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_len)]).unwrap();
-        let mut q = Queue::new(8).unwrap();
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
+        let (q, mem) = crate::backend::test_queue::queue(8, mem_len);
         for (i, &(addr, len, flags)) in descs.iter().enumerate() {
             let last = i + 1 == descs.len();
             let d = SplitDescriptor::new(
