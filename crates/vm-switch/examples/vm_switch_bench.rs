@@ -1281,13 +1281,12 @@ fn draw_svg(
     br: &[Round],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let all: Vec<f64> = vs
+    let mut all: Vec<f64> = vs
         .iter()
         .chain(br)
         .flat_map(|r| r.load_rtts.clone())
         .collect();
-    let mut sorted = all.clone();
-    let xmax = (percentile(&mut sorted, 99) * 1.5).max(1.0);
+    let xmax = (percentile(&mut all, 99) * 1.5).max(1.0);
     let ymax = vs
         .iter()
         .chain(br)

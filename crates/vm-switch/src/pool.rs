@@ -57,12 +57,14 @@ impl BufPool {
     }
 
     /// Buffers on the free list.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.free.len()
     }
 
     /// Whether the free list is empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.free.is_empty()
     }
 }

@@ -371,7 +371,7 @@ mod tests {
     #[test]
     fn test_child_filter_kills_sched_attr_calls_on_other_processes() {
         let st = in_filtered_child(SeccompMode::Kill, || {
-            let _ = sys::tests::sched_getattr_of(1);
+            let _ = sys::sched_getattr(1);
             0
         });
         assert!(

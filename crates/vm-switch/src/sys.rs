@@ -291,30 +291,13 @@ pub fn open_tap(name: &str) -> std::io::Result<std::fs::File> {
 /// waiting for a busy vCPU thread's longer slice to end; its share of the CPU stays the same.
 /// Kernels before 6.12 accept and ignore the request. The kernel clamps `ns` to 0.1–100 ms.
 pub fn request_slice(ns: u64) -> std::io::Result<()> {
-    let size = std::mem::size_of::<libc::sched_attr>();
-    // SAFETY: all-zero bytes are a valid `sched_attr` (plain integers).
-    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getattr(2) on the calling thread (pid 0) writes at most `size` bytes into
-    // `attr`, a live local of exactly that size; flags must be 0.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0 as libc::c_long,
-            &mut attr,
-            size as u32,
-            0u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    attr.size = size as u32;
-    attr.sched_flags = 0;
-    attr.sched_runtime = ns;
+    let mut attr = sched_getattr(0)?;
     if attr.sched_policy != libc::SCHED_OTHER as u32 {
         // An explicit policy (batch, idle or real-time, set by whoever started us) stays.
         return Ok(());
     }
+    attr.sched_flags = 0;
+    attr.sched_runtime = ns;
     // SAFETY: sched_setattr(2) on the calling thread reads `size` bytes of `attr`, a live local;
     // policy and nice are the ones just read, only the slice request changes.
     let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0 as libc::c_long, &attr, 0u32) };
@@ -322,6 +305,30 @@ pub fn request_slice(ns: u64) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The scheduling attributes of thread `pid` (0: the calling thread), with `size` set to the
+/// struct's size, ready to be written back with `sched_setattr`.
+pub(crate) fn sched_getattr(pid: libc::pid_t) -> std::io::Result<libc::sched_attr> {
+    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    // SAFETY: all-zero bytes are a valid `sched_attr` (plain integers).
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getattr(2) writes at most `size` bytes into `attr`, a live local of exactly
+    // that size; flags must be 0. The pid is passed full-width, as seccomp compares it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            libc::c_long::from(pid),
+            &mut attr,
+            size,
+            0u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    attr.size = size;
+    Ok(attr)
 }
 
 /// Sets the process title shown by `ps` (the argv area) and the thread name (`comm`,
@@ -404,7 +411,7 @@ extern "C" fn sigsys_handler(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
@@ -467,26 +474,5 @@ pub(crate) mod tests {
         })
         .join()
         .unwrap();
-    }
-
-    /// `sched_getattr` of another process (for the seccomp test that the filter refuses it).
-    pub fn sched_getattr_of(pid: libc::pid_t) -> std::io::Result<()> {
-        // SAFETY: all-zero bytes are a valid `sched_attr`.
-        let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::sched_attr>() as u32;
-        // SAFETY: writes at most `size` bytes into the live local `attr`.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_sched_getattr,
-                pid as libc::c_long,
-                &mut attr,
-                size,
-                0u32,
-            )
-        };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
     }
 }

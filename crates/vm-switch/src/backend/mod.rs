@@ -693,8 +693,9 @@ fn wait_for_buffers(q: &mut Queue, mem: &GuestMemoryMmap, avail: u16) -> Result<
 }
 
 enum WriteResult {
-    /// Delivered: bytes, the used index after the frame, and the frame's buffer (for reuse).
-    Written(u64, u16, Vec<u8>),
+    /// Delivered: the used index after the frame, and the frame's bytes (their length is what
+    /// was delivered; the buffer goes back to the pool).
+    Written(u16, Vec<u8>),
     /// Not enough buffers: those up to available index `avail` hold only `cap` bytes.
     NoBuffers {
         frame: Frame,

@@ -276,7 +276,8 @@ impl Port {
                 continue;
             }
             match self.write_frame(vring, &mem, frame) {
-                WriteResult::Written(bytes, used_end, data) => {
+                WriteResult::Written(used_end, data) => {
+                    let bytes = data.len() as u64;
                     self.pool.give(data);
                     delivered_any = true;
                     self.rx.full_ring = None;
@@ -457,7 +458,7 @@ impl Port {
             return WriteResult::Broken(frame, f);
         }
         let used_end = q.next_used();
-        WriteResult::Written(frame.data.len() as u64, used_end, frame.data)
+        WriteResult::Written(used_end, frame.data)
     }
 }
 
