@@ -120,12 +120,13 @@ pub fn run(args: &[String]) -> Result<()> {
         if ratio64 >= 2.0 { "met" } else { "NOT met" }
     );
 
-    let (mut e2e_ratio, mut e2e_bulk) = (f64::NAN, f64::NAN);
+    let (mut e2e_ratio, mut e2e_bulk, mut e2e_host) = (f64::NAN, f64::NAN, f64::NAN);
     if !quick {
         section("bench vm-switch: 4. bulk and latency under load with QEMU/TCG guests");
         run_part(&example, &["qemu", &switch_arg], &mut r)?;
         e2e_ratio = num(&r, "e2e_p99_ratio_vs_bridge");
         e2e_bulk = num(&r, "e2e_bulk_ratio_vs_bridge");
+        e2e_host = num(&r, "e2e_host_cpu_ratio_vs_bridge");
         println!(
             "  p99 added by load (loaded - idle): vm-switch {:.2} ms, bridge {:.2} ms",
             num(&r, "e2e_vmswitch_added_p99_ms"),
@@ -138,13 +139,20 @@ pub fn run(args: &[String]) -> Result<()> {
             if e2e_ratio <= 1.0 { "met" } else { "NOT met" },
             r.get("e2e_p99_ratio_spread").map_or("?", String::as_str),
         );
+        println!(
+            "  host CPU outside the guests per Gbit, vm-switch / bridge: {e2e_host:.2}, spread {} (vm-switch {:.0} ms, bridge {:.0} ms per Gbit)",
+            r.get("e2e_host_cpu_ratio_spread")
+                .map_or("?", String::as_str),
+            num(&r, "e2e_vmswitch_host_ms_per_gbit"),
+            num(&r, "e2e_bridge_host_ms_per_gbit"),
+        );
         if let Some(svg) = r.get("svg") {
             println!("  picture: {svg}");
         }
     }
 
     println!(
-        "sim_sparse_p99_added_ms={:.3} sim_sparse_p99_added_ms_tso={:.3} sim_bulk_share={:.3} sched_ops_per_s_1024={:.0} pps_64b={:.0} pps_1500b={:.0} pps_ratio_vs_bridge={:.2} gbps_64k={:.2} ring_full_share={:.4} e2e_bulk_ratio_vs_bridge={:.2} e2e_p99_ratio_vs_bridge={:.2}",
+        "sim_sparse_p99_added_ms={:.3} sim_sparse_p99_added_ms_tso={:.3} sim_bulk_share={:.3} sched_ops_per_s_1024={:.0} pps_64b={:.0} pps_1500b={:.0} pps_ratio_vs_bridge={:.2} gbps_64k={:.2} ring_full_share={:.4} e2e_bulk_ratio_vs_bridge={:.2} e2e_p99_ratio_vs_bridge={:.2} e2e_host_cpu_ratio_vs_bridge={:.2}",
         num(&r, "sim_sparse_p99_added_ms"),
         num(&r, "sim_sparse_p99_added_ms_tso"),
         num(&r, "sim_bulk_share"),
@@ -163,6 +171,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .fold(0.0, f64::max),
         e2e_bulk,
         e2e_ratio,
+        e2e_host,
     );
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! * `picture <out.svg>`: draws the QEMU part's picture from made-up rounds (to look at the
 //!   drawing without booting guests).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -821,9 +821,141 @@ struct Round {
     mbits: f64,
     /// iperf3's per-second client intervals, Mbit/s.
     series: Vec<f64>,
+    /// The host's CPU time while the iperf3 client ran.
+    cpu: CpuUse,
+}
+
+/// Where the host's CPU time went while a round's iperf3 client ran, in seconds: the guests'
+/// vCPU threads (QEMU's "CPU n/TCG" threads: the guests' own work), QEMU's other threads
+/// (device emulation: the bridge's virtio-net and tap I/O, or vm-switch's kicks and
+/// interrupts), the switch's processes (vm-switch only) and everything else on the host
+/// (kernel threads such as ksoftirqd, the bench itself).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    vcpu: f64,
+    qemu_other: f64,
+    switch: f64,
+    rest: f64,
+}
+
+impl CpuUse {
+    /// Host CPU spent outside the guests' vCPUs: what the path between them costs.
+    fn outside(&self) -> f64 {
+        self.qemu_other + self.switch + self.rest
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuKind {
+    Vcpu,
+    QemuOther,
+    Switch,
+    Rest,
+}
+
+/// Run time (ns, from `/proc/PID/task/TID/schedstat`) of every task on the host, by thread
+/// id, with its kind: `qemu` are the guests' QEMU processes, `switch` the root of the
+/// switch's process tree (its sandboxed children included).
+fn cpu_snapshot(qemu: &[u32], switch: Option<u32>) -> HashMap<u32, (CpuKind, u64)> {
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // Parent of each process: field 4 of /proc/PID/stat, after the parenthesised name.
+    let ppid = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let parents: HashMap<u32, u32> = pids.iter().filter_map(|&p| Some((p, ppid(p)?))).collect();
+    let in_switch = |mut pid: u32| -> bool {
+        let Some(root) = switch else { return false };
+        for _ in 0..16 {
+            if pid == root {
+                return true;
+            }
+            match parents.get(&pid) {
+                Some(&p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut out = HashMap::new();
+    for &pid in &pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let kind = if qemu.contains(&pid) {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if comm.starts_with("CPU ") && comm.trim_end().ends_with("/TCG") {
+                    CpuKind::Vcpu
+                } else {
+                    CpuKind::QemuOther
+                }
+            } else if in_switch(pid) {
+                CpuKind::Switch
+            } else {
+                CpuKind::Rest
+            };
+            out.insert(tid, (kind, ns));
+        }
+    }
+    out
+}
+
+/// CPU time between two snapshots (a task that started in between counts from zero; one
+/// that ended in between is lost, which for this bench is nothing but short shell commands).
+fn cpu_between(
+    before: &HashMap<u32, (CpuKind, u64)>,
+    after: &HashMap<u32, (CpuKind, u64)>,
+) -> CpuUse {
+    let mut u = CpuUse::default();
+    for (tid, &(kind, ns)) in after {
+        let base = before.get(tid).map_or(0, |&(_, b)| b);
+        let s = ns.saturating_sub(base) as f64 / 1e9;
+        match kind {
+            CpuKind::Vcpu => u.vcpu += s,
+            CpuKind::QemuOther => u.qemu_other += s,
+            CpuKind::Switch => u.switch += s,
+            CpuKind::Rest => u.rest += s,
+        }
+    }
+    u
 }
 
 impl Round {
+    /// Gbit carried by the bulk connection (iperf3's receiver average over its run).
+    fn gbits(&self) -> f64 {
+        self.mbits * IPERF_SECS as f64 / 1000.0
+    }
+
+    /// Host CPU outside the guests per Gbit carried, in ms.
+    fn host_ms_per_gbit(&self) -> f64 {
+        self.cpu.outside() * 1000.0 / self.gbits()
+    }
+
+    /// The guests' own (vCPU) CPU per Gbit carried, in ms.
+    fn guest_ms_per_gbit(&self) -> f64 {
+        self.cpu.vcpu * 1000.0 / self.gbits()
+    }
+
     /// The bulk connection stopped for good (three or more idle seconds after it had
     /// started, or no receiver figure at all): the guest's TCP was stuck, not slow. Both
     /// configurations show this now and then under QEMU/TCG (a lost virtqueue
@@ -844,7 +976,11 @@ impl Round {
 /// ...; fresh guests each round); their RTT samples are pooled.
 const ROUNDS: usize = 5;
 
-fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
+/// Seconds the iperf3 client runs.
+const IPERF_SECS: u32 = 20;
+
+/// One round's measurements; `switch` is the switch's process (its CPU time is told apart).
+fn measure_round(guests: &[vmsilo_testkit::Guest], switch: Option<u32>) -> Round {
     let t = Duration::from_secs(120);
     let (a, b, c) = (&guests[0], &guests[1], &guests[2]);
     // VM_SWITCH_BENCH_GUEST_SETUP: a shell command run in every guest first (experiments).
@@ -866,11 +1002,15 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
     }
     b.run_ok("iperf3 -s -D", t).expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(500));
+    let qemu: Vec<u32> = guests.iter().map(|g| g.pid()).collect();
+    let cpu_before = cpu_snapshot(&qemu, switch);
     // `--forceflush` and the done marker: the report is read only once the client has
     // exited (a block-buffered log read while it still ran came back empty).
     a.run_ok(
-        "rm -f /tmp/iperf.done; (iperf3 -c 10.0.0.2 -t 20 -i 1 -f m --forceflush > /tmp/iperf.log 2>&1; \
-         echo $? > /tmp/iperf.done) &",
+        &format!(
+            "rm -f /tmp/iperf.done; (iperf3 -c 10.0.0.2 -t {IPERF_SECS} -i 1 -f m --forceflush > /tmp/iperf.log 2>&1; \
+             echo $? > /tmp/iperf.done) &"
+        ),
         t,
     )
     .expect("iperf3 client");
@@ -886,6 +1026,7 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
         "for i in $(seq 1 600); do [ -e /tmp/iperf.done ] && break; sleep 0.1; done",
         t,
     );
+    let cpu = cpu_between(&cpu_before, &cpu_snapshot(&qemu, switch));
     if std::env::var_os("VM_SWITCH_BENCH_DIAG").is_some() {
         for (name, g) in [("a", a), ("b", b)] {
             let out = g
@@ -943,6 +1084,7 @@ fn measure_round(guests: &[vmsilo_testkit::Guest]) -> Round {
         lost,
         mbits,
         series,
+        cpu,
     }
 }
 
@@ -1114,6 +1256,17 @@ fn qemu(bin: &Path) {
             r.mbits,
             if r.stalled() { " (stalled)" } else { "" }
         );
+        let c = &r.cpu;
+        println!(
+            "             CPU while iperf3 ran: guests' vCPUs {:.1} s ({:.0} ms/Gbit); outside them {:.2} s ({:.0} ms/Gbit: QEMU's other threads {:.2} s, vm-switch {:.2} s, rest of the host {:.2} s)",
+            c.vcpu,
+            r.guest_ms_per_gbit(),
+            c.outside(),
+            r.host_ms_per_gbit(),
+            c.qemu_other,
+            c.switch,
+            c.rest
+        );
     };
     for round in 0..rounds {
         if only != "bridge" {
@@ -1166,6 +1319,41 @@ fn qemu(bin: &Path) {
     println!(
         "  loaded p99 vm-switch / bridge: pooled {p99_pooled:.2}, per-round ratios min/median/max {pmin:.2} / {pmed:.2} / {pmax:.2}"
     );
+    // What the path between the guests costs the host, per Gbit carried: the CPU time outside
+    // the guests' vCPUs. Unlike throughput, it does not move with how much CPU the shared
+    // machine leaves the guests, so it tells the paths apart where throughput ties.
+    let per_gbit = |rs: &[Round], f: fn(&Round) -> f64| {
+        let v: Vec<f64> = rs.iter().filter(|r| !r.stalled()).map(f).collect();
+        spread(&v)
+    };
+    let (vh, bh) = (
+        per_gbit(&vs, Round::host_ms_per_gbit),
+        per_gbit(&br, Round::host_ms_per_gbit),
+    );
+    let (vg, bg) = (
+        per_gbit(&vs, Round::guest_ms_per_gbit),
+        per_gbit(&br, Round::guest_ms_per_gbit),
+    );
+    let host_ratios: Vec<f64> = pairs
+        .iter()
+        .map(|(a, b)| a.host_ms_per_gbit() / b.host_ms_per_gbit())
+        .collect();
+    let (hmin, hmed, hmax) = spread(&host_ratios);
+    let host_ratio = vh.1 / bh.1;
+    println!(
+        "  host CPU outside the guests per Gbit (median, min-max over rounds): vm-switch {:.0} ms ({:.0}-{:.0}), bridge {:.0} ms ({:.0}-{:.0}); ratio {host_ratio:.2}, per-round ratios min/median/max {hmin:.2} / {hmed:.2} / {hmax:.2}",
+        vh.1, vh.0, vh.2, bh.1, bh.0, bh.2
+    );
+    println!(
+        "  guests' own (vCPU) CPU per Gbit: vm-switch {:.0} ms ({:.0}-{:.0}), bridge {:.0} ms ({:.0}-{:.0})",
+        vg.1, vg.0, vg.2, bg.1, bg.0, bg.2
+    );
+    println!("RESULT e2e_vmswitch_host_ms_per_gbit={:.3}", vh.1);
+    println!("RESULT e2e_bridge_host_ms_per_gbit={:.3}", bh.1);
+    println!("RESULT e2e_vmswitch_guest_ms_per_gbit={:.3}", vg.1);
+    println!("RESULT e2e_bridge_guest_ms_per_gbit={:.3}", bg.1);
+    println!("RESULT e2e_host_cpu_ratio_vs_bridge={host_ratio:.3}");
+    println!("RESULT e2e_host_cpu_ratio_spread={hmin:.2}/{hmed:.2}/{hmax:.2}");
     println!("RESULT e2e_bulk_ratio_vs_bridge={bulk_pooled:.3}");
     println!("RESULT e2e_bulk_ratio_spread={bmin:.2}/{bmed:.2}/{bmax:.2}");
     println!("RESULT e2e_p99_ratio_vs_bridge={p99_pooled:.3}");
@@ -1209,7 +1397,7 @@ fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
         b.vhost_user_net(dir.join(format!("{name}.sock")), mac)
     });
     wait_linked(bin, &dir, 2);
-    let r = measure_round(&guests);
+    let r = measure_round(&guests, Some(sw.0.id()));
     let st = stats(bin, &dir);
     drop(guests);
     drop(sw);
@@ -1255,6 +1443,7 @@ fn picture(out: &Path) {
                 }
             })
             .collect(),
+        cpu: CpuUse::default(),
     };
     let vs = [round(0.6, 2.0, None), round(0.7, 1.8, None)];
     let br = [round(0.7, 2.2, None), round(0.8, 2.0, Some(8))];
@@ -1415,7 +1604,7 @@ fn bridge_round(image: &vmsilo_testkit::GuestImage, announce: bool) -> Round {
         );
     }
     std::thread::sleep(Duration::from_secs(1));
-    let r = measure_round(&guests);
+    let r = measure_round(&guests, None);
     drop(guests);
     sh("ip link del vmswqbr");
     r

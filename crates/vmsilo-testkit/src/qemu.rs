@@ -269,7 +269,8 @@ impl QemuBuilder {
             "none".into(),
             "-no-reboot".into(),
             "-name".into(),
-            name.clone(),
+            // Named threads ("CPU 0/TCG"): benches tell the guest's own CPU time from QEMU's.
+            format!("{name},debug-threads=on"),
             "-m".into(),
             format!("{}M", self.memory_mib),
             "-smp".into(),
