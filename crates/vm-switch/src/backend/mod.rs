@@ -961,7 +961,7 @@ impl VhostUserBackend for NetBackend {
                 p.tx_watchdog(vrings)?;
             }
             ev if ev >= EV_RING_BASE => {
-                p.drain_rings(connected);
+                p.drain_ring(connected, ev - EV_RING_BASE);
                 p.deliver(vrings)?;
                 p.resume_tx(vrings)?;
             }

@@ -8,12 +8,18 @@
 use super::*;
 
 impl Port {
-    /// Moves everything from the incoming rings into the egress scheduler.
-    pub(super) fn drain_rings(&mut self, connected: bool) {
+    /// Moves everything from the incoming ring in `slot` (the one whose event fired) into the
+    /// egress scheduler. The other rings are left alone: each was armed when it was last
+    /// drained, so its producer signals its own event for anything new. Looking at every ring
+    /// on every wake-up cost one `read` of an idle eventfd per other peer.
+    pub(super) fn drain_ring(&mut self, connected: bool, slot: u16) {
         let now = now_ns();
         let stats = self.stats.clone();
         let mut corrupt = Vec::new();
         for (&id, peer) in self.peers.iter_mut() {
+            if peer.slot != slot {
+                continue;
+            }
             let Some(rx) = &mut peer.rx else { continue };
             rx.event().drain();
             let source = u32::from(peer.slot) + 1;

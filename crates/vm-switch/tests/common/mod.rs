@@ -322,3 +322,38 @@ pub fn udp_arrives(from: &mut TestGuest, to: &mut TestGuest, ends: Ends, tag: u3
     to.recv_matching(5 * SECOND, |f| tag_of(f) == Some(tag))
         .is_some()
 }
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// CPU time (clock ticks, user + system) that the process `pid` and its children have used so
+/// far: a port's sandboxed worker is the child of the process the stats name.
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(children_of(pid))
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            // utime and stime: fields 14 and 15, i.e. 12 and 13 after the name.
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
