@@ -15,6 +15,15 @@ fn two_ports(test: &str) -> SwitchProc {
     s
 }
 
+/// [`two_ports`] and a third port c (IPv4 only, no broadcast), all three connected.
+fn three_ports(test: &str) -> (SwitchProc, TestGuest, TestGuest, TestGuest) {
+    let s = two_ports(test);
+    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
+    let (a, b, c) = (s.guest("a"), s.guest("b"), s.guest("c"));
+    s.wait_mesh(&["a", "b", "c"]);
+    (s, a, b, c)
+}
+
 #[test]
 fn test_ipv4_unicast_is_routed_to_the_destination_port() {
     let s = two_ports("unicast4");
@@ -103,12 +112,7 @@ fn test_proxy_ndp_answers_neighbor_solicitation() {
 
 #[test]
 fn test_broadcast_reaches_only_receive_broadcast_ports() {
-    let s = two_ports("bcast");
-    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
-    let mut a = s.guest("a");
-    let mut b = s.guest("b");
-    let mut c = s.guest("c");
-    s.wait_mesh(&["a", "b", "c"]);
+    let (_s, mut a, mut b, mut c) = three_ports("bcast");
     a.send(&udp4(
         MAC_A,
         frame::BROADCAST_MAC,
@@ -142,12 +146,7 @@ fn test_broadcast_reaches_only_receive_broadcast_ports() {
 /// sender's in order.
 #[test]
 fn test_two_senders_interleaved_to_one_port_all_arrive_in_order() {
-    let s = two_ports("two-senders");
-    s.add_port("c", MAC_C, &["10.0.0.3/24"], &[], false, &[]);
-    let mut a = s.guest("a");
-    let mut b = s.guest("b");
-    let mut c = s.guest("c");
-    s.wait_mesh(&["a", "b", "c"]);
+    let (s, mut a, mut b, mut c) = three_ports("two-senders");
     const N: u32 = 200;
     let mut got = Vec::new();
     for i in 0..N {
