@@ -11,9 +11,9 @@
 //! ingress time, decide (validate, route, proxy-answer) and push into the destination's ring
 //! (or this port's own egress for proxy replies). TX completes immediately; nothing blocks.
 //!
-//! Egress (ring event, RX kick, timer): drain every incoming ring into FQ-CoDel, then deliver
-//! while the guest has RX buffers and the DQL limit allows. CoDel's sojourn is measured at the
-//! moment of delivery against the ingress timestamp.
+//! Egress: a ring event drains that incoming ring into FQ-CoDel; a ring event, RX kick or
+//! timer then delivers while the guest has RX buffers and the DQL limit allows. CoDel's
+//! sojourn is measured at the moment of delivery against the ingress timestamp.
 //!
 //! Layout: this file holds the port state, the queue plumbing and the vhost-user entry points;
 //! [`tx`] the ingress path, [`rx`] the egress path, [`peers`] the wiring to the other ports
