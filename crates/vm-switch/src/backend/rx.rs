@@ -15,67 +15,68 @@ impl Port {
     pub(super) fn drain_ring(&mut self, connected: bool, slot: u16) {
         let now = now_ns();
         let stats = self.stats.clone();
-        let mut corrupt = Vec::new();
-        for (&id, peer) in self.peers.iter_mut() {
-            if peer.slot != slot {
-                continue;
-            }
-            let Some(rx) = &mut peer.rx else { continue };
-            rx.event().drain();
-            let source = u32::from(peer.slot) + 1;
-            loop {
-                match rx.pop(&mut self.scratch) {
-                    Ok(Some(Popped::Frame(mut meta))) => {
-                        if !connected {
-                            stats.count_drop(DropReason::PortDown, 1);
-                            continue;
-                        }
-                        // A peer child is not trusted either: its offload request is checked
-                        // again (against everything vm-switch offers) before the frame counts.
-                        if frame::check_offload(&slot_vnet(&meta), &self.scratch, OffloadCaps::ALL)
-                            .is_err()
-                        {
-                            stats.count_drop(DropReason::BadHeader, 1);
-                            continue;
-                        }
-                        // A peer cannot make its frames look younger than now.
-                        meta.ts_ns = meta.ts_ns.min(now);
-                        let data = self.pool.detach(&mut self.scratch);
-                        let hash = flow_hash(&data, self.perturb);
-                        self.egress.enqueue(
+        let Some(&Some(id)) = self.slots.get(usize::from(slot)) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(rx) = &mut peer.rx else { return };
+        let mut corrupt = false;
+        rx.event().drain();
+        let source = u32::from(slot) + 1;
+        loop {
+            match rx.pop(&mut self.scratch) {
+                Ok(Some(Popped::Frame(mut meta))) => {
+                    if !connected {
+                        stats.count_drop(DropReason::PortDown, 1);
+                        continue;
+                    }
+                    // A peer child is not trusted either: its offload request is checked
+                    // again (against everything vm-switch offers) before the frame counts.
+                    if frame::check_offload(&slot_vnet(&meta), &self.scratch, OffloadCaps::ALL)
+                        .is_err()
+                    {
+                        stats.count_drop(DropReason::BadHeader, 1);
+                        continue;
+                    }
+                    // A peer cannot make its frames look younger than now.
+                    meta.ts_ns = meta.ts_ns.min(now);
+                    let data = self.pool.detach(&mut self.scratch);
+                    let hash = flow_hash(&data, self.perturb);
+                    self.egress.enqueue(
+                        source,
+                        hash,
+                        Frame {
+                            data,
+                            meta,
                             source,
                             hash,
-                            Frame {
-                                data,
-                                meta,
-                                source,
-                                hash,
-                            },
-                            &mut |_, c| stats.count_drop(cause_reason(c), 1),
-                        );
-                    }
-                    Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
-                    Ok(None) => {
-                        if rx.take_producer_wait() {
-                            // The sender holds frames for this ring: tell it there is room
-                            // (through the eventfd of the opposite ring, which it watches).
-                            // Without a ring back to it, it re-checks on its timer.
-                            if let Some(tx) = &peer.tx {
-                                tx.wake_consumer();
-                            }
-                        }
-                        if rx.arm() {
-                            break;
+                        },
+                        &mut |_, c| stats.count_drop(cause_reason(c), 1),
+                    );
+                }
+                Ok(Some(Popped::BadSlot)) => stats.count_drop(DropReason::Malformed, 1),
+                Ok(None) => {
+                    if rx.take_producer_wait() {
+                        // The sender holds frames for this ring: tell it there is room
+                        // (through the eventfd of the opposite ring, which it watches).
+                        // Without a ring back to it, it re-checks on its timer.
+                        if let Some(tx) = &peer.tx {
+                            tx.wake_consumer();
                         }
                     }
-                    Err(_) => {
-                        corrupt.push(id);
+                    if rx.arm() {
                         break;
                     }
                 }
+                Err(_) => {
+                    corrupt = true;
+                    break;
+                }
             }
         }
-        for id in corrupt {
+        if corrupt {
             log_limited(
                 &mut self.log_limit,
                 now_ns(),
@@ -85,10 +86,7 @@ impl Port {
                     self.cfg.name
                 ),
             );
-            if let Some(peer) = self.peers.get_mut(&id)
-                && let Some(rx) = peer.rx.take()
-            {
-                let slot = peer.slot;
+            if let Some(rx) = self.peers.get_mut(&id).and_then(|p| p.rx.take()) {
                 self.unregister(&rx, slot);
             }
             if let Some(c) = &self.control {
