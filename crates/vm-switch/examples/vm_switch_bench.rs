@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use vm_switch::dql::Dql;
 use vm_switch::frame;
 use vm_switch::sched::{FqCodel, Packet, Params};
-use vm_switch::testing::{GuestOptions, TestGuest};
+use vm_switch::testing::{GuestOptions, TestGuest, proc_stat};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -863,17 +863,11 @@ fn cpu_snapshot(qemu: &[u32], switch: Option<u32>) -> HashMap<u32, (CpuKind, u64
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
-    // Parent of each process: field 4 of /proc/PID/stat, after the parenthesised name.
-    let ppid = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let parents: HashMap<u32, u32> = pids.iter().filter_map(|&p| Some((p, ppid(p)?))).collect();
+    // Each process's parent (field 4 of /proc/PID/stat).
+    let parents: HashMap<u32, u32> = pids
+        .iter()
+        .filter_map(|&p| Some((p, proc_stat(p)?.get(1)?.parse().ok()?)))
+        .collect();
     let in_switch = |mut pid: u32| -> bool {
         let Some(root) = switch else { return false };
         for _ in 0..16 {

@@ -588,6 +588,15 @@ impl TestGuest {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces and
+/// parentheses): index 0 is field 3 of proc(5) (`state`), 1 the parent pid, 11 and 12
+/// `utime` and `stime`. `None` when the process is gone.
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// A TCP segment as a Linux guest with TSO sends it (for tests and the bench): Ethernet
 /// `src_mac` → `dst_mac`, IPv4 (valid header checksum, id 0x1234, ECT(0)) or IPv6 between
 /// `src` and `dst`, 12 bytes of TCP options, `payload_len` bytes of a known pattern, and the

@@ -58,12 +58,9 @@ fn status_field(pid: u32, field: &str) -> Vec<u32> {
 
 fn gone(pid: u32) -> bool {
     // A zombie still has a /proc entry; its state is Z.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
+    match vm_switch::testing::proc_stat(pid) {
+        None => true,
+        Some(f) => f.first().is_some_and(|state| state == "Z" || state == "X"),
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use vm_switch::frame::{self, Mac};
-use vm_switch::testing::{GuestOptions, TestGuest};
+use vm_switch::testing::{GuestOptions, TestGuest, proc_stat};
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
@@ -330,13 +330,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|f| f.parse::<u32>().ok());
+        let ppid = proc_stat(p).and_then(|f| f.get(1)?.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(p);
         }
@@ -350,10 +344,8 @@ pub fn tree_cpu_ticks(pid: u32) -> u64 {
     std::iter::once(pid)
         .chain(children_of(pid))
         .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            // utime and stime: fields 14 and 15, i.e. 12 and 13 after the name.
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+            let f = proc_stat(p)?;
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
         .sum()
 }
