@@ -1314,8 +1314,9 @@ fn qemu(bin: &Path) {
         "  loaded p99 vm-switch / bridge: pooled {p99_pooled:.2}, per-round ratios min/median/max {pmin:.2} / {pmed:.2} / {pmax:.2}"
     );
     // What the path between the guests costs the host, per Gbit carried: the CPU time outside
-    // the guests' vCPUs. Unlike throughput, it does not move with how much CPU the shared
-    // machine leaves the guests, so it tells the paths apart where throughput ties.
+    // the guests' vCPUs. It moves with the machine's speed too, but not with how the CPU is
+    // shared between guests and path; with its per-round pairs it compares the two paths
+    // where their throughput ties.
     let per_gbit = |rs: &[Round], f: fn(&Round) -> f64| {
         let v: Vec<f64> = rs.iter().filter(|r| !r.stalled()).map(f).collect();
         spread(&v)
