@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         f[6..12].copy_from_slice(&sw.mac_of(sender).expect("port exists"));
     }
     let _ = frame::parse(&f);
+    heads_agree(&sw, sender, &f, None);
     let mut reply = Vec::new();
     match sw.decide(sender, &mut f, &mut reply) {
         Decision::Reply => assert!(frame::parse(&reply).is_ok(), "replies must parse"),
@@ -81,6 +82,29 @@ fuzz_target!(|data: &[u8]| {
     let off = usize::from(ctl.get(3).copied().unwrap_or(0));
     let _ = frame::finish_partial_csum(&mut f, start, off);
 });
+
+/// The TX fast path checks and decides on a copied head of a frame and its length
+/// (`check_offload_head`, `decide_head`): whatever succeeds there must be what the whole frame
+/// gets, with the same destination MAC rewritten into the head.
+fn heads_agree(sw: &Switch, sender: u32, f: &[u8], offload: Option<(&VnetHdr, OffloadCaps)>) {
+    let max = if offload.is_some() { MAX_GSO_FRAME } else { MAX_FRAME };
+    let whole_check = offload.map(|(h, caps)| frame::check_offload(h, f, caps));
+    let mut whole = f.to_vec();
+    let decision = sw.decide_len(sender, &mut whole, &mut Vec::new(), max);
+    for k in [0, 14, 20, 34, 40, 54, 60, 66, 74, 86, 100, 128, 200, 256] {
+        let Some(head) = f.get(..k) else { break };
+        if let (Some((h, caps)), Some(want)) = (offload, whole_check) {
+            if let Ok(o) = frame::check_offload_head(h, head, f.len(), caps) {
+                assert_eq!(Ok(o), want, "offload check on a {k}-byte head");
+            }
+        }
+        let mut head = head.to_vec();
+        if let Some(to) = sw.decide_head(sender, &mut head, f.len(), max) {
+            assert_eq!(decision, Decision::Unicast(to), "decision on a {k}-byte head");
+            assert_eq!(head, whole[..k], "rewritten head");
+        }
+    }
+}
 
 /// What the switch's decisions relied on: parse result (addresses, ports, ICMPv6 type).
 fn summary(f: &[u8]) -> Option<(frame::EthHeader, frame::L3)> {
@@ -120,6 +144,7 @@ fn offload(sw: &Switch, data: &[u8]) {
     if data[0] & 0x40 != 0 && f.len() >= 12 {
         f[6..12].copy_from_slice(&sw.mac_of(sender).expect("port exists"));
     }
+    heads_agree(sw, sender, &f, Some((&h, caps)));
     let Ok(off) = frame::check_offload(&h, &f, caps) else {
         return;
     };

@@ -218,9 +218,31 @@ impl Switch {
         reply: &mut Vec<u8>,
         max_len: usize,
     ) -> Decision {
-        match self.decide_inner(src, frame, reply, max_len) {
+        let len = frame.len();
+        match self.decide_inner(src, frame, len, reply, max_len) {
             Ok(d) => d,
             Err(r) => Decision::Drop(r),
+        }
+    }
+
+    /// [`Switch::decide_len`] for a frame of `len` bytes of which only the first bytes, `head`,
+    /// were copied (see [`frame::parse_head`]). Returns the decision [`Switch::decide_len`]
+    /// makes for the whole frame (rewriting the destination MAC in `head`), or `None` when that
+    /// needs bytes beyond `head` or is anything but a plain unicast: the caller then decides
+    /// on the whole frame. So a drop is always counted from the whole frame.
+    pub fn decide_head(
+        &self,
+        src: PortId,
+        head: &mut [u8],
+        len: usize,
+        max_len: usize,
+    ) -> Option<PortId> {
+        if head.len() > len {
+            return None;
+        }
+        match self.decide_inner(src, head, len, &mut Vec::new(), max_len) {
+            Ok(Decision::Unicast(to)) => Some(to),
+            _ => None,
         }
     }
 
@@ -228,10 +250,11 @@ impl Switch {
         &self,
         src: PortId,
         frame: &mut [u8],
+        len: usize,
         reply: &mut Vec<u8>,
         max_len: usize,
     ) -> Result<Decision, DropReason> {
-        if frame.len() > max_len.min(frame::MAX_GSO_FRAME) {
+        if len > max_len.min(frame::MAX_GSO_FRAME) {
             return Err(DropReason::Oversize);
         }
         let port = self.port(src).ok_or(DropReason::PortDown)?;
@@ -245,7 +268,7 @@ impl Switch {
         ) {
             return Err(DropReason::Unsupported);
         }
-        let (_, l3) = frame::parse(frame).map_err(|_| DropReason::Malformed)?;
+        let (_, l3) = frame::parse_head(frame, len).map_err(|_| DropReason::Malformed)?;
         let group = eth.dst[0] & 1 != 0;
         match l3 {
             L3::Arp(arp) => {
@@ -866,6 +889,86 @@ mod tests {
         assert_eq!(flow_hash(&f1, 7), flow_hash(&f1, 7));
         assert_ne!(flow_hash(&f1, 7), flow_hash(&f2, 7));
         assert_ne!(flow_hash(&f1, 7), flow_hash(&f1, 8));
+    }
+
+    /// The TX fast path decides on a frame's copied head and its length
+    /// (`Switch::decide_head`): it may only say "unicast to p" when the whole frame gets that
+    /// decision, with the same destination MAC rewritten into the head. Checked for every head
+    /// length on unicast, broadcast, spoofed, control and extension-header frames, and on
+    /// copies with any one byte of their first 80 changed.
+    #[test]
+    fn test_decide_on_a_head_agrees_with_the_whole_frame() {
+        let s = router_switch();
+        let udp = udp_msg();
+        let tcp = tcp_msg();
+        let mut base = vec![
+            udp4(A, B, v4("10.0.0.1"), v4("10.0.0.2"), 0),
+            udp4(A, B, v4("10.0.0.1"), v4("192.168.1.7"), 0),
+            udp4(A, BROADCAST_MAC, v4("10.0.0.1"), v4("10.0.0.255"), 0),
+            udp6(A, B, v6("fd00::1"), v6("fd00::2"), 0),
+            arp_request(A, v4("10.0.0.1"), v4("10.0.0.2")),
+            neighbor_solicit(A, v6("fd00::1"), v6("fd00::2")),
+            v6_ext(
+                B,
+                "fd00::1",
+                "fd00::2",
+                &[(IPPROTO_HOPOPTS, &HBH)],
+                (IPPROTO_TCP, &tcp),
+            ),
+            v6_ext(
+                B,
+                "fd00::1",
+                "fd00::2",
+                &[
+                    (IPPROTO_DSTOPTS, &DSTOPTS),
+                    (IPPROTO_ROUTING, &ROUTING),
+                    (IPPROTO_AH, &AH),
+                ],
+                (IPPROTO_UDP, &udp),
+            ),
+            v6_ext(
+                B,
+                "fd00::1",
+                "fd00::2",
+                &[(IPPROTO_FRAGMENT, &frag(0, true))],
+                (IPPROTO_UDP, &udp),
+            ),
+        ];
+        let n = base.len();
+        for i in 0..n {
+            for at in 0..80.min(base[i].len()) {
+                for x in [0x01u8, 0x10, 0x80, 0xff] {
+                    let mut g = base[i].clone();
+                    g[at] ^= x;
+                    base.push(g);
+                }
+            }
+        }
+        let mut unicast = 0;
+        for f in &base {
+            let mut whole = f.clone();
+            let want = s.decide_len(1, &mut whole, &mut Vec::new(), MAX_FRAME);
+            for k in 0..=f.len() {
+                let mut head = f[..k].to_vec();
+                match s.decide_head(1, &mut head, f.len(), MAX_FRAME) {
+                    Some(to) => {
+                        assert_eq!(want, Decision::Unicast(to), "{k} bytes of {f:02x?}");
+                        assert_eq!(head, whole[..k], "the rewritten head");
+                    }
+                    None => assert!(
+                        k < f.len() || !matches!(want, Decision::Unicast(_)),
+                        "the whole frame as head decides like the frame"
+                    ),
+                }
+            }
+            if matches!(want, Decision::Unicast(_)) {
+                unicast += 1;
+            }
+        }
+        assert!(
+            unicast > 100,
+            "unicast frames among the variants ({unicast})"
+        );
     }
 
     #[test]

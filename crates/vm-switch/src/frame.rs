@@ -230,14 +230,41 @@ pub fn parse_eth(frame: &[u8]) -> Result<EthHeader, ParseError> {
 
 /// Parses the Ethernet header and the layer-3 header behind it.
 pub fn parse(frame: &[u8]) -> Result<(EthHeader, L3), ParseError> {
-    let eth = parse_eth(frame)?;
+    parse_head(frame, frame.len())
+}
+
+/// [`parse`] for a frame of `len` bytes of which only the first bytes, `head`, were copied
+/// (the TX path copies a segment's headers before its payload: see `backend/tx.rs`). Bytes of
+/// `head` beyond `len` are ignored.
+///
+/// Every length a header claims is checked against `len`, every field is read from `head`.
+/// The result is therefore either exactly what [`parse`] returns for the whole frame, or an
+/// error: [`ParseError::Truncated`] also when a field the whole frame has lies beyond `head`.
+/// A caller that gets an error must decide on the whole frame instead.
+pub fn parse_head(head: &[u8], len: usize) -> Result<(EthHeader, L3), ParseError> {
+    let head = head.get(..len).unwrap_or(head);
+    let eth = parse_eth(head)?;
+    let l3_len = len - ETH_HLEN;
+    let p = &head[ETH_HLEN..];
     let l3 = match eth.ethertype {
-        ETHERTYPE_ARP => L3::Arp(parse_arp(&frame[ETH_HLEN..])?),
-        ETHERTYPE_IPV4 => L3::Ipv4(parse_ipv4(&frame[ETH_HLEN..])?),
-        ETHERTYPE_IPV6 => L3::Ipv6(parse_ipv6(&frame[ETH_HLEN..])?),
+        ETHERTYPE_ARP => L3::Arp(parse_arp(p)?),
+        ETHERTYPE_IPV4 => L3::Ipv4(parse_ipv4(p, l3_len)?),
+        ETHERTYPE_IPV6 => L3::Ipv6(parse_ipv6(p, l3_len)?),
         other => L3::Other(other),
     };
     Ok((eth, l3))
+}
+
+/// The ports of a TCP/UDP header at `at` of `p`, in a packet that ends at `end` (`p` may stop
+/// earlier): none when the packet is too short for them, an error when only `p` is.
+fn ports_within(p: &[u8], at: usize, end: usize) -> Result<Ports, ParseError> {
+    if at + 4 > end {
+        return Ok(Ports::default());
+    }
+    Ok(Ports {
+        src: be16(p, at)?,
+        dst: be16(p, at + 2)?,
+    })
 }
 
 fn parse_arp(p: &[u8]) -> Result<Arp, ParseError> {
@@ -257,14 +284,8 @@ fn parse_arp(p: &[u8]) -> Result<Arp, ParseError> {
     })
 }
 
-fn ports_at(p: &[u8], at: usize) -> Ports {
-    match (be16(p, at), be16(p, at + 2)) {
-        (Ok(src), Ok(dst)) => Ports { src, dst },
-        _ => Ports::default(),
-    }
-}
-
-fn parse_ipv4(p: &[u8]) -> Result<Ipv4, ParseError> {
+/// The IPv4 header at the start of `p`, in a packet of `len` bytes (`p` may stop earlier).
+fn parse_ipv4(p: &[u8], len: usize) -> Result<Ipv4, ParseError> {
     let first = *p.first().ok_or(ParseError::Truncated)?;
     if first >> 4 != 4 {
         return Err(ParseError::Invalid);
@@ -274,14 +295,14 @@ fn parse_ipv4(p: &[u8]) -> Result<Ipv4, ParseError> {
         return Err(ParseError::Invalid);
     }
     let total = usize::from(be16(p, 2)?);
-    if total < ihl || total > p.len() {
+    if total < ihl || total > len {
         return Err(ParseError::Truncated);
     }
     let frag = be16(p, 6)?;
-    let proto = p[9];
+    let proto = *p.get(9).ok_or(ParseError::Truncated)?;
     let first_fragment = frag & 0x1fff == 0;
     let ports = if first_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-        ports_at(&p[..total], ihl)
+        ports_within(p, ihl, total)?
     } else {
         Ports::default()
     };
@@ -376,7 +397,8 @@ pub fn walk_ipv6_ext(first: u8, payload: &[u8]) -> Result<UpperLayer, ParseError
     })
 }
 
-fn parse_ipv6(p: &[u8]) -> Result<Ipv6, ParseError> {
+/// The IPv6 header at the start of `p`, in a packet of `len` bytes (`p` may stop earlier).
+fn parse_ipv6(p: &[u8], len: usize) -> Result<Ipv6, ParseError> {
     if p.len() < 40 {
         return Err(ParseError::Truncated);
     }
@@ -384,18 +406,20 @@ fn parse_ipv6(p: &[u8]) -> Result<Ipv6, ParseError> {
         return Err(ParseError::Invalid);
     }
     let payload_len = usize::from(be16(p, 4)?);
-    if 40 + payload_len > p.len() {
+    if 40 + payload_len > len {
         return Err(ParseError::Truncated);
     }
-    let payload = &p[40..40 + payload_len];
+    // What `p` holds of the payload; the walk fails (Truncated) if it needs more.
+    let payload = &p[40..(40 + payload_len).min(p.len())];
     let hop_limit = p[7];
     let upper = walk_ipv6_ext(p[6], payload)?;
     let l4 = &payload[upper.offset..];
+    let l4_len = payload_len - upper.offset;
     let mut ports = Ports::default();
     let mut icmp = None;
     if upper.fragment != Fragment::Later {
         match upper.proto {
-            IPPROTO_TCP | IPPROTO_UDP => ports = ports_at(l4, 0),
+            IPPROTO_TCP | IPPROTO_UDP => ports = ports_within(l4, 0, l4_len)?,
             IPPROTO_ICMPV6 => {
                 // The whole 4-byte ICMPv6 header must be there, even in a first fragment.
                 if l4.len() < 4 {
@@ -632,10 +656,13 @@ pub enum HeaderError {
     GsoSize,
 }
 
-/// Where the L4 header of an IP frame is: (offset, protocol, fragmented, end of the IP packet).
-fn locate_l4(frame: &[u8]) -> Option<(usize, u8, bool, usize, u16)> {
-    let ethertype = be16(frame, 12).ok()?;
-    let p = frame.get(ETH_HLEN..)?;
+/// Where the L4 header of an IP frame of `len` bytes whose first bytes are `head` is:
+/// (offset, protocol, fragmented, end of the IP packet). `None` also when a field lies beyond
+/// `head`.
+fn locate_l4(head: &[u8], len: usize) -> Option<(usize, u8, bool, usize, u16)> {
+    let ethertype = be16(head, 12).ok()?;
+    let p = head.get(ETH_HLEN..)?;
+    let l3_len = len.checked_sub(ETH_HLEN)?;
     match ethertype {
         ETHERTYPE_IPV4 => {
             let first = *p.first()?;
@@ -644,19 +671,22 @@ fn locate_l4(frame: &[u8]) -> Option<(usize, u8, bool, usize, u16)> {
             }
             let ihl = usize::from(first & 0x0f) * 4;
             let total = usize::from(be16(p, 2).ok()?);
-            if ihl < 20 || total < ihl || total > p.len() {
+            if ihl < 20 || total < ihl || total > l3_len {
                 return None;
             }
             let frag = be16(p, 6).ok()?;
             let fragmented = frag & 0x3fff != 0;
-            Some((ETH_HLEN + ihl, p[9], fragmented, ETH_HLEN + total, 4))
+            Some((ETH_HLEN + ihl, *p.get(9)?, fragmented, ETH_HLEN + total, 4))
         }
         ETHERTYPE_IPV6 => {
             if p.len() < 40 || p[0] >> 4 != 6 {
                 return None;
             }
             let payload_len = usize::from(be16(p, 4).ok()?);
-            let payload = p.get(40..40 + payload_len)?;
+            if 40 + payload_len > l3_len {
+                return None;
+            }
+            let payload = &p[40..(40 + payload_len).min(p.len())];
             let upper = walk_ipv6_ext(p[6], payload).ok()?;
             Some((
                 ETH_HLEN + 40 + upper.offset,
@@ -689,6 +719,20 @@ fn locate_l4(frame: &[u8]) -> Option<(usize, u8, bool, usize, u16)> {
 ///
 /// Never panics.
 pub fn check_offload(h: &VnetHdr, frame: &[u8], caps: OffloadCaps) -> Result<Offload, HeaderError> {
+    check_offload_head(h, frame, frame.len(), caps)
+}
+
+/// [`check_offload`] for a frame of `len` bytes of which only the first bytes, `head`, were
+/// copied (see [`parse_head`]): the result is exactly [`check_offload`]'s for the whole frame,
+/// or an error, also when a header field lies beyond `head`. Bytes of `head` beyond `len` are
+/// ignored.
+pub fn check_offload_head(
+    h: &VnetHdr,
+    head: &[u8],
+    len: usize,
+    caps: OffloadCaps,
+) -> Result<Offload, HeaderError> {
+    let frame = head.get(..len).unwrap_or(head);
     if h.flags & !VNET_F_NEEDS_CSUM != 0 {
         return Err(HeaderError::Flags(h.flags));
     }
@@ -699,7 +743,7 @@ pub fn check_offload(h: &VnetHdr, frame: &[u8], caps: OffloadCaps) -> Result<Off
         VNET_GSO_TCPV6 if caps.tso6 && (!ecn || caps.ecn) => Gso::Tcp6,
         _ => return Err(HeaderError::GsoType(h.gso_type)),
     };
-    if usize::from(h.hdr_len) > frame.len() {
+    if usize::from(h.hdr_len) > len {
         return Err(HeaderError::HdrLen);
     }
     let needs_csum = h.flags & VNET_F_NEEDS_CSUM != 0;
@@ -715,7 +759,8 @@ pub fn check_offload(h: &VnetHdr, frame: &[u8], caps: OffloadCaps) -> Result<Off
         hdr_len: 0,
     };
     if needs_csum {
-        let (l4, proto, fragmented, end, _) = locate_l4(frame).ok_or(HeaderError::CsumPlace)?;
+        let (l4, proto, fragmented, end, _) =
+            locate_l4(frame, len).ok_or(HeaderError::CsumPlace)?;
         let field = match proto {
             IPPROTO_TCP => 16,
             IPPROTO_UDP => 6,
@@ -737,19 +782,20 @@ pub fn check_offload(h: &VnetHdr, frame: &[u8], caps: OffloadCaps) -> Result<Off
     if !needs_csum {
         return Err(HeaderError::Csum);
     }
-    let (l4, proto, fragmented, end, version) = locate_l4(frame).ok_or(HeaderError::Segment)?;
+    let (l4, proto, fragmented, end, version) =
+        locate_l4(frame, len).ok_or(HeaderError::Segment)?;
     let want = if gso == Gso::Tcp4 { 4 } else { 6 };
     if proto != IPPROTO_TCP
         || fragmented
         || version != want
-        || end != frame.len()
+        || end != len
         || (version == 6 && l4 != ETH_HLEN + 40)
     {
         return Err(HeaderError::Segment);
     }
     let doff = usize::from(frame.get(l4 + 12).ok_or(HeaderError::Segment)? >> 4) * 4;
     let headers = l4 + doff;
-    if doff < 20 || headers >= frame.len() {
+    if doff < 20 || headers >= len {
         return Err(HeaderError::Segment);
     }
     if h.gso_size < MIN_GSO_SIZE || headers + usize::from(h.gso_size) > MAX_FRAME {

@@ -115,7 +115,7 @@ mod tests {
     use super::*;
     use crate::frame::{
         ETHERTYPE_IPV6, OffloadCaps, VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_TCPV4,
-        VNET_GSO_TCPV6, VnetHdr, check_offload,
+        VNET_GSO_TCPV6, VnetHdr, check_offload, check_offload_head, parse, parse_head,
     };
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -342,5 +342,52 @@ mod tests {
         assert!(check_offload(&h, &frag, caps).is_err());
         // A header that is all zero is a plain frame.
         assert!(check_offload(&VnetHdr::default(), &f, caps).is_ok());
+    }
+
+    /// The TX fast path checks a segment on its copied head and its length
+    /// (`check_offload_head`, `parse_head`): that must give what the whole frame gives, or an
+    /// error, never a different success. Checked for every head length up to beyond the
+    /// headers, on TCP segments over IPv4 and IPv6 and on copies with any one header byte
+    /// changed (lengths, versions, offsets, protocol, ports), with and without offload.
+    #[test]
+    fn test_checks_on_a_head_agree_with_the_whole_frame() {
+        let caps = OffloadCaps::ALL;
+        let mut checked_ok = 0;
+        for v4 in [true, false] {
+            let (f, h) = tcp_segment(v4, 3000, 0x18);
+            let mut frames = vec![f.clone()];
+            for i in 0..100 {
+                for x in [0x01u8, 0x0f, 0x40, 0x80, 0xff] {
+                    let mut g = f.clone();
+                    g[i] ^= x;
+                    frames.push(g);
+                }
+            }
+            for g in &frames {
+                for hdr in [h, VnetHdr::default()] {
+                    let whole = check_offload(&hdr, g, caps);
+                    let parsed = parse(g);
+                    for k in 0..=160 {
+                        let head = &g[..k];
+                        if let Ok(o) = check_offload_head(&hdr, head, g.len(), caps) {
+                            assert_eq!(Ok(o), whole, "offload check on {k} bytes");
+                            checked_ok += 1;
+                        }
+                        if let Ok(p) = parse_head(head, g.len()) {
+                            assert_eq!(Ok(p), parsed, "parse on {k} bytes");
+                        }
+                    }
+                    // A head holding all headers decides: the fast path is taken.
+                    if whole.is_ok() {
+                        assert_eq!(check_offload_head(&hdr, &g[..128], g.len(), caps), whole);
+                    }
+                    if parsed.is_ok() {
+                        assert_eq!(parse_head(&g[..128], g.len()), parsed);
+                    }
+                    assert_eq!(check_offload_head(&hdr, g, g.len(), caps), whole);
+                }
+            }
+        }
+        assert!(checked_ok > 1000, "heads were accepted ({checked_ok})");
     }
 }

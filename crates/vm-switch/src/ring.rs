@@ -32,6 +32,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{Ordering, fence};
 
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{VolatileMemoryError, VolatileSlice, WriteVolatile};
+
 use crate::sys::SharedMem;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"VMSWRING");
@@ -214,6 +217,74 @@ pub enum PushError {
     TooBig,
     /// The consumer index is impossible; the ring should be dropped.
     Corrupt,
+    /// The frame's bytes could not all be read from their source (see
+    /// [`Producer::push_with`]); nothing was published.
+    Source,
+}
+
+/// Writes one frame's bytes into the slots [`Producer::push_with`] reserved for it, running on
+/// through the following slots and wrapping from the end of the slot area to its start. It
+/// takes exactly the frame's length, no more.
+///
+/// Also a [`WriteVolatile`], so a TX chain is copied from guest memory straight into the
+/// ring (`GuestMemory::write_all_volatile_to`), without a private copy in between.
+#[derive(Debug)]
+pub struct SlotWriter<'a> {
+    mem: &'a SharedMem,
+    /// Bytes of the slot area.
+    area: usize,
+    /// Where the next byte goes, as an offset into the slot area.
+    pos: usize,
+    /// Bytes of the frame not written yet.
+    left: usize,
+}
+
+impl SlotWriter<'_> {
+    /// How many of `want` bytes go in before the frame ends or the slot area wraps.
+    fn room(&self, want: usize) -> usize {
+        want.min(self.left).min(self.area - self.pos)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.area {
+            self.pos = 0;
+        }
+        self.left -= n;
+    }
+
+    /// Appends `data`. False when it does not fit the frame's length.
+    pub fn write(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let n = self.room(data.len());
+            if n == 0 || !self.mem.write(OFF_SLOTS + self.pos, &data[..n]) {
+                return false;
+            }
+            self.advance(n);
+            data = &data[n..];
+        }
+        true
+    }
+}
+
+impl WriteVolatile for SlotWriter<'_> {
+    fn write_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let n = self.room(buf.len());
+        if n == 0 {
+            // Past the frame's length: `write_all_volatile` turns this into an error.
+            return Ok(0);
+        }
+        let dst = self
+            .mem
+            .volatile_slice(OFF_SLOTS + self.pos, n)
+            .ok_or(VolatileMemoryError::OutOfBounds { addr: self.pos })?;
+        buf.subslice(0, n)?.copy_to_volatile_slice(dst);
+        self.advance(n);
+        Ok(n)
+    }
 }
 
 impl Producer {
@@ -243,10 +314,23 @@ impl Producer {
 
     /// Writes one frame. Does not wake the consumer: call [`Producer::notify`] after a batch.
     pub fn push(&mut self, meta: SlotMeta, frame: &[u8]) -> Result<(), PushError> {
-        if frame.len() > self.spec.max_frame() {
+        self.push_with(meta, frame.len(), |w| w.write(frame))
+    }
+
+    /// Writes one frame of `len` bytes, which `fill` writes into the reserved slots through a
+    /// [`SlotWriter`]. Only when `fill` returns true having written all `len` bytes is the
+    /// frame published; otherwise nothing is ([`PushError::Source`]), and the bytes written
+    /// stay unused room. Does not wake the consumer: call [`Producer::notify`] after a batch.
+    pub fn push_with(
+        &mut self,
+        meta: SlotMeta,
+        len: usize,
+        fill: impl FnOnce(&mut SlotWriter<'_>) -> bool,
+    ) -> Result<(), PushError> {
+        if len > self.spec.max_frame() {
             return Err(PushError::TooBig);
         }
-        let need = self.spec.slots_for(frame.len());
+        let need = self.spec.slots_for(len);
         if self.prod.wrapping_sub(self.cached_cons) + need > self.spec.slots {
             let cons = self
                 .mem
@@ -264,7 +348,7 @@ impl Producer {
         }
         let off = self.spec.slot_offset(self.prod);
         let mut hdr = [0u8; SLOT_HEADER];
-        hdr[0..4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        hdr[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
         hdr[4..8].copy_from_slice(&meta.flags.to_ne_bytes());
         hdr[8..10].copy_from_slice(&meta.csum_start.to_ne_bytes());
         hdr[10..12].copy_from_slice(&meta.csum_offset.to_ne_bytes());
@@ -273,10 +357,15 @@ impl Producer {
         hdr[16..24].copy_from_slice(&meta.ts_ns.to_ne_bytes());
         self.mem.write(off, &hdr);
         // The bytes run on from the header and wrap at the end of the slot area.
-        let start = off - OFF_SLOTS + SLOT_HEADER;
-        let first = frame.len().min(self.spec.area() - start);
-        self.mem.write(OFF_SLOTS + start, &frame[..first]);
-        self.mem.write(OFF_SLOTS, &frame[first..]);
+        let mut w = SlotWriter {
+            mem: &self.mem,
+            area: self.spec.area(),
+            pos: off - OFF_SLOTS + SLOT_HEADER,
+            left: len,
+        };
+        if !fill(&mut w) || w.left != 0 {
+            return Err(PushError::Source);
+        }
         self.prod = self.prod.wrapping_add(need);
         if let Some(p) = self.mem.atomic_u32(OFF_PROD) {
             p.store(self.prod, Ordering::Release);
@@ -531,6 +620,66 @@ mod tests {
         c.pop(&mut buf).unwrap();
         p.push(SlotMeta::default(), b"y").unwrap();
         assert_eq!(p.queued(), 4);
+    }
+
+    /// `push_with` as the TX fast path uses it: a head written from a buffer, the rest
+    /// straight from (guest) memory through `WriteVolatile`, across the end of the slot area;
+    /// a fill that fails or writes too little publishes nothing, and the ring stays usable.
+    #[test]
+    fn test_ring_push_with_copies_from_memory_across_the_wrap_or_publishes_nothing() {
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+        let (mut p, mut c, _) = pair(SPEC);
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let bytes: Vec<u8> = (0..0x1000u32).map(|i| (i % 253) as u8).collect();
+        mem.write_slice(&bytes, GuestAddress(0)).unwrap();
+        let mut buf = Vec::new();
+        // Move the indices so that the next frame (3 slots) runs over the end of the area.
+        for _ in 0..3 {
+            p.push(SlotMeta::default(), b"x").unwrap();
+            c.pop(&mut buf).unwrap();
+        }
+        let len = 300;
+        let fill = |w: &mut SlotWriter<'_>| {
+            w.write(b"head")
+                && mem
+                    .write_all_volatile_to(GuestAddress(0x100), w, 200)
+                    .is_ok()
+                && mem
+                    .write_all_volatile_to(GuestAddress(0x800), w, 96)
+                    .is_ok()
+        };
+        p.push_with(SlotMeta::default(), len, fill).unwrap();
+        assert!(matches!(c.pop(&mut buf).unwrap(), Some(Popped::Frame(_))));
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&bytes[0x100..0x100 + 200]);
+        want.extend_from_slice(&bytes[0x800..0x800 + 96]);
+        assert_eq!(buf, want);
+
+        // A source outside memory, a fill short of the length, a fill beyond it.
+        let bad = |w: &mut SlotWriter<'_>| {
+            w.write(b"head")
+                && mem
+                    .write_all_volatile_to(GuestAddress(0xf00), w, 296)
+                    .is_ok()
+        };
+        assert_eq!(
+            p.push_with(SlotMeta::default(), len, bad),
+            Err(PushError::Source)
+        );
+        assert_eq!(
+            p.push_with(SlotMeta::default(), len, |w| w.write(b"short")),
+            Err(PushError::Source)
+        );
+        assert_eq!(
+            p.push_with(SlotMeta::default(), 4, |w| w.write(b"longer")),
+            Err(PushError::Source)
+        );
+        assert_eq!(c.pop(&mut buf).unwrap(), None, "nothing was published");
+        assert_eq!(p.queued(), 0);
+        p.push(SlotMeta::default(), b"after").unwrap();
+        assert!(matches!(c.pop(&mut buf).unwrap(), Some(Popped::Frame(_))));
+        assert_eq!(buf, b"after");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //!                  "overflow": 0, "codel": 0, "no_buffer": 0, "bad_header": 0 },
 //!       "codel_marks": 0, "max_sojourn_us": 812, "dql_limit_bytes": 6056,
 //!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2,
-//!       "queue_errors": 0, "refused_frontends": 0, "tx_held": 0
+//!       "queue_errors": 0, "refused_frontends": 0, "tx_held": 0, "tx_direct": 0
 //!     }
 //!   ]
 //! }
@@ -83,6 +83,9 @@ pub enum Counter {
     /// Guest TX chains held uncompleted because the destination's ring was full
     /// (back-pressure), counted once each.
     TxHeld,
+    /// Guest TX frames copied from guest memory straight into a peer's ring (their checks
+    /// passed on the copied headers), rather than copied out whole first.
+    TxDirect,
     /// TX watchdog (`backend::Port::tx_watchdog`): interrupts sent after 10 ms of TX quiet.
     TxRescueIrqs,
     /// TX watchdog: chains found posted without a kick.
@@ -188,6 +191,7 @@ impl PortStats {
             queue_errors: self.get(Counter::QueueErrors),
             refused_frontends: self.get(Counter::RefusedFrontends),
             tx_held: self.get(Counter::TxHeld),
+            tx_direct: self.get(Counter::TxDirect),
             tx_rescue_irqs: self.get(Counter::TxRescueIrqs),
             tx_rescue_kicks: self.get(Counter::TxRescueKicks),
         }
@@ -237,6 +241,9 @@ pub struct PortSnapshot {
     /// Guest TX chains held back because a destination's ring was full (back-pressure).
     #[serde(default)]
     pub tx_held: u64,
+    /// Guest TX frames copied straight from guest memory into a peer's ring.
+    #[serde(default)]
+    pub tx_direct: u64,
     /// TX watchdog: interrupts sent after 10 ms of TX quiet.
     #[serde(default)]
     pub tx_rescue_irqs: u64,

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use vm_memory::VolatileSlice;
 
 pub use vmsilo_sys::{Forked, close_fds_except, exit_now, fork};
 
@@ -164,6 +165,19 @@ impl SharedMem {
             out.set_len(out.len() + len);
         }
         true
+    }
+
+    /// The `len` bytes at `offset` as a [`VolatileSlice`], to copy guest memory straight into
+    /// the mapping (`VolatileSlice::copy_to_volatile_slice`). `None` when out of bounds.
+    pub fn volatile_slice(&self, offset: usize, len: usize) -> Option<VolatileSlice<'_>> {
+        if !self.check(offset, len, 1) {
+            return None;
+        }
+        // SAFETY: the range is checked in bounds of the live, writable mapping, which outlives
+        // the returned slice (it borrows `self`). A `VolatileSlice` only ever accesses the
+        // memory through raw pointer copies and volatile accesses, never as a Rust reference,
+        // which is what memory another process may write concurrently needs.
+        Some(unsafe { VolatileSlice::new(self.ptr.as_ptr().add(offset), len) })
     }
 
     /// Copies `data` into the mapping at `offset`. Returns false when out of bounds.

@@ -1133,6 +1133,78 @@ fn test_tso_segments_go_whole_or_are_segmented_per_receiver() {
     );
 }
 
+/// The TX fast path: a frame whose headers lie within the head vm-switch copies first goes
+/// from guest memory straight into the destination's ring (`tx_direct`), byte for byte, also
+/// when it spans several descriptors. One whose headers run past that head (a long
+/// Destination Options header) is copied out whole, checked, and forwarded the same.
+#[test]
+fn test_long_frames_go_straight_into_the_ring_unless_their_headers_run_past_the_head() {
+    use frame::{IPPROTO_DSTOPTS, IPPROTO_UDP};
+    use vm_switch::testing::tcp_segment;
+    let s = two_ports("txdirect");
+    let mut a = s.guest("a");
+    let mut b = s.guest("b");
+    s.wait_mesh(&["a", "b"]);
+    let udp = |len: usize| {
+        let mut m = vec![0, 1, 0, 2];
+        m.extend_from_slice(&((8 + len) as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0]);
+        m.extend((0..len).map(|i| (i * 7 + i / 251) as u8));
+        m
+    };
+    // 262 bytes of options (PadN 255 + PadN 3): a 264-byte header, past a 256-byte head.
+    let mut opts = vec![0u8; 264];
+    opts[1] = 32;
+    opts[2..4].copy_from_slice(&[1, 255]);
+    opts[259..261].copy_from_slice(&[1, 3]);
+    // A TSO segment of two MSS (whole to b, within its first DQL budget), over two
+    // descriptors.
+    let (seg, seg_hdr) = tcp_segment(
+        MAC_A,
+        MAC_B,
+        v6("fd00::a").into(),
+        v6("fd00::b").into(),
+        2 * 1428,
+    );
+    let cases = [
+        (
+            from_a6(MAC_B, "fd00::b", &[], (IPPROTO_UDP, &udp(1400))),
+            [0; 12],
+            true,
+        ),
+        (seg, seg_hdr, true),
+        (
+            from_a6(
+                MAC_B,
+                "fd00::b",
+                &[(IPPROTO_DSTOPTS, &opts)],
+                (IPPROTO_UDP, &udp(1000)),
+            ),
+            [0; 12],
+            false,
+        ),
+    ];
+    for (f, hdr, direct) in cases {
+        let before = s.port_stats("a")["tx_direct"].as_u64().unwrap();
+        assert!(a.queue_frame_hdr(hdr, &f));
+        a.kick_tx();
+        let got = b.recv_matching(5 * SECOND, |g| g.len() == f.len());
+        assert!(
+            got.as_deref() == Some(&f[..]),
+            "a {}-byte frame arrives unchanged; stats {}",
+            f.len(),
+            s.stats()
+        );
+        let after = s.port_stats("a")["tx_direct"].as_u64().unwrap();
+        assert_eq!(
+            after - before,
+            u64::from(direct),
+            "a {}-byte frame straight into the ring: {direct}",
+            f.len()
+        );
+    }
+}
+
 /// Back-pressure: with a ring of two slots between a and b, a burst far larger than the ring
 /// is not dropped at the sender (`ring_full`): the chains wait in a's TX queue until b's child
 /// has made room, and every frame arrives, in order.

@@ -55,7 +55,7 @@ use crate::frame::{
 };
 use crate::port_file::PortConfig;
 use crate::ring::{
-    Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta,
+    Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta, SlotWriter,
 };
 use crate::sched::{DropCause, FqCodel, Packet, Params};
 use crate::stats::{Counter, PortStats};
@@ -302,7 +302,11 @@ struct Port {
     timer_armed: bool,
     perturb: u64,
     reply: Vec<u8>,
+    /// The TX frame being forwarded: its first [`tx::HEAD_COPY`] bytes, then (unless it goes
+    /// straight into a ring) the rest.
     buf: Vec<u8>,
+    /// Where the TX frame's bytes beyond `buf` are in guest memory (address, length).
+    rest: Vec<(GuestAddress, usize)>,
     /// Where frames popped from the incoming rings land first.
     scratch: Vec<u8>,
     pool: crate::pool::BufPool,
@@ -396,6 +400,7 @@ impl NetBackend {
             perturb: u64::from_ne_bytes(perturb) ^ u64::from(id).wrapping_mul(0x9e37_79b9),
             reply: Vec::with_capacity(128),
             buf: Vec::with_capacity(crate::pool::BIG),
+            rest: Vec::new(),
             scratch: Vec::with_capacity(crate::pool::BIG),
             pool: crate::pool::BufPool::default(),
             segs: Vec::new(),

@@ -8,6 +8,11 @@
 
 use super::*;
 
+/// Bytes of a TX frame copied out of guest memory before anything is decided: enough for the
+/// Ethernet, IP and TCP headers of a segment (with options, and a few IPv6 extension headers).
+/// A frame whose checks need more is copied out whole ([`Port::forward_chain`]).
+pub(super) const HEAD_COPY: usize = 256;
+
 impl Port {
     /// Guest → switch.
     pub(super) fn process_tx(&mut self, vrings: &[VringRwLock]) -> io::Result<()> {
@@ -60,7 +65,14 @@ impl Port {
                 let mut hdr = [0u8; 12];
                 let mut verdict: Result<(), DropReason> = Ok(());
                 self.buf.clear();
-                match read_chain(&mem, chain, &mut hdr[..hdr_len], &mut self.buf) {
+                self.rest.clear();
+                match read_chain(
+                    &mem,
+                    chain,
+                    &mut hdr[..hdr_len],
+                    &mut self.buf,
+                    &mut self.rest,
+                ) {
                     Ok(total) => {
                         if total < hdr_len {
                             verdict = Err(DropReason::Malformed);
@@ -76,7 +88,7 @@ impl Port {
                     Err(()) => verdict = Err(DropReason::Malformed),
                 }
                 let fate = match verdict {
-                    Ok(()) => self.forward(&hdr, ts, head),
+                    Ok(()) => self.forward_chain(&mem, &hdr, ts, head),
                     Err(r) => {
                         self.stats.count_drop(r, 1);
                         Fate::Done
@@ -167,6 +179,81 @@ impl Port {
         }
     }
 
+    /// Forwards the frame [`read_chain`] found: its head is in `self.buf`, the rest (if any) in
+    /// guest memory at `self.rest`. A plain unicast frame whose checks pass on its head goes
+    /// from guest memory straight into the destination's ring; everything else (other
+    /// decisions, a full ring, a failed check) is copied out whole first and decided on
+    /// again by [`Port::forward`], so what is dropped or held is decided on the whole frame.
+    fn forward_chain(&mut self, mem: &GuestMemoryMmap, hdr: &[u8; 12], ts: u64, head: u16) -> Fate {
+        if self.rest.is_empty() {
+            return self.forward(hdr, ts, head);
+        }
+        if self.forward_direct(mem, hdr, ts) {
+            return Fate::Done;
+        }
+        for &(addr, len) in &self.rest {
+            if mem.write_all_volatile_to(addr, &mut self.buf, len).is_err() {
+                self.stats.count_drop(DropReason::Malformed, 1);
+                return Fate::Done;
+            }
+        }
+        self.forward(hdr, ts, head)
+    }
+
+    /// The fast path of [`Port::forward_chain`]: checks the offload request and decides on the
+    /// frame's head (`self.buf`, copied out of guest memory, so the guest cannot change what
+    /// was checked) and its length. When that is a unicast to a peer whose ring has room, the
+    /// frame goes into the ring as the checked head followed by the rest straight from guest
+    /// memory; the rest is payload that no decision read. Returns false, changing nothing,
+    /// when the frame must take the slow path.
+    fn forward_direct(&mut self, mem: &GuestMemoryMmap, hdr: &[u8; 12], ts: u64) -> bool {
+        let len = self.buf.len() + self.rest.iter().map(|&(_, l)| l).sum::<usize>();
+        let vnet = VnetHdr::from_bytes(hdr);
+        let Ok(off) = frame::check_offload_head(&vnet, &self.buf, len, self.neg.host) else {
+            return false;
+        };
+        if off.gso == Gso::None && len > MAX_FRAME {
+            return false;
+        }
+        let Some(dst_mac) = self.buf.first_chunk::<6>().copied() else {
+            return false;
+        };
+        let Some(to) = self
+            .switch
+            .decide_head(self.id, &mut self.buf, len, MAX_GSO_FRAME)
+        else {
+            return false;
+        };
+        let meta = slot_meta(&off, ts);
+        let pushed = match self.peers.get_mut(&to) {
+            Some(Peer {
+                tx: Some(tx), held, ..
+            }) if held.is_empty() => {
+                let (buf, rest) = (&self.buf, &self.rest);
+                let fill = |w: &mut SlotWriter<'_>| {
+                    w.write(buf)
+                        && rest
+                            .iter()
+                            .all(|&(addr, l)| mem.write_all_volatile_to(addr, w, l).is_ok())
+                };
+                match tx.push_with(meta, len, fill) {
+                    Err(PushError::Full) if tx.want_space(len) => {
+                        tx.push_with(meta, len, fill).is_ok()
+                    }
+                    r => r.is_ok(),
+                }
+            }
+            _ => false,
+        };
+        if pushed {
+            self.stats.add(Counter::TxDirect, 1);
+        } else {
+            // The slow path decides again on the frame as the guest sent it.
+            self.buf[..6].copy_from_slice(&dst_mac);
+        }
+        pushed
+    }
+
     /// Forwards the frame in `self.buf`. Returns true when a reply was queued locally.
     pub(super) fn forward(&mut self, hdr: &[u8; 12], ts: u64, head: u16) -> Fate {
         // A legacy 10-byte header leaves the last two bytes zero: the same fields.
@@ -188,16 +275,7 @@ impl Port {
             self.stats.count_drop(DropReason::Oversize, 1);
             return Fate::Done;
         }
-        let mut meta = SlotMeta {
-            ts_ns: ts,
-            ..SlotMeta::default()
-        };
-        let v = off.to_vnet();
-        meta.flags = u32::from(v.flags);
-        meta.csum_start = v.csum_start;
-        meta.csum_offset = v.csum_offset;
-        meta.gso_type = v.gso_type;
-        meta.gso_size = v.gso_size;
+        let meta = slot_meta(&off, ts);
         let decision =
             self.switch
                 .decide_len(self.id, &mut self.buf, &mut self.reply, MAX_GSO_FRAME);
@@ -286,6 +364,8 @@ impl Port {
                 None => self.stats.count_drop(DropReason::RingFull, 1),
             },
             Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
+            // Only `push_with` reads from a source that can fail.
+            Err(PushError::Source) => self.stats.count_drop(DropReason::Malformed, 1),
             Err(PushError::Corrupt) => {
                 self.stats.count_drop(DropReason::PortDown, 1);
                 log_limited(
@@ -372,6 +452,7 @@ impl Port {
                     Err(PushError::Full) => self.stats.count_drop(DropReason::RingFull, 1),
                     Err(PushError::TooBig) => self.stats.count_drop(DropReason::Oversize, 1),
                     Err(PushError::Corrupt) => self.stats.count_drop(DropReason::PortDown, 1),
+                    Err(PushError::Source) => self.stats.count_drop(DropReason::Malformed, 1),
                 }
                 if let Some(h) = peer.held.pop_front() {
                     done.push(h.head);
@@ -459,16 +540,34 @@ impl Port {
 ///
 /// vm-memory appends to a vector without zeroing it first, which `io::Read` into a resized
 /// vector cannot avoid: for a 64 KiB segment that `memset` was a quarter of the copy's cost.
+/// The slot metadata of a frame whose offload request is `off`, received at `ts`.
+fn slot_meta(off: &Offload, ts: u64) -> SlotMeta {
+    let v = off.to_vnet();
+    SlotMeta {
+        ts_ns: ts,
+        flags: u32::from(v.flags),
+        csum_start: v.csum_start,
+        csum_offset: v.csum_offset,
+        gso_type: v.gso_type,
+        gso_size: v.gso_size,
+    }
+}
+
+/// Reads a TX chain: the virtio-net header into `hdr`, the frame's first [`HEAD_COPY`] bytes
+/// into `head`, and where the rest lies in guest memory into `rest` (the descriptors are read
+/// once: the guest may rewrite them meanwhile, but not what was taken from them). Returns the
+/// chain's total length. Nothing is recorded past [`MAX_GSO_FRAME`] bytes of frame: such a
+/// chain is dropped as oversize.
 fn read_chain(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     hdr: &mut [u8],
-    frame: &mut Vec<u8>,
+    head: &mut Vec<u8>,
+    rest: &mut Vec<(GuestAddress, usize)>,
 ) -> Result<usize, ()> {
     use vm_memory::Address as _;
     let mut total: usize = 0;
     let mut in_hdr = 0;
-    let mut copying = true;
     for desc in chain.readable() {
         let mut addr = desc.addr();
         let mut len = desc.len() as usize;
@@ -481,16 +580,19 @@ fn read_chain(
             addr = addr.checked_add(k as u64).ok_or(())?;
             len -= k;
         }
-        if len == 0 || !copying {
-            continue;
-        }
-        if frame.len() + len > MAX_GSO_FRAME {
+        if len == 0 || total > hdr.len() + MAX_GSO_FRAME {
             // Oversize: counted, not copied.
-            copying = false;
             continue;
         }
-        mem.write_all_volatile_to(addr, frame, len)
-            .map_err(|_| ())?;
+        let k = len.min(HEAD_COPY.saturating_sub(head.len()));
+        if k > 0 {
+            mem.write_all_volatile_to(addr, head, k).map_err(|_| ())?;
+            addr = addr.checked_add(k as u64).ok_or(())?;
+            len -= k;
+        }
+        if len > 0 {
+            rest.push((addr, len));
+        }
     }
     Ok(total)
 }
@@ -534,8 +636,63 @@ mod tests {
         };
         let mut hdr = vec![0u8; hdr_len];
         let mut frame = Vec::new();
-        let r = read_chain(&mem, chain, &mut hdr, &mut frame);
+        let mut rest = Vec::new();
+        let r = read_chain(&mem, chain, &mut hdr, &mut frame, &mut rest);
+        assert!(frame.len() <= HEAD_COPY);
+        assert!(
+            rest.is_empty() || frame.len() == HEAD_COPY,
+            "rest only after a full head"
+        );
+        for (addr, len) in rest {
+            mem.write_all_volatile_to(addr, &mut frame, len).unwrap();
+        }
         (r, hdr, frame)
+    }
+
+    #[test]
+    fn test_a_long_frame_is_read_as_a_head_and_where_the_rest_lies() {
+        // A header, then a descriptor that crosses the end of the head, then one more.
+        let (mut q, mem) = chain_of(
+            &[
+                (DATA, 12, 0),
+                (DATA + 0x100, 300, 0),
+                (DATA + 0x1000, 1000, 0),
+            ],
+            0x30000,
+        );
+        let bytes: Vec<u8> = (0..0x20000u32).map(|i| (i % 251) as u8).collect();
+        mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
+        let Next::Chain(chain) = next_chain(&mut q, &mem) else {
+            panic!("no chain")
+        };
+        let (mut hdr, mut head, mut rest) = ([0u8; 12], Vec::new(), Vec::new());
+        assert_eq!(
+            read_chain(&mem, chain, &mut hdr, &mut head, &mut rest),
+            Ok(1312)
+        );
+        assert_eq!(head, pattern(DATA + 0x100, HEAD_COPY));
+        assert_eq!(
+            rest,
+            vec![
+                (
+                    GuestAddress(DATA + 0x100 + HEAD_COPY as u64),
+                    300 - HEAD_COPY
+                ),
+                (GuestAddress(DATA + 0x1000), 1000)
+            ]
+        );
+        // The whole frame, as the slow path assembles it.
+        let (_, _, frame) = read(
+            &[
+                (DATA, 12, 0),
+                (DATA + 0x100, 300, 0),
+                (DATA + 0x1000, 1000, 0),
+            ],
+            12,
+        );
+        let mut want = pattern(DATA + 0x100, 300);
+        want.extend(pattern(DATA + 0x1000, 1000));
+        assert_eq!(frame, want);
     }
 
     fn pattern(from: u64, len: usize) -> Vec<u8> {
@@ -591,5 +748,17 @@ mod tests {
         assert_eq!(r, Err(()));
         let (r, _, _) = read(&[(0x10_0000, 12, 0)], 12);
         assert_eq!(r, Err(()), "also inside the header");
+        // Beyond the head, reading the rest fails (the frame is then dropped as malformed).
+        let (mut q, mem) = chain_of(
+            &[(DATA, 12 + HEAD_COPY as u32, 0), (0x10_0000, 64, 0)],
+            0x30000,
+        );
+        let Next::Chain(chain) = next_chain(&mut q, &mem) else {
+            panic!("no chain")
+        };
+        let (mut hdr, mut head, mut rest) = ([0u8; 12], Vec::new(), Vec::new());
+        assert!(read_chain(&mem, chain, &mut hdr, &mut head, &mut rest).is_ok());
+        let (addr, len) = rest[0];
+        assert!(mem.write_all_volatile_to(addr, &mut head, len).is_err());
     }
 }
