@@ -27,7 +27,8 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vm_switch::backend::{EV_TIMER, NetBackend, PortParams, RX_QUEUE, TX_QUEUE};
 use vm_switch::port_file::PortConfig;
-use vm_switch::control::ToChild;
+use vm_switch::control::{Role, ToChild};
+use vm_switch::ring::{self, Consumer, Event, RingSpec};
 use vm_switch::sched::Params;
 use vm_switch::stats::PortStats;
 use vmm_sys_util::epoll::EventSet;
@@ -113,6 +114,8 @@ struct Fixture {
     backend: Arc<NetBackend>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     full: GuestMemoryMmap,
+    /// The peer's end of the ring to it.
+    consumer: std::sync::Mutex<Consumer>,
 }
 
 fn fixture() -> Fixture {
@@ -152,8 +155,33 @@ fn fixture() -> Fixture {
         },
         Vec::new(),
     );
+    // A ring to that peer, emptied before every input: TX frames for it take the fast path
+    // (the checked head, then the rest straight from guest memory into the ring) or, when
+    // the ring is full, are held (back-pressure).
+    let spec = RingSpec {
+        slots: 64,
+        slot_size: 1600,
+    };
+    let ring = ring::create(spec, "fuzz-ring").expect("ring memory");
+    let wake = Event::new().expect("eventfd");
+    let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().expect("dup");
+    backend.apply(
+        ToChild::BufferReady {
+            peer: 2,
+            role: Role::Tx,
+            spec,
+        },
+        vec![dup(ring.fd()), dup(wake.fd())],
+    );
+    let consumer = Consumer::new(dup(ring.fd()), spec, Event::from_fd(dup(wake.fd())))
+        .expect("consumer");
     backend.update_memory(mem.clone()).expect("memory");
-    Fixture { backend, mem, full }
+    Fixture {
+        backend,
+        mem,
+        full,
+        consumer: std::sync::Mutex::new(consumer),
+    }
 }
 
 thread_local! {
@@ -181,8 +209,14 @@ fn run(fx: &Fixture, data: &[u8]) {
 
     let backend = &fx.backend;
     let mem = &fx.mem;
-    // Back to a fresh connection: nothing queued, no stopped queue, zeroed memory of full size.
+    // Back to a fresh connection: nothing queued, no stopped queue, zeroed memory of full size,
+    // an empty ring to the peer.
     backend.reset_device();
+    {
+        let mut consumer = fx.consumer.lock().expect("consumer");
+        let mut frame = Vec::new();
+        while let Ok(Some(_)) = consumer.pop(&mut frame) {}
+    }
     fx.full
         .write_slice(&ZEROES, GuestAddress(0))
         .expect("zero guest memory");
