@@ -374,10 +374,31 @@ impl Producer {
         Ok(())
     }
 
+    /// [`Producer::push_with`] for a sender that waits when the ring is full (back-pressure):
+    /// on [`PushError::Full`] it asks the consumer to report when it has made room
+    /// (`want_space`) and tries once more, for room made in between. So a
+    /// [`PushError::Full`] from here means the consumer will say when there is room.
+    pub fn offer_with(
+        &mut self,
+        meta: SlotMeta,
+        len: usize,
+        fill: impl Fn(&mut SlotWriter<'_>) -> bool,
+    ) -> Result<(), PushError> {
+        match self.push_with(meta, len, &fill) {
+            Err(PushError::Full) if self.want_space(len) => self.push_with(meta, len, fill),
+            r => r,
+        }
+    }
+
+    /// [`Producer::offer_with`] for a frame in a buffer.
+    pub fn offer(&mut self, meta: SlotMeta, frame: &[u8]) -> Result<(), PushError> {
+        self.offer_with(meta, frame.len(), |w| w.write(frame))
+    }
+
     /// After [`PushError::Full`]: asks the consumer to report when it has made room (see
     /// [`Consumer::take_producer_wait`]), then looks again. Returns true when there is room
     /// for `len` bytes already (the caller retries at once), false when it must wait.
-    pub fn want_space(&mut self, len: usize) -> bool {
+    fn want_space(&mut self, len: usize) -> bool {
         let Some(flag) = self.mem.atomic_u32(OFF_WAIT) else {
             return false;
         };
@@ -528,7 +549,7 @@ impl Consumer {
     }
 
     /// Whether the producer waits for room (it found the ring full); clears the flag. Call
-    /// after popping: the caller then tells the producer's child (see [`Producer::want_space`]).
+    /// after popping: the caller then tells the producer's child (see [`Producer::offer_with`]).
     pub fn take_producer_wait(&self) -> bool {
         // Pairs with the producer's fence between setting the flag and reading our index.
         fence(Ordering::SeqCst);

@@ -236,12 +236,7 @@ impl Port {
                             .iter()
                             .all(|&(addr, l)| mem.write_all_volatile_to(addr, w, l).is_ok())
                 };
-                match tx.push_with(meta, len, fill) {
-                    Err(PushError::Full) if tx.want_space(len) => {
-                        tx.push_with(meta, len, fill).is_ok()
-                    }
-                    r => r.is_ok(),
-                }
+                tx.offer_with(meta, len, fill).is_ok()
             }
             _ => false,
         };
@@ -341,10 +336,7 @@ impl Port {
             return Fate::Done;
         };
         let result = if peer.held.is_empty() {
-            match tx.push(meta, &self.buf) {
-                Err(PushError::Full) if tx.want_space(self.buf.len()) => tx.push(meta, &self.buf),
-                r => r,
-            }
+            tx.offer(meta, &self.buf)
         } else {
             Err(PushError::Full)
         };
@@ -436,12 +428,7 @@ impl Port {
         for peer in self.peers.values_mut() {
             while let Some(h) = peer.held.front() {
                 let pushed = match &mut peer.tx {
-                    Some(tx) => match tx.push(h.meta, &h.data) {
-                        Err(PushError::Full) if tx.want_space(h.data.len()) => {
-                            tx.push(h.meta, &h.data)
-                        }
-                        r => r,
-                    },
+                    Some(tx) => tx.offer(h.meta, &h.data),
                     None => Err(PushError::Corrupt),
                 };
                 match pushed {
