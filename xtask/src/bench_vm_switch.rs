@@ -2,7 +2,7 @@
 //! `vm_switch_bench` example of `crates/vm-switch` (release build):
 //!
 //! 1. scheduler operations per second at 1 to 1024 flows;
-//! 2. a virtual-clock simulation of bulk + sparse traffic at 50/200/1000 Mbit/s drain rates,
+//! 2. a virtual-clock simulation of bulk + sparse traffic at 50/200/1000/4000 Mbit/s drain rates,
 //!    with MTU-sized and TSO-segment-sized bulk packets: plain 256 KiB FIFO and the seed's
 //!    design (FQ-CoDel before the ring) as baselines;
 //! 3. datapath packets per second at 64 B and 1500 B, and Gbit/s with 64 KiB TSO segments,

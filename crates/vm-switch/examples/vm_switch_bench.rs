@@ -3,7 +3,7 @@
 //!
 //! * `sched`: FQ-CoDel enqueue+dequeue operations per second at 1 to 1024 flows.
 //! * `sim`: a virtual-clock simulation of a bulk TCP-like flow plus a sparse flow into one
-//!   guest draining at 50/200/1000 Mbit/s, through (a) a plain 256 KiB FIFO, (b) the seed's
+//!   guest draining at 50/200/1000/4000 Mbit/s, through (a) a plain 256 KiB FIFO, (b) the seed's
 //!   design (FQ-CoDel before a 256 KiB ring and a 256-entry RX ring) and (c) vm-switch
 //!   (ring drained into FQ-CoDel at the destination, DQL-limited RX ring).
 //! * `datapath <vm-switch binary> <frame size>`: frames per second from one in-process
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vm_switch::dql::Dql;
+use vm_switch::egress::{Class, Egress, Step};
 use vm_switch::frame;
 use vm_switch::sched::{FqCodel, Packet, Params};
 use vm_switch::testing::{GuestOptions, TestGuest, proc_stat};
@@ -207,6 +208,7 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
     let mut consumed_total = 0u64; // bytes consumed by the guest (what the switch can observe)
     let mut observed = 0u64;
     let mut last_obs = 0u64;
+    let mut egress: Egress<SimPkt, ()> = Egress::new(Params::default());
     let mut budget = 0.0f64;
     let mut next_sparse = 0u64;
     let mut sparse_delays: Vec<f64> = Vec::new();
@@ -296,7 +298,7 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
                 }
                 // The seed queued per destination in the sender; flows are the only fairness.
                 Design::Seed => fq.enqueue(0, hash, p, &mut |p, _| dropped.push(p)),
-                Design::VmSwitch => fq.enqueue(source, hash, p, &mut |p, _| dropped.push(p)),
+                Design::VmSwitch => egress.enqueue(source, hash, p, &mut |p, _| dropped.push(p)),
             }
         }
         // Switch stages.
@@ -330,22 +332,37 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
                     }
                 }
                 while rx.len() < RX_ENTRIES && dql.avail() > 0 {
-                    let Some(p) = fq.dequeue(now, &mut |p, _| dropped.push(p)) else {
-                        break;
+                    // The backend's rule (`vm_switch::egress`): a segment that does not fit
+                    // what DQL allows now waits beside the scheduler when it will fit at the
+                    // guest's pace, the sparse flow served meanwhile, and is segmented in
+                    // software, its frames back at the head of their flow, when it will not.
+                    let step = egress.next(
+                        &dql,
+                        now,
+                        &mut |p: &SimPkt| {
+                            if p.mtus > 1 {
+                                Class::Segment((), u64::from(p.size))
+                            } else {
+                                Class::Plain(())
+                            }
+                        },
+                        &mut |p, _| dropped.push(p),
+                    );
+                    let p = match step {
+                        Step::Deliver(p, ()) => p,
+                        Step::Split(p, ()) => {
+                            let frames = (0..p.mtus)
+                                .map(|_| SimPkt {
+                                    size: MTU,
+                                    mtus: 1,
+                                    ..p.clone()
+                                })
+                                .collect();
+                            egress.requeue_front(1, 0x1111_0000, frames, p.size);
+                            continue;
+                        }
+                        Step::Wait | Step::Empty => break,
                     };
-                    // As the backend does: a segment larger than what DQL allows now is
-                    // segmented in software and its frames go back to the head of their flow.
-                    if p.mtus > 1 && !dql.fits_whole(u64::from(p.size)) {
-                        let frames = (0..p.mtus)
-                            .map(|_| SimPkt {
-                                size: MTU,
-                                mtus: 1,
-                                ..p.clone()
-                            })
-                            .collect();
-                        fq.requeue_front(1, 0x1111_0000, frames, p.size);
-                        continue;
-                    }
                     dql.queued(u64::from(p.size));
                     rx.push_back(p);
                 }
@@ -391,9 +408,11 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
     }
     if std::env::var_os("SIM_DEBUG").is_some() {
         eprintln!(
-            "debug {design:?} {mbit} {bulk:?}: seg {seg_dbg} dql {} srtt {srtt} cwnd {}",
+            "debug {design:?} {mbit} {bulk:?}: seg {seg_dbg} dql {} srtt {srtt} cwnd {} segments waited {} split {}",
             dql.limit(),
-            tcp.cwnd
+            tcp.cwnd,
+            egress.counts().waited,
+            egress.counts().split
         );
     }
     sparse_delays.sort_by(|a, b| a.total_cmp(b));
@@ -442,7 +461,7 @@ fn sim() {
     let mut worst_share = f64::MAX;
     let mut worst_64k = 0.0f64;
     let mut worst_tso = 0.0f64;
-    for mbit in [50u64, 200, 1000] {
+    for mbit in [50u64, 200, 1000, 4000] {
         for (design, bulk) in [
             (Design::Fifo, Bulk::Mtu),
             (Design::Seed, Bulk::Mtu),

@@ -37,6 +37,24 @@ pub struct Dql {
 /// guest's measured consumption rate ([`Dql::fits_whole`]).
 pub const WHOLE_OVERRUN_NS: u64 = 100_000;
 
+/// [`Dql::plan_segment`]'s answer for an offload segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentPlan {
+    /// Hand it to the guest whole now.
+    Whole,
+    /// Leave it at the head of its flow until the guest has consumed enough.
+    Wait,
+    /// Segment it in software into MSS-sized frames.
+    Split,
+}
+
+/// How long the guest may take to consume an offload segment, at its measured rate, for the
+/// segment to wait for room whole rather than be split ([`Dql::plan_segment`]). A sparse
+/// packet that arrives just after it waits that long behind it at most; and DQL, which
+/// learns a limit of about a segment plus what the guest consumes between two looks, stays
+/// within a fraction of a millisecond of the guest's work.
+pub const WHOLE_WAIT_NS: u64 = 250_000;
+
 impl Dql {
     /// A limit that starts at `min_limit` and stays within `[min_limit, max_limit]`; slack is
     /// measured over `slack_hold_ns`.
@@ -100,6 +118,30 @@ impl Dql {
         let over = len - avail as u64;
         // over / rate (ms) <= WHOLE_OVERRUN_NS (ns)  <=>  over * 1e6 <= rate * WHOLE_OVERRUN_NS
         over.saturating_mul(1_000_000) <= self.rate_bpms.saturating_mul(WHOLE_OVERRUN_NS)
+    }
+
+    /// What to do with an offload segment of `len` bytes at the head of the egress:
+    /// - [`SegmentPlan::Whole`] when [`Dql::fits_whole`];
+    /// - [`SegmentPlan::Wait`] when it does not fit yet but will: it is within the limit, so
+    ///   room for it opens as the guest consumes, and the guest takes at most
+    ///   [`WHOLE_WAIT_NS`] to consume it at its measured rate. It may go as soon as `len` less
+    ///   [`WHOLE_OVERRUN_NS`] of the guest's work is free, while the guest still has at least
+    ///   that much work queued, so a guest seen in time does not run dry waiting for it;
+    /// - [`SegmentPlan::Split`] otherwise: a slow guest, or a segment above the limit.
+    ///
+    /// Nothing goes in beyond what [`Dql::fits_whole`] allows either way, so waiting does not
+    /// lengthen the RX ring; it only avoids cutting a segment because room happened to be
+    /// short. See [`crate::egress`].
+    pub fn plan_segment(&self, len: u64) -> SegmentPlan {
+        if self.fits_whole(len) {
+            SegmentPlan::Whole
+        } else if len <= self.limit
+            && len.saturating_mul(1_000_000) <= self.rate_bpms.saturating_mul(WHOLE_WAIT_NS)
+        {
+            SegmentPlan::Wait
+        } else {
+            SegmentPlan::Split
+        }
     }
 
     /// Records that the guest consumed `count` more bytes, at time `now` (ns).
@@ -262,6 +304,32 @@ mod tests {
         assert!(slow.fits_whole(40_600));
         assert!(!slow.fits_whole(40_601));
         assert!(!slow.fits_whole(65_536));
+    }
+
+    #[test]
+    fn test_dql_a_segment_waits_when_it_will_fit_soon_and_is_split_when_it_never_will() {
+        // 300 KB/ms (2.4 Gbit/s), 40 KB of room under 200 KB: 71 KB overruns by more than
+        // 100 us of work (30 KB), but it is within the limit and 237 us of work: wait.
+        let fast = at_rate(300_000);
+        assert_eq!(fast.plan_segment(40_000), SegmentPlan::Whole);
+        assert_eq!(fast.plan_segment(65_536), SegmentPlan::Whole);
+        assert_eq!(fast.plan_segment(71_000), SegmentPlan::Wait);
+        assert_eq!(fast.plan_segment(75_000), SegmentPlan::Wait);
+        // 76 KB would take the guest more than 250 us: split rather than wait for it.
+        assert_eq!(fast.plan_segment(76_000), SegmentPlan::Split);
+        // 6 KB/ms (50 Mbit/s): a 64 KiB segment is 11 ms of work. Never wait for it.
+        let slow = at_rate(6_000);
+        assert_eq!(slow.plan_segment(65_536), SegmentPlan::Split);
+        assert_eq!(slow.plan_segment(1_500), SegmentPlan::Whole);
+        // Larger than the limit: it could never fit, however fast the guest.
+        let mut d = Dql::new(60_000, 60_000, 1000 * MS);
+        d.queued(400_000 + 50_000);
+        d.completed(0, MS);
+        d.completed(400_000, 2 * MS);
+        assert_eq!(d.plan_segment(60_001), SegmentPlan::Split);
+        assert_eq!(d.plan_segment(59_000), SegmentPlan::Wait);
+        // No measured rate yet: nothing waits.
+        assert_eq!(at_rate(0).plan_segment(40_001), SegmentPlan::Split);
     }
 
     #[test]

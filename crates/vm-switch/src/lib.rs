@@ -35,6 +35,7 @@ pub mod backend;
 pub mod child;
 pub mod control;
 pub mod dql;
+pub mod egress;
 pub mod fib;
 pub mod forward;
 pub mod frame;

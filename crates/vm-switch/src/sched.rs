@@ -32,6 +32,16 @@ pub trait Packet {
     fn mark_ce(&mut self) -> bool;
 }
 
+/// One flow queue of the scheduler: a source and the bucket its flow hash maps to. Packets of
+/// one flow queue leave in the order they came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowId {
+    /// The source it was queued under.
+    pub source: u32,
+    /// The flow bucket within the source.
+    pub bucket: u32,
+}
+
 /// Scheduler parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
@@ -279,7 +289,7 @@ impl<P: Packet> Source<P> {
         t: &mut Totals,
         stats: &mut SchedStats,
         drop: &mut dyn FnMut(P, DropCause),
-    ) -> Option<P> {
+    ) -> Option<(P, usize)> {
         loop {
             let (idx, from_new) = if let Some(&i) = self.new_flows.front() {
                 (i as usize, true)
@@ -298,7 +308,7 @@ impl<P: Packet> Source<P> {
             match self.codel_dequeue(idx, params, now, t, stats, drop) {
                 Some(p) => {
                     self.flows[idx].deficit -= i64::from(p.size());
-                    return Some(p);
+                    return Some((p, idx));
                 }
                 None => {
                     self.pop_list(from_new);
@@ -450,6 +460,14 @@ impl<P: Packet> FqCodel<P> {
     /// and other flows can go between them. The segment's deficit charge is refunded (the
     /// frames are charged as they go). No byte-limit drops here: the segment was within it.
     pub fn requeue_front(&mut self, source: u32, flow_hash: u32, packets: Vec<P>, refund: u32) {
+        let bucket = ((u64::from(flow_hash) * self.params.flows_per_source as u64) >> 32) as u32;
+        self.requeue_front_at(FlowId { source, bucket }, packets, refund);
+    }
+
+    /// [`FqCodel::requeue_front`] for the flow queue a packet came from
+    /// ([`FqCodel::dequeue_flow`]).
+    pub fn requeue_front_at(&mut self, flow: FlowId, packets: Vec<P>, refund: u32) {
+        let source = flow.source;
         let s = source as usize;
         if self.sources.len() <= s {
             self.sources.resize_with(s + 1, || None);
@@ -457,7 +475,7 @@ impl<P: Packet> FqCodel<P> {
         let flows = self.params.flows_per_source;
         let quantum = i64::from(self.params.quantum);
         let src = self.sources[s].get_or_insert_with(|| Source::new(flows));
-        let idx = ((u64::from(flow_hash) * src.flows.len() as u64) >> 32) as usize;
+        let idx = (flow.bucket as usize).min(src.flows.len().saturating_sub(1));
         let flow = &mut src.flows[idx];
         for p in packets.into_iter().rev() {
             let mem = u64::from(p.mem_size());
@@ -526,6 +544,15 @@ impl<P: Packet> FqCodel<P> {
     /// Takes the next packet to deliver at time `now` (ns). Packets CoDel drops on the way
     /// are handed to `drop`.
     pub fn dequeue(&mut self, now: u64, drop: &mut dyn FnMut(P, DropCause)) -> Option<P> {
+        self.dequeue_flow(now, drop).map(|(p, _)| p)
+    }
+
+    /// [`FqCodel::dequeue`], also saying which flow queue the packet came from.
+    pub fn dequeue_flow(
+        &mut self,
+        now: u64,
+        drop: &mut dyn FnMut(P, DropCause),
+    ) -> Option<(P, FlowId)> {
         let params = self.params;
         let mut t = self.totals();
         let result = loop {
@@ -557,9 +584,13 @@ impl<P: Packet> FqCodel<P> {
                 continue;
             }
             match src.dequeue(&params, now, &mut t, &mut self.stats, drop) {
-                Some(p) => {
+                Some((p, bucket)) => {
                     src.deficit -= i64::from(p.size());
-                    break Some(p);
+                    let flow = FlowId {
+                        source: sid as u32,
+                        bucket: bucket as u32,
+                    };
+                    break Some((p, flow));
                 }
                 None => {
                     if from_new {
@@ -577,7 +608,7 @@ impl<P: Packet> FqCodel<P> {
             }
         };
         self.set_totals(t);
-        if let Some(p) = &result {
+        if let Some((p, _)) = &result {
             let sojourn = now.saturating_sub(p.enqueued_at());
             self.stats.max_sojourn_ns = self.stats.max_sojourn_ns.max(sojourn);
         }

@@ -49,6 +49,7 @@ use vmm_sys_util::event::{
 
 use crate::control::{self, Role, ToChild, ToMain};
 use crate::dql::Dql;
+use crate::egress::{Class, Egress, Step};
 use crate::forward::{Decision, DropReason, PortId, Switch, flow_hash};
 use crate::frame::{
     self, Gso, MAX_FRAME, MAX_GSO_FRAME, Offload, OffloadCaps, VNET_F_NEEDS_CSUM, VnetHdr,
@@ -57,7 +58,7 @@ use crate::port_file::PortConfig;
 use crate::ring::{
     Consumer, Event, FLAG_NEEDS_CSUM, Popped, Producer, PushError, RingSpec, SlotMeta, SlotWriter,
 };
-use crate::sched::{DropCause, FqCodel, Packet, Params};
+use crate::sched::{DropCause, Packet, Params};
 use crate::stats::{Counter, PortStats};
 
 mod peers;
@@ -287,7 +288,7 @@ struct Port {
     switch: Switch,
     peers: BTreeMap<PortId, Peer>,
     slots: Vec<Option<PortId>>,
-    egress: FqCodel<Frame>,
+    egress: Egress<Frame, Offload>,
     dql: Dql,
     /// Frames taken from the scheduler that wait for RX buffers: one frame, or the frames
     /// software segmentation made of a segment.
@@ -380,7 +381,7 @@ impl NetBackend {
             switch,
             peers: BTreeMap::new(),
             slots: Vec::new(),
-            egress: FqCodel::new(params.sched),
+            egress: Egress::new(params.sched),
             dql: Dql::new(params.dql_min, params.dql_max, 1_000_000_000),
             pending: VecDeque::new(),
             rx: RxTrack {
@@ -565,9 +566,7 @@ impl Port {
         let stats = self.stats.clone();
         self.egress
             .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-        let n = self.pending.len() as u64;
-        self.pending.clear();
-        stats.count_drop(DropReason::PortDown, n);
+        self.drop_pending();
         self.reset_rx();
         self.broken = [false; NUM_QUEUES];
         self.stats.set(Counter::Backlog, 0);
@@ -595,9 +594,7 @@ impl Port {
             let stats = self.stats.clone();
             self.egress
                 .clear(&mut |_, _| stats.count_drop(DropReason::PortDown, 1));
-            let n = self.pending.len() as u64;
-            self.pending.clear();
-            stats.count_drop(DropReason::PortDown, n);
+            self.drop_pending();
             self.stats.set(Counter::Backlog, 0);
         }
         if self
@@ -614,7 +611,7 @@ impl Port {
         }
     }
 
-    /// Bytes waiting for the guest: the egress scheduler plus a frame waiting for RX buffers.
+    /// Bytes waiting for the guest: the egress plus frames waiting for RX buffers.
     fn backlog_bytes(&self) -> u64 {
         self.egress.backlog_bytes()
             + self
@@ -622,6 +619,14 @@ impl Port {
                 .iter()
                 .map(|f| f.data.len() as u64)
                 .sum::<u64>()
+    }
+
+    /// Drops the frames taken from the egress that wait for RX buffers, counted as
+    /// `port_down`.
+    fn drop_pending(&mut self) {
+        let n = self.pending.len() as u64;
+        self.pending.clear();
+        self.stats.count_drop(DropReason::PortDown, n);
     }
 
     fn is_broken(&self, index: u16) -> bool {
@@ -927,9 +932,7 @@ impl VhostUserBackend for NetBackend {
         }
         if queue_index == u32::from(RX_QUEUE) {
             p.reset_rx();
-            let n = p.pending.len() as u64;
-            p.pending.clear();
-            p.stats.count_drop(DropReason::PortDown, n);
+            p.drop_pending();
         }
         Ok(())
     }

@@ -207,36 +207,35 @@ impl Port {
                 break;
             }
             let now = now_ns();
-            let frame = match self.pending.pop_front() {
-                Some(f) => f,
-                None => match self
-                    .egress
-                    .dequeue(now, &mut |_, c| stats.count_drop(cause_reason(c), 1))
-                {
-                    Some(f) => f,
-                    None => break,
-                },
-            };
-            let off = match frame::check_offload(
-                &slot_vnet(&frame.meta),
-                &frame.data,
-                OffloadCaps::ALL,
-            ) {
-                Ok(off) => off,
-                Err(_) => {
-                    stats.count_drop(DropReason::BadHeader, 1);
-                    continue;
+            let (frame, split) = match self.pending.pop_front() {
+                Some(f) => (f, None),
+                None => {
+                    let neg = &self.neg;
+                    let next = self.egress.next(
+                        &self.dql,
+                        now,
+                        &mut |f: &Frame| classify(f, neg, &stats),
+                        &mut |_, c| stats.count_drop(cause_reason(c), 1),
+                    );
+                    match next {
+                        Step::Deliver(f, _) => (f, None),
+                        Step::Split(f, off) => (f, Some(off)),
+                        Step::Wait => {
+                            // A segment waits for room to go whole (`egress`): look again
+                            // when the guest has consumed more.
+                            self.arm_timer();
+                            break;
+                        }
+                        Step::Empty => break,
+                    }
                 }
             };
-            if off.gso != Gso::None
-                && (!self.neg.accepts(&off) || !self.dql.fits_whole(frame.data.len() as u64))
-            {
+            if let Some(off) = split {
                 // Segment in software: for a guest without the offload, and for one with it
-                // whenever the whole segment would overrun what DQL allows now by more than a
-                // sliver of the guest's own work (`Dql::fits_whole`: so DQL never learns
-                // segment-sized bursts and the RX ring stays short while the guest is slow).
-                // The frames go back to the head of their flow in the scheduler, so other
-                // flows can be served between them.
+                // when the segment could not go whole at the guest's pace
+                // (`Dql::plan_segment`: so DQL never learns segment-sized bursts and the RX
+                // ring stays short while the guest is slow). The frames go back to the head
+                // of their flow in the scheduler, so other flows can be served between them.
                 self.segs.clear();
                 if !crate::gso::segment(&frame.data, &off, self.neg.guest_csum, &mut self.segs) {
                     stats.count_drop(DropReason::BadHeader, 1);
@@ -525,6 +524,21 @@ fn used_event(q: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
     mem.load::<u16>(GuestAddress(addr), Ordering::Acquire)
         .ok()
         .map(u16::from_le)
+}
+
+/// How a frame leaving the egress goes to a guest that negotiated `neg`: as it is, as an
+/// offload segment it takes whole (as DQL allows), or segmented in software; a header that
+/// fails the checks drops it (counted as `bad_header`).
+fn classify(frame: &Frame, neg: &Negotiated, stats: &PortStats) -> Class<Offload> {
+    match frame::check_offload(&slot_vnet(&frame.meta), &frame.data, OffloadCaps::ALL) {
+        Err(_) => {
+            stats.count_drop(DropReason::BadHeader, 1);
+            Class::Drop
+        }
+        Ok(off) if off.gso == Gso::None => Class::Plain(off),
+        Ok(off) if !neg.accepts(&off) => Class::Split(off),
+        Ok(off) => Class::Segment(off, frame.data.len() as u64),
+    }
 }
 
 /// The virtio-net header fields a ring slot carries.
