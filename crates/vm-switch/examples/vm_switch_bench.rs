@@ -1425,9 +1425,11 @@ fn vmswitch_round(bin: &Path, image: &vmsilo_testkit::GuestImage) -> Round {
             .and_then(|p| p.iter().find(|p| p["vm"] == vm))
         {
             println!(
-                "            port {vm}: from guest {} frames, to guest {} frames, TX held {}, queue errors {}, TX rescue irqs {} kicks {}, max sojourn {} us, CoDel marks {}, drops {}",
+                "            port {vm}: from guest {} frames, to guest {} frames, segments waited {} split {}, TX held {}, queue errors {}, TX rescue irqs {} kicks {}, max sojourn {} us, CoDel marks {}, drops {}",
                 p["from_guest_frames"],
                 p["to_guest_frames"],
+                p["segments_waited"],
+                p["segments_split"],
                 p["tx_held"],
                 p["queue_errors"],
                 p["tx_rescue_irqs"],

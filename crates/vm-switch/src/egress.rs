@@ -56,12 +56,13 @@ struct Waiting<P, T> {
     len: u64,
 }
 
-/// Counts of offload segments the guest can take whole ([`Class::Segment`]).
+/// What became of offload segments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SegmentCounts {
     /// Segments that waited for room, then went whole or were split.
     pub waited: u64,
-    /// Segments handed on to be split: they could not go whole at the guest's pace.
+    /// Segments handed on to be split: the guest cannot take them ([`Class::Split`]), or not
+    /// whole at its pace.
     pub split: u64,
 }
 
@@ -113,7 +114,7 @@ impl<P: Packet, T> Egress<P, T> {
                 .map_or(0, |w| u64::from(w.packet.size()))
     }
 
-    /// What became of the segments the guest can take whole.
+    /// What became of the offload segments so far.
     pub fn counts(&self) -> SegmentCounts {
         self.counts
     }
@@ -187,7 +188,10 @@ impl<P: Packet, T> Egress<P, T> {
             }
             let (info, len) = match classify(&p) {
                 Class::Plain(info) => return Step::Deliver(p, info),
-                Class::Split(info) => return Step::Split(p, info),
+                Class::Split(info) => {
+                    self.counts.split += 1;
+                    return Step::Split(p, info);
+                }
                 Class::Drop => continue,
                 Class::Segment(info, len) => (info, len),
             };

@@ -20,7 +20,8 @@
 //!                  "overflow": 0, "codel": 0, "no_buffer": 0, "bad_header": 0 },
 //!       "codel_marks": 0, "max_sojourn_us": 812, "dql_limit_bytes": 6056,
 //!       "backlog_bytes": 0, "proxy_replies": 2, "linked_peers": 2,
-//!       "queue_errors": 0, "refused_frontends": 0, "tx_held": 0, "tx_direct": 0
+//!       "queue_errors": 0, "refused_frontends": 0, "tx_held": 0, "tx_direct": 0,
+//!       "tx_rescue_irqs": 0, "tx_rescue_kicks": 0, "segments_waited": 0, "segments_split": 0
 //!     }
 //!   ]
 //! }
@@ -90,6 +91,10 @@ pub enum Counter {
     TxRescueIrqs,
     /// TX watchdog: chains found posted without a kick.
     TxRescueKicks,
+    /// Offload segments for this guest that waited for room to go whole (`egress`).
+    SegmentsWaited,
+    /// Offload segments for this guest segmented in software at its egress.
+    SegmentsSplit,
     /// First drop counter; drop reason `r` is at `DropBase + r.index()`.
     DropBase,
 }
@@ -194,6 +199,8 @@ impl PortStats {
             tx_direct: self.get(Counter::TxDirect),
             tx_rescue_irqs: self.get(Counter::TxRescueIrqs),
             tx_rescue_kicks: self.get(Counter::TxRescueKicks),
+            segments_waited: self.get(Counter::SegmentsWaited),
+            segments_split: self.get(Counter::SegmentsSplit),
         }
     }
 }
@@ -250,6 +257,12 @@ pub struct PortSnapshot {
     /// TX watchdog: chains found posted without a kick.
     #[serde(default)]
     pub tx_rescue_kicks: u64,
+    /// Offload segments for this guest that waited for room to go whole.
+    #[serde(default)]
+    pub segments_waited: u64,
+    /// Offload segments for this guest segmented in software at its egress.
+    #[serde(default)]
+    pub segments_split: u64,
 }
 
 /// The whole stats document.

@@ -1109,6 +1109,14 @@ fn test_tso_segments_go_whole_or_are_segmented_per_receiver() {
         }
         assert_eq!(payload, f[hl..], "payload reassembles");
     }
+    // Per IP version, one segment split for b (larger than its idle DQL limit, so it could
+    // never go whole there) and one for c (no offload); none waited (b's limit is too small
+    // for a 64 KiB segment ever to fit).
+    for (port, split) in [("b", 2), ("c", 2)] {
+        let st = s.port_stats(port);
+        assert_eq!(st["segments_split"].as_u64(), Some(split), "{port}: {st}");
+        assert_eq!(st["segments_waited"].as_u64(), Some(0), "{port}: {st}");
+    }
 
     // A bad header: gso_size below TCP_MIN_MSS.
     let before = s.port_stats("b")["to_guest_frames"].as_u64();

@@ -352,6 +352,9 @@ impl Port {
         stats.set(Counter::CodelMarks, s.codel_marks);
         stats.max(Counter::MaxSojournNs, s.max_sojourn_ns);
         stats.set(Counter::Backlog, self.backlog_bytes());
+        let c = self.egress.counts();
+        stats.set(Counter::SegmentsWaited, c.waited);
+        stats.set(Counter::SegmentsSplit, c.split);
         Ok(())
     }
 
