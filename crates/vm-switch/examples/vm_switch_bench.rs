@@ -341,7 +341,7 @@ fn run_sim(design: Design, mbit: u64, bulk: Bulk) -> SimOut {
                         now,
                         &mut |p: &SimPkt| {
                             if p.mtus > 1 {
-                                Class::Segment((), u64::from(p.size))
+                                Class::Segment(())
                             } else {
                                 Class::Plain(())
                             }

@@ -24,9 +24,9 @@ use crate::sched::{DropCause, FlowId, FqCodel, Packet, Params, SchedStats};
 pub enum Class<T> {
     /// Goes to the guest as it is.
     Plain(T),
-    /// An offload segment of `.1` bytes that the guest can take whole: whole, waiting or split
-    /// as DQL allows.
-    Segment(T, u64),
+    /// An offload segment that the guest can take whole: whole, waiting or split as DQL
+    /// allows.
+    Segment(T),
     /// An offload segment the guest cannot take: split it.
     Split(T),
     /// Drop it (the classifier has counted why).
@@ -53,7 +53,6 @@ struct Waiting<P, T> {
     packet: P,
     info: T,
     flow: FlowId,
-    len: u64,
 }
 
 /// What became of offload segments.
@@ -158,19 +157,18 @@ impl<P: Packet, T> Egress<P, T> {
         classify: &mut dyn FnMut(&P) -> Class<T>,
         drop: &mut dyn FnMut(P, DropCause),
     ) -> Step<P, T> {
-        if let Some(w) = &self.waiting {
-            let plan = dql.plan_segment(w.len);
-            if plan != SegmentPlan::Wait
-                && let Some(w) = self.waiting.take()
-            {
-                return match plan {
-                    SegmentPlan::Split => {
-                        self.counts.split += 1;
-                        Step::Split(w.packet, w.info)
-                    }
-                    _ => Step::Deliver(w.packet, w.info),
-                };
+        let ready = self
+            .waiting
+            .as_ref()
+            .map(|w| dql.plan_segment(u64::from(w.packet.size())));
+        if let Some(plan @ (SegmentPlan::Whole | SegmentPlan::Split)) = ready
+            && let Some(w) = self.waiting.take()
+        {
+            if plan == SegmentPlan::Whole {
+                return Step::Deliver(w.packet, w.info);
             }
+            self.counts.split += 1;
+            return Step::Split(w.packet, w.info);
         }
         loop {
             let Some((p, flow)) = self.fq.dequeue_flow(now, drop) else {
@@ -186,16 +184,16 @@ impl<P: Packet, T> Egress<P, T> {
                 self.fq.requeue_front_at(flow, vec![p], size);
                 return Step::Wait;
             }
-            let (info, len) = match classify(&p) {
+            let info = match classify(&p) {
                 Class::Plain(info) => return Step::Deliver(p, info),
                 Class::Split(info) => {
                     self.counts.split += 1;
                     return Step::Split(p, info);
                 }
                 Class::Drop => continue,
-                Class::Segment(info, len) => (info, len),
+                Class::Segment(info) => info,
             };
-            match dql.plan_segment(len) {
+            match dql.plan_segment(u64::from(p.size())) {
                 SegmentPlan::Whole => return Step::Deliver(p, info),
                 SegmentPlan::Split => {
                     self.counts.split += 1;
@@ -207,7 +205,6 @@ impl<P: Packet, T> Egress<P, T> {
                         packet: p,
                         info,
                         flow,
-                        len,
                     });
                 }
                 SegmentPlan::Wait => {
@@ -242,7 +239,7 @@ mod tests {
     /// Frames above an MTU are segments the guest takes whole.
     fn classify(p: &P) -> Class<u32> {
         if p.size > 1514 {
-            Class::Segment(p.tag, u64::from(p.size))
+            Class::Segment(p.tag)
         } else {
             Class::Plain(p.tag)
         }

@@ -540,7 +540,7 @@ fn classify(frame: &Frame, neg: &Negotiated, stats: &PortStats) -> Class<Offload
         }
         Ok(off) if off.gso == Gso::None => Class::Plain(off),
         Ok(off) if !neg.accepts(&off) => Class::Split(off),
-        Ok(off) => Class::Segment(off, frame.data.len() as u64),
+        Ok(off) => Class::Segment(off),
     }
 }
 

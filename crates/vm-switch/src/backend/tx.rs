@@ -519,14 +519,6 @@ impl Port {
     }
 }
 
-/// Copies a TX chain's device-readable bytes out of guest memory: the first `hdr.len()` into
-/// `hdr`, the frame after it appended to `frame`. Returns the chain's readable length (header
-/// included); the frame is copied only while it is at most [`MAX_GSO_FRAME`] (the caller
-/// drops a longer one as oversize, or a shorter-than-header one as malformed). `Err` when a
-/// descriptor lies outside guest memory or the lengths overflow.
-///
-/// vm-memory appends to a vector without zeroing it first, which `io::Read` into a resized
-/// vector cannot avoid: for a 64 KiB segment that `memset` was a quarter of the copy's cost.
 /// The slot metadata of a frame whose offload request is `off`, received at `ts`.
 fn slot_meta(off: &Offload, ts: u64) -> SlotMeta {
     let v = off.to_vnet();
@@ -543,8 +535,13 @@ fn slot_meta(off: &Offload, ts: u64) -> SlotMeta {
 /// Reads a TX chain: the virtio-net header into `hdr`, the frame's first [`HEAD_COPY`] bytes
 /// into `head`, and where the rest lies in guest memory into `rest` (the descriptors are read
 /// once: the guest may rewrite them meanwhile, but not what was taken from them). Returns the
-/// chain's total length. Nothing is recorded past [`MAX_GSO_FRAME`] bytes of frame: such a
-/// chain is dropped as oversize.
+/// chain's readable length, header included. Nothing is recorded past [`MAX_GSO_FRAME`] bytes
+/// of frame (the caller drops a longer chain as oversize, a shorter-than-header one as
+/// malformed). `Err` when a descriptor within the head lies outside guest memory or the
+/// lengths overflow; one in the rest fails when the rest is copied.
+///
+/// vm-memory appends to a vector without zeroing it first, which `io::Read` into a resized
+/// vector cannot avoid: for a 64 KiB segment that `memset` was a quarter of the copy's cost.
 fn read_chain(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
